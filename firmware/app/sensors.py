@@ -1,0 +1,35 @@
+# The sensor shell: polls the pump-sense inputs and the flow counter and feeds the Meter.
+import asyncio
+from time import ticks_ms
+
+from micropython import const
+
+from app import hw
+from app.counting import NOTHING
+
+POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges date to +-10 ms
+
+
+class Sensors:
+    def __init__(self, profile, meter, on_event=None):
+        self.meter = meter
+        self.on_event = on_event  # called with (code, input index) for BREW/RINSE/STUCK
+        self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
+        self.invert = 1 if profile.active_low else 0
+        self.flow = hw.PulseCounter(profile.flow_pin)
+
+    def poll(self, now):
+        meter = self.meter
+        for i, pin in enumerate(self.pins):
+            r = meter.sample(i, pin.value() ^ self.invert, now)
+            if r != NOTHING and self.on_event:
+                self.on_event(r, i)
+        meter.pulses(self.flow.take())
+        r = meter.poll(now)
+        if r != NOTHING and self.on_event:
+            self.on_event(r, -1)
+
+    async def run(self):
+        while True:
+            self.poll(ticks_ms())
+            await asyncio.sleep_ms(POLL_MS)

@@ -1,0 +1,15 @@
+# Counters as plain dicts for the console, reports and sync: loaded only by those, so the
+# always-resident counting core stays small.
+from app.counters import RESET_CAUSES
+
+
+def counters(c, kinds):
+    """A JSON-ready snapshot of Counters `c`: brews by kind name, resets by cause name."""
+    d = {}
+    for k, v in c.__dict__.items():
+        if k not in ("brews", "resets"):
+            d[k] = v
+    d["brews"] = {kinds[i]: c.brews[i] for i in range(len(kinds))}
+    d["brews_total"] = c.total_brews()
+    d["resets"] = {RESET_CAUSES[i]: n for i, n in enumerate(c.resets) if n}
+    return d

@@ -1,0 +1,80 @@
+"""The `brewmeter` command: simulate, bench, and (later) the emulated board, cloud and the
+field techs' serial tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from brewmeter.harness import load_profile
+    from brewmeter.simulate import simulate, summary, table
+
+    result = summary(simulate(load_profile(args.board), args.days, args.seed))
+    print(json.dumps(result, sort_keys=True) if args.json else table(result))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from brewmeter import bench
+
+    try:
+        figures = bench.run(args.only)
+    except ValueError as e:
+        print(f"brewmeter bench: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(figures, sort_keys=True) if args.json else bench.table(figures))
+    return 0
+
+
+def _check_board(args: argparse.Namespace) -> int:
+    from brewmeter.harness import load_profile
+
+    for name in args.profiles:
+        p = load_profile(name)
+        print(f"{p.source}: ok ({p.board}, {p.chip}, inputs {', '.join(p.kinds)})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="run one emulated machine through N days of use")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("bench", help="measure the benchmark figures")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--only", help="measure only this figure (or figures with this prefix)")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("check-board", help="validate board profiles")
+    p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
+    p.set_defaults(func=_check_board)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "days", 1) < 1:
+        print("brewmeter: --days must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from brewmeter.harness import ProfileError
+
+    try:
+        return args.func(args)
+    except ProfileError as e:
+        print(f"brewmeter: bad board profile: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

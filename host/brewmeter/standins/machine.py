@@ -1,0 +1,100 @@
+"""Stand-in for MicroPython's `machine` under CPython: GPIO levels and flow pulses are set by
+the harness (`set_level`, `add_pulses`), as the sensors would on a real board."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+
+_levels: dict[int, int] = {}
+_pins: dict[int, Pin] = {}
+_reset_cause = PWRON_RESET
+
+
+class Pin:
+    IN, OUT = 1, 3
+    PULL_UP, PULL_DOWN = 1, 2
+    IRQ_RISING, IRQ_FALLING = 1, 2
+
+    def __init__(self, gpio: int, mode: int = IN, pull: int | None = None) -> None:
+        self.gpio = gpio
+        self.pull = pull
+        self._irq: tuple[Callable[[Pin], None], int] | None = None
+        # An unconnected input with a pull-up reads 1.
+        _levels.setdefault(gpio, 1 if pull == Pin.PULL_UP else 0)
+        _pins[gpio] = self
+
+    def value(self, v: int | None = None) -> int:
+        if v is not None:
+            set_level(self.gpio, v)
+        return _levels[self.gpio]
+
+    def irq(self, handler: Callable[[Pin], None], trigger: int) -> None:
+        self._irq = (handler, trigger)
+
+
+class Counter:
+    RISING, FALLING = 1, 2
+    UP, DOWN = 1, 2
+
+    def __init__(self, unit: int, src: Pin, edge: int = RISING) -> None:
+        self.src = src
+        self._value = 0
+        _counters[src.gpio] = self
+
+    def value(self, reset: int | None = None) -> int:
+        v = self._value
+        if reset is not None:
+            self._value = reset
+        return v
+
+
+_counters: dict[int, Counter] = {}
+
+
+def set_level(gpio: int, level: int) -> None:
+    old = _levels.get(gpio, 0)
+    _levels[gpio] = 1 if level else 0
+    pin = _pins.get(gpio)
+    if pin and pin._irq and old != _levels[gpio]:
+        handler, trigger = pin._irq
+        if trigger & (Pin.IRQ_RISING if level else Pin.IRQ_FALLING):
+            handler(pin)
+
+
+def add_pulses(gpio: int, n: int) -> None:
+    if gpio in _counters:
+        _counters[gpio]._value += n
+        return
+    for _ in range(n):  # no hardware counter: the pin IRQ sees every edge
+        set_level(gpio, 1)
+        set_level(gpio, 0)
+
+
+def reset_cause() -> int:
+    return _reset_cause
+
+
+def set_reset_cause(cause: int) -> None:
+    global _reset_cause
+    _reset_cause = cause
+
+
+def reset_pins() -> None:
+    """Forget all pins (a new emulated power-on)."""
+    _levels.clear()
+    _pins.clear()
+    _counters.clear()
+
+
+def disable_irq() -> int:
+    return 0
+
+
+def enable_irq(state: int) -> None:
+    pass
+
+
+def unique_id() -> bytes:
+    return b"\x24\x0a\xc4\x00\x00\x01"
