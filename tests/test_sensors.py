@@ -11,14 +11,28 @@ from brewmeter.clock import VirtualClock
 from brewmeter.standins import machine
 
 
+class Recorder:
+    """What app.device.Device gets from the sensor task, recorded."""
+
+    def __init__(self, profile) -> None:
+        self.meter = Meter(profile)
+        self.events: list[tuple[int, int]] = []
+        self.ticks = 0
+
+    def event(self, code: int, i: int, now: int) -> None:
+        self.events.append((code, i))
+
+    def tick(self, now: int) -> None:
+        self.ticks += 1
+
+
 @pytest.fixture
 def board(profile):
     machine.reset_pins()
     standins.set_clock(VirtualClock(ticks_start=(1 << 30) - 5_000))  # wraps during the test
-    events: list[tuple[int, int]] = []
-    meter = Meter(profile)
-    sensors = Sensors(profile, meter, lambda code, i: events.append((code, i)))
-    yield sensors, meter, events
+    rec = Recorder(profile)
+    sensors = Sensors(profile, rec)
+    yield sensors, rec.meter, rec.events
     machine.reset_pins()
 
 
@@ -57,8 +71,8 @@ def test_polled_inputs_and_hardware_counter(profile, board):
 def test_irq_fallback_loses_no_pulse(profile, board, monkeypatch):
     monkeypatch.delattr(machine, "Counter")  # a board whose firmware lacks machine.Counter
     machine.reset_pins()
-    meter = Meter(profile)
-    sensors = Sensors(profile, meter)
+    sensors = Sensors(profile, Recorder(profile))
+    meter = sensors.meter
     assert sensors.flow._counter is None
     machine.add_pulses(profile.flow_pin, 1925)
     _for(sensors, 50)
@@ -70,8 +84,8 @@ def test_active_low_board(board):
 
     profile = load_profile("esp32-generic")
     machine.reset_pins()
-    meter = Meter(profile)
-    sensors = Sensors(profile, meter)
+    sensors = Sensors(profile, Recorder(profile))
+    meter = sensors.meter
     _for(sensors, 100)  # pull-ups: idle inputs read 1 = off
     assert not meter.pumping()
     _set(profile, "espresso", True)

@@ -1,11 +1,13 @@
-# The app: load the board profile, count boots, start the tasks. Later issues add storage,
-# sync and the service console here.
+# The app: load the board profile, recover the counts from flash, start the tasks. Later
+# issues add sync and the service console here.
 import asyncio
+from time import ticks_ms
 
 from app import VERSION, hw
-from app.counting import Meter
+from app.device import Device
 from app.profile import ProfileError, parse
 from app.sensors import Sensors
+from app.store import DeviceFS
 
 PROFILE_PATH = "/board.json"
 
@@ -20,9 +22,9 @@ def load_profile(path=PROFILE_PATH):
 
 
 async def main(profile):
-    meter = Meter(profile)
-    meter.boot(hw.reset_cause())
-    sensors = Sensors(profile, meter)
+    device = Device(profile, DeviceFS())
+    device.boot(hw.reset_cause(), ticks_ms())
+    sensors = Sensors(profile, device)
     print("brewmeter ready fw=%s board=%s" % (VERSION, profile.board))
     await sensors.run()
 

@@ -11,23 +11,28 @@ POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges dat
 
 
 class Sensors:
-    def __init__(self, profile, meter, on_event=None):
-        self.meter = meter
-        self.on_event = on_event  # called with (code, input index) for BREW/RINSE/STUCK
+    """`device` has the Meter as .meter, and .event(code, input, now) for what the Meter
+    reports (BREW, RINSE, STUCK, IGNORED) and .tick(now) after every poll (app.device)."""
+
+    def __init__(self, profile, device):
+        self.device = device
+        self.meter = device.meter
         self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
         self.invert = 1 if profile.active_low else 0
         self.flow = hw.PulseCounter(profile.flow_pin)
 
     def poll(self, now):
         meter = self.meter
+        device = self.device
         for i, pin in enumerate(self.pins):
             r = meter.sample(i, pin.value() ^ self.invert, now)
-            if r != NOTHING and self.on_event:
-                self.on_event(r, i)
+            if r != NOTHING:
+                device.event(r, i, now)
         meter.pulses(self.flow.take())
         r = meter.poll(now)
-        if r != NOTHING and self.on_event:
-            self.on_event(r, -1)
+        if r != NOTHING:
+            device.event(r, -1, now)
+        device.tick(now)
 
     async def run(self):
         while True:

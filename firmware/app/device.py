@@ -1,0 +1,111 @@
+# The device's bookkeeping: counts from the Meter, when they are persisted, and the faults
+# and events that go to the outbox. No clock reads: `now` (ticks_ms) is always passed in.
+from time import ticks_diff
+
+from micropython import const
+
+from app import filters
+from app.counters import Counters
+from app.counting import STUCK, Meter
+from app.outbox import Outbox
+from app.store import NewerFormat, Store
+
+FLUSH_S = const(30)  # the most water and pump time a power cut can lose while a pump runs
+_POWERED_SAVE_S = const(3600)  # powered time alone is saved at most hourly (flash wear)
+_ENOSPC = const(28)
+
+
+class Device:
+    def __init__(self, profile, fs, flush_s=FLUSH_S):
+        self.profile = profile
+        self.store = Store(fs)
+        self.flush_ms = flush_s * 1000
+        self.faults = []  # (code, detail) raised since boot, newest last
+        self.storage_ok = True
+        self._saved = None  # (water_ml, pump_ms, filter_powered_s) as last saved
+        self._saved_at = 0
+        self._second = 0  # ticks of the last whole powered second counted
+        self.meter = None
+        self.outbox = None
+
+    def boot(self, cause, now):
+        store = self.store
+        try:
+            c = store.load_counters()
+            self.outbox = Outbox(store)
+        except NewerFormat as e:
+            # Written by newer firmware: count on in RAM and leave the flash untouched.
+            store.read_only = True
+            c = Counters()
+            self.outbox = Outbox(_NoStore())
+            self.fault("storage_newer", str(e))
+        self.meter = Meter(self.profile, c)
+        self.meter.boot(cause)
+        self._second = now
+        if store.recovered:
+            self.fault("storage_recovered", ",".join(store.recovered))
+        self.save(now)
+
+    def fault(self, code, detail=""):
+        self.faults.append((code, detail))
+        if len(self.faults) > 8:
+            self.faults.pop(0)
+        try:
+            self.outbox.add({"kind": "fault", "code": code, "detail": detail})
+        except OSError:
+            pass  # kept in self.faults; save() reports the storage problem itself
+
+    def event(self, code, i, now):
+        """A completed run (or a stuck pump) from the Meter: persist before anything shows
+        it."""
+        if code == STUCK:
+            self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
+        self.save(now)
+
+    def tick(self, now):
+        """Called every poll: powered time, and the periodic flush while water flows."""
+        d = ticks_diff(now, self._second)
+        if d >= 1000:
+            self.meter.powered(d // 1000)
+            self._second = now - d % 1000
+        c = self.meter.c
+        if ticks_diff(now, self._saved_at) >= self.flush_ms:
+            s = self._saved
+            if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
+                    c.filter_powered_s - s[2] >= _POWERED_SAVE_S):
+                self.save(now)
+
+    def change_filter(self, wall, source, now):
+        ev = filters.change(self.meter.c, wall, source)
+        self.save(now)
+        try:
+            self.outbox.add(ev)
+        except OSError:
+            pass
+        return ev
+
+    def save(self, now):
+        c = self.meter.c
+        self._saved_at = now
+        try:
+            self.store.save_counters(c)
+        except OSError as e:
+            if self.storage_ok:  # raise the fault once per episode, keep counting in RAM
+                self.storage_ok = False
+                code = "storage_full" if e.args and e.args[0] == _ENOSPC else "storage_error"
+                self.faults.append((code, str(e)))
+            return False
+        if not self.storage_ok:
+            self.storage_ok = True
+        self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
+        return True
+
+
+class _NoStore:
+    """Outbox backing while the flash holds a newer format: nothing read, nothing written."""
+
+    def read(self, name):
+        return None
+
+    def write(self, name, payload):
+        raise OSError(_ENOSPC)

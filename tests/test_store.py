@@ -1,0 +1,221 @@
+"""Durable storage: A/B copies with CRC, recovery, full flash, newer formats, the outbox."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from app import store as store_mod
+from app.counters import Counters
+from app.counting import BREW
+from app.device import Device
+from app.outbox import MAX_EVENTS, Outbox
+from app.store import FORMAT, NewerFormat, Store
+from brewmeter.scenario import Script, play
+
+
+class DirFS:
+    """The Store's filesystem interface over a host directory (the littlefs one is in
+    test_powercut.py); `full` makes every write fail as littlefs does when out of space."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.full = False
+
+    def _p(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def open(self, path: str, mode: str):
+        if "w" in mode and self.full:
+            raise OSError(28, "no space")
+        return open(self._p(path), mode)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(self._p(path))
+
+    def remove(self, path: str) -> None:
+        os.remove(self._p(path))
+
+
+@pytest.fixture
+def fs(tmp_path):
+    return DirFS(tmp_path)
+
+
+def _counters(seed: int) -> Counters:
+    c = Counters()
+    c.brews = [seed, 2 * seed, 3, 2**32 - 1]
+    c.pump_ms = 2**40 + seed  # beyond 32 bits: years of pump time
+    c.water_ml, c.filter_fit_wall, c.resets = 123_456 + seed, 1_800_000_000, [0, 5, 1, 0, 0, 9]
+    return c
+
+
+def test_counters_round_trip_in_one_inline_sized_file(fs):
+    s = Store(fs)
+    c = _counters(7)
+    s.save_counters(c)
+    assert Store(fs).load_counters().__dict__ == c.__dict__
+    size = (fs.root / "data" / "counters.0").stat().st_size
+    assert size <= 128  # stays inline in littlefs metadata: no block erase per rewrite
+
+
+def test_writes_alternate_and_the_newest_good_copy_wins(fs):
+    s = Store(fs)
+    for i in range(5):
+        s.save_counters(_counters(i))
+    assert Store(fs).load_counters().brews[0] == 4
+    # Damage the newest copy: the load falls back to the one before and says so.
+    newest = fs.root / "data" / f"counters.{s._seq['counters'][1]}"
+    data = bytearray(newest.read_bytes())
+    data[10] ^= 0x04
+    newest.write_bytes(bytes(data))
+    s2 = Store(fs)
+    assert s2.load_counters().brews[0] == 3
+    assert s2.recovered == ["counters"]
+    s2.save_counters(_counters(9))  # the next write replaces the damaged copy
+    assert Store(fs).load_counters().brews[0] == 9
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage"])
+def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    for n in range(3):
+        d.meter.c.brews[0] += 1
+        d.event(BREW, 0, 1000 * n)
+    seq, idx = d.store._seq["counters"]
+    victim = fs.root / "data" / f"counters.{idx}"
+    if damage == "flip":
+        b = bytearray(victim.read_bytes())
+        b[20] ^= 0x80
+        victim.write_bytes(bytes(b))
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:30])
+    elif damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(os.urandom(103))
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.meter.c.brews[0] == 2  # the last good copy: one brew back, not zero
+    assert ("storage_recovered", "counters") in d2.faults
+    assert any(e["code"] == "storage_recovered" for e in d2.outbox.events)
+    d2.meter.c.brews[0] += 1
+    d2.event(BREW, 0, 5000)
+    d3 = Device(profile, fs)
+    d3.boot(1, 0)
+    assert d3.meter.c.brews[0] == 3 and d3.faults == []
+
+
+def test_full_flash_keeps_counting_in_ram_and_raises_a_fault(profile, fs):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    fs.full = True
+    s = Script(profile)
+    for _ in range(5):
+        s.brew("espresso", 40)
+    from brewmeter import replay
+
+    for ev in sorted(s.settle().events):
+        replay.step(d.meter, *ev, on_event=lambda code, i, t=ev[0]: d.event(code, i, t))
+    assert d.meter.c.total_brews() == 5
+    assert [f[0] for f in d.faults] == ["storage_full"]  # once, not per brew
+    assert not d.storage_ok
+    fs.full = False
+    assert d.save(10**6)
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.meter.c.total_brews() == 5
+
+
+def test_newer_format_is_refused_and_left_untouched(profile, fs):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    d.meter.c.brews[1] = 42
+    d.save(0)
+    # Firmware from the future rewrites the file in format FORMAT+1.
+    path = fs.root / "data" / f"counters.{d.store._seq['counters'][1]}"
+    body = struct.pack("<BI", FORMAT + 1, 99) + b"future layout"
+    future = body + struct.pack("<I", store_mod.crc32(body))
+    path.write_bytes(future)
+    with pytest.raises(NewerFormat):
+        Store(fs).load_counters()
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.faults[0][0] == "storage_newer" and d2.store.read_only
+    d2.meter.c.brews[0] += 1
+    d2.event(BREW, 0, 100)  # counts on in RAM ...
+    assert d2.meter.c.brews[0] == 1
+    assert path.read_bytes() == future  # ... and never overwrites what it cannot read
+
+
+def test_outbox_ids_survive_reboot_and_acks_remove(fs):
+    s = Store(fs)
+    ob = Outbox(s)
+    ids = [ob.add({"kind": "filter_changed", "n": i}) for i in range(3)]
+    assert ids == [1, 2, 3]
+    ob.ack({2})
+    ob2 = Outbox(Store(fs))
+    assert [e["id"] for e in ob2.events] == [1, 3]
+    assert ob2.add({"kind": "fault", "code": "x"}) == 4  # never reuses an id
+
+
+def test_outbox_full_drops_least_important_oldest_first(fs):
+    ob = Outbox(Store(fs))
+    ob.add({"kind": "fault", "code": "old"})
+    for i in range(MAX_EVENTS - 2):
+        ob.add({"kind": "filter_changed", "n": i})
+    ob.add({"kind": "fault", "code": "new"})
+    assert len(ob.events) == MAX_EVENTS
+    ob.add({"kind": "order_requested", "n": 99})  # full: the oldest fault makes room
+    codes = [e.get("code") for e in ob.events if e["kind"] == "fault"]
+    assert codes == ["new"] and ob.dropped == 1
+    ob.add({"kind": "fault", "code": "newest"})  # a fault when only one fault is left
+    assert [e.get("code") for e in ob.events if e["kind"] == "fault"] == ["newest"]
+    ob.add({"kind": "fault", "code": "again"})  # least important is the new fault itself? no:
+    # equal priority, so the oldest of them goes
+    assert [e.get("code") for e in ob.events if e["kind"] == "fault"] == ["again"]
+    assert len(ob.events) == MAX_EVENTS and ob.dropped == 3
+    assert sum(e["kind"] == "filter_changed" for e in ob.events) == MAX_EVENTS - 2
+
+
+def test_device_saves_brews_at_once_and_water_within_flush_window(profile, fs):
+    d = Device(profile, fs, flush_s=30)
+    d.boot(1, 0)
+    s = Script(profile).brew("lungo", 300, 100)  # a 100 s run: flushed while it runs
+    from brewmeter import replay
+
+    saved = []
+    real_save = d.store.save_counters
+    d.store.save_counters = lambda c: (saved.append(c.pump_ms), real_save(c))[1]
+    for t, op, a, b in sorted(s.settle().events):
+        replay.step(d.meter, t, op, a, b, on_event=lambda code, i, t=t: d.event(code, i, t))
+        d.tick(t)
+    assert d.meter.c.total_brews() == 1
+    assert len(saved) >= 4  # ~every 30 s while pumping, then at the end of the brew
+    gaps = [b - a for a, b in zip(saved, saved[1:], strict=False)]
+    assert max(gaps) <= 32_000
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.meter.c.total_brews() == 1 and d2.meter.c.pump_ms == 100_000
+    assert d2.meter.c.boots == 2
+
+
+def test_unknown_errno_is_a_storage_error_not_full(profile, fs):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+
+    def broken(path, mode):
+        raise OSError(errno.EIO, "i/o")
+
+    fs.open = broken
+    d.event(BREW, 0, 1)
+    assert d.faults[-1][0] == "storage_error"
+
+
+def test_play_helper_still_counts(profile, meter):
+    play(meter, Script(profile).brew("espresso", 40).settle().events)
+    assert meter.c.total_brews() == 1
