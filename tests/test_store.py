@@ -48,7 +48,8 @@ def fs(tmp_path):
 def _counters(seed: int) -> Counters:
     c = Counters()
     c.brews = [seed, 2 * seed, 3, 2**32 - 1]
-    c.pump_ms = 2**40 + seed  # beyond 32 bits: years of pump time
+    c.pump_ms = 10 * (2**32 - 1 - seed)  # beyond 32 bits of ms: years of pump time
+    c.stuck_runs = 65535
     c.water_ml, c.filter_fit_wall, c.resets = 123_456 + seed, 1_800_000_000, [0, 5, 1, 0, 0, 9]
     return c
 

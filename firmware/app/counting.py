@@ -72,7 +72,8 @@ class Meter:
         c.boots += 1
         if not 0 <= cause < len(c.resets):
             cause = 0
-        c.resets[cause] += 1
+        if c.resets[cause] < 0xFFFF:  # stored in 16 bits: saturate, never wrap
+            c.resets[cause] += 1
         c.last_reset = cause
 
     def sample(self, i, level, now):

@@ -10,15 +10,19 @@ from app.counting import STUCK, Meter
 from app.outbox import Outbox
 from app.store import NewerFormat, Store
 
-FLUSH_S = const(30)  # the most water and pump time a power cut can lose while a pump runs
-_POWERED_SAVE_S = const(3600)  # powered time alone is saved at most hourly (flash wear)
+# While a pump runs, water and pump time are saved at least this often: the most of them a
+# power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
+FLUSH_S = const(60)
+# Powered time alone (the filter's age while the clock is unknown) is saved at most daily:
+# hourly saves would cost more flash than the brews. A cut loses at most that day of it.
+_POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
 
 
 class Device:
-    def __init__(self, profile, fs, flush_s=FLUSH_S):
+    def __init__(self, profile, fs, flush_s=FLUSH_S, root="/data"):
         self.profile = profile
-        self.store = Store(fs)
+        self.store = Store(fs, root)
         self.flush_ms = flush_s * 1000
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True

@@ -16,8 +16,10 @@ _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks 
 _HEAD = "<BI"  # format, sequence number
 _HEAD_LEN = const(5)
 
-# The counters, in the order they are packed: 103 bytes with header and CRC.
-_COUNTERS = "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
+# The counters, in the order they are packed: 82 bytes with header and CRC. Pump times are
+# kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
+# Per-cause reset counts are 16-bit and saturate (see Meter.boot).
+_COUNTERS = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
 
 
 class NewerFormat(Exception):
@@ -26,8 +28,8 @@ class NewerFormat(Exception):
 
 def pack_counters(c):
     return struct.pack(
-        _COUNTERS, *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml, c.pump_ms,
-        c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms,
+        _COUNTERS, *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml, c.pump_ms // 10,
+        c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms // 10,
         c.filter_brews, c.filter_fit_wall, c.filter_powered_s)
 
 
@@ -42,6 +44,8 @@ def unpack_counters(data):
     n += len(RESET_CAUSES)
     (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
      c.filter_fit_wall, c.filter_powered_s) = v[n:]
+    c.pump_ms *= 10
+    c.filter_pump_ms *= 10
     return c
 
 

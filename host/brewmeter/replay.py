@@ -17,12 +17,17 @@ _SHIFT = _MASK + 1 - (1 << 30)
 POLL_MS = 10  # as app.sensors polls
 
 
+def ticks(t):
+    """The ticks_ms value of script time t."""
+    return (t + _SHIFT) & _MASK
+
+
 def step(meter, t, op, a, b, on_event=None):
     """Feed one event. Pending input changes are settled first, at the moment a poll would
     have seen them, so the result matches the polling shell's."""
     inputs = meter.inputs
     deb = meter.profile.debounce_ms
-    tw = (t + _SHIFT) & _MASK
+    tw = ticks(t)
     for i in range(len(inputs)):
         inp = inputs[i]
         if inp.raw >= 0 and inp.raw != inp.on:

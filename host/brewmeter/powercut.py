@@ -1,0 +1,116 @@
+# One run of the power-cut sweep: a day of sensor events played into the real Device (store,
+# outbox, persistence policy) on littlefs over an emulated NOR flash, with the power cut at
+# the flash's N-th program/erase; then a reboot from what the flash holds and the rest of the
+# day. Runs under CPython (littlefs-python) and the MicroPython unix port (vfs.VfsLfs2); the
+# caller passes `mount(flash) -> (fs, root)` for its interpreter.
+try:
+    from brewmeter import replay  # CPython
+except ImportError:
+    import replay  # MicroPython, with host/brewmeter on sys.path
+
+from app.device import Device
+
+REBOOT_MS = 1000  # power comes back a second after the cut
+
+
+def _totals(device):
+    c = device.meter.c
+    return [c.total_brews(), c.rinses, c.water_ml, c.pump_ms]
+
+
+def _outbox(device):
+    return [e["id"] for e in device.outbox.events if e["kind"] != "fault"]
+
+
+def _play(device, events, start, flash, levels):
+    """Feed events[start:] to the device until the flash dies. Returns the index of the
+    event during which it died, or None. `levels` follows the script's input levels."""
+    meter = device.meter
+
+    def on_event(code, i):
+        device.event(code, i, tw)
+
+    for k in range(start, len(events)):
+        t, op, a, b = events[k]
+        tw = replay.ticks(t)
+        if op == replay.LEVEL:
+            levels[a] = b
+        if op == replay.FILTER:
+            replay.step(meter, t, replay.POWERED, 0, 0, on_event)  # settle inputs first
+            device.change_filter(b, "script", tw)
+        elif op == replay.POWERED:  # Device.tick counts powered time from the ticks itself
+            replay.step(meter, t, op, 0, b, on_event)
+        else:
+            replay.step(meter, t, op, a, b, on_event)
+        device.tick(tw)
+        if flash.dead:
+            return k
+    return None
+
+
+def boot(profile, fs, root, now, durable, patch=None):
+    """A Device whose completed writes are recorded in `durable`: what a cut cannot undo.
+    `patch(device)` may swap its storage for a baseline's (see flashrun.py)."""
+    device = Device(profile, fs, root=root)
+    if patch:
+        patch(device)
+    write = device.store.write
+
+    def recording_write(name, payload):
+        write(name, payload)  # raises if the write did not complete
+        if device.meter is None:
+            return
+        if name == "counters":
+            durable["totals"] = _totals(device)
+        elif name == "outbox":
+            durable["outbox"] = _outbox(device)
+
+    device.store.write = recording_write
+    device.boot(1, now)
+    return device
+
+
+def run(profile, events, flash, mount, cut_at=None, patch=None):
+    """Play `events` (sorted) on `flash` (formatted, power on); with `cut_at`, the power
+    fails at that program/erase. Returns a dict of what the checks need."""
+    flash.reset_stats()
+    flash.cut_after = cut_at
+    fs, root = mount(flash)
+    levels = [0] * len(profile.kinds)
+    durable = {"totals": [0, 0, 0, 0], "outbox": []}
+    t0 = events[0][0]
+    device = boot(profile, fs, root, replay.ticks(t0), durable, patch)
+    k = _play(device, events, 0, flash, levels)
+    out = {"ops": flash.ops, "cut_event": k, "durable": durable["totals"],
+           "durable_outbox": durable["outbox"]}
+    if k is None:
+        out["final"] = _totals(device)
+        out["final_outbox"] = _outbox(device)
+        return out
+    out["ram"] = _totals(device)
+    out["ram_outbox"] = _outbox(device)
+    # Power back: mount what the flash holds, boot, and live the rest of the day.
+    flash.power_on()
+    fs, root = mount(flash)
+    t_boot = events[k][0] + REBOOT_MS
+    device = boot(profile, fs, root, replay.ticks(t_boot), {})
+    out["recovered"] = _totals(device)
+    out["recovered_outbox"] = _outbox(device)
+    out["faults"] = [f[0] for f in device.faults]
+    rest = k + 1
+    while rest < len(events) and events[rest][0] <= t_boot:
+        if events[rest][1] == replay.LEVEL:
+            levels[events[rest][2]] = events[rest][3]
+        rest += 1
+    from app.counting import Meter
+
+    ref = Meter(profile)  # what the rest of the day alone counts, for the ground truth
+    for i, level in enumerate(levels):
+        device.meter.sample(i, level, replay.ticks(t_boot))
+        ref.sample(i, level, replay.ticks(t_boot))
+    for t, op, a, b in events[rest:]:
+        replay.step(ref, t, op, a, b)
+    out["after"] = [ref.c.total_brews(), ref.c.rinses, ref.c.water_ml, ref.c.pump_ms]
+    _play(device, events, rest, flash, levels)
+    out["final"] = _totals(device)
+    return out
