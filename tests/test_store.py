@@ -55,29 +55,29 @@ def _counters(seed: int) -> Counters:
 
 
 def test_counters_round_trip_in_one_inline_sized_file(fs):
-    s = Store(fs)
+    s = Store(fs, "/counts")
     c = _counters(7)
     s.save_counters(c)
-    assert Store(fs).load_counters().__dict__ == c.__dict__
-    size = (fs.root / "data" / "counters.0").stat().st_size
+    assert Store(fs, "/counts").load_counters().__dict__ == c.__dict__
+    size = (fs.root / "counts" / "counters.0").stat().st_size
     assert size <= 128  # stays inline in littlefs metadata: no block erase per rewrite
 
 
 def test_writes_alternate_and_the_newest_good_copy_wins(fs):
-    s = Store(fs)
+    s = Store(fs, "/counts")
     for i in range(5):
         s.save_counters(_counters(i))
-    assert Store(fs).load_counters().brews[0] == 4
+    assert Store(fs, "/counts").load_counters().brews[0] == 4
     # Damage the newest copy: the load falls back to the one before and says so.
-    newest = fs.root / "data" / f"counters.{s._seq['counters'][1]}"
+    newest = fs.root / "counts" / f"counters.{s._seq['counters'][1]}"
     data = bytearray(newest.read_bytes())
     data[10] ^= 0x04
     newest.write_bytes(bytes(data))
-    s2 = Store(fs)
+    s2 = Store(fs, "/counts")
     assert s2.load_counters().brews[0] == 3
     assert s2.recovered == ["counters"]
     s2.save_counters(_counters(9))  # the next write replaces the damaged copy
-    assert Store(fs).load_counters().brews[0] == 9
+    assert Store(fs, "/counts").load_counters().brews[0] == 9
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage"])
@@ -88,7 +88,7 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
         d.meter.c.brews[0] += 1
         d.event(BREW, 0, 1000 * n)
     seq, idx = d.store._seq["counters"]
-    victim = fs.root / "data" / f"counters.{idx}"
+    victim = fs.root / "counts" / f"counters.{idx}"
     if damage == "flip":
         b = bytearray(victim.read_bytes())
         b[20] ^= 0x80
@@ -138,12 +138,12 @@ def test_newer_format_is_refused_and_left_untouched(profile, fs):
     d.meter.c.brews[1] = 42
     d.save(0)
     # Firmware from the future rewrites the file in format FORMAT+1.
-    path = fs.root / "data" / f"counters.{d.store._seq['counters'][1]}"
+    path = fs.root / "counts" / f"counters.{d.store._seq['counters'][1]}"
     body = struct.pack("<BI", FORMAT + 1, 99) + b"future layout"
     future = body + struct.pack("<I", store_mod.crc32(body))
     path.write_bytes(future)
     with pytest.raises(NewerFormat):
-        Store(fs).load_counters()
+        Store(fs, "/counts").load_counters()
     d2 = Device(profile, fs)
     d2.boot(1, 0)
     assert d2.faults[0][0] == "storage_newer" and d2.store.read_only

@@ -20,9 +20,14 @@ _ENOSPC = const(28)
 
 
 class Device:
-    def __init__(self, profile, fs, flush_s=FLUSH_S, root="/data"):
+    def __init__(self, profile, fs, flush_s=FLUSH_S, root=""):
+        """`root` is the mount point: "" on the device (littlefs at /)."""
         self.profile = profile
-        self.store = Store(fs, root)
+        # Two sibling directories: littlefs scans a directory's whole metadata log on every
+        # lookup, and the counters' log grows with every save; the big, rarely written
+        # outbox gets a short log of its own.
+        self.store = Store(fs, root + "/counts")
+        self.outbox_store = Store(fs, root + "/outbox")
         self.flush_ms = flush_s * 1000
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True
@@ -32,22 +37,28 @@ class Device:
         self.meter = None
         self.outbox = None
 
-    def boot(self, cause, now):
+    def recover(self):
+        """Read the counters and the outbox back from flash (all that boot reads)."""
         store = self.store
         try:
             c = store.load_counters()
-            self.outbox = Outbox(store)
+            self.outbox = Outbox(self.outbox_store)
         except NewerFormat as e:
             # Written by newer firmware: count on in RAM and leave the flash untouched.
-            store.read_only = True
+            store.read_only = self.outbox_store.read_only = True
             c = Counters()
             self.outbox = Outbox(_NoStore())
             self.fault("storage_newer", str(e))
         self.meter = Meter(self.profile, c)
+        recovered = store.recovered + self.outbox_store.recovered
+        if recovered:
+            self.fault("storage_recovered", ",".join(recovered))
+
+    def boot(self, cause, now):
+        """Recover, then count this boot and save it."""
+        self.recover()
         self.meter.boot(cause)
         self._second = now
-        if store.recovered:
-            self.fault("storage_recovered", ",".join(store.recovered))
         self.save(now)
 
     def fault(self, code, detail=""):

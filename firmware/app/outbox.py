@@ -32,7 +32,8 @@ class Outbox:
 
     def _save(self):
         self.store.write("outbox", json.dumps(
-            {"ev": self.events, "next": self.next_id, "dropped": self.dropped}).encode())
+            {"ev": self.events, "next": self.next_id, "dropped": self.dropped},
+            separators=(",", ":")).encode())  # compact: boot reads this file
 
     def add(self, event):
         """Give `event` (a dict with "kind") the next id, keep it, save. If the outbox is

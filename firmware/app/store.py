@@ -64,55 +64,72 @@ class DeviceFS:
 
 
 class Store:
+    """A directory of A/B-copied files. Keep files that are written often apart from those
+    read at boot: littlefs scans a directory's whole metadata log on every lookup."""
+
     def __init__(self, fs, root="/data"):
         self.fs = fs
         self.root = root
         self._seq = {}  # name -> (sequence number, index of the copy written last)
         self.read_only = False  # set when the flash holds a newer format than ours
         self.recovered = []  # names whose newest copy was damaged or missing at load
-        try:
-            fs.mkdir(root)
-        except OSError:
-            pass  # exists
 
     def _path(self, name, i):
         return "%s/%s.%d" % (self.root, name, i)
 
-    def _read_copy(self, name, i):
-        """(seq, payload) of one copy, or None if missing or damaged. Raises NewerFormat."""
+    def _open(self, name, i):
+        """(head, file) of one copy, or None if it is missing or too short to be ours."""
         try:
-            with self.fs.open(self._path(name, i), "rb") as f:
-                data = f.read()
+            f = self.fs.open(self._path(name, i), "rb")
         except OSError:
             return None
-        if len(data) < _HEAD_LEN + 4:
+        head = f.read(_HEAD_LEN)
+        if len(head) < _HEAD_LEN:
+            f.close()
             return None
-        body, crc = data[:-4], struct.unpack("<I", data[-4:])[0]
-        if crc32(body) != crc:
-            return None
-        fmt, seq = struct.unpack_from(_HEAD, body)
-        if fmt > FORMAT:
-            raise NewerFormat("%s: format %d, this firmware reads up to %d" % (
-                self._path(name, i), fmt, FORMAT))
-        return seq, body[_HEAD_LEN:]
+        return head, f
 
     def read(self, name):
-        """The payload of the newest good copy of `name`, or None if there is none."""
-        a = self._read_copy(name, 0)
-        b = self._read_copy(name, 1)
-        if a is None and b is None:
-            self._seq[name] = (0, 1)
-            return None
-        if b is None or (a is not None and a[0] > b[0]):
-            best, i, other = a, 0, b
-        else:
-            best, i, other = b, 1, a
-        # The copy written after `best` would be the other one with seq+1: if it is missing
-        # or damaged while an older good copy exists, a write was lost or the flash damaged.
-        if other is None and best[0] > 1:
-            self.recovered.append(name)
-        self._seq[name] = (best[0], i)
-        return best[1]
+        """The payload of the newest good copy of `name`, or None if there is none. Only the
+        headers of both copies are read, then the newer one whole: a big file costs one
+        read, not two."""
+        copies = []
+        try:
+            for i in (0, 1):
+                c = self._open(name, i)
+                if c:
+                    copies.append((struct.unpack(_HEAD, c[0])[1], i, c[0], c[1]))
+            copies.sort(reverse=True)
+            for seq, i, head, f in copies:
+                data = head + f.read()
+                body = data[:-4]
+                if len(data) >= _HEAD_LEN + 4 and crc32(body) == struct.unpack(
+                        "<I", data[-4:])[0]:
+                    if head[0] > FORMAT:  # intact, and written by newer firmware
+                        raise NewerFormat("%s: format %d, this firmware reads up to %d" % (
+                            self._path(name, i), head[0], FORMAT))
+                    # The newer copy missing or damaged while an older one is good: a write
+                    # was lost or the flash was damaged.
+                    if seq > 1 and (len(copies) < 2 or seq != copies[0][0]):
+                        self.recovered.append(name)
+                    self._seq[name] = (seq, i)
+                    return body[_HEAD_LEN:]
+        finally:
+            for c in copies:
+                c[3].close()
+        self._seq[name] = (0, 1)
+        if copies:
+            self.recovered.append(name)  # copies there, none good
+        return None
+
+    def _mkdirs(self):
+        path = ""
+        for part in self.root.split("/")[1:]:
+            path += "/" + part
+            try:
+                self.fs.mkdir(path)
+            except OSError:
+                pass  # exists
 
     def write(self, name, payload):
         """Write `payload` over the older copy. Raises OSError (e.g. ENOSPC) on failure;
@@ -123,8 +140,16 @@ class Store:
         seq += 1
         i = 1 - last
         body = struct.pack(_HEAD, FORMAT, seq) + payload
-        with self.fs.open(self._path(name, i), "wb") as f:
-            f.write(body + struct.pack("<I", crc32(body)))
+        data = body + struct.pack("<I", crc32(body))
+        try:
+            f = self.fs.open(self._path(name, i), "wb")
+        except OSError as e:
+            if e.errno != _ENOENT:
+                raise
+            self._mkdirs()  # first write ever: make the directory (not at every boot)
+            f = self.fs.open(self._path(name, i), "wb")
+        with f:
+            f.write(data)
         self._seq[name] = (seq, i)
 
     def load_counters(self):

@@ -16,6 +16,11 @@ from brewmeter.simulate import simulate
 TARGETS: dict[str, tuple[float, str]] = {
     "sim_days_per_s": (365, "min"),
     "core_heap_bytes": (8192, "max"),
+    "flash_bytes_per_brew": (256, "max"),
+    "flash_erases_per_brew": (0.05, "max"),
+    "recovery_read_bytes": (16384, "max"),
+    "powercut_lost_brews": (0, "max"),
+    "powercut_doubled_brews": (0, "max"),
 }
 
 
@@ -60,10 +65,56 @@ def core_heap_bytes() -> dict[str, float]:
     return {"core_heap_bytes": core - base, "heap_at_boot_bytes": base}
 
 
+def flash_wear() -> dict[str, float]:
+    """Flash programmed and erased per brew over a typical week (from the first boot), by
+    the firmware's storage on MicroPython's own littlefs over the emulated 2 MiB partition;
+    and, on the same workload and the same save points, the two usual ways of doing it.
+    recovery_read_bytes: the most Device.boot read over a month of daily power cycles with
+    a full outbox; mount_read_bytes: the most littlefs's own mount read before it."""
+    import random
+
+    from brewmeter.scenario import Script
+    from brewmeter.simulate import _day
+    from brewmeter.sweep import flashrun
+
+    profile = load_profile("emulator")
+    s = Script(profile)
+    rng = random.Random(0)
+    for d in range(7):
+        _day(s, rng, d)
+    events = sorted(s.settle().events)
+    out: dict[str, float] = {}
+    for mode, prefix in (("recovery", "flash"), ("json", "baseline_json"),
+                         ("log", "baseline_log")):
+        r = flashrun(board_path("emulator"), events, mode, 512)[0]
+        brews = r["final"][0]
+        out[f"{prefix}_bytes_per_brew"] = round(r["bytes_programmed"] / brews, 1)
+        out[f"{prefix}_erases_per_brew"] = round(r["erases"] / brews, 4)
+        if mode == "recovery":
+            out["recovery_read_bytes"] = r["recovery_read_bytes"]
+            out["mount_read_bytes"] = r["mount_read_bytes"]
+    return out
+
+
+def powercut() -> dict[str, float]:
+    """The CI power-cut sweep: brews lost or doubled over every cut point."""
+    from brewmeter import sweep
+
+    s = sweep.run()
+    return {"powercut_cuts": s["cpython"].cuts + s["micropython"].cuts,
+            "powercut_lost_brews": s["cpython"].lost + s["micropython"].lost,
+            "powercut_doubled_brews": s["cpython"].doubled + s["micropython"].doubled}
+
+
 # Each measure with the figures it gives, so --only runs just what it needs.
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
     (core_heap_bytes, ("core_heap_bytes", "heap_at_boot_bytes")),
+    (flash_wear, ("flash_bytes_per_brew", "flash_erases_per_brew", "recovery_read_bytes",
+                  "mount_read_bytes",
+                  "baseline_json_bytes_per_brew", "baseline_json_erases_per_brew",
+                  "baseline_log_bytes_per_brew", "baseline_log_erases_per_brew")),
+    (powercut, ("powercut_cuts", "powercut_lost_brews", "powercut_doubled_brews")),
 ]
 
 

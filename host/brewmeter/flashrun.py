@@ -1,16 +1,15 @@
 # Runs the firmware's storage on MicroPython's own littlefs (vfs.VfsLfs2) over the emulated NOR
 # flash, under the unix port:
-#     micropython flashrun.py FIRMWARE PROFILE EVENTS.jsonl MODE [CUT ...]
+#     micropython flashrun.py FIRMWARE PROFILE EVENTS.jsonl MODE BLOCKS [CUT[:tear] ...]
 # MODE "store" is the firmware as it is; "json" and "log" swap its counters file for the two
 # baselines `brewmeter bench` compares it with. Without CUTs: one run, its wear as JSON. With
 # CUTs: one power-cut run per program/erase index, its checks' inputs as a JSON line each.
+# MODE "recovery": after the run, fill the outbox, power-cycle, and report the bytes the
+# mount and the boot read from flash.
 import json
 import sys
 
 import vfs
-
-_BLOCKS = 512  # the ESP32's 2 MiB vfs partition
-
 
 def _json_baseline(device):
     # What most MicroPython projects do: a JSON file of all counters, rewritten on change.
@@ -39,13 +38,43 @@ def _log_baseline(device):
     device.store.save_counters = save_counters
 
 
+def _recovery_read(profile, flash, t):
+    """Boot reads with a full outbox (the largest state there is), at the worst moment:
+    littlefs scans a directory's whole metadata log on each lookup, and the counters' log
+    grows with every save until littlefs compacts it. So: a month of days of 16 saves, a
+    power cycle after each; the most the recovery (Device.recover: counters and outbox)
+    read, and the most littlefs's mount read before it."""
+    import powercut
+    from app.outbox import MAX_EVENTS
+
+    device = powercut.boot(profile, _mount(flash)[0], "/flash", t, {})
+    for i in range(MAX_EVENTS):
+        device.outbox.add({"kind": "filter_changed", "cycle": i, "ml": 150000 + i,
+                           "pump_ms": 36000000, "brews": 1500, "age_s": 15552000})
+    worst_mount = worst_boot = 0
+    for day in range(30):
+        for _ in range(16):
+            device.meter.c.brews[0] += 1
+            device.save(t)
+        flash.reset_stats()
+        fs = _mount(flash)[0]
+        worst_mount = max(worst_mount, flash.bytes_read)
+        from app.device import Device
+
+        flash.reset_stats()
+        Device(profile, fs, root="/flash").recover()
+        worst_boot = max(worst_boot, flash.bytes_read)
+        device = powercut.boot(profile, fs, "/flash", t + day, {})
+    return worst_boot, worst_mount
+
+
 def _mount(flash):
     try:
         vfs.umount("/flash")
     except OSError:
         pass
     vfs.mount(vfs.VfsLfs2(flash), "/flash")
-    return _DeviceFS(), "/flash/data"
+    return _DeviceFS(), "/flash"
 
 
 class _DeviceFS:
@@ -70,19 +99,28 @@ def main(argv):
     with open(argv[3]) as f:
         for line in f:
             events.append(json.loads(line))
-    patch = {"store": None, "json": _json_baseline, "log": _log_baseline}[argv[4]]
-    cuts = [int(a.split(":")[0]) for a in argv[5:]]
-    tears = [a.endswith(":tear") for a in argv[5:]]
-    base = norflash.NorFlash(block_count=_BLOCKS)
+    mode = argv[4]
+    patch = {"json": _json_baseline, "log": _log_baseline}.get(mode)
+    cuts = [int(a.split(":")[0]) for a in argv[6:]]
+    tears = [a.endswith(":tear") for a in argv[6:]]
+    base = norflash.NorFlash(block_count=int(argv[5]))  # 512: the ESP32's 2 MiB partition
     vfs.VfsLfs2.mkfs(base)
     image = base.snapshot()
     if not cuts:
         r = powercut.run(profile, events, base, _mount, None, patch)
         r.update(bytes_programmed=base.bytes_programmed, erases=base.erases,
                  bytes_read=base.bytes_read)
+        if mode == "recovery":
+            r["recovery_read_bytes"], r["mount_read_bytes"] = _recovery_read(
+                profile, base, events[-1][0])
         print(json.dumps(r))
         return
+    import gc
+
+    base = None
     for cut, tear in zip(cuts, tears):
+        flash = None
+        gc.collect()  # the previous run's flash image: the heap holds one at a time
         flash = norflash.NorFlash.from_bytes(image, tear=tear)
         r = powercut.run(profile, events, flash, _mount, cut, patch)
         r["cut"] = cut

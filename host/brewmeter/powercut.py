@@ -15,7 +15,8 @@ REBOOT_MS = 1000  # power comes back a second after the cut
 
 def _totals(device):
     c = device.meter.c
-    return [c.total_brews(), c.rinses, c.water_ml, c.pump_ms]
+    # Pump time as the store keeps it (10 ms units), so a reload compares equal.
+    return [c.total_brews(), c.rinses, c.water_ml, c.pump_ms // 10 * 10]
 
 
 def _outbox(device):

@@ -1,0 +1,84 @@
+"""The firmware Store's filesystem interface (open/mkdir/remove, raising OSError) over
+littlefs-python, so the device's own storage code runs on real littlefs under CPython."""
+
+from __future__ import annotations
+
+import errno
+
+from littlefs import LittleFS, LittleFSError
+
+from brewmeter import lfs
+from brewmeter.norflash import NorFlash
+
+
+def _oserror(fs: LittleFS, e: LittleFSError) -> OSError:
+    ctx = fs.context
+    if isinstance(ctx, lfs.FlashContext) and ctx.error is not None:
+        err, ctx.error = ctx.error, None  # taken: a later, unrelated error is reported as such
+        return err  # the flash's own NorError / PowerCut
+    return OSError(-e.code, str(e))  # littlefs codes are negated errnos (-28 = ENOSPC)
+
+
+class _File:
+    def __init__(self, fs: LittleFS, f) -> None:  # noqa: ANN001 - littlefs-python's file
+        self._fs = fs
+        self._f = f
+
+    def _call(self, fn, *args):  # noqa: ANN001, ANN202
+        try:
+            return fn(*args)
+        except LittleFSError as e:
+            raise _oserror(self._fs, e) from e
+
+    def read(self, *args: int) -> bytes:
+        return self._call(self._f.read, *args)
+
+    def write(self, data: bytes) -> int:
+        return self._call(self._f.write, data)
+
+    def close(self) -> None:
+        try:
+            self._call(self._f.close)  # littlefs commits the file here
+        except OSError:
+            # littlefs forgets the file even when its close fails; mark the handle closed
+            # as littlefs-python's own close does, or its finalizer closes it again and
+            # trips an assertion in littlefs.
+            setattr(self._f, "__IOBase_closed", True)  # noqa: B010
+            raise
+
+    def __enter__(self) -> _File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LfsFS:
+    def __init__(self, fs: LittleFS) -> None:
+        self.fs = fs
+
+    def _call(self, fn, *args):  # noqa: ANN001, ANN202
+        try:
+            return fn(*args)
+        except LittleFSError as e:
+            raise _oserror(self.fs, e) from e
+
+    def open(self, path: str, mode: str) -> _File:
+        try:
+            return _File(self.fs, self._call(self.fs.open, path, mode, 0))  # unbuffered
+        except FileNotFoundError as e:  # littlefs-python's own, without an errno
+            raise OSError(errno.ENOENT, path) from e
+
+    def mkdir(self, path: str) -> None:
+        self._call(self.fs.mkdir, path)
+
+    def remove(self, path: str) -> None:
+        self._call(self.fs.remove, path)
+
+
+def mount(flash: NorFlash) -> tuple[LfsFS, str]:
+    """Mount the littlefs on `flash` for the firmware's Device: (fs, mount point)."""
+    try:
+        return LfsFS(lfs.mount(flash)), ""
+    except LittleFSError as e:
+        raise OSError(-e.code, f"no littlefs on the flash: {e}") from e

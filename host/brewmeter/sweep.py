@@ -1,0 +1,167 @@
+"""The power-cut sweep (in the style of ESP-IDF NVS's and littlefs's power-loss tests): a
+scripted day played into the firmware's storage on littlefs over the emulated NOR flash, with
+the power cut at every program/erase in turn, with and without a torn last program; after each
+cut, boot, recover, live the rest of the day, and check against the ground truth."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.profile import Profile
+
+from brewmeter import lfs, lfsfs, mp, powercut
+from brewmeter.norflash import NorFlash
+from brewmeter.scenario import Script
+
+SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
+
+
+def day(profile: Profile, seed: int = 0, brews: int = 24) -> Script:
+    """A busy day: brews of every kind, rinses, contact bounce, idle flow, a long hot-water
+    run (flushed mid-run), and a filter change at noon."""
+    rng = random.Random(seed)
+    s = Script(profile)
+    s.wait(7 * 3_600_000)
+    for i in range(brews):
+        kind = profile.kinds[i % len(profile.kinds)]
+        if i % 6 == 0:
+            s.rinse(rng.uniform(1, 4), kind, ml=20)
+        if i % 7 == 3:
+            s.bounce(kind, rng.randrange(2, profile.debounce_ms))
+        s.brew(kind, rng.uniform(30, 220), rng.uniform(profile.min_brew_s, 45))
+        if i == brews // 2:
+            s.filter_change(1_800_000_000 + s.t // 1000)
+        if i == brews // 3:
+            s.run(kind, 150, ml=900)  # descaling rinse: one long run, saved mid-way
+        if i % 9 == 5:
+            s.idle_flow(rng.uniform(5, 40))
+        s.wait(rng.randrange(30_000, 1_500_000))
+    return s.settle()
+
+
+@dataclass
+class Summary:
+    cuts: int = 0
+    lost: int = 0  # durable brews missing after recovery
+    doubled: int = 0  # brews after recovery that were never counted
+    wrong_after: int = 0  # recovery right, but the rest of the day miscounted
+    window_exceeded: int = 0  # water/pump lost beyond the flush window
+    outbox_lost: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.doubled or self.wrong_after or self.window_exceeded
+                    or self.outbox_lost)
+
+
+def check(r: dict, window_ms: int, summary: Summary) -> None:
+    """The checks after one cut run (a dict from powercut.run)."""
+    summary.cuts += 1
+    bad = []
+    if r["cut_event"] is None:
+        bad.append("no cut happened")
+    else:
+        dur, rec, ram = r["durable"], r["recovered"], r["ram"]
+        if rec[0] < dur[0] or rec[1] < dur[1]:
+            summary.lost += 1
+            bad.append("lost")
+        if rec[0] > ram[0] or rec[1] > ram[1]:
+            summary.doubled += 1
+            bad.append("doubled")
+        if any(x < d for x, d in zip(rec[2:], dur[2:], strict=True)) or ram[3] - rec[3] > window_ms:
+            summary.window_exceeded += 1
+            bad.append("window")
+        if r["final"][:2] != [rec[0] + r["after"][0], rec[1] + r["after"][1]]:
+            summary.wrong_after += 1
+            bad.append("after")
+        if not set(r["durable_outbox"]) <= set(r["recovered_outbox"]) <= set(r["ram_outbox"]):
+            summary.outbox_lost += 1
+            bad.append("outbox")
+    if bad:
+        summary.failures.append({"why": bad, **r})
+
+
+def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tuple[int, bytes]:
+    """Program/erase operations in the uncut day, and the formatted image the runs start from."""
+    flash = NorFlash(block_count=blocks)
+    lfs.format(flash)
+    image = flash.snapshot()
+    r = powercut.run(profile, events, flash, lfsfs.mount)
+    return r["ops"], image
+
+
+def sweep_cpython(profile: Profile, events: list, window_ms: int,
+                  cuts: Iterable[int] | None = None) -> Summary:
+    """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs."""
+    ops, image = count_ops(profile, events)
+    summary = Summary()
+    for k in cuts or range(1, ops + 1):
+        for tear in (False, True):
+            flash = NorFlash.from_bytes(image, tear=tear)
+            r = powercut.run(profile, events, flash, lfsfs.mount, cut_at=k)
+            r.update(cut=k, tear=tear)
+            check(r, window_ms, summary)
+    return summary
+
+
+def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
+             timeout: float = 600) -> list[dict]:
+    """Run host/brewmeter/flashrun.py under the MicroPython unix port: the firmware's storage
+    on MicroPython's own littlefs. One JSON result per run."""
+    with tempfile.TemporaryDirectory() as d:
+        ev = Path(d) / "events.jsonl"
+        ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
+        argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
+        code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
+                f"sys.path.append({str(mp.HOST)!r}); import flashrun; flashrun.main({argv!r})")
+        out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+
+
+def sweep_micropython(profile_path: Path, profile: Profile, events: list, window_ms: int,
+                      sample: int, seed: int = 0) -> Summary:
+    """A sample of cut points, torn and not, under the MicroPython unix port's own littlefs."""
+    ops = flashrun(profile_path, events, "store", SWEEP_BLOCKS)[0]["ops"]
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, ops + 1), min(sample, ops)))
+    args = [f"{k}:tear" if i % 2 else str(k) for i, k in enumerate(cuts)]
+    summary = Summary()
+    for r in flashrun(profile_path, events, "store", SWEEP_BLOCKS, args):
+        check(r, window_ms, summary)
+    return summary
+
+
+def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
+    """The sweep as CI runs it (one busy day, every cut, plus a MicroPython sample), or with
+    `exhaustive` several days and boards, every cut under both interpreters."""
+    from app.device import FLUSH_S
+
+    from brewmeter.harness import board_path, load_profile
+
+    window_ms = FLUSH_S * 1000 + 2500  # + the scripted flow's 2 s reporting granularity
+    boards = ["emulator", "esp32-generic"] if exhaustive else ["emulator"]
+    seeds = range(4) if exhaustive else range(1)
+    out: dict = {"cpython": Summary(), "micropython": Summary()}
+    for board in boards:
+        profile = load_profile(board)
+        for seed in seeds:
+            events = sorted(day(profile, seed).events)
+            _merge(out["cpython"], sweep_cpython(profile, events, window_ms))
+            sample = 10_000 if exhaustive else mp_sample
+            _merge(out["micropython"], sweep_micropython(board_path(board), profile, events,
+                                                          window_ms, sample, seed))
+    return out
+
+
+def _merge(into: Summary, s: Summary) -> None:
+    for k in ("cuts", "lost", "doubled", "wrong_after", "window_exceeded", "outbox_lost"):
+        setattr(into, k, getattr(into, k) + getattr(s, k))
+    into.failures += s.failures
