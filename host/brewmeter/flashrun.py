@@ -11,6 +11,7 @@ import sys
 
 import vfs
 
+
 def _json_baseline(device):
     # What most MicroPython projects do: a JSON file of all counters, rewritten on change.
     from app import snapshot
