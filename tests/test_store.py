@@ -220,3 +220,47 @@ def test_unknown_errno_is_a_storage_error_not_full(profile, fs):
 def test_play_helper_still_counts(profile, meter):
     play(meter, Script(profile).brew("espresso", 40).settle().events)
     assert meter.c.total_brews() == 1
+
+
+def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
+    # Real littlefs on the emulated NOR flash, every block taken by other files.
+    from brewmeter import lfs, lfsfs
+    from brewmeter.norflash import NorFlash
+
+    flash = NorFlash(block_count=16)
+    lfs.format(flash)
+    fs, root = lfsfs.mount(flash)
+    d = Device(profile, fs, root=root)
+    d.boot(1, 0)
+    d.meter.c.brews[0] = 7
+    assert d.save(1)
+    with pytest.raises(OSError) as e:
+        for n in range(100):
+            with fs.open(f"/filler{n}", "wb") as f:
+                f.write(bytes(4000))
+    assert e.value.errno == errno.ENOSPC
+    # The counters live inline in littlefs metadata: they still save on a full flash.
+    for n in range(50):
+        d.meter.c.brews[0] += 1
+        assert d.save(2 + n)
+    # A new outbox file needs a free block: refused, the event kept in RAM, one fault.
+    d.change_filter(1_800_000_000, "console", 100)
+    d.add_event({"kind": "order_requested", "n": 1})
+    assert not d.storage_ok
+    assert [f[0] for f in d.faults] == ["storage_full"]
+    assert [e["kind"] for e in d.outbox.events] == ["filter_changed", "order_requested"]
+    d.meter.c.brews[1] += 5  # counting goes on
+    # Room again (the owner deleted the big files): the next write takes everything.
+    for n in range(100):
+        try:
+            fs.remove(f"/filler{n}")
+        except OSError:
+            break
+    d.add_event({"kind": "order_requested", "n": 2})
+    assert d.save(500) and d.storage_ok
+    fs2, _ = lfsfs.mount(flash)
+    d2 = Device(profile, fs2, root=root)
+    d2.recover()
+    assert d2.meter.c.brews[0] == 57 and d2.meter.c.brews[1] == 5
+    assert [e["kind"] for e in d2.outbox.events] == [
+        "filter_changed", "order_requested", "order_requested"]

@@ -1,6 +1,6 @@
 # The device's bookkeeping: counts from the Meter, when they are persisted, and the faults
 # and events that go to the outbox. No clock reads: `now` (ticks_ms) is always passed in.
-from time import ticks_diff
+from time import ticks_add, ticks_diff
 
 from micropython import const
 
@@ -65,10 +65,21 @@ class Device:
         self.faults.append((code, detail))
         if len(self.faults) > 8:
             self.faults.pop(0)
+        self.add_event({"kind": "fault", "code": code, "detail": detail})
+
+    def add_event(self, ev):
+        """Put `ev` in the outbox: in RAM at once, on flash if the flash takes it (else with
+        the next outbox write that succeeds)."""
         try:
-            self.outbox.add({"kind": "fault", "code": code, "detail": detail})
-        except OSError:
-            pass  # kept in self.faults; save() reports the storage problem itself
+            self.outbox.add(ev)
+        except OSError as e:
+            self._storage_failed(e)
+
+    def _storage_failed(self, e):
+        if self.storage_ok:  # one fault per episode; counting goes on in RAM
+            self.storage_ok = False
+            code = "storage_full" if e.args and e.args[0] == _ENOSPC else "storage_error"
+            self.faults.append((code, str(e)))
 
     def event(self, code, i, now):
         """A completed run (or a stuck pump) from the Meter: persist before anything shows
@@ -82,7 +93,7 @@ class Device:
         d = ticks_diff(now, self._second)
         if d >= 1000:
             self.meter.powered(d // 1000)
-            self._second = now - d % 1000
+            self._second = ticks_add(now, -(d % 1000))
         c = self.meter.c
         if ticks_diff(now, self._saved_at) >= self.flush_ms:
             s = self._saved
@@ -93,10 +104,7 @@ class Device:
     def change_filter(self, wall, source, now):
         ev = filters.change(self.meter.c, wall, source)
         self.save(now)
-        try:
-            self.outbox.add(ev)
-        except OSError:
-            pass
+        self.add_event(ev)
         return ev
 
     def save(self, now):
@@ -105,13 +113,9 @@ class Device:
         try:
             self.store.save_counters(c)
         except OSError as e:
-            if self.storage_ok:  # raise the fault once per episode, keep counting in RAM
-                self.storage_ok = False
-                code = "storage_full" if e.args and e.args[0] == _ENOSPC else "storage_error"
-                self.faults.append((code, str(e)))
+            self._storage_failed(e)
             return False
-        if not self.storage_ok:
-            self.storage_ok = True
+        self.storage_ok = True
         self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
         return True
 

@@ -12,6 +12,7 @@ from app.counters import MAX_INPUTS, RESET_CAUSES, Counters
 
 FORMAT = const(1)  # bumped when a layout changes; older formats are migrated on load
 _ENOENT = const(2)
+_EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
 _HEAD = "<BI"  # format, sequence number
 _HEAD_LEN = const(5)
@@ -128,8 +129,9 @@ class Store:
             path += "/" + part
             try:
                 self.fs.mkdir(path)
-            except OSError:
-                pass  # exists
+            except OSError as e:
+                if e.errno != _EEXIST:
+                    raise
 
     def write(self, name, payload):
         """Write `payload` over the older copy. Raises OSError (e.g. ENOSPC) on failure;

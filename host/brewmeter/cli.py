@@ -31,6 +31,24 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _powercut(args: argparse.Namespace) -> int:
+    from brewmeter import sweep
+
+    result = sweep.run(exhaustive=args.exhaustive)
+    out = {name: {k: getattr(s, k) for k in ("cuts", "lost", "doubled", "wrong_after",
+                                             "window_exceeded", "outbox_lost")}
+           for name, s in result.items()}
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        for name, d in out.items():
+            print(f"{name:<12} " + "  ".join(f"{k} {v}" for k, v in d.items()))
+    failures = [f for s in result.values() for f in s.failures]
+    for f in failures[:5]:
+        print(f"FAILED: {json.dumps(f)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def _check_board(args: argparse.Namespace) -> int:
     from brewmeter.harness import load_profile
 
@@ -55,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--only", help="measure only this figure (or figures with this prefix)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("powercut", help="cut the power at every flash operation of a day")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="more days and boards, every cut under MicroPython too (minutes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_powercut)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
