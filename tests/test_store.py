@@ -264,3 +264,30 @@ def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
     assert d2.meter.c.brews[0] == 57 and d2.meter.c.brews[1] == 5
     assert [e["kind"] for e in d2.outbox.events] == [
         "filter_changed", "order_requested", "order_requested"]
+
+
+def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
+    from app.counters import MAX_INPUTS, RESET_CAUSES
+
+    # A counters file as the first firmware wrote it (format 1 layout, pump time in ms).
+    v1 = "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
+    payload = struct.pack(v1, 3, 1, 0, 0, 2, 70000, 250, 0, 123_456_789, 4,
+                          0, 3, 0, 1, 0, 0, 1, 1, 900, 45_678, 5, 1_800_000_000, 3600)
+    body = struct.pack("<BI", 1, 1) + payload
+    (fs.root / "counts").mkdir()
+    crc = struct.pack("<I", store_mod.crc32(body))
+    (fs.root / "counts" / "counters.0").write_bytes(body + crc)
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    c = d.meter.c
+    assert c.brews == [3, 1, 0, 0] and c.rinses == 2 and c.stuck_runs == 65535
+    assert c.water_ml == 250 and c.pump_ms == 123_456_789
+    assert c.boots == 5 and c.resets[1] == 4  # this boot counted on top
+    assert c.filter_ml == 900 and c.filter_fit_wall == 1_800_000_000
+    assert d.store.formats["counters"] == 1 and d.faults == []
+    d2 = Device(profile, fs)
+    d2.recover()
+    assert d2.store.formats["counters"] == FORMAT == 2
+    assert d2.meter.c.pump_ms == 123_456_780  # format 2 keeps it in 10 ms units
+    c.pump_ms = 123_456_780
+    assert d2.meter.c.__dict__ == c.__dict__

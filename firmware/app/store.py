@@ -10,7 +10,7 @@ from micropython import const
 
 from app.counters import MAX_INPUTS, RESET_CAUSES, Counters
 
-FORMAT = const(1)  # bumped when a layout changes; older formats are migrated on load
+FORMAT = const(2)  # bumped when a layout changes; older formats are migrated on load
 _ENOENT = const(2)
 _EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
@@ -21,6 +21,8 @@ _HEAD_LEN = const(5)
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
 # Per-cause reset counts are 16-bit and saturate (see Meter.boot).
 _COUNTERS = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
+# Format 1, the first firmware's: 32-bit stuck and reset counts, pump times in ms (64-bit).
+_COUNTERS_V1 = "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
 
 
 class NewerFormat(Exception):
@@ -34,8 +36,9 @@ def pack_counters(c):
         c.filter_brews, c.filter_fit_wall, c.filter_powered_s)
 
 
-def unpack_counters(data):
-    v = struct.unpack(_COUNTERS, data)
+def unpack_counters(data, fmt=FORMAT):
+    """Counters from a payload of format `fmt` (older formats migrate on the way in)."""
+    v = struct.unpack(_COUNTERS if fmt == FORMAT else _COUNTERS_V1, data)
     c = Counters()
     n = MAX_INPUTS
     c.brews = list(v[:n])
@@ -45,8 +48,12 @@ def unpack_counters(data):
     n += len(RESET_CAUSES)
     (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
      c.filter_fit_wall, c.filter_powered_s) = v[n:]
-    c.pump_ms *= 10
-    c.filter_pump_ms *= 10
+    if fmt == FORMAT:
+        c.pump_ms *= 10
+        c.filter_pump_ms *= 10
+    else:  # v1 kept 32-bit counts where v2 keeps 16 bits: saturate, as Meter.boot does
+        c.stuck_runs = min(c.stuck_runs, 0xFFFF)
+        c.resets = [min(n, 0xFFFF) for n in c.resets]
     return c
 
 
@@ -74,6 +81,7 @@ class Store:
         self._seq = {}  # name -> (sequence number, index of the copy written last)
         self.read_only = False  # set when the flash holds a newer format than ours
         self.recovered = []  # names whose newest copy was damaged or missing at load
+        self.formats = {}  # name -> format of the copy read
 
     def _path(self, name, i):
         return "%s/%s.%d" % (self.root, name, i)
@@ -114,6 +122,7 @@ class Store:
                     if seq > 1 and (len(copies) < 2 or seq != copies[0][0]):
                         self.recovered.append(name)
                     self._seq[name] = (seq, i)
+                    self.formats[name] = head[0]
                     return body[_HEAD_LEN:]
         finally:
             for c in copies:
@@ -157,7 +166,7 @@ class Store:
     def load_counters(self):
         """The saved counters, or fresh ones if there are none."""
         data = self.read("counters")
-        return Counters() if data is None else unpack_counters(data)
+        return Counters() if data is None else unpack_counters(data, self.formats["counters"])
 
     def save_counters(self, c):
         self.write("counters", pack_counters(c))
