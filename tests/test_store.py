@@ -270,7 +270,7 @@ def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
     from app.counters import MAX_INPUTS, RESET_CAUSES
 
     # A counters file as the first firmware wrote it (format 1 layout, pump time in ms).
-    v1 = "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
+    v1 = f"<{MAX_INPUTS}IIIIIQI{len(RESET_CAUSES)}IBHIQIII"
     payload = struct.pack(v1, 3, 1, 0, 0, 2, 70000, 250, 0, 123_456_789, 4,
                           0, 3, 0, 1, 0, 0, 1, 1, 900, 45_678, 5, 1_800_000_000, 3600)
     body = struct.pack("<BI", 1, 1) + payload
@@ -289,5 +289,5 @@ def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
     d2.recover()
     assert d2.store.formats["counters"] == FORMAT == 2
     assert d2.meter.c.pump_ms == 123_456_780  # format 2 keeps it in 10 ms units
-    c.pump_ms = 123_456_780
+    c.pump_ms, c.filter_pump_ms = 123_456_780, 45_670
     assert d2.meter.c.__dict__ == c.__dict__
