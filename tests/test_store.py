@@ -103,7 +103,7 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
     d2.boot(1, 0)
     assert d2.meter.c.brews[0] == 2  # the last good copy: one brew back, not zero
     assert ("storage_recovered", "counters") in d2.faults
-    assert any(e["code"] == "storage_recovered" for e in d2.outbox.events)
+    assert any(e.get("code") == "storage_recovered" for e in d2.outbox.events)
     d2.meter.c.brews[0] += 1
     d2.event(BREW, 0, 5000)
     d3 = Device(profile, fs)
@@ -153,19 +153,22 @@ def test_newer_format_is_refused_and_left_untouched(profile, fs):
     assert path.read_bytes() == future  # ... and never overwrites what it cannot read
 
 
-def test_outbox_ids_survive_reboot_and_acks_remove(fs):
-    s = Store(fs)
-    ob = Outbox(s)
-    ids = [ob.add({"kind": "filter_changed", "n": i}) for i in range(3)]
-    assert ids == [1, 2, 3]
-    ob.ack({2})
-    ob2 = Outbox(Store(fs))
-    assert [e["id"] for e in ob2.events] == [1, 3]
-    assert ob2.add({"kind": "fault", "code": "x"}) == 4  # never reuses an id
+def test_outbox_ids_survive_reboot_and_acks_remove(profile, fs):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    for i in range(3):
+        d.add_event({"kind": "filter_changed", "n": i})
+    assert [e["id"] for e in d.outbox.events] == [1, 2, 3]
+    d.ack({2})
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert [e["id"] for e in d2.outbox.events] == [1, 3]
+    d2.add_event({"kind": "fault", "code": "x"})
+    assert d2.outbox.events[-1]["id"] == 4  # never reuses an id
 
 
-def test_outbox_full_drops_least_important_oldest_first(fs):
-    ob = Outbox(Store(fs))
+def test_outbox_full_drops_least_important_oldest_first():
+    ob = Outbox()
     ob.add({"kind": "fault", "code": "old"})
     for i in range(MAX_EVENTS - 2):
         ob.add({"kind": "filter_changed", "n": i})
@@ -174,13 +177,16 @@ def test_outbox_full_drops_least_important_oldest_first(fs):
     ob.add({"kind": "order_requested", "n": 99})  # full: the oldest fault makes room
     codes = [e.get("code") for e in ob.events if e["kind"] == "fault"]
     assert codes == ["new"] and ob.dropped == 1
-    ob.add({"kind": "fault", "code": "newest"})  # a fault when only one fault is left
+    ob.add({"kind": "fault", "code": "newest"})  # faults only compete with faults
     assert [e.get("code") for e in ob.events if e["kind"] == "fault"] == ["newest"]
-    ob.add({"kind": "fault", "code": "again"})  # least important is the new fault itself? no:
-    # equal priority, so the oldest of them goes
+    ob.add({"kind": "fault", "code": "again"})
     assert [e.get("code") for e in ob.events if e["kind"] == "fault"] == ["again"]
     assert len(ob.events) == MAX_EVENTS and ob.dropped == 3
     assert sum(e["kind"] == "filter_changed" for e in ob.events) == MAX_EVENTS - 2
+    ob.add({"kind": "order_requested", "n": 100})  # the last fault goes
+    assert all(e["kind"] != "fault" for e in ob.events)
+    ob.add({"kind": "order_requested", "n": 101})  # no fault left: the oldest billing event
+    assert ob.events[0]["kind"] == "filter_changed" and ob.events[0]["n"] == 1
 
 
 def test_device_saves_brews_at_once_and_water_within_flush_window(profile, fs):
@@ -291,3 +297,14 @@ def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
     assert d2.meter.c.pump_ms == 123_456_780  # format 2 keeps it in 10 ms units
     c.pump_ms, c.filter_pump_ms = 123_456_780, 45_670
     assert d2.meter.c.__dict__ == c.__dict__
+
+
+def test_applied_configuration_survives_reboot(profile, fs):
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    assert (d.config_version, d.config) == (0, {})
+    d.apply_config(3, {"sync_interval_s": 900, "auto_order": {"coffee": True}})
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.config_version == 3
+    assert d2.config == {"sync_interval_s": 900, "auto_order": {"coffee": True}}

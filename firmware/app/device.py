@@ -1,5 +1,6 @@
 # The device's bookkeeping: counts from the Meter, when they are persisted, and the faults
 # and events that go to the outbox. No clock reads: `now` (ticks_ms) is always passed in.
+import json
 from time import ticks_add, ticks_diff
 
 from micropython import const
@@ -27,7 +28,7 @@ class Device:
         # lookup, and the counters' log grows with every save; the big, rarely written
         # outbox gets a short log of its own.
         self.store = Store(fs, root + "/counts")
-        self.outbox_store = Store(fs, root + "/outbox")
+        self.state = Store(fs, root + "/state")  # outbox and applied configuration
         self.flush_ms = flush_s * 1000
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True
@@ -36,21 +37,30 @@ class Device:
         self._second = 0  # ticks of the last whole powered second counted
         self.meter = None
         self.outbox = None
+        self.config_version = 0  # the version of the settings applied (0: built-in defaults)
+        self.config = {}  # settings applied on top of the defaults (later issues read them)
 
     def recover(self):
-        """Read the counters and the outbox back from flash (all that boot reads)."""
+        """Read the counters, the outbox and the applied configuration back from flash: all
+        that boot reads."""
         store = self.store
+        saved = {}
+        newer = None
         try:
             c = store.load_counters()
-            self.outbox = Outbox(self.outbox_store)
+            saved = self._load_state()
         except NewerFormat as e:
             # Written by newer firmware: count on in RAM and leave the flash untouched.
-            store.read_only = self.outbox_store.read_only = True
+            store.read_only = self.state.read_only = True
             c = Counters()
-            self.outbox = Outbox(_NoStore())
-            self.fault("storage_newer", str(e))
+            newer = str(e)
+        self.outbox = Outbox(saved.get("ob"))
+        cfg = saved.get("cfg") or {}
+        self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
-        recovered = store.recovered + self.outbox_store.recovered
+        if newer:
+            self.fault("storage_newer", newer)
+        recovered = store.recovered + self.state.recovered
         if recovered:
             self.fault("storage_recovered", ",".join(recovered))
 
@@ -61,6 +71,41 @@ class Device:
         self._second = now
         self.save(now)
 
+    def _load_state(self):
+        # One file holds the outbox and the applied configuration: one lookup at boot.
+        data = self.state.read("state")
+        if data:
+            try:
+                d = json.loads(data)
+                if isinstance(d, dict):
+                    return d
+            except ValueError:
+                pass  # CRC-good but unreadable: start empty
+        return {}
+
+    def _save_state(self, outbox=None, config=None):
+        d = {"ob": (outbox or self.outbox).state(),
+             "cfg": config or {"v": self.config_version, "s": self.config}}
+        try:
+            self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
+        except OSError as e:
+            self._storage_failed(e)
+            return False
+        return True
+
+    def apply_config(self, version, settings):
+        """Persist settings (validated by the caller) as applied, then use them. False if
+        the flash refused: the previous settings stay in force."""
+        if not self._save_state(config={"v": version, "s": settings}):
+            return False
+        self.config_version, self.config = version, settings
+        return True
+
+    def ack(self, ids):
+        """The cloud has stored these events."""
+        if self.outbox.ack(ids):
+            self._save_state()
+
     def fault(self, code, detail=""):
         self.faults.append((code, detail))
         if len(self.faults) > 8:
@@ -69,13 +114,13 @@ class Device:
 
     def add_event(self, ev):
         """Put `ev` in the outbox: in RAM at once, on flash if the flash takes it (else with
-        the next outbox write that succeeds)."""
-        try:
-            self.outbox.add(ev)
-        except OSError as e:
-            self._storage_failed(e)
+        the next state write that succeeds)."""
+        self.outbox.add(ev)
+        self._save_state()
 
     def _storage_failed(self, e):
+        if self.store.read_only:
+            return  # refused on purpose: the storage_newer fault says why
         if self.storage_ok:  # one fault per episode; counting goes on in RAM
             self.storage_ok = False
             code = "storage_full" if e.args and e.args[0] == _ENOSPC else "storage_error"
@@ -118,13 +163,3 @@ class Device:
         self.storage_ok = True
         self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
         return True
-
-
-class _NoStore:
-    """Outbox backing while the flash holds a newer format: nothing read, nothing written."""
-
-    def read(self, name):
-        return None
-
-    def write(self, name, payload):
-        raise OSError(_ENOSPC)

@@ -1,8 +1,7 @@
 # Discrete events (filter changed, order requested, fault, service action) waiting for the
-# cloud to acknowledge them. Each has an id unique to this device for life (the counter is
-# saved in the same file as the event), so the cloud can dedupe retries. Bounded: see `add`.
-import json
-
+# cloud to acknowledge them. Each has an id unique to this device for life (the next id is
+# saved with the events), so the cloud can dedupe retries. Bounded: see `add`. Kept in RAM;
+# app.device saves it with the rest of the device state.
 from micropython import const
 
 MAX_EVENTS = const(16)
@@ -17,28 +16,25 @@ def _prio(ev):
 
 
 class Outbox:
-    def __init__(self, store):
-        self.store = store
+    def __init__(self, saved=None):
+        """`saved` is what state() returned before a reboot."""
         self.events = []
         self.next_id = 1
         self.dropped = 0  # events that found no room, for the console and the cloud
-        data = store.read("outbox")
-        if data:
+        if saved:
             try:
-                d = json.loads(data)
-                self.events, self.next_id, self.dropped = d["ev"], d["next"], d["dropped"]
-            except (ValueError, KeyError, TypeError):
-                pass  # CRC-good but unreadable: only a newer firmware could have written it
+                self.events, self.next_id, self.dropped = (
+                    saved["ev"], saved["next"], saved["dropped"])
+            except (KeyError, TypeError):
+                pass
 
-    def _save(self):
-        self.store.write("outbox", json.dumps(
-            {"ev": self.events, "next": self.next_id, "dropped": self.dropped},
-            separators=(",", ":")).encode())  # compact: boot reads this file
+    def state(self):
+        return {"ev": self.events, "next": self.next_id, "dropped": self.dropped}
 
     def add(self, event):
-        """Give `event` (a dict with "kind") the next id, keep it, save. If the outbox is
-        full, the oldest event of the lowest priority, counting the new one, is dropped.
-        Returns the id. Raises OSError if the flash refuses (the event stays in RAM)."""
+        """Give `event` (a dict with "kind") the next id and keep it. If the outbox is full,
+        the oldest event of the lowest priority, counting the new one, is dropped. Returns
+        the id."""
         event["id"] = self.next_id
         self.next_id += 1
         self.events.append(event)
@@ -49,12 +45,10 @@ class Outbox:
                     self.events.remove(e)
                     break
             self.dropped += 1
-        self._save()
         return event["id"]
 
     def ack(self, ids):
-        """The cloud has these ids: forget them."""
+        """The cloud has these ids: forget them. True if anything changed."""
         n = len(self.events)
         self.events = [e for e in self.events if e["id"] not in ids]
-        if len(self.events) != n:
-            self._save()
+        return len(self.events) != n

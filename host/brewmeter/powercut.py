@@ -63,7 +63,7 @@ def boot(profile, fs, root, now, durable, patch=None):
             return
         if name == "counters":
             durable["totals"] = _totals(device)
-        elif name == "outbox":
+        elif name == "state":
             durable["outbox"] = _outbox(device)
 
     device.store.write = recording_write
