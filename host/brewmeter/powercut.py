@@ -55,7 +55,14 @@ def boot(profile, fs, root, now, durable, patch=None):
     device = Device(profile, fs, root=root)
     if patch:
         patch(device)
-    write = device.store.write
+    for store in (device.store, device.state):
+        _record(device, store, durable)
+    device.boot(1, now)
+    return device
+
+
+def _record(device, store, durable):
+    write = store.write
 
     def recording_write(name, payload):
         write(name, payload)  # raises if the write did not complete
@@ -66,9 +73,7 @@ def boot(profile, fs, root, now, durable, patch=None):
         elif name == "state":
             durable["outbox"] = _outbox(device)
 
-    device.store.write = recording_write
-    device.boot(1, now)
-    return device
+    store.write = recording_write
 
 
 def run(profile, events, flash, mount, cut_at=None, patch=None):

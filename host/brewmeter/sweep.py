@@ -52,6 +52,7 @@ class Summary:
     wrong_after: int = 0  # recovery right, but the rest of the day miscounted
     window_exceeded: int = 0  # water/pump lost beyond the flush window
     outbox_lost: int = 0
+    outbox_checked: int = 0  # cuts after an event was durable: the outbox check had teeth
     failures: list[dict] = field(default_factory=list)
 
     @property
@@ -80,6 +81,7 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
         if r["final"][:2] != [rec[0] + r["after"][0], rec[1] + r["after"][1]]:
             summary.wrong_after += 1
             bad.append("after")
+        summary.outbox_checked += bool(r["durable_outbox"])
         if not set(r["durable_outbox"]) <= set(r["recovered_outbox"]) <= set(r["ram_outbox"]):
             summary.outbox_lost += 1
             bad.append("outbox")
@@ -162,6 +164,7 @@ def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
 
 
 def _merge(into: Summary, s: Summary) -> None:
-    for k in ("cuts", "lost", "doubled", "wrong_after", "window_exceeded", "outbox_lost"):
+    for k in ("cuts", "lost", "doubled", "wrong_after", "window_exceeded", "outbox_lost",
+              "outbox_checked"):
         setattr(into, k, getattr(into, k) + getattr(s, k))
     into.failures += s.failures
