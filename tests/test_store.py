@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from pathlib import Path
 
 import pytest
 from app import store as store_mod
@@ -14,30 +13,8 @@ from app.counting import BREW
 from app.device import Device
 from app.outbox import MAX_EVENTS, Outbox
 from app.store import FORMAT, NewerFormat, Store
+from brewmeter.hostfs import DirFS
 from brewmeter.scenario import Script, play
-
-
-class DirFS:
-    """The Store's filesystem interface over a host directory (the littlefs one is in
-    test_powercut.py); `full` makes every write fail as littlefs does when out of space."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.full = False
-
-    def _p(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
-
-    def open(self, path: str, mode: str):
-        if "w" in mode and self.full:
-            raise OSError(28, "no space")
-        return open(self._p(path), mode)
-
-    def mkdir(self, path: str) -> None:
-        os.mkdir(self._p(path))
-
-    def remove(self, path: str) -> None:
-        os.remove(self._p(path))
 
 
 @pytest.fixture

@@ -1,0 +1,23 @@
+# Request signing: HMAC-SHA256 (RFC 2104) over method, path, sequence number and body, with
+# the device's own key. MicroPython has hashlib.sha256 but no hmac module.
+from binascii import hexlify
+from hashlib import sha256
+
+_BLOCK = 64  # SHA-256's block size
+
+
+def hmac_sha256(key, msg):
+    if len(key) > _BLOCK:
+        key = sha256(key).digest()
+    key = key + bytes(_BLOCK - len(key))
+    inner = sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def signature(key, method, path, seq, body):
+    """Hex signature for the X-Brewmeter-Signature header (see docs/protocol.yaml)."""
+    msg = b"%s\n%s\n%d\n" % (method.encode(), path.encode(), seq) + body
+    return hexlify(hmac_sha256(key, msg)).decode()

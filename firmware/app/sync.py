@@ -1,0 +1,113 @@
+# Sync decisions, pure: when to report, what a report holds, and what a reply changes.
+# The sync task (app/syncer.py) does the I/O around it. Counters are sent cumulative, never as
+# deltas, so a lost, repeated or reordered report can never lose or double usage.
+import json
+from time import ticks_add, ticks_diff
+
+from micropython import const
+
+from app import VERSION, settings, snapshot
+
+_SEQ_PER_BOOT = const(1 << 20)  # seq = boots * 2**20 + n: grows across reboots, no extra write
+MAX_REPLY = const(4096)  # a bigger reply is refused unread: it cannot be one of ours
+
+
+class Schedule:
+    """When the next report is due: `report_delay_s` after the first unreported usage
+    (coalesced), at least every `sync_interval_s`, and after a failure an exponential backoff
+    with full jitter up to `backoff_max_s`, never sooner than a Retry-After."""
+
+    def __init__(self, now):
+        self.due = now  # report once at boot
+        self.failures = 0
+        self.pending_since = None  # ticks of the first usage not yet reported
+
+    def usage(self, now, cfg):
+        if self.pending_since is None:
+            self.pending_since = now
+        if self.failures == 0:  # while backing off, the backoff decides
+            due = ticks_add(self.pending_since, settings.get(cfg, "report_delay_s") * 1000)
+            if ticks_diff(due, self.due) < 0:
+                self.due = due
+
+    def is_due(self, now):
+        return ticks_diff(now, self.due) >= 0
+
+    def ms_until_due(self, now):
+        d = ticks_diff(self.due, now)
+        return d if d > 0 else 0
+
+    def sent(self):
+        """A report is being built: usage from now on needs another one."""
+        self.pending_since = None
+
+    def succeeded(self, now, cfg):
+        self.failures = 0
+        self.due = ticks_add(now, settings.get(cfg, "sync_interval_s") * 1000)
+        if self.pending_since is not None:  # usage arrived while the report was in flight
+            self.usage(now, cfg)
+
+    def failed(self, now, cfg, rand, retry_after_s=0):
+        """`rand` is a random float in [0, 1): the caller's, so this stays pure."""
+        self.failures += 1
+        cap = settings.get(cfg, "backoff_max_s") * 1000
+        delay = int(rand * min(cap, 2000 << min(self.failures, 16)))
+        delay = max(delay, 1000, min(retry_after_s, 86400) * 1000)
+        self.due = ticks_add(now, delay)
+        if self.pending_since is None:
+            self.pending_since = now  # the failed report's usage is still unreported
+
+
+def seq_for(boots, n):
+    return boots * _SEQ_PER_BOOT + n
+
+
+def report(device, seq, wall, uptime_ms, rejected=None):
+    """The report body (bytes): cumulative counters, days, outbox events, config state."""
+    c = device.meter.c
+    counters = snapshot.counters(c, device.profile.kinds)
+    for k in ("filter_fit_wall", "filter_powered_s", "last_reset", "resets"):
+        counters.pop(k, None)  # device-side bookkeeping, not usage
+    cfg = {"applied": device.config_version}
+    if rejected:
+        cfg["rejected"] = {"version": rejected[0], "reason": rejected[1]}
+    body = {
+        "seq": seq, "fw": VERSION, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
+        "counters": counters, "days": [], "events": device.outbox.events, "config": cfg,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class BadReply(ValueError):
+    pass
+
+
+def apply_reply(device, body, sent_ids):
+    """Apply a 200 reply: acknowledged events leave the outbox; a new desired configuration
+    is checked and applied (persisted) or rejected. Returns None, or (version, reason) of a
+    rejected configuration to report next time. Raises BadReply, changing nothing, if the
+    reply is not one of ours."""
+    try:
+        d = json.loads(body)
+    except ValueError:
+        raise BadReply("reply is not JSON")
+    if not isinstance(d, dict) or not isinstance(d.get("ack"), list):
+        raise BadReply("reply has no ack list")
+    acks = []
+    for i in d["ack"]:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise BadReply("ack holds a non-integer")
+        if i in sent_ids:  # never forget an event the cloud was not sent
+            acks.append(i)
+    cfg = d.get("config")
+    if cfg is not None and not (isinstance(cfg, dict) and isinstance(cfg.get("version"), int)):
+        raise BadReply("config has no version")
+    device.ack(acks)
+    if cfg is None or cfg["version"] == device.config_version:
+        return None
+    reason = settings.check(cfg.get("settings"))
+    if reason is None:
+        if device.apply_config(cfg["version"], cfg["settings"]):
+            return None
+        reason = "could not save"
+    return (cfg["version"], reason)

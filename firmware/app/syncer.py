@@ -1,0 +1,92 @@
+# The sync task: Wi-Fi, clock and reports to the cloud, around the pure decisions in sync.py.
+import asyncio
+import random
+from time import ticks_diff, ticks_ms
+
+from micropython import const
+
+from app import http, sync, wallclock
+from app.signing import signature
+
+_TIMEOUT_MS = const(10000)
+_NTP_RETRY_MS = const(60000)
+
+
+class Syncer:
+    def __init__(self, device, prov, link, ssl=None):
+        """`prov` is the provisioning (device_id, key hex, cloud_url); `link` brings up
+        the network (app.link); `ssl` verifies the cloud when the URL is https."""
+        self.device = device
+        self.id = prov["device_id"]
+        self.key = bytes.fromhex(prov["key"])
+        self.url = prov["cloud_url"]
+        self.ntp = prov.get("ntp", "pool.ntp.org")
+        self.path = http.parse_url(self.url)[3] + "/v1/devices/%s/report" % self.id
+        self.link = link
+        self.ssl = ssl
+        self.t0 = ticks_ms()
+        self.schedule = sync.Schedule(self.t0)
+        self.n = 0  # reports this boot: seq = boots * 2**20 + n
+        self.rejected = None  # (version, reason) of a desired config we refused
+        self.last = None  # (ticks, "ok" or why not), for the service console
+        self._ntp_tried = None
+
+    def usage(self, now):
+        """The device counted something: report it soon."""
+        self.schedule.usage(now, self.device.config)
+
+    def uptime_ms(self):
+        return ticks_diff(ticks_ms(), self.t0)
+
+    async def _clock(self):
+        now = ticks_ms()
+        if wallclock.synced or (self._ntp_tried is not None
+                                and ticks_diff(now, self._ntp_tried) < _NTP_RETRY_MS):
+            return
+        self._ntp_tried = now
+        try:
+            wallclock.set_unix(await wallclock.ntp_query(self.ntp))
+        except OSError:
+            pass  # reports carry uptime until it works; the cloud places them later
+
+    async def sync_once(self):
+        """One report. Returns "ok" or why it failed; the schedule says when to try next."""
+        device = self.device
+        cfg = device.config
+        try:
+            await self.link.up()
+            await self._clock()
+            seq = sync.seq_for(device.meter.c.boots, self.n)
+            self.n += 1
+            body = sync.report(device, seq, wallclock.now(), self.uptime_ms(), self.rejected)
+            sent = [e["id"] for e in device.outbox.events]
+            self.schedule.sent()
+            sig = signature(self.key, "POST", self.path, seq, body)
+            status, retry_after, reply = await http.post(
+                self.url, self.path, {"X-Brewmeter-Seq": seq, "X-Brewmeter-Signature": sig},
+                body, _TIMEOUT_MS, self.ssl, sync.MAX_REPLY)
+            if status == 200:
+                self.rejected = sync.apply_reply(device, reply, sent)
+                result = "ok"
+            elif status == 409:  # that seq was used with other content (lost state): skip on
+                self.n += 1000
+                result = "seq conflict"
+            else:
+                result = "HTTP %d" % status
+        except (http.HttpError, sync.BadReply, OSError, ValueError) as e:
+            result, retry_after = str(e) or e.__class__.__name__, 0
+        now = ticks_ms()
+        if result == "ok":
+            self.schedule.succeeded(now, cfg)
+        else:
+            self.schedule.failed(now, cfg, random.random(), retry_after)
+        self.last = (now, result)
+        return result
+
+    async def run(self):
+        while True:
+            now = ticks_ms()
+            if self.schedule.is_due(now):
+                await self.sync_once()
+            else:
+                await asyncio.sleep_ms(min(self.schedule.ms_until_due(now), 1000))

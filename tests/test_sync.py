@@ -1,0 +1,159 @@
+"""The device's sync: schedule, report, reply handling, signing and the HTTP client, under
+CPython against real sockets on 127.0.0.1 (the emulated cloud's tests are in test_cloud.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import pytest
+from app import http, sync
+from app.device import Device
+from app.signing import signature
+from brewmeter.hostfs import DirFS
+
+
+@pytest.fixture
+def device(profile, tmp_path):
+    d = Device(profile, DirFS(tmp_path))
+    d.boot(1, 0)
+    return d
+
+
+def test_signature_is_hmac_sha256_over_method_path_seq_body():
+    key, body = bytes(range(32)), b'{"seq":5}'
+    want = hmac.new(key, b"POST\n/v1/devices/bm-1/report\n5\n" + body, hashlib.sha256)
+    assert signature(key, "POST", "/v1/devices/bm-1/report", 5, body) == want.hexdigest()
+
+
+def test_schedule_coalesces_usage_reports_daily_and_backs_off():
+    cfg = {"report_delay_s": 60, "sync_interval_s": 3600, "backoff_max_s": 600}
+    s = sync.Schedule(0)
+    assert s.is_due(0)  # a report at boot
+    s.sent()
+    s.succeeded(0, cfg)
+    assert not s.is_due(3_599_000) and s.is_due(3_600_000)  # heartbeat
+    s.usage(1000, cfg)
+    s.usage(50_000, cfg)  # coalesced with the first
+    assert not s.is_due(60_999) and s.is_due(61_000)
+    s.sent()
+    delays = []
+    for _ in range(12):
+        s.failed(100_000, cfg, 0.999)
+        delays.append(s.ms_until_due(100_000))
+    assert delays[0] < delays[3] and max(delays) <= 600_000  # exponential, capped
+    s.failed(100_000, cfg, 0.0, retry_after_s=120)
+    assert s.ms_until_due(100_000) == 120_000  # Retry-After honoured even with no jitter
+    s.succeeded(200_000, cfg)
+    assert s.failures == 0
+    assert s.is_due(200_000 + 60_000)  # the usage the failed reports carried is still owed
+
+
+def test_report_is_cumulative_and_carries_events_and_config(device):
+    device.meter.c.brews[0] = 3
+    device.add_event({"kind": "filter_changed", "cycle": 0})
+    body = sync.report(device, sync.seq_for(device.meter.c.boots, 2), 1_800_000_000, 5000)
+    d = json.loads(body)
+    assert d["seq"] == (1 << 20) + 2 and d["clock"] == 1_800_000_000 and d["boot"] == 1
+    assert d["counters"]["brews"]["espresso"] == 3 and d["counters"]["brews_total"] == 3
+    assert [e["kind"] for e in d["events"]] == ["filter_changed"]
+    assert d["config"] == {"applied": 0}
+
+
+def test_reply_acks_only_what_was_sent_and_applies_config(device):
+    device.add_event({"kind": "filter_changed"})
+    device.add_event({"kind": "fault", "code": "x"})
+    reply = {"ack": [1, 2, 99], "config": {"version": 4, "settings": {"sync_interval_s": 900}}}
+    assert sync.apply_reply(device, json.dumps(reply).encode(), sent_ids=[1]) is None
+    assert [e["id"] for e in device.outbox.events] == [2]
+    assert device.config_version == 4 and device.config == {"sync_interval_s": 900}
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"sync_interval_s": 5}, "300..86400"),
+    ({"colour": 1}, "unknown setting"),
+    ("all", "object"),
+])
+def test_invalid_desired_config_is_rejected_and_the_last_good_kept(device, settings, words):
+    device.apply_config(2, {"sync_interval_s": 600})
+    reply = json.dumps({"ack": [], "config": {"version": 3, "settings": settings}}).encode()
+    version, reason = sync.apply_reply(device, reply, [])
+    assert version == 3 and words in reason
+    assert device.config_version == 2 and device.config == {"sync_interval_s": 600}
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"garbage", b"[]", b'{"ack": "all"}', b'{"ack": [1, "2"]}', b'{"ack": [true]}',
+    b'{"ack": [1], "config": {"settings": {}}}', b'{"ack": [1]' + b"x" * 10,
+])
+def test_garbled_reply_changes_nothing(device, body):
+    device.add_event({"kind": "filter_changed"})
+    before = (list(device.outbox.events), device.config_version)
+    with pytest.raises(sync.BadReply):
+        sync.apply_reply(device, body, [1])
+    assert (device.outbox.events, device.config_version) == before
+
+
+async def _serve(reply: bytes, delay: float = 0.0, drip: float = 0.0):
+    """A raw TCP server that reads a request and answers `reply` (maybe slowly)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(delay)
+            if drip:
+                for b in reply:
+                    writer.write(bytes([b]))
+                    await writer.drain()
+                    await asyncio.sleep(drip)
+            else:
+                writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_http_post_reads_a_good_reply():
+    server, url = await _serve(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n"
+                               b"Retry-After: 7\r\n\r\n{\"ack\": []}")
+    async with server:
+        assert await http.post(url, "/x", {}, b"{}", 2000) == (200, 7, b'{"ack": []}')
+
+
+@pytest.mark.parametrize("reply, delay, drip, words", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000, 0, 0, "over"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"ack\"", 0, 0, "bad reply"),
+    (b"HTTP/1.1 200 OK\r\n\r\n{}", 0, 0, "Content-Length"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", 0, 0, "not an HTTP reply"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 5000 + b"\r\n\r\n", 0, 0, "too long"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 1.5, 0, "no reply within"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20, 0, 0.05, "no reply within"),
+    (b"", 0, 0, "closed"),
+])
+async def test_http_post_survives_bad_servers(reply, delay, drip, words):
+    server, url = await _serve(reply, delay, drip)
+    async with server:
+        with pytest.raises(http.HttpError, match=words):
+            await http.post(url, "/x", {}, b"{}", 1000)
+
+
+async def test_http_post_refused_connection_is_an_oserror():
+    server, url = await _serve(b"")
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await http.post(url, "/x", {}, b"{}", 1000)
+
+
+def test_parse_url():
+    assert http.parse_url("https://cloud.example:8443/api/") == (
+        "https", "cloud.example", 8443, "/api")
+    assert http.parse_url("http://127.0.0.1") == ("http", "127.0.0.1", 80, "")
+    with pytest.raises(ValueError):
+        http.parse_url("ftp://x")
