@@ -1,0 +1,489 @@
+"""The cloud's ledger: SQLite (WAL). Every report is applied in one transaction, and reports
+that arrive together share one commit (`apply_batch`, each inside its own savepoint): a crash
+or an error mid-report leaves none of it behind, and a report is durable (synchronous=FULL:
+the WAL is fsynced at each commit) before the cloud acknowledges it.
+
+Merging follows the sync model: lifetime counters and usage buckets keep the maximum seen,
+events are stored once per (device, id), and only the newest report (highest seq) speaks for
+the device's current state (firmware, boot, config). Thread-safe: one lock around each call."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from brewmeter.cloud import auth, billing
+from brewmeter.cloud.report import Report, parse_report, unflatten
+
+DAY_MS = 86_400_000
+EPOCH = date(1970, 1, 1)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seq INTEGER,            -- highest seq accepted
+    last_seen REAL,              -- server time of the last accepted report
+    reports INTEGER NOT NULL DEFAULT 0,
+    fw TEXT, boot INTEGER, uptime_ms INTEGER, clock INTEGER,   -- from the newest report
+    max_boot INTEGER NOT NULL DEFAULT 0,
+    desired_version INTEGER NOT NULL DEFAULT 0,
+    desired_settings TEXT NOT NULL DEFAULT '{}',
+    applied_version INTEGER,
+    rejected_version INTEGER,
+    rejected_reason TEXT,
+    plan TEXT
+);
+-- One row per accepted (device, seq): the body's hash tells a retry from a replay.
+CREATE TABLE IF NOT EXISTS reports (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (device, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    device TEXT NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (device, field)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flags (
+    device TEXT NOT NULL, kind TEXT NOT NULL, field TEXT NOT NULL,
+    count INTEGER NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    detail TEXT NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL,
+    PRIMARY KEY (device, kind, field)) WITHOUT ROWID;
+-- Dated buckets: usage during `day` (days since 1970-01-01 UTC), max per field.
+CREATE TABLE IF NOT EXISTS day_usage (
+    device TEXT NOT NULL, day INTEGER NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (device, day, field)) WITHOUT ROWID;
+-- Buckets made while the device's clock was unknown, keyed by (boot, at_ms), max per field,
+-- and where each was placed: exactly once its boot's clock is known, else estimated.
+CREATE TABLE IF NOT EXISTS loose_usage (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, at_ms INTEGER NOT NULL, field TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (device, boot, at_ms, field)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loose_place (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    arrived_day INTEGER NOT NULL, day INTEGER, estimated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device, boot, at_ms)) WITHOUT ROWID;
+-- Unix time in ms at which a boot began, from its first report carrying a clock.
+CREATE TABLE IF NOT EXISTS boot_anchor (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, epoch_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, boot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    device TEXT NOT NULL, id INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+    seq INTEGER NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (device, id)) WITHOUT ROWID;
+"""
+
+
+# Counter-name prefix -> the counter whose growth restarts them (see _counters).
+CYCLE_SCOPED = {"filter_": "filters"}
+
+
+def _without(r: Report, fields: set[str]) -> Report:
+    return replace(r, counters={f: v for f, v in r.counters.items() if f not in fields})
+
+
+class UnknownDevice(LookupError):
+    pass
+
+
+class SeqConflict(Exception):
+    """A seq already accepted with a different body (HTTP 409)."""
+
+    def __init__(self, seq: int, highest: int) -> None:
+        super().__init__(f"seq {seq} was already accepted with a different body")
+        self.highest = highest
+
+
+@dataclass(slots=True)
+class Reply:
+    ack: list[int]
+    seq: int
+    config: dict[str, Any] | None
+    orders: list[Any] = field(default_factory=list)
+    duplicate: bool = False  # an idempotent retry: nothing was applied
+
+    def json(self) -> dict[str, Any]:
+        return {"ack": self.ack, "seq": self.seq, "config": self.config, "orders": self.orders}
+
+
+def day_number(d: date) -> int:
+    return (d - EPOCH).days
+
+
+def day_date(n: int) -> date:
+    return date.fromordinal(EPOCH.toordinal() + n)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+class Ledger:
+    def __init__(self, path: str | Path = ":memory:", *, synchronous: str = "FULL",
+                 now: Callable[[], float] = time.time) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous: FULL, NORMAL or EXTRA")
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.now = now
+        self._lock = threading.RLock()
+        self._keys: dict[str, bytes] = {}
+        self.db = self._open()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the
+        # module's implicit ones. check_same_thread=False: the server calls from its worker
+        # thread; the lock serializes every call.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.executescript(SCHEMA)
+        self._keys = {i: bytes.fromhex(k) for i, k in db.execute("SELECT id, key FROM devices")}
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def reopen(self) -> None:
+        """Close and open the database again, as a cloud restart would."""
+        if self.path == ":memory:":
+            raise RuntimeError("an in-memory ledger cannot be reopened: use a file")
+        with self._lock:
+            self.db.close()
+            self.db = self._open()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # -- provisioning and admin ----------------------------------------------------------------
+
+    def add_device(self, device_id: str, key_hex: str) -> bool:
+        """Register a device with its key, or replace the key of a known one (rotation).
+        Returns True if the device is new."""
+        auth.check_device_id(device_id)
+        key = auth.parse_key(key_hex)
+        with self._tx() as db:
+            new = db.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone() is None
+            db.execute("INSERT INTO devices (id, key, created) VALUES (?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET key=excluded.key",
+                       (device_id, key.hex(), self.now()))
+        self._keys = {**self._keys, device_id: key}  # swapped whole: lock-free readers
+        return new
+
+    def device_key(self, device_id: str) -> bytes | None:
+        """The device's key, or None if unknown (an in-memory lookup: no database access)."""
+        return self._keys.get(device_id)
+
+    def _need(self, db: sqlite3.Connection, device_id: str) -> None:
+        if db.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone() is None:
+            raise UnknownDevice(device_id)
+
+    def set_config(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Set the desired settings; the version goes up by one. Returns {version, settings}."""
+        with self._tx() as db:
+            self._need(db, device_id)
+            db.execute("UPDATE devices SET desired_version=desired_version+1, "
+                       "desired_settings=? WHERE id=?", (json.dumps(settings), device_id))
+            (v,) = db.execute("SELECT desired_version FROM devices WHERE id=?",
+                              (device_id,)).fetchone()
+        return {"version": v, "settings": settings}
+
+    def set_plan(self, device_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+        """Set the device's pricing (see billing.parse_plan); returns the stored form."""
+        stored = billing.parse_plan(plan)
+        with self._tx() as db:
+            self._need(db, device_id)
+            db.execute("UPDATE devices SET plan=? WHERE id=?", (json.dumps(stored), device_id))
+        return stored
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def apply_report(self, device_id: str, body: bytes, seq_header: str | None = None) -> Reply:
+        """Parse and apply one report body (the Python API; the server uses apply_batch).
+        Raises BadReport, UnknownDevice or SeqConflict, changing nothing."""
+        (result,) = self.apply_batch([(device_id, parse_report(body, seq_header))])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def apply_batch(self, items: Sequence[tuple[str, Report]]) -> list[Reply | Exception]:
+        """Apply reports in order in ONE transaction, each in its own savepoint: a report that
+        fails (its exception is its result) leaves nothing behind; the others commit together.
+        If the commit itself fails, this raises and none of them is stored."""
+        results: list[Reply | Exception] = []
+        now = self.now()
+        with self._tx() as db:
+            for device_id, report in items:
+                db.execute("SAVEPOINT report")
+                try:
+                    results.append(self._apply(db, device_id, report, now))
+                except Exception as e:
+                    db.execute("ROLLBACK TO report")
+                    results.append(e)
+                db.execute("RELEASE report")
+        return results
+
+    def _apply(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> Reply:
+        row = db.execute("SELECT last_seq, max_boot, desired_version, desired_settings, "
+                         "applied_version, rejected_version, "
+                         "(SELECT digest FROM reports WHERE device=id AND seq=?) "
+                         "FROM devices WHERE id=?", (r.seq, dev)).fetchone()
+        if row is None:
+            raise UnknownDevice(dev)
+        last_seq, max_boot, dv, ds, applied, rejected, prev = row
+        if prev is not None:
+            if prev != r.digest:
+                raise SeqConflict(r.seq, last_seq)
+            return self._reply(r, last_seq, dv, ds, applied, rejected, duplicate=True)
+        db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
+                   (dev, r.seq, r.digest, now))
+        newest = last_seq is None or r.seq > last_seq
+        self._counters(db, dev, r, newest, now)
+        self._days(db, dev, r, max_boot, now)
+        self._events(db, dev, r, now)
+        if newest:
+            last_seq, applied = r.seq, r.applied
+            rejected, rej_reason = r.rejected or (None, None)
+            db.execute("UPDATE devices SET last_seen=?, reports=reports+1, max_boot=?, "
+                       "last_seq=?, fw=?, boot=?, uptime_ms=?, clock=?, applied_version=?, "
+                       "rejected_version=?, rejected_reason=? WHERE id=?",
+                       (now, max(max_boot, r.boot), r.seq, r.fw, r.boot, r.uptime_ms,
+                        r.clock or None, applied, rejected, rej_reason, dev))
+        else:
+            db.execute("UPDATE devices SET last_seen=?, reports=reports+1, max_boot=? "
+                       "WHERE id=?", (now, max(max_boot, r.boot), dev))
+        return self._reply(r, last_seq, dv, ds, applied, rejected)
+
+    def _counters(self, db: sqlite3.Connection, dev: str, r: Report, newest: bool,
+                  now: float) -> None:
+        stored = dict(db.execute("SELECT field, value FROM counters WHERE device=?", (dev,)))
+        # Cycle-scoped counters (filter_ml, ...) restart at each filter change: they keep the
+        # maximum within one value of their scope counter, and start over when it grows.
+        fresh: set[str] = set()
+        for prefix, scope in CYCLE_SCOPED.items():
+            mine, theirs = r.counters.get(scope), stored.get(scope)
+            if mine is None or theirs is None or mine == theirs:
+                continue
+            cycle = {f for f in r.counters if f.startswith(prefix)}
+            if mine > theirs:
+                fresh |= cycle
+            else:
+                r = _without(r, cycle)  # from an earlier cycle, arriving late: ignored
+        up = [(dev, f, v) for f, v in r.counters.items() if f in fresh]
+        up += [(dev, f, v) for f, v in r.counters.items()
+               if f not in fresh and v > stored.get(f, -1)]
+        db.executemany("INSERT INTO counters (device, field, value) VALUES (?, ?, ?) "
+                       "ON CONFLICT DO UPDATE SET value=excluded.value", up)
+        if not newest:
+            return  # an older report arriving late is expected to carry lower values
+        for f, v in r.counters.items():
+            if f not in fresh and v < stored.get(f, v):  # went down: a replaced flash?
+                self._flag(db, dev, "counter_regression", f, r.seq, now,
+                           {"stored": stored[f], "reported": v})
+
+    def _flag(self, db: sqlite3.Connection, dev: str, kind: str, fld: str, seq: int,
+              now: float, detail: dict[str, Any]) -> None:
+        db.execute("INSERT INTO flags (device, kind, field, count, first_seq, last_seq, detail, "
+                   "first_at, last_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT DO UPDATE SET count=count+1, last_seq=excluded.last_seq, "
+                   "detail=excluded.detail, last_at=excluded.last_at",
+                   (dev, kind, fld, seq, seq, json.dumps(detail), now, now))
+
+    def _days(self, db: sqlite3.Connection, dev: str, r: Report, max_boot: int,
+              now: float) -> None:
+        """`max_boot`: the highest boot seen before this report."""
+        dated = [(dev, b.day, f, v) for b in r.days if b.day is not None
+                 for f, v in b.fields.items()]
+        db.executemany("INSERT INTO day_usage (device, day, field, value) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)", dated)
+        loose = [b for b in r.days if b.day is None]
+        today = int(now // 86400)
+        if loose:
+            db.executemany("INSERT INTO loose_place (device, boot, at_ms, arrived_day) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(dev, b.boot, b.at_ms, today) for b in loose])
+            db.executemany("INSERT INTO loose_usage (device, boot, at_ms, field, value) "
+                           "VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)",
+                           [(dev, b.boot, b.at_ms, f, v) for b in loose
+                            for f, v in b.fields.items()])
+        anchored = False
+        if r.clock:  # the boot's start in unix ms; the first report with a clock fixes it
+            anchored = db.execute(
+                "INSERT INTO boot_anchor (device, boot, epoch_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING", (dev, r.boot, r.clock * 1000 - r.uptime_ms)
+            ).rowcount > 0
+        # Place exactly what an anchored boot explains (also correcting earlier estimates, if
+        # the report with the clock came late), then estimate what a newer boot orphaned.
+        # Only when something could move: most reports skip both.
+        if loose or anchored:
+            db.execute("UPDATE loose_place SET day=(a.epoch_ms + loose_place.at_ms) / ?, "
+                       "estimated=0 FROM boot_anchor a WHERE loose_place.device=? "
+                       "AND a.device=loose_place.device AND a.boot=loose_place.boot "
+                       "AND (day IS NULL OR estimated=1)", (DAY_MS, dev))
+        if loose or r.boot > max_boot:
+            db.execute("UPDATE loose_place SET day=arrived_day, estimated=1 "
+                       "WHERE device=? AND day IS NULL AND boot < ?",
+                       (dev, max(max_boot, r.boot)))
+
+    def _events(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
+        for ev in r.events:
+            body = json.dumps(ev, sort_keys=True, separators=(",", ":"))
+            cur = db.execute("INSERT INTO events (device, id, kind, body, seq, received) "
+                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                             (dev, ev["id"], ev["kind"], body, r.seq, now))
+            if cur.rowcount == 0:
+                (old,) = db.execute("SELECT body FROM events WHERE device=? AND id=?",
+                                    (dev, ev["id"])).fetchone()
+                if old != body:  # an id reused for another event (a device that lost state)
+                    self._flag(db, dev, "event_conflict", str(ev["id"]), r.seq, now,
+                               {"stored": json.loads(old), "reported": ev})
+
+    @staticmethod
+    def _reply(r: Report, last_seq: int, dv: int, ds: str, applied: int | None,
+               rejected: int | None, duplicate: bool = False) -> Reply:
+        # Send the desired config while the device has not applied it, unless it has already
+        # refused that very version (sending it again would only be refused again).
+        config = None
+        if dv and dv != applied and dv != rejected:
+            config = {"version": dv, "settings": json.loads(ds)}
+        return Reply(ack=r.event_ids, seq=last_seq, config=config, duplicate=duplicate)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            db = self.db
+            row = db.execute(
+                "SELECT created, last_seq, last_seen, reports, fw, boot, uptime_ms, clock, "
+                "desired_version, desired_settings, applied_version, rejected_version, "
+                "rejected_reason, plan FROM devices WHERE id=?", (device_id,)).fetchone()
+            if row is None:
+                return None
+            (created, last_seq, last_seen, reports, fw, boot, uptime_ms, clock, dv, ds, applied,
+             rej_v, rej_reason, plan) = row
+            counters = dict(db.execute("SELECT field, value FROM counters WHERE device=?",
+                                       (device_id,)))
+            flags = [{"kind": k, "field": f, "count": n, "first_seq": s0, "last_seq": s1,
+                      "first_at": _iso(t0), "last_at": _iso(t1), **json.loads(detail)}
+                     for k, f, n, s0, s1, detail, t0, t1 in db.execute(
+                         "SELECT kind, field, count, first_seq, last_seq, detail, first_at, "
+                         "last_at FROM flags WHERE device=? ORDER BY first_at, kind, field",
+                         (device_id,))]
+            (events,) = db.execute("SELECT count(*) FROM events WHERE device=?",
+                                   (device_id,)).fetchone()
+        return {
+            "id": device_id, "created": _iso(created), "last_seen": _iso(last_seen),
+            "last_seq": last_seq, "reports": reports, "fw": fw, "boot": boot,
+            "uptime_ms": uptime_ms, "clock": clock, "counters": unflatten(counters),
+            "flags": flags, "events": events,
+            "config": {"desired": {"version": dv, "settings": json.loads(ds)},
+                       "applied": applied,
+                       "rejected": None if rej_v is None else {"version": rej_v,
+                                                               "reason": rej_reason}},
+            "plan": None if plan is None else json.loads(plan),
+        }
+
+    def _usage(self, device_id: str, first: int, last: int) -> dict[int, dict[str, Any]]:
+        """Per day in [first, last]: summed fields of its dated bucket and of the loose
+        buckets placed on it, and which of those fields were estimated."""
+        out: dict[int, dict[str, Any]] = {}
+
+        def slot(day: int) -> dict[str, Any]:
+            return out.setdefault(day, {"fields": {}, "estimated": {}})
+
+        with self._lock:
+            for day, f, v in self.db.execute(
+                    "SELECT day, field, value FROM day_usage WHERE device=? AND day BETWEEN ? "
+                    "AND ?", (device_id, first, last)):
+                s = slot(day)["fields"]
+                s[f] = s.get(f, 0) + v
+            for day, est, f, v in self.db.execute(
+                    "SELECT p.day, p.estimated, u.field, u.value FROM loose_place p "
+                    "JOIN loose_usage u USING (device, boot, at_ms) "
+                    "WHERE p.device=? AND p.day BETWEEN ? AND ?", (device_id, first, last)):
+                s = slot(day)
+                s["fields"][f] = s["fields"].get(f, 0) + v
+                if est:
+                    s["estimated"][f] = s["estimated"].get(f, 0) + v
+        return out
+
+    def days(self, device_id: str, first: date, last: date) -> dict[str, Any] | None:
+        """Usage per day in [first, last] (dates, inclusive), and the buckets not yet placed."""
+        if self.device_key(device_id) is None:
+            return None
+        days = []
+        for n, s in sorted(self._usage(device_id, day_number(first), day_number(last)).items()):
+            fields = unflatten(s["fields"])
+            days.append({"date": day_date(n).isoformat(), "day": n, **fields,
+                         "brews_total": sum(fields.get("brews", {}).values()),
+                         "estimated": bool(s["estimated"])})
+        with self._lock:
+            unplaced: dict[tuple[int, int], dict[str, int]] = {}
+            for boot, at_ms, f, v in self.db.execute(
+                    "SELECT p.boot, p.at_ms, u.field, u.value FROM loose_place p "
+                    "JOIN loose_usage u USING (device, boot, at_ms) "
+                    "WHERE p.device=? AND p.day IS NULL ORDER BY p.boot, p.at_ms", (device_id,)):
+                unplaced.setdefault((boot, at_ms), {})[f] = v
+        return {"id": device_id, "from": first.isoformat(), "to": last.isoformat(),
+                "days": days,
+                "unplaced": [{"boot": b, "at_ms": a, **unflatten(f)}
+                             for (b, a), f in unplaced.items()]}
+
+    def events(self, device_id: str, after: int = -1, limit: int = 1000
+               ) -> list[dict[str, Any]] | None:
+        if self.device_key(device_id) is None:
+            return None
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT body, seq, received FROM events WHERE device=? AND id>? ORDER BY id "
+                "LIMIT ?", (device_id, after, limit)).fetchall()
+        return [{**json.loads(b), "seq": s, "received": _iso(t)} for b, s, t in rows]
+
+    def invoice(self, device_id: str, first: date, last: date) -> dict[str, Any] | None:
+        """The bill for [first, last] under the device's plan (see billing); None if the device
+        is unknown; billing.BadPlan if it has no plan."""
+        dev = self.device(device_id)
+        if dev is None:
+            return None
+        plan = dev["plan"]
+        if plan is None:
+            raise billing.BadPlan("the device has no plan (PUT .../plan)")
+        # From the start (rollover needs the history) to the end of the last month (a monthly
+        # plan bills whole months).
+        usage = self._usage(device_id, 0, day_number(billing.next_month(last)) - 1)
+        brews = {}
+        for n, s in usage.items():
+            b = sum(v for f, v in s["fields"].items() if f.startswith("brews."))
+            e = sum(v for f, v in s["estimated"].items() if f.startswith("brews."))
+            if b:
+                brews[day_date(n)] = billing.DayBrews(b, e)
+        return {"id": device_id, **billing.invoice(plan, brews, first, last)}
+
+    def dump(self) -> str:
+        """The whole database as SQL text: tests compare it to prove nothing changed."""
+        with self._lock:
+            return "\n".join(self.db.iterdump())
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("devices", "reports", "counters", "day_usage", "loose_usage",
+                              "events", "flags")}

@@ -1,0 +1,192 @@
+"""Protocol v1 report bodies: parsed and checked before anything touches the ledger, so a
+malformed report is a 400 that changes nothing. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BODY = 16 * 1024
+MAX_FIELDS = 128  # counters (or one bucket's fields) after flattening
+MAX_DAYS = 64
+MAX_EVENTS = 64
+MAX_INT = 2**53 - 1  # what every JSON parser reads exactly
+CLOCK_MIN = 946_684_800  # 2000-01-01: anything earlier is a clock that was never set
+MAX_DAY = 200_000  # year 2517
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+SEQ = re.compile(r"0|[1-9][0-9]{0,14}")
+
+
+class BadReport(ValueError):
+    """The body or its fields are malformed (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Usage during one day (`day` set) or, while the clock was unknown, since `at_ms` of
+    boot `boot` (`day` None). Fields are flattened: {"brews": {"lungo": 1}} -> "brews.lungo"."""
+    day: int | None
+    boot: int | None
+    at_ms: int | None
+    fields: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    seq: int
+    digest: bytes  # sha256 of the exact body: tells an idempotent retry from a replay
+    fw: str | None
+    boot: int
+    uptime_ms: int
+    clock: int  # unix seconds, 0 when the device does not know the time
+    counters: dict[str, int]
+    days: list[Bucket]
+    events: list[dict[str, Any]]
+    applied: int | None  # config version in force on the device
+    rejected: tuple[int, str] | None
+
+    @property
+    def event_ids(self) -> list[int]:
+        return sorted({e["id"] for e in self.events})
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise BadReport(f"{what}: expected an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+_known: set[str] = set()  # names already checked: the same few arrive in every report
+
+
+def _name(k: Any, what: str) -> str:
+    if k not in _known:
+        if not isinstance(k, str) or not NAME.fullmatch(k):
+            raise BadReport(f"{what}: bad field name {k!r}")
+        if len(_known) < 4096:
+            _known.add(k)
+    return k
+
+
+def flatten(d: Any, what: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """{"brews": {"espresso": 3}, "water_ml": 300} -> {"brews.espresso": 3, "water_ml": 300}:
+    integers, nested at most one level, names of [A-Za-z0-9_-]."""
+    if not isinstance(d, dict):
+        raise BadReport(f"{what}: expected an object")
+    out: dict[str, int] = {}
+    for k, v in d.items():
+        if k in skip:
+            continue
+        _name(k, what)
+        if type(v) is dict:
+            for k2, v2 in v.items():
+                _name(k2, f"{what}.{k}")
+                if type(v2) is not int or not 0 <= v2 <= MAX_INT:
+                    _int(v2, f"{what}.{k}.{k2}")  # raises with the message
+                out[f"{k}.{k2}"] = v2
+        elif type(v) is int and 0 <= v <= MAX_INT:
+            out[k] = v
+        else:
+            _int(v, f"{what}.{k}")
+    if len(out) > MAX_FIELDS:
+        raise BadReport(f"{what}: more than {MAX_FIELDS} fields")
+    return out
+
+
+def unflatten(fields: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in sorted(fields.items()):
+        head, _, tail = k.partition(".")
+        if tail:
+            out.setdefault(head, {})[tail] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _bucket(b: Any, i: int, boot: int, uptime_ms: int) -> Bucket:
+    what = f"days[{i}]"
+    if not isinstance(b, dict):
+        raise BadReport(f"{what}: expected an object")
+    fields = flatten(b, what, skip=("day", "boot", "at_ms"))
+    if "day" in b:  # dated: boot/at_ms, if also sent, are only informative
+        return Bucket(_int(b["day"], f"{what}.day", 0, MAX_DAY), None, None, fields)
+    if "boot" not in b or "at_ms" not in b:
+        raise BadReport(f"{what}: a bucket has either day, or boot and at_ms")
+    b_boot = _int(b["boot"], f"{what}.boot", 0, boot)
+    at_ms = _int(b["at_ms"], f"{what}.at_ms", 0, uptime_ms if b_boot == boot else MAX_INT)
+    return Bucket(None, b_boot, at_ms, fields)
+
+
+def _event(e: Any, i: int) -> dict[str, Any]:
+    if not isinstance(e, dict):
+        raise BadReport(f"events[{i}]: expected an object")
+    _int(e.get("id"), f"events[{i}].id")
+    kind = e.get("kind")
+    if not isinstance(kind, str) or not NAME.fullmatch(kind):
+        raise BadReport(f"events[{i}].kind: expected a name, got {kind!r}")
+    return e
+
+
+def _config(c: Any) -> tuple[int | None, tuple[int, str] | None]:
+    if c is None:
+        return None, None
+    if not isinstance(c, dict):
+        raise BadReport("config: expected an object or null")
+    applied = _int(c.get("applied"), "config.applied")
+    rej = c.get("rejected")
+    if rej is None:
+        return applied, None
+    if not isinstance(rej, dict):
+        raise BadReport("config.rejected: expected an object")
+    reason = rej.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise BadReport("config.rejected.reason: expected a string of at most 200 characters")
+    return applied, (_int(rej.get("version"), "config.rejected.version", 1), reason)
+
+
+def parse_seq(header: str | None) -> int:
+    if header is None or not SEQ.fullmatch(header):
+        raise BadReport(f"X-Brewmeter-Seq: expected a decimal integer, got {header!r}")
+    return int(header)
+
+
+def parse_report(body: bytes, seq_header: str | None = None) -> Report:
+    """The checked Report in `body`; BadReport if anything is malformed. `seq_header`, when
+    given, must equal the body's seq (both are signed; they must not disagree)."""
+    if len(body) > MAX_BODY:
+        raise BadReport(f"body over {MAX_BODY} bytes")
+    try:
+        d = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadReport(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise BadReport("expected a JSON object")
+    seq = _int(d.get("seq"), "seq")
+    if seq_header is not None and parse_seq(seq_header) != seq:
+        raise BadReport(f"seq {seq} differs from X-Brewmeter-Seq {seq_header}")
+    fw = d.get("fw")
+    if fw is not None and (not isinstance(fw, str) or len(fw) > 32):
+        raise BadReport("fw: expected a string of at most 32 characters")
+    boot = _int(d.get("boot"), "boot")
+    uptime_ms = _int(d.get("uptime_ms"), "uptime_ms")
+    clock = _int(d.get("clock"), "clock")
+    if 0 < clock < CLOCK_MIN:
+        raise BadReport("clock: before 2000 (send 0 while the time is unknown)")
+    days = d.get("days", [])
+    events = d.get("events", [])
+    if not isinstance(days, list) or len(days) > MAX_DAYS:
+        raise BadReport(f"days: expected a list of at most {MAX_DAYS} buckets")
+    if not isinstance(events, list) or len(events) > MAX_EVENTS:
+        raise BadReport(f"events: expected a list of at most {MAX_EVENTS} events")
+    applied, rejected = _config(d.get("config"))
+    return Report(
+        seq=seq, digest=hashlib.sha256(body).digest(), fw=fw, boot=boot, uptime_ms=uptime_ms,
+        clock=clock, counters=flatten(d.get("counters"), "counters"),
+        days=[_bucket(b, i, boot, uptime_ms) for i, b in enumerate(days)],
+        events=[_event(e, i) for i, e in enumerate(events)],
+        applied=applied, rejected=rejected)

@@ -1,0 +1,643 @@
+"""The emulated cloud, through real HTTP(S) on 127.0.0.1: signing, replay protection, the
+max/dedupe merge of the sync model, placement of undated buckets, billing, desired config,
+limits, every injected fault, TLS, restarts, and the `brewmeter cloud` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import signal
+import ssl
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from brewmeter.cloud import CloudServer, Faults, Ledger, auth
+from brewmeter.cloud.ledger import day_number
+from brewmeter.cloud.server import FAULT_KINDS, make_app
+
+DEV = "bm-240ac4000001"
+KEY = "11" * 32
+OTHER_KEY = "22" * 32
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()  # the cloud's fake "now"
+DAY0 = int(T0 // 86400)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rep(seq: int, brews: int = 0, *, boot: int = 5, uptime_ms: int | None = None,
+        clock: int = 0, days: list[dict[str, Any]] | None = None,
+        events: list[dict[str, Any]] | None = None, config: dict[str, Any] | None = None,
+        **counters: int) -> dict[str, Any]:
+    """A report whose counters grow with `brews` unless given."""
+    c = {"brews": {"espresso": brews}, "brews_total": brews, "water_ml": 40 * brews,
+         "boots": boot}
+    c.update(counters)
+    return {"seq": seq, "fw": "0.1.0", "boot": boot,
+            "uptime_ms": 1000 * seq if uptime_ms is None else uptime_ms, "clock": clock,
+            "counters": c, "days": days or [], "events": events or [],
+            "config": config if config is not None else {"applied": 0}}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def cloud(clock: Clock, tmp_path: Path):
+    ledger = Ledger(tmp_path / "ledger.db", now=clock)
+    ledger.add_device(DEV, KEY)
+    async with CloudServer(ledger, faults=Faults(seed=1)) as c:
+        yield c
+    ledger.close()
+
+
+@pytest.fixture
+async def http(cloud: CloudServer):
+    async with aiohttp.ClientSession(cloud.url) as s:
+        yield s
+
+
+async def post(http: aiohttp.ClientSession, report: dict[str, Any] | bytes, *,
+               key: str = KEY, dev: str = DEV, seq: int | None = None,
+               timeout: float | None = None) -> tuple[int, Any]:
+    path, body, headers = auth.signed_report(dev, key, report, seq)
+    async with http.post(path, data=body, headers=headers,
+                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        return r.status, await r.json()
+
+
+async def get(http: aiohttp.ClientSession, cloud: CloudServer, path: str,
+              **params: str) -> Any:
+    async with http.get(path, params=params, headers=cloud.admin_headers) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def put(http: aiohttp.ClientSession, cloud: CloudServer, path: str, body: Any) -> Any:
+    async with http.put(path, json=body, headers=cloud.admin_headers) as r:
+        assert r.status in (200, 201), await r.text()
+        return await r.json()
+
+
+# -- authentication and replay ---------------------------------------------------------------
+
+async def test_signed_report_is_accepted(cloud, http):
+    status, reply = await post(http, rep(1, 3, events=[{"id": 1, "kind": "filter_changed"}]))
+    assert status == 200
+    assert reply == {"ack": [1], "seq": 1, "config": None, "orders": []}
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"] == {"espresso": 3}
+    assert dev["last_seq"] == 1 and dev["fw"] == "0.1.0" and dev["events"] == 1
+
+
+async def test_bad_signatures_change_nothing(cloud, http):
+    cloud.ledger.add_device("bm-other", OTHER_KEY)
+    before = cloud.ledger.dump()
+    assert (await post(http, rep(1, 3), key=OTHER_KEY))[0] == 401  # wrong key
+    assert (await post(http, rep(1, 3), dev="bm-nobody"))[0] == 401  # unknown device
+    path, body, headers = auth.signed_report(DEV, KEY, rep(1, 3))
+    tampered = body.replace(b'"espresso":3', b'"espresso":9')
+    assert tampered != body
+    async with http.post(path, data=tampered, headers=headers) as r:
+        assert r.status == 401
+    for missing in (auth.SIG_HEADER, auth.SEQ_HEADER):
+        h = {k: v for k, v in headers.items() if k != missing}
+        async with http.post(path, data=body, headers=h) as r:
+            assert r.status == 401
+    h = {**headers, auth.SEQ_HEADER: "2"}  # the seq is signed too
+    async with http.post(path, data=body, headers=h) as r:
+        assert r.status == 401
+    assert cloud.ledger.dump() == before
+
+
+async def test_replayed_seq(cloud, http):
+    first = rep(1, 3, events=[{"id": 1, "kind": "descaled"}])
+    status, reply = await post(http, first)
+    assert status == 200
+    before = cloud.ledger.dump()
+    # An identical retry is idempotent: same reply, nothing applied twice.
+    assert await post(http, first) == (200, reply)
+    assert cloud.ledger.dump() == before
+    # The same seq with another body is a replay (or a device that lost its state): 409,
+    # telling it the highest seq accepted so such a device can carry on above it.
+    status, err = await post(http, rep(1, 5))
+    assert status == 409 and err["seq"] == 1
+    assert cloud.ledger.dump() == before
+
+
+# -- merging: max, dedupe ----------------------------------------------------------------------
+
+async def test_reordered_and_duplicated_reports(cloud, http):
+    sends = [3, 1, 2, 3, 1, 5, 4, 2]
+    for seq in sends:
+        day = [{"day": DAY0, "brews": {"espresso": seq}, "water_ml": 40 * seq}]
+        ev = [{"id": i, "kind": "service", "n": i} for i in range(1, seq + 1)]
+        status, reply = await post(http, rep(seq, 10 * seq, days=day, events=ev))
+        assert status == 200
+        assert reply["ack"] == list(range(1, seq + 1))
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == 50 and dev["counters"]["water_ml"] == 2000
+    assert dev["last_seq"] == 5 and dev["reports"] == 5 and dev["flags"] == []
+    events = await get(http, cloud, f"/v1/devices/{DEV}/events")
+    assert [e["id"] for e in events] == [1, 2, 3, 4, 5]
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert [(d["day"], d["brews"], d["water_ml"]) for d in days["days"]] == \
+        [(DAY0, {"espresso": 5}, 200)]
+
+
+async def test_counter_regression_is_flagged_not_applied(cloud, http):
+    assert (await post(http, rep(1, 10, rinses=4)))[0] == 200
+    status, _ = await post(http, rep(2, 2, rinses=6))  # a new flash: brews restart
+    assert status == 200
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == 10  # not applied
+    assert dev["counters"]["rinses"] == 6  # what did grow still counts
+    flags = {(f["kind"], f["field"]): f for f in dev["flags"]}
+    assert set(flags) == {("counter_regression", "brews.espresso"),
+                          ("counter_regression", "brews_total"),
+                          ("counter_regression", "water_ml")}
+    f = flags["counter_regression", "brews.espresso"]
+    assert (f["stored"], f["reported"], f["first_seq"], f["count"]) == (10, 2, 2, 1)
+
+
+async def test_filter_cycle_counters_restart_with_each_filter(cloud, http):
+    await post(http, rep(1, 10, filters=1, filter_ml=900, filter_brews=6))
+    await post(http, rep(3, 12, filters=2, filter_ml=50, filter_brews=1))  # filter changed
+    await post(http, rep(2, 11, filters=1, filter_ml=950, filter_brews=7))  # late, old cycle
+    await post(http, rep(4, 13, filters=2, filter_ml=40, filter_brews=2))   # ml went down
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    c = dev["counters"]
+    assert (c["filters"], c["filter_ml"], c["filter_brews"]) == (2, 50, 2)
+    assert [(f["kind"], f["field"]) for f in dev["flags"]] == \
+        [("counter_regression", "filter_ml")]
+
+
+async def test_late_old_report_is_not_a_regression(cloud, http):
+    await post(http, rep(2, 10))
+    await post(http, rep(1, 4))  # older, arriving late: lower by nature
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == 10 and dev["flags"] == []
+    assert dev["last_seq"] == 2
+
+
+async def test_event_id_reused_for_another_event_is_flagged(cloud, http):
+    await post(http, rep(1, events=[{"id": 1, "kind": "filter_changed"}]))
+    status, reply = await post(http, rep(2, events=[{"id": 1, "kind": "descaled"}]))
+    assert status == 200 and reply["ack"] == [1]  # acked: the device must not hold it forever
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert [(f["kind"], f["field"], f["reported"]["kind"]) for f in dev["flags"]] == \
+        [("event_conflict", "1", "descaled")]
+    events = await get(http, cloud, f"/v1/devices/{DEV}/events")
+    assert [e["kind"] for e in events] == ["filter_changed"]
+
+
+# -- undated buckets ---------------------------------------------------------------------------
+
+async def test_unplaced_bucket_is_placed_when_the_clock_arrives(cloud, http):
+    loose = [{"boot": 5, "at_ms": 60_000, "brews": {"lungo": 1}, "water_ml": 110}]
+    await post(http, rep(1, 1, uptime_ms=100_000, days=loose))
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert days["days"] == []
+    assert days["unplaced"] == [{"boot": 5, "at_ms": 60_000, "brews": {"lungo": 1},
+                                 "water_ml": 110}]
+    # The clock is set 100 s after a midnight; the bucket began 140 s before that report,
+    # i.e. the day before: floor((clock - (uptime_ms - at_ms)/1000) / 86400).
+    clock = 20_781 * 86400 + 100
+    await post(http, rep(2, 2, uptime_ms=200_000, clock=clock, days=loose))
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert days["unplaced"] == []
+    assert days["days"] == [{"date": "2026-11-23", "day": 20_780, "brews": {"lungo": 1},
+                             "water_ml": 110, "brews_total": 1, "estimated": False}]
+
+
+async def test_unplaced_bucket_is_estimated_after_a_reboot(cloud, http, clock):
+    loose = {"boot": 5, "at_ms": 5_000, "brews": {"espresso": 2}, "water_ml": 80}
+    await post(http, rep(1, 2, boot=5, uptime_ms=9_000, days=[loose]))  # arrives on DAY0
+    clock.t += 2 * 86400
+    dated = {"day": DAY0 + 2, "brews": {"espresso": 1}, "water_ml": 40}
+    await post(http, rep(3, 3, boot=6, uptime_ms=9_000, clock=int(clock.t), days=[dated]))
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert days["unplaced"] == []
+    assert [(d["day"], d["brews"], d["estimated"]) for d in days["days"]] == \
+        [(DAY0, {"espresso": 2}, True), (DAY0 + 2, {"espresso": 1}, False)]
+    # Then the delayed report of boot 5 that had a clock: the estimate is corrected.
+    boot5_start = (DAY0 - 3) * 86400 + 3600
+    await post(http, rep(2, 2, boot=5, uptime_ms=20_000, clock=boot5_start + 20, days=[loose]))
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert [(d["day"], d["brews"], d["estimated"]) for d in days["days"]] == \
+        [(DAY0 - 3, {"espresso": 2}, False), (DAY0 + 2, {"espresso": 1}, False)]
+
+
+async def test_day_query_range(cloud, http):
+    buckets = [{"day": DAY0 + i, "brews": {"espresso": i + 1}} for i in range(5)]
+    await post(http, rep(1, 15, days=buckets))
+    first = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 + 1).isoformat()
+    last = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 + 3).isoformat()
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days", **{"from": first, "to": last})
+    assert [d["brews_total"] for d in days["days"]] == [2, 3, 4]
+    async with http.get(f"/v1/devices/{DEV}/days", params={"from": "2026-13-01"},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 400
+
+
+# -- billing -----------------------------------------------------------------------------------
+
+def dn(s: str) -> int:
+    return day_number(date.fromisoformat(s))
+
+
+async def usage(http, per_day: dict[str, int]) -> None:
+    buckets = [{"day": dn(d), "brews": {"espresso": n - n // 3, "lungo": n // 3}}
+               for d, n in per_day.items()]
+    assert (await post(http, rep(1, days=buckets)))[0] == 200
+
+
+async def test_invoice_per_brew(cloud, http):
+    await usage(http, {"2026-01-10": 7, "2026-01-30": 2, "2026-01-31": 3, "2026-02-01": 4,
+                       "2026-03-01": 9})
+    plan = await put(http, cloud, f"/v1/admin/devices/{DEV}/plan", {"price_per_brew": 0.35})
+    assert plan["price_per_brew_cents"] == 35
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-01-15", "to": "2026-02-28"})
+    # January from the 15th: 2 + 3 brews = 5 x 35 = 175; February: 4 x 35 = 140.
+    assert [(m["month"], m["from"], m["to"], m["brews"], m["amount_cents"])
+            for m in inv["months"]] == [("2026-01", "2026-01-15", "2026-01-31", 5, 175),
+                                        ("2026-02", "2026-02-01", "2026-02-28", 4, 140)]
+    assert inv["total_cents"] == 315 and inv["brews"] == 9
+
+
+async def test_invoice_monthly_plan_with_rollover(cloud, http):
+    await usage(http, {"2026-01-05": 12, "2026-01-20": 8,                  # Jan 20
+                       "2026-02-02": 50, "2026-02-14": 30, "2026-02-27": 10,  # Feb 90
+                       "2026-03-31": 10})                                   # Mar 10, Apr 0
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/plan",
+              {"monthly_fee": 20, "included": 50, "rollover_max": 30, "overage_per_brew": 0.4,
+               "start": "2026-01-01"})
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-01-01", "to": "2026-04-30"})
+    rows = [(m["month"], m["brews"], m["rollover_in"], m["used_included"], m["used_rollover"],
+             m["overage"], m["rollover_out"], m["amount_cents"]) for m in inv["months"]]
+    assert rows == [
+        # Jan: 20 of 50 used, 30 unused roll over (cap 30).
+        ("2026-01", 20, 0, 20, 0, 0, 30, 2000),
+        # Feb: 50 included + 30 rolled over, 10 over at 40 c: 2000 + 400.
+        ("2026-02", 90, 30, 50, 30, 10, 0, 2400),
+        # Mar: 40 unused, capped at 30.
+        ("2026-03", 10, 0, 10, 0, 0, 30, 2000),
+        # Apr: nothing used: 50 + 30 unused, capped at 30.
+        ("2026-04", 0, 30, 0, 0, 0, 30, 2000),
+    ]
+    assert inv["total_cents"] == 8400
+    # An invoice for February alone still carries January's rollover.
+    feb = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-02-10", "to": "2026-02-20"})
+    assert [(m["month"], m["rollover_in"], m["amount_cents"]) for m in feb["months"]] == \
+        [("2026-02", 30, 2400)]
+
+
+async def test_invoice_needs_a_plan_and_valid_amounts(cloud, http):
+    async with http.get(f"/v1/devices/{DEV}/invoice", headers=cloud.admin_headers,
+                        params={"from": "2026-01-01", "to": "2026-01-31"}) as r:
+        assert r.status == 409
+    for bad in ({"price_per_brew": 0.355}, {"price_per_brew": -1}, {"monthly_fee": 20},
+                {"price_per_brew": 1, "included": 3}):
+        async with http.put(f"/v1/admin/devices/{DEV}/plan", json=bad,
+                            headers=cloud.admin_headers) as r:
+            assert r.status == 400, bad
+
+
+# -- desired configuration ---------------------------------------------------------------------
+
+async def test_desired_config_round_trip(cloud, http):
+    out = await put(http, cloud, f"/v1/admin/devices/{DEV}/config",
+                    {"settings": {"sync_s": 600}})
+    assert out == {"version": 1, "settings": {"sync_s": 600}}
+    _, reply = await post(http, rep(1, config={"applied": 0}))
+    assert reply["config"] == {"version": 1, "settings": {"sync_s": 600}}
+    _, reply = await post(http, rep(2, config={"applied": 1}))
+    assert reply["config"] is None
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/config", {"settings": {"sync_s": 1}})
+    _, reply = await post(http, rep(3, config={"applied": 1}))
+    assert reply["config"]["version"] == 2
+    rejected = {"applied": 1, "rejected": {"version": 2, "reason": "sync_s below 60"}}
+    _, reply = await post(http, rep(4, config=rejected))
+    assert reply["config"] is None  # refused: not sent again
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["config"] == {"desired": {"version": 2, "settings": {"sync_s": 1}},
+                             "applied": 1,
+                             "rejected": {"version": 2, "reason": "sync_s below 60"}}
+
+
+async def test_admin_endpoints_need_the_token(cloud, http):
+    async with http.get("/v1/health") as r:
+        assert r.status == 200 and (await r.json())["ok"] is True
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        async with http.get(f"/v1/devices/{DEV}", headers=headers) as r:
+            assert r.status == 401
+        async with http.put(f"/v1/admin/devices/{DEV}/config", json={"settings": {}},
+                            headers=headers) as r:
+            assert r.status == 401
+    async with http.get("/v1/devices/bm-nobody", headers=cloud.admin_headers) as r:
+        assert r.status == 404
+
+
+async def test_provision_over_http(cloud, http):
+    key = auth.new_key()
+    out = await put(http, cloud, "/v1/admin/devices/bm-new", {"key": key})
+    assert out == {"id": "bm-new", "created": True}
+    assert (await post(http, rep(1, 1), dev="bm-new", key=key))[0] == 200
+    async with http.put("/v1/admin/devices/bm-new", json={"key": "abc"},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 400
+
+
+# -- limits and malformed bodies ---------------------------------------------------------------
+
+async def test_oversized_body_is_413(cloud, http):
+    before = cloud.ledger.dump()
+    big = rep(1, 1)
+    big["events"] = [{"id": 1, "kind": "fault", "pad": "x" * 17_000}]
+    status, err = await post(http, big)
+    assert status == 413 and "error" in err
+    assert cloud.ledger.dump() == before
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", b'{"seq": 1}',
+    json.dumps(rep(1, -3)).encode(),                                  # negative counter
+    json.dumps(rep(1, 1.5)).encode(),                                 # not an integer
+    json.dumps(rep(1, days=[{"brews": {"espresso": 1}}])).encode(),    # undated, no boot
+    json.dumps(rep(1, events=[{"kind": "x"}])).encode(),              # event without id
+    json.dumps(rep(2, 1)).encode(),                                   # body seq != header
+])
+async def test_malformed_report_is_400(cloud, http, body):
+    before = cloud.ledger.dump()
+    status, err = await post(http, body, seq=1)
+    assert status == 400 and isinstance(err["error"], str)
+    assert cloud.ledger.dump() == before
+
+
+async def test_crash_mid_apply_leaves_nothing(cloud, http, monkeypatch):
+    await post(http, rep(1, 1))
+    before = cloud.ledger.dump()
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Ledger, "_events", boom)  # after counters and days were written
+    report = rep(2, 5, days=[{"day": DAY0, "brews": {"espresso": 5}}],
+                 events=[{"id": 1, "kind": "service"}])
+    status, err = await post(http, report)
+    assert status == 500 and "nothing" in err["error"]
+    assert cloud.ledger.dump() == before
+    monkeypatch.undo()
+    assert (await post(http, report))[0] == 200  # the device's retry goes through
+
+
+def test_one_failing_report_does_not_sink_its_batch(clock):
+    from brewmeter.cloud.report import parse_report
+
+    ledger = Ledger(now=clock)
+    ledger.add_device(DEV, KEY)
+    good = parse_report(auth.encode_report(rep(1, 4)))
+    clash = parse_report(auth.encode_report(rep(1, 9)))  # same seq, other body
+    results = ledger.apply_batch([(DEV, good), (DEV, clash), ("bm-nobody", good)])
+    assert results[0].seq == 1
+    assert type(results[1]).__name__ == "SeqConflict"
+    assert type(results[2]).__name__ == "UnknownDevice"
+    assert ledger.device(DEV)["counters"]["brews"]["espresso"] == 4
+    ledger.close()
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+# kind -> (what the device sees, whether the report was stored)
+EXPECTED = {
+    "drop_before": ("disconnect", False), "drop_after": ("disconnect", True),
+    "delay": ("timeout", True), "error_500": (500, False), "error_503": (503, False),
+    "error_429": (429, False), "truncate": ("payload", True), "garbage": ("garbage", True),
+    "duplicate": (200, True), "restart": (200, True),
+}
+
+
+def test_every_fault_kind_is_covered():
+    assert set(EXPECTED) == set(FAULT_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+async def test_fault(cloud, http, kind):
+    seen, stored = EXPECTED[kind]
+    cloud.faults.script(kind)
+    cloud.faults.delay_s = 0.4
+    report = rep(1, 7, days=[{"day": DAY0, "brews": {"espresso": 7}}],
+                 events=[{"id": 1, "kind": "filter_changed"}])
+    path, body, headers = auth.signed_report(DEV, KEY, report)
+    try:
+        async with http.post(path, data=body, headers=headers,
+                             timeout=aiohttp.ClientTimeout(total=0.2)) as r:
+            got: Any = r.status
+            raw = await r.read()
+            if r.status < 300:
+                try:
+                    json.loads(raw)
+                except ValueError:
+                    got = "garbage"
+            else:
+                assert r.headers["Retry-After"] == "1"
+    except aiohttp.ServerDisconnectedError:
+        got = "disconnect"
+    except aiohttp.ClientPayloadError:
+        got = "payload"
+    except TimeoutError:
+        got = "timeout"
+        await asyncio.sleep(0.4)  # the cloud goes on and stores it after the delay
+    assert got == seen
+    assert cloud.faults.log == [(DEV, "1", kind)]
+    assert cloud.ledger.stats()["reports"] == (1 if stored else 0)
+    # The device retries the same bytes: accepted, and nothing is doubled.
+    assert (await post(http, report)) == (200, {"ack": [1], "seq": 1, "config": None,
+                                                "orders": []})
+    st = cloud.ledger.stats()
+    assert (st["reports"], st["events"], st["flags"]) == (1, 1, 0)
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == 7 and dev["reports"] == 1
+
+
+def test_faults_are_deterministic():
+    def run(seed: int) -> list[str | None]:
+        f = Faults(seed=seed, rates={"drop_after": 0.2, "error_503": 0.2, "garbage": 0.1})
+        return [f.draw(DEV, str(i)) for i in range(200)]
+
+    a = run(3)
+    assert a == run(3) and a != run(4)
+    share = sum(k == "drop_after" for k in a) / len(a)
+    assert 0.1 < share < 0.3
+    with pytest.raises(ValueError):
+        Faults(rates={"meteor": 0.1})
+
+
+async def test_chaos_device_loses_and_doubles_nothing(cloud, http):
+    """A device syncing through every fault at random, retrying the same bytes or moving on
+    to a new seq, ends with the cloud holding exactly its counters, days and events."""
+    faults = cloud.faults
+    faults.rates = {k: 0.05 for k in FAULT_KINDS}  # half of all requests go wrong
+    faults.delay_s = 0.15
+    rng = random.Random(5)
+    brews, seq, next_event, outbox = 0, 0, 1, []
+    day_brews: dict[int, int] = {}
+    clock_day = DAY0
+    for step in range(60):
+        if rng.random() < 0.3:
+            clock_day += 1
+        n = rng.randint(0, 3)
+        brews += n
+        day_brews[clock_day] = day_brews.get(clock_day, 0) + n
+        if rng.random() < 0.3:
+            outbox.append({"id": next_event, "kind": "service", "step": step})
+            next_event += 1
+        seq += 1
+        days = [{"day": d, "brews": {"espresso": b}} for d, b in day_brews.items()
+                if d >= clock_day - 2]
+        report = rep(seq, brews, days=days, events=list(outbox))
+        for _attempt in range(3):  # retry the same bytes, then move on (a later seq)
+            try:
+                status, reply = await post(http, report, timeout=0.1)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            if status == 200:
+                acked = set(reply["ack"])
+                outbox = [e for e in outbox if e["id"] not in acked]
+                break
+    faults.rates = {}
+    await asyncio.sleep(0.2)  # let delayed requests land
+    seq += 1
+    final = rep(seq, brews, days=[{"day": d, "brews": {"espresso": b}}
+                                  for d, b in day_brews.items()], events=outbox)
+    assert (await post(http, final))[0] == 200
+    assert sum(1 for _, _, k in faults.log if k) > 10
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == brews and dev["flags"] == []
+    events = await get(http, cloud, f"/v1/devices/{DEV}/events")
+    assert [e["id"] for e in events] == list(range(1, next_event))
+    days = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert {d["day"]: d["brews_total"] for d in days["days"]} == day_brews
+
+
+# -- TLS, restarts, the command ----------------------------------------------------------------
+
+async def test_tls_with_a_private_ca(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    async with CloudServer(ssl_context=server_ctx, devices=[(DEV, KEY)]) as cloud:
+        assert cloud.url.startswith("https://127.0.0.1:")
+        async with aiohttp.ClientSession(cloud.url) as s:
+            async with s.get("/v1/health", ssl=trusting) as r:
+                assert r.status == 200
+            path, body, headers = auth.signed_report(DEV, KEY, rep(1, 1))
+            async with s.post(path, data=body, headers=headers, ssl=trusting) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with s.get("/v1/health", ssl=ssl.create_default_context()):
+                    pass
+
+
+async def test_restart_keeps_the_ledger(cloud, http):
+    first = rep(1, 3, events=[{"id": 1, "kind": "filter_changed"}])
+    await post(http, first)
+    await cloud.restart()
+    assert await post(http, first) == (200, {"ack": [1], "seq": 1, "config": None,
+                                             "orders": []})
+    assert (await post(http, rep(2, 4)))[0] == 200
+    await cloud.restart()
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews"]["espresso"] == 4 and dev["reports"] == 2
+    assert dev["events"] == 1
+
+
+async def test_make_app_with_aiohttp_test_server():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    ledger = Ledger()
+    ledger.add_device(DEV, KEY)
+    async with TestClient(TestServer(make_app(ledger, "tok"))) as client:
+        path, body, headers = auth.signed_report(DEV, KEY, rep(1, 2))
+        r = await client.post(path, data=body, headers=headers)
+        assert r.status == 200
+    ledger.close()
+
+
+def test_cloud_command(tmp_path):
+    db = tmp_path / "ledger.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db),
+         "--admin-token", "tok", "--device", f"{DEV}:{KEY}"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline()).group(0)
+
+        async def talk() -> None:
+            async with aiohttp.ClientSession(url) as s:
+                assert (await post(s, rep(1, 2)))[0] == 200
+                async with s.get(f"/v1/devices/{DEV}",
+                                 headers={"Authorization": "Bearer tok"}) as r:
+                    assert (await r.json())["counters"]["brews_total"] == 2
+
+        asyncio.run(talk())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ledger = Ledger(db)  # the device and its report were kept in the file
+    assert ledger.device(DEV)["reports"] == 1
+    ledger.close()
+    bad = subprocess.run([sys.executable, "-m", "brewmeter.cloud", "--device", "bm-x:zz"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "brewmeter cloud" in bad.stderr
+
+
+def test_protocol_document_lists_every_route():
+    doc = (ROOT / "docs" / "protocol.yaml").read_text()
+    assert doc.startswith("openapi: 3.1")
+    documented = set(re.findall(r"^  (/v1/\S+):$", doc, re.M))
+    app = make_app(Ledger(), "tok")
+    served = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert documented == served
+
+
+def test_the_protocol_example_parses():
+    from brewmeter.cloud.report import parse_report
+
+    example = {
+        "seq": 12, "fw": "0.1.0", "boot": 5, "uptime_ms": 123456, "clock": 1795000000,
+        "counters": {"brews": {"espresso": 10, "lungo": 4}, "brews_total": 14, "rinses": 3,
+                     "stuck_runs": 0, "water_ml": 2100, "idle_ml": 0, "pump_ms": 410000,
+                     "filters": 1, "filter_ml": 900, "filter_pump_ms": 120000,
+                     "filter_brews": 6, "boots": 5},
+        "days": [{"day": 20781, "brews": {"espresso": 3}, "water_ml": 300},
+                 {"boot": 5, "at_ms": 60000, "brews": {"lungo": 1}, "water_ml": 110}],
+        "events": [{"id": 7, "kind": "filter_changed", "at": 1794999000}],
+        "config": {"applied": 3},
+    }
+    r = parse_report(auth.encode_report(example), "12")
+    assert r.counters["brews.lungo"] == 4 and r.days[1].boot == 5 and r.event_ids == [7]
