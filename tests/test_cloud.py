@@ -585,6 +585,19 @@ async def test_make_app_with_aiohttp_test_server():
     ledger.close()
 
 
+def test_cloud_thread_serves_synchronous_code():
+    import urllib.request
+
+    from brewmeter.cloud import cloud_thread
+
+    with cloud_thread(devices=[(DEV, KEY)]) as cloud:
+        path, body, headers = auth.signed_report(DEV, KEY, rep(1, 2))
+        req = urllib.request.Request(cloud.url + path, data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["seq"] == 1
+        assert cloud.ledger.device(DEV)["counters"]["brews_total"] == 2
+
+
 def test_cloud_command(tmp_path):
     db = tmp_path / "ledger.db"
     proc = subprocess.Popen(
@@ -641,3 +654,12 @@ def test_the_protocol_example_parses():
     }
     r = parse_report(auth.encode_report(example), "12")
     assert r.counters["brews.lungo"] == 4 and r.days[1].boot == 5 and r.event_ids == [7]
+
+
+def test_firmware_signature_matches_the_clouds():
+    signing = pytest.importorskip("app.signing")  # firmware/app, as the device runs it
+    key = bytes.fromhex(KEY)
+    path, body, headers = auth.signed_report(DEV, key, rep(1_048_577, 3))
+    fw = signing.signature(key, "POST", path, 1_048_577, body)
+    assert fw == headers[auth.SIG_HEADER]
+    assert auth.verify(key, "POST", path, "1048577", body, fw)

@@ -407,7 +407,9 @@ class CloudServer:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     async def start(self) -> CloudServer:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # shutdown_timeout: a stop waits this long for requests in flight (a delay fault).
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
