@@ -37,6 +37,7 @@ class Device:
         self._second = 0  # ticks of the last whole powered second counted
         self.meter = None
         self.outbox = None
+        self.on_usage = None  # called with `now` when there is news for the cloud (app.syncer)
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
 
@@ -132,6 +133,8 @@ class Device:
         if code == STUCK:
             self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
         self.save(now)
+        if self.on_usage:
+            self.on_usage(now)
 
     def tick(self, now):
         """Called every poll: powered time, and the periodic flush while water flows."""

@@ -1,6 +1,7 @@
-# The app: load the board profile, recover the counts from flash, start the tasks. Later
-# issues add sync and the service console here.
+# The app: load the board profile, recover the counts from flash, start the tasks (sensors,
+# and sync when the device is provisioned). The service console joins them later.
 import asyncio
+import json
 from time import ticks_ms
 
 from app import VERSION, hw
@@ -10,6 +11,7 @@ from app.sensors import Sensors
 from app.store import DeviceFS
 
 PROFILE_PATH = "/board.json"
+PROVISION_PATH = "/provision.json"
 
 
 def load_profile(path=PROFILE_PATH):
@@ -21,12 +23,38 @@ def load_profile(path=PROFILE_PATH):
     return parse(text, path)
 
 
+def load_provision(path=PROVISION_PATH):
+    """The provisioning flash.sh wrote (device id, key, Wi-Fi, cloud), or None."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def start_sync(device, prov):
+    from app import tls
+    from app.link import Wifi
+    from app.syncer import Syncer
+
+    wifi = prov["wifi"]
+    url = prov["cloud_url"]
+    ssl = tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+    syncer = Syncer(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
+    device.on_usage = syncer.usage
+    return syncer
+
+
 async def main(profile):
     device = Device(profile, DeviceFS())
     device.boot(hw.reset_cause(), ticks_ms())
-    sensors = Sensors(profile, device)
-    print("brewmeter ready fw=%s board=%s" % (VERSION, profile.board))
-    await sensors.run()
+    tasks = [asyncio.create_task(Sensors(profile, device).run())]
+    prov = load_provision()
+    if prov:
+        tasks.append(asyncio.create_task(start_sync(device, prov).run()))
+    print("brewmeter ready fw=%s board=%s sync=%s" % (
+        VERSION, profile.board, "on" if prov else "off (not provisioned)"))
+    await asyncio.gather(*tasks)
 
 
 def run():

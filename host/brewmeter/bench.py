@@ -21,6 +21,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "recovery_read_bytes": (16384, "max"),
     "powercut_lost_brews": (0, "max"),
     "powercut_doubled_brews": (0, "max"),
+    "cloud_reports_per_s": (1000, "min"),
 }
 
 
@@ -106,6 +107,14 @@ def powercut() -> dict[str, float]:
             "powercut_doubled_brews": s["cpython"].doubled + s["micropython"].doubled}
 
 
+def cloud_reports_per_s() -> dict[str, float]:
+    """Signed reports per second into the emulated cloud (SQLite, fsync per commit) from 50
+    devices over aiohttp keep-alive, 32 in flight: see brewmeter/cloud/bench.py."""
+    from brewmeter.cloud.bench import cloud_reports_per_s as measure
+
+    return measure()
+
+
 # Each measure with the figures it gives, so --only runs just what it needs.
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
@@ -115,6 +124,7 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
                   "baseline_json_bytes_per_brew", "baseline_json_erases_per_brew",
                   "baseline_log_bytes_per_brew", "baseline_log_erases_per_brew")),
     (powercut, ("powercut_cuts", "powercut_lost_brews", "powercut_doubled_brews")),
+    (cloud_reports_per_s, ("cloud_reports_per_s",)),
 ]
 
 

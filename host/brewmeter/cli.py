@@ -80,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_powercut)
 
+    from brewmeter import cloud
+
+    p = sub.add_parser("cloud", help="run the emulated cloud (HTTP(S) + SQLite ledger)")
+    cloud.add_arguments(p)
+    p.set_defaults(func=cloud.run)
+
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
     p.set_defaults(func=_check_board)

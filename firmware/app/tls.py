@@ -1,0 +1,19 @@
+# TLS to the cloud: verify the server against the CA certificate provisioned with the
+# device, never CERT_NONE. MicroPython's load_verify_locations wants DER, so PEM is decoded.
+import ssl
+from binascii import a2b_base64
+
+
+def pem_to_der(pem):
+    lines = pem.strip().splitlines()
+    body = [x for x in lines if x and not x.startswith("-----")]
+    if not lines or "BEGIN CERTIFICATE" not in lines[0] or not body:
+        raise ValueError("not a PEM certificate")
+    return a2b_base64("".join(body))
+
+
+def context(ca_pem):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=pem_to_der(ca_pem))
+    return ctx
