@@ -157,3 +157,72 @@ def test_parse_url():
     assert http.parse_url("http://127.0.0.1") == ("http", "127.0.0.1", 80, "")
     with pytest.raises(ValueError):
         http.parse_url("ftp://x")
+
+
+class Loopback:
+    """The network link on 127.0.0.1: always up (the radio has no stand-in here)."""
+
+    async def up(self) -> None:
+        return None
+
+
+async def _syncer(device, cloud, key: str, ssl=None):  # noqa: ANN001
+    from app.syncer import Syncer
+
+    prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": "127.0.0.1"}
+    s = Syncer(device, prov, Loopback(), ssl)
+    s._ntp_tried = 0  # no NTP server in these tests: the clock stays unset
+    return s
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_device_reports_to_the_emulated_cloud(device, tmp_path, tls):
+    import ssl as ssl_mod
+
+    import trustme
+    from app import tls as tls_mod
+    from brewmeter.cloud import CloudServer
+
+    key = "ab" * 32
+    server_ctx = client_ctx = None
+    if tls:
+        ca = trustme.CA()
+        server_ctx = ssl_mod.create_default_context(ssl_mod.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        client_ctx = tls_mod.context(ca.cert_pem.bytes().decode())  # the firmware's own
+    async with CloudServer(tmp_path / "ledger.db", devices=[("bm-test01", key)],
+                           ssl_context=server_ctx) as cloud:
+        s = await _syncer(device, cloud, key, client_ctx)
+        device.meter.c.brews[0] = 5
+        device.meter.c.water_ml = 200
+        device.add_event({"kind": "filter_changed", "cycle": 0})
+        assert await s.sync_once() == "ok"
+        assert device.outbox.events == []  # acknowledged, gone
+        cloud.ledger.set_config("bm-test01", {"sync_interval_s": 900})
+        device.meter.c.brews[0] = 7
+        assert await s.sync_once() == "ok"
+        assert device.config == {"sync_interval_s": 900} and device.config_version == 1
+        got = cloud.ledger.device("bm-test01")
+    assert got["counters"]["brews"]["espresso"] == 7
+    assert got["counters"]["water_ml"] == 200
+
+
+async def test_wrong_key_or_untrusted_server_fails_and_backs_off(device, tmp_path):
+    import ssl as ssl_mod
+
+    import trustme
+    from app import tls as tls_mod
+    from brewmeter.cloud import CloudServer
+
+    ca, other = trustme.CA(), trustme.CA()
+    server_ctx = ssl_mod.create_default_context(ssl_mod.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    async with CloudServer(":memory:", devices=[("bm-test01", "ab" * 32)],
+                           ssl_context=server_ctx) as cloud:
+        s = await _syncer(device, cloud, "cd" * 32, tls_mod.context(ca.cert_pem.bytes().decode()))
+        assert await s.sync_once() == "HTTP 401"
+        s2 = await _syncer(device, cloud, "ab" * 32,
+                           tls_mod.context(other.cert_pem.bytes().decode()))
+        result = await s2.sync_once()
+        assert result != "ok" and s2.schedule.failures == 1
+        assert cloud.ledger.device("bm-test01")["counters"] == {}
