@@ -249,7 +249,7 @@ def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
         "filter_changed", "order_requested", "order_requested"]
 
 
-def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
+def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, profile):
     from app.counters import MAX_INPUTS, RESET_CAUSES
 
     # A counters file as the first firmware wrote it (format 1 layout, pump time in ms).
@@ -270,8 +270,8 @@ def test_format_1_counters_migrate_and_are_rewritten_as_format_2(fs, profile):
     assert d.store.formats["counters"] == 1 and d.faults == []
     d2 = Device(profile, fs)
     d2.recover()
-    assert d2.store.formats["counters"] == FORMAT == 2
-    assert d2.meter.c.pump_ms == 123_456_780  # format 2 keeps it in 10 ms units
+    assert d2.store.formats["counters"] == FORMAT == 3
+    assert d2.meter.c.pump_ms == 123_456_780  # formats 2+ keep it in 10 ms units
     c.pump_ms, c.filter_pump_ms = 123_456_780, 45_670
     assert d2.meter.c.__dict__ == c.__dict__
 

@@ -54,7 +54,8 @@ def test_schedule_coalesces_usage_reports_daily_and_backs_off():
 def test_report_is_cumulative_and_carries_events_and_config(device):
     device.meter.c.brews[0] = 3
     device.add_event({"kind": "filter_changed", "cycle": 0})
-    body = sync.report(device, sync.seq_for(device.meter.c.boots, 2), 1_800_000_000, 5000)
+    body = sync.report(device, sync.seq_for(device.meter.c.boots, 2), 1_800_000_000, 5000,
+                       device.days.buckets())
     d = json.loads(body)
     assert d["seq"] == (1 << 20) + 2 and d["clock"] == 1_800_000_000 and d["boot"] == 1
     assert d["counters"]["brews"]["espresso"] == 3 and d["counters"]["brews_total"] == 3

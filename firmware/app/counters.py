@@ -24,6 +24,13 @@ class Counters:
         self.filter_brews = 0
         self.filter_fit_wall = 0  # epoch seconds the filter was fitted; 0 = not known yet
         self.filter_powered_s = 0  # powered-on seconds since fitted (age while clock unknown)
+        # Brews by the day they happened (app/days.py), saved in the same write as the brew:
+        self.day = 0  # the UTC day (days since 1970) that day_brews counts
+        self.day_brews = 0
+        self.prev_day = 0  # the day before, until the cloud has it
+        self.prev_brews = 0
+        self.undated_boot = 0  # the boot whose brews while the clock was unknown ...
+        self.undated_brews = 0  # ... these count
 
     def total_brews(self):
         return sum(self.brews)

@@ -7,7 +7,8 @@ from micropython import const
 
 from app import filters
 from app.counters import Counters
-from app.counting import STUCK, Meter
+from app.counting import BREW, STUCK, Meter
+from app.days import Days
 from app.outbox import Outbox
 from app.store import NewerFormat, Store
 
@@ -38,6 +39,8 @@ class Device:
         self.meter = None
         self.outbox = None
         self.on_usage = None  # called with `now` when there is news for the cloud (app.syncer)
+        self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
+        self.days = None
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
 
@@ -56,6 +59,7 @@ class Device:
             c = Counters()
             newer = str(e)
         self.outbox = Outbox(saved.get("ob"))
+        self._history = saved.get("days")
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
@@ -69,8 +73,10 @@ class Device:
         """Recover, then count this boot and save it."""
         self.recover()
         self.meter.boot(cause)
+        self.days = Days(self.meter.c, self.meter.c.boots, self._history)
         self._second = now
         self.save(now)
+        self._days_saved()
 
     def _load_state(self):
         # One file holds the outbox and the applied configuration: one lookup at boot.
@@ -84,9 +90,20 @@ class Device:
                 pass  # CRC-good but unreadable: start empty
         return {}
 
+    def days_acked(self, sent):
+        """The cloud stored a report with these day buckets."""
+        self.days.acked(sent)
+        self._days_saved()
+
+    def _days_saved(self):
+        # Only when buckets the cloud lacks would otherwise live in RAM alone (offline).
+        if self.days.unsaved and self._save_state():
+            self.days.unsaved = False
+
     def _save_state(self, outbox=None, config=None):
         d = {"ob": (outbox or self.outbox).state(),
-             "cfg": config or {"v": self.config_version, "s": self.config}}
+             "cfg": config or {"v": self.config_version, "s": self.config},
+             "days": self.days.history if self.days else (self._history or [])}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -132,16 +149,26 @@ class Device:
         it."""
         if code == STUCK:
             self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
+        elif code == BREW:
+            self.days.brew(self.wall())  # in the same write as the brew itself
         self.save(now)
+        self._days_saved()
         if self.on_usage:
             self.on_usage(now)
 
     def tick(self, now):
-        """Called every poll: powered time, and the periodic flush while water flows."""
+        """Called every poll: powered time, midnight, and the periodic flush while water
+        flows."""
         d = ticks_diff(now, self._second)
         if d >= 1000:
             self.meter.powered(d // 1000)
             self._second = ticks_add(now, -(d % 1000))
+            c = self.meter.c
+            wall = self.wall()
+            if wall and wall // 86400 > c.day:
+                self.days.roll(wall)
+                self.save(now)
+                self._days_saved()
         c = self.meter.c
         if ticks_diff(now, self._saved_at) >= self.flush_ms:
             s = self._saved
@@ -166,3 +193,7 @@ class Device:
         self.storage_ok = True
         self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
         return True
+
+
+def _no_clock():
+    return 0

@@ -10,19 +10,20 @@ from micropython import const
 
 from app.counters import MAX_INPUTS, RESET_CAUSES, Counters
 
-FORMAT = const(2)  # bumped when a layout changes; older formats are migrated on load
+FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on load
 _ENOENT = const(2)
 _EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
 _HEAD = "<BI"  # format, sequence number
 _HEAD_LEN = const(5)
 
-# The counters, in the order they are packed: 82 bytes with header and CRC. Pump times are
+# The counters, in the order they are packed: 96 bytes with header and CRC. Pump times are
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
-# Per-cause reset counts are 16-bit and saturate (see Meter.boot).
-_COUNTERS = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-# Format 1, the first firmware's: 32-bit stuck and reset counts, pump times in ms (64-bit).
-_COUNTERS_V1 = "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
+# Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
+# buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
+# and reset counts and 64-bit pump times in ms.
+_V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
+_LAYOUTS = {3: _V2 + "HHHHIH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
 
 
 class NewerFormat(Exception):
@@ -31,14 +32,16 @@ class NewerFormat(Exception):
 
 def pack_counters(c):
     return struct.pack(
-        _COUNTERS, *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml, c.pump_ms // 10,
-        c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms // 10,
-        c.filter_brews, c.filter_fit_wall, c.filter_powered_s)
+        _LAYOUTS[FORMAT], *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml,
+        c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
+        c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
+        c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
+        c.undated_boot, min(c.undated_brews, 0xFFFF))
 
 
 def unpack_counters(data, fmt=FORMAT):
     """Counters from a payload of format `fmt` (older formats migrate on the way in)."""
-    v = struct.unpack(_COUNTERS if fmt == FORMAT else _COUNTERS_V1, data)
+    v = struct.unpack(_LAYOUTS[fmt], data)
     c = Counters()
     n = MAX_INPUTS
     c.brews = list(v[:n])
@@ -47,8 +50,11 @@ def unpack_counters(data, fmt=FORMAT):
     c.resets = list(v[n:n + len(RESET_CAUSES)])
     n += len(RESET_CAUSES)
     (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
-     c.filter_fit_wall, c.filter_powered_s) = v[n:]
-    if fmt == FORMAT:
+     c.filter_fit_wall, c.filter_powered_s) = v[n:n + 7]
+    if fmt == 3:
+        (c.day, c.day_brews, c.prev_day, c.prev_brews, c.undated_boot,
+         c.undated_brews) = v[n + 7:]
+    if fmt >= 2:
         c.pump_ms *= 10
         c.filter_pump_ms *= 10
     else:  # v1 kept 32-bit counts where v2 keeps 16 bits: saturate, as Meter.boot does
@@ -166,7 +172,13 @@ class Store:
     def load_counters(self):
         """The saved counters, or fresh ones if there are none."""
         data = self.read("counters")
-        return Counters() if data is None else unpack_counters(data, self.formats["counters"])
+        if data is None:
+            return Counters()
+        try:
+            return unpack_counters(data, self.formats["counters"])
+        except (KeyError, ValueError, struct.error):  # CRC-good but no layout of ours fits
+            self.recovered.append("counters")
+            return Counters()
 
     def save_counters(self, c):
         self.write("counters", pack_counters(c))

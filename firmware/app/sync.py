@@ -62,18 +62,23 @@ def seq_for(boots, n):
     return boots * _SEQ_PER_BOOT + n
 
 
-def report(device, seq, wall, uptime_ms, rejected=None):
-    """The report body (bytes): cumulative counters, days, outbox events, config state."""
+_NOT_USAGE = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "day",
+              "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
+
+
+def report(device, seq, wall, uptime_ms, days, rejected=None):
+    """The report body (bytes): cumulative counters, `days` (Days.buckets()), outbox
+    events, config state."""
     c = device.meter.c
     counters = snapshot.counters(c, device.profile.kinds)
-    for k in ("filter_fit_wall", "filter_powered_s", "last_reset", "resets"):
-        counters.pop(k, None)  # device-side bookkeeping, not usage
+    for k in _NOT_USAGE:
+        counters.pop(k, None)  # device-side bookkeeping
     cfg = {"applied": device.config_version}
     if rejected:
         cfg["rejected"] = {"version": rejected[0], "reason": rejected[1]}
     body = {
         "seq": seq, "fw": VERSION, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
-        "counters": counters, "days": [], "events": device.outbox.events, "config": cfg,
+        "counters": counters, "days": days, "events": device.outbox.events, "config": cfg,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -58,7 +58,9 @@ class Syncer:
             await self._clock()
             seq = sync.seq_for(device.meter.c.boots, self.n)
             self.n += 1
-            body = sync.report(device, seq, wallclock.now(), self.uptime_ms(), self.rejected)
+            days = device.days.buckets()
+            body = sync.report(device, seq, wallclock.now(), self.uptime_ms(), days,
+                               self.rejected)
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
@@ -67,6 +69,7 @@ class Syncer:
                 body, _TIMEOUT_MS, self.ssl, sync.MAX_REPLY)
             if status == 200:
                 self.rejected = sync.apply_reply(device, reply, sent)
+                device.days_acked(days)
                 result = "ok"
             elif status == 409:  # that seq was used with other content (lost state): skip on
                 self.n += 1000

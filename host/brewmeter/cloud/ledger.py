@@ -112,6 +112,13 @@ class Reply:
         return {"ack": self.ack, "seq": self.seq, "config": self.config, "orders": self.orders}
 
 
+def _brews(fields: dict[str, int]) -> int:
+    """A bucket's brews: by kind when it has them, else its total (the firmware sends only
+    the day's total: brews by kind per day would cost flash on every brew)."""
+    by_kind = [v for f, v in fields.items() if f.startswith("brews.")]
+    return sum(by_kind) if by_kind else fields.get("brews_total", 0)
+
+
 def day_number(d: date) -> int:
     return (d - EPOCH).days
 
@@ -433,7 +440,7 @@ class Ledger:
         for n, s in sorted(self._usage(device_id, day_number(first), day_number(last)).items()):
             fields = unflatten(s["fields"])
             days.append({"date": day_date(n).isoformat(), "day": n, **fields,
-                         "brews_total": sum(fields.get("brews", {}).values()),
+                         "brews_total": _brews(s["fields"]),
                          "estimated": bool(s["estimated"])})
         with self._lock:
             unplaced: dict[tuple[int, int], dict[str, int]] = {}
@@ -471,8 +478,7 @@ class Ledger:
         usage = self._usage(device_id, 0, day_number(billing.next_month(last)) - 1)
         brews = {}
         for n, s in usage.items():
-            b = sum(v for f, v in s["fields"].items() if f.startswith("brews."))
-            e = sum(v for f, v in s["estimated"].items() if f.startswith("brews."))
+            b, e = _brews(s["fields"]), _brews(s["estimated"])
             if b:
                 brews[day_date(n)] = billing.DayBrews(b, e)
         return {"id": device_id, **billing.invoice(plan, brews, first, last)}

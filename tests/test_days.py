@@ -1,0 +1,103 @@
+"""Brews billed to the day they happened: day buckets on the device, offline days, undated
+brews before the clock is known, and the emulated cloud's per-day ledger and invoice."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from app.counters import Counters
+from app.counting import BREW
+from app.days import Days
+from app.device import Device
+from brewmeter.hostfs import DirFS
+
+DAY = 86400
+T = 20_000 * DAY  # 2024-10-04 00:00 UTC
+
+
+def test_today_yesterday_and_offline_history():
+    c = Counters()
+    d = Days(c, boot=1)
+    for t in (T + 10, T + 20, T + DAY + 5):
+        d.brew(t)
+    assert (c.prev_day, c.prev_brews, c.day, c.day_brews) == (20_000, 2, 20_001, 1)
+    assert d.history == [] and not d.unsaved  # midnight cost no extra state
+    d.brew(T + 3 * DAY)  # offline two days: yesterday's bucket is still unacknowledged
+    assert d.history == [[20_000, 2]] and d.unsaved
+    assert d.buckets() == [{"day": 20_000, "brews_total": 2}, {"day": 20_001, "brews_total": 1},
+                           {"day": 20_003, "brews_total": 1}]
+    d.acked(d.buckets())
+    assert d.history == [] and c.prev_day == 0  # today stays: it still grows
+    assert d.buckets() == [{"day": 20_003, "brews_total": 1}]
+
+
+def test_undated_brews_belong_to_their_boot_until_sent():
+    c = Counters()
+    d = Days(c, boot=7)
+    d.brew(0)
+    d.brew(0)
+    d.brew(T)  # NTP answered: dated from now on, never moved between the two
+    assert d.buckets() == [{"day": 20_000, "brews_total": 1},
+                           {"boot": 7, "at_ms": 0, "brews_total": 2}]
+    d2 = Days(c, boot=8)  # a reboot before the cloud had them: kept as history
+    assert d2.history == [[-7, 2]] and c.undated_brews == 0
+    d2.acked(d2.buckets())
+    assert d2.history == []
+
+
+def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path):
+    fs = DirFS(tmp_path)
+    now = [T + 8 * 3600]
+    d = Device(profile, fs)
+    d.wall = lambda: now[0]
+    d.boot(1, 0)
+    for _ in range(3):
+        d.meter.c.brews[0] += 1
+        d.event(BREW, 0, 0)
+    now[0] += 2 * DAY  # two midnights offline; the tick notices
+    d.tick(5000)
+    d2 = Device(profile, fs)  # power cut after that
+    d2.wall = lambda: now[0]
+    d2.boot(1, 0)
+    assert d2.days.buckets() == [{"day": 20_000, "brews_total": 3}]
+    assert d2.meter.c.day == 20_002
+
+
+async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
+    from app.syncer import Syncer
+    from brewmeter.cloud import CloudServer
+
+    class Up:
+        async def up(self) -> None:
+            return None
+
+    key = "ab" * 32
+    d = Device(profile, DirFS(tmp_path))
+    now = [T + 9 * 3600]
+    d.wall = lambda: now[0]
+    d.boot(1, 0)
+    per_day = [4, 0, 7, 2]
+    for n in per_day:
+        for _ in range(n):
+            d.meter.c.brews[1] += 1
+            d.event(BREW, 1, 0)
+        now[0] += DAY
+        d.tick(1000 * (now[0] - T))
+    async with CloudServer(tmp_path / "ledger.db", devices=[("bm-days1", key)]) as cloud:
+        cloud.ledger.set_plan("bm-days1", {"price_per_brew": 0.35})
+        s = Syncer(d, {"device_id": "bm-days1", "key": key, "cloud_url": cloud.url}, Up())
+        s._ntp_tried = 0
+        import app.wallclock as wc
+
+        wc.set_unix(now[0])
+        try:
+            assert await s.sync_once() == "ok"
+        finally:
+            wc.synced = False
+        got = cloud.ledger.days("bm-days1", date(2024, 10, 4), date(2024, 10, 7))
+        bill = cloud.ledger.invoice("bm-days1", date(2024, 10, 1), date(2024, 10, 31))
+    brews = {day["day"] - 20_000: day["brews_total"] for day in got["days"]}
+    assert brews == {i: n for i, n in enumerate(per_day) if n}, got
+    assert not any(day["estimated"] for day in got["days"])
+    assert bill["total_cents"] == 13 * 35, bill
+    assert d.days.history == []
