@@ -60,7 +60,10 @@ def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path
     d2.wall = lambda: now[0]
     d2.boot(1, 0)
     assert d2.days.buckets() == [{"day": 20_000, "brews_total": 3}]
-    assert d2.meter.c.day == 20_002
+    d2.meter.c.brews[0] += 1
+    d2.event(BREW, 0, 0)  # the first brew of the new day rolls it again from the clock
+    assert d2.days.buckets() == [{"day": 20_000, "brews_total": 3},
+                                 {"day": 20_002, "brews_total": 1}]
 
 
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):

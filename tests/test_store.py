@@ -285,3 +285,11 @@ def test_applied_configuration_survives_reboot(profile, fs):
     d2.boot(1, 0)
     assert d2.config_version == 3
     assert d2.config == {"sync_interval_s": 900, "auto_order": {"coffee": True}}
+
+
+def test_sequence_numbers_wrap_at_16_bits(fs):
+    s = Store(fs, "/counts")
+    s._seq["counters"] = (0xFFFE, 1)
+    for i in range(4):  # seqs 0xFFFF, 0, 1, 2 across the wrap
+        s.save_counters(_counters(i))
+        assert Store(fs, "/counts").load_counters().brews[0] == i

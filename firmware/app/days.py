@@ -18,7 +18,7 @@ class Days:
         self.boot = boot
         self.history = history or []  # [day, brews] or [-boot, brews] not yet acknowledged
         self.unsaved = False  # history changed: app.device saves it with the state file
-        if c.undated_brews and c.undated_boot != boot:  # an earlier boot's, still unsent
+        if c.undated_brews and c.undated_boot != boot & 0xFFFF:  # an earlier boot's, unsent
             self._keep(-c.undated_boot, c.undated_brews)
             c.undated_boot = c.undated_brews = 0
 
@@ -28,7 +28,7 @@ class Days:
             self.roll(wall)
             c.day_brews += 1
         else:
-            c.undated_boot = self.boot
+            c.undated_boot = self.boot & 0xFFFF  # kept in 16 bits: boots of its era
             c.undated_brews += 1
 
     def roll(self, wall):

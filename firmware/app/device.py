@@ -7,7 +7,7 @@ from micropython import const
 
 from app import filters
 from app.counters import Counters
-from app.counting import BREW, STUCK, Meter
+from app.counting import BREW, RINSE, STUCK, Meter
 from app.days import Days
 from app.outbox import Outbox
 from app.store import NewerFormat, Store
@@ -34,7 +34,7 @@ class Device:
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True
         self._saved = None  # (water_ml, pump_ms, filter_powered_s) as last saved
-        self._saved_at = 0
+        self._dirty_since = None  # ticks when unsaved water/pump time first appeared
         self._second = 0  # ticks of the last whole powered second counted
         self.meter = None
         self.outbox = None
@@ -145,8 +145,11 @@ class Device:
             self.faults.append((code, str(e)))
 
     def event(self, code, i, now):
-        """A completed run (or a stuck pump) from the Meter: persist before anything shows
-        it."""
+        """A completed run (or a stuck pump) from the Meter. A brew is saved at once, before
+        anything can show or send it; a rinse (never billed) waits for the next save or
+        the flush window, which usually merges it with the brew it preceded."""
+        if code == RINSE:
+            return
         if code == STUCK:
             self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
         elif code == BREW:
@@ -163,17 +166,21 @@ class Device:
         if d >= 1000:
             self.meter.powered(d // 1000)
             self._second = ticks_add(now, -(d % 1000))
-            c = self.meter.c
             wall = self.wall()
-            if wall and wall // 86400 > c.day:
+            if wall and wall // 86400 > self.meter.c.day:
+                # No save of its own: the next one carries it, and a cut before that
+                # changes nothing (the next brew rolls the day again from the clock).
                 self.days.roll(wall)
-                self.save(now)
                 self._days_saved()
         c = self.meter.c
-        if ticks_diff(now, self._saved_at) >= self.flush_ms:
-            s = self._saved
-            if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
-                    c.filter_powered_s - s[2] >= _POWERED_SAVE_S):
+        s = self._saved
+        if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
+                c.filter_powered_s - s[2] >= _POWERED_SAVE_S):
+            # Unsaved water, pump time or powered time: save it flush_s after it began, so
+            # a rinse and the brew after it, or a long run's progress, share one write.
+            if self._dirty_since is None:
+                self._dirty_since = now
+            elif ticks_diff(now, self._dirty_since) >= self.flush_ms:
                 self.save(now)
 
     def change_filter(self, wall, source, now):
@@ -184,7 +191,7 @@ class Device:
 
     def save(self, now):
         c = self.meter.c
-        self._saved_at = now
+        self._dirty_since = None
         try:
             self.store.save_counters(c)
         except OSError as e:

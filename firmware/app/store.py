@@ -14,16 +14,19 @@ FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on
 _ENOENT = const(2)
 _EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
-_HEAD = "<BI"  # format, sequence number
-_HEAD_LEN = const(5)
+# Header: format byte, then the sequence number: 16 bits from format 3 on (compared modulo
+# 2**16; it keeps the counters file under littlefs's next 32-byte commit step), 32 before.
+_HEAD = "<BH"
+_HEAD_LEN = const(3)
+_OLD_HEAD_LEN = const(5)
 
-# The counters, in the order they are packed: 96 bytes with header and CRC. Pump times are
+# The counters, in the order they are packed: 92 bytes with header and CRC. Pump times are
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
 # Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
 # buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
 # and reset counts and 64-bit pump times in ms.
 _V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-_LAYOUTS = {3: _V2 + "HHHHIH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
+_LAYOUTS = {3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
 
 
 class NewerFormat(Exception):
@@ -36,7 +39,7 @@ def pack_counters(c):
         c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
         c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
         c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
-        c.undated_boot, min(c.undated_brews, 0xFFFF))
+        c.undated_boot & 0xFFFF, min(c.undated_brews, 0xFFFF))
 
 
 def unpack_counters(data, fmt=FORMAT):
@@ -77,6 +80,15 @@ class DeviceFS:
         return open(path, mode)
 
 
+def _newer(a, b):
+    """Is copy `a` newer than copy `b`? A newer format wins; 16-bit seqs wrap."""
+    if a[1] != b[1]:
+        return a[1] > b[1]
+    if a[1] >= 3:
+        return 0 < (a[2] - b[2]) & 0xFFFF < 0x8000
+    return a[2] > b[2]
+
+
 class Store:
     """A directory of A/B-copied files. Keep files that are written often apart from those
     read at boot: littlefs scans a directory's whole metadata log on every lookup."""
@@ -93,16 +105,19 @@ class Store:
         return "%s/%s.%d" % (self.root, name, i)
 
     def _open(self, name, i):
-        """(head, file) of one copy, or None if it is missing or too short to be ours."""
+        """(format, seq, header length, head bytes, file) of one copy, or None if it is
+        missing or too short to be ours."""
         try:
             f = self.fs.open(self._path(name, i), "rb")
         except OSError:
             return None
-        head = f.read(_HEAD_LEN)
-        if len(head) < _HEAD_LEN:
+        head = f.read(_OLD_HEAD_LEN)
+        if len(head) < _OLD_HEAD_LEN:
             f.close()
             return None
-        return head, f
+        if head[0] >= 3:
+            return head[0], struct.unpack_from("<H", head, 1)[0], _HEAD_LEN, head, f
+        return head[0], struct.unpack_from("<I", head, 1)[0], _OLD_HEAD_LEN, head, f
 
     def read(self, name):
         """The payload of the newest good copy of `name`, or None if there is none. Only the
@@ -113,26 +128,27 @@ class Store:
             for i in (0, 1):
                 c = self._open(name, i)
                 if c:
-                    copies.append((struct.unpack(_HEAD, c[0])[1], i, c[0], c[1]))
-            copies.sort(reverse=True)
-            for seq, i, head, f in copies:
+                    copies.append((i,) + c)
+            if len(copies) == 2 and _newer(copies[1], copies[0]):
+                copies.reverse()
+            for i, fmt, seq, hlen, head, f in copies:
                 data = head + f.read()
                 body = data[:-4]
-                if len(data) >= _HEAD_LEN + 4 and crc32(body) == struct.unpack(
+                if len(data) >= hlen + 4 and crc32(body) == struct.unpack(
                         "<I", data[-4:])[0]:
-                    if head[0] > FORMAT:  # intact, and written by newer firmware
+                    if fmt > FORMAT:  # intact, and written by newer firmware
                         raise NewerFormat("%s: format %d, this firmware reads up to %d" % (
-                            self._path(name, i), head[0], FORMAT))
+                            self._path(name, i), fmt, FORMAT))
                     # The newer copy missing or damaged while an older one is good: a write
                     # was lost or the flash was damaged.
-                    if seq > 1 and (len(copies) < 2 or seq != copies[0][0]):
+                    if seq > 1 and (len(copies) < 2 or i != copies[0][0]):
                         self.recovered.append(name)
-                    self._seq[name] = (seq, i)
-                    self.formats[name] = head[0]
-                    return body[_HEAD_LEN:]
+                    self._seq[name] = (seq & 0xFFFF, i)
+                    self.formats[name] = fmt
+                    return body[hlen:]
         finally:
             for c in copies:
-                c[3].close()
+                c[5].close()
         self._seq[name] = (0, 1)
         if copies:
             self.recovered.append(name)  # copies there, none good
@@ -154,7 +170,7 @@ class Store:
         if self.read_only:
             raise OSError(_ENOSPC)
         seq, last = self._seq.get(name, (0, 1))
-        seq += 1
+        seq = (seq + 1) & 0xFFFF
         i = 1 - last
         body = struct.pack(_HEAD, FORMAT, seq) + payload
         data = body + struct.pack("<I", crc32(body))

@@ -11,6 +11,13 @@ except ImportError:
 from app.device import Device
 
 REBOOT_MS = 1000  # power comes back a second after the cut
+SYNC_MS = 3600000  # the cloud acknowledges what the device reported, hourly (online)
+WALL0 = 1767571200  # script time 0 on the wall clock (a Monday, 00:00 UTC): NTP has answered
+_wall = [WALL0]
+
+
+def _now():
+    return _wall[0]
 
 
 def _totals(device):
@@ -25,8 +32,10 @@ def _outbox(device):
 
 def _play(device, events, start, flash, levels):
     """Feed events[start:] to the device until the flash dies. Returns the index of the
-    event during which it died, or None. `levels` follows the script's input levels."""
+    event during which it died, or None. `levels` follows the script's input levels. The
+    device is online: every SYNC_MS of script time the cloud acknowledges its report."""
     meter = device.meter
+    synced = events[start][0] // SYNC_MS if start < len(events) else 0
 
     def on_event(code, i):
         device.event(code, i, tw)
@@ -34,6 +43,7 @@ def _play(device, events, start, flash, levels):
     for k in range(start, len(events)):
         t, op, a, b = events[k]
         tw = replay.ticks(t)
+        _wall[0] = WALL0 + t // 1000
         if op == replay.LEVEL:
             levels[a] = b
         if op == replay.FILTER:
@@ -44,6 +54,10 @@ def _play(device, events, start, flash, levels):
         else:
             replay.step(meter, t, op, a, b, on_event)
         device.tick(tw)
+        if t // SYNC_MS != synced and not flash.dead:
+            synced = t // SYNC_MS
+            device.days_acked(device.days.buckets())
+            device.ack([e["id"] for e in device.outbox.events])
         if flash.dead:
             return k
     return None
@@ -53,6 +67,7 @@ def boot(profile, fs, root, now, durable, patch=None):
     """A Device whose completed writes are recorded in `durable`: what a cut cannot undo.
     `patch(device)` may swap its storage for a baseline's (see flashrun.py)."""
     device = Device(profile, fs, root=root)
+    device.wall = _now
     if patch:
         patch(device)
     for store in (device.store, device.state):
