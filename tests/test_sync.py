@@ -227,3 +227,15 @@ async def test_wrong_key_or_untrusted_server_fails_and_backs_off(device, tmp_pat
         result = await s2.sync_once()
         assert result != "ok" and s2.schedule.failures == 1
         assert cloud.ledger.device("bm-test01")["counters"] == {}
+
+
+def test_chaos_1000_faults_lose_and_double_nothing(capsys):
+    from brewmeter import cli
+
+    assert cli.main(["chaos", "--faults", "1000", "--seed", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["faults"] == 1000 and r["power_cuts"] > 50
+    assert r["lost"] == 0 and r["duplicated"] == 0
+    assert r["device_brews"] == r["cloud_brews"] == r["billed_brews"] > 500
+    assert r["invoice_cents"] == r["device_brews"] * 35
+    assert r["events_in_cloud"] == r["events_created"] > 10

@@ -8,7 +8,7 @@ from micropython import const
 from app import http, sync, wallclock
 from app.signing import signature
 
-_TIMEOUT_MS = const(10000)
+_TIMEOUT_MS = const(10000)  # a reply later than this is a failure; retried with backoff
 _NTP_RETRY_MS = const(60000)
 
 
@@ -24,6 +24,7 @@ class Syncer:
         self.path = http.parse_url(self.url)[3] + "/v1/devices/%s/report" % self.id
         self.link = link
         self.ssl = ssl
+        self.timeout_ms = _TIMEOUT_MS
         self.t0 = ticks_ms()
         self.schedule = sync.Schedule(self.t0)
         self.n = 0  # reports this boot: seq = boots * 2**20 + n
@@ -66,7 +67,7 @@ class Syncer:
             sig = signature(self.key, "POST", self.path, seq, body)
             status, retry_after, reply = await http.post(
                 self.url, self.path, {"X-Brewmeter-Seq": seq, "X-Brewmeter-Signature": sig},
-                body, _TIMEOUT_MS, self.ssl, sync.MAX_REPLY)
+                body, self.timeout_ms, self.ssl, sync.MAX_REPLY)
             if status == 200:
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)

@@ -49,6 +49,18 @@ def _powercut(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from brewmeter import chaos
+
+    r = chaos.main(args.faults, args.seed)
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+    else:
+        for k, v in r.items():
+            print(f"{k:<16} {v}")
+    return 0 if r["ok"] else 1
+
+
 def _check_board(args: argparse.Namespace) -> int:
     from brewmeter.harness import load_profile
 
@@ -85,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cloud", help="run the emulated cloud (HTTP(S) + SQLite ledger)")
     cloud.add_arguments(p)
     p.set_defaults(func=cloud.run)
+
+    p = sub.add_parser("chaos", help="the device against the emulated cloud, with faults")
+    p.add_argument("--faults", type=int, default=1000, help="network faults to inject")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_chaos)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")

@@ -1,0 +1,125 @@
+"""`brewmeter chaos`: the device (its firmware under CPython) against the emulated cloud over
+real HTTP on 127.0.0.1, with network faults injected into the cloud's replies and power
+cuts, interleaved with brews and filter changes. Afterwards, with the network healthy again,
+the cloud's ledger must hold exactly the device's counts: none lost, none doubled; and the
+invoice must be the brews times the price."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app import wallclock
+from app.counting import BREW
+from app.device import Device
+from app.syncer import Syncer
+
+from brewmeter.cloud import CloudServer, Faults
+from brewmeter.cloud.server import FAULT_KINDS
+from brewmeter.harness import load_profile
+from brewmeter.hostfs import DirFS
+
+DEVICE = "bm-chaos01"
+KEY = "5a" * 32
+PRICE_CENTS = 35
+WALL0 = 1_767_571_200  # 2026-01-05 00:00 UTC
+
+
+@dataclass
+class Result:
+    faults: int
+    reports: int
+    power_cuts: int
+    device_brews: int
+    cloud_brews: int
+    billed_brews: int
+    invoice_cents: int
+    events_created: int
+    events_in_cloud: int
+    lost: int
+    duplicated: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == self.duplicated == 0 and self.billed_brews == self.device_brews
+                and self.invoice_cents == self.device_brews * PRICE_CENTS
+                and self.events_in_cloud == self.events_created)
+
+
+class _Loopback:
+    async def up(self) -> None:
+        return None
+
+
+async def run(faults: int = 1000, seed: int = 0) -> Result:
+    rng = random.Random(seed)
+    profile = load_profile("emulator")
+    rates = {k: 0.6 / len(FAULT_KINDS) for k in FAULT_KINDS}  # 60 % of requests go wrong
+    cloud_faults = Faults(seed=seed, rates=rates, delay_s=0.15, retry_after_s=0)
+    wall = [WALL0 + 8 * 3600]
+    events_created = reports = cuts = 0
+    with tempfile.TemporaryDirectory() as d:
+        fs = DirFS(Path(d))
+        async with CloudServer(Path(d) / "ledger.db", devices=[(DEVICE, KEY)],
+                               faults=cloud_faults) as cloud:
+            cloud.ledger.set_plan(DEVICE, {"price_per_brew": PRICE_CENTS / 100})
+
+            def boot() -> tuple[Device, Syncer]:
+                dev = Device(profile, fs)
+                dev.wall = lambda: wall[0]
+                dev.boot(1, 0)
+                s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": cloud.url},
+                           _Loopback())
+                s.timeout_ms = 100  # the cloud's "delay" fault outlasts it
+                s._ntp_tried = 0
+                return dev, s
+
+            device, syncer = boot()
+            wallclock.set_unix(wall[0])
+            try:
+                while len(cloud_faults.log) < faults:
+                    r = rng.random()
+                    if r < 0.45:  # a brew
+                        device.meter.c.brews[rng.randrange(len(profile.kinds))] += 1
+                        device.event(BREW, 0, 0)
+                    elif r < 0.47:
+                        device.change_filter(wall[0], "console", 0)
+                        events_created += 1
+                    elif r < 0.52:  # power cut: RAM is gone, the flash is as it was
+                        device, syncer = boot()
+                        cuts += 1
+                    elif r < 0.57:  # time passes: some nights go by offline
+                        wall[0] += rng.choice((600, 3600, 6 * 3600, 86400))
+                        wallclock.set_unix(wall[0])
+                    else:
+                        await syncer.sync_once()
+                        reports += 1
+                cloud_faults.rates.clear()  # the network heals
+                for _ in range(20):
+                    if await syncer.sync_once() == "ok" and not device.outbox.events:
+                        break
+                dev_brews = device.meter.c.total_brews()
+                got = cloud.ledger.device(DEVICE)
+                cloud_brews = got["counters"].get("brews_total", 0)
+                first = datetime.fromtimestamp(WALL0, UTC).date()
+                last = datetime.fromtimestamp(wall[0], UTC).date()
+                bill = cloud.ledger.invoice(DEVICE, first, last)
+                events_in_cloud = len([e for e in cloud.ledger.events(DEVICE)
+                                       if e.get("kind") == "filter_changed"])
+            finally:
+                wallclock.synced = False
+    return Result(
+        faults=len(cloud_faults.log), reports=reports, power_cuts=cuts,
+        device_brews=dev_brews, cloud_brews=cloud_brews, billed_brews=bill["brews"],
+        invoice_cents=bill["total_cents"], events_created=events_created,
+        events_in_cloud=events_in_cloud, lost=max(0, dev_brews - cloud_brews),
+        duplicated=max(0, cloud_brews - dev_brews))
+
+
+def main(faults: int, seed: int) -> dict:
+    r = asyncio.run(run(faults, seed))
+    return {**asdict(r), "ok": r.ok}
