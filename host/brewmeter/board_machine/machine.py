@@ -1,0 +1,381 @@
+# `machine` for the emulated ESP32 (host/brewmeter/board.py). It runs inside the MicroPython
+# unix port and shadows the built-in `machine` by coming earlier on sys.path (the ESP32 port
+# itself does the same: its frozen machine.py wraps the C module to add Counter).
+#
+# Fake hardware lives here, never in firmware/: pin levels and flow pulses come from the
+# supervisor over a loopback TCP socket (the "bus"). It is drained without blocking
+# (ipoll(0)) whenever firmware reads the hardware: Pin.value(), Counter.value(),
+# disable_irq(), idle(). Pin IRQ handlers run synchronously inside that drain, when the
+# edge is seen, so firmware that only uses IRQs must call one of those now and then (the
+# PulseCounter fallback calls disable_irq() on every take()).
+#
+# Bus lines, supervisor -> board: "L gpio level", "P gpio n" (pulses), "C n tear" (arm a flash
+# power cut after n program/erase operations), "K" (ack). Board -> supervisor: "H boot"
+# (hello), "R" (REPL starts), "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep),
+# "Z" (flash power died), "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed),
+# "p nbytes" / "e block" (a flash program / erase), "M bytes" (heap the harness holds),
+# "T offset" (RTC set).
+import select
+import socket
+import time
+
+# Reset causes: the ESP32 port's values (ports/esp32/modmachine.c).
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+_sock = None
+_poller = None
+_buf = b""
+_acked = False
+_cause = PWRON_RESET
+_uid = b"\x24\x0a\xc4\x00\x00\x01"
+_freq = 160000000  # MicroPython's default CPU clock on the ESP32
+_rtc_offset = 0
+_flash = None  # the launcher's NorFlash, for armed power cuts
+_levels = {}  # gpio -> level the supervisor drives (missing: the pull decides)
+_pulls = {}  # gpio -> pull of the last Pin made on it
+_outs = {}  # gpio -> level firmware drives
+_irqs = {}  # gpio -> (pin, handler, trigger)
+_counters = {}  # gpio -> [Counter]
+
+
+def _send(msg):
+    # Fire and forget: a full socket buffer drops the line (every line is a total or idempotent).
+    if _sock is not None:
+        try:
+            _sock.send(msg)
+        except OSError:
+            pass
+
+
+def _poll(timeout=0):
+    # Apply everything the supervisor sent; returns at once when there is nothing.
+    global _buf
+    while _poller is not None:
+        for _ in _poller.ipoll(timeout):
+            break
+        else:
+            return
+        try:
+            d = _sock.recv(512)
+        except OSError:
+            return
+        if not d:  # the supervisor went away: the pins keep their last levels
+            _close()
+            return
+        _buf += d
+        i = _buf.find(b"\n")
+        while i >= 0:
+            line = _buf[:i]
+            _buf = _buf[i + 1 :]
+            _apply(line)
+            i = _buf.find(b"\n")
+        timeout = 0
+
+
+def _close():
+    global _sock, _poller
+    if _sock is not None:
+        _sock.close()
+    _sock = _poller = None
+
+
+def _apply(line):
+    global _acked
+    f = line.split()
+    if not f:
+        return
+    k = f[0]
+    if k == b"K":
+        _acked = True
+    elif k == b"L":
+        _set_level(int(f[1]), int(f[2]))
+    elif k == b"P":
+        _pulses(int(f[1]), int(f[2]))
+    elif k == b"C" and _flash is not None:
+        _flash.cut_after = int(f[1])
+        _flash.tear = f[2] == b"1"
+
+
+def _request(msg):
+    # Send and wait for the supervisor's "K"; pin lines arriving meanwhile are applied.
+    global _acked
+    _acked = False
+    _send(msg)
+    while _poller is not None and not _acked:
+        _poll(-1)
+
+
+def _level(gpio):
+    v = _levels.get(gpio)
+    if v is None:  # nothing drives it: an input floats to its pull
+        return 1 if _pulls.get(gpio) == Pin.PULL_UP else 0
+    return v
+
+
+def _set_level(gpio, v):
+    old = _level(gpio)
+    _levels[gpio] = v
+    irq = _irqs.get(gpio)
+    if irq is not None and v != old and irq[2] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
+        irq[1](irq[0])
+
+
+def _pulses(gpio, n):
+    for c in _counters.get(gpio, ()):
+        c._v += n * c._per_pulse
+    irq = _irqs.get(gpio)
+    if irq is None:
+        return
+    pin, handler, trig = irq
+    # A pulse leaves the pin where it was: a rising and a falling edge (or the reverse).
+    calls = (1 if trig & Pin.IRQ_RISING else 0) + (1 if trig & Pin.IRQ_FALLING else 0)
+    for _ in range(n * calls):
+        handler(pin)
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_DOWN = 1
+    PULL_UP = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
+        self._id = id
+        self._mode = Pin.IN
+        self.init(mode, pull, value=value)
+
+    def init(self, mode=-1, pull=-1, *, value=None, **kw):
+        if mode != -1:
+            self._mode = mode
+        if pull != -1:
+            _pulls[self._id] = pull
+        if value is not None:
+            self.value(value)
+
+    def value(self, x=None):
+        if x is None:
+            _poll()
+            if self._mode == Pin.OUT:
+                return _outs.get(self._id, 0)
+            return _level(self._id)
+        x = 1 if x else 0
+        if _outs.get(self._id) != x:
+            _outs[self._id] = x
+            _send(b"O %d %d\n" % (self._id, x))
+        return None
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def toggle(self):
+        self.value(1 - _outs.get(self._id, 0))
+
+    def mode(self, mode=None):
+        if mode is None:
+            return self._mode
+        self._mode = mode
+
+    def pull(self, pull=None):
+        if pull is None:
+            return _pulls.get(self._id)
+        _pulls[self._id] = pull
+
+    def irq(self, handler=None, trigger=3, *, wake=None, hard=False):
+        if handler is None:
+            _irqs.pop(self._id, None)
+        else:
+            _irqs[self._id] = (self, handler, trigger)
+
+    def __repr__(self):
+        return "Pin(%d)" % self._id
+
+
+class Counter:
+    # machine.Counter as the ESP32 port has it since MicroPython 1.26
+    # (ports/esp32/modules/machine.py): a singleton per PCNT unit, value([value]).
+    RISING = 1
+    FALLING = 2
+    UP = 1
+    DOWN = 2
+    _INSTANCES = {}
+
+    def __new__(cls, unit_id, *args, **kwargs):
+        self = cls._INSTANCES.get(unit_id)
+        if self is None:
+            self = object.__new__(cls)
+            cls._INSTANCES[unit_id] = self
+        return self
+
+    def __init__(self, unit_id, *args, filter_ns=0, **kwargs):
+        self._unit_id = unit_id
+        if getattr(self, "_gpio", None) is not None and not (args or kwargs):
+            return  # the existing singleton, unchanged
+        self._configure(*args, **kwargs)
+
+    def _configure(self, src, edge=RISING, direction=UP):
+        self.deinit()
+        self._gpio = src._id if isinstance(src, Pin) else src
+        edges = (1 if edge & Counter.RISING else 0) + (1 if edge & Counter.FALLING else 0)
+        self._per_pulse = -edges if direction == Counter.DOWN else edges
+        self._v = 0
+        _counters.setdefault(self._gpio, []).append(self)
+
+    def init(self, *args, **kwargs):
+        self.__init__(self._unit_id, *args, **kwargs)
+
+    def deinit(self):
+        g = getattr(self, "_gpio", None)
+        if g is not None:
+            _counters[g].remove(self)
+            self._gpio = None
+
+    def value(self, value=None):
+        if getattr(self, "_gpio", None) is None:
+            raise RuntimeError("not initialised")
+        _poll()
+        v = self._v
+        if value is not None:
+            self._v = value
+        return v
+
+
+class WDT:
+    # The supervisor keeps the timer, so a board stuck anywhere (even in C) is still reset.
+    def __init__(self, id=0, timeout=5000):
+        if timeout < 1:
+            raise ValueError("timeout")
+        _send(b"W %d\n" % timeout)
+
+    def feed(self):
+        _send(b"F\n")
+
+
+class RTC:
+    # The host clock plus an offset that survives soft and hard resets, not a power cut.
+    def __init__(self, id=0):
+        pass
+
+    def datetime(self, dt=None):
+        global _rtc_offset
+        if dt is None:
+            t = time.localtime(int(time.time()) + _rtc_offset)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        t = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        _rtc_offset = t - int(time.time())
+        _send(b"T %d\n" % _rtc_offset)
+
+    def init(self, dt):
+        self.datetime(dt)
+
+
+def reset_cause():
+    return _cause
+
+
+def reset():
+    _send(b"B\n")
+    while True:  # the supervisor kills this process and boots a new one
+        time.sleep(1)
+
+
+def soft_reset():
+    # As on the ESP32: a SystemExit, which main.py or the REPL turns into a soft reboot.
+    raise SystemExit
+
+
+def deepsleep(time_ms=0):
+    _send(b"D %d\n" % time_ms)
+    while True:
+        time.sleep(1)
+
+
+def lightsleep(time_ms=None):
+    if time_ms is not None:
+        time.sleep_ms(time_ms)
+    _poll()
+
+
+sleep = lightsleep
+
+
+def unique_id():
+    return _uid
+
+
+def freq(hz=None):
+    global _freq
+    if hz is None:
+        return _freq
+    if hz // 1000000 not in (20, 40, 80, 160, 240):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    _freq = hz
+
+
+def idle():
+    _poll()
+
+
+def disable_irq():
+    _poll()  # an edge that came before the critical section runs its handler first
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+# -- for the launcher (host/brewmeter/board_launch.py)
+
+
+def _boot(port, boot_no, cause, uid, rtc_offset):
+    global _sock, _poller, _cause, _uid, _rtc_offset
+    _cause = cause
+    _uid = uid
+    _rtc_offset = rtc_offset
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    s.setblocking(False)
+    _sock = s
+    _poller = select.poll()
+    _poller.register(s, select.POLLIN)
+    _request(b"H %d\n" % boot_no)  # the reply brings every pin level first
+
+
+_msg = bytearray(b"? 0000000000\n")
+
+
+def _report(kind, v):
+    # "p nbytes" / "e block" without allocating: the flash may be called with the heap
+    # locked (a file closed by its finaliser).
+    m = _msg
+    m[0] = kind
+    for i in range(11, 1, -1):
+        m[i] = 48 + v % 10
+        v //= 10
+    _send(m)
+
+
+def _halt(msg):
+    # Soft reset, power loss: the supervisor kills this process and boots the next one.
+    _send(msg)
+    while True:
+        time.sleep(1)
+
