@@ -205,7 +205,7 @@ def test_armed_power_cut_tears_a_write_and_the_board_recovers(board):
 
 def test_harness_heap_fits_its_allowance(board):
     status = board.command({"cmd": "status"})
-    assert status["heap"] == 57344  # the emulator profile's budget for the firmware
+    assert status["heap"] == board.profile["heap_bytes"]  # the profile's budget for firmware
     assert 0 < status["harness_heap"] <= HARNESS_HEAP
 
 
