@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Deploys the firmware to a board with mpremote. Not ready yet: the emulated-board issue
-# completes it (compile with mpy-cross, copy what changed, write the profile and provisioning).
-echo "flash.sh: not ready yet; for now run ./brewmeter simulate --days 30" >&2
-exit 2
+# Deploy the firmware to a board with mpremote: compile with mpy-cross for the device's
+# bytecode version, copy only what changed, write the board profile and provisioning,
+# verify by hash, restart, wait for the ready line. The device's counters are kept unless
+# --erase-data. `./flash.sh --emulator` does it all on an emulated board and shows it
+# counting. Sets up .venv on first use. `./flash.sh --help` for the options.
+set -eu
+. "$(dirname "$0")/tools/venv.sh"
+exec "$VENV/bin/python" -c 'import sys; from brewmeter.flasher import main; sys.exit(main())' "$@"

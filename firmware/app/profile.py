@@ -49,15 +49,13 @@ _FIELDS = {
 
 class Profile:
     """A validated board profile; attributes as in the JSON, plus `kinds` (input names,
-    sorted: MicroPython's dict has no insertion order) and `input_pins` (in the same order)."""
+    sorted: MicroPython's dict has no insertion order) and `input_pins` (in the same order).
+    No methods: the app unloads this module after boot and keeps only such objects."""
 
-    def __init__(self, data, source):
-        self.source = source
-        for key in _FIELDS:
-            setattr(self, key, data.get(key))
-        self.active_low = data.get("active_low", True)
-        self.kinds = tuple(k for k, _ in data["inputs"])
-        self.input_pins = tuple(p for _, p in data["inputs"])
+    source = ""
+    active_low = True
+    kinds = ()
+    input_pins = ()
 
 
 def _is_num(v):
@@ -137,7 +135,14 @@ def validate(data, source):
         out[key] = v
     if out["max_run_s"] <= out["min_brew_s"]:
         raise ProfileError(source, "max_run_s", "must be greater than min_brew_s")
-    return Profile(out, source)
+    p = Profile()
+    p.source = source
+    for key in _FIELDS:
+        setattr(p, key, out.get(key))
+    p.active_low = out.get("active_low", True)
+    p.kinds = tuple(k for k, _ in out["inputs"])
+    p.input_pins = tuple(g for _, g in out["inputs"])
+    return p
 
 
 def parse(text, source):

@@ -6,7 +6,6 @@ from time import ticks_ms
 
 from app import VERSION, hw
 from app.device import Device
-from app.profile import ProfileError, parse
 from app.sensors import Sensors
 from app.store import DeviceFS
 
@@ -15,12 +14,24 @@ PROVISION_PATH = "/provision.json"
 
 
 def load_profile(path=PROFILE_PATH):
+    """The validated board profile. The validator is needed once, at boot: it is unloaded
+    afterwards (about 10 KB of heap on the unix port, 6 KB on an ESP32)."""
+    import sys
+
+    import app
+    from app.profile import ProfileError, parse
+
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         raise ProfileError(path, "(file)", "missing: flash.sh writes it with --board")
-    return parse(text, path)
+    try:
+        return parse(text, path)
+    finally:
+        sys.modules.pop("app.profile", None)
+        if hasattr(app, "profile"):
+            delattr(app, "profile")
 
 
 def load_provision(path=PROVISION_PATH):
@@ -45,23 +56,40 @@ def start_sync(device, prov):
     return syncer
 
 
+_device = None  # for run(): what to save when Ctrl-C stops the app
+_syncer = None  # for the service console: the last sync's time and result
+
+
 async def main(profile):
-    device = Device(profile, DeviceFS())
+    global _device, _syncer
+    device = _device = Device(profile, DeviceFS())
     device.boot(hw.reset_cause(), ticks_ms())
     tasks = [asyncio.create_task(Sensors(profile, device).run())]
     prov = load_provision()
+    sync = "off (not provisioned)"
     if prov:
-        tasks.append(asyncio.create_task(start_sync(device, prov).run()))
-    print("brewmeter ready fw=%s board=%s sync=%s" % (
-        VERSION, profile.board, "on" if prov else "off (not provisioned)"))
+        try:
+            _syncer = start_sync(device, prov)
+            tasks.append(asyncio.create_task(_syncer.run()))
+            sync = "on"
+        except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
+            sync = "off (%s)" % e
+    print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
     await asyncio.gather(*tasks)
 
 
 def run():
     try:
         profile = load_profile()
-    except ProfileError as e:
+    except ValueError as e:  # ProfileError
         # Stay at the REPL so the board can be re-flashed with a good profile.
         print("brewmeter: not started:", e)
         return
-    asyncio.run(main(profile))
+    try:
+        asyncio.run(main(profile))
+    except KeyboardInterrupt:
+        # Ctrl-C drops to the REPL (mpremote and flash.sh rely on it): save what is not yet
+        # saved (a rinse, the last seconds of water) first.
+        if _device is not None and _device.meter is not None:
+            _device.save(ticks_ms())
+        raise

@@ -111,6 +111,7 @@ def _boot(g):
     sys.path.insert(0, here + "/board_machine")
     sys.path.insert(1, here)
     import machine
+    import network  # noqa: F401 - the radio stand-in: imported now, it stays importable
     import norflash
 
     machine._boot(int(port), int(boot_no), int(cause), bytes.fromhex(uid), int(rtc))

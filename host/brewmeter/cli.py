@@ -98,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     cloud.add_arguments(p)
     p.set_defaults(func=cloud.run)
 
+    # Parsed by brewmeter.board.emulate_main itself (see main()); listed here for --help.
+    sub.add_parser("emulate", help="run an emulated board: serial pty + control address")
+
     p = sub.add_parser("chaos", help="the device against the emulated cloud, with faults")
     p.add_argument("--faults", type=int, default=1000, help="network faults to inject")
     p.add_argument("--seed", type=int, default=0)
@@ -111,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulate"]:
+        from brewmeter.board import emulate_main
+
+        return emulate_main(argv[1:])
     args = parser().parse_args(argv)
     if getattr(args, "days", 1) < 1:
         print("brewmeter: --days must be at least 1", file=sys.stderr)

