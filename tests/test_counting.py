@@ -186,19 +186,7 @@ def test_random_use_matches_ground_truth_and_counters_only_grow(profile, seed):
     last = {k: 0 for k in lifetime}
     last_brews = [0] * len(m.c.brews)
     for _ in range(60):
-        kind = rng.choice(profile.kinds)
-        r = rng.random()
-        if r < 0.6:
-            s.brew(kind, rng.uniform(20, 250), rng.uniform(profile.min_brew_s, 60))
-        elif r < 0.8:
-            s.rinse(rng.uniform(0.2, profile.min_brew_s - 0.1), kind, rng.uniform(0, 30))
-        elif r < 0.9:
-            s.bounce(kind, rng.randrange(1, profile.debounce_ms))
-        elif r < 0.95:
-            s.idle_flow(rng.uniform(1, 50))
-        else:
-            s.filter_change()
-        s.wait(rng.randrange(0, 600_000))
+        s.random_step(rng, max_wait_ms=600_000)
         play(m, s.events)
         s.events.clear()
         for k in lifetime:

