@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from brewmeter import flasher
 from brewmeter.board import Board
 from brewmeter.demo import read_counters
-from brewmeter.flasher import FlashError, Flasher, check_provision, emulator_provision
+from brewmeter.flasher import Flasher, FlashError, check_provision, emulator_provision
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["espresso", "hot_water", "lungo"]
@@ -109,3 +108,30 @@ def test_flash_sh_emulator_shows_it_counting():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all counted, saved and synced" in out.stdout
     assert "brews_total" in out.stdout
+
+
+def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
+    """The firmware's own sync, on MicroPython, to the emulated cloud over TLS on loopback:
+    the server is verified against the CA flash.sh provisioned."""
+    import ssl
+
+    import trustme
+
+    from brewmeter.cloud.server import cloud_thread
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    prov = emulator_provision()
+    prov["ca_cert"] = ca.cert_pem.bytes().decode()
+    with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])],
+                      ssl_context=server) as cloud:
+        prov["cloud_url"] = cloud.url
+        assert cloud.url.startswith("https://")
+        Flasher(board.serial_port).flash("emulator", prov)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not cloud.ledger.device(prov["device_id"])["reports"]:
+            time.sleep(0.3)
+        got = cloud.ledger.device(prov["device_id"])
+    assert got["reports"] >= 1 and got["counters"]["boots"] == 1
+    assert b"MemoryError" not in board.transcript()
