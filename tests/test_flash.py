@@ -116,7 +116,6 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     import ssl
 
     import trustme
-
     from brewmeter.cloud.server import cloud_thread
 
     ca = trustme.CA()
