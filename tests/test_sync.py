@@ -55,12 +55,21 @@ def test_report_is_cumulative_and_carries_events_and_config(device):
     device.meter.c.brews[0] = 3
     device.add_event({"kind": "filter_changed", "cycle": 0})
     body = sync.report(device, sync.seq_for(device.meter.c.boots, 2), 1_800_000_000, 5000,
-                       device.days.buckets())
+                       device.days.buckets(), sync.usage(device))
     d = json.loads(body)
     assert d["seq"] == (1 << 20) + 2 and d["clock"] == 1_800_000_000 and d["boot"] == 1
     assert d["counters"]["brews"]["espresso"] == 3 and d["counters"]["brews_total"] == 3
     assert [e["kind"] for e in d["events"]] == ["filter_changed"]
     assert d["config"] == {"applied": 0}
+
+
+def test_only_changed_counters_travel_after_the_first_report(device):
+    first = sync.usage(device)
+    assert sync.changed(first, None) == first
+    device.meter.c.brews[2] += 1
+    device.meter.c.water_ml += 110
+    assert sync.changed(sync.usage(device), first) == {
+        "brews": {"lungo": 1}, "brews_total": 1, "water_ml": 110}
 
 
 def test_reply_acks_only_what_was_sent_and_applies_config(device):

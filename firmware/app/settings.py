@@ -3,8 +3,10 @@
 
 # name: (minimum, maximum, default); all are integers
 SCHEMA = {
-    "sync_interval_s": (300, 86400, 21600),  # report at least this often, even with no usage
-    "report_delay_s": (5, 3600, 60),  # after usage, wait this long to batch more into a report
+    # Billing is by day and orders raise their own report, so usage can wait: two hours of
+    # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
+    "sync_interval_s": (300, 86400, 86400),  # report at least this often, even with no usage
+    "report_delay_s": (5, 14400, 7200),  # after usage, wait this long to batch more into one
     "backoff_max_s": (60, 86400, 3600),  # the longest wait between failed attempts
 }
 

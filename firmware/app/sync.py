@@ -66,20 +66,44 @@ _NOT_USAGE = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "da
               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
 
 
-def report(device, seq, wall, uptime_ms, days, rejected=None):
-    """The report body (bytes): cumulative counters, `days` (Days.buckets()), outbox
-    events, config state."""
-    c = device.meter.c
-    counters = snapshot.counters(c, device.profile.kinds)
+def usage(device):
+    """The cumulative counters a report carries (snapshot.counters less bookkeeping)."""
+    counters = snapshot.counters(device.meter.c, device.profile.kinds)
     for k in _NOT_USAGE:
-        counters.pop(k, None)  # device-side bookkeeping
+        counters.pop(k, None)
+    return counters
+
+
+def changed(now, acked):
+    """The counters in `now` that differ from `acked` (what the cloud has stored): the
+    cloud keeps the maximum of each, so the rest need not travel again."""
+    if acked is None:
+        return now
+    out = {}
+    for k, v in now.items():
+        if isinstance(v, dict):
+            was = acked.get(k) or {}
+            d = {n: x for n, x in v.items() if was.get(n) != x}
+            if d:
+                out[k] = d
+        elif acked.get(k) != v:
+            out[k] = v
+    return out
+
+
+def report(device, seq, wall, uptime_ms, days, counters, rejected=None):
+    """The report body (bytes): `counters` (cumulative; changed() of usage()), `days`
+    (Days.buckets()), outbox events, config state."""
+    c = device.meter.c
     cfg = {"applied": device.config_version}
     if rejected:
         cfg["rejected"] = {"version": rejected[0], "reason": rejected[1]}
     body = {
-        "seq": seq, "fw": VERSION, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
+        "seq": seq, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
         "counters": counters, "days": days, "events": device.outbox.events, "config": cfg,
     }
+    if "boots" in counters:  # the boot's first report (or a new boot): say what runs
+        body["fw"] = VERSION
     return json.dumps(body, separators=(",", ":")).encode()
 
 

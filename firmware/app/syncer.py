@@ -29,6 +29,7 @@ class Syncer:
         self.schedule = sync.Schedule(self.t0)
         self.n = 0  # reports this boot: seq = boots * 2**20 + n
         self.rejected = None  # (version, reason) of a desired config we refused
+        self.acked = None  # the counters the cloud has stored (None: send them all)
         self.last = None  # (ticks, "ok" or why not), for the service console
         self._ntp_tried = None
 
@@ -60,8 +61,9 @@ class Syncer:
             seq = sync.seq_for(device.meter.c.boots, self.n)
             self.n += 1
             days = device.days.buckets()
+            now_usage = sync.usage(device)
             body = sync.report(device, seq, wallclock.now(), self.uptime_ms(), days,
-                               self.rejected)
+                               sync.changed(now_usage, self.acked), self.rejected)
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
@@ -71,6 +73,7 @@ class Syncer:
             if status == 200:
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)
+                self.acked = now_usage
                 result = "ok"
             elif status == 409:  # that seq was used with other content (lost state): skip on
                 self.n += 1000

@@ -23,6 +23,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "powercut_doubled_brews": (0, "max"),
     "cloud_reports_per_s": (1000, "min"),
     "boot_to_ready_ms": (1000, "max"),
+    "wire_bytes_per_day": (4096, "max"),
     "app_peak_heap_bytes": (32768, "max"),
 }
 
@@ -117,6 +118,12 @@ def cloud_reports_per_s() -> dict[str, float]:
     return measure()
 
 
+def _wire() -> dict[str, float]:
+    from brewmeter.wirebench import wire_bytes_per_day
+
+    return wire_bytes_per_day()
+
+
 def _board(name: str) -> Callable[[], dict[str, float]]:
     def measure() -> dict[str, float]:
         from brewmeter import boardbench
@@ -137,6 +144,7 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
                   "baseline_log_bytes_per_brew", "baseline_log_erases_per_brew")),
     (powercut, ("powercut_cuts", "powercut_lost_brews", "powercut_doubled_brews")),
     (cloud_reports_per_s, ("cloud_reports_per_s",)),
+    (_wire, ("wire_bytes_per_day",)),
     (_board("boot_to_ready_ms"), ("boot_to_ready_ms",)),
     (_board("app_peak_heap_bytes"), ("app_peak_heap_bytes",)),
 ]
