@@ -24,7 +24,7 @@ class Wifi:
         wlan.connect(self.ssid, self.password)
         t0 = ticks_ms()
         while not wlan.isconnected():
-            if ticks_diff(ticks_ms(), t0) > self.timeout_ms:
+            if ticks_diff(ticks_ms(), t0) >= self.timeout_ms:
                 wlan.disconnect()
                 raise OSError("Wi-Fi: no connection to %r" % self.ssid)
             await asyncio.sleep_ms(100)
