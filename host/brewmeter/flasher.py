@@ -78,7 +78,7 @@ def emulator_provision(cloud_url: str = "http://127.0.0.1:8080") -> dict:
             "ntp": "127.0.0.1", "service_pin": "2468"}
 
 
-def build(out: Path, board: str, provision: dict) -> dict[str, Path]:
+def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
     """The device's files: firmware compiled to .mpy (boot.py and main.py stay source: the
     port runs those two by name), the board profile and the provisioning. Returns
     {device path: local file}."""
@@ -94,9 +94,10 @@ def build(out: Path, board: str, provision: dict) -> dict[str, Path]:
             mp.cross_compile(src, dest)
         files[dest.relative_to(out).as_posix()] = dest
     (out / "board.json").write_bytes(board_path(board).read_bytes())
-    (out / "provision.json").write_text(json.dumps(provision, indent=1))
     files["board.json"] = out / "board.json"
-    files["provision.json"] = out / "provision.json"
+    if provision is not None:  # None: a board that counts but never syncs
+        (out / "provision.json").write_text(json.dumps(provision, indent=1))
+        files["provision.json"] = out / "provision.json"
     return files
 
 

@@ -69,8 +69,8 @@ def cross_compile(src: Path, out: Path) -> None:
 
 
 def compile_tree(src: Path, out: Path) -> list[Path]:
-    """Compile every .py under `src` to .mpy under `out`, as flash.sh does for a device.
-    boot.py and main.py stay source: MicroPython runs those two by file name."""
+    """Compile every .py under `src` to .mpy under `out` (a package such as firmware/app;
+    flasher.build keeps boot.py and main.py as source: the port runs those by name)."""
     done = []
     for py in sorted(src.rglob("*.py")):
         rel = py.relative_to(src)
