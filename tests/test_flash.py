@@ -113,20 +113,11 @@ def test_flash_sh_emulator_shows_it_counting():
 def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     """The firmware's own sync, on MicroPython, to the emulated cloud over TLS on loopback:
     the server is verified against the CA flash.sh provisioned."""
-    import ssl
+    from brewmeter.demo import cloud_for
 
-    import trustme
-    from brewmeter.cloud.server import cloud_thread
-
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
     prov = emulator_provision()
-    prov["ca_cert"] = ca.cert_pem.bytes().decode()
-    with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])],
-                      ssl_context=server) as cloud:
-        prov["cloud_url"] = cloud.url
-        assert cloud.url.startswith("https://")
+    with cloud_for(prov, tls=True) as cloud:
+        assert cloud.url.startswith("https://") and "BEGIN CERTIFICATE" in prov["ca_cert"]
         Flasher(board.serial_port).flash("emulator", prov)
         end = time.monotonic() + 30
         while time.monotonic() < end and not cloud.ledger.device(prov["device_id"])["reports"]:

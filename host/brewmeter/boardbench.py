@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from brewmeter.board import Board, install
-from brewmeter.cloud.server import cloud_thread
+from brewmeter.demo import cloud_for
 from brewmeter.flasher import READY, build, emulator_provision
 
 
@@ -45,9 +45,7 @@ def _workload_fits(heap: int) -> bool:
     work without a MemoryError?"""
     with tempfile.TemporaryDirectory() as d:
         prov = emulator_provision()
-        with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])]) as cloud:
-            cloud.ledger.set_config(prov["device_id"], {"report_delay_s": 5})
-            prov["cloud_url"] = cloud.url
+        with cloud_for(prov, report_delay_s=5) as cloud:
             image = _image(Path(d), prov)
             with Board(image, board_profile="emulator", heap=heap) as board:
                 try:
@@ -97,19 +95,9 @@ def app_peak_heap_bytes() -> dict[str, float]:
 def _tls_sync_fits(heap: int, tls: bool = True) -> bool:
     """Boot with `heap` and report to the cloud over TLS; without `tls`, boot a board that
     is not provisioned (no sync at all) and idle."""
-    import ssl
-
-    import trustme
-
     with tempfile.TemporaryDirectory() as d:
-        ca = trustme.CA()
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(server)
         prov = emulator_provision()
-        prov["ca_cert"] = ca.cert_pem.bytes().decode()
-        with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])],
-                          ssl_context=server) as cloud:
-            prov["cloud_url"] = cloud.url
+        with cloud_for(prov, tls=True) as cloud:
             image = _image(Path(d), prov if tls else None)
             with Board(image, board_profile="emulator", heap=heap) as board:
                 try:

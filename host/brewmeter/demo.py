@@ -12,11 +12,12 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from brewmeter import mp
 from brewmeter.board import Board
-from brewmeter.cloud.server import cloud_thread
+from brewmeter.cloud.server import CloudServer, cloud_thread
 from brewmeter.flasher import Flasher, FlashError, emulator_provision
 
 # Reads the counters with the firmware's own storage code (the service console will replace
@@ -27,6 +28,29 @@ import json
 c = Store(DeviceFS(), '/counts').load_counters()
 print('COUNTERS', json.dumps(snapshot.counters(c, %s)))
 """
+
+
+@contextlib.contextmanager
+def cloud_for(prov: dict, tls: bool = False, **settings: int) -> Iterator[CloudServer]:
+    """The emulated cloud on 127.0.0.1 knowing the device of `prov` (whose cloud_url, and
+    with `tls` ca_cert, it fills in: a trustme CA signs the server's certificate), with
+    `settings` as its desired configuration."""
+    server = None
+    if tls:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server)
+        prov["ca_cert"] = ca.cert_pem.bytes().decode()
+    with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])],
+                      ssl_context=server) as cloud:
+        if settings:
+            cloud.ledger.set_config(prov["device_id"], settings)
+        prov["cloud_url"] = cloud.url
+        yield cloud
 
 
 def read_counters(port: str, kinds: list[str]) -> dict:
@@ -43,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
         image = args.image or str(Path(stack.enter_context(tempfile.TemporaryDirectory()))
                                   / "flash.img")
         prov = emulator_provision()
-        cloud = stack.enter_context(cloud_thread(":memory:", devices=[(prov["device_id"],
-                                                                      prov["key"])]))
-        cloud.ledger.set_config(prov["device_id"], {"report_delay_s": 5})
-        prov["cloud_url"] = cloud.url
+        cloud = stack.enter_context(cloud_for(prov, report_delay_s=5))
         board = stack.enter_context(Board(image, board_profile="emulator"))
         print(f"emulated board: serial {board.serial_port}, control "
               f"{board.control_address[0]}:{board.control_address[1]}; cloud {cloud.url}")
