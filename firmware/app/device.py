@@ -26,8 +26,8 @@ class Device:
         """`root` is the mount point: "" on the device (littlefs at /)."""
         self.profile = profile
         # Two sibling directories: littlefs scans a directory's whole metadata log on every
-        # lookup, and the counters' log grows with every save; the big, rarely written
-        # outbox gets a short log of its own.
+        # lookup, and the counters' log grows with every save; the bigger, rarely written
+        # state (outbox, config, offline days) gets a short log of its own.
         self.store = Store(fs, root + "/counts")
         self.state = Store(fs, root + "/state")  # outbox and applied configuration
         self.flush_ms = flush_s * 1000
@@ -41,6 +41,7 @@ class Device:
         self.on_usage = None  # called with `now` when there is news for the cloud (app.syncer)
         self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
         self.days = None
+        self._history = None  # offline day buckets read at boot, until Days takes them
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
 
@@ -100,8 +101,8 @@ class Device:
         if self.days.unsaved and self._save_state():
             self.days.unsaved = False
 
-    def _save_state(self, outbox=None, config=None):
-        d = {"ob": (outbox or self.outbox).state(),
+    def _save_state(self, config=None):
+        d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or [])}
         try:

@@ -92,32 +92,37 @@ def app_peak_heap_bytes() -> dict[str, float]:
     return {"app_peak_heap_bytes": _smallest(_workload_fits)}
 
 
-def _tls_sync_fits(heap: int, tls: bool = True) -> bool:
-    """Boot with `heap` and report to the cloud over TLS; without `tls`, boot a board that
-    is not provisioned (no sync at all) and idle."""
+def _tls_fits(heap: int, mode: str) -> bool:
+    """Boot with `heap`. mode "sync": report to the cloud over TLS. "waiting": provisioned
+    the same way but the cloud is down (the sync task loaded, waiting and retrying: idle).
+    "bare": not provisioned (no sync at all)."""
     with tempfile.TemporaryDirectory() as d:
         prov = emulator_provision()
         with cloud_for(prov, tls=True) as cloud:
-            image = _image(Path(d), prov if tls else None)
+            if mode == "waiting":
+                prov["cloud_url"] = "https://127.0.0.1:9"
+            image = _image(Path(d), None if mode == "bare" else prov)
             with Board(image, board_profile="emulator", heap=heap) as board:
                 try:
                     board.wait_output(READY, timeout=30)
                 except TimeoutError:
                     return False
-                end = time.monotonic() + (20 if tls else 3)
+                end = time.monotonic() + (20 if mode == "sync" else 3)
                 while time.monotonic() < end:
                     if b"MemoryError" in board.transcript():
                         return False
-                    if tls and cloud.ledger.device(prov["device_id"])["reports"]:
+                    if mode == "sync" and cloud.ledger.device(prov["device_id"])["reports"]:
                         return True
                     time.sleep(0.3)
-                return not tls and b"MemoryError" not in board.transcript()
+                return mode != "sync" and b"MemoryError" not in board.transcript()
 
 
-def sync_heap_bytes() -> dict[str, float]:
-    """Heap that syncing over TLS adds to the app, on the emulated board: the smallest heap
-    that boots and reports over TLS, less the smallest in which the same firmware, not
-    provisioned, boots and idles. Both found by bisection to 4 KiB."""
-    busy = _smallest(_tls_sync_fits)
-    idle = _smallest(lambda h: _tls_sync_fits(h, tls=False))
-    return {"sync_heap_bytes": busy - idle, "idle_app_heap_bytes": idle}
+def sync_heap_bytes(step: int = 2048) -> dict[str, float]:
+    """Heap a TLS sync takes above the idle app, on the emulated board: the smallest heap in
+    which it boots and reports over TLS, less the smallest in which the same provisioned
+    firmware idles (its cloud down, so its sync task loaded and waiting). Also the heap the
+    sync code itself holds: that idle app less an unprovisioned one."""
+    sizes = {m: _smallest(lambda h, m=m: _tls_fits(h, m), step=step)
+             for m in ("sync", "waiting", "bare")}
+    return {"sync_heap_bytes": sizes["sync"] - sizes["waiting"],
+            "sync_code_heap_bytes": sizes["waiting"] - sizes["bare"]}
