@@ -125,3 +125,24 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
         got = cloud.ledger.device(prov["device_id"])
     assert got["reports"] >= 1 and got["counters"]["boots"] == 1
     assert b"MemoryError" not in board.transcript()
+
+
+def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
+    """The same Script that drives the CPython core drives the emulated board."""
+    from app.counting import Meter
+    from brewmeter.harness import load_profile
+    from brewmeter.scenario import Script, play, play_board
+
+    profile = load_profile("emulator")
+    Flasher(board.serial_port).flash("emulator", emulator_provision())
+    script = Script(profile).brew("lungo", 110, 8.6).rinse(1.5, "espresso", 20)
+    script.bounce("hot_water", 15).settle()
+    meter = Meter(profile)
+    play(meter, script.events)
+    play_board(board.control(), profile, script.events)
+    time.sleep(0.3)
+    got = read_counters(board.serial_port, KINDS)
+    assert got["brews"] == {"espresso": 0, "hot_water": 0, "lungo": 1} == {
+        k: meter.c.brews[i] for i, k in enumerate(profile.kinds)}
+    assert got["rinses"] == meter.c.rinses == 1
+    assert abs(got["water_ml"] - meter.c.water_ml) <= 1

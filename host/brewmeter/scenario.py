@@ -161,3 +161,23 @@ def play(meter, events) -> None:  # noqa: ANN001 - firmware objects carry no typ
     step = replay.step
     for t, op, a, b in sorted(events):
         step(meter, t, op, a, b)
+
+
+def play_board(control, profile: Profile, events) -> None:  # noqa: ANN001 - BoardControl
+    """Play a timeline on the emulated board, in real time, through its control address:
+    input levels as presses and releases, flow as pulses. (Powered time and filter changes
+    are the board's own business there: a real clock runs, a tech changes filters.)"""
+    import time
+
+    t0 = time.monotonic()
+    start = min(e[0] for e in events)
+    for t, op, a, b in sorted(events):
+        delay = (t - start) / 1000 - (time.monotonic() - t0)
+        if delay > 0:
+            time.sleep(delay)
+        if op == replay.LEVEL and b:
+            control.press(profile.kinds[a])
+        elif op == replay.LEVEL:
+            control.release(profile.kinds[a])
+        elif op == replay.PULSES:
+            control.pulses(a)
