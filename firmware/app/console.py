@@ -1,0 +1,142 @@
+# The service console's core: bytes from the serial port in, text out. Pure: the shell
+# passes the time. Line discipline as a plain terminal expects (picocom, screen): \r, \n or
+# \r\n end a line, backspace/DEL erase, an over-long line is dropped whole with one error,
+# bytes outside printable ASCII are ignored (commands are ASCII; MicroPython's decode would
+# raise on invalid UTF-8).
+# Read commands print aligned tables, or with --json exactly one line of JSON.
+import json
+
+from micropython import const
+
+from app import filters, snapshot
+
+MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
+PROMPT = b"brewmeter> "
+
+
+class LineReader:
+    """Assemble lines from arbitrary bytes without ever holding more than MAX_LINE."""
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.overflow = False
+        self._cr = False
+
+    def feed(self, data):
+        """Complete lines (str) in `data`; None for a line that was too long."""
+        out = []
+        for b in data:
+            if b == 10 and self._cr:  # the \n of \r\n
+                self._cr = False
+                continue
+            self._cr = b == 13
+            if b in (10, 13):
+                out.append(None if self.overflow else self.buf.decode())
+                self.buf = bytearray()
+                self.overflow = False
+            elif b in (8, 127):
+                if self.buf:
+                    self.buf = self.buf[:-1]
+            elif b < 32 or b > 126:
+                pass  # other control bytes and non-ASCII: not in any command; ignored
+            elif len(self.buf) < MAX_LINE:
+                self.buf.append(b)
+            else:
+                self.overflow = True
+        return out
+
+
+def _table(rows):
+    w = max(len(k) for k, _ in rows) if rows else 0
+    return "\n".join("%s  %s" % (k + " " * (w - len(k)), v) for k, v in rows)
+
+
+class Console:
+    def __init__(self, device, status=None):
+        """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...)."""
+        self.device = device
+        self.status = status or dict
+        self.lines = LineReader()
+
+    def feed(self, data, wall=0):
+        """Bytes in; the text to write back (str), prompts included."""
+        out = []
+        for line in self.lines.feed(data):
+            if line is None:
+                out.append("error: line too long (max %d)" % MAX_LINE)
+            elif line.strip():
+                out.append(self.command(line, wall))
+        return "".join(x + "\n" for x in out)
+
+    def command(self, line, wall=0):
+        words = line.split()
+        as_json = "--json" in words
+        words = [w for w in words if w != "--json"]
+        name = words[0].lower()
+        handler = _READS.get(name)
+        if handler is None:
+            return "error: unknown command %r; try help" % name[:20]
+        try:
+            data = handler(self, words[1:], wall)
+        except ValueError as e:
+            return "error: %s" % e
+        if as_json:
+            return json.dumps(data, separators=(",", ":"))
+        if isinstance(data, dict):
+            return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
+        if not data:
+            return "(none)"
+        return "\n".join([_fmt(x) for x in list(data)])
+
+
+def _fmt(v):
+    if isinstance(v, dict):
+        return ", ".join("%s %s" % (k, v[k]) for k in sorted(v))
+    return str(v)
+
+
+def _help(con, args, wall):
+    return {"counters": "what the machine has used", "filter": "the water filter",
+            "events [N]": "events waiting for the cloud", "faults": "faults since boot",
+            "config": "settings in force", "status": "device, Wi-Fi, sync, memory",
+            "(any) --json": "one line of JSON"}
+
+
+def _counters(con, args, wall):
+    d = con.device
+    return snapshot.counters(d.meter.c, d.profile.kinds)
+
+
+def _filter(con, args, wall):
+    d = con.device
+    c = d.meter.c
+    return {"litres": c.filter_ml / 1000, "pump_hours": round(c.filter_pump_ms / 3600000, 2),
+            "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
+            "due": filters.due(c, d.profile, wall) or "no", "cycle": c.filters}
+
+
+def _events(con, args, wall):
+    n = 16
+    if args:
+        if not args[0].isdigit():
+            raise ValueError("events N: N is a number")
+        n = int(args[0])
+    return con.device.outbox.events[-n:] if n else []
+
+
+def _faults(con, args, wall):
+    return ["%s %s" % f for f in con.device.faults]
+
+
+def _config(con, args, wall):
+    # Only the settings in force: secrets (device key, Wi-Fi password, PIN) never appear.
+    d = con.device
+    return {"version": d.config_version, "settings": d.config}
+
+
+def _status(con, args, wall):
+    return con.status()
+
+
+_READS = {"help": _help, "counters": _counters, "filter": _filter, "events": _events,
+          "faults": _faults, "config": _config, "status": _status}
