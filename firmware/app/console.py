@@ -15,16 +15,19 @@ PROMPT = b"brewmeter> "
 
 
 class LineReader:
-    """Assemble lines from arbitrary bytes without ever holding more than MAX_LINE."""
+    """Assemble lines from arbitrary bytes without ever holding more than MAX_LINE.
+    `echo` collects what a terminal should show of the typing (as the REPL echoes)."""
 
     def __init__(self):
         self.buf = bytearray()
         self.overflow = False
         self._cr = False
+        self.echo = bytearray()
 
     def feed(self, data):
         """Complete lines (str) in `data`; None for a line that was too long."""
         out = []
+        echo = self.echo
         for b in data:
             if b == 10 and self._cr:  # the \n of \r\n
                 self._cr = False
@@ -34,16 +37,26 @@ class LineReader:
                 out.append(None if self.overflow else self.buf.decode())
                 self.buf = bytearray()
                 self.overflow = False
+                echo.extend(b"\r\n")
             elif b in (8, 127):
                 if self.buf:
                     self.buf = self.buf[:-1]
+                    echo.extend(b"\b \b")
             elif b < 32 or b > 126:
                 pass  # other control bytes and non-ASCII: not in any command; ignored
             elif len(self.buf) < MAX_LINE:
                 self.buf.append(b)
+                echo.append(b)
             else:
                 self.overflow = True
+        if len(echo) > 256:  # nobody is reading it (a tool sending a burst): drop it
+            self.echo = echo[-256:]
         return out
+
+    def take_echo(self):
+        e = bytes(self.echo)
+        self.echo = bytearray()
+        return e
 
 
 def _table(rows):
@@ -59,7 +72,7 @@ class Console:
         self.lines = LineReader()
 
     def feed(self, data, wall=0):
-        """Bytes in; the text to write back (str), prompts included."""
+        """Bytes in; the text to write back (str): answers, each followed by a prompt."""
         out = []
         for line in self.lines.feed(data):
             if line is None:
@@ -67,6 +80,15 @@ class Console:
             elif line.strip():
                 out.append(self.command(line, wall))
         return "".join(x + "\n" for x in out)
+
+    def serve(self, data, wall=0):
+        """What the serial port gets back for `data`: the echo of the typing, then any
+        answers, each followed by a fresh prompt."""
+        answers = self.feed(data, wall)
+        echo = self.lines.take_echo()
+        if not answers:
+            return echo
+        return echo + answers.replace("\n", "\r\n").encode() + PROMPT
 
     def command(self, line, wall=0):
         words = line.split()
@@ -104,7 +126,7 @@ def _help(con, args, wall):
 
 def _counters(con, args, wall):
     d = con.device
-    return snapshot.counters(d.meter.c, d.profile.kinds)
+    return snapshot.usage(d.meter.c, d.profile.kinds)
 
 
 def _filter(con, args, wall):

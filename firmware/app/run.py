@@ -2,7 +2,7 @@
 # and sync when the device is provisioned). The service console joins them later.
 import asyncio
 import json
-from time import ticks_ms
+from time import ticks_diff, ticks_ms
 
 from app import VERSION, hw
 from app.device import Device
@@ -58,6 +58,7 @@ def start_sync(device, prov):
 
 _device = None  # for run(): what to save when Ctrl-C stops the app
 _syncer = None  # for the service console: the last sync's time and result
+_t0 = ticks_ms()  # boot, for the uptime the console shows
 
 
 async def main(profile):
@@ -75,7 +76,69 @@ async def main(profile):
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
+    tasks.append(asyncio.create_task(serve_console(device, prov)))
     await asyncio.gather(*tasks)
+
+
+async def serve_console(device, prov):
+    """The service console on the USB serial port, beside the REPL's Ctrl-C: it reads
+    stdin without blocking the counting, and answers on stdout."""
+    import select
+    import sys
+
+    from app.console import PROMPT, Console
+
+    con = Console(device, status=lambda: status(device, prov))
+    raw = getattr(sys.stdin, "buffer", sys.stdin)
+    ready = select.poll()
+    ready.register(raw, select.POLLIN)
+    buf = bytearray(64)
+    out = getattr(sys.stdout, "buffer", sys.stdout)
+    out.write(PROMPT)
+    while True:
+        # Poll, then take what is there (up to 64 bytes) one byte at a time: read(n) on a
+        # MicroPython stdin would wait for all n bytes and stall the counting.
+        n = 0
+        while n < 64 and ready.poll(0):
+            b = raw.read(1)
+            if not b:
+                break
+            buf[n] = ord(b) if isinstance(b, str) else b[0]  # a text stdin (no .buffer)
+            n += 1
+        if n:
+            reply = con.serve(memoryview(buf)[:n], wallclock_now())
+            if reply:
+                out.write(reply)
+        # Yield even with more input waiting: a flood on the port must never starve the
+        # sensors (found by the fuzz test: a release went unseen behind a 100 KB backlog).
+        await asyncio.sleep_ms(0 if n else 20)
+
+
+def wallclock_now():
+    from app import wallclock
+
+    return wallclock.now()
+
+
+def status(device, prov):
+    import gc
+
+    from app import wallclock
+    from app.counters import RESET_CAUSES
+
+    c = device.meter.c
+    s = {"fw": VERSION, "board": device.profile.board,
+         "device_id": prov.get("device_id") if prov else None,
+         "uptime_s": ticks_diff(ticks_ms(), _t0) // 1000,
+         "reset_cause": RESET_CAUSES[c.last_reset], "boots": c.boots,
+         "clock": "set" if wallclock.synced else "not set", "heap_free": gc.mem_free(),
+         "storage": "ok" if device.storage_ok else "failing"}
+    if _syncer is not None:
+        s["wifi"] = _syncer.link.state() if hasattr(_syncer.link, "state") else "?"
+        last = _syncer.last
+        s["last_sync"] = "never" if last is None else "%s (%d s ago)" % (
+            last[1], ticks_diff(ticks_ms(), last[0]) // 1000)
+    return s
 
 
 def run():

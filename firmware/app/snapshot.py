@@ -13,3 +13,16 @@ def counters(c, kinds):
     d["brews_total"] = c.total_brews()
     d["resets"] = {RESET_CAUSES[i]: n for i, n in enumerate(c.resets) if n}
     return d
+
+
+# Device-side bookkeeping in the Counters, not usage: neither reported nor shown as counters.
+BOOKKEEPING = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "day",
+               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
+
+
+def usage(c, kinds):
+    """counters() less the bookkeeping: what the cloud gets and the console shows."""
+    d = counters(c, kinds)
+    for k in BOOKKEEPING:
+        d.pop(k, None)
+    return d

@@ -62,16 +62,9 @@ def seq_for(boots, n):
     return boots * _SEQ_PER_BOOT + n
 
 
-_NOT_USAGE = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "day",
-              "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
-
-
 def usage(device):
-    """The cumulative counters a report carries (snapshot.counters less bookkeeping)."""
-    counters = snapshot.counters(device.meter.c, device.profile.kinds)
-    for k in _NOT_USAGE:
-        counters.pop(k, None)
-    return counters
+    """The cumulative counters a report carries."""
+    return snapshot.usage(device.meter.c, device.profile.kinds)
 
 
 def changed(now, acked):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -61,6 +62,25 @@ def _chaos(args: argparse.Namespace) -> int:
     return 0 if r["ok"] else 1
 
 
+def _serial(args: argparse.Namespace) -> int:
+    from brewmeter import fieldtech, ports
+
+    try:
+        port = ports.pick(args.port)
+        if args.command == "console":
+            return fieldtech.interactive(port)
+        if args.command == "report":
+            fieldtech.report(port, Path(args.out))
+            print(f"{port}: report written to {args.out}")
+            return 0
+        data = fieldtech.ask(port, args.command)
+    except ports.PortError as e:
+        print(f"brewmeter: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, sort_keys=True) if args.json else fieldtech.show(data))
+    return 0
+
+
 def _check_board(args: argparse.Namespace) -> int:
     from brewmeter.harness import load_profile
 
@@ -106,6 +126,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_chaos)
+
+    for name, text in (("counters", "read the counters over the serial port"),
+                       ("status", "read the device's status over the serial port"),
+                       ("filter", "read the water filter's state over the serial port"),
+                       ("console", "the service console, interactive"),
+                       ("report", "everything for a visit report, into a JSON file")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
+        if name == "report":
+            p.add_argument("--out", required=True, help="the JSON file to write")
+        elif name != "console":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(func=_serial)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")

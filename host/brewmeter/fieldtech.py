@@ -1,0 +1,85 @@
+"""The field techs' commands: read a machine's counters, status and filter over its USB
+serial port (pyserial), open an interactive console, and file a visit report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import serial
+
+from brewmeter import ports
+
+
+class NoBrewmeter(ports.PortError):
+    pass
+
+
+def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
+    """Send `command --json` to the service console and return its parsed reply."""
+    s = ports.open_port(port, timeout=0.05)
+    seen = b""
+    try:
+        with s:
+            s.reset_input_buffer()
+            asked = command.encode() + b" --json"
+            s.write(b"\r" + asked + b"\r")
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                seen += s.read(4096)
+                # Only what follows the console's echo of our command answers it.
+                mine = seen.split(asked + b"\r\n", 1)
+                if len(mine) < 2:
+                    continue
+                for line in mine[1].split(b"\n"):
+                    line = line.strip().removeprefix(b"brewmeter> ")
+                    if line[:1] in (b"{", b"[") and line[-1:] in (b"}", b"]"):
+                        try:
+                            return json.loads(line)
+                        except ValueError:
+                            continue
+                    if line.startswith(b"error: "):
+                        raise NoBrewmeter(f"{port}: the console says {line.decode()!r}")
+    except serial.SerialException as e:
+        raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
+    text = seen.decode(errors="replace")
+    if ">>>" in text or "raw REPL" in text:
+        raise NoBrewmeter(f"{port}: the MicroPython REPL answers, not brewmeter: the app is "
+                          "not running (a soft reset, Ctrl-D, starts it)")
+    if not seen.strip():
+        raise NoBrewmeter(f"{port}: no answer within {timeout:.0f} s (is the machine on?)")
+    raise NoBrewmeter(f"{port}: something other than brewmeter answers: {text[:80]!r}")
+
+
+def show(data: dict | list) -> str:
+    if isinstance(data, list):
+        return "\n".join(json.dumps(x) if isinstance(x, dict) else str(x) for x in data) \
+            or "(none)"
+    w = max((len(k) for k in data), default=0)
+    return "\n".join(f"{k:<{w}}  {_fmt(v)}" for k, v in sorted(data.items()))
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {x}" for k, x in sorted(v.items()))
+    return str(v)
+
+
+def report(port: str, out: Path) -> dict:
+    """Everything a visit report needs, with the time it was read."""
+    doc = {"read_at": datetime.now(UTC).isoformat(timespec="seconds"), "port": port}
+    for what in ("status", "counters", "filter", "faults", "events", "config"):
+        doc[what] = ask(port, what)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def interactive(port: str) -> int:
+    """The console in this terminal (pyserial's miniterm; Ctrl-] quits)."""
+    ports.open_port(port).close()  # its clear errors first
+    return subprocess.call([sys.executable, "-m", "serial.tools.miniterm", "--raw",
+                            "--eol", "CR", port, "115200"])

@@ -1,0 +1,92 @@
+"""The field techs' side: `brewmeter counters/status/filter/report` over a real pty to the
+firmware's service console on the emulated board, mpremote interleaved, and garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+
+import pytest
+from brewmeter import cli, fieldtech, ports
+from brewmeter.board import Board
+from brewmeter.demo import read_counters
+from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.mp import tool
+
+
+@pytest.fixture(scope="module")
+def flashed(tmp_path_factory):
+    with Board(tmp_path_factory.mktemp("b") / "flash.img", board_profile="emulator") as b:
+        f = Flasher(b.serial_port)
+        f.flash("emulator", emulator_provision())
+        yield b, f
+
+
+def test_counters_status_filter_and_report(flashed, capsys, tmp_path):
+    board, _ = flashed
+    assert cli.main(["counters", "--port", board.serial_port, "--json"]) == 0
+    counters = json.loads(capsys.readouterr().out)
+    assert "brews_total" in counters and "day" not in counters  # no bookkeeping shown
+    assert cli.main(["status", "--port", board.serial_port]) == 0
+    out = capsys.readouterr().out
+    assert "fw" in out and "heap_free" in out and "key" not in out
+    assert cli.main(["report", "--port", board.serial_port, "--out",
+                     str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert {"read_at", "status", "counters", "filter", "faults", "events", "config"} <= set(doc)
+
+
+def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):
+    with Board(tmp_path / "flash.img", board_profile="emulator") as board:
+        Flasher(board.serial_port).flash("emulator", emulator_provision())
+        _garbage_while_brewing(board)
+
+
+def _garbage_while_brewing(board: Board) -> None:
+    before = fieldtech.ask(board.serial_port, "counters")
+    ctl = board.control()
+    ctl.press("lungo")
+    rng = random.Random(7)
+    with ports.open_port(board.serial_port) as s:
+        end = time.monotonic() + 10  # a 10 s lungo (min_brew_s is 8) under the fuzzing
+        while time.monotonic() < end:
+            # Random bytes (but Ctrl-C/Ctrl-D: those are the REPL's, tested elsewhere),
+            # a 10 KiB line, a burst of commands without a PIN.
+            blob = os.urandom(rng.randrange(1, 2048)).replace(b"\x03", b"").replace(b"\x04", b"")
+            s.write(blob + b"x" * 10_000 + b"\r" + b"filter change\r" * 50)
+            time.sleep(0.5)
+    ctl.release("lungo")
+    # The console works through its backlog (hundreds of KB) while the counting goes on;
+    # ask until the brew shows, for as long as a human would wait.
+    end = time.monotonic() + 30
+    after = before
+    while time.monotonic() < end and after["brews"]["lungo"] == before["brews"]["lungo"]:
+        time.sleep(1)
+        after = fieldtech.ask(board.serial_port, "counters", timeout=30)
+    assert after["brews"]["lungo"] == before["brews"]["lungo"] + 1, after
+    assert after["rinses"] == before["rinses"] and after["stuck_runs"] == 0
+    assert after["filters"] == before["filters"]  # nothing changed without a PIN
+
+
+def test_repl_no_answer_and_back_to_the_app_after_mpremote(flashed):
+    board, f = flashed
+    # mpremote stops the app (Ctrl-C) and leaves the REPL: the tools say so clearly.
+    read_counters(board.serial_port, ["espresso", "hot_water", "lungo"])
+    with pytest.raises(fieldtech.NoBrewmeter, match="REPL answers"):
+        fieldtech.ask(board.serial_port, "counters", timeout=1.5)
+    subprocess.run([tool("mpremote"), "connect", board.serial_port, "soft-reset"],
+                   capture_output=True, timeout=60)
+    f.restart()  # soft reset from the friendly REPL: the app runs again
+    assert "brews_total" in fieldtech.ask(board.serial_port, "counters")
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(fieldtech.NoBrewmeter, match="no answer"):
+            fieldtech.ask(os.ttyname(slave), "counters", timeout=0.5)
+    finally:
+        os.close(master)
+        os.close(slave)
+    with pytest.raises(ports.PortError, match="no such port"):
+        fieldtech.ask("/dev/ttyNOPE", "counters")
