@@ -82,3 +82,45 @@ def test_line_discipline_survives_random_bytes_under_micropython():
             "print('LINES', n, len(r.buf) <= 120, r.feed(b'\\ncounters\\r\\n')[-1:])\n")
     out = mp.run(["-c", code])
     assert "LINES" in out and "True ['counters']" in out
+
+
+def _console(profile, tmp_path, pin="2468"):
+    d = Device(profile, DirFS(tmp_path))
+    d.boot(1, 0)
+    return Console(d, pin=pin)
+
+
+def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
+    con = _console(profile, tmp_path)
+    assert "wrong PIN" in con.feed(b"filter change --pin 1111\n")
+    assert con.device.meter.c.filters == 0
+    assert "filter changed" in con.feed(b"filter change --pin 2468\n")
+    assert con.device.meter.c.filters == 1
+    assert "descale recorded" in con.feed(b"descale done --pin 2468\n")
+    assert "sync_interval_s = 900" in con.feed(b"config set sync_interval_s 900 --pin 2468\n")
+    assert con.device.config["sync_interval_s"] == 900
+    assert "300..86400" in con.feed(b"config set sync_interval_s 5 --pin 2468\n")
+    assert "unknown setting" in con.feed(b"config set key 5 --pin 2468\n")
+    assert "sync: started" in con.feed(b"sync --pin 2468\n") and con.pending == ("sync",)
+    kinds = [e["kind"] for e in con.device.outbox.events]
+    assert kinds == ["filter_changed", "descaled", "service", "service"]
+    assert [e.get("action") for e in con.device.outbox.events[2:]] == [
+        "config set sync_interval_s 900", "sync"]
+
+
+def test_five_wrong_pins_lock_for_five_minutes_across_a_reboot(profile, tmp_path):
+    con = _console(profile, tmp_path)
+    for _ in range(4):
+        assert "tries left" in con.feed(b"filter change --pin 0000\n", now=1000)
+    assert "locked for 300 s" in con.feed(b"filter change --pin 0000\n", now=2000)
+    assert "locked" in con.feed(b"filter change --pin 2468\n", now=3000)  # even the right one
+    con2 = _console(profile, tmp_path)  # a reboot
+    assert "locked" in con2.feed(b"filter change --pin 2468\n", now=0)
+    assert "locked" in con2.feed(b"filter change --pin 2468\n", now=299_000)
+    assert "filter changed" in con2.feed(b"filter change --pin 2468\n", now=301_000)
+    assert con2.device.meter.c.filters == 1
+
+
+def test_no_pin_provisioned_means_no_service_actions(profile, tmp_path):
+    con = _console(profile, tmp_path, pin=None)
+    assert "no service PIN" in con.feed(b"filter change --pin 2468\n")

@@ -90,3 +90,18 @@ def test_repl_no_answer_and_back_to_the_app_after_mpremote(flashed):
         os.close(slave)
     with pytest.raises(ports.PortError, match="no such port"):
         fieldtech.ask("/dev/ttyNOPE", "counters")
+
+
+def test_a_service_action_over_the_serial_port(flashed):
+    board, _ = flashed
+    before = fieldtech.ask(board.serial_port, "counters")["filters"]
+    with ports.open_port(board.serial_port, timeout=0.2) as s:
+        s.write(b"filter change --pin 2468\r")
+        seen = b""
+        end = time.monotonic() + 5
+        while b"filter changed" not in seen and time.monotonic() < end:
+            seen += s.read(256)
+    assert b"filter changed" in seen
+    assert fieldtech.ask(board.serial_port, "counters")["filters"] == before + 1
+    events = fieldtech.ask(board.serial_port, "events")
+    assert events[-1]["kind"] == "filter_changed" and events[-1]["by"] == "console"

@@ -8,7 +8,7 @@ import json
 
 from micropython import const
 
-from app import filters, snapshot
+from app import filters, service, snapshot
 
 MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
 PROMPT = b"brewmeter> "
@@ -65,36 +65,41 @@ def _table(rows):
 
 
 class Console:
-    def __init__(self, device, status=None):
-        """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...)."""
+    def __init__(self, device, status=None, pin=None):
+        """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...); `pin`
+        is the provisioned service PIN (None: service actions off)."""
         self.device = device
         self.status = status or dict
         self.lines = LineReader()
+        self.guard = service.PinGuard(device, pin)
+        self.pending = None  # ("sync",) or ("reboot",): for the shell to carry out
 
-    def feed(self, data, wall=0):
+    def feed(self, data, wall=0, now=None):
         """Bytes in; the text to write back (str): answers, each followed by a prompt."""
         out = []
         for line in self.lines.feed(data):
             if line is None:
                 out.append("error: line too long (max %d)" % MAX_LINE)
             elif line.strip():
-                out.append(self.command(line, wall))
+                out.append(self.command(line, wall, now))
         return "".join(x + "\n" for x in out)
 
-    def serve(self, data, wall=0):
+    def serve(self, data, wall=0, now=None):
         """What the serial port gets back for `data`: the echo of the typing, then any
         answers, each followed by a fresh prompt."""
-        answers = self.feed(data, wall)
+        answers = self.feed(data, wall, now)
         echo = self.lines.take_echo()
         if not answers:
             return echo
         return echo + answers.replace("\n", "\r\n").encode() + PROMPT
 
-    def command(self, line, wall=0):
+    def command(self, line, wall=0, now=None):
         words = line.split()
         as_json = "--json" in words
         words = [w for w in words if w != "--json"]
         name = words[0].lower()
+        if name in service.ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
+            return self._action(words, wall, now)
         handler = _READS.get(name)
         if handler is None:
             return "error: unknown command %r; try help" % name[:20]
@@ -111,6 +116,24 @@ class Console:
         return "\n".join([_fmt(x) for x in list(data)])
 
 
+    def _action(self, words, wall, now):
+        pin = None
+        if "--pin" in words:
+            i = words.index("--pin")
+            pin = words[i + 1] if i + 1 < len(words) else ""
+            words = words[:i] + words[i + 2:]
+        now = now or 0
+        try:
+            self.guard.check(pin, now)
+            r = service.act(self.device, words, wall, now)
+        except ValueError as e:
+            return "error: %s" % e
+        if isinstance(r, tuple):
+            self.pending = r
+            return "%s: started" % r[0]
+        return r
+
+
 def _fmt(v):
     if isinstance(v, dict):
         return ", ".join("%s %s" % (k, v[k]) for k in sorted(v))
@@ -119,6 +142,9 @@ def _fmt(v):
 
 def _help(con, args, wall):
     return {"counters": "what the machine has used", "filter": "the water filter",
+            "filter change --pin P": "a new filter fitted", "descale done --pin P": "descaled",
+            "config set K V --pin P": "change a setting", "sync --pin P": "sync now",
+            "reboot --pin P": "restart the machine",
             "events [N]": "events waiting for the cloud", "faults": "faults since boot",
             "config": "settings in force", "status": "device, Wi-Fi, sync, memory",
             "(any) --json": "one line of JSON"}

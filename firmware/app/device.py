@@ -44,6 +44,7 @@ class Device:
         self._history = None  # offline day buckets read at boot, until Days takes them
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
+        self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
 
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
@@ -61,6 +62,7 @@ class Device:
             newer = str(e)
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
+        self.service_lock = saved.get("lock", 0)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
@@ -104,7 +106,8 @@ class Device:
     def _save_state(self, config=None):
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
-             "days": self.days.history if self.days else (self._history or [])}
+             "days": self.days.history if self.days else (self._history or []),
+             "lock": self.service_lock}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -119,6 +122,11 @@ class Device:
             return False
         self.config_version, self.config = version, settings
         return True
+
+    def set_service_lock(self, seconds):
+        """Lock (or unlock, 0) service actions; saved so a reboot does not lift it."""
+        self.service_lock = seconds
+        self._save_state()
 
     def ack(self, ids):
         """The cloud has stored these events."""

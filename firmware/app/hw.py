@@ -13,6 +13,10 @@ def reset_cause():
     return machine.reset_cause()
 
 
+def reset():
+    machine.reset()
+
+
 class PulseCounter:
     """Flow-meter pulses. The ESP32's PCNT unit (machine.Counter, MicroPython >= 1.26)
     counts in hardware, so none are lost at 2 kHz while Python is busy; boards or firmware

@@ -83,18 +83,16 @@ async def main(profile):
 async def serve_console(device, prov):
     """The service console on the USB serial port, beside the REPL's Ctrl-C: it reads
     stdin without blocking the counting, and answers on stdout."""
+    import gc
     import select
     import sys
 
-    from app.console import PROMPT, Console
-
-    con = Console(device, status=lambda: status(device, prov))
+    con = None  # loaded when a tech first types: no heap for it while nobody is there
     raw = getattr(sys.stdin, "buffer", sys.stdin)
     ready = select.poll()
     ready.register(raw, select.POLLIN)
     buf = bytearray(64)
     out = getattr(sys.stdout, "buffer", sys.stdout)
-    out.write(PROMPT)
     while True:
         # Poll, then take what is there (up to 64 bytes) one byte at a time: read(n) on a
         # MicroPython stdin would wait for all n bytes and stall the counting.
@@ -105,13 +103,33 @@ async def serve_console(device, prov):
                 break
             buf[n] = ord(b) if isinstance(b, str) else b[0]  # a text stdin (no .buffer)
             n += 1
-        if n:
-            reply = con.serve(memoryview(buf)[:n], wallclock_now())
+        if n and con is None:
+            gc.collect()
+            from app.console import Console
+
+            con = Console(device, status=lambda: status(device, prov),
+                          pin=prov.get("service_pin") if prov else None)
+        if n and con is not None:
+            reply = con.serve(memoryview(buf)[:n], wallclock_now(), ticks_ms())
             if reply:
                 out.write(reply)
+            if con.pending:
+                out.write(await _carry_out(con.pending, device))
+                con.pending = None
         # Yield even with more input waiting: a flood on the port must never starve the
         # sensors (found by the fuzz test: a release went unseen behind a 100 KB backlog).
         await asyncio.sleep_ms(0 if n else 20)
+
+
+async def _carry_out(action, device):
+    """The service actions that need the shell: sync now, reboot."""
+    if action[0] == "sync":
+        if _syncer is None:
+            return b"sync: off (not provisioned)\r\n"
+        return ("sync: %s\r\n" % await _syncer.sync_once()).encode()
+    device.save(ticks_ms())  # reboot: nothing unsaved is lost
+    hw.reset()
+    return b""
 
 
 def wallclock_now():

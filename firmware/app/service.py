@@ -1,0 +1,91 @@
+# Service actions on the console, behind the service PIN provisioned with the device.
+# Five wrong PINs lock them for five minutes; the lock is saved, so a reboot does not lift
+# it. Every action is recorded as an event (it reaches the cloud with the next sync). Pure:
+# the console passes `now` (ticks_ms) and `wall`.
+from time import ticks_diff
+
+from micropython import const
+
+from app import settings
+
+_TRIES = const(5)
+LOCK_S = const(300)
+
+
+class Locked(ValueError):
+    pass
+
+
+class PinGuard:
+    def __init__(self, device, pin):
+        self.device = device
+        self.pin = pin
+        self.fails = 0
+        self.locked_at = None  # ticks when a saved or new lock started counting this boot
+
+    def _lock_left_s(self, now):
+        left = self.device.service_lock
+        if not left:
+            return 0
+        if self.locked_at is None:
+            self.locked_at = now  # a lock saved before a reboot counts again from boot
+        left -= ticks_diff(now, self.locked_at) // 1000
+        if left <= 0:
+            self.device.set_service_lock(0)
+            self.locked_at = None
+            return 0
+        return left
+
+    def check(self, given, now):
+        """Raise ValueError unless `given` is the PIN and actions are not locked."""
+        left = self._lock_left_s(now)
+        if left:
+            raise Locked("service actions locked for %d s after %d wrong PINs" % (left, _TRIES))
+        if not self.pin:
+            raise ValueError("no service PIN provisioned: service actions are off")
+        if given != self.pin:
+            self.fails += 1
+            if self.fails >= _TRIES:
+                self.fails = 0
+                self.locked_at = now
+                self.device.set_service_lock(LOCK_S)
+                raise Locked("wrong PIN: service actions locked for %d s" % LOCK_S)
+            raise ValueError("wrong PIN (%d tries left)" % (_TRIES - self.fails))
+        self.fails = 0
+
+
+def act(device, words, wall, now):
+    """Do the service action `words` (PIN already checked). Returns the answer, or
+    ("sync",) / ("reboot",) for the shell to carry out."""
+    what = " ".join(words[:2])
+    if what == "filter change":
+        ev = device.change_filter(wall, "console", now)
+        return "filter changed: cycle %d closed at %d ml" % (ev["cycle"], ev["ml"])
+    if what == "descale done":
+        device.add_event({"kind": "descaled", "by": "console", "wall": wall})
+        return "descale recorded"
+    if what == "config set":
+        if len(words) != 4 or not words[3].lstrip("-").isdigit():
+            raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(
+                sorted(settings.SCHEMA)))
+        new = dict(device.config)
+        new[words[2]] = int(words[3])
+        reason = settings.check(new)
+        if reason:
+            raise ValueError(reason)
+        if not device.apply_config(device.config_version, new):
+            raise ValueError("could not save the setting")
+        _record(device, "config set %s %s" % (words[2], words[3]), wall)
+        return "%s = %s" % (words[2], words[3])
+    if words[:1] in (["sync"], ["reboot"]):
+        _record(device, words[0], wall)
+        return (words[0],)
+    raise ValueError("unknown service action; actions: filter change, descale done, "
+                     "config set KEY VALUE, sync, reboot (each with --pin PIN)")
+
+
+def _record(device, action, wall):
+    device.add_event({"kind": "service", "action": action, "wall": wall})
+
+
+ACTIONS = ("filter", "descale", "config", "sync", "reboot")
