@@ -105,3 +105,22 @@ def test_a_service_action_over_the_serial_port(flashed):
     assert fieldtech.ask(board.serial_port, "counters")["filters"] == before + 1
     events = fieldtech.ask(board.serial_port, "events")
     assert events[-1]["kind"] == "filter_changed" and events[-1]["by"] == "console"
+
+
+def test_lone_ctrl_d_is_ignored_and_ctrl_c_saves_before_the_repl(flashed):
+    """Ctrl-D while the app runs is just a byte; Ctrl-C stops it into the REPL, saving."""
+    board, f = flashed
+    before = fieldtech.ask(board.serial_port, "counters")
+    with ports.open_port(board.serial_port) as s:
+        s.write(b"\x04")  # not at a REPL: nothing to soft-reset
+    assert fieldtech.ask(board.serial_port, "counters")["boots"] == before["boots"]
+    ctl = board.control()
+    ctl.press("espresso")  # a rinse: saved only within the flush window ...
+    time.sleep(1.5)
+    ctl.release("espresso")
+    time.sleep(0.3)
+    # ... or at once when Ctrl-C stops the app: mpremote's Ctrl-C, then it reads the flash.
+    saved = read_counters(board.serial_port, ["espresso", "hot_water", "lungo"])
+    assert saved["rinses"] == before["rinses"] + 1
+    f.restart()
+    assert fieldtech.ask(board.serial_port, "counters")["rinses"] == before["rinses"] + 1

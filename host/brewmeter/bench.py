@@ -25,6 +25,8 @@ TARGETS: dict[str, tuple[float, str]] = {
     "boot_to_ready_ms": (1000, "max"),
     "wire_bytes_per_day": (4096, "max"),
     "sync_heap_bytes": (24576, "max"),
+    "console_roundtrip_ms": (100, "max"),
+    "console_heap_bytes": (4096, "max"),
     "app_peak_heap_bytes": (32768, "max"),
 }
 
@@ -149,6 +151,8 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_board("boot_to_ready_ms"), ("boot_to_ready_ms",)),
     (_board("app_peak_heap_bytes"), ("app_peak_heap_bytes",)),
     (_board("sync_heap_bytes"), ("sync_heap_bytes", "sync_code_heap_bytes")),
+    (_board("console_roundtrip_ms"), ("console_roundtrip_ms",)),
+    (_board("console_heap_bytes"), ("console_heap_bytes",)),
 ]
 
 

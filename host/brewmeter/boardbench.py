@@ -126,3 +126,49 @@ def sync_heap_bytes(step: int = 2048) -> dict[str, float]:
              for m in ("sync", "waiting", "bare")}
     return {"sync_heap_bytes": sizes["sync"] - sizes["waiting"],
             "sync_code_heap_bytes": sizes["waiting"] - sizes["bare"]}
+
+
+def console_roundtrip_ms(runs: int = 10) -> dict[str, float]:
+    """`brewmeter counters --json` from the laptop side (open the pty, send, parse the
+    reply) against the emulated board: the median of `runs`, after a first call that loads
+    the console."""
+    from brewmeter import fieldtech
+
+    with tempfile.TemporaryDirectory() as d:
+        image = _image(Path(d), emulator_provision("http://127.0.0.1:9"))
+        with Board(image, board_profile="emulator") as board:
+            board.wait_output(READY, timeout=30)
+            fieldtech.ask(board.serial_port, "counters")
+            times = []
+            for _ in range(runs):
+                t0 = time.monotonic()
+                fieldtech.ask(board.serial_port, "counters")
+                times.append((time.monotonic() - t0) * 1000)
+    return {"console_roundtrip_ms": round(statistics.median(times), 1)}
+
+
+def _console_fits(heap: int, used: bool) -> bool:
+    from brewmeter import fieldtech
+
+    with tempfile.TemporaryDirectory() as d:
+        image = _image(Path(d), None)
+        with Board(image, board_profile="emulator", heap=heap) as board:
+            try:
+                board.wait_output(READY, timeout=30)
+                if used:
+                    for cmd in ("counters", "status", "filter", "events", "config"):
+                        fieldtech.ask(board.serial_port, cmd, timeout=5)
+                else:
+                    time.sleep(2)
+            except (TimeoutError, OSError):
+                return False
+            return b"MemoryError" not in board.transcript()
+
+
+def console_heap_bytes(step: int = 1024) -> dict[str, float]:
+    """Heap the service console adds to the running app on the emulated board: the smallest
+    heap in which a board answers every read command, less the smallest in which the same
+    board, untouched, runs (the console loads only when a tech first types)."""
+    used = _smallest(lambda h: _console_fits(h, True), step=step)
+    idle = _smallest(lambda h: _console_fits(h, False), step=step)
+    return {"console_heap_bytes": used - idle}
