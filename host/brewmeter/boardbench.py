@@ -160,8 +160,8 @@ def _console_fits(heap: int, used: bool) -> bool:
                         fieldtech.ask(board.serial_port, cmd, timeout=5)
                 else:
                     time.sleep(2)
-            except (TimeoutError, OSError):
-                return False
+            except (TimeoutError, OSError, fieldtech.NoBrewmeter):
+                return False  # out of memory: the app died to the REPL
             return b"MemoryError" not in board.transcript()
 
 
