@@ -8,7 +8,10 @@ import json
 
 from micropython import const
 
-from app import filters, service, snapshot
+from app import filters, snapshot
+
+# Service actions (app/service.py, loaded only when one is asked for: it costs heap).
+_ACTIONS = ("filter", "descale", "config", "sync", "reboot")
 
 MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
 PROMPT = b"brewmeter> "
@@ -71,7 +74,8 @@ class Console:
         self.device = device
         self.status = status or dict
         self.lines = LineReader()
-        self.guard = service.PinGuard(device, pin)
+        self.pin = pin
+        self.guard = None  # service.PinGuard, made on the first service action
         self.pending = None  # ("sync",) or ("reboot",): for the shell to carry out
 
     def feed(self, data, wall=0, now=None):
@@ -98,7 +102,7 @@ class Console:
         as_json = "--json" in words
         words = [w for w in words if w != "--json"]
         name = words[0].lower()
-        if name in service.ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
+        if name in _ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
             return self._action(words, wall, now)
         handler = _READS.get(name)
         if handler is None:
@@ -122,7 +126,11 @@ class Console:
             i = words.index("--pin")
             pin = words[i + 1] if i + 1 < len(words) else ""
             words = words[:i] + words[i + 2:]
+        from app import service
+
         now = now or 0
+        if self.guard is None:
+            self.guard = service.PinGuard(self.device, self.pin)
         try:
             self.guard.check(pin, now)
             r = service.act(self.device, words, wall, now)

@@ -86,6 +86,3 @@ def act(device, words, wall, now):
 
 def _record(device, action, wall):
     device.add_event({"kind": "service", "action": action, "wall": wall})
-
-
-ACTIONS = ("filter", "descale", "config", "sync", "reboot")
