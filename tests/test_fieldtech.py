@@ -124,3 +124,27 @@ def test_lone_ctrl_d_is_ignored_and_ctrl_c_saves_before_the_repl(flashed):
     assert saved["rinses"] == before["rinses"] + 1
     f.restart()
     assert fieldtech.ask(board.serial_port, "counters")["rinses"] == before["rinses"] + 1
+
+
+def test_port_errors_each_say_what_to_do(monkeypatch, tmp_path):
+    import errno
+
+    import serial
+
+    fake = tmp_path / "ttyUSB0"
+    fake.touch()  # the device node exists ...
+
+    def refuse(err: int, text: str):  # ... but opening it fails as the kernel would say
+        def open_(*a: object, **k: object) -> None:
+            raise serial.SerialException(err, text)
+        return open_
+
+    monkeypatch.setattr(serial, "Serial", refuse(errno.EACCES, "Permission denied"))
+    with pytest.raises(ports.PortError, match="permission denied.*dialout"):
+        ports.open_port(str(fake))
+    monkeypatch.setattr(serial, "Serial", refuse(errno.EBUSY, "Device or resource busy"))
+    with pytest.raises(ports.PortError, match="port busy"):
+        ports.open_port(str(fake))
+    monkeypatch.setattr(ports.list_ports, "comports", lambda: [])
+    with pytest.raises(ports.PortError, match="no ESP32 USB serial adapter"):
+        ports.pick(None)
