@@ -1,10 +1,10 @@
-# The app: load the board profile, recover the counts from flash, start the tasks (sensors,
-# and sync when the device is provisioned). The service console joins them later.
+# The app: load the board profile, recover the counts from flash, start the tasks: sensors,
+# sync when the device is provisioned, and the service console on the serial port.
 import asyncio
 import json
 from time import ticks_diff, ticks_ms
 
-from app import VERSION, hw
+from app import VERSION, hw, wallclock
 from app.device import Device
 from app.sensors import Sensors
 from app.store import DeviceFS
@@ -64,6 +64,7 @@ _t0 = ticks_ms()  # boot, for the uptime the console shows
 async def main(profile):
     global _device, _syncer
     device = _device = Device(profile, DeviceFS())
+    device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
     tasks = [asyncio.create_task(Sensors(profile, device).run())]
     prov = load_provision()
@@ -110,7 +111,7 @@ async def serve_console(device, prov):
             con = Console(device, status=lambda: status(device, prov),
                           pin=prov.get("service_pin") if prov else None)
         if n and con is not None:
-            reply = con.serve(memoryview(buf)[:n], wallclock_now(), ticks_ms())
+            reply = con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
             if reply:
                 out.write(reply)
             if con.pending:
@@ -132,17 +133,10 @@ async def _carry_out(action, device):
     return b""
 
 
-def wallclock_now():
-    from app import wallclock
-
-    return wallclock.now()
-
-
 def status(device, prov):
     import gc
     import os
 
-    from app import wallclock
     from app.counters import RESET_CAUSES
 
     c = device.meter.c
