@@ -146,3 +146,45 @@ def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
         k: meter.c.brews[i] for i, k in enumerate(profile.kinds)}
     assert got["rinses"] == meter.c.rinses == 1
     assert abs(got["water_ml"] - meter.c.water_ml) <= 1
+
+
+def test_the_board_dates_brews_once_ntp_answers(board):
+    """NTP over UDP from the board, then a brew billed to today's date in the cloud."""
+    import asyncio
+    import struct
+    import threading
+    from datetime import UTC, datetime
+
+    from brewmeter.demo import cloud_for
+
+    loop = asyncio.new_event_loop()
+
+    class Ntp(asyncio.DatagramProtocol):
+        def connection_made(self, transport):  # noqa: ANN001, ANN201
+            self.t = transport
+
+        def datagram_received(self, data, addr):  # noqa: ANN001, ANN201
+            reply = bytearray(48)
+            reply[0] = 0x1C  # v3, server
+            reply[40:44] = struct.pack("!I", int(time.time()) + 2208988800)
+            self.t.sendto(bytes(reply), addr)
+
+    transport, _ = loop.run_until_complete(
+        loop.create_datagram_endpoint(Ntp, local_addr=("127.0.0.1", 0)))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        prov = emulator_provision()
+        prov["ntp"] = f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+        with cloud_for(prov, report_delay_s=5) as cloud:
+            Flasher(board.serial_port).flash("emulator", prov)
+            _brew(board, "lungo", 8.6)
+            end = time.monotonic() + 30
+            today = datetime.now(UTC).date()
+            days = []
+            while time.monotonic() < end and not days:
+                days = cloud.ledger.days(prov["device_id"], today, today)["days"]
+                time.sleep(0.5)
+    finally:
+        loop.call_soon_threadsafe(transport.close)
+        loop.call_soon_threadsafe(loop.stop)
+    assert days and days[0]["brews_total"] == 1 and not days[0]["estimated"]

@@ -46,9 +46,10 @@ class Syncer:
                                 and ticks_diff(now, self._ntp_tried) < _NTP_RETRY_MS):
             return
         self._ntp_tried = now
+        host, _, port = self.ntp.partition(":")
         try:
-            wallclock.set_unix(await wallclock.ntp_query(self.ntp))
-        except OSError:
+            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)))
+        except (OSError, ValueError):
             pass  # reports carry uptime until it works; the cloud places them later
 
     async def sync_once(self):

@@ -57,6 +57,8 @@ def check_provision(p: object, source: str) -> dict:
         ca = p.get("ca_cert")
         if not isinstance(ca, str) or "BEGIN CERTIFICATE" not in ca:
             raise bad("ca_cert", "an https cloud needs the CA certificate (PEM) to verify it")
+    if "ntp" in p and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", str(p["ntp"])):
+        raise bad("ntp", "an NTP server, host or host:port")
     if not re.fullmatch(r"[0-9]{4,8}", str(p.get("service_pin", ""))):
         raise bad("service_pin", "4-8 digits")
     return p
