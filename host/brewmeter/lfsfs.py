@@ -19,26 +19,28 @@ def _oserror(fs: LittleFS, e: LittleFSError) -> OSError:
     return OSError(-e.code, str(e))  # littlefs codes are negated errnos (-28 = ENOSPC)
 
 
+def _call(fs: LittleFS, fn, *args):  # noqa: ANN001, ANN202
+    """fn(*args), with littlefs's errors as the OSErrors the firmware's Store expects."""
+    try:
+        return fn(*args)
+    except LittleFSError as e:
+        raise _oserror(fs, e) from e
+
+
 class _File:
     def __init__(self, fs: LittleFS, f) -> None:  # noqa: ANN001 - littlefs-python's file
         self._fs = fs
         self._f = f
 
-    def _call(self, fn, *args):  # noqa: ANN001, ANN202
-        try:
-            return fn(*args)
-        except LittleFSError as e:
-            raise _oserror(self._fs, e) from e
-
     def read(self, *args: int) -> bytes:
-        return self._call(self._f.read, *args)
+        return _call(self._fs, self._f.read, *args)
 
     def write(self, data: bytes) -> int:
-        return self._call(self._f.write, data)
+        return _call(self._fs, self._f.write, data)
 
     def close(self) -> None:
         try:
-            self._call(self._f.close)  # littlefs commits the file here
+            _call(self._fs, self._f.close)  # littlefs commits the file here
         except OSError:
             # littlefs forgets the file even when its close fails; mark the handle closed
             # as littlefs-python's own close does, or its finalizer closes it again and
@@ -57,23 +59,17 @@ class LfsFS:
     def __init__(self, fs: LittleFS) -> None:
         self.fs = fs
 
-    def _call(self, fn, *args):  # noqa: ANN001, ANN202
-        try:
-            return fn(*args)
-        except LittleFSError as e:
-            raise _oserror(self.fs, e) from e
-
     def open(self, path: str, mode: str) -> _File:
         try:
-            return _File(self.fs, self._call(self.fs.open, path, mode, 0))  # unbuffered
+            return _File(self.fs, _call(self.fs, self.fs.open, path, mode, 0))  # unbuffered
         except FileNotFoundError as e:  # littlefs-python's own, without an errno
             raise OSError(errno.ENOENT, path) from e
 
     def mkdir(self, path: str) -> None:
-        self._call(self.fs.mkdir, path)
+        _call(self.fs, self.fs.mkdir, path)
 
     def remove(self, path: str) -> None:
-        self._call(self.fs.remove, path)
+        _call(self.fs, self.fs.remove, path)
 
 
 def mount(flash: NorFlash) -> tuple[LfsFS, str]:
