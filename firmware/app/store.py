@@ -73,7 +73,6 @@ class DeviceFS:
     def __init__(self):
         import os
 
-        self.remove = os.remove
         self.mkdir = os.mkdir
 
     def open(self, path, mode):

@@ -75,17 +75,9 @@ def _mount(flash):
     except OSError:
         pass
     vfs.mount(vfs.VfsLfs2(flash), "/flash")
-    return _DeviceFS(), "/flash"
+    from app.store import DeviceFS  # the device's own: builtin open on the mounted vfs
 
-
-class _DeviceFS:
-    def open(self, path, mode):
-        return open(path, mode)
-
-    def mkdir(self, path):
-        import os
-
-        os.mkdir(path)
+    return DeviceFS(), "/flash"
 
 
 def main(argv):

@@ -25,6 +25,3 @@ class DirFS:
 
     def mkdir(self, path: str) -> None:
         os.mkdir(self._p(path))
-
-    def remove(self, path: str) -> None:
-        os.remove(self._p(path))
