@@ -8,10 +8,11 @@ import json
 
 from micropython import const
 
-from app import filters, snapshot
+from app import filters, settings, snapshot
+from app.supplies import ITEMS, UNITS
 
 # Service actions (app/service.py, loaded only when one is asked for: it costs heap).
-_ACTIONS = ("filter", "descale", "config", "sync", "reboot")
+_ACTIONS = ("filter", "descale", "refill", "config", "sync", "reboot")
 
 MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
 PROMPT = b"brewmeter> "
@@ -150,7 +151,8 @@ def _fmt(v):
 
 def _help(con, args, wall):
     return {"counters": "what the machine has used", "filter": "the water filter",
-            "filter change --pin P": "a new filter fitted", "descale done --pin P": "descaled",
+            "consumables": "coffee, filter, descaler, tablets: left, days, order",
+            "refill ITEM --pin P": "a new pack, filter (filter change), descale (descale done)",
             "config set K V --pin P": "change a setting", "sync --pin P": "sync now",
             "reboot --pin P": "restart the machine",
             "events [N]": "events waiting for the cloud", "faults": "faults since boot",
@@ -168,7 +170,23 @@ def _filter(con, args, wall):
     c = d.meter.c
     return {"litres": c.filter_ml / 1000, "pump_hours": round(c.filter_pump_ms / 3600000, 2),
             "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
-            "due": filters.due(c, d.profile, wall) or "no", "cycle": c.filters}
+            "due": filters.due(c, d.profile, wall, settings.get(d.config, "water_hardness_dh"))
+            or "no", "cycle": c.filters}
+
+
+def _consumables(con, args, wall):
+    d = con.device
+    sup = d.supplies
+    per_day = d.per_day(wall)
+    out = {}
+    for name in ITEMS:
+        used, cap, days = sup.level(name, d.config, d.profile, wall, per_day)
+        it = sup.items[name]
+        row = {"pct": sup.pct(name, used, cap, d.profile, wall), "used": used, "capacity": cap,
+               "unit": UNITS[name], "cycle": it[0], "order": it[2] or "none",
+               "days": None if days is None else round(days, 1)}
+        out[name] = row
+    return out
 
 
 def _events(con, args, wall):
@@ -195,4 +213,5 @@ def _status(con, args, wall):
 
 
 _READS = {"help": _help, "counters": _counters, "filter": _filter, "events": _events,
+          "consumables": _consumables,
           "faults": _faults, "config": _config, "status": _status}

@@ -5,12 +5,15 @@ from time import ticks_add, ticks_diff
 
 from micropython import const
 
-from app import filters
+from app import alerts, filters, orders, settings
+from app.alerts import BrewTimes
 from app.counters import Counters
 from app.counting import BREW, RINSE, STUCK, Meter
 from app.days import Days
+from app.forecast import Forecast
 from app.outbox import Outbox
 from app.store import NewerFormat, Store
+from app.supplies import Supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
@@ -45,6 +48,9 @@ class Device:
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
+        self.supplies = None  # consumables' cycles and orders (app/supplies.py), in state
+        self.forecast = None  # recent use per day (app/forecast.py), in /counts/fc
+        self.brew_times = None  # the usual time of each brew kind (app/alerts.py), ditto
 
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
@@ -66,6 +72,11 @@ class Device:
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
+        kinds = self.profile.kinds
+        self.supplies = Supplies(c, kinds, saved.get("sup"))
+        fc = _json(None if newer else store.read("fc"))
+        self.forecast = Forecast(len(kinds) + 1, fc.get("f"))
+        self.brew_times = BrewTimes(len(kinds), fc.get("b"))
         if newer:
             self.fault("storage_newer", newer)
         recovered = store.recovered + self.state.recovered
@@ -80,18 +91,12 @@ class Device:
         self._second = now
         self.save(now)
         self._days_saved()
+        if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
+            self.supplies.fresh = not self._save_state()
 
     def _load_state(self):
-        # One file holds the outbox and the applied configuration: one lookup at boot.
-        data = self.state.read("state")
-        if data:
-            try:
-                d = json.loads(data)
-                if isinstance(d, dict):
-                    return d
-            except ValueError:
-                pass  # CRC-good but unreadable: start empty
-        return {}
+        # One file holds the outbox, the configuration and the supplies: one lookup at boot.
+        return _json(self.state.read("state"))
 
     def days_acked(self, sent):
         """The cloud stored a report with these day buckets."""
@@ -107,7 +112,7 @@ class Device:
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock}
+             "lock": self.service_lock, "sup": self.supplies.state()}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -115,12 +120,13 @@ class Device:
             return False
         return True
 
-    def apply_config(self, version, settings):
+    def apply_config(self, version, values):
         """Persist settings (validated by the caller) as applied, then use them. False if
         the flash refused: the previous settings stay in force."""
-        if not self._save_state(config={"v": version, "s": settings}):
+        if not self._save_state(config={"v": version, "s": values}):
             return False
-        self.config_version, self.config = version, settings
+        self.config_version, self.config = version, values
+        self.check_supplies()  # the rules or the capacities may have changed
         return True
 
     def set_service_lock(self, seconds):
@@ -134,10 +140,15 @@ class Device:
             self._save_state()
 
     def fault(self, code, detail=""):
+        self._raise(code, detail)
+        self._save_state()
+
+    def _raise(self, code, detail):
+        # A fault in RAM and the outbox; the caller saves the state.
         self.faults.append((code, detail))
         if len(self.faults) > 8:
             self.faults.pop(0)
-        self.add_event({"kind": "fault", "code": code, "detail": detail})
+        self.outbox.add({"kind": "fault", "code": code, "detail": detail})
 
     def add_event(self, ev):
         """Put `ev` in the outbox: in RAM at once, on flash if the flash takes it (else with
@@ -165,6 +176,14 @@ class Device:
             self.days.brew(self.wall())  # in the same write as the brew itself
         self.save(now)
         self._days_saved()
+        if code == BREW:
+            m = self.meter
+            usual = self.brew_times.brew(m.last_kind, m.last_run_ms,
+                                         settings.get(self.config, "long_brew_pct"))
+            if usual is not None:
+                self._raise("brew_long", "%s %d ms, usually %d ms" % (
+                    self.profile.kinds[m.last_kind], m.last_run_ms, usual))
+            self.check_supplies(usual is not None)
         if self.on_usage:
             self.on_usage(now)
 
@@ -181,6 +200,8 @@ class Device:
                 # changes nothing (the next brew rolls the day again from the clock).
                 self.days.roll(wall)
                 self._days_saved()
+            if wall and wall // 86400 != self.forecast.day:
+                self.new_day(wall // 86400, now)
         c = self.meter.c
         s = self._saved
         if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
@@ -192,11 +213,72 @@ class Device:
             elif ticks_diff(now, self._dirty_since) >= self.flush_ms:
                 self.save(now)
 
-    def change_filter(self, wall, source, now):
-        ev = filters.change(self.meter.c, wall, source)
-        self.save(now)
-        self.add_event(ev)
+    def new_day(self, day, now):
+        """Fold the last day's use into the forecast (saved only after a day of use: a
+        small file, at most one write a day), then see what is running out."""
+        c = self.meter.c
+        if self.forecast.roll(day, c.brews[:len(self.profile.kinds)] + [c.water_ml]):
+            self._save_rates()
+        if self.check_supplies() and self.on_usage:
+            self.on_usage(now)  # an order: the cloud should hear of it soon
+
+    def _save_rates(self):
+        d = {"f": self.forecast.state(), "b": self.brew_times.state()}
+        try:
+            self.store.write("fc", json.dumps(d, separators=(",", ":")).encode())
+        except OSError as e:
+            self._storage_failed(e)
+
+    def per_day(self, wall):
+        return self.forecast.per_day(wall // 86400) if wall else None
+
+    def check_supplies(self, dirty=False):
+        """Order what the forecast says runs out within the lead time (within the owner's
+        rules), and raise what service is overdue; saved with the state if any."""
+        wall = self.wall()
+        sup, cfg, profile = self.supplies, self.config, self.profile
+        evs = orders.decide(sup, cfg, profile, wall, self.per_day(wall))
+        for ev in evs:
+            self.outbox.add(ev)
+        for code, detail in alerts.overdue(sup, cfg, profile, wall):
+            self._raise(code, detail)
+            dirty = True
+        if evs or dirty:
+            self._save_state()
+        return evs
+
+    def refill(self, name, by, now=0, wall=None):
+        """`name` refilled (a pack inserted, a filter fitted, descaled) by `by` (console,
+        button, cloud): a new cycle, recorded as an event. Returns the event."""
+        if wall is None:
+            wall = self.wall()
+        if name == "filter":
+            ev = filters.change(self.meter.c, wall, by)
+            self.save(now)
+            self.supplies.refill(name)
+        else:
+            cycle = self.supplies.refill(name)
+            ev = {"kind": "descaled" if name == "descaler" else "refilled", "item": name,
+                  "cycle": cycle, "by": by, "wall": wall}
+        self.outbox.add(ev)
+        self.check_supplies(True)  # one state write: the new cycle, the event
         return ev
+
+    def change_filter(self, wall, source, now):
+        return self.refill("filter", source, now, wall)
+
+    def order_status(self, statuses):
+        """The cloud's word on our orders ({order id: status}, from a sync reply)."""
+        changed, lost = orders.apply_status(self.supplies, statuses)
+        wall = self.wall()
+        for name in lost:  # the cloud never got the request (dropped from a full outbox)
+            oid = orders.order_id(name, self.supplies.items[name][0])
+            if not [e for e in self.outbox.events if e.get("order") == oid]:
+                self.outbox.add(orders.request(self.supplies, name, self.config,
+                                               self.profile, wall, self.per_day(wall)))
+                changed = True
+        if changed:
+            self._save_state()
 
     def save(self, now):
         c = self.meter.c
@@ -209,6 +291,18 @@ class Device:
         self.storage_ok = True
         self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
         return True
+
+
+def _json(data):
+    # A saved dict, or {} (none, or CRC-good but unreadable: start empty).
+    if data:
+        try:
+            d = json.loads(data)
+            if isinstance(d, dict):
+                return d
+        except ValueError:
+            pass
+    return {}
 
 
 def _no_clock() -> int:  # (annotated: pyright types self.wall from it)

@@ -3,6 +3,12 @@
 from micropython import const
 
 _MONTH_S = const(2629746)  # average Gregorian month
+_REF_DH = const(10)  # profiles rate filter_litres at 10 dH: harder water spends it sooner
+
+
+def capacity_ml(profile, dh=_REF_DH):
+    """The filter's capacity in water of hardness `dh` (German degrees)."""
+    return int(profile.filter_litres * 1000 * _REF_DH // dh)
 
 
 def set_wall(c, wall):
@@ -18,9 +24,9 @@ def age_s(c, wall):
     return c.filter_powered_s
 
 
-def due(c, profile, wall):
+def due(c, profile, wall, dh=_REF_DH):
     """'litres' or 'age' when the filter is spent (whichever comes first), else None."""
-    if c.filter_ml >= profile.filter_litres * 1000:
+    if c.filter_ml >= capacity_ml(profile, dh):
         return "litres"
     if age_s(c, wall) >= profile.filter_months * _MONTH_S:
         return "age"

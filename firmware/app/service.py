@@ -58,19 +58,31 @@ def act(device, words, wall, now):
     """Do the service action `words` (PIN already checked). Returns the answer, or
     ("sync",) / ("reboot",) for the shell to carry out."""
     what = " ".join(words[:2])
-    if what == "filter change":
-        ev = device.change_filter(wall, "console", now)
-        return "filter changed: cycle %d closed at %d ml" % (ev["cycle"], ev["ml"])
-    if what == "descale done":
-        device.add_event({"kind": "descaled", "by": "console", "wall": wall})
-        return "descale recorded"
+    if what in ("filter change", "descale done"):  # the older names of two refills
+        words = ["refill", "filter" if words[0] == "filter" else "descaler"]
+    if words[0] == "refill":
+        from app.supplies import ITEMS
+
+        if len(words) != 2 or words[1] not in ITEMS:
+            raise ValueError("refill ITEM; items: %s" % ", ".join(ITEMS))
+        ev = device.refill(words[1], "console", now, wall)
+        if words[1] == "filter":
+            return "filter changed: cycle %d closed at %d ml" % (ev["cycle"], ev["ml"])
+        if words[1] == "descaler":
+            return "descale recorded: cycle %d closed" % ev["cycle"]
+        return "%s refilled: cycle %d closed" % (words[1], ev["cycle"])
     if what == "config set":
         if len(words) != 4 or not words[3].lstrip("-").isdigit():
             raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(
-                sorted(settings.SCHEMA)))
+                sorted(settings.SCHEMA) + [k + ".KIND" for k in settings.PER_KIND]))
         new = dict(device.config)
-        new[words[2]] = int(words[3])
-        reason = settings.check(new)
+        key, _, kind = words[2].partition(".")
+        if kind:  # a per-kind setting: coffee_use.espresso 7
+            new[key] = per_kind = dict(new.get(key) or {})
+            per_kind[kind] = int(words[3])
+        else:
+            new[key] = int(words[3])
+        reason = settings.check(new, device.profile.kinds)
         if reason:
             raise ValueError(reason)
         if not device.apply_config(device.config_version, new):
@@ -80,8 +92,8 @@ def act(device, words, wall, now):
     if words[:1] in (["sync"], ["reboot"]):
         _record(device, words[0], wall)
         return (words[0],)
-    raise ValueError("unknown service action; actions: filter change, descale done, "
-                     "config set KEY VALUE, sync, reboot (each with --pin PIN)")
+    raise ValueError("unknown service action; actions: refill ITEM, filter change, "
+                     "descale done, config set KEY VALUE, sync, reboot (each with --pin PIN)")
 
 
 def _record(device, action, wall):

@@ -7,6 +7,8 @@ from time import ticks_add, ticks_diff
 from micropython import const
 
 from app import VERSION, settings, snapshot
+from app.orders import open_orders
+from app.supplies import ITEMS
 
 _SEQ_PER_BOOT = const(1 << 20)  # seq = boots * 2**20 + n: grows across reboots, no extra write
 MAX_REPLY = const(4096)  # a bigger reply is refused unread: it cannot be one of ours
@@ -84,9 +86,15 @@ def changed(now, acked):
     return out
 
 
-def report(device, seq, wall, uptime_ms, days, counters, rejected=None):
+def supplies(device, wall):
+    """The consumables' levels a report carries (send changed() of them)."""
+    return device.supplies.report(device.config, device.profile, wall, device.per_day(wall))
+
+
+def report(device, seq, wall, uptime_ms, days, counters, rejected=None, supplies=None):
     """The report body (bytes): `counters` (cumulative; changed() of usage()), `days`
-    (Days.buckets()), outbox events, config state."""
+    (Days.buckets()), outbox events, config state, the consumables that changed and the
+    open orders."""
     c = device.meter.c
     cfg = {"applied": device.config_version}
     if rejected:
@@ -97,6 +105,11 @@ def report(device, seq, wall, uptime_ms, days, counters, rejected=None):
     }
     if "boots" in counters:  # the boot's first report (or a new boot): say what runs
         body["fw"] = VERSION
+    if supplies:
+        body["supplies"] = supplies
+    orders = open_orders(device.supplies)
+    if orders:
+        body["orders"] = orders
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -124,12 +137,32 @@ def apply_reply(device, body, sent_ids):
     cfg = d.get("config")
     if cfg is not None and not (isinstance(cfg, dict) and isinstance(cfg.get("version"), int)):
         raise BadReply("config has no version")
+    orders = _names_to(d, "orders", str)
+    refill = _names_to(d, "refill", int)
     device.ack(acks)
+    if orders:
+        device.order_status(orders)
+    for name, cycle in refill.items():  # the owner refilled it, said in the cloud
+        if name in ITEMS and device.supplies.cycle(name) == cycle:
+            device.refill(name, "cloud")
     if cfg is None or cfg["version"] == device.config_version:
         return None
-    reason = settings.check(cfg.get("settings"))
+    reason = settings.check(cfg.get("settings"), device.profile.kinds)
     if reason is None:
         if device.apply_config(cfg["version"], cfg["settings"]):
             return None
         reason = "could not save"
     return (cfg["version"], reason)
+
+
+def _names_to(d, key, typ):
+    # The reply's d[key]: {name: value of typ}, {} if absent; BadReply if malformed.
+    v = d.get(key)
+    if v is None or v == []:  # [] : an older cloud's empty "orders"
+        return {}
+    if not isinstance(v, dict):
+        raise BadReply("%s is not an object" % key)
+    for x in v.values():
+        if not isinstance(x, typ) or isinstance(x, bool):
+            raise BadReply("%s holds a bad value" % key)
+    return v

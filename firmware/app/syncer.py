@@ -30,6 +30,7 @@ class Syncer:
         self.n = 0  # reports this boot: seq = boots * 2**20 + n
         self.rejected = None  # (version, reason) of a desired config we refused
         self.acked = None  # the counters the cloud has stored (None: send them all)
+        self.acked_sup = None  # likewise the consumables' levels
         self.last = None  # (ticks, "ok" or why not), for the service console
         self._ntp_tried = None
 
@@ -63,8 +64,11 @@ class Syncer:
             self.n += 1
             days = device.days.buckets()
             now_usage = sync.usage(device)
-            body = sync.report(device, seq, wallclock.now(), self.uptime_ms(), days,
-                               sync.changed(now_usage, self.acked), self.rejected)
+            wall = wallclock.now()
+            sup = sync.supplies(device, wall)
+            body = sync.report(device, seq, wall, self.uptime_ms(), days,
+                               sync.changed(now_usage, self.acked), self.rejected,
+                               sync.changed(sup, self.acked_sup))
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
@@ -74,7 +78,7 @@ class Syncer:
             if status == 200:
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)
-                self.acked = now_usage
+                self.acked, self.acked_sup = now_usage, sup
                 result = "ok"
             elif status == 409:  # that seq was used with other content (lost state): skip on
                 self.n += 1000

@@ -1,0 +1,85 @@
+# Order decisions within the owner's rules, and the order's status as the cloud reports it.
+# Pure: the supplies, settings, forecast and wall time are arguments.
+#
+# At most one order per consumable and depletion cycle: the order id is "<item>-<cycle>", so
+# a retry, a duplicated report or a reboot that sends the request again can never make a
+# second order (the cloud dedupes on the id). The rules (auto-order per consumable, a monthly
+# cap, ask-first) are checked here, on the device, so they hold offline too.
+from app import settings
+from app.supplies import ITEMS
+
+# Statuses: "requested" until the cloud answers, then the cloud's word.
+OPEN = ("requested", "placed", "needs_approval", "shipped")
+STATUSES = OPEN + ("declined", "delivered")
+
+
+def month_of(wall):
+    """The calendar month (UTC) of unix time `wall`, as year * 12 + month - 1."""
+    z = wall // 86400 + 719468  # days since 0000-03-01 (H. Hinnant's civil_from_days)
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    m = mp + 3 if mp < 10 else mp - 9
+    return (yoe + era * 400 + (1 if m <= 2 else 0)) * 12 + m - 1
+
+
+def order_id(name, cycle):
+    return "%s-%d" % (name, cycle)
+
+
+def decide(sup, cfg, profile, wall, per_day):
+    """The order requests (outbox events) the rules allow now; `sup` records them."""
+    if not wall or per_day is None:
+        return []  # no clock or no recent use: no forecast, no order
+    month = month_of(wall)
+    if sup.month[0] != month:
+        sup.month = [month, 0]
+    lead = settings.get(cfg, "lead_days")
+    out = []
+    for name in ITEMS:
+        it = sup.items[name]
+        if it[2] or not settings.get(cfg, "auto_" + name):
+            continue  # this cycle has its order, or the owner orders this one by hand
+        used, cap, days = sup.level(name, cfg, profile, wall, per_day)
+        if days is None or days >= lead:
+            continue
+        if sup.month[1] >= settings.get(cfg, "orders_month"):
+            continue  # the monthly cap: it waits for next month (or a refill by hand)
+        sup.month[1] += 1
+        it[2] = "requested"
+        out.append(request(sup, name, cfg, profile, wall, per_day))
+    return out
+
+
+def request(sup, name, cfg, profile, wall, per_day):
+    """The outbox event that asks the cloud for this cycle's order of `name`."""
+    it = sup.items[name]
+    used, cap, days = sup.level(name, cfg, profile, wall, per_day)
+    ev = {"kind": "order_requested", "order": order_id(name, it[0]), "item": name,
+          "cycle": it[0], "ask": settings.get(cfg, "ask_first"),
+          "pct": sup.pct(name, used, cap, profile, wall), "wall": wall}
+    if days is not None:
+        ev["days"] = int(days)
+    return ev
+
+
+def open_orders(sup):
+    """The report's `orders`: {order id: status} of this cycle's orders still open."""
+    return {order_id(n, it[0]): it[2] for n, it in sup.items.items() if it[2] in OPEN}
+
+
+def apply_status(sup, statuses):
+    """The cloud's `orders` reply ({order id: status}). Returns (changed, names whose
+    order the cloud has never received: to request again)."""
+    changed = False
+    lost = []
+    for name, it in sup.items.items():
+        st = statuses.get(order_id(name, it[0]))
+        if st == "unknown" and it[2] in OPEN:
+            lost.append(name)
+        elif st in STATUSES and st != it[2] and it[2]:
+            it[2] = st
+            changed = True
+    return changed, lost

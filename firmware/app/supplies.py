@@ -1,0 +1,133 @@
+# Consumables: how much is left of each, from the counters, and when it runs out. Pure: the
+# counters, settings, forecast and wall time are arguments; app.device persists the state.
+#
+# Each consumable goes through depletion cycles: a cycle starts when it is refilled (a pack
+# inserted, a filter fitted, the machine descaled) and its use is the counters' growth since
+# then, so no extra flash write is needed per brew. The filter's cycle is the counters' own
+# (filters.py); the others keep the counters' totals at the refill as their `mark`.
+from micropython import const
+
+from app import filters, settings
+
+ITEMS = ("coffee", "filter", "descaler", "tablets")
+UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
+_MONTH_S = const(2629746)  # average Gregorian month
+
+
+class Supplies:
+    def __init__(self, c, kinds, saved=None):
+        """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
+        state() returned before a reboot (None or unreadable: every cycle starts now)."""
+        self.c = c
+        self.kinds = kinds
+        # name -> [cycle, mark, order status ("" none), overdue alert raised this cycle]
+        self.items = {}
+        self.month = [0, 0]  # [month number, orders requested in it] (app/orders.py)
+        saved = saved or {}
+        try:
+            for name in ITEMS:
+                it = saved["it"][name]
+                if len(it) != 4 or type(it[0]) is not int:
+                    raise ValueError
+                self.items[name] = it
+            self.month = saved["mo"]
+            self.fresh = False
+        except (KeyError, TypeError, ValueError):
+            for name in ITEMS:
+                self.items[name] = [0, self._total(name), "", 0]
+            self.fresh = True  # app.device saves these marks at once
+        self._sync_filter()
+
+    def state(self):
+        return {"it": self.items, "mo": self.month}
+
+    def _total(self, name):
+        # What a cycle's mark records: the counters' totals when it began.
+        c = self.c
+        if name == "coffee":
+            return c.brews[:len(self.kinds)]
+        if name == "descaler":
+            return c.water_ml
+        if name == "tablets":
+            return c.total_brews()
+        return 0  # filter: the counters restart filter_ml at each change
+
+    def _sync_filter(self):
+        # The filter's cycle is counters.filters, saved apart from this state: a power cut
+        # between the two writes leaves this one behind, and its order then is a past one.
+        it = self.items["filter"]
+        if it[0] != self.c.filters:
+            self.items["filter"] = [self.c.filters, 0, "", 0]
+
+    def refill(self, name):
+        """Start a new cycle of `name` (the filter: after filters.change). Returns the cycle
+        that closed."""
+        it = self.items[name]
+        if name == "filter":
+            self._sync_filter()
+            return it[0]
+        self.items[name] = [it[0] + 1, self._total(name), "", 0]
+        return it[0]
+
+    def cycle(self, name):
+        self._sync_filter()
+        return self.items[name][0]
+
+    def use(self, cfg):
+        """Coffee units per brew of each kind: coffee_use, else 1 (0 for a kind named for
+        water: hot water uses no coffee)."""
+        u = cfg.get("coffee_use") or {}
+        return [u.get(k, 0 if "water" in k else 1) for k in self.kinds]
+
+    def level(self, name, cfg, profile, wall, per_day):
+        """(used, capacity, days until it runs out or None) of `name` in its UNITS.
+        `per_day` is Forecast.per_day(): the drivers' recent use per day, or None."""
+        self._sync_filter()
+        c = self.c
+        mark = self.items[name][1]
+        dh = settings.get(cfg, "water_hardness_dh")
+        n = len(self.kinds)
+        if name == "coffee":
+            use = self.use(cfg)
+            used = sum((c.brews[i] - mark[i]) * use[i] for i in range(n))
+            cap = settings.get(cfg, "coffee_pack")
+            rate = sum(per_day[i] * use[i] for i in range(n)) if per_day else 0
+        elif name == "filter":
+            used = c.filter_ml
+            cap = filters.capacity_ml(profile, dh)
+            rate = per_day[n] if per_day else 0
+        elif name == "descaler":
+            used = (c.water_ml - mark) * dh
+            cap = settings.get(cfg, "descale_ldh") * 1000
+            rate = per_day[n] * dh if per_day else 0
+        else:
+            used = c.total_brews() - mark
+            cap = settings.get(cfg, "tablets_pack") * settings.get(cfg, "clean_brews")
+            rate = sum(per_day[:n]) if per_day else 0
+        days = None
+        if rate > 0:
+            days = max(0, cap - used) / rate
+            if name == "filter":  # due at whichever comes first: litres or age
+                age_left = profile.filter_months * _MONTH_S - filters.age_s(c, wall)
+                days = min(days, max(0, age_left) / 86400)
+        return used, cap, days
+
+    def pct(self, name, used, cap, profile, wall):
+        """Percent left (0-100); the filter's is the lower of litres and age."""
+        p = 100 - 100 * used // cap if cap else 0
+        if name == "filter":
+            months = profile.filter_months * _MONTH_S
+            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // months)
+        return max(0, min(100, p))
+
+    def report(self, cfg, profile, wall, per_day):
+        """Every consumable as the report's and the console's `supplies`: {name: {cycle,
+        pct, days (whole, absent without a forecast)}}."""
+        out = {}
+        for name in ITEMS:
+            used, cap, days = self.level(name, cfg, profile, wall, per_day)
+            d = {"cycle": self.items[name][0], "pct": self.pct(name, used, cap, profile, wall)}
+            if days is not None:
+                d["days"] = int(days)
+            out[name] = d
+        return out
