@@ -195,6 +195,8 @@ class Device:
             self.meter.powered(d // 1000)
             self._second = ticks_add(now, -(d % 1000))
             wall = self.wall()
+            if wall and not self.meter.c.filter_fit_wall:
+                filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
             if wall and wall // 86400 > self.meter.c.day:
                 # No save of its own: the next one carries it, and a cut before that
                 # changes nothing (the next brew rolls the day again from the clock).

@@ -1,0 +1,274 @@
+"""Consumables, forecast, orders and service alerts in the firmware (app/supplies.py,
+forecast.py, orders.py, alerts.py) through the Device, as the owner and a field tech see
+them; the year-long scenarios with the cloud are in test_replenish.py."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import random
+from datetime import UTC, datetime
+
+import pytest
+from app import orders, settings, sync
+from app.console import Console
+from app.counting import BREW
+from app.device import Device
+from app.forecast import IDLE_DAYS, Forecast
+from brewmeter.hostfs import DirFS
+
+WALL0 = calendar.timegm((2026, 3, 2, 8, 0, 0))  # a Monday morning
+DAY = 86400
+
+
+class Machine:
+    """A Device whose brews are counted as the Meter counts them, with a wall clock."""
+
+    def __init__(self, profile, path, cfg=None):
+        self.profile, self.fs = profile, DirFS(path)
+        self.wall = WALL0
+        self.t = 0  # ticks
+        self.boot()
+        if cfg:
+            assert self.dev.apply_config(1, cfg)
+
+    def boot(self):
+        self.dev = Device(self.profile, self.fs)
+        self.dev.wall = lambda: self.wall
+        self.dev.boot(1, self.t)
+
+    def brew(self, kind="espresso", ms=25000, ml=40):
+        m = self.dev.meter
+        i = self.profile.kinds.index(kind)
+        m.c.brews[i] += 1
+        m.c.filter_brews += 1
+        m.c.water_ml += ml
+        m.c.filter_ml += ml
+        m.last_kind, m.last_run_ms = i, ms
+        self.dev.event(BREW, i, self.t)
+        self.t += 1000
+        self.dev.tick(self.t)  # as the sensor task does after every poll
+
+    def days(self, n, per_day, kind="espresso"):
+        """n days of `per_day` brews each; the day rolls at midnight as Device.tick sees it."""
+        for _ in range(n):
+            for _ in range(per_day):
+                self.brew(kind)
+            if self.wall:  # (0: the clock stays unknown)
+                self.wall = (self.wall // DAY + 1) * DAY + 8 * 3600
+            self.t += 1000
+            self.dev.tick(self.t)
+
+    def orders(self):
+        return [e for e in self.dev.outbox.events if e["kind"] == "order_requested"]
+
+    def faults(self):
+        return [e["code"] for e in self.dev.outbox.events if e["kind"] == "fault"]
+
+    def console(self, line, pin="2468"):
+        con = Console(self.dev, pin=pin)
+        return con.feed(line.encode() + b"\n", self.wall, self.t)
+
+
+@pytest.fixture
+def machine(profile, tmp_path):
+    return Machine(profile, tmp_path)
+
+
+def test_forecast_learns_the_pace_and_goes_quiet_when_unused():
+    f = Forecast(2)
+    f.roll(100, [0, 0])
+    f.roll(101, [10, 500])
+    assert f.per_day(101) == [10, 500]
+    for d in range(102, 109):  # a steady week of 10 a day
+        f.roll(d, [10 * (d - 100), 500])
+    assert f.per_day(108)[0] == pytest.approx(10)
+    assert not f.roll(109, [80, 500])  # an idle day: nothing to save
+    assert f.per_day(107 + IDLE_DAYS) is not None  # day 107 was the last with use
+    assert f.per_day(108 + IDLE_DAYS) is None  # a week unused: no forecast, no order
+    f.roll(120, [80 + 12 * 20, 500])  # back after 12 days: their use spread over them
+    assert 0 < f.per_day(120)[0] < 20
+    assert Forecast(2, json.loads(json.dumps(f.state()))).state() == f.state()
+    assert Forecast(3, f.state()).per_day(120) is None  # another board: learnt afresh
+
+
+def test_month_of_matches_the_calendar():
+    rng = random.Random(1)
+    for _ in range(2000):
+        wall = rng.randrange(0, 4_102_444_800)  # 1970 .. 2100
+        d = datetime.fromtimestamp(wall, UTC)
+        assert orders.month_of(wall) == d.year * 12 + d.month - 1
+
+
+def test_levels_follow_the_counters_and_the_settings(profile, tmp_path):
+    m = Machine(profile, tmp_path, {"coffee_pack": 500, "coffee_use": {"espresso": 7,
+                                                                      "lungo": 10},
+                                    "water_hardness_dh": 20})
+    for kind in ("espresso", "lungo", "hot_water"):
+        m.brew(kind, ml=200)
+    sup, dev = m.dev.supplies, m.dev
+    assert sup.level("coffee", dev.config, profile, m.wall, None) == (17, 500, None)
+    # 20 dH water spends the 150 L filter (rated at 10 dH) in 75 L, and scales 20x per litre.
+    assert sup.level("filter", dev.config, profile, m.wall, None)[:2] == (600, 75_000)
+    assert sup.level("descaler", dev.config, profile, m.wall, None)[:2] == (
+        600 * 20, 1500 * 1000)
+    assert sup.level("tablets", dev.config, profile, m.wall, None)[:2] == (3, 10 * 200)
+    # hot water uses no coffee by default; settings can say otherwise
+    assert sup.use({}) == [1, 0, 1] and tuple(profile.kinds) == ("espresso", "hot_water", "lungo")
+
+
+def test_an_order_when_the_forecast_falls_below_the_lead_time_and_only_one(machine):
+    m = machine  # pack of 100, lead 5 days
+    m.days(4, 12)  # 48 used at 12 a day: 4.3 days left after day 4
+    [ev] = m.orders()
+    assert ev["order"] == "coffee-0" and ev["item"] == "coffee" and ev["ask"] == 0
+    assert 0 < ev["days"] < 5
+    m.days(3, 12)
+    m.boot()  # a reboot forgets nothing: still one order for this pack
+    m.days(1, 12)
+    assert [e["order"] for e in m.orders()] == ["coffee-0"]
+    assert m.dev.supplies.items["coffee"][2] == "requested"
+    assert "refilled: cycle 0 closed" in m.console("refill coffee --pin 2468")
+    m.days(5, 12)
+    assert [e["order"] for e in m.orders()] == ["coffee-0", "coffee-1"]
+
+
+def test_a_busier_machine_orders_earlier(profile, tmp_path):
+    def day_of_order(path, per_day):
+        m = Machine(profile, path)
+        for day in range(1, 30):
+            m.days(1, per_day)
+            if m.orders():
+                return day, m.dev.meter.c.total_brews()
+        return None
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    busy, weekend = day_of_order(tmp_path / "a", 15), day_of_order(tmp_path / "b", 4)
+    assert busy[0] < weekend[0]
+    assert busy[1] < weekend[1]  # with more coffee left, for its faster pace
+
+
+def test_doubling_use_mid_cycle_brings_the_order_forward(profile, tmp_path):
+    def day_of_order(path, later):
+        m = Machine(profile, path, {"coffee_pack": 200})
+        for day in range(1, 40):
+            m.days(1, 5 if day <= 10 else later)
+            if m.orders():
+                return day
+        return None
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    steady, doubled = day_of_order(tmp_path / "a", 5), day_of_order(tmp_path / "b", 10)
+    assert doubled < steady - 3
+
+
+def test_no_order_for_an_unused_machine_nor_without_a_clock(machine):
+    m = machine
+    m.days(40, 0)
+    assert m.orders() == []  # not even the filter, past its age: nobody uses the machine
+    m.wall = 0  # clock unknown
+    m.days(20, 12)
+    assert m.orders() == []
+
+
+def test_owner_rules_hold_offline(profile, tmp_path):
+    cfg = {"auto_coffee": 0, "orders_month": 1, "ask_first": 1, "coffee_pack": 60,
+           "tablets_pack": 1, "clean_brews": 40}
+    m = Machine(profile, tmp_path, cfg)
+    m.days(10, 12)
+    evs = m.orders()
+    # coffee is off; tablets (40 brews) and then more tablets would order, but the cap is 1
+    assert [e["item"] for e in evs] == ["tablets"] and evs[0]["ask"] == 1
+    assert m.dev.supplies.month[1] == 1
+    m.console("refill tablets --pin 2468")
+    m.days(5, 12)
+    assert len(m.orders()) == 1  # still this month: the cap holds
+    m.wall = calendar.timegm((2026, 4, 1, 8, 0, 0))
+    m.days(2, 12)
+    assert [e["order"] for e in m.orders()] == ["tablets-0", "tablets-1"]
+
+
+def test_cloud_statuses_and_refills_reach_the_device(machine):
+    m = machine
+    m.days(5, 12)
+    [ev] = m.orders()
+    sent = [e["id"] for e in m.dev.outbox.events]
+    body = json.loads(sync.report(m.dev, 1, m.wall, 0, [], {}))
+    assert body["orders"] == {"coffee-0": "requested"}
+    sync.apply_reply(m.dev, json.dumps({"ack": sent, "orders": {"coffee-0": "shipped"}}),
+                     sent)
+    assert m.orders() == [] and m.dev.supplies.items["coffee"][2] == "shipped"
+    assert "coffee" in m.console("consumables") and "shipped" in m.console("consumables")
+    # The cloud lost the request: the device asks again, under the same order id.
+    sync.apply_reply(m.dev, b'{"ack": [], "orders": {"coffee-0": "unknown"}}', [])
+    assert [e["order"] for e in m.orders()] == ["coffee-0"]
+    m.boot()
+    assert m.dev.supplies.items["coffee"][2] == "shipped"  # saved
+    # The owner says in the cloud that the filter was changed; a retried reply changes
+    # nothing more.
+    for _ in range(2):
+        sync.apply_reply(m.dev, b'{"ack": [], "refill": {"filter": 0}}', [])
+    assert m.dev.meter.c.filters == 1
+    assert [e["by"] for e in m.dev.outbox.events if e["kind"] == "filter_changed"] == ["cloud"]
+
+
+@pytest.mark.parametrize("reply", [b'{"ack": [], "orders": []}', b'{"ack": []}'])
+def test_replies_without_orders_are_fine(machine, reply):
+    sync.apply_reply(machine.dev, reply, [])
+
+
+@pytest.mark.parametrize("reply", [b'{"ack": [], "orders": ["x"]}',
+                                   b'{"ack": [], "orders": {"coffee-0": 3}}',
+                                   b'{"ack": [], "refill": {"filter": "0"}}'])
+def test_garbled_order_replies_change_nothing(machine, reply):
+    before = json.dumps(machine.dev.supplies.state())
+    with pytest.raises(sync.BadReply):
+        sync.apply_reply(machine.dev, reply, [])
+    assert json.dumps(machine.dev.supplies.state()) == before
+
+
+def test_service_alerts_are_raised_once_per_cycle(profile, tmp_path):
+    m = Machine(profile, tmp_path, {"descale_ldh": 100})  # 10 L at 10 dH
+    for _ in range(6):
+        m.brew(ml=2000)
+    assert m.faults() == ["descale_overdue"]
+    m.brew(ml=2000)
+    assert m.faults() == ["descale_overdue"]
+    assert "descale recorded" in m.console("descale done --pin 2468")
+    m.wall += 200 * DAY  # the filter's six months are up
+    m.brew()
+    assert m.faults().count("filter_overdue") == 1
+    assert "filter_overdue age" in m.console("faults")
+
+
+def test_a_much_longer_brew_is_a_fault(machine):
+    m = machine
+    for ms in (25000, 24000, 26000, 25000, 25500, 24500):
+        m.brew(ms=ms)
+    assert m.faults() == []
+    m.brew(ms=60000)  # a clogging filter or a failing pump
+    assert m.faults() == ["brew_long"]
+    assert "espresso 60000 ms, usually 25" in m.console("faults")
+    m.brew(ms=26000)
+    assert m.faults() == ["brew_long"]
+
+
+def test_console_lists_consumables_and_refills_need_the_pin(machine):
+    m = machine
+    m.days(3, 10)
+    text = m.console("consumables")
+    for name in ("coffee", "filter", "descaler", "tablets"):
+        assert name in text
+    d = json.loads(m.console("consumables --json"))
+    assert d["coffee"]["used"] == 30 and d["coffee"]["capacity"] == 100
+    assert d["coffee"]["pct"] == 70 and d["coffee"]["order"] == "none"
+    assert d["coffee"]["days"] == pytest.approx(7.0, abs=0.5)  # 70 left at 10 a day
+    assert "wrong PIN" in m.console("refill coffee --pin 0000")
+    assert "refill ITEM" in m.console("refill beans --pin 2468")
+    assert "coffee refilled" in m.console("refill coffee --pin 2468")
+    assert json.loads(m.console("consumables --json"))["coffee"]["used"] == 0
+    assert m.console("config set coffee_use.lungo 2 --pin 2468").strip() == "coffee_use.lungo = 2"
+    assert "no brew kind" in m.console("config set coffee_use.mocha 2 --pin 2468")
+    assert settings.check({"coffee_use": {"lungo": 2}}, m.profile.kinds) is None
