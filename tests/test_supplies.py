@@ -272,3 +272,65 @@ def test_console_lists_consumables_and_refills_need_the_pin(machine):
     assert m.console("config set coffee_use.lungo 2 --pin 2468").strip() == "coffee_use.lungo = 2"
     assert "no brew kind" in m.console("config set coffee_use.mocha 2 --pin 2468")
     assert settings.check({"coffee_use": {"lungo": 2}}, m.profile.kinds) is None
+
+
+_ON_BOTH = """
+import json
+from app.counting import BREW
+from app.device import Device
+from app.profile import parse
+from app.store import DeviceFS
+
+p = parse(open(BOARD).read(), BOARD)
+W = [WALL0]
+
+
+def boot():
+    d = Device(p, DeviceFS(), root=ROOT)
+    d.wall = lambda: W[0]
+    d.boot(1, 0)
+    return d
+
+
+d = boot()
+t = 0
+for day in range(9):
+    for k in range(12 + day):
+        c = d.meter.c
+        c.brews[0] += 1
+        c.water_ml += 40
+        c.filter_ml += 40
+        d.meter.last_kind, d.meter.last_run_ms = 0, 25000 + 100 * k
+        d.event(BREW, 0, t)
+        t += 1000
+        d.tick(t)
+    W[0] += 86400
+    t += 1000
+    d.tick(t)
+    if day in (3, 6):
+        d = boot()  # the state and the rates come back from the files
+out = {"orders": [e["order"] for e in d.outbox.events if e["kind"] == "order_requested"],
+       "status": d.supplies.items["coffee"][2], "rates": d.forecast.state(),
+       "supplies": d.supplies.report(d.config, p, W[0], d.per_day(W[0]))}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
+    """The same week of brews and two reboots, on the MicroPython unix port and under CPython:
+    one order, the same forecast, the same levels."""
+    from brewmeter import mp
+    from brewmeter.harness import board_path
+
+    def code(root):
+        root.mkdir()
+        return (f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {WALL0}\n"
+                f"ROOT = {str(root)!r}\n" + _ON_BOTH)
+
+    printed = {}
+    exec(code(tmp_path / "cpython"), {"print": lambda s: printed.update(json.loads(s[7:]))})
+    out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+                  + code(tmp_path / "micropython")])
+    on_mp = json.loads(out.split("RESULT ", 1)[1])
+    assert on_mp["orders"] == ["coffee-0"] and on_mp["status"] == "requested"
+    assert on_mp == printed
