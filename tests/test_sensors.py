@@ -25,6 +25,9 @@ class Recorder:
     def tick(self, now: int) -> None:
         self.ticks += 1
 
+    def refill(self, name: str, by: str, now: int) -> None:
+        self.events.append((name, by))
+
 
 @pytest.fixture
 def board(profile):
@@ -93,3 +96,30 @@ def test_active_low_board(board):
     _set(profile, "espresso", False)
     _for(sensors, 100)
     assert meter.c.total_brews() == 1
+
+
+def test_a_long_press_on_the_service_button_changes_the_filter(profile, board):
+    sensors, _, events = board
+    button = profile.service_pin
+    _for(sensors, 100)
+    machine.set_level(button, 0)  # pressed: the button pulls the pin low
+    _for(sensors, 2500)
+    machine.set_level(button, 1)  # a short press does nothing
+    _for(sensors, 500)
+    machine.set_level(button, 0)
+    _for(sensors, 3100)
+    assert events == [("filter", "button")]
+    _for(sensors, 5000)  # held on: once per press
+    machine.set_level(button, 1)
+    _for(sensors, 100)
+    assert events == [("filter", "button")]
+
+
+def test_a_button_held_at_power_on_never_fires(profile):
+    machine.reset_pins()
+    machine.set_level(profile.service_pin, 0)
+    rec = Recorder(profile)
+    sensors = Sensors(profile, rec)
+    _for(sensors, 5000)
+    assert rec.events == []
+    machine.reset_pins()

@@ -5,6 +5,7 @@ from time import ticks_ms
 from micropython import const
 
 from app import hw
+from app.button import LongPress
 from app.counting import NOTHING
 
 POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges date to +-10 ms
@@ -20,6 +21,10 @@ class Sensors:
         self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
         self.invert = 1 if profile.active_low else 0
         self.flow = hw.PulseCounter(profile.flow_pin)
+        gpio = getattr(profile, "service_pin", None)
+        # The button pulls its pin low against the pull-up, whatever the pump inputs do.
+        self.button = hw.input_pin(gpio, True) if gpio is not None else None
+        self.long_press = LongPress(profile.debounce_ms)
 
     def poll(self, now):
         meter = self.meter
@@ -32,6 +37,8 @@ class Sensors:
         r = meter.poll(now)
         if r != NOTHING:
             device.event(r, -1, now)
+        if self.button and self.long_press.sample(1 - self.button.value(), now):
+            device.refill("filter", "button", now)
         device.tick(now)
 
     async def run(self):
