@@ -6,19 +6,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_BODY = 16 * 1024
 MAX_FIELDS = 128  # counters (or one bucket's fields) after flattening
 MAX_DAYS = 64
 MAX_EVENTS = 64
+MAX_ORDERS = 16  # the report's open orders
+MAX_SUPPLIES = 16
 MAX_INT = 2**53 - 1  # what every JSON parser reads exactly
 CLOCK_MIN = 946_684_800  # 2000-01-01: anything earlier is a clock that was never set
 MAX_DAY = 200_000  # year 2517
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SEQ = re.compile(r"0|[1-9][0-9]{0,14}")
+ORDER = re.compile(r"[a-z]{1,32}-[0-9]{1,15}")  # "<item>-<cycle>"
+SUPPLY_FIELDS = {"cycle": MAX_INT, "pct": 100, "days": MAX_INT}  # field -> maximum
 
 
 class BadReport(ValueError):
@@ -48,10 +52,17 @@ class Report:
     events: list[dict[str, Any]]
     applied: int | None  # config version in force on the device
     rejected: tuple[int, str] | None
+    orders: dict[str, str] = field(default_factory=dict)  # open order id -> device's status
+    # item -> the fields it carries ({"cycle", "pct", "days"}; days None: no forecast)
+    supplies: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     @property
     def event_ids(self) -> list[int]:
         return sorted({e["id"] for e in self.events})
+
+    @property
+    def order_events(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == "order_requested"]
 
 
 def _int(v: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
@@ -129,7 +140,43 @@ def _event(e: Any, i: int) -> dict[str, Any]:
     kind = e.get("kind")
     if not isinstance(kind, str) or not NAME.fullmatch(kind):
         raise BadReport(f"events[{i}].kind: expected a name, got {kind!r}")
+    if kind == "order_requested":
+        _order_id(e.get("order"), f"events[{i}].order")
+        item = e.get("item")
+        if not isinstance(item, str) or not NAME.fullmatch(item):
+            raise BadReport(f"events[{i}].item: expected a name, got {item!r}")
+        _int(e.get("cycle"), f"events[{i}].cycle")
+        _int(e.get("ask"), f"events[{i}].ask", 0, 1)
     return e
+
+
+def _order_id(o: Any, what: str) -> str:
+    if not isinstance(o, str) or not ORDER.fullmatch(o):
+        raise BadReport(f"{what}: expected an order id like coffee-3, got {o!r}")
+    return o
+
+
+def _orders(d: Any) -> dict[str, str]:
+    if not isinstance(d, dict) or len(d) > MAX_ORDERS:
+        raise BadReport(f"orders: expected an object of at most {MAX_ORDERS} orders")
+    for k, v in d.items():
+        _order_id(k, "orders")
+        if not isinstance(v, str) or not NAME.fullmatch(v):
+            raise BadReport(f"orders.{k}: expected a status, got {v!r}")
+    return d
+
+
+def _supplies(d: Any) -> dict[str, dict[str, int | None]]:
+    if not isinstance(d, dict) or len(d) > MAX_SUPPLIES:
+        raise BadReport(f"supplies: expected an object of at most {MAX_SUPPLIES} items")
+    for k, v in d.items():
+        _name(k, "supplies")
+        if not isinstance(v, dict) or not v.keys() <= SUPPLY_FIELDS.keys():
+            raise BadReport(f"supplies.{k}: expected an object of {sorted(SUPPLY_FIELDS)}")
+        for f, x in v.items():
+            if not (f == "days" and x is None):
+                _int(x, f"supplies.{k}.{f}", 0, SUPPLY_FIELDS[f])
+    return d
 
 
 def _config(c: Any) -> tuple[int | None, tuple[int, str] | None]:
@@ -189,4 +236,5 @@ def parse_report(body: bytes, seq_header: str | None = None) -> Report:
         clock=clock, counters=flatten(d.get("counters"), "counters"),
         days=[_bucket(b, i, boot, uptime_ms) for i, b in enumerate(days)],
         events=[_event(e, i) for i, e in enumerate(events)],
-        applied=applied, rejected=rejected)
+        applied=applied, rejected=rejected, orders=_orders(d.get("orders", {})),
+        supplies=_supplies(d.get("supplies", {})))
