@@ -99,7 +99,7 @@ async def put(http: aiohttp.ClientSession, cloud: CloudServer, path: str, body: 
 async def test_signed_report_is_accepted(cloud, http):
     status, reply = await post(http, rep(1, 3, events=[{"id": 1, "kind": "filter_changed"}]))
     assert status == 200
-    assert reply == {"ack": [1], "seq": 1, "config": None, "orders": []}
+    assert reply == {"ack": [1], "seq": 1, "config": None}  # no orders, no refill: omitted
     dev = await get(http, cloud, f"/v1/devices/{DEV}")
     assert dev["counters"]["brews"] == {"espresso": 3}
     assert dev["last_seq"] == 1 and dev["fw"] == "0.1.0" and dev["events"] == 1
@@ -470,8 +470,7 @@ async def test_fault(cloud, http, kind):
     assert cloud.faults.log == [(DEV, "1", kind)]
     assert cloud.ledger.stats()["reports"] == (1 if stored else 0)
     # The device retries the same bytes: accepted, and nothing is doubled.
-    assert (await post(http, report)) == (200, {"ack": [1], "seq": 1, "config": None,
-                                                "orders": []})
+    assert (await post(http, report)) == (200, {"ack": [1], "seq": 1, "config": None})
     st = cloud.ledger.stats()
     assert (st["reports"], st["events"], st["flags"]) == (1, 1, 0)
     dev = await get(http, cloud, f"/v1/devices/{DEV}")
@@ -564,8 +563,7 @@ async def test_restart_keeps_the_ledger(cloud, http):
     first = rep(1, 3, events=[{"id": 1, "kind": "filter_changed"}])
     await post(http, first)
     await cloud.restart()
-    assert await post(http, first) == (200, {"ack": [1], "seq": 1, "config": None,
-                                             "orders": []})
+    assert await post(http, first) == (200, {"ack": [1], "seq": 1, "config": None})
     assert (await post(http, rep(2, 4)))[0] == 200
     await cloud.restart()
     dev = await get(http, cloud, f"/v1/devices/{DEV}")

@@ -5,7 +5,9 @@ the WAL is fsynced at each commit) before the cloud acknowledges it.
 
 Merging follows the sync model: lifetime counters and usage buckets keep the maximum seen,
 events are stored once per (device, id), and only the newest report (highest seq) speaks for
-the device's current state (firmware, boot, config). Thread-safe: one lock around each call."""
+the device's current state (firmware, boot, config); consumables' levels keep, per field, the
+newest report's value. The cloud is also the merchant of the device's replenishment orders
+(see merchant.py): deduped by (device, order id). Thread-safe: one lock around each call."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from brewmeter.cloud import auth, billing
+from brewmeter.cloud import auth, billing, merchant
+from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import Report, parse_report, unflatten
 
 DAY_MS = 86_400_000
@@ -77,7 +80,26 @@ CREATE TABLE IF NOT EXISTS events (
     device TEXT NOT NULL, id INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
     seq INTEGER NOT NULL, received REAL NOT NULL,
     PRIMARY KEY (device, id)) WITHOUT ROWID;
+-- Replenishment orders, one per (device, order id). status: needs_approval, placed or declined;
+-- shipping and delivery times are fixed when the order is placed.
+CREATE TABLE IF NOT EXISTS orders (
+    device TEXT NOT NULL, id TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL,
+    ask INTEGER NOT NULL, status TEXT NOT NULL, requested_at REAL NOT NULL, placed_at REAL,
+    declined_at REAL, ship_at REAL, deliver_at REAL,
+    PRIMARY KEY (device, id)) WITHOUT ROWID;
+-- Consumables' levels (field: cycle, pct or days), each from the newest report that carried it.
+CREATE TABLE IF NOT EXISTS supplies (
+    device TEXT NOT NULL, item TEXT NOT NULL, field TEXT NOT NULL, value INTEGER,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (device, item, field)) WITHOUT ROWID;
+-- The owner said the item was refilled during `cycle`: replies carry it until the supplies
+-- show a later cycle.
+CREATE TABLE IF NOT EXISTS refills (
+    device TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (device, item)) WITHOUT ROWID;
 """
+ORDER_COLS = ("id, item, cycle, ask, status, requested_at, placed_at, declined_at, ship_at, "
+              "deliver_at")
 
 
 # Counter-name prefix -> the counter whose growth restarts them (see _counters).
@@ -90,6 +112,14 @@ def _without(r: Report, fields: set[str]) -> Report:
 
 class UnknownDevice(LookupError):
     pass
+
+
+class UnknownOrder(LookupError):
+    pass
+
+
+class StateConflict(Exception):
+    """The request does not fit the order's or the item's state (HTTP 409)."""
 
 
 class SeqConflict(Exception):
@@ -105,11 +135,17 @@ class Reply:
     ack: list[int]
     seq: int
     config: dict[str, Any] | None
-    orders: list[Any] = field(default_factory=list)
+    orders: dict[str, str] = field(default_factory=dict)  # order id -> the cloud's status
+    refill: dict[str, int] = field(default_factory=dict)  # item -> cycle the owner refilled
     duplicate: bool = False  # an idempotent retry: nothing was applied
 
     def json(self) -> dict[str, Any]:
-        return {"ack": self.ack, "seq": self.seq, "config": self.config, "orders": self.orders}
+        out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+        if self.orders:
+            out["orders"] = self.orders
+        if self.refill:
+            out["refill"] = self.refill
+        return out
 
 
 def _brews(fields: dict[str, int]) -> int:
@@ -131,14 +167,26 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
+def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
+    """An orders row (ORDER_COLS) as the query API shows it at `now`."""
+    oid, item, cycle, ask, st, requested, placed, declined, ship, deliver = row
+    return {"order": oid, "item": item, "cycle": cycle,
+            "status": merchant.status(st, ship, deliver, now), "ask": bool(ask),
+            "requested_at": _iso(requested), "placed_at": _iso(placed),
+            "shipped_at": _iso(ship) if st == "placed" and ship <= now else None,
+            "delivered_at": _iso(deliver) if st == "placed" and deliver <= now else None,
+            "declined_at": _iso(declined)}
+
+
 class Ledger:
     def __init__(self, path: str | Path = ":memory:", *, synchronous: str = "FULL",
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, merchant: Merchant | None = None) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous: FULL, NORMAL or EXTRA")
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.now = now
+        self.merchant = merchant or Merchant()
         self._lock = threading.RLock()
         self._keys: dict[str, bytes] = {}
         self.db = self._open()
@@ -258,13 +306,16 @@ class Ledger:
         if prev is not None:
             if prev != r.digest:
                 raise SeqConflict(r.seq, last_seq)
-            return self._reply(r, last_seq, dv, ds, applied, rejected, duplicate=True)
+            return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected,
+                               duplicate=True)
         db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
                    (dev, r.seq, r.digest, now))
         newest = last_seq is None or r.seq > last_seq
         self._counters(db, dev, r, newest, now)
         self._days(db, dev, r, max_boot, now)
         self._events(db, dev, r, now)
+        self._new_orders(db, dev, r, now)
+        self._supplies(db, dev, r)
         if newest:
             last_seq, applied = r.seq, r.applied
             rejected, rej_reason = r.rejected or (None, None)
@@ -276,7 +327,7 @@ class Ledger:
         else:
             db.execute("UPDATE devices SET last_seen=?, reports=reports+1, max_boot=? "
                        "WHERE id=?", (now, max(max_boot, r.boot), dev))
-        return self._reply(r, last_seq, dv, ds, applied, rejected)
+        return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected)
 
     def _counters(self, db: sqlite3.Connection, dev: str, r: Report, newest: bool,
                   now: float) -> None:
@@ -363,15 +414,95 @@ class Ledger:
                     self._flag(db, dev, "event_conflict", str(ev["id"]), r.seq, now,
                                {"stored": json.loads(old), "reported": ev})
 
-    @staticmethod
-    def _reply(r: Report, last_seq: int, dv: int, ds: str, applied: int | None,
-               rejected: int | None, duplicate: bool = False) -> Reply:
+    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
+        # Every order_requested event, even a repeat under a new event id (a reboot) or one
+        # whose event id clashed: the order id dedupes, and the first decision stands.
+        for ev in r.order_events:
+            st = self.merchant.decide(ev["item"], ev["ask"])
+            ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
+            db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (dev, ev["order"], ev["item"], ev["cycle"], ev["ask"], st, now,
+                        now if st == "placed" else None, now if st == "declined" else None,
+                        ship, deliver))
+
+    def _supplies(self, db: sqlite3.Connection, dev: str, r: Report) -> None:
+        if not r.supplies:
+            return
+        db.executemany("INSERT INTO supplies (device, item, field, value, seq) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value=excluded.value, "
+                       "seq=excluded.seq WHERE excluded.seq > supplies.seq",
+                       [(dev, item, f, v, r.seq) for item, fields in r.supplies.items()
+                        for f, v in fields.items()])
+        # A refill the owner announced is done once the device shows a later cycle.
+        db.executemany("DELETE FROM refills WHERE device=? AND item=? AND cycle < ?",
+                       [(dev, item, fields["cycle"]) for item, fields in r.supplies.items()
+                        if fields.get("cycle") is not None])
+
+    def _reply(self, db: sqlite3.Connection, dev: str, r: Report, now: float, last_seq: int,
+               dv: int, ds: str, applied: int | None, rejected: int | None,
+               duplicate: bool = False) -> Reply:
         # Send the desired config while the device has not applied it, unless it has already
         # refused that very version (sending it again would only be refused again).
         config = None
         if dv and dv != applied and dv != rejected:
             config = {"version": dv, "settings": json.loads(ds)}
-        return Reply(ack=r.event_ids, seq=last_seq, config=config, duplicate=duplicate)
+        # The cloud's status of each order the report names, where the device's differs (an
+        # order only in an event: always). Computed now, so a retry hears the current one.
+        theirs: dict[str, str | None] = {e["order"]: None for e in r.order_events} | r.orders
+        orders = {}
+        if theirs:
+            ours = {o: merchant.status(st, ship, deliver, now) for o, st, ship, deliver in
+                    db.execute("SELECT id, status, ship_at, deliver_at FROM orders WHERE "
+                               f"device=? AND id IN ({','.join('?' * len(theirs))})",
+                               (dev, *theirs))}
+            orders = {o: ours.get(o, "unknown") for o, st in theirs.items()
+                      if ours.get(o, "unknown") != st}
+        refill = dict(db.execute("SELECT item, cycle FROM refills WHERE device=?", (dev,)))
+        return Reply(ack=r.event_ids, seq=last_seq, config=config, orders=orders,
+                     refill=refill, duplicate=duplicate)
+
+    # -- the owner: orders and refills ---------------------------------------------------------
+
+    def approve(self, device_id: str, order: str, yes: bool) -> dict[str, Any]:
+        """The owner approves (yes) or declines an order that needs approval. Returns the order
+        (as in orders()). Raises UnknownDevice, UnknownOrder, or StateConflict if the order
+        is not waiting for approval."""
+        now = self.now()
+        with self._tx() as db:
+            self._need(db, device_id)
+            row = db.execute("SELECT status FROM orders WHERE device=? AND id=?",
+                             (device_id, order)).fetchone()
+            if row is None:
+                raise UnknownOrder(order)
+            if row[0] != "needs_approval":
+                raise StateConflict(f"order {order} is {row[0]}, not needs_approval")
+            if yes:
+                db.execute("UPDATE orders SET status='placed', placed_at=?, ship_at=?, "
+                           "deliver_at=? WHERE device=? AND id=?",
+                           (now, *self.merchant.schedule(now), device_id, order))
+            else:
+                db.execute("UPDATE orders SET status='declined', declined_at=? "
+                           "WHERE device=? AND id=?", (now, device_id, order))
+            row = db.execute(f"SELECT {ORDER_COLS} FROM orders WHERE device=? AND id=?",
+                             (device_id, order)).fetchone()
+        return _order(row, now)
+
+    def refill(self, device_id: str, item: str) -> dict[str, Any]:
+        """The owner says `item` was refilled (a new pack, a new filter) during the cycle the
+        device last reported: replies carry {item: cycle} until the device reports a later
+        cycle. Returns {item, cycle}. Raises UnknownDevice, or StateConflict if no report
+        has shown that item's cycle."""
+        with self._tx() as db:
+            self._need(db, device_id)
+            row = db.execute("SELECT value FROM supplies WHERE device=? AND item=? "
+                             "AND field='cycle'", (device_id, item)).fetchone()
+            if row is None:
+                raise StateConflict(f"the device has not reported a cycle of {item!r}")
+            db.execute("INSERT INTO refills (device, item, cycle, at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT DO UPDATE SET cycle=excluded.cycle, at=excluded.at",
+                       (device_id, item, row[0], self.now()))
+        return {"item": item, "cycle": row[0]}
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -396,6 +527,15 @@ class Ledger:
                          (device_id,))]
             (events,) = db.execute("SELECT count(*) FROM events WHERE device=?",
                                    (device_id,)).fetchone()
+            supplies: dict[str, dict[str, int]] = {}
+            for item, f, v in db.execute("SELECT item, field, value FROM supplies "
+                                         "WHERE device=? ORDER BY item, field", (device_id,)):
+                s = supplies.setdefault(item, {})
+                if v is not None:
+                    s[f] = v
+            refill = dict(db.execute("SELECT item, cycle FROM refills WHERE device=?",
+                                     (device_id,)))
+            orders = self.orders(device_id)
         return {
             "id": device_id, "created": _iso(created), "last_seen": _iso(last_seen),
             "last_seq": last_seq, "reports": reports, "fw": fw, "boot": boot,
@@ -406,6 +546,7 @@ class Ledger:
                        "rejected": None if rej_v is None else {"version": rej_v,
                                                                "reason": rej_reason}},
             "plan": None if plan is None else json.loads(plan),
+            "supplies": supplies, "refill": refill, "orders": orders,
         }
 
     def _usage(self, device_id: str, first: int, last: int) -> dict[int, dict[str, Any]]:
@@ -464,6 +605,16 @@ class Ledger:
                 "LIMIT ?", (device_id, after, limit)).fetchall()
         return [{**json.loads(b), "seq": s, "received": _iso(t)} for b, s, t in rows]
 
+    def orders(self, device_id: str) -> list[dict[str, Any]] | None:
+        """The device's orders, oldest first, with their status now; None if unknown."""
+        if self.device_key(device_id) is None:
+            return None
+        with self._lock:
+            rows = self.db.execute(f"SELECT {ORDER_COLS} FROM orders WHERE device=? "
+                                   "ORDER BY requested_at, id", (device_id,)).fetchall()
+        now = self.now()
+        return [_order(r, now) for r in rows]
+
     def invoice(self, device_id: str, first: date, last: date) -> dict[str, Any] | None:
         """The bill for [first, last] under the device's plan (see billing); None if the device
         is unknown; billing.BadPlan if it has no plan."""
@@ -492,4 +643,4 @@ class Ledger:
         with self._lock:
             return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                     for t in ("devices", "reports", "counters", "day_usage", "loose_usage",
-                              "events", "flags")}
+                              "events", "flags", "orders")}
