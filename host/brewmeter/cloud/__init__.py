@@ -1,7 +1,7 @@
 """The emulated brewmeter cloud: protocol v1 (docs/protocol.yaml) over HTTP(S), with an
-SQLite ledger, billing and fault injection.
+SQLite ledger, billing, the merchant of replenishment orders and fault injection.
 
-    from brewmeter.cloud import CloudServer, Ledger, Faults, make_app, auth
+    from brewmeter.cloud import CloudServer, Ledger, Merchant, Faults, make_app, auth
 
 Importing this package is cheap (aiohttp loads on first use of the server names), so the
 `brewmeter` command can build its parser with `add_arguments` and run with `run`."""
@@ -14,6 +14,8 @@ from typing import Any
 _LAZY = {
     "Ledger": "brewmeter.cloud.ledger", "Reply": "brewmeter.cloud.ledger",
     "SeqConflict": "brewmeter.cloud.ledger", "UnknownDevice": "brewmeter.cloud.ledger",
+    "UnknownOrder": "brewmeter.cloud.ledger", "StateConflict": "brewmeter.cloud.ledger",
+    "Merchant": "brewmeter.cloud.merchant",
     "BadReport": "brewmeter.cloud.report", "parse_report": "brewmeter.cloud.report",
     "CloudServer": "brewmeter.cloud.server", "Faults": "brewmeter.cloud.server",
     "make_app": "brewmeter.cloud.server", "run_cloud": "brewmeter.cloud.server",
@@ -57,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fault", action="append", type=_fault, metavar="KIND=P",
                    help="inject a fault into this fraction of reports (repeatable)")
     p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--ship-after-s", type=float, default=86_400,
+                   help="a placed order ships this long after it was placed or approved")
+    p.add_argument("--deliver-after-s", type=float, default=172_800,
+                   help="... and is delivered this long after shipping")
+    p.add_argument("--out-of-stock", action="append", metavar="ITEM",
+                   help="decline orders for this item (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,8 +27,16 @@ from typing import Any, NoReturn, TextIO, TypeVar
 from aiohttp import web
 
 from brewmeter.cloud import auth, billing
-from brewmeter.cloud.ledger import Ledger, Reply, SeqConflict, UnknownDevice
-from brewmeter.cloud.report import MAX_BODY, BadReport, Report, parse_report
+from brewmeter.cloud.ledger import (
+    Ledger,
+    Reply,
+    SeqConflict,
+    StateConflict,
+    UnknownDevice,
+    UnknownOrder,
+)
+from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.report import MAX_BODY, NAME, BadReport, Report, parse_report
 
 log = logging.getLogger("brewmeter.cloud")
 T = TypeVar("T")
@@ -339,6 +347,45 @@ async def get_events(request: web.Request) -> web.Response:
     return await _query(request, request.app[LEDGER].events, after, limit)
 
 
+async def get_orders(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    return await _query(request, lambda dev: (None if (o := ledger.orders(dev)) is None
+                                              else {"orders": o}))
+
+
+async def _owner(request: web.Request, fn: Callable[..., Any], *args: Any) -> web.Response:
+    """An owner's action on the device's orders or supplies: 404 unknown, 409 not now."""
+    _admin(request)
+    try:
+        out = await request.app[WORKER].call(fn, request.match_info["id"], *args)
+    except UnknownDevice:
+        raise _Fail(404, "unknown device") from None
+    except UnknownOrder:
+        raise _Fail(404, "unknown order") from None
+    except StateConflict as e:
+        raise _Fail(409, str(e)) from None
+    return web.json_response(out)
+
+
+async def approve_order(request: web.Request) -> web.Response:
+    return await _owner(request, request.app[LEDGER].approve, request.match_info["order"],
+                        True)
+
+
+async def decline_order(request: web.Request) -> web.Response:
+    return await _owner(request, request.app[LEDGER].approve, request.match_info["order"],
+                        False)
+
+
+async def post_refill(request: web.Request) -> web.Response:
+    _admin(request)
+    d = await _json_body(request)
+    item = d.get("item") if isinstance(d, dict) else None
+    if not isinstance(item, str) or not NAME.fullmatch(item) or len(d) != 1:
+        raise _Fail(400, 'expected {"item": "<name>"}')
+    return await _owner(request, request.app[LEDGER].refill, item)
+
+
 async def get_invoice(request: web.Request) -> web.Response:
     try:
         return await _query(request, request.app[LEDGER].invoice,
@@ -369,9 +416,13 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None) -> 
     r.add_get("/v1/devices/{id}/days", get_days)
     r.add_get("/v1/devices/{id}/events", get_events)
     r.add_get("/v1/devices/{id}/invoice", get_invoice)
+    r.add_get("/v1/devices/{id}/orders", get_orders)
     r.add_put("/v1/admin/devices/{id}", provision)
     r.add_put("/v1/admin/devices/{id}/config", put_config)
     r.add_put("/v1/admin/devices/{id}/plan", put_plan)
+    r.add_post("/v1/admin/devices/{id}/orders/{order}/approve", approve_order)
+    r.add_post("/v1/admin/devices/{id}/orders/{order}/decline", decline_order)
+    r.add_post("/v1/admin/devices/{id}/refill", post_refill)
     return app
 
 
@@ -381,14 +432,21 @@ class CloudServer:
         async with CloudServer(tmp_path / "ledger.db", devices=[(dev, key)]) as cloud:
             ... cloud.url, cloud.admin_headers, cloud.ledger, await cloud.restart()
 
-    `db` is a path, ":memory:", or a Ledger the caller owns."""
+    `db` is a path, ":memory:", or a Ledger the caller owns (which then has its own clock and
+    merchant: `merchant` is for a ledger made here)."""
 
     def __init__(self, db: str | Path | Ledger = ":memory:", *, host: str = "127.0.0.1",
                  port: int = 0, admin_token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, faults: Faults | None = None,
-                 devices: Iterable[tuple[str, str]] = (), synchronous: str = "FULL") -> None:
+                 devices: Iterable[tuple[str, str]] = (), synchronous: str = "FULL",
+                 merchant: Merchant | None = None) -> None:
         self._owns_ledger = not isinstance(db, Ledger)
-        self.ledger = Ledger(db, synchronous=synchronous) if not isinstance(db, Ledger) else db
+        if isinstance(db, Ledger):
+            if merchant is not None:
+                raise ValueError("give the merchant to the Ledger: Ledger(..., merchant=...)")
+            self.ledger = db
+        else:
+            self.ledger = Ledger(db, synchronous=synchronous, merchant=merchant)
         for dev, key in devices:
             self.ledger.add_device(dev, key)
         self.admin_token = admin_token or secrets.token_urlsafe(18)
@@ -468,12 +526,13 @@ async def _serve(cloud: CloudServer, out: TextIO, token_given: bool) -> None:
 def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path = ":memory:",
               ssl_context: ssl.SSLContext | None = None, *, admin_token: str | None = None,
               devices: Iterable[tuple[str, str]] = (), faults: Faults | None = None,
-              synchronous: str = "FULL", out: TextIO = sys.stdout) -> int:
+              synchronous: str = "FULL", merchant: Merchant | None = None,
+              out: TextIO = sys.stdout) -> int:
     """Serve until SIGINT or SIGTERM; print the URL first (and the admin token if it was
     generated). Returns 0."""
     cloud = CloudServer(db, host=host, port=port, admin_token=admin_token,
                         ssl_context=ssl_context, faults=faults, devices=devices,
-                        synchronous=synchronous)
+                        synchronous=synchronous, merchant=merchant)
     asyncio.run(_serve(cloud, out, admin_token is not None))
     return 0
 
@@ -507,9 +566,11 @@ def run_args(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"brewmeter cloud: {e}", file=sys.stderr)
         return 2
+    merchant = Merchant(args.ship_after_s, args.deliver_after_s,
+                        frozenset(args.out_of_stock or ()))
     return run_cloud(args.host, args.port, args.db, ctx, admin_token=args.admin_token,
                      devices=devices, faults=faults if faults.rates else None,
-                     synchronous=args.synchronous)
+                     synchronous=args.synchronous, merchant=merchant)
 
 
 def cloud_main(argv: list[str] | None = None) -> int:
