@@ -248,3 +248,17 @@ def test_chaos_1000_faults_lose_and_double_nothing(capsys):
     assert r["device_brews"] == r["cloud_brews"] == r["billed_brews"] > 500
     assert r["invoice_cents"] == r["device_brews"] * 35
     assert r["events_in_cloud"] == r["events_created"] > 10
+
+
+def test_uptime_in_reports_survives_the_ticks_wrap(device):
+    """ticks_ms wraps every 2**30 ms (12.4 days on an ESP32); a report's uptime_ms must keep
+    growing past that (the cloud refuses a negative one: found by a simulated year)."""
+    from time import ticks_add
+
+    now = 0
+    for _ in range(13 * 24):  # 13 days, an hour per poll
+        now = ticks_add(now, 3_600_000)
+        device.tick(now)
+    assert device.uptime_ms(now) == 13 * 86_400_000
+    body = json.loads(sync.report(device, 1, 0, device.uptime_ms(now), [], {}))
+    assert body["uptime_ms"] == 13 * 86_400_000

@@ -39,6 +39,7 @@ class Device:
         self._saved = None  # (water_ml, pump_ms, filter_powered_s) as last saved
         self._dirty_since = None  # ticks when unsaved water/pump time first appeared
         self._second = 0  # ticks of the last whole powered second counted
+        self.up_s = 0  # whole seconds since boot: ticks alone wrap (ESP32: every 12.4 days)
         self.meter = None
         self.outbox = None
         self.on_usage = None  # called with `now` when there is news for the cloud (app.syncer)
@@ -193,6 +194,7 @@ class Device:
         d = ticks_diff(now, self._second)
         if d >= 1000:
             self.meter.powered(d // 1000)
+            self.up_s += d // 1000
             self._second = ticks_add(now, -(d % 1000))
             wall = self.wall()
             if wall and not self.meter.c.filter_fit_wall:
@@ -214,6 +216,10 @@ class Device:
                 self._dirty_since = now
             elif ticks_diff(now, self._dirty_since) >= self.flush_ms:
                 self.save(now)
+
+    def uptime_ms(self, now):
+        """Milliseconds since boot, for any uptime (ticks_diff alone fails past 6 days)."""
+        return self.up_s * 1000 + ticks_diff(now, self._second)
 
     def new_day(self, day, now):
         """Fold the last day's use into the forecast (saved only after a day of use: a

@@ -2,7 +2,7 @@
 # sync when the device is provisioned, and the service console on the serial port.
 import asyncio
 import json
-from time import ticks_diff, ticks_ms
+from time import ticks_ms
 
 from app import VERSION, hw, wallclock
 from app.device import Device
@@ -58,7 +58,6 @@ def start_sync(device, prov):
 
 _device = None  # for run(): what to save when Ctrl-C stops the app
 _syncer = None  # for the service console: the last sync's time and result
-_t0 = ticks_ms()  # boot, for the uptime the console shows
 
 
 async def main(profile):
@@ -153,7 +152,7 @@ def status(device, prov):
     s = {"fw": VERSION, "board": device.profile.board,
          "flash_used": flash_used, "flash_wear_pct": "%.4f (estimate)" % wear,
          "device_id": prov.get("device_id") if prov else None,
-         "uptime_s": ticks_diff(ticks_ms(), _t0) // 1000,
+         "uptime_s": device.uptime_ms(ticks_ms()) // 1000,
          "reset_cause": RESET_CAUSES[c.last_reset], "boots": c.boots,
          "clock": "set" if wallclock.synced else "not set", "heap_free": gc.mem_free(),
          "storage": "ok" if device.storage_ok else "failing"}
@@ -161,7 +160,7 @@ def status(device, prov):
         s["wifi"] = _syncer.link.state() if hasattr(_syncer.link, "state") else "?"
         last = _syncer.last
         s["last_sync"] = "never" if last is None else "%s (%d s ago)" % (
-            last[1], ticks_diff(ticks_ms(), last[0]) // 1000)
+            last[1], (device.uptime_ms(ticks_ms()) - last[0]) // 1000)
     return s
 
 

@@ -25,13 +25,12 @@ class Syncer:
         self.link = link
         self.ssl = ssl
         self.timeout_ms = _TIMEOUT_MS
-        self.t0 = ticks_ms()
-        self.schedule = sync.Schedule(self.t0)
+        self.schedule = sync.Schedule(ticks_ms())
         self.n = 0  # reports this boot: seq = boots * 2**20 + n
         self.rejected = None  # (version, reason) of a desired config we refused
         self.acked = None  # the counters the cloud has stored (None: send them all)
         self.acked_sup = None  # likewise the consumables' levels
-        self.last = None  # (ticks, "ok" or why not), for the service console
+        self.last = None  # (uptime ms, "ok" or why not), for the service console
         self._ntp_tried = None
 
     def usage(self, now):
@@ -39,7 +38,7 @@ class Syncer:
         self.schedule.usage(now, self.device.config)
 
     def uptime_ms(self):
-        return ticks_diff(ticks_ms(), self.t0)
+        return self.device.uptime_ms(ticks_ms())
 
     async def _clock(self):
         now = ticks_ms()
@@ -92,7 +91,7 @@ class Syncer:
             self.schedule.succeeded(now, cfg)
         else:
             self.schedule.failed(now, cfg, random.random(), retry_after)
-        self.last = (now, result)
+        self.last = (device.uptime_ms(now), result)
         return result
 
     async def run(self):
