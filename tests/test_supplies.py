@@ -231,13 +231,18 @@ def test_garbled_order_replies_change_nothing(machine, reply):
 
 def test_service_alerts_are_raised_once_per_cycle(profile, tmp_path):
     m = Machine(profile, tmp_path, {"descale_ldh": 100})  # 10 L at 10 dH
-    for _ in range(6):
+    for _ in range(5):
         m.brew(ml=2000)
-    assert m.faults() == ["descale_overdue"]
+    assert m.faults() == []  # due (the console says 0 % left), not yet overdue
+    m.brew(ml=1000)
+    assert m.faults() == ["descale_overdue"]  # 10 % past it
     m.brew(ml=2000)
     assert m.faults() == ["descale_overdue"]
     assert "descale recorded" in m.console("descale done --pin 2468")
-    m.wall += 200 * DAY  # the filter's six months are up
+    m.wall += 183 * DAY  # the filter's six months are up: due
+    m.brew()
+    assert "filter_overdue" not in m.faults()
+    m.wall += 7 * DAY  # and a week later still not changed
     m.brew()
     assert m.faults().count("filter_overdue") == 1
     assert "filter_overdue age" in m.console("faults")

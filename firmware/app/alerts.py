@@ -5,21 +5,30 @@ from micropython import const
 
 from app import filters, settings
 
+_OVER_PCT = const(110)  # used past its capacity by this much: the service is overdue ...
+_GRACE_S = const(604800)  # ... as is a filter a week past its age
 _LEARN = const(5)  # brews of a kind before its usual time is trusted
 _SLOW = const(16)  # the usual time then follows 1/16 of each normal brew: a slow drift
 
 
 def overdue(sup, cfg, profile, wall):
-    """[(code, detail)] of service now overdue, each raised once per cycle."""
+    """[(code, detail)] of service now overdue, each raised once per cycle. (Merely due
+    shows on the console; the alert is for what is left undone well past that.)"""
     out = []
+    c = sup.c
     it = sup.items["filter"]
-    why = filters.due(sup.c, profile, wall, settings.get(cfg, "water_hardness_dh"))
+    why = None
+    if c.filter_ml * 100 >= filters.capacity_ml(
+            profile, settings.get(cfg, "water_hardness_dh")) * _OVER_PCT:
+        why = "litres"
+    elif filters.age_s(c, wall) >= filters.max_age_s(profile) + _GRACE_S:
+        why = "age"
     if why and not it[3]:
         it[3] = 1
         out.append(("filter_overdue", why))
     it = sup.items["descaler"]
     used, cap, _ = sup.level("descaler", cfg, profile, wall, None)
-    if used >= cap and not it[3]:
+    if used * 100 >= cap * _OVER_PCT and not it[3]:
         it[3] = 1
         out.append(("descale_overdue", "%d L since the last descale" % (
             (sup.c.water_ml - it[1]) // 1000)))

@@ -24,11 +24,15 @@ def age_s(c, wall):
     return c.filter_powered_s
 
 
+def max_age_s(profile):
+    return profile.filter_months * _MONTH_S
+
+
 def due(c, profile, wall, dh=_REF_DH):
     """'litres' or 'age' when the filter is spent (whichever comes first), else None."""
     if c.filter_ml >= capacity_ml(profile, dh):
         return "litres"
-    if age_s(c, wall) >= profile.filter_months * _MONTH_S:
+    if age_s(c, wall) >= max_age_s(profile):
         return "age"
     return None
 

@@ -5,13 +5,10 @@
 # inserted, a filter fitted, the machine descaled) and its use is the counters' growth since
 # then, so no extra flash write is needed per brew. The filter's cycle is the counters' own
 # (filters.py); the others keep the counters' totals at the refill as their `mark`.
-from micropython import const
-
 from app import filters, settings
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
 UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
-_MONTH_S = const(2629746)  # average Gregorian month
 
 
 class Supplies:
@@ -108,7 +105,7 @@ class Supplies:
         if rate > 0:
             days = max(0, cap - used) / rate
             if name == "filter":  # due at whichever comes first: litres or age
-                age_left = profile.filter_months * _MONTH_S - filters.age_s(c, wall)
+                age_left = filters.max_age_s(profile) - filters.age_s(c, wall)
                 days = min(days, max(0, age_left) / 86400)
         return used, cap, days
 
@@ -116,8 +113,7 @@ class Supplies:
         """Percent left (0-100); the filter's is the lower of litres and age."""
         p = 100 - 100 * used // cap if cap else 0
         if name == "filter":
-            months = profile.filter_months * _MONTH_S
-            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // months)
+            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // filters.max_age_s(profile))
         return max(0, min(100, p))
 
     def report(self, cfg, profile, wall, per_day):
