@@ -117,13 +117,12 @@ class Supplies:
         return max(0, min(100, p))
 
     def report(self, cfg, profile, wall, per_day):
-        """Every consumable as the report's and the console's `supplies`: {name: {cycle,
-        pct, days (whole, absent without a forecast)}}."""
+        """Every consumable as a report's `supplies`: {name: {cycle, pct, days (whole; None
+        without a forecast)}}. (Reports send only the fields that changed.)"""
         out = {}
         for name in ITEMS:
             used, cap, days = self.level(name, cfg, profile, wall, per_day)
-            d = {"cycle": self.items[name][0], "pct": self.pct(name, used, cap, profile, wall)}
-            if days is not None:
-                d["days"] = int(days)
-            out[name] = d
+            out[name] = {"cycle": self.items[name][0],
+                         "pct": self.pct(name, used, cap, profile, wall),
+                         "days": None if days is None else int(days)}
         return out

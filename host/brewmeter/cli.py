@@ -12,11 +12,19 @@ EXIT_BAD_INPUT = 2
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from brewmeter.harness import load_profile
-    from brewmeter.simulate import simulate, summary, table
+    import asyncio
 
-    result = summary(simulate(load_profile(args.board), args.days, args.seed))
-    print(json.dumps(result, sort_keys=True) if args.json else table(result))
+    from brewmeter import household
+    from brewmeter.harness import load_profile
+    from brewmeter.simulate import table
+
+    plan = household.Plan(days=args.days, seed=args.seed, power_cuts=args.power_cuts,
+                          net_faults=args.net_faults)
+    out = asyncio.run(household.run(load_profile(args.board), plan))
+    if args.json:
+        print(json.dumps(out.json(), sort_keys=True))
+    else:
+        print(table(out.counters) + "\n\n" + household.table(out))
     return 0
 
 
@@ -94,9 +102,13 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="run one emulated machine through N days of use")
+    p = sub.add_parser("simulate", help="one machine (its firmware, the emulated cloud as "
+                       "merchant) through N days of use: counters, consumables, orders")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--power-cuts", type=int, default=0, help="at random hours")
+    p.add_argument("--net-faults", type=float, default=0.0,
+                   help="share of report requests the network spoils (0-1)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_simulate)

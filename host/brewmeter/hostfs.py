@@ -1,8 +1,11 @@
-"""The firmware Store's filesystem interface over a directory of the host, for tests and
-harness runs that need persistence but not littlefs (lfsfs.py has the littlefs one)."""
+"""The firmware Store's filesystem interface over a directory of the host (or in memory), for
+tests and harness runs that need persistence but not littlefs (lfsfs.py has the littlefs
+one)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from pathlib import Path
 from typing import IO
@@ -25,3 +28,34 @@ class DirFS:
 
     def mkdir(self, path: str) -> None:
         os.mkdir(self._p(path))
+
+
+class MemFS:
+    """The same interface in memory, for long simulations: a file is replaced whole when
+    the writer closes it, as littlefs commits a file on close."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.dirs: set[str] = set()
+
+    def open(self, path: str, mode: str) -> IO[bytes]:
+        if "w" not in mode:
+            if path not in self.files:
+                raise OSError(errno.ENOENT, path)
+            return io.BytesIO(self.files[path])
+        if path.rpartition("/")[0] not in self.dirs:
+            raise OSError(errno.ENOENT, path)
+        files = self.files
+
+        class Writer(io.BytesIO):
+            def close(self) -> None:
+                if not self.closed:
+                    files[path] = self.getvalue()
+                super().close()
+
+        return Writer()
+
+    def mkdir(self, path: str) -> None:
+        if path in self.dirs:
+            raise OSError(errno.EEXIST, path)
+        self.dirs.add(path)

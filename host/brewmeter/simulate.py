@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 from app import filters, snapshot
+from app.counters import Counters
 from app.counting import Meter
 from app.profile import Profile
 
@@ -33,13 +34,15 @@ class Result:
     filter_changes: int
 
 
-def _day(script: Script, rng: random.Random, weekday: int) -> None:
+def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -> None:
+    """A day of an office's use; `scale` multiplies the brews (0: nobody there)."""
     kinds = [k for k in script.profile.kinds if k in DRINKS] or list(script.profile.kinds)
     weights = [DRINKS.get(k, (1,))[0] for k in kinds]
-    brews = max(0, round(rng.gauss(14, 4) if weekday < 5 else rng.gauss(5, 2)))
+    brews = max(0, round(scale * (rng.gauss(14, 4) if weekday < 5 else rng.gauss(5, 2))))
     day0 = script.t
     script.wait(7 * 3_600_000 + rng.randrange(3_600_000))  # first use from 07:00
-    script.rinse(rng.uniform(2, 5), ml=rng.uniform(20, 60))  # morning rinse
+    if brews:
+        script.rinse(rng.uniform(2, 5), ml=rng.uniform(20, 60))  # morning rinse
     for _ in range(brews):
         kind = rng.choices(kinds, weights)[0]
         _, ml, seconds = DRINKS.get(kind, (1, 100, 20))
@@ -47,7 +50,7 @@ def _day(script: Script, rng: random.Random, weekday: int) -> None:
             script.bounce(kind, rng.randrange(5, script.profile.debounce_ms))
         script.brew(kind, ml * rng.uniform(0.9, 1.1), seconds * rng.uniform(0.8, 1.2))
         script.wait(rng.randrange(60_000, 2_400_000))
-    if rng.random() < 0.5:
+    if brews and rng.random() < 0.5:
         script.rinse(rng.uniform(1, 4))
     script.wait(max(0, day0 + DAY_MS - script.t))
     script.powered(DAY_MS // 1000)  # always on: a day of powered time for the filter age
@@ -74,12 +77,18 @@ def simulate(profile: Profile, days: int, seed: int = 0) -> Result:
 
 
 def summary(r: Result) -> dict:
-    c = r.meter.c
-    d = snapshot.counters(c, r.profile.kinds)
-    d["days"] = r.days
-    d["board"] = r.profile.board
-    d["filter_age_days"] = round(filters.age_s(c, r.wall) / 86400, 1)
-    d["filter_due"] = filters.due(c, r.profile, r.wall)
+    return counters_summary(r.meter.c, r.profile, r.days, r.wall)
+
+
+def counters_summary(c: Counters, profile: Profile, days: int, wall: int,
+                     dh: int = 10) -> dict:
+    """The counters after `days` at `wall`, with the filter's age and due state (water of
+    `dh` degrees)."""
+    d = snapshot.counters(c, profile.kinds)
+    d["days"] = days
+    d["board"] = profile.board
+    d["filter_age_days"] = round(filters.age_s(c, wall) / 86400, 1)
+    d["filter_due"] = filters.due(c, profile, wall, dh)
     return d
 
 
