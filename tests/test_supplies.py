@@ -339,3 +339,38 @@ def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
     on_mp = json.loads(out.split("RESULT ", 1)[1])
     assert on_mp["orders"] == ["coffee-0"] and on_mp["status"] == "requested"
     assert on_mp == printed
+
+
+def test_an_order_reaches_the_merchant_from_micropython(tmp_path):
+    """The firmware on the MicroPython unix port requests its order over a real socket; the
+    cloud places it, and the device hears so in the reply and keeps it across a reboot."""
+    from brewmeter import mp
+    from brewmeter.cloud import cloud_thread
+    from brewmeter.harness import board_path
+
+    dev, key = "bm-mporder", "7c" * 32
+    (tmp_path / "fs").mkdir()
+    sync_code = f"""
+import asyncio
+from app import wallclock
+from app.syncer import Syncer
+
+
+class Up:
+    async def up(self):
+        pass
+
+
+wallclock.set_unix(W[0])  # as NTP would: no lookup of a public server here
+s = Syncer(d, {{"device_id": {dev!r}, "key": {key!r}, "cloud_url": URL}}, Up())
+print("SYNC", asyncio.run(s.sync_once()), d.supplies.items["coffee"][2])
+print("AFTER", boot().supplies.items["coffee"][2])
+"""
+    with cloud_thread(devices=[(dev, key)]) as cloud:
+        out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+                      f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {WALL0}\n"
+                      f"ROOT = {str(tmp_path / 'fs')!r}\nURL = {cloud.url!r}\n"
+                      + _ON_BOTH + sync_code])
+        orders = cloud.ledger.orders(dev)
+    assert "SYNC ok placed" in out and "AFTER placed" in out
+    assert [(o["order"], o["status"]) for o in orders] == [("coffee-0", "placed")]
