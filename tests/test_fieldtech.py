@@ -33,10 +33,15 @@ def test_counters_status_filter_and_report(flashed, capsys, tmp_path):
     assert cli.main(["status", "--port", board.serial_port]) == 0
     out = capsys.readouterr().out
     assert "fw" in out and "heap_free" in out and "key" not in out
+    assert cli.main(["consumables", "--port", board.serial_port, "--json"]) == 0
+    sup = json.loads(capsys.readouterr().out)
+    assert set(sup) == {"coffee", "filter", "descaler", "tablets"}
+    assert sup["coffee"]["capacity"] == 100 and sup["coffee"]["order"] == "none"
     assert cli.main(["report", "--port", board.serial_port, "--out",
                      str(tmp_path / "r.json")]) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert {"read_at", "status", "counters", "filter", "faults", "events", "config"} <= set(doc)
+    assert {"read_at", "status", "counters", "filter", "consumables", "faults", "events",
+            "config"} <= set(doc)
 
 
 def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):

@@ -114,6 +114,8 @@ class Console:
             return "error: %s" % e
         if as_json:
             return json.dumps(data, separators=(",", ":"))
+        if name == "consumables":
+            data = {k: _supply(v) for k, v in data.items()}
         if isinstance(data, dict):
             return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
         if not data:
@@ -187,6 +189,13 @@ def _consumables(con, args, wall):
                "days": None if days is None else round(days, 1)}
         out[name] = row
     return out
+
+
+def _supply(v):
+    # "70% left (30 of 100 units used), 7.0 days, order placed, cycle 3"
+    return "%d%% left (%d of %d %s used), %s, order %s, cycle %d" % (
+        v["pct"], v["used"], v["capacity"], v["unit"],
+        "no forecast" if v["days"] is None else "%s days" % v["days"], v["order"], v["cycle"])
 
 
 def _events(con, args, wall):

@@ -142,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("counters", "read the counters over the serial port"),
                        ("status", "read the device's status over the serial port"),
                        ("filter", "read the water filter's state over the serial port"),
+                       ("consumables", "read what is left of each consumable, and orders"),
                        ("console", "the service console, interactive"),
                        ("report", "everything for a visit report, into a JSON file")):
         p = sub.add_parser(name, help=text)

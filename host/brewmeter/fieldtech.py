@@ -72,7 +72,7 @@ def _fmt(v: object) -> str:
 def report(port: str, out: Path) -> dict:
     """Everything a visit report needs, with the time it was read."""
     doc = {"read_at": datetime.now(UTC).isoformat(timespec="seconds"), "port": port}
-    for what in ("status", "counters", "filter", "faults", "events", "config"):
+    for what in ("status", "counters", "filter", "consumables", "faults", "events", "config"):
         doc[what] = ask(port, what)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
