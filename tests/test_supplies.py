@@ -374,3 +374,38 @@ print("AFTER", boot().supplies.items["coffee"][2])
         orders = cloud.ledger.orders(dev)
     assert "SYNC ok placed" in out and "AFTER placed" in out
     assert [(o["order"], o["status"]) for o in orders] == [("coffee-0", "placed")]
+
+
+def test_the_supplies_record_round_trips_and_stays_inline(machine):
+    """Cycles, marks, orders, the forecast and brew times in one record of at most 128
+    bytes with its header (inline in littlefs metadata: a rewrite is no block erase)."""
+    from app import supplystore
+    from app.alerts import BrewTimes
+    from app.supplies import Supplies
+
+    m = machine
+    m.days(6, 12)
+    m.console("refill tablets --pin 2468")
+    dev = m.dev
+    data = supplystore.pack(dev.supplies, dev.forecast, dev.brew_times)
+    sup, fc, bt = supplystore.unpack(data, 3)
+    assert sup == json.loads(json.dumps(dev.supplies.state()))
+    assert Forecast(4, fc).per_day(fc[0]) == pytest.approx(dev.forecast.per_day(fc[0]),
+                                                           rel=1e-3)
+    assert BrewTimes(3, bt).state() == dev.brew_times.state()
+    assert Supplies(dev.meter.c, m.profile.kinds, sup).items["coffee"][2] == "requested"
+    # the largest board (4 kinds): header 3 + CRC 4 bytes around it
+    assert len(supplystore.pack(Supplies(dev.meter.c, ("a", "b", "c", "d")), Forecast(5),
+                                BrewTimes(4))) + 7 <= 128
+    assert supplystore.unpack(data, 4) is None and supplystore.unpack(data[:-1], 3) is None
+
+
+def test_a_lost_supplies_file_starts_fresh_cycles_and_keeps_counting(machine):
+    m = machine
+    m.days(3, 10)
+    for i in (0, 1):
+        (m.fs.root / "state" / f"sup.{i}").unlink()
+    m.boot()
+    assert m.dev.supplies.level("coffee", {}, m.profile, m.wall, None)[0] == 0
+    assert m.dev.meter.c.total_brews() == 30
+    assert (m.fs.root / "state" / "sup.0").exists()  # the fresh cycles are saved

@@ -4,6 +4,7 @@
 from micropython import const
 
 from app import filters, settings
+from app.supplies import MONTH_S, filter_capacity_ml
 
 _OVER_PCT = const(110)  # used past its capacity by this much: the service is overdue ...
 _GRACE_S = const(604800)  # ... as is a filter a week past its age
@@ -18,10 +19,10 @@ def overdue(sup, cfg, profile, wall):
     c = sup.c
     it = sup.items["filter"]
     why = None
-    if c.filter_ml * 100 >= filters.capacity_ml(
+    if c.filter_ml * 100 >= filter_capacity_ml(
             profile, settings.get(cfg, "water_hardness_dh")) * _OVER_PCT:
         why = "litres"
-    elif filters.age_s(c, wall) >= filters.max_age_s(profile) + _GRACE_S:
+    elif filters.age_s(c, wall) >= profile.filter_months * MONTH_S + _GRACE_S:
         why = "age"
     if why and not it[3]:
         it[3] = 1

@@ -5,7 +5,7 @@ from time import ticks_add, ticks_diff
 
 from micropython import const
 
-from app import alerts, filters, orders, settings
+from app import alerts, filters, orders, settings, supplystore
 from app.alerts import BrewTimes
 from app.counters import Counters
 from app.counting import BREW, RINSE, STUCK, Meter
@@ -18,6 +18,9 @@ from app.supplies import Supplies
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
 FLUSH_S = const(60)
+# The forecast is saved at least this often (and with every other supplies write): the rates
+# need no more, since after a reboot the use since the saved day is folded in, averaged.
+_RATES_SAVE_DAYS = const(7)
 # Powered time alone (the filter's age while the clock is unknown) is saved at most daily:
 # hourly saves would cost more flash than the brews. A cut loses at most that day of it.
 _POWERED_SAVE_S = const(86400)
@@ -49,9 +52,10 @@ class Device:
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
-        self.supplies = None  # consumables' cycles and orders (app/supplies.py), in state
-        self.forecast = None  # recent use per day (app/forecast.py), in /counts/fc
-        self.brew_times = None  # the usual time of each brew kind (app/alerts.py), ditto
+        # Loaded after the counts and saved together in /state/sup (app/supplystore.py):
+        self.supplies = None  # consumables' cycles and orders (app/supplies.py)
+        self.forecast = None  # recent use per day (app/forecast.py)
+        self.brew_times = None  # the usual time of each brew kind (app/alerts.py)
 
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
@@ -73,11 +77,6 @@ class Device:
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
-        kinds = self.profile.kinds
-        self.supplies = Supplies(c, kinds, saved.get("sup"))
-        fc = _json(None if newer else store.read("fc"))
-        self.forecast = Forecast(len(kinds) + 1, fc.get("f"))
-        self.brew_times = BrewTimes(len(kinds), fc.get("b"))
         if newer:
             self.fault("storage_newer", newer)
         recovered = store.recovered + self.state.recovered
@@ -92,11 +91,27 @@ class Device:
         self._second = now
         self.save(now)
         self._days_saved()
+        self.load_supplies()
         if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
-            self.supplies.fresh = not self._save_state()
+            self.supplies.fresh = not self.save_supplies()
+
+    def load_supplies(self):
+        """The consumables' state, after the counts (counting does not wait for it)."""
+        n = len(self.profile.kinds)
+        sup = None
+        if not self.state.read_only:  # (newer firmware's flash: start afresh in RAM)
+            try:
+                sup = supplystore.unpack(self.state.read("sup"), n)
+            except NewerFormat:
+                self.store.read_only = self.state.read_only = True
+        sup, fc, bt = sup or (None, None, None)
+        self.supplies = Supplies(self.meter.c, self.profile.kinds, sup)
+        self.forecast = Forecast(n + 1, fc)
+        self.brew_times = BrewTimes(n, bt)
+        self._rates_saved = self.forecast.day
 
     def _load_state(self):
-        # One file holds the outbox, the configuration and the supplies: one lookup at boot.
+        # One file holds the outbox and the configuration: one lookup at boot.
         return _json(self.state.read("state"))
 
     def days_acked(self, sent):
@@ -113,7 +128,7 @@ class Device:
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock, "sup": self.supplies.state()}
+             "lock": self.service_lock}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -184,7 +199,7 @@ class Device:
             if usual is not None:
                 self._raise("brew_long", "%s %d ms, usually %d ms" % (
                     self.profile.kinds[m.last_kind], m.last_run_ms, usual))
-            self.check_supplies(usual is not None)
+            self.check_supplies(events=usual is not None)
         if self.on_usage:
             self.on_usage(now)
 
@@ -222,36 +237,45 @@ class Device:
         return self.up_s * 1000 + ticks_diff(now, self._second)
 
     def new_day(self, day, now):
-        """Fold the last day's use into the forecast (saved only after a day of use: a
-        small file, at most one write a day), then see what is running out."""
+        """Fold the last day's use into the forecast, then see what is running out."""
         c = self.meter.c
-        if self.forecast.roll(day, c.brews[:len(self.profile.kinds)] + [c.water_ml]):
-            self._save_rates()
-        if self.check_supplies() and self.on_usage:
+        fc = self.forecast
+        first = fc.at is None
+        rolled = fc.roll(day, c.brews[:len(self.profile.kinds)] + [c.water_ml])
+        save = rolled and (first or day - self._rates_saved >= _RATES_SAVE_DAYS)
+        if self.check_supplies(save) and self.on_usage:
             self.on_usage(now)  # an order: the cloud should hear of it soon
 
-    def _save_rates(self):
-        d = {"f": self.forecast.state(), "b": self.brew_times.state()}
+    def save_supplies(self):
+        self._rates_saved = self.forecast.day
         try:
-            self.store.write("fc", json.dumps(d, separators=(",", ":")).encode())
+            self.state.write("sup", supplystore.pack(
+                self.supplies, self.forecast, self.brew_times))
         except OSError as e:
             self._storage_failed(e)
+            return False
+        return True
 
     def per_day(self, wall):
         return self.forecast.per_day(wall // 86400) if wall else None
 
-    def check_supplies(self, dirty=False):
+    def check_supplies(self, dirty=False, events=False):
         """Order what the forecast says runs out within the lead time (within the owner's
-        rules), and raise what service is overdue; saved with the state if any."""
+        rules), and raise what service is overdue. Saves the supplies if they or `dirty`
+        changed, then the outbox if it or `events` did. (Supplies first: a cut between the
+        two leaves an order the cloud will call unknown, which the device then requests
+        again; never an event for a change that was not saved.)"""
         wall = self.wall()
         sup, cfg, profile = self.supplies, self.config, self.profile
         evs = orders.decide(sup, cfg, profile, wall, self.per_day(wall))
         for ev in evs:
             self.outbox.add(ev)
-        for code, detail in alerts.overdue(sup, cfg, profile, wall):
+        raised = alerts.overdue(sup, cfg, profile, wall)
+        for code, detail in raised:
             self._raise(code, detail)
-            dirty = True
-        if evs or dirty:
+        if evs or raised or dirty:
+            self.save_supplies()
+        if evs or raised or events:
             self._save_state()
         return evs
 
@@ -269,7 +293,7 @@ class Device:
             ev = {"kind": "descaled" if name == "descaler" else "refilled", "item": name,
                   "cycle": cycle, "by": by, "wall": wall}
         self.outbox.add(ev)
-        self.check_supplies(True)  # one state write: the new cycle, the event
+        self.check_supplies(True, True)  # the new cycle, then the event
         return ev
 
     def change_filter(self, wall, source, now):
@@ -278,14 +302,17 @@ class Device:
     def order_status(self, statuses):
         """The cloud's word on our orders ({order id: status}, from a sync reply)."""
         changed, lost = orders.apply_status(self.supplies, statuses)
+        if changed:
+            self.save_supplies()
         wall = self.wall()
+        asked = False
         for name in lost:  # the cloud never got the request (dropped from a full outbox)
             oid = orders.order_id(name, self.supplies.items[name][0])
             if not [e for e in self.outbox.events if e.get("order") == oid]:
                 self.outbox.add(orders.request(self.supplies, name, self.config,
                                                self.profile, wall, self.per_day(wall)))
-                changed = True
-        if changed:
+                asked = True
+        if asked:
             self._save_state()
 
     def save(self, now):

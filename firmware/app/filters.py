@@ -3,12 +3,6 @@
 from micropython import const
 
 _MONTH_S = const(2629746)  # average Gregorian month
-_REF_DH = const(10)  # profiles rate filter_litres at 10 dH: harder water spends it sooner
-
-
-def capacity_ml(profile, dh=_REF_DH):
-    """The filter's capacity in water of hardness `dh` (German degrees)."""
-    return int(profile.filter_litres * 1000 * _REF_DH // dh)
 
 
 def set_wall(c, wall):
@@ -24,15 +18,12 @@ def age_s(c, wall):
     return c.filter_powered_s
 
 
-def max_age_s(profile):
-    return profile.filter_months * _MONTH_S
-
-
-def due(c, profile, wall, dh=_REF_DH):
-    """'litres' or 'age' when the filter is spent (whichever comes first), else None."""
-    if c.filter_ml >= capacity_ml(profile, dh):
+def due(c, profile, wall, dh=10):
+    """'litres' or 'age' when the filter is spent (whichever comes first), else None.
+    Profiles rate filter_litres at 10 dH; harder water (`dh`) spends it sooner."""
+    if c.filter_ml * dh >= profile.filter_litres * 10000:
         return "litres"
-    if age_s(c, wall) >= max_age_s(profile):
+    if age_s(c, wall) >= profile.filter_months * _MONTH_S:
         return "age"
     return None
 

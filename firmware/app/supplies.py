@@ -5,16 +5,24 @@
 # inserted, a filter fitted, the machine descaled) and its use is the counters' growth since
 # then, so no extra flash write is needed per brew. The filter's cycle is the counters' own
 # (filters.py); the others keep the counters' totals at the refill as their `mark`.
+from micropython import const
+
 from app import filters, settings
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
+MONTH_S = const(2629746)  # average Gregorian month, as filters.py counts the filter's age
 UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
+
+
+def filter_capacity_ml(profile, dh):
+    """The filter's capacity in water of hardness `dh`: profiles rate it at 10 dH."""
+    return int(profile.filter_litres * 10000 // dh)
 
 
 class Supplies:
     def __init__(self, c, kinds, saved=None):
         """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
-        state() returned before a reboot (None or unreadable: every cycle starts now)."""
+        state() returned before a reboot (None: every cycle starts now)."""
         self.c = c
         self.kinds = kinds
         # name -> [cycle, mark, order status ("" none), overdue alert raised this cycle]
@@ -91,7 +99,7 @@ class Supplies:
             rate = sum(per_day[i] * use[i] for i in range(n)) if per_day else 0
         elif name == "filter":
             used = c.filter_ml
-            cap = filters.capacity_ml(profile, dh)
+            cap = filter_capacity_ml(profile, dh)
             rate = per_day[n] if per_day else 0
         elif name == "descaler":
             used = (c.water_ml - mark) * dh
@@ -105,7 +113,7 @@ class Supplies:
         if rate > 0:
             days = max(0, cap - used) / rate
             if name == "filter":  # due at whichever comes first: litres or age
-                age_left = filters.max_age_s(profile) - filters.age_s(c, wall)
+                age_left = profile.filter_months * MONTH_S - filters.age_s(c, wall)
                 days = min(days, max(0, age_left) / 86400)
         return used, cap, days
 
@@ -113,7 +121,8 @@ class Supplies:
         """Percent left (0-100); the filter's is the lower of litres and age."""
         p = 100 - 100 * used // cap if cap else 0
         if name == "filter":
-            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // filters.max_age_s(profile))
+            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // (
+                profile.filter_months * MONTH_S))
         return max(0, min(100, p))
 
     def report(self, cfg, profile, wall, per_day):

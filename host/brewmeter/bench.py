@@ -15,6 +15,7 @@ from brewmeter.simulate import simulate
 # figure -> (target, "max" or "min"): what the issues ask for.
 TARGETS: dict[str, tuple[float, str]] = {
     "sim_days_per_s": (365, "min"),
+    "household_days_per_s": (36.5, "min"),  # `brewmeter simulate --days 365` in 10 s
     "core_heap_bytes": (8192, "max"),
     "flash_bytes_per_brew": (256, "max"),
     "flash_erases_per_brew": (0.05, "max"),
@@ -40,6 +41,19 @@ def sim_days_per_s() -> dict[str, float]:
         simulate(profile, days, seed)
         best = min(best, time.perf_counter() - t0)
     return {"sim_days_per_s": round(days / best, 1)}
+
+
+def household_days_per_s() -> dict[str, float]:
+    """Days per second of `brewmeter simulate`: the firmware's Device and Syncer on the
+    virtual clock, reporting over HTTP to the emulated cloud as merchant, with orders."""
+    import asyncio
+
+    from brewmeter import household
+
+    profile = load_profile("emulator")
+    t0 = time.perf_counter()
+    asyncio.run(household.run(profile, household.Plan(days=365)))
+    return {"household_days_per_s": round(365 / (time.perf_counter() - t0), 1)}
 
 
 def core_heap_bytes() -> dict[str, float]:
@@ -100,6 +114,7 @@ def flash_wear() -> dict[str, float]:
         if mode == "recovery":
             out["recovery_read_bytes"] = r["recovery_read_bytes"]
             out["mount_read_bytes"] = r["mount_read_bytes"]
+            out["supplies_read_bytes"] = r["supplies_read_bytes"]
     return out
 
 
@@ -140,9 +155,10 @@ def _board(name: str) -> Callable[[], dict[str, float]]:
 # Each measure with the figures it gives, so --only runs just what it needs.
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
+    (household_days_per_s, ("household_days_per_s",)),
     (core_heap_bytes, ("core_heap_bytes", "heap_at_boot_bytes")),
     (flash_wear, ("flash_bytes_per_brew", "flash_erases_per_brew", "recovery_read_bytes",
-                  "mount_read_bytes",
+                  "mount_read_bytes", "supplies_read_bytes",
                   "baseline_json_bytes_per_brew", "baseline_json_erases_per_brew",
                   "baseline_log_bytes_per_brew", "baseline_log_erases_per_brew")),
     (powercut, ("powercut_cuts", "powercut_lost_brews", "powercut_doubled_brews")),

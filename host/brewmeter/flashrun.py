@@ -44,7 +44,8 @@ def _recovery_read(profile, flash, t):
     littlefs scans a directory's whole metadata log on each lookup, and the counters' log
     grows with every save until littlefs compacts it. So: a month of days of 16 saves, a
     power cycle after each; the most the recovery (Device.recover: counters and outbox)
-    read, and the most littlefs's mount read before it."""
+    read, the most littlefs's mount read before it, and the most the consumables' state read
+    after it (Device.load_supplies: counting does not wait for that)."""
     import powercut
     from app.outbox import MAX_EVENTS
 
@@ -52,7 +53,7 @@ def _recovery_read(profile, flash, t):
     for i in range(MAX_EVENTS):
         device.outbox.add({"kind": "filter_changed", "cycle": i, "ml": 150000 + i,
                            "pump_ms": 36000000, "brews": 1500, "age_s": 15552000})
-    worst_mount = worst_boot = 0
+    worst_mount = worst_boot = worst_supplies = 0
     for day in range(30):
         for _ in range(16):
             device.meter.c.brews[0] += 1
@@ -63,10 +64,14 @@ def _recovery_read(profile, flash, t):
         from app.device import Device
 
         flash.reset_stats()
-        Device(profile, fs, root="/flash").recover()
+        d = Device(profile, fs, root="/flash")
+        d.recover()
         worst_boot = max(worst_boot, flash.bytes_read)
+        flash.reset_stats()
+        d.load_supplies()
+        worst_supplies = max(worst_supplies, flash.bytes_read)
         device = powercut.boot(profile, fs, "/flash", t + day, {})
-    return worst_boot, worst_mount
+    return worst_boot, worst_mount, worst_supplies
 
 
 def _mount(flash):
@@ -104,8 +109,8 @@ def main(argv):
         r.update(bytes_programmed=base.bytes_programmed, erases=base.erases,
                  bytes_read=base.bytes_read)
         if mode == "recovery":
-            r["recovery_read_bytes"], r["mount_read_bytes"] = _recovery_read(
-                profile, base, events[-1][0])
+            (r["recovery_read_bytes"], r["mount_read_bytes"],
+             r["supplies_read_bytes"]) = _recovery_read(profile, base, events[-1][0])
         print(json.dumps(r))
         return
     import gc

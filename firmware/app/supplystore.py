@@ -1,0 +1,56 @@
+# How the consumables' state is kept on flash: cycles, marks and orders (app/supplies.py),
+# the forecast's rates (app/forecast.py) and the usual brew times (app/alerts.py), packed in
+# one binary record of at most 122 bytes (4 brew kinds), so that its file stays inline in
+# littlefs metadata: a rewrite costs about 100 bytes of flash, not a block erase (see
+# ARCHITECTURE.md). Written after a day of use, an order, a refill or a status change.
+import struct
+
+from app.orders import STATUSES
+from app.supplies import ITEMS
+
+
+def _fmt(n):
+    # per item: cycle, order status (0 none, else STATUSES index + 1), overdue alert raised;
+    # marks: coffee per kind, descaler, tablets; month, orders in it; forecast: day, days,
+    # last day of use, totals at the day's start, rates; usual brew ms and count per kind.
+    return "<%s%dIIBIHI%dI%df%dI%dB" % ("HBB" * len(ITEMS), n + 2, n + 1, n + 1, n, n)
+
+
+def pack(sup, fc, bt):
+    vals = []
+    for name in ITEMS:
+        it = sup.items[name]
+        vals += [it[0], STATUSES.index(it[2]) + 1 if it[2] else 0, it[3]]
+    it = sup.items
+    vals += it["coffee"][1] + [it["descaler"][1], it["tablets"][1]]
+    vals += sup.month
+    day, days, used, at, rates = fc.state()
+    n = len(rates) - 1
+    vals += [day, min(days, 0xFFFF), used] + (at or [0] * (n + 1)) + rates
+    vals += bt.usual + [min(x, 255) for x in bt.count]
+    return struct.pack(_fmt(n), *vals)
+
+
+def unpack(data, n):
+    """(supplies state, forecast state, brew times state) from `data` for `n` brew kinds,
+    or None if it is not such a record (another board's, or damaged past its CRC)."""
+    fmt = _fmt(n)
+    if not data or len(data) != struct.calcsize(fmt):
+        return None
+    v = list(struct.unpack(fmt, data))
+    k = 3 * len(ITEMS)
+    marks = v[k:k + n + 2]
+    rest = v[k + n + 2:]
+    items = {}
+    for i, name in enumerate(ITEMS):
+        cycle, st, alerted = v[3 * i:3 * i + 3]
+        mark = {"coffee": marks[:n], "descaler": marks[n], "tablets": marks[n + 1]}.get(name, 0)
+        status = STATUSES[st - 1] if 0 < st <= len(STATUSES) else ""
+        items[name] = [cycle, mark, status, alerted]
+    month = rest[:2]
+    day, days, used = rest[2:5]
+    at = rest[5:6 + n]
+    rates = rest[6 + n:7 + 2 * n]
+    bt = rest[7 + 2 * n:]
+    fc = [day, days, used, at if day else None, rates]
+    return {"it": items, "mo": month}, fc, [bt[:n], bt[n:]]
