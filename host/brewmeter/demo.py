@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         for key in ("brews_total", *(f"brews.{k}" for k in kinds), "rinses", "water_ml"):
             b, a, c = (_get(before, key), _get(after, key), _get(got, key))
             print(f"{key:<17}{b:>8}{a:>8}{c:>8}")
+        supplies = cloud.ledger.device(prov["device_id"]).get("supplies") or {}
+        print("consumables     " + ", ".join(
+            f"{name} {v.get('pct', '?')}% left" for name, v in sorted(supplies.items())))
         ok = (after["brews_total"] - before["brews_total"] == len(kinds)
               and after["rinses"] - before["rinses"] == 1
               and got.get("brews_total") == after["brews_total"])
