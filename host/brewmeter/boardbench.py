@@ -156,7 +156,8 @@ def _console_fits(heap: int, used: bool) -> bool:
             try:
                 board.wait_output(READY, timeout=30)
                 if used:
-                    for cmd in ("counters", "status", "filter", "events", "config"):
+                    for cmd in ("counters", "status", "filter", "consumables", "events",
+                                "config"):
                         fieldtech.ask(board.serial_port, cmd, timeout=5)
                 else:
                     time.sleep(2)
