@@ -19,3 +19,12 @@ def meter(profile):
     m = Meter(profile)
     m.boot(1)
     return m
+
+
+@pytest.fixture
+async def http(cloud):
+    """An HTTP client session on the `cloud` fixture of the test module (a CloudServer)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(cloud.url) as s:
+        yield s

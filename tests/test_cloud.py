@@ -66,12 +66,6 @@ async def cloud(clock: Clock, tmp_path: Path):
     ledger.close()
 
 
-@pytest.fixture
-async def http(cloud: CloudServer):
-    async with aiohttp.ClientSession(cloud.url) as s:
-        yield s
-
-
 async def post(http: aiohttp.ClientSession, report: dict[str, Any] | bytes, *,
                key: str = KEY, dev: str = DEV, seq: int | None = None,
                timeout: float | None = None) -> tuple[int, Any]:

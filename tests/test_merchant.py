@@ -285,12 +285,6 @@ async def cloud(clock: Clock, tmp_path: Path):
     led.close()
 
 
-@pytest.fixture
-async def http(cloud: CloudServer):
-    async with aiohttp.ClientSession(cloud.url) as s:
-        yield s
-
-
 async def post(http: aiohttp.ClientSession, report: dict[str, Any]) -> tuple[int, Any]:
     path, body, headers = auth.signed_report(DEV, KEY, report)
     async with http.post(path, data=body, headers=headers) as r:

@@ -22,7 +22,8 @@ def filter_capacity_ml(profile, dh):
 class Supplies:
     def __init__(self, c, kinds, saved=None):
         """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
-        state() returned before a reboot (None: every cycle starts now)."""
+        supplystore.unpack() read back ({"it": items, "mo": month}; None: every cycle
+        starts now)."""
         self.c = c
         self.kinds = kinds
         # name -> [cycle, mark, order status ("" none), overdue alert raised this cycle]
@@ -42,9 +43,6 @@ class Supplies:
                 self.items[name] = [0, self._total(name), "", 0]
             self.fresh = True  # app.device saves these marks at once
         self._sync_filter()
-
-    def state(self):
-        return {"it": self.items, "mo": self.month}
 
     def _total(self, name):
         # What a cycle's mark records: the counters' totals when it began.
