@@ -53,6 +53,7 @@ class Device:
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
+        self.seq_era = 0  # added to the boot count in seqs (app/protocol.py); raised by a 409
         # Loaded after the counts and saved together in /state/sup (app/supplystore.py):
         self.supplies = None  # consumables' cycles and orders (app/supplies.py)
         self.forecast = None  # recent use per day (app/forecast.py)
@@ -75,6 +76,7 @@ class Device:
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
         self.service_lock = saved.get("lock", 0)
+        self.seq_era = saved.get("sq", 0)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
@@ -129,7 +131,7 @@ class Device:
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock}
+             "lock": self.service_lock, "sq": self.seq_era}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -145,6 +147,12 @@ class Device:
         self.config_version, self.config = version, values
         self.check_supplies()  # the rules or the capacities may have changed
         return True
+
+    def seq_floor(self, era):
+        """Seqs from now on (and after reboots) start at era `era` (a 409: the cloud has
+        seen higher ones). Kept in flash, with the state."""
+        self.seq_era = era - self.meter.c.boots
+        self._save_state()
 
     def set_service_lock(self, seconds):
         """Lock (or unlock, 0) service actions; saved so a reboot does not lift it."""

@@ -26,7 +26,8 @@ class Syncer:
         self.ssl = ssl
         self.timeout_ms = _TIMEOUT_MS
         self.schedule = sync.Schedule(ticks_ms())
-        self.n = 0  # reports this boot: seq = boots * 2**20 + n
+        self.era = device.meter.c.boots + device.seq_era  # seq = era * 2**20 + n
+        self.n = 0  # reports in this era
         self.rejected = None  # (version, reason) of a desired config we refused
         self.acked = None  # the counters the cloud has stored (None: send them all)
         self.acked_sup = None  # likewise the consumables' levels
@@ -59,7 +60,7 @@ class Syncer:
         try:
             await self.link.up()
             await self._clock()
-            seq = protocol.seq(device.meter.c.boots, self.n)
+            seq = protocol.seq(self.era, self.n)
             self.n += 1
             days = device.days.buckets()
             now_usage = sync.usage(device)
@@ -79,8 +80,9 @@ class Syncer:
                 device.days_acked(days)
                 self.acked, self.acked_sup = now_usage, sup
                 result = "ok"
-            elif status == 409:  # that seq was used with other content (lost state): skip on
-                self.n += 1000
+            elif status == 409:  # the cloud has that seq, or higher ones (lost state): go past
+                self.era, self.n = sync.after_conflict(reply, seq), 0
+                device.seq_floor(self.era)
                 result = "seq conflict"
             else:
                 result = "HTTP %d" % status
@@ -88,7 +90,7 @@ class Syncer:
             result, retry_after = str(e) or e.__class__.__name__, 0
         now = ticks_ms()
         if result == "ok":
-            self.schedule.succeeded(now, cfg)
+            self.schedule.succeeded(now, cfg, device.days.more)
         else:
             self.schedule.failed(now, cfg, random.random(), retry_after)
         self.last = (device.uptime_ms(now), result)
