@@ -51,9 +51,17 @@ def sign(key: bytes, method: str, path: str, seq: int | str, body: bytes) -> str
     return hmac.new(key, message(method, path, seq, body), hashlib.sha256).hexdigest()
 
 
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
 def verify(key: bytes, method: str, path: str, seq: str, body: bytes, signature: str) -> bool:
-    expected = sign(key, method, path, seq, body)
-    return hmac.compare_digest(expected, signature.strip().lower())
+    """Whether `signature` is this request's. Anything that is not 64 hex digits (other
+    characters, non-ASCII, the wrong length; a seq header that is not ASCII) is simply not
+    a match."""
+    got = signature.strip().lower()
+    if not SIGNATURE.fullmatch(got) or not seq.isascii():
+        return False
+    return hmac.compare_digest(sign(key, method, path, seq, body).encode(), got.encode())
 
 
 def encode_report(report: dict[str, Any]) -> bytes:
