@@ -9,7 +9,7 @@ import hmac
 import json
 
 import pytest
-from app import http, sync
+from app import http, protocol, sync
 from app.device import Device
 from app.signing import signature
 from brewmeter.hostfs import DirFS
@@ -54,7 +54,7 @@ def test_schedule_coalesces_usage_reports_daily_and_backs_off():
 def test_report_is_cumulative_and_carries_events_and_config(device):
     device.meter.c.brews[0] = 3
     device.add_event({"kind": "filter_changed", "cycle": 0})
-    body = sync.report(device, sync.seq_for(device.meter.c.boots, 2), 1_800_000_000, 5000,
+    body = sync.report(device, protocol.seq(device.meter.c.boots, 2), 1_800_000_000, 5000,
                        device.days.buckets(), sync.usage(device))
     d = json.loads(body)
     assert d["seq"] == (1 << 20) + 2 and d["clock"] == 1_800_000_000 and d["boot"] == 1

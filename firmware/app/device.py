@@ -12,6 +12,7 @@ from app.counting import BREW, RINSE, STUCK, Meter
 from app.days import Days
 from app.forecast import Forecast
 from app.outbox import Outbox
+from app.protocol import cut
 from app.store import NewerFormat, Store
 from app.supplies import Supplies
 
@@ -164,7 +165,7 @@ class Device:
         self.faults.append((code, detail))
         if len(self.faults) > 8:
             self.faults.pop(0)
-        self.outbox.add({"kind": "fault", "code": code, "detail": detail})
+        self.outbox.add({"kind": "fault", "code": code, "detail": cut(detail)})
 
     def add_event(self, ev):
         """Put `ev` in the outbox: in RAM at once, on flash if the flash takes it (else with

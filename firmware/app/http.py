@@ -3,9 +3,7 @@
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
 
-from micropython import const
-
-_MAX_LINE = const(512)  # a longer status or header line cannot come from our cloud
+from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
 
 class HttpError(Exception):
@@ -33,7 +31,7 @@ async def _line(reader):
     line = await reader.readline()
     if not line.endswith(b"\n"):
         raise HttpError("connection closed mid-reply")
-    if len(line) > _MAX_LINE:
+    if len(line) > MAX_LINE:  # it cannot come from our cloud
         raise HttpError("reply line too long")
     return line
 
@@ -54,7 +52,7 @@ async def _exchange(host, port, ssl, request, max_body):
         status = int(parts[1])
         length = None
         retry_after = 0
-        for _ in range(32):  # a bounded number of headers
+        for _ in range(MAX_HEADERS):
             line = await _line(reader)
             if line in (b"\r\n", b"\n"):
                 break
@@ -83,7 +81,7 @@ async def _exchange(host, port, ssl, request, max_body):
             pass
 
 
-async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=4096):
+async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MAX_REPLY):
     """POST `body` to `path` on the server of `url`. Returns (status, retry_after_s, body).
     Raises HttpError (or OSError) on any failure, never hangs past `timeout_ms`."""
     scheme, host, port, _ = parse_url(url)

@@ -6,11 +6,8 @@
 # second order (the cloud dedupes on the id). The rules (auto-order per consumable, a monthly
 # cap, ask-first) are checked here, on the device, so they hold offline too.
 from app import settings
+from app.protocol import OPEN, STATUSES, UNKNOWN, order_id
 from app.supplies import ITEMS
-
-# Statuses: "requested" until the cloud answers, then the cloud's word.
-OPEN = ("requested", "placed", "needs_approval", "shipped")
-STATUSES = OPEN + ("declined", "delivered")
 
 
 def month_of(wall):
@@ -23,10 +20,6 @@ def month_of(wall):
     mp = (5 * doy + 2) // 153
     m = mp + 3 if mp < 10 else mp - 9
     return (yoe + era * 400 + (1 if m <= 2 else 0)) * 12 + m - 1
-
-
-def order_id(name, cycle):
-    return "%s-%d" % (name, cycle)
 
 
 def decide(sup, cfg, profile, wall, per_day):
@@ -77,7 +70,7 @@ def apply_status(sup, statuses):
     lost = []
     for name, it in sup.items.items():
         st = statuses.get(order_id(name, it[0]))
-        if st == "unknown" and it[2] in OPEN:
+        if st == UNKNOWN and it[2] in OPEN:
             lost.append(name)
         elif st in STATUSES and st != it[2] and it[2]:
             it[2] = st

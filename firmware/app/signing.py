@@ -3,6 +3,8 @@
 from binascii import hexlify
 from hashlib import sha256
 
+from app.protocol import message
+
 _BLOCK = 64  # SHA-256's block size
 
 
@@ -19,5 +21,4 @@ def hmac_sha256(key, msg):
 
 def signature(key, method, path, seq, body):
     """Hex signature for the X-Brewmeter-Signature header (see docs/protocol.yaml)."""
-    msg = b"%s\n%s\n%d\n" % (method.encode(), path.encode(), seq) + body
-    return hexlify(hmac_sha256(key, msg)).decode()
+    return hexlify(hmac_sha256(key, message(method, path, seq, body))).decode()

@@ -5,7 +5,7 @@
 # ARCHITECTURE.md). Written after a day of use, an order, a refill or a status change.
 import struct
 
-from app.orders import STATUSES
+from app.protocol import STATUSES
 from app.supplies import ITEMS
 
 

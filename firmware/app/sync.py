@@ -4,14 +4,9 @@
 import json
 from time import ticks_add, ticks_diff
 
-from micropython import const
-
-from app import VERSION, settings, snapshot
+from app import VERSION, protocol, settings, snapshot
 from app.orders import open_orders
 from app.supplies import ITEMS
-
-_SEQ_PER_BOOT = const(1 << 20)  # seq = boots * 2**20 + n: grows across reboots, no extra write
-MAX_REPLY = const(4096)  # a bigger reply is refused unread: it cannot be one of ours
 
 
 class Schedule:
@@ -60,10 +55,6 @@ class Schedule:
             self.pending_since = now  # the failed report's usage is still unreported
 
 
-def seq_for(boots, n):
-    return boots * _SEQ_PER_BOOT + n
-
-
 def usage(device):
     """The cumulative counters a report carries."""
     return snapshot.usage(device.meter.c, device.profile.kinds)
@@ -98,7 +89,7 @@ def report(device, seq, wall, uptime_ms, days, counters, rejected=None, supplies
     c = device.meter.c
     cfg = {"applied": device.config_version}
     if rejected:
-        cfg["rejected"] = {"version": rejected[0], "reason": rejected[1]}
+        cfg["rejected"] = {"version": rejected[0], "reason": protocol.cut(rejected[1])}
     body = {
         "seq": seq, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
         "counters": counters, "days": days, "events": device.outbox.events, "config": cfg,

@@ -5,7 +5,7 @@ from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from app import http, sync, wallclock
+from app import http, protocol, sync, wallclock
 from app.signing import signature
 
 _TIMEOUT_MS = const(10000)  # a reply later than this is a failure; retried with backoff
@@ -21,7 +21,7 @@ class Syncer:
         self.key = bytes.fromhex(prov["key"])
         self.url = prov["cloud_url"]
         self.ntp = prov.get("ntp", "pool.ntp.org")
-        self.path = http.parse_url(self.url)[3] + "/v1/devices/%s/report" % self.id
+        self.path = http.parse_url(self.url)[3] + protocol.REPORT_PATH % self.id
         self.link = link
         self.ssl = ssl
         self.timeout_ms = _TIMEOUT_MS
@@ -59,7 +59,7 @@ class Syncer:
         try:
             await self.link.up()
             await self._clock()
-            seq = sync.seq_for(device.meter.c.boots, self.n)
+            seq = protocol.seq(device.meter.c.boots, self.n)
             self.n += 1
             days = device.days.buckets()
             now_usage = sync.usage(device)
@@ -72,8 +72,8 @@ class Syncer:
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
             status, retry_after, reply = await http.post(
-                self.url, self.path, {"X-Brewmeter-Seq": seq, "X-Brewmeter-Signature": sig},
-                body, self.timeout_ms, self.ssl, sync.MAX_REPLY)
+                self.url, self.path, {protocol.SEQ_HEADER: seq, protocol.SIG_HEADER: sig},
+                body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)

@@ -1,0 +1,165 @@
+# The protocol between a device and the cloud (version 1, docs/protocol.yaml) in one place:
+# the firmware and the cloud (host/brewmeter/cloud) both import it, so neither keeps its own
+# copy of a limit, a name, a format or a rule. Pure, and small: the device loads it.
+from micropython import const
+
+VERSION = const(1)
+
+# Paths (% device id) and headers.
+REPORT_PATH = "/v1/devices/%s/report"
+HEALTH_PATH = "/v1/health"
+SEQ_HEADER = "X-Brewmeter-Seq"
+SIG_HEADER = "X-Brewmeter-Signature"
+
+# Limits. A report: body, counter fields (after flattening one level), day buckets, events,
+# open orders, supplies; integers in [0, MAX_INT]; field names of NAME_CHARS, 1..MAX_NAME.
+MAX_BODY = const(16384)
+MAX_FIELDS = const(128)
+MAX_DAYS = const(64)  # the device pages older buckets into the following reports
+MAX_EVENTS = const(64)
+MAX_ORDERS = const(16)
+MAX_SUPPLIES = const(16)
+MAX_NAME = const(32)
+MAX_FW = const(32)  # the firmware version string
+MAX_TEXT = const(200)  # any reason or message the device sends (config rejection, fault detail)
+MAX_INT = 9007199254740991  # 2**53 - 1: what every JSON parser reads exactly
+CLOCK_MIN = const(946684800)  # 2000-01-01: an earlier clock was never set
+DAY_AHEAD = const(1)  # a bucket dated further ahead of the cloud's day is not billed
+# A reply: body, status or header line, header count. The cloud keeps every reply within
+# them (desired settings are checked against SCHEMA, so they stay far below MAX_REPLY).
+MAX_REPLY = const(4096)
+MAX_LINE = const(512)
+MAX_HEADERS = const(32)
+MAX_KINDS = const(4)  # brew kinds a per-kind setting may name (a board's pump inputs)
+
+# Day buckets (a report's `days`), one of: {"day": D, ...} usage on UTC day D (days since
+# 1970); {"boot": b, "at_ms": t, ...} usage while the clock was unknown, from uptime t of boot
+# b; {"fold": f, "last": D, ...} older buckets the device could not keep apart (offline past
+# its history), folded into one, f unique per device, D the newest day in it (0: none known):
+# the cloud places it on D (else the day it arrives) and marks it estimated. The other
+# fields are usage counts ("brews_total", ...), absolute: the cloud keeps each one's maximum.
+BUCKET_KEYS = ("day", "boot", "at_ms", "fold", "last")
+
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+# Sequence numbers: seq = era * SEQ_PER_BOOT + n, n counting this boot's reports. The era is
+# the boot counter plus a floor offset the device keeps in flash, raised after a 409 to pass
+# the cloud's highest seq (the device lost its state): seqs grow across reboots, no write.
+SEQ_PER_BOOT = const(1 << 20)
+
+
+def seq(era, n):
+    return era * SEQ_PER_BOOT + n
+
+
+def era_after(s):
+    """The first era whose seqs are all above seq `s`."""
+    return s // SEQ_PER_BOOT + 1
+
+
+def message(method, path, s, body):
+    """What X-Brewmeter-Signature signs: HMAC-SHA256(key, message), lowercase hex."""
+    return b"%s\n%s\n%d\n" % (method.encode(), path.encode(), s) + body
+
+
+# Orders: one per consumable and depletion cycle, id "<item>-<cycle>". Statuses: "requested"
+# until the cloud answers, then the cloud's word; "unknown": the cloud never received it.
+# (The order of STATUSES is stored on the device: append only.)
+OPEN = ("requested", "placed", "needs_approval", "shipped")
+STATUSES = OPEN + ("declined", "delivered")
+UNKNOWN = "unknown"
+
+
+def order_id(item, cycle):
+    return "%s-%d" % (item, cycle)
+
+
+def parse_order(s):
+    """(item, cycle) of order id `s` ("[a-z]{1,32}-[0-9]{1,15}"), or None."""
+    if not isinstance(s, str):
+        return None
+    item, _, n = s.partition("-")
+    if not (0 < len(item) <= MAX_NAME and 0 < len(n) <= 15 and n.isdigit()
+            and all("a" <= ch <= "z" for ch in item)):
+        return None
+    return item, int(n)
+
+
+def is_name(s):
+    return isinstance(s, str) and 0 < len(s) <= MAX_NAME and all(ch in NAME_CHARS for ch in s)
+
+
+def cut(text):
+    """`text` within MAX_TEXT characters, as every reason and message the device sends."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."
+
+
+# The settings the owner and the maker may change (remote configuration from the cloud, or
+# `config set` on the service console): name: (minimum, maximum, default), all integers.
+SCHEMA = {
+    # Billing is by day and orders raise their own report, so usage can wait: two hours of
+    # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
+    "sync_interval_s": (300, 86400, 86400),  # report at least this often, even with no usage
+    "report_delay_s": (5, 14400, 7200),  # after usage, wait this long to batch more into one
+    "backoff_max_s": (60, 86400, 3600),  # the longest wait between failed attempts
+    # Consumables (app/supplies.py). Coffee comes in packs of coffee_pack units (pods, or
+    # grams of beans); a brew of each kind uses coffee_use.KIND units.
+    "coffee_pack": (1, 100000, 100),
+    "water_hardness_dh": (1, 40, 10),  # German degrees; the filter and descaling follow it
+    "descale_ldh": (100, 100000, 1500),  # litres x degrees between descales (150 L at 10)
+    "tablets_pack": (1, 1000, 10),  # cleaning tablets per pack ...
+    "clean_brews": (10, 10000, 200),  # ... one every this many brews
+    # Orders (app/orders.py): the owner's rules, kept by the device even offline (and by
+    # the cloud, from the desired config).
+    "lead_days": (1, 60, 5),  # order when the forecast says it runs out sooner than this
+    "auto_coffee": (0, 1, 1),  # auto-order, per consumable
+    "auto_filter": (0, 1, 1),
+    "auto_descaler": (0, 1, 1),
+    "auto_tablets": (0, 1, 1),
+    "ask_first": (0, 1, 0),  # 1: every order waits for the owner's approval in the cloud
+    "orders_month": (0, 100, 6),  # at most this many orders per calendar month (UTC)
+    "long_brew_pct": (120, 1000, 200),  # a brew this % of its kind's usual time is a fault
+}
+# Settings that hold a number per brew kind, as {"kind": n}: (minimum, maximum).
+PER_KIND = {"coffee_use": (0, 1000)}
+
+
+def setting(settings, name):
+    v = settings.get(name)
+    return SCHEMA[name][2] if v is None else v
+
+
+def _int_in(v, lo, hi):
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _short(v):
+    # repr of a value, bounded: a reason must fit MAX_TEXT whatever it quotes
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def check_settings(settings, kinds=None):
+    """None if `settings` (a dict) is acceptable, else the reason it is not (at most
+    MAX_TEXT characters). `kinds`: the board's brew kinds, which per-kind settings may name
+    (None: any MAX_KINDS names)."""
+    if not isinstance(settings, dict):
+        return "settings must be an object"
+    for k, v in settings.items():
+        if k in PER_KIND:
+            lo, hi = PER_KIND[k]
+            if not isinstance(v, dict) or len(v) > MAX_KINDS:
+                return "%s must be an object of at most %d kind: number" % (k, MAX_KINDS)
+            for kind, n in v.items():
+                if not is_name(kind) or (kinds is not None and kind not in kinds):
+                    return "%s: no brew kind %s" % (k, _short(kind))
+                if not _int_in(n, lo, hi):
+                    return "%s.%s must be an integer in %d..%d, got %s" % (
+                        k, kind, lo, hi, _short(n))
+            continue
+        if k not in SCHEMA:
+            return "unknown setting %s" % _short(k)
+        lo, hi, _ = SCHEMA[k]
+        if not _int_in(v, lo, hi):
+            return "%s must be an integer in %d..%d, got %s" % (k, lo, hi, _short(v))
+    return None
