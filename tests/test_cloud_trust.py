@@ -137,3 +137,55 @@ async def test_409_then_a_device_that_goes_backwards_is_flagged(cloud, http):
     flags = (await get(http, cloud, f"/v1/devices/{DEV}"))["flags"]
     assert [(f["kind"], f["reported"], f["conflict_seq"]) for f in flags] == \
         [("seq_backwards", 5, 20)]
+
+
+# -- the owner's rules on orders ---------------------------------------------------------------
+
+def order(eid: int, item: str, cycle: int, ask: int = 0) -> dict[str, Any]:
+    return {"id": eid, "kind": "order_requested", "order": f"{item}-{cycle}", "item": item,
+            "cycle": cycle, "ask": ask, "pct": 9, "days": 2, "wall": 1773144000}
+
+
+async def orders_now(http, cloud) -> dict[str, tuple[str, str | None]]:
+    out = await get(http, cloud, f"/v1/devices/{DEV}/orders")
+    return {o["order"]: (o["status"], o["reason"]) for o in out["orders"]}
+
+
+async def test_cloud_enforces_the_owners_rules(cloud, http):
+    """Repro: one signed report placed 64 orders for an item in no catalogue, although the
+    owner's desired config said ask_first=1, orders_month=1."""
+    async with http.put(f"/v1/admin/devices/{DEV}/config", headers=cloud.admin_headers,
+                        json={"settings": {"ask_first": 1, "orders_month": 1,
+                                           "auto_descaler": 0}}) as r:
+        assert r.status == 200
+    events = [order(i, "gold", i) for i in range(1, 60)]
+    events += [order(60, "coffee", 2), order(61, "coffee", 3), order(62, "filter", 1),
+               order(63, "descaler", 4), order(64, "tablets", 7)]
+    report = rep(1, 3, events=events, config={"applied": 0})
+    report["supplies"] = {"coffee": {"cycle": 3, "pct": 9}, "filter": {"cycle": 1},
+                          "descaler": {"cycle": 4}}
+    status, reply = await post(http, report)
+    assert status == 200 and len(reply["ack"]) == 64  # acked: the device does not resend
+    got = await orders_now(http, cloud)
+    assert len(got) == 64
+    assert {st for o, (st, _) in got.items() if o.startswith("gold-")} == {"declined"}
+    assert "not in the catalogue" in got["gold-1"][1]
+    # The device said ask=0; the owner said ask first: it waits for approval.
+    assert got["coffee-3"] == ("needs_approval", None)
+    assert got["coffee-2"][0] == "declined" and "current cycle (3)" in got["coffee-2"][1]
+    assert got["filter-1"][0] == "declined" and "1 orders a month" in got["filter-1"][1]
+    assert got["descaler-4"][0] == "declined" and "by hand" in got["descaler-4"][1]
+    assert got["tablets-7"][0] == "declined" and "no cycle" in got["tablets-7"][1]
+    assert [o for o, (st, _) in got.items() if st != "declined"] == ["coffee-3"]
+    # Next month the cap allows one more.
+    cloud.ledger.now.t += 31 * 86400  # type: ignore[attr-defined]
+    report = rep(2, 4, events=[order(65, "filter", 2)], config={"applied": 0})
+    report["supplies"] = {"filter": {"cycle": 2}}
+    assert (await post(http, report))[0] == 200
+    assert (await orders_now(http, cloud))["filter-2"] == ("needs_approval", None)
+
+
+async def test_an_order_id_that_is_not_its_item_and_cycle_is_400(cloud, http):
+    bad = {**order(1, "coffee", 3), "order": "coffee-4"}
+    status, err = await post(http, rep(1, 1, events=[bad]))
+    assert status == 400 and "coffee-3" in err["error"]

@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS orders (
     device TEXT NOT NULL, id TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL,
     ask INTEGER NOT NULL, status TEXT NOT NULL, requested_at REAL NOT NULL, placed_at REAL,
     declined_at REAL, ship_at REAL, deliver_at REAL,
+    reason TEXT,                 -- why the cloud declined it (the owner's rules, the catalogue)
     PRIMARY KEY (device, id)) WITHOUT ROWID;
 -- Consumables' levels (field: cycle, pct or days), each from the newest report that carried it.
 CREATE TABLE IF NOT EXISTS supplies (
@@ -104,9 +105,9 @@ CREATE TABLE IF NOT EXISTS refills (
     PRIMARY KEY (device, item)) WITHOUT ROWID;
 """
 # Columns added since the first ledger files were written: (table, column, declaration).
-ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"),)
+ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"), ("orders", "reason", "TEXT"))
 ORDER_COLS = ("id, item, cycle, ask, status, requested_at, placed_at, declined_at, ship_at, "
-              "deliver_at")
+              "deliver_at, reason")
 
 
 # Counter-name prefix -> the counter whose growth restarts them (see _counters).
@@ -187,8 +188,8 @@ def _iso(t: float | None) -> str | None:
 
 def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
     """An orders row (ORDER_COLS) as the query API shows it at `now`."""
-    oid, item, cycle, ask, st, requested, placed, declined, ship, deliver = row
-    return {"order": oid, "item": item, "cycle": cycle,
+    oid, item, cycle, ask, st, requested, placed, declined, ship, deliver, reason = row
+    return {"order": oid, "item": item, "cycle": cycle, "reason": reason,
             "status": merchant.status(st, ship, deliver, now), "ask": bool(ask),
             "requested_at": _iso(requested), "placed_at": _iso(placed),
             "shipped_at": _iso(ship) if st == "placed" and ship <= now else None,
@@ -356,7 +357,7 @@ class Ledger:
         self._counters(db, dev, r, newest, now)
         self._days(db, dev, r, max_boot, now)
         self._events(db, dev, r, now)
-        self._new_orders(db, dev, r, now)
+        self._new_orders(db, dev, r, now, ds)
         self._supplies(db, dev, r)
         if newest:
             last_seq, applied = r.seq, r.applied
@@ -456,17 +457,36 @@ class Ledger:
                     self._flag(db, dev, "event_conflict", str(ev["id"]), r.seq, now,
                                {"stored": json.loads(old), "reported": ev})
 
-    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
+    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float,
+                    desired: str) -> None:
         # Every order_requested event, even a repeat under a new event id (a reboot) or one
-        # whose event id clashed: the order id dedupes, and the first decision stands.
+        # whose event id clashed: the order id dedupes, and the first decision stands. It is
+        # decided by the owner's rules as the owner set them (the desired settings), not as
+        # the device says, against the cycle the device reported and the month's orders.
+        if not r.order_events:
+            return
+        rules = merchant.Rules.of(json.loads(desired))
+        month = datetime.fromtimestamp(now, UTC).date().replace(day=1)
+        since = datetime(month.year, month.month, 1, tzinfo=UTC).timestamp()
         for ev in r.order_events:
-            st = self.merchant.decide(ev["item"], ev["ask"])
+            item, cycle = ev["item"], ev["cycle"]
+            if db.execute("SELECT 1 FROM orders WHERE device=? AND id=?",
+                          (dev, ev["order"])).fetchone():
+                continue
+            current = r.supplies.get(item, {}).get("cycle")
+            if current is None:
+                row = db.execute("SELECT value FROM supplies WHERE device=? AND item=? AND "
+                                 "field='cycle'", (dev, item)).fetchone()
+                current = row and row[0]
+            (n,) = db.execute("SELECT count(*) FROM orders WHERE device=? AND "
+                              "status!='declined' AND requested_at>=?", (dev, since)).fetchone()
+            st, reason = self.merchant.decide(item, cycle, ev["ask"], rules, current, n)
             ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
             db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (dev, ev["order"], ev["item"], ev["cycle"], ev["ask"], st, now,
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (dev, ev["order"], item, cycle, int(st == "needs_approval"), st, now,
                         now if st == "placed" else None, now if st == "declined" else None,
-                        ship, deliver))
+                        ship, deliver, reason))
 
     def _supplies(self, db: sqlite3.Connection, dev: str, r: Report) -> None:
         if not r.supplies:

@@ -6,5 +6,6 @@ from brewmeter import standins
 standins.install()  # firmware/ on sys.path, and the `micropython` module protocol.py uses
 
 from app import protocol  # noqa: E402
+from app.supplies import ITEMS  # noqa: E402 - the consumables: what the merchant sells
 
-__all__ = ["protocol"]
+__all__ = ["ITEMS", "protocol"]
