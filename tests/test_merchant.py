@@ -44,11 +44,16 @@ def order(eid: int, item: str = "coffee", cycle: int = 3, ask: int = 0) -> dict[
 def rep(seq: int, *, events: list[dict[str, Any]] | None = None,
         orders: dict[str, str] | None = None,
         supplies: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A report; unless `supplies` is given, it shows each ordered item in the order's cycle
+    (as the device does: the cloud places an order only for the cycle the device reports)."""
     body: dict[str, Any] = {"seq": seq, "boot": 5, "uptime_ms": 1000 * seq, "clock": 0,
                             "counters": {"brews_total": seq}, "events": events or []}
     if orders is not None:
         body["orders"] = orders
-    if supplies is not None:
+    if supplies is None:
+        supplies = {e["item"]: {"cycle": e["cycle"]} for e in events or ()
+                    if e["kind"] == "order_requested"}
+    if supplies:
         body["supplies"] = supplies
     return body
 
@@ -309,7 +314,8 @@ async def test_orders_over_http(cloud, http, clock):
     assert [(o["order"], o["status"]) for o in out["orders"]] == \
         [("coffee-3", "needs_approval"), ("descaler-0", "declined")]
     assert set(out["orders"][0]) == {"order", "item", "cycle", "status", "ask", "requested_at",
-                                     "placed_at", "shipped_at", "delivered_at", "declined_at"}
+                                     "placed_at", "shipped_at", "delivered_at", "declined_at",
+                                     "reason"}
 
     base = f"/v1/admin/devices/{DEV}/orders"
     assert (await admin(http, cloud, "POST", f"{base}/coffee-3/approve", headers={}))[0] == 401

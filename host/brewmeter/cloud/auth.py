@@ -11,9 +11,12 @@ import re
 import secrets
 from typing import Any
 
-SEQ_HEADER = "X-Brewmeter-Seq"
-SIG_HEADER = "X-Brewmeter-Signature"
+from brewmeter.cloud.shared import protocol as P
+
+SEQ_HEADER = P.SEQ_HEADER
+SIG_HEADER = P.SIG_HEADER
 KEY_BYTES = 32
+SEQ = re.compile(r"0|[1-9][0-9]{0,14}")  # the seq header's text: decimal, no leading zeros
 
 # Ids travel unescaped in URL paths and in the signed message: keep them to safe characters.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -39,21 +42,30 @@ def check_device_id(device_id: str) -> str:
 
 
 def report_path(device_id: str) -> str:
-    return f"/v1/devices/{device_id}/report"
+    return P.REPORT_PATH % device_id
 
 
 def message(method: str, path: str, seq: int | str, body: bytes) -> bytes:
-    """What is signed: METHOD \\n PATH \\n SEQ \\n BODY (PATH without query string)."""
-    return f"{method.upper()}\n{path}\n{seq}\n".encode() + body
+    """What is signed (the protocol's message): METHOD \\n PATH \\n SEQ \\n BODY, PATH without
+    query string."""
+    return P.message(method.upper(), path, int(seq), body)
 
 
 def sign(key: bytes, method: str, path: str, seq: int | str, body: bytes) -> str:
     return hmac.new(key, message(method, path, seq, body), hashlib.sha256).hexdigest()
 
 
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
 def verify(key: bytes, method: str, path: str, seq: str, body: bytes, signature: str) -> bool:
-    expected = sign(key, method, path, seq, body)
-    return hmac.compare_digest(expected, signature.strip().lower())
+    """Whether `signature` is this request's. Anything that is not 64 hex digits (other
+    characters, non-ASCII, the wrong length; a seq header that is no decimal seq) is not
+    a match either."""
+    got = signature.strip().lower()
+    if not SIGNATURE.fullmatch(got) or not SEQ.fullmatch(seq):
+        return False
+    return hmac.compare_digest(sign(key, method, path, seq, body).encode(), got.encode())
 
 
 def encode_report(report: dict[str, Any]) -> bytes:

@@ -27,6 +27,10 @@ from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import Report, parse_report, unflatten
 
 DAY_MS = 86_400_000
+# The cloud keeps the body hash of a device's last SEQ_KEEP seqs; below that floor a seq can
+# no longer be told a retry from a replay, so it is refused (409, like a replay). Safe: a
+# device's later report carries the same cumulative counters, buckets and unacked events.
+SEQ_KEEP = 1024
 EPOCH = date(1970, 1, 1)
 
 SCHEMA = """
@@ -44,7 +48,8 @@ CREATE TABLE IF NOT EXISTS devices (
     applied_version INTEGER,
     rejected_version INTEGER,
     rejected_reason TEXT,
-    plan TEXT
+    plan TEXT,
+    conflict_seq INTEGER         -- the highest seq when a report last got 409 (lost state?)
 );
 -- One row per accepted (device, seq): the body's hash tells a retry from a replay.
 CREATE TABLE IF NOT EXISTS reports (
@@ -86,6 +91,7 @@ CREATE TABLE IF NOT EXISTS orders (
     device TEXT NOT NULL, id TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL,
     ask INTEGER NOT NULL, status TEXT NOT NULL, requested_at REAL NOT NULL, placed_at REAL,
     declined_at REAL, ship_at REAL, deliver_at REAL,
+    reason TEXT,                 -- why the cloud declined it (the owner's rules, the catalogue)
     PRIMARY KEY (device, id)) WITHOUT ROWID;
 -- Consumables' levels (field: cycle, pct or days), each from the newest report that carried it.
 CREATE TABLE IF NOT EXISTS supplies (
@@ -98,8 +104,10 @@ CREATE TABLE IF NOT EXISTS refills (
     device TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (device, item)) WITHOUT ROWID;
 """
+# Columns added since the first ledger files were written: (table, column, declaration).
+ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"), ("orders", "reason", "TEXT"))
 ORDER_COLS = ("id, item, cycle, ask, status, requested_at, placed_at, declined_at, ship_at, "
-              "deliver_at")
+              "deliver_at, reason")
 
 
 # Counter-name prefix -> the counter whose growth restarts them (see _counters).
@@ -118,16 +126,27 @@ class UnknownOrder(LookupError):
     pass
 
 
+def is_busy(e: BaseException) -> bool:
+    """Whether `e` is SQLite saying the database is locked by someone else (try later)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(e, sqlite3.OperationalError) and code is not None and (
+        code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
+
+
 class StateConflict(Exception):
     """The request does not fit the order's or the item's state (HTTP 409)."""
 
 
 class SeqConflict(Exception):
-    """A seq already accepted with a different body (HTTP 409)."""
+    """A seq already accepted with a different body, or one so far below the highest that
+    its hash is pruned (HTTP 409): the reply's `seq` is the highest accepted."""
 
-    def __init__(self, seq: int, highest: int) -> None:
-        super().__init__(f"seq {seq} was already accepted with a different body")
-        self.highest = highest
+    def __init__(self, seq: int, highest: int, pruned: bool = False) -> None:
+        super().__init__(
+            f"seq {seq} is more than {SEQ_KEEP} below the highest accepted ({highest}): "
+            "continue above it" if pruned else
+            f"seq {seq} was already accepted with a different body")
+        self.seq, self.highest = seq, highest
 
 
 @dataclass(slots=True)
@@ -169,8 +188,8 @@ def _iso(t: float | None) -> str | None:
 
 def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
     """An orders row (ORDER_COLS) as the query API shows it at `now`."""
-    oid, item, cycle, ask, st, requested, placed, declined, ship, deliver = row
-    return {"order": oid, "item": item, "cycle": cycle,
+    oid, item, cycle, ask, st, requested, placed, declined, ship, deliver, reason = row
+    return {"order": oid, "item": item, "cycle": cycle, "reason": reason,
             "status": merchant.status(st, ship, deliver, now), "ask": bool(ask),
             "requested_at": _iso(requested), "placed_at": _iso(placed),
             "shipped_at": _iso(ship) if st == "placed" and ship <= now else None,
@@ -180,12 +199,16 @@ def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
 
 class Ledger:
     def __init__(self, path: str | Path = ":memory:", *, synchronous: str = "FULL",
-                 now: Callable[[], float] = time.time, merchant: Merchant | None = None) -> None:
+                 now: Callable[[], float] = time.time, merchant: Merchant | None = None,
+                 busy_timeout_s: float = 1.0) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous: FULL, NORMAL or EXTRA")
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.now = now
+        # How long a write waits for a database another process holds, before it gives up
+        # (the server then answers 503 with Retry-After: the device tries again later).
+        self.busy_timeout_s = busy_timeout_s
         self.merchant = merchant or Merchant()
         self._lock = threading.RLock()
         self._keys: dict[str, bytes] = {}
@@ -197,10 +220,14 @@ class Ledger:
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the
         # module's implicit ones. check_same_thread=False: the server calls from its worker
         # thread; the lock serializes every call.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=self.busy_timeout_s)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.executescript(SCHEMA)
+        for table, col, decl in ADDED_COLUMNS:  # a ledger file from before they existed
+            if col not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
         self._keys = {i: bytes.fromhex(k) for i, k in db.execute("SELECT id, key FROM devices")}
         return db
 
@@ -218,14 +245,17 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. If the body or the COMMIT fails, it is rolled back (a
+        failed COMMIT leaves SQLite's transaction open) and the error raised: nothing stays."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")  # waits busy_timeout_s, then raises Busy
             try:
                 yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     # -- provisioning and admin ----------------------------------------------------------------
 
@@ -292,29 +322,42 @@ class Ledger:
                 except Exception as e:
                     db.execute("ROLLBACK TO report")
                     results.append(e)
+                    if isinstance(e, SeqConflict):  # remembered, to flag what follows
+                        db.execute("UPDATE devices SET conflict_seq=? WHERE id=?",
+                                   (e.highest, device_id))
                 db.execute("RELEASE report")
         return results
 
     def _apply(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> Reply:
         row = db.execute("SELECT last_seq, max_boot, desired_version, desired_settings, "
-                         "applied_version, rejected_version, "
+                         "applied_version, rejected_version, conflict_seq, "
                          "(SELECT digest FROM reports WHERE device=id AND seq=?) "
                          "FROM devices WHERE id=?", (r.seq, dev)).fetchone()
         if row is None:
             raise UnknownDevice(dev)
-        last_seq, max_boot, dv, ds, applied, rejected, prev = row
+        last_seq, max_boot, dv, ds, applied, rejected, conflict_seq, prev = row
         if prev is not None:
             if prev != r.digest:
                 raise SeqConflict(r.seq, last_seq)
             return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected,
                                duplicate=True)
+        if last_seq is not None and r.seq <= last_seq - SEQ_KEEP:
+            raise SeqConflict(r.seq, last_seq, pruned=True)
+        if conflict_seq is not None and r.seq <= conflict_seq:
+            # After a 409 the device should go on above the reply's seq: one that goes on
+            # below it (it lost its state and ignores the reply) is taken as sending old
+            # reports, so its current state would not show. Flagged for the operator.
+            self._flag(db, dev, "seq_backwards", "seq", r.seq, now,
+                       {"conflict_seq": conflict_seq, "reported": r.seq})
         db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
                    (dev, r.seq, r.digest, now))
         newest = last_seq is None or r.seq > last_seq
+        if newest:  # prune the hashes below the floor
+            db.execute("DELETE FROM reports WHERE device=? AND seq<=?", (dev, r.seq - SEQ_KEEP))
         self._counters(db, dev, r, newest, now)
         self._days(db, dev, r, max_boot, now)
         self._events(db, dev, r, now)
-        self._new_orders(db, dev, r, now)
+        self._new_orders(db, dev, r, now, ds)
         self._supplies(db, dev, r)
         if newest:
             last_seq, applied = r.seq, r.applied
@@ -414,17 +457,36 @@ class Ledger:
                     self._flag(db, dev, "event_conflict", str(ev["id"]), r.seq, now,
                                {"stored": json.loads(old), "reported": ev})
 
-    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
+    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float,
+                    desired: str) -> None:
         # Every order_requested event, even a repeat under a new event id (a reboot) or one
-        # whose event id clashed: the order id dedupes, and the first decision stands.
+        # whose event id clashed: the order id dedupes, and the first decision stands. It is
+        # decided by the owner's rules as the owner set them (the desired settings), not as
+        # the device says, against the cycle the device reported and the month's orders.
+        if not r.order_events:
+            return
+        rules = merchant.Rules.of(json.loads(desired))
+        month = datetime.fromtimestamp(now, UTC).date().replace(day=1)
+        since = datetime(month.year, month.month, 1, tzinfo=UTC).timestamp()
         for ev in r.order_events:
-            st = self.merchant.decide(ev["item"], ev["ask"])
+            item, cycle = ev["item"], ev["cycle"]
+            if db.execute("SELECT 1 FROM orders WHERE device=? AND id=?",
+                          (dev, ev["order"])).fetchone():
+                continue
+            current = r.supplies.get(item, {}).get("cycle")
+            if current is None:
+                row = db.execute("SELECT value FROM supplies WHERE device=? AND item=? AND "
+                                 "field='cycle'", (dev, item)).fetchone()
+                current = row and row[0]
+            (n,) = db.execute("SELECT count(*) FROM orders WHERE device=? AND "
+                              "status!='declined' AND requested_at>=?", (dev, since)).fetchone()
+            st, reason = self.merchant.decide(item, cycle, ev["ask"], rules, current, n)
             ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
             db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (dev, ev["order"], ev["item"], ev["cycle"], ev["ask"], st, now,
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (dev, ev["order"], item, cycle, int(st == "needs_approval"), st, now,
                         now if st == "placed" else None, now if st == "declined" else None,
-                        ship, deliver))
+                        ship, deliver, reason))
 
     def _supplies(self, db: sqlite3.Connection, dev: str, r: Report) -> None:
         if not r.supplies:

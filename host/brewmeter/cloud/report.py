@@ -9,19 +9,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_BODY = 16 * 1024
-MAX_FIELDS = 128  # counters (or one bucket's fields) after flattening
-MAX_DAYS = 64
-MAX_EVENTS = 64
-MAX_ORDERS = 16  # the report's open orders
-MAX_SUPPLIES = 16
-MAX_INT = 2**53 - 1  # what every JSON parser reads exactly
-CLOCK_MIN = 946_684_800  # 2000-01-01: anything earlier is a clock that was never set
-MAX_DAY = 200_000  # year 2517
+from brewmeter.cloud.auth import SEQ
+from brewmeter.cloud.shared import protocol as P
 
-NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-SEQ = re.compile(r"0|[1-9][0-9]{0,14}")
-ORDER = re.compile(r"[a-z]{1,32}-[0-9]{1,15}")  # "<item>-<cycle>"
+MAX_BODY = P.MAX_BODY
+MAX_FIELDS = P.MAX_FIELDS  # counters (or one bucket's fields) after flattening
+MAX_DAYS = P.MAX_DAYS
+MAX_EVENTS = P.MAX_EVENTS
+MAX_ORDERS = P.MAX_ORDERS  # the report's open orders
+MAX_SUPPLIES = P.MAX_SUPPLIES
+MAX_INT = P.MAX_INT  # what every JSON parser reads exactly
+CLOCK_MIN = P.CLOCK_MIN  # 2000-01-01: anything earlier is a clock that was never set
+MAX_DAY = 200_000  # year 2517: a day number no parser trips on (the ledger bills at most
+# protocol.DAY_AHEAD days past its own clock: see Ledger._days)
+
+NAME = re.compile(f"[{re.escape(P.NAME_CHARS)}]{{1,{P.MAX_NAME}}}")
 SUPPLY_FIELDS = {"cycle": MAX_INT, "pct": 100, "days": MAX_INT}  # field -> maximum
 
 
@@ -31,12 +33,15 @@ class BadReport(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Usage during one day (`day` set) or, while the clock was unknown, since `at_ms` of
-    boot `boot` (`day` None). Fields are flattened: {"brews": {"lungo": 1}} -> "brews.lungo"."""
+    """Usage during one day (`day` set); or, while the clock was unknown, since `at_ms` of
+    boot `boot`; or older buckets the device folded into one (`fold` set, `day` then the
+    newest day in it, or None). Fields are flattened: {"brews": {"lungo": 1}} ->
+    "brews.lungo"."""
     day: int | None
     boot: int | None
     at_ms: int | None
     fields: dict[str, int]
+    fold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +128,10 @@ def _bucket(b: Any, i: int, boot: int, uptime_ms: int) -> Bucket:
     what = f"days[{i}]"
     if not isinstance(b, dict):
         raise BadReport(f"{what}: expected an object")
-    fields = flatten(b, what, skip=("day", "boot", "at_ms"))
+    fields = flatten(b, what, skip=P.BUCKET_KEYS)
+    if "fold" in b:  # older buckets folded into one: placed on `last` (0: unknown), estimated
+        last = _int(b.get("last", 0), f"{what}.last", 0, MAX_DAY)
+        return Bucket(last or None, None, None, fields, _int(b["fold"], f"{what}.fold"))
     if "day" in b:  # dated: boot/at_ms, if also sent, are only informative
         return Bucket(_int(b["day"], f"{what}.day", 0, MAX_DAY), None, None, fields)
     if "boot" not in b or "at_ms" not in b:
@@ -141,17 +149,20 @@ def _event(e: Any, i: int) -> dict[str, Any]:
     if not isinstance(kind, str) or not NAME.fullmatch(kind):
         raise BadReport(f"events[{i}].kind: expected a name, got {kind!r}")
     if kind == "order_requested":
-        _order_id(e.get("order"), f"events[{i}].order")
+        oid = _order_id(e.get("order"), f"events[{i}].order")
         item = e.get("item")
         if not isinstance(item, str) or not NAME.fullmatch(item):
             raise BadReport(f"events[{i}].item: expected a name, got {item!r}")
-        _int(e.get("cycle"), f"events[{i}].cycle")
+        cycle = _int(e.get("cycle"), f"events[{i}].cycle")
         _int(e.get("ask"), f"events[{i}].ask", 0, 1)
+        if oid != P.order_id(item, cycle):  # one order per item and cycle: the id says which
+            raise BadReport(f"events[{i}].order: {oid} is not {P.order_id(item, cycle)!r}, "
+                            "the order id of its item and cycle")
     return e
 
 
 def _order_id(o: Any, what: str) -> str:
-    if not isinstance(o, str) or not ORDER.fullmatch(o):
+    if P.parse_order(o) is None:
         raise BadReport(f"{what}: expected an order id like coffee-3, got {o!r}")
     return o
 
@@ -191,8 +202,9 @@ def _config(c: Any) -> tuple[int | None, tuple[int, str] | None]:
     if not isinstance(rej, dict):
         raise BadReport("config.rejected: expected an object")
     reason = rej.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 200:
-        raise BadReport("config.rejected.reason: expected a string of at most 200 characters")
+    if not isinstance(reason, str) or len(reason) > P.MAX_TEXT:
+        raise BadReport(f"config.rejected.reason: expected a string of at most {P.MAX_TEXT} "
+                        "characters")
     return applied, (_int(rej.get("version"), "config.rejected.version", 1), reason)
 
 
@@ -217,8 +229,8 @@ def parse_report(body: bytes, seq_header: str | None = None) -> Report:
     if seq_header is not None and parse_seq(seq_header) != seq:
         raise BadReport(f"seq {seq} differs from X-Brewmeter-Seq {seq_header}")
     fw = d.get("fw")
-    if fw is not None and (not isinstance(fw, str) or len(fw) > 32):
-        raise BadReport("fw: expected a string of at most 32 characters")
+    if fw is not None and (not isinstance(fw, str) or len(fw) > P.MAX_FW):
+        raise BadReport(f"fw: expected a string of at most {P.MAX_FW} characters")
     boot = _int(d.get("boot"), "boot")
     uptime_ms = _int(d.get("uptime_ms"), "uptime_ms")
     clock = _int(d.get("clock"), "clock")

@@ -34,6 +34,7 @@ from brewmeter.cloud.ledger import (
     StateConflict,
     UnknownDevice,
     UnknownOrder,
+    is_busy,
 )
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import MAX_BODY, NAME, BadReport, Report, parse_report
@@ -263,7 +264,9 @@ async def report(request: web.Request) -> web.StreamResponse:
         return _error(409, str(e), seq=e.highest)
     except UnknownDevice:
         return _error(401, "unknown device")
-    except Exception:
+    except Exception as e:
+        if is_busy(e):
+            raise  # the middleware's 503
         log.exception("report from %s failed", dev)
         return _error(500, "internal error: nothing of this report was stored")
 
@@ -394,11 +397,28 @@ async def get_invoice(request: web.Request) -> web.Response:
         raise _Fail(409, str(e)) from None
 
 
+BUSY_RETRY_S = 2
+
+
+@web.middleware
+async def busy_is_503(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    """A ledger locked by another process (SQLite busy past the ledger's busy timeout) is
+    a 503 with Retry-After, never a 500: nothing was stored, and trying later will work."""
+    try:
+        return await handler(request)
+    except Exception as e:
+        if not is_busy(e):
+            raise
+        log.warning("ledger busy: %s %s answered 503", request.method, request.path)
+        return _error(503, "the ledger is busy: nothing was stored, try again later",
+                      headers={"Retry-After": str(BUSY_RETRY_S)})
+
+
 def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None) -> web.Application:
     """The cloud's aiohttp app over `ledger` (which the caller keeps and closes)."""
     if not admin_token:
         raise ValueError("an admin token is required")
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[busy_is_503])
     app[LEDGER] = ledger
     app[WORKER] = worker = Worker(ledger)
     app[ADMIN_TOKEN] = admin_token
