@@ -10,6 +10,7 @@ from app.signing import signature
 
 _TIMEOUT_MS = const(10000)  # a reply later than this is a failure; retried with backoff
 _NTP_RETRY_MS = const(60000)
+_NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
 
 
 class Syncer:
@@ -20,7 +21,7 @@ class Syncer:
         self.id = prov["device_id"]
         self.key = bytes.fromhex(prov["key"])
         self.url = prov["cloud_url"]
-        self.ntp = prov.get("ntp", "pool.ntp.org")
+        self.ntp = prov.get("ntp", "pool.ntp.org")  # "": none (the clock is set otherwise)
         self.path = http.parse_url(self.url)[3] + protocol.REPORT_PATH % self.id
         self.link = link
         self.ssl = ssl
@@ -43,13 +44,14 @@ class Syncer:
 
     async def _clock(self):
         now = ticks_ms()
-        if wallclock.synced or (self._ntp_tried is not None
-                                and ticks_diff(now, self._ntp_tried) < _NTP_RETRY_MS):
+        if not self.ntp or self._ntp_tried is not None and ticks_diff(now, self._ntp_tried) < (
+                _NTP_EVERY_MS if wallclock.synced else _NTP_RETRY_MS):
             return
         self._ntp_tried = now
         host, _, port = self.ntp.partition(":")
         try:
-            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)))
+            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)),
+                               wallclock.STEP_MAX)
         except (OSError, ValueError):
             pass  # reports carry uptime until it works; the cloud places them later
 
@@ -76,6 +78,7 @@ class Syncer:
                 self.url, self.path, {protocol.SEQ_HEADER: seq, protocol.SIG_HEADER: sig},
                 body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
+                wallclock.cross_check(wallclock.http_date(http.date))
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)
                 self.acked, self.acked_sup = now_usage, sup
