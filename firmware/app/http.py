@@ -5,7 +5,6 @@ import asyncio
 
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
-
 date = b""  # the Date header of the last reply (app.wallclock.cross_check)
 
 
