@@ -53,6 +53,7 @@ class Device:
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
+        self.pin_fails = [0, 0]  # wrong PINs since the last lock, locks since a right PIN
         self.seq_era = 0  # added to the boot count in seqs (app/protocol.py); raised by a 409
         # Loaded after the counts and saved together in /state/sup (app/supplystore.py):
         self.supplies = None  # consumables' cycles and orders (app/supplies.py)
@@ -76,6 +77,7 @@ class Device:
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
         self.service_lock = saved.get("lock", 0)
+        self.pin_fails = saved.get("pin") or [0, 0]
         self.seq_era = saved.get("sq", 0)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
@@ -131,7 +133,7 @@ class Device:
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock, "sq": self.seq_era}
+             "lock": self.service_lock, "pin": self.pin_fails, "sq": self.seq_era}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -154,9 +156,12 @@ class Device:
         self.seq_era = era - self.meter.c.boots
         self._save_state()
 
-    def set_service_lock(self, seconds):
-        """Lock (or unlock, 0) service actions; saved so a reboot does not lift it."""
+    def set_service_lock(self, seconds, fails=None):
+        """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts
+        (service.PinGuard); saved so a reboot does not lift or reset them."""
         self.service_lock = seconds
+        if fails is not None:
+            self.pin_fails = fails
         self._save_state()
 
     def ack(self, ids):

@@ -21,6 +21,8 @@ class Syncer:
         self.id = prov["device_id"]
         self.key = bytes.fromhex(prov["key"])
         self.url = prov["cloud_url"]
+        if not self.url.startswith("https://") and device.profile.board != "emulator":
+            raise ValueError("cloud_url must be https:// (plain http only on the emulator)")
         self.ntp = prov.get("ntp", "pool.ntp.org")  # "": none (the clock is set otherwise)
         self.path = http.parse_url(self.url)[3] + protocol.REPORT_PATH % self.id
         self.link = link
