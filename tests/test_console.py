@@ -130,7 +130,7 @@ def test_wrong_pins_count_across_reboots_and_each_lock_doubles(profile, tmp_path
     # The reproduction: 12 wrong PINs over 3 reboots never locked (the count was in
     # RAM). Now the count is saved with the lock.
     replies = []
-    for boot in range(3):
+    for _ in range(3):
         con = _console(profile, tmp_path)  # each a reboot: only the flash carries over
         replies += [con.feed(b"filter change --pin 000000\n", now=1000) for _ in range(4)]
     assert "locked for 300 s" in replies[4]  # the fifth wrong PIN, in the second boot
@@ -143,7 +143,7 @@ def test_wrong_pins_count_across_reboots_and_each_lock_doubles(profile, tmp_path
         for _ in range(4):
             assert "tries left" in con.feed(b"filter change --pin 000000\n", now=t)
         waits.append(con.feed(b"filter change --pin 000000\n", now=t))
-    assert ["locked for %d s" % s in w for s, w in zip((600, 1200, 2400, 4800), waits)] == [
+    assert ["locked for %d s" % s in w for s, w in zip((600, 1200, 2400, 4800), waits, strict=True)] == [
         True] * 4, waits
     t += 100_000_000
     assert "filter changed" in con.feed(b"filter change --pin 246810\n", now=t)

@@ -1,8 +1,8 @@
 # Service actions on the console, behind the service PIN provisioned with the device (a
 # string of 6-8 digits). Five wrong PINs lock them for five minutes, each further lock twice
 # the last (at most a day) until a right PIN; the wrong tries, the lock and the count of
-# locks are saved, so a reboot lifts nothing. Every action is recorded as an event (it reaches the cloud with the next sync). Pure:
-# the console passes `now` (ticks_ms) and `wall`.
+# locks are saved, so a reboot lifts nothing. Every action is recorded as an event (it
+# reaches the cloud with the next sync). Pure: the console passes `now` (ticks_ms), `wall`.
 from time import ticks_diff
 
 from micropython import const
@@ -20,8 +20,8 @@ def pin_ok(pin):
 
 
 def same(given, pin):
-    """given (None: no PIN given) == pin, in a time that depends only on the PIN's length, not on where (or
-    whether) they differ."""
+    """given (None: no PIN given) == pin, in a time that depends only on the PIN's length,
+    not on where (or whether) they differ."""
     a, b = (given or "").encode(), pin.encode()
     d = len(a) ^ len(b)
     for i in range(len(b)):
