@@ -320,22 +320,22 @@ async def test_invoice_needs_a_plan_and_valid_amounts(cloud, http):
 
 async def test_desired_config_round_trip(cloud, http):
     out = await put(http, cloud, f"/v1/admin/devices/{DEV}/config",
-                    {"settings": {"sync_s": 600}})
-    assert out == {"version": 1, "settings": {"sync_s": 600}}
+                    {"settings": {"sync_interval_s": 600}})
+    assert out == {"version": 1, "settings": {"sync_interval_s": 600}}
     _, reply = await post(http, rep(1, config={"applied": 0}))
-    assert reply["config"] == {"version": 1, "settings": {"sync_s": 600}}
+    assert reply["config"] == {"version": 1, "settings": {"sync_interval_s": 600}}
     _, reply = await post(http, rep(2, config={"applied": 1}))
     assert reply["config"] is None
-    await put(http, cloud, f"/v1/admin/devices/{DEV}/config", {"settings": {"sync_s": 1}})
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/config", {"settings": {"lead_days": 9}})
     _, reply = await post(http, rep(3, config={"applied": 1}))
     assert reply["config"]["version"] == 2
-    rejected = {"applied": 1, "rejected": {"version": 2, "reason": "sync_s below 60"}}
+    rejected = {"applied": 1, "rejected": {"version": 2, "reason": "flash full"}}
     _, reply = await post(http, rep(4, config=rejected))
     assert reply["config"] is None  # refused: not sent again
     dev = await get(http, cloud, f"/v1/devices/{DEV}")
-    assert dev["config"] == {"desired": {"version": 2, "settings": {"sync_s": 1}},
+    assert dev["config"] == {"desired": {"version": 2, "settings": {"lead_days": 9}},
                              "applied": 1,
-                             "rejected": {"version": 2, "reason": "sync_s below 60"}}
+                             "rejected": {"version": 2, "reason": "flash full"}}
 
 
 async def test_admin_endpoints_need_the_token(cloud, http):

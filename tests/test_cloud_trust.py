@@ -6,6 +6,7 @@ issue is a test here, over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from brewmeter.cloud import CloudServer, Ledger, auth
 from brewmeter.cloud.ledger import SEQ_KEEP, SeqConflict
+from brewmeter.cloud.shared import protocol
 from test_cloud import DEV, KEY, Clock, get, post, rep
 
 
@@ -189,3 +191,79 @@ async def test_an_order_id_that_is_not_its_item_and_cycle_is_400(cloud, http):
     bad = {**order(1, "coffee", 3), "order": "coffee-4"}
     status, err = await post(http, rep(1, 1, events=[bad]))
     assert status == 400 and "coffee-3" in err["error"]
+
+
+# -- desired settings the device could not take; bounded replies -------------------------------
+
+@pytest.mark.parametrize("settings, why", [
+    ({"s" * 250: 1}, "unknown setting"),      # repro: its rejection reason was too long
+    ({"lead_days": "x" * 5000}, "lead_days"),  # repro: a reply over the device's limit
+    ({"lead_days": 0}, "lead_days must be an integer in 1..60"),
+    ({"ask_first": True}, "ask_first"),
+    ({"coffee_use": {"espresso": 1, "lungo": 1, "a": 1, "b": 1, "c": 1}}, "at most 4"),
+    ({"coffee_use": {"ristretto": 2}}, "no brew kind 'ristretto'"),  # not one of its kinds
+])
+async def test_desired_settings_the_device_would_refuse_are_400(cloud, http, settings, why):
+    first = rep(1, 3)
+    first["counters"]["brews"] = {"espresso": 2, "lungo": 1}  # the device's brew kinds
+    assert (await post(http, first))[0] == 200
+    before = cloud.ledger.dump()
+    async with http.put(f"/v1/admin/devices/{DEV}/config", json={"settings": settings},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+    assert why in err and len(err) < 300
+    assert cloud.ledger.dump() == before
+    # What the device takes is taken; the reply carries it.
+    good = {"coffee_use": {"espresso": 2, "lungo": 3}, "lead_days": 7}
+    async with http.put(f"/v1/admin/devices/{DEV}/config", json={"settings": good},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 200
+    _, reply = await post(http, rep(2, 3))
+    assert reply["config"] == {"version": 1, "settings": good}
+
+
+async def test_a_reply_never_exceeds_the_devices_limit(cloud, http):
+    """The orders of one report's reply are paged: what does not fit comes in the next."""
+    item = "abcdefghijklmnopqrstuvwxyzabcdef"  # 32 letters
+    events = [order(i, item, 10**14 + i) for i in range(64)]
+    path, body, headers = auth.signed_report(DEV, KEY, rep(1, 1, events=events))
+    async with http.post(path, data=body, headers=headers) as r:
+        assert r.status == 200
+        raw = await r.read()
+    assert len(raw) <= protocol.MAX_REPLY
+    first = json.loads(raw)
+    assert first["ack"] == list(range(64)) and 0 < len(first["orders"]) < 64
+    # The device keeps its open orders with what it heard; the rest are answered next.
+    heard = {e["order"]: first["orders"].get(e["order"], "requested") for e in events}
+    nxt = rep(2, 1)
+    nxt["orders"] = dict(list(heard.items())[-protocol.MAX_ORDERS:])
+    _, second = await post(http, nxt)
+    missing = {o for o, st in nxt["orders"].items() if st == "requested"}
+    assert missing and set(second["orders"]) == missing
+
+
+def test_reply_paging_keeps_ack_seq_and_config():
+    from brewmeter.cloud.ledger import CONFIG_MAX, Reply
+
+    config = {"version": protocol.MAX_INT, "settings": {"x": "y" * (CONFIG_MAX - 60)}}
+    reply = Reply(ack=[protocol.MAX_INT - i for i in range(protocol.MAX_EVENTS)],
+                  seq=protocol.MAX_INT, config=config,
+                  orders={f"coffee-{10**14 + i}": "declined" for i in range(80)},
+                  refill={f"item{i:028d}": 10**14 for i in range(100)})
+    data = reply.encode()
+    assert len(data) <= protocol.MAX_REPLY
+    out = json.loads(data)
+    assert out["ack"] == reply.ack and out["seq"] == reply.seq and out["config"] == config
+    small = Reply(ack=[1], seq=1, config=None, refill={f"item{i}": 3 for i in range(50)})
+    assert json.loads(small.encode())["refill"] == small.refill  # fits: whole
+
+
+def test_the_largest_valid_settings_fit_any_reply():
+    from brewmeter.cloud.ledger import CONFIG_MAX, _compact, check_desired
+
+    largest: dict[str, Any] = {k: hi for k, (_, hi, _) in protocol.SCHEMA.items()}
+    for k, (_, hi) in protocol.PER_KIND.items():
+        largest[k] = {f"k{i}".ljust(protocol.MAX_NAME, "x"): hi for i in range(protocol.MAX_KINDS)}
+    assert check_desired(largest, None) is largest
+    assert len(_compact({"version": protocol.MAX_INT, "settings": largest})) <= CONFIG_MAX

@@ -25,6 +25,7 @@ from typing import Any
 from brewmeter.cloud import auth, billing, merchant
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import Report, parse_report, unflatten
+from brewmeter.cloud.shared import protocol as P
 
 DAY_MS = 86_400_000
 # The cloud keeps the body hash of a device's last SEQ_KEEP seqs; below that floor a seq can
@@ -158,13 +159,59 @@ class Reply:
     refill: dict[str, int] = field(default_factory=dict)  # item -> cycle the owner refilled
     duplicate: bool = False  # an idempotent retry: nothing was applied
 
-    def json(self) -> dict[str, Any]:
-        out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+    def json(self, limit: int = P.MAX_REPLY) -> dict[str, Any]:
+        """The reply's JSON, encoded (compact) in at most `limit` bytes: `ack`, `seq` and
+        `config` always (bounded by the protocol's limits and by set_config); then as many
+        orders and refills as fit. The rest follow in later replies: the device names its
+        open orders again, and a refill is sent until the device shows a later cycle."""
+        out: dict[str, Any] = {"ack": self.ack, "seq": self.seq, "config": self.config}
         if self.orders:
             out["orders"] = self.orders
         if self.refill:
             out["refill"] = self.refill
+        if len(_compact(out)) <= limit:
+            return out
+        out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+        for key, entries in (("orders", self.orders), ("refill", self.refill)):
+            part: dict[str, Any] = {}
+            for k, v in sorted(entries.items()):
+                part[k] = v
+                if len(_compact({**out, key: part})) > limit:
+                    del part[k]
+                    break
+            if part:
+                out[key] = part
         return out
+
+    def encode(self, limit: int = P.MAX_REPLY) -> bytes:
+        return _compact(self.json(limit))
+
+
+def _compact(d: Any) -> bytes:
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+# The most `ack` and `seq` take in a reply (every event id and the seq at their longest), so
+# desired settings get the rest of the device's reply limit, less room for the keys.
+ACK_MAX = len(_compact({"ack": [P.MAX_INT] * P.MAX_EVENTS, "seq": P.MAX_INT, "config": None}))
+CONFIG_MAX = P.MAX_REPLY - ACK_MAX - 64
+
+
+class BadSettings(ValueError):
+    """Desired settings the device would refuse or could not receive (HTTP 400)."""
+
+
+def check_desired(settings: Any, kinds: list[str] | None) -> dict[str, Any]:
+    """`settings` if the device can take them: the protocol's schema (per-kind settings
+    naming only `kinds`, the device's brew kinds, when known) and a reply that fits the
+    device's limit whatever else it carries. Else BadSettings with the reason."""
+    reason = P.check_settings(settings, kinds)
+    if reason is None and len(_compact({"version": P.MAX_INT, "settings": settings})) > \
+            CONFIG_MAX:
+        reason = f"settings over {CONFIG_MAX} bytes: no reply could carry them"
+    if reason is not None:
+        raise BadSettings(reason)
+    return settings
 
 
 def _brews(fields: dict[str, int]) -> int:
@@ -281,9 +328,14 @@ class Ledger:
             raise UnknownDevice(device_id)
 
     def set_config(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
-        """Set the desired settings; the version goes up by one. Returns {version, settings}."""
+        """Set the desired settings; the version goes up by one. Returns {version, settings}.
+        BadSettings (nothing changed) if the device would refuse them (see check_desired)."""
         with self._tx() as db:
             self._need(db, device_id)
+            kinds = [f[len("brews."):] for (f,) in db.execute(
+                "SELECT field FROM counters WHERE device=? AND field LIKE 'brews.%'",
+                (device_id,))]
+            check_desired(settings, kinds or None)
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
                        "desired_settings=? WHERE id=?", (json.dumps(settings), device_id))
             (v,) = db.execute("SELECT desired_version FROM devices WHERE id=?",

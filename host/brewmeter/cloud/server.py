@@ -28,6 +28,7 @@ from aiohttp import web
 
 from brewmeter.cloud import auth, billing
 from brewmeter.cloud.ledger import (
+    BadSettings,
     Ledger,
     Reply,
     SeqConflict,
@@ -270,7 +271,7 @@ async def report(request: web.Request) -> web.StreamResponse:
         log.exception("report from %s failed", dev)
         return _error(500, "internal error: nothing of this report was stored")
 
-    data = json.dumps(reply.json()).encode()
+    data = reply.encode()
     if fault == "drop_after":
         _drop(request)
     if fault == "truncate":
@@ -309,6 +310,8 @@ async def put_config(request: web.Request) -> web.Response:
                                              request.match_info["id"], d["settings"])
     except UnknownDevice:
         raise _Fail(404, "unknown device") from None
+    except BadSettings as e:
+        raise _Fail(400, f"the device would refuse these settings: {e}") from None
     return web.json_response(out)
 
 
