@@ -15,7 +15,7 @@ import pytest
 from brewmeter.cloud import CloudServer, Ledger, auth
 from brewmeter.cloud.ledger import SEQ_KEEP, SeqConflict
 from brewmeter.cloud.shared import protocol
-from test_cloud import DEV, KEY, Clock, get, post, rep
+from test_cloud import DEV, KEY, T0, Clock, get, post, rep
 
 
 @pytest.fixture
@@ -267,3 +267,82 @@ def test_the_largest_valid_settings_fit_any_reply():
         largest[k] = {f"k{i}".ljust(protocol.MAX_NAME, "x"): hi for i in range(protocol.MAX_KINDS)}
     assert check_desired(largest, None) is largest
     assert len(_compact({"version": protocol.MAX_INT, "settings": largest})) <= CONFIG_MAX
+
+
+# -- history: paged, folded, future-dated; lifetime brews reconciled --------------------------
+
+DAY0 = int(T0 // 86400)
+
+
+async def days_of(http, cloud) -> dict[int, tuple[int, bool]]:
+    out = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    return {d["day"]: (d["brews_total"], d["estimated"]) for d in out["days"]}
+
+
+async def test_offline_past_the_history_limit_syncs_in_pages(cloud, http):
+    """Repro: offline 70 days with daily use, every report got 400 (more than 64 buckets)
+    and the cloud billed 68 brews of 1002. The device now pages its buckets, oldest first."""
+    per_day = {DAY0 - 70 + i: 10 + i % 7 for i in range(71)}  # 70 days offline and today
+    total = sum(per_day.values())
+    buckets = [{"day": d, "brews_total": n} for d, n in sorted(per_day.items())]
+    too_many = rep(1, total, days=buckets[:protocol.MAX_DAYS + 1])
+    status, err = await post(http, too_many)
+    assert status == 400 and str(protocol.MAX_DAYS) in err["error"]
+    status, _ = await post(http, rep(2, total, days=buckets[:protocol.MAX_DAYS]))
+    assert status == 200
+    # Between pages the lifetime counters are ahead of the buckets: the difference is an
+    # estimated bucket on the cloud's day, so an invoice made now is still complete.
+    got = await days_of(http, cloud)
+    assert sum(n for n, _ in got.values()) == total
+    assert got[DAY0] == (sum(n for d, n in per_day.items() if d >= DAY0 - 70 + 64), True)
+    status, _ = await post(http, rep(3, total, days=buckets[protocol.MAX_DAYS:]))
+    assert status == 200
+    assert await days_of(http, cloud) == {d: (n, False) for d, n in per_day.items()}
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews_total"] == total and dev["flags"] == []
+
+
+async def test_a_bucket_far_ahead_is_flagged_and_not_billed(cloud, http):
+    """Repro: a clock 3 years ahead put brews in the future year (accepted up to 2517); the
+    invoice for the real months was 0. Now such buckets are flagged, not billed on their
+    day, and the brews they hold are billed as estimated on the cloud's day."""
+    ahead = DAY0 + 3 * 365
+    buckets = [{"day": ahead + i, "brews_total": 10} for i in range(20)]
+    buckets.append({"day": DAY0 + protocol.DAY_AHEAD, "brews_total": 1})  # tomorrow: fine
+    assert (await post(http, rep(1, 201, days=buckets)))[0] == 200
+    got = await days_of(http, cloud)
+    assert got == {DAY0: (200, True), DAY0 + 1: (1, False)}
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert [(f["kind"], f["day"], f["buckets"]) for f in dev["flags"]] == \
+        [("future_bucket", ahead + 19, 20)]
+    async with http.put(f"/v1/admin/devices/{DEV}/plan", json={"price_per_brew": 0.5},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 200
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert (inv["brews"], inv["total_cents"], inv["months"][0]["estimated_brews"]) == \
+        (201, 10050, 200)
+    future = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                       **{"from": "2029-01-01", "to": "2029-12-31"})
+    assert future["brews"] == 0
+
+
+async def test_a_clock_far_ahead_does_not_place_undated_buckets(cloud, http):
+    loose = {"boot": 5, "at_ms": 1000, "brews_total": 4}
+    wrong = int(T0) + 3 * 365 * 86400
+    assert (await post(http, rep(1, 4, uptime_ms=5000, clock=wrong, days=[loose])))[0] == 200
+    out = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert out["unplaced"] == [{"boot": 5, "at_ms": 1000, "brews_total": 4}]
+    assert await days_of(http, cloud) == {}  # waiting: a newer boot or a sane clock
+
+
+async def test_folded_history_is_placed_on_its_last_day_as_estimated(cloud, http):
+    buckets = [{"fold": 1, "last": DAY0 - 100, "brews_total": 500},
+               {"fold": 2, "last": 0, "brews_total": 40},  # no day known: the cloud's day
+               {"day": DAY0 - 99, "brews_total": 7}]
+    assert (await post(http, rep(1, 547, days=buckets)))[0] == 200
+    assert await days_of(http, cloud) == {DAY0 - 100: (500, True), DAY0 - 99: (7, False),
+                                          DAY0: (40, True)}
+    # Sent again (not yet acknowledged, or a retry under a new seq): kept once.
+    assert (await post(http, rep(2, 547, days=buckets[:2])))[0] == 200
+    assert sum(n for n, _ in (await days_of(http, cloud)).values()) == 547
