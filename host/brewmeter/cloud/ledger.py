@@ -607,7 +607,7 @@ class Ledger:
             ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
             db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (dev, ev["order"], item, cycle, int(st == "needs_approval"), st, now,
+                       (dev, ev["order"], item, cycle, ev["ask"] | rules.ask_first, st, now,
                         now if st == "placed" else None, now if st == "declined" else None,
                         ship, deliver, reason))
 
