@@ -11,9 +11,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from brewmeter.cloud import CloudServer, Ledger, auth
 from brewmeter.cloud.ledger import SEQ_KEEP, SeqConflict
+from brewmeter.cloud.quota import Quota, take
 from brewmeter.cloud.shared import protocol
 from test_cloud import DEV, KEY, T0, Clock, get, post, rep
 
@@ -346,3 +348,49 @@ async def test_folded_history_is_placed_on_its_last_day_as_estimated(cloud, http
     # Sent again (not yet acknowledged, or a retry under a new seq): kept once.
     assert (await post(http, rep(2, 547, days=buckets[:2])))[0] == 200
     assert sum(n for n, _ in (await days_of(http, cloud)).values()) == 547
+
+
+# -- per-device quotas -------------------------------------------------------------------------
+
+async def test_report_rate_quota_is_429_with_retry_after(cloud, http, clock):
+    q = Quota()
+    for seq in range(1, q.reports_burst + 1):
+        assert (await post(http, rep(seq, seq)))[0] == 200
+    before = cloud.ledger.dump()
+    path, body, headers = auth.signed_report(DEV, KEY, rep(q.reports_burst + 1, 999))
+    async with http.post(path, data=body, headers=headers) as r:
+        assert r.status == 429 and r.headers["Retry-After"] == "60"
+    assert cloud.ledger.dump() == before
+    cloud.ledger.add_device("bm-other", KEY)  # the quota is per device
+    assert (await post(http, rep(1, 1), dev="bm-other"))[0] == 200
+    clock.t += 60
+    assert (await post(http, rep(q.reports_burst + 1, 999)))[0] == 200
+
+
+async def test_rows_quota_is_429_with_retry_after(clock):
+    ledger = Ledger(now=clock)
+    ledger.add_device(DEV, KEY)
+    q = Quota(rows_burst=1500, rows_per_day=86_400)  # a row a second
+    wide = {f"f{i}": 1 for i in range(20)}
+    big = rep(1, 1, days=[{"day": DAY0 - i, **wide} for i in range(protocol.MAX_DAYS)])
+    async with CloudServer(ledger, quota=q) as c, aiohttp.ClientSession(c.url) as s:
+        assert (await post(s, big))[0] == 200  # 64 x 21 rows and a few
+        big["seq"] = 2
+        path, body, headers = auth.signed_report(DEV, KEY, big)
+        async with s.post(path, data=body, headers=headers) as r:
+            assert r.status == 429
+            wait = int(r.headers["Retry-After"])
+        assert 1000 < wait < 1400
+        clock.t += wait
+        assert (await post(s, big))[0] == 200
+    ledger.close()
+
+
+def test_quota_take_is_a_token_bucket():
+    q = Quota(reports_burst=2, reports_per_day=24, rows_burst=100, rows_per_day=2400)
+    lv, w = take(q, None, 0.0, 10)
+    lv, w2 = take(q, lv, 0.0, 10)
+    lv, w3 = take(q, lv, 0.0, 10)
+    assert (w, w2, w3) == (0, 0, 3600)  # a report an hour
+    assert take(q, lv, 3600.0, 10)[1] == 0
+    assert take(q, None, 0.0, 101)[1] == 36  # rows: 100 a day... 1 more row, 36 s
