@@ -203,7 +203,8 @@ async def test_event_id_reused_for_another_event_is_flagged(cloud, http):
 
 # -- undated buckets ---------------------------------------------------------------------------
 
-async def test_unplaced_bucket_is_placed_when_the_clock_arrives(cloud, http):
+async def test_unplaced_bucket_is_placed_when_the_clock_arrives(cloud, http, clock):
+    clock.t = 20_781 * 86400 + 3600  # the cloud's day is the device's
     loose = [{"boot": 5, "at_ms": 60_000, "brews": {"lungo": 1}, "water_ml": 110}]
     await post(http, rep(1, 1, uptime_ms=100_000, days=loose))
     days = await get(http, cloud, f"/v1/devices/{DEV}/days")
@@ -213,7 +214,7 @@ async def test_unplaced_bucket_is_placed_when_the_clock_arrives(cloud, http):
     # The clock is set 100 s after a midnight; the bucket began 140 s before that report,
     # i.e. the day before: floor((clock - (uptime_ms - at_ms)/1000) / 86400).
     clock = 20_781 * 86400 + 100
-    await post(http, rep(2, 2, uptime_ms=200_000, clock=clock, days=loose))
+    await post(http, rep(2, 1, uptime_ms=200_000, clock=clock, days=loose))
     days = await get(http, cloud, f"/v1/devices/{DEV}/days")
     assert days["unplaced"] == []
     assert days["days"] == [{"date": "2026-11-23", "day": 20_780, "brews": {"lungo": 1},
@@ -239,10 +240,10 @@ async def test_unplaced_bucket_is_estimated_after_a_reboot(cloud, http, clock):
 
 
 async def test_day_query_range(cloud, http):
-    buckets = [{"day": DAY0 + i, "brews": {"espresso": i + 1}} for i in range(5)]
+    buckets = [{"day": DAY0 - 4 + i, "brews": {"espresso": i + 1}} for i in range(5)]
     await post(http, rep(1, 15, days=buckets))
-    first = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 + 1).isoformat()
-    last = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 + 3).isoformat()
+    first = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 - 3).isoformat()
+    last = date.fromordinal(date(1970, 1, 1).toordinal() + DAY0 - 1).isoformat()
     days = await get(http, cloud, f"/v1/devices/{DEV}/days", **{"from": first, "to": last})
     assert [d["brews_total"] for d in days["days"]] == [2, 3, 4]
     async with http.get(f"/v1/devices/{DEV}/days", params={"from": "2026-13-01"},
@@ -276,7 +277,8 @@ async def test_invoice_per_brew(cloud, http):
     assert inv["total_cents"] == 315 and inv["brews"] == 9
 
 
-async def test_invoice_monthly_plan_with_rollover(cloud, http):
+async def test_invoice_monthly_plan_with_rollover(cloud, http, clock):
+    clock.t = datetime(2026, 5, 1, tzinfo=UTC).timestamp()  # all of it in the past
     await usage(http, {"2026-01-05": 12, "2026-01-20": 8,                  # Jan 20
                        "2026-02-02": 50, "2026-02-14": 30, "2026-02-27": 10,  # Feb 90
                        "2026-03-31": 10})                                   # Mar 10, Apr 0
@@ -320,22 +322,22 @@ async def test_invoice_needs_a_plan_and_valid_amounts(cloud, http):
 
 async def test_desired_config_round_trip(cloud, http):
     out = await put(http, cloud, f"/v1/admin/devices/{DEV}/config",
-                    {"settings": {"sync_s": 600}})
-    assert out == {"version": 1, "settings": {"sync_s": 600}}
+                    {"settings": {"sync_interval_s": 600}})
+    assert out == {"version": 1, "settings": {"sync_interval_s": 600}}
     _, reply = await post(http, rep(1, config={"applied": 0}))
-    assert reply["config"] == {"version": 1, "settings": {"sync_s": 600}}
+    assert reply["config"] == {"version": 1, "settings": {"sync_interval_s": 600}}
     _, reply = await post(http, rep(2, config={"applied": 1}))
     assert reply["config"] is None
-    await put(http, cloud, f"/v1/admin/devices/{DEV}/config", {"settings": {"sync_s": 1}})
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/config", {"settings": {"lead_days": 9}})
     _, reply = await post(http, rep(3, config={"applied": 1}))
     assert reply["config"]["version"] == 2
-    rejected = {"applied": 1, "rejected": {"version": 2, "reason": "sync_s below 60"}}
+    rejected = {"applied": 1, "rejected": {"version": 2, "reason": "flash full"}}
     _, reply = await post(http, rep(4, config=rejected))
     assert reply["config"] is None  # refused: not sent again
     dev = await get(http, cloud, f"/v1/devices/{DEV}")
-    assert dev["config"] == {"desired": {"version": 2, "settings": {"sync_s": 1}},
+    assert dev["config"] == {"desired": {"version": 2, "settings": {"lead_days": 9}},
                              "applied": 1,
-                             "rejected": {"version": 2, "reason": "sync_s below 60"}}
+                             "rejected": {"version": 2, "reason": "flash full"}}
 
 
 async def test_admin_endpoints_need_the_token(cloud, http):
@@ -485,7 +487,7 @@ def test_faults_are_deterministic():
         Faults(rates={"meteor": 0.1})
 
 
-async def test_chaos_device_loses_and_doubles_nothing(cloud, http):
+async def test_chaos_device_loses_and_doubles_nothing(cloud, http, clock):
     """A device syncing through every fault at random, retrying the same bytes or moving on
     to a new seq, ends with the cloud holding exactly its counters, days and events."""
     faults = cloud.faults
@@ -498,6 +500,7 @@ async def test_chaos_device_loses_and_doubles_nothing(cloud, http):
     for step in range(60):
         if rng.random() < 0.3:
             clock_day += 1
+            clock.t += 86400  # the cloud's clock goes on with the device's
         n = rng.randint(0, 3)
         brews += n
         day_brews[clock_day] = day_brews.get(clock_day, 0) + n

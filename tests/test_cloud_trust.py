@@ -6,14 +6,18 @@ issue is a test here, over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from brewmeter.cloud import CloudServer, Ledger, auth
 from brewmeter.cloud.ledger import SEQ_KEEP, SeqConflict
-from test_cloud import DEV, KEY, Clock, get, post, rep
+from brewmeter.cloud.quota import Quota, take
+from brewmeter.cloud.shared import protocol
+from test_cloud import DEV, KEY, T0, Clock, get, post, rep
 
 
 @pytest.fixture
@@ -189,3 +193,204 @@ async def test_an_order_id_that_is_not_its_item_and_cycle_is_400(cloud, http):
     bad = {**order(1, "coffee", 3), "order": "coffee-4"}
     status, err = await post(http, rep(1, 1, events=[bad]))
     assert status == 400 and "coffee-3" in err["error"]
+
+
+# -- desired settings the device could not take; bounded replies -------------------------------
+
+@pytest.mark.parametrize("settings, why", [
+    ({"s" * 250: 1}, "unknown setting"),      # repro: its rejection reason was too long
+    ({"lead_days": "x" * 5000}, "lead_days"),  # repro: a reply over the device's limit
+    ({"lead_days": 0}, "lead_days must be an integer in 1..60"),
+    ({"ask_first": True}, "ask_first"),
+    ({"coffee_use": {"espresso": 1, "lungo": 1, "a": 1, "b": 1, "c": 1}}, "at most 4"),
+    ({"coffee_use": {"ristretto": 2}}, "no brew kind 'ristretto'"),  # not one of its kinds
+])
+async def test_desired_settings_the_device_would_refuse_are_400(cloud, http, settings, why):
+    first = rep(1, 3)
+    first["counters"]["brews"] = {"espresso": 2, "lungo": 1}  # the device's brew kinds
+    assert (await post(http, first))[0] == 200
+    before = cloud.ledger.dump()
+    async with http.put(f"/v1/admin/devices/{DEV}/config", json={"settings": settings},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+    assert why in err and len(err) < 300
+    assert cloud.ledger.dump() == before
+    # What the device takes is taken; the reply carries it.
+    good = {"coffee_use": {"espresso": 2, "lungo": 3}, "lead_days": 7}
+    async with http.put(f"/v1/admin/devices/{DEV}/config", json={"settings": good},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 200
+    _, reply = await post(http, rep(2, 3))
+    assert reply["config"] == {"version": 1, "settings": good}
+
+
+async def test_a_reply_never_exceeds_the_devices_limit(cloud, http):
+    """The orders of one report's reply are paged: what does not fit comes in the next."""
+    item = "abcdefghijklmnopqrstuvwxyzabcdef"  # 32 letters
+    events = [order(i, item, 10**14 + i) for i in range(64)]
+    path, body, headers = auth.signed_report(DEV, KEY, rep(1, 1, events=events))
+    async with http.post(path, data=body, headers=headers) as r:
+        assert r.status == 200
+        raw = await r.read()
+    assert len(raw) <= protocol.MAX_REPLY
+    first = json.loads(raw)
+    assert first["ack"] == list(range(64)) and 0 < len(first["orders"]) < 64
+    # The device keeps its open orders with what it heard; the rest are answered next.
+    heard = {e["order"]: first["orders"].get(e["order"], "requested") for e in events}
+    nxt = rep(2, 1)
+    nxt["orders"] = dict(list(heard.items())[-protocol.MAX_ORDERS:])
+    _, second = await post(http, nxt)
+    missing = {o for o, st in nxt["orders"].items() if st == "requested"}
+    assert missing and set(second["orders"]) == missing
+
+
+def test_reply_paging_keeps_ack_seq_and_config():
+    from brewmeter.cloud.ledger import CONFIG_MAX, Reply
+
+    config = {"version": protocol.MAX_INT, "settings": {"x": "y" * (CONFIG_MAX - 60)}}
+    reply = Reply(ack=[protocol.MAX_INT - i for i in range(protocol.MAX_EVENTS)],
+                  seq=protocol.MAX_INT, config=config,
+                  orders={f"coffee-{10**14 + i}": "declined" for i in range(80)},
+                  refill={f"item{i:028d}": 10**14 for i in range(100)})
+    data = reply.encode()
+    assert len(data) <= protocol.MAX_REPLY
+    out = json.loads(data)
+    assert out["ack"] == reply.ack and out["seq"] == reply.seq and out["config"] == config
+    small = Reply(ack=[1], seq=1, config=None, refill={f"item{i}": 3 for i in range(50)})
+    assert json.loads(small.encode())["refill"] == small.refill  # fits: whole
+
+
+def test_the_largest_valid_settings_fit_any_reply():
+    from brewmeter.cloud.ledger import CONFIG_MAX, _compact, check_desired
+
+    largest: dict[str, Any] = {k: hi for k, (_, hi, _) in protocol.SCHEMA.items()}
+    for k, (_, hi) in protocol.PER_KIND.items():
+        largest[k] = {f"k{i}".ljust(protocol.MAX_NAME, "x"): hi for i in range(protocol.MAX_KINDS)}
+    assert check_desired(largest, None) is largest
+    assert len(_compact({"version": protocol.MAX_INT, "settings": largest})) <= CONFIG_MAX
+
+
+# -- history: paged, folded, future-dated; lifetime brews reconciled --------------------------
+
+DAY0 = int(T0 // 86400)
+
+
+async def days_of(http, cloud) -> dict[int, tuple[int, bool]]:
+    out = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    return {d["day"]: (d["brews_total"], d["estimated"]) for d in out["days"]}
+
+
+async def test_offline_past_the_history_limit_syncs_in_pages(cloud, http):
+    """Repro: offline 70 days with daily use, every report got 400 (more than 64 buckets)
+    and the cloud billed 68 brews of 1002. The device now pages its buckets, oldest first."""
+    per_day = {DAY0 - 70 + i: 10 + i % 7 for i in range(71)}  # 70 days offline and today
+    total = sum(per_day.values())
+    buckets = [{"day": d, "brews_total": n} for d, n in sorted(per_day.items())]
+    too_many = rep(1, total, days=buckets[:protocol.MAX_DAYS + 1])
+    status, err = await post(http, too_many)
+    assert status == 400 and str(protocol.MAX_DAYS) in err["error"]
+    status, _ = await post(http, rep(2, total, days=buckets[:protocol.MAX_DAYS]))
+    assert status == 200
+    # Between pages the lifetime counters are ahead of the buckets: the difference is an
+    # estimated bucket on the cloud's day, so an invoice made now is still complete.
+    got = await days_of(http, cloud)
+    assert sum(n for n, _ in got.values()) == total
+    assert got[DAY0] == (sum(n for d, n in per_day.items() if d >= DAY0 - 70 + 64), True)
+    status, _ = await post(http, rep(3, total, days=buckets[protocol.MAX_DAYS:]))
+    assert status == 200
+    assert await days_of(http, cloud) == {d: (n, False) for d, n in per_day.items()}
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["counters"]["brews_total"] == total and dev["flags"] == []
+
+
+async def test_a_bucket_far_ahead_is_flagged_and_not_billed(cloud, http):
+    """Repro: a clock 3 years ahead put brews in the future year (accepted up to 2517); the
+    invoice for the real months was 0. Now such buckets are flagged, not billed on their
+    day, and the brews they hold are billed as estimated on the cloud's day."""
+    ahead = DAY0 + 3 * 365
+    buckets = [{"day": ahead + i, "brews_total": 10} for i in range(20)]
+    buckets.append({"day": DAY0 + protocol.DAY_AHEAD, "brews_total": 1})  # tomorrow: fine
+    assert (await post(http, rep(1, 201, days=buckets)))[0] == 200
+    got = await days_of(http, cloud)
+    assert got == {DAY0: (200, True), DAY0 + 1: (1, False)}
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert [(f["kind"], f["day"], f["buckets"]) for f in dev["flags"]] == \
+        [("future_bucket", ahead + 19, 20)]
+    async with http.put(f"/v1/admin/devices/{DEV}/plan", json={"price_per_brew": 0.5},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 200
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert (inv["brews"], inv["total_cents"], inv["months"][0]["estimated_brews"]) == \
+        (201, 10050, 200)
+    future = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                       **{"from": "2029-01-01", "to": "2029-12-31"})
+    assert future["brews"] == 0
+
+
+async def test_a_clock_far_ahead_does_not_place_undated_buckets(cloud, http):
+    loose = {"boot": 5, "at_ms": 1000, "brews_total": 4}
+    wrong = int(T0) + 3 * 365 * 86400
+    assert (await post(http, rep(1, 4, uptime_ms=5000, clock=wrong, days=[loose])))[0] == 200
+    out = await get(http, cloud, f"/v1/devices/{DEV}/days")
+    assert out["unplaced"] == [{"boot": 5, "at_ms": 1000, "brews_total": 4}]
+    assert await days_of(http, cloud) == {}  # waiting: a newer boot or a sane clock
+
+
+async def test_folded_history_is_placed_on_its_last_day_as_estimated(cloud, http):
+    buckets = [{"fold": 1, "last": DAY0 - 100, "brews_total": 500},
+               {"fold": 2, "last": 0, "brews_total": 40},  # no day known: the cloud's day
+               {"day": DAY0 - 99, "brews_total": 7}]
+    assert (await post(http, rep(1, 547, days=buckets)))[0] == 200
+    assert await days_of(http, cloud) == {DAY0 - 100: (500, True), DAY0 - 99: (7, False),
+                                          DAY0: (40, True)}
+    # Sent again (not yet acknowledged, or a retry under a new seq): kept once.
+    assert (await post(http, rep(2, 547, days=buckets[:2])))[0] == 200
+    assert sum(n for n, _ in (await days_of(http, cloud)).values()) == 547
+
+
+# -- per-device quotas -------------------------------------------------------------------------
+
+async def test_report_rate_quota_is_429_with_retry_after(cloud, http, clock):
+    q = Quota()
+    for seq in range(1, q.reports_burst + 1):
+        assert (await post(http, rep(seq, seq)))[0] == 200
+    before = cloud.ledger.dump()
+    path, body, headers = auth.signed_report(DEV, KEY, rep(q.reports_burst + 1, 999))
+    async with http.post(path, data=body, headers=headers) as r:
+        assert r.status == 429 and r.headers["Retry-After"] == "60"
+    assert cloud.ledger.dump() == before
+    cloud.ledger.add_device("bm-other", KEY)  # the quota is per device
+    assert (await post(http, rep(1, 1), dev="bm-other"))[0] == 200
+    clock.t += 60
+    assert (await post(http, rep(q.reports_burst + 1, 999)))[0] == 200
+
+
+async def test_rows_quota_is_429_with_retry_after(clock):
+    ledger = Ledger(now=clock)
+    ledger.add_device(DEV, KEY)
+    q = Quota(rows_burst=1500, rows_per_day=86_400)  # a row a second
+    wide = {f"f{i}": 1 for i in range(20)}
+    big = rep(1, 1, days=[{"day": DAY0 - i, **wide} for i in range(protocol.MAX_DAYS)])
+    async with CloudServer(ledger, quota=q) as c, aiohttp.ClientSession(c.url) as s:
+        assert (await post(s, big))[0] == 200  # 64 x 21 rows and a few
+        big["seq"] = 2
+        path, body, headers = auth.signed_report(DEV, KEY, big)
+        async with s.post(path, data=body, headers=headers) as r:
+            assert r.status == 429
+            wait = int(r.headers["Retry-After"])
+        assert 1000 < wait < 1400
+        clock.t += wait
+        assert (await post(s, big))[0] == 200
+    ledger.close()
+
+
+def test_quota_take_is_a_token_bucket():
+    q = Quota(reports_burst=2, reports_per_day=24, rows_burst=100, rows_per_day=2400)
+    lv, w = take(q, None, 0.0, 10)
+    lv, w2 = take(q, lv, 0.0, 10)
+    lv, w3 = take(q, lv, 0.0, 10)
+    assert (w, w2, w3) == (0, 0, 3600)  # a report an hour
+    assert take(q, lv, 3600.0, 10)[1] == 0
+    assert take(q, None, 0.0, 101)[1] == 36  # rows: 100 a day... 1 more row, 36 s

@@ -25,6 +25,7 @@ from typing import Any
 from brewmeter.cloud import auth, billing, merchant
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import Report, parse_report, unflatten
+from brewmeter.cloud.shared import protocol as P
 
 DAY_MS = 86_400_000
 # The cloud keeps the body hash of a device's last SEQ_KEEP seqs; below that floor a seq can
@@ -77,6 +78,21 @@ CREATE TABLE IF NOT EXISTS loose_place (
     device TEXT NOT NULL, boot INTEGER NOT NULL, at_ms INTEGER NOT NULL,
     arrived_day INTEGER NOT NULL, day INTEGER, estimated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device, boot, at_ms)) WITHOUT ROWID;
+-- Buckets the device folded together (history older than it could keep apart), keyed by its
+-- fold id, max per field; placed on the newest day in them (else the day they arrived),
+-- always estimated.
+CREATE TABLE IF NOT EXISTS fold_usage (
+    device TEXT NOT NULL, fold INTEGER NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (device, fold, field)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fold_place (
+    device TEXT NOT NULL, fold INTEGER NOT NULL, day INTEGER NOT NULL,
+    PRIMARY KEY (device, fold)) WITHOUT ROWID;
+-- Brews the lifetime counters hold but no bucket does (history the device lost, a bucket
+-- dated too far ahead): estimated, on the (cloud's) day the gap was first seen, so invoices
+-- stay complete; taken back, newest first, as buckets that explain them arrive.
+CREATE TABLE IF NOT EXISTS gap_usage (
+    device TEXT NOT NULL, day INTEGER NOT NULL, brews INTEGER NOT NULL,
+    PRIMARY KEY (device, day)) WITHOUT ROWID;
 -- Unix time in ms at which a boot began, from its first report carrying a clock.
 CREATE TABLE IF NOT EXISTS boot_anchor (
     device TEXT NOT NULL, boot INTEGER NOT NULL, epoch_ms INTEGER NOT NULL,
@@ -158,13 +174,59 @@ class Reply:
     refill: dict[str, int] = field(default_factory=dict)  # item -> cycle the owner refilled
     duplicate: bool = False  # an idempotent retry: nothing was applied
 
-    def json(self) -> dict[str, Any]:
-        out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+    def json(self, limit: int = P.MAX_REPLY) -> dict[str, Any]:
+        """The reply's JSON, encoded (compact) in at most `limit` bytes: `ack`, `seq` and
+        `config` always (bounded by the protocol's limits and by set_config); then as many
+        orders and refills as fit. The rest follow in later replies: the device names its
+        open orders again, and a refill is sent until the device shows a later cycle."""
+        out: dict[str, Any] = {"ack": self.ack, "seq": self.seq, "config": self.config}
         if self.orders:
             out["orders"] = self.orders
         if self.refill:
             out["refill"] = self.refill
+        if len(_compact(out)) <= limit:
+            return out
+        out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+        for key, entries in (("orders", self.orders), ("refill", self.refill)):
+            part: dict[str, Any] = {}
+            for k, v in sorted(entries.items()):
+                part[k] = v
+                if len(_compact({**out, key: part})) > limit:
+                    del part[k]
+                    break
+            if part:
+                out[key] = part
         return out
+
+    def encode(self, limit: int = P.MAX_REPLY) -> bytes:
+        return _compact(self.json(limit))
+
+
+def _compact(d: Any) -> bytes:
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+# The most `ack` and `seq` take in a reply (every event id and the seq at their longest), so
+# desired settings get the rest of the device's reply limit, less room for the keys.
+ACK_MAX = len(_compact({"ack": [P.MAX_INT] * P.MAX_EVENTS, "seq": P.MAX_INT, "config": None}))
+CONFIG_MAX = P.MAX_REPLY - ACK_MAX - 64
+
+
+class BadSettings(ValueError):
+    """Desired settings the device would refuse or could not receive (HTTP 400)."""
+
+
+def check_desired(settings: Any, kinds: list[str] | None) -> dict[str, Any]:
+    """`settings` if the device can take them: the protocol's schema (per-kind settings
+    naming only `kinds`, the device's brew kinds, when known) and a reply that fits the
+    device's limit whatever else it carries. Else BadSettings with the reason."""
+    reason = P.check_settings(settings, kinds)
+    if reason is None and len(_compact({"version": P.MAX_INT, "settings": settings})) > \
+            CONFIG_MAX:
+        reason = f"settings over {CONFIG_MAX} bytes: no reply could carry them"
+    if reason is not None:
+        raise BadSettings(reason)
+    return settings
 
 
 def _brews(fields: dict[str, int]) -> int:
@@ -281,9 +343,14 @@ class Ledger:
             raise UnknownDevice(device_id)
 
     def set_config(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
-        """Set the desired settings; the version goes up by one. Returns {version, settings}."""
+        """Set the desired settings; the version goes up by one. Returns {version, settings}.
+        BadSettings (nothing changed) if the device would refuse them (see check_desired)."""
         with self._tx() as db:
             self._need(db, device_id)
+            kinds = [f[len("brews."):] for (f,) in db.execute(
+                "SELECT field FROM counters WHERE device=? AND field LIKE 'brews.%'",
+                (device_id,))]
+            check_desired(settings, kinds or None)
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
                        "desired_settings=? WHERE id=?", (json.dumps(settings), device_id))
             (v,) = db.execute("SELECT desired_version FROM devices WHERE id=?",
@@ -359,6 +426,8 @@ class Ledger:
         self._events(db, dev, r, now)
         self._new_orders(db, dev, r, now, ds)
         self._supplies(db, dev, r)
+        if newest or r.days:
+            self._reconcile(db, dev, int(now // 86400))
         if newest:
             last_seq, applied = r.seq, r.applied
             rejected, rej_reason = r.rejected or (None, None)
@@ -410,12 +479,29 @@ class Ledger:
     def _days(self, db: sqlite3.Connection, dev: str, r: Report, max_boot: int,
               now: float) -> None:
         """`max_boot`: the highest boot seen before this report."""
-        dated = [(dev, b.day, f, v) for b in r.days if b.day is not None
+        today = int(now // 86400)
+        ahead = today + P.DAY_AHEAD  # a day past this comes from a clock that is wrong
+        future = [b for b in r.days if b.fold is None and b.day is not None and b.day > ahead]
+        if future:  # flagged and not billed: the reconciliation bills them as estimated
+            self._flag(db, dev, "future_bucket", "day", r.seq, now,
+                       {"day": max(b.day for b in future if b.day is not None),
+                        "today": today, "buckets": len(future)})
+        dated = [(dev, b.day, f, v) for b in r.days
+                 if b.fold is None and b.day is not None and b.day <= ahead
                  for f, v in b.fields.items()]
         db.executemany("INSERT INTO day_usage (device, day, field, value) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)", dated)
-        loose = [b for b in r.days if b.day is None]
-        today = int(now // 86400)
+        folds = [b for b in r.days if b.fold is not None]
+        if folds:
+            db.executemany("INSERT INTO fold_place (device, fold, day) VALUES (?, ?, ?) "
+                           "ON CONFLICT DO NOTHING",
+                           [(dev, b.fold, b.day if b.day and b.day <= ahead else today)
+                            for b in folds])
+            db.executemany("INSERT INTO fold_usage (device, fold, field, value) "
+                           "VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)",
+                           [(dev, b.fold, f, v) for b in folds for f, v in b.fields.items()])
+        loose = [b for b in r.days if b.fold is None and b.day is None]
         if loose:
             db.executemany("INSERT INTO loose_place (device, boot, at_ms, arrived_day) "
                            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -426,7 +512,9 @@ class Ledger:
                            [(dev, b.boot, b.at_ms, f, v) for b in loose
                             for f, v in b.fields.items()])
         anchored = False
-        if r.clock:  # the boot's start in unix ms; the first report with a clock fixes it
+        # The boot's start in unix ms; the first report with a clock fixes it (not a clock
+        # more than DAY_AHEAD days ahead of the cloud's: that would bill into the future).
+        if r.clock and r.clock // 86400 <= ahead:
             anchored = db.execute(
                 "INSERT INTO boot_anchor (device, boot, epoch_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT DO NOTHING", (dev, r.boot, r.clock * 1000 - r.uptime_ms)
@@ -443,6 +531,41 @@ class Ledger:
             db.execute("UPDATE loose_place SET day=arrived_day, estimated=1 "
                        "WHERE device=? AND day IS NULL AND boot < ?",
                        (dev, max(max_boot, r.boot)))
+
+    def _reconcile(self, db: sqlite3.Connection, dev: str, today: int) -> None:
+        """Lifetime brews against the buckets: brews in none get an estimated bucket (on
+        `today`, the cloud's day the gap is first seen), so invoices stay complete; buckets
+        that arrive later (the device pages its history) take them back, newest first."""
+        lifetime = _brews(dict(db.execute(
+            "SELECT field, value FROM counters WHERE device=? AND (field='brews_total' OR "
+            "field LIKE 'brews.%')", (dev,))))
+        bucketed = 0
+        for table, key in (("day_usage", "day"), ("loose_usage", "boot, at_ms"),
+                           ("fold_usage", "fold")):
+            (n,) = db.execute(
+                f"SELECT sum(b) FROM (SELECT coalesce(sum(CASE WHEN field LIKE 'brews.%' "
+                f"THEN value END), max(CASE WHEN field='brews_total' THEN value END), 0) AS b "
+                f"FROM {table} WHERE device=? GROUP BY {key})", (dev,)).fetchone()
+            bucketed += n or 0
+        gap = max(0, lifetime - bucketed)
+        rows = db.execute("SELECT day, brews FROM gap_usage WHERE device=? ORDER BY day DESC",
+                          (dev,)).fetchall()
+        have = sum(n for _, n in rows)
+        if gap > have:
+            db.execute("INSERT INTO gap_usage (device, day, brews) VALUES (?, ?, ?) "
+                       "ON CONFLICT DO UPDATE SET brews=brews+excluded.brews",
+                       (dev, today, gap - have))
+        excess = have - gap
+        for day, n in rows:
+            if excess <= 0:
+                break
+            take = min(n, excess)
+            excess -= take
+            if take == n:
+                db.execute("DELETE FROM gap_usage WHERE device=? AND day=?", (dev, day))
+            else:
+                db.execute("UPDATE gap_usage SET brews=brews-? WHERE device=? AND day=?",
+                           (take, dev, day))
 
     def _events(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
         for ev in r.events:
@@ -484,7 +607,7 @@ class Ledger:
             ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
             db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (dev, ev["order"], item, cycle, int(st == "needs_approval"), st, now,
+                       (dev, ev["order"], item, cycle, ev["ask"] | rules.ask_first, st, now,
                         now if st == "placed" else None, now if st == "declined" else None,
                         ship, deliver, reason))
 
@@ -612,27 +735,31 @@ class Ledger:
         }
 
     def _usage(self, device_id: str, first: int, last: int) -> dict[int, dict[str, Any]]:
-        """Per day in [first, last]: summed fields of its dated bucket and of the loose
-        buckets placed on it, and which of those fields were estimated."""
+        """Per day in [first, last]: summed fields of its dated bucket and of the undated,
+        folded and gap buckets placed on it, its brews (each bucket's, see _brews) and how
+        many of them were estimated."""
         out: dict[int, dict[str, Any]] = {}
-
-        def slot(day: int) -> dict[str, Any]:
-            return out.setdefault(day, {"fields": {}, "estimated": {}})
-
+        buckets: dict[tuple[Any, ...], tuple[int, bool, dict[str, int]]] = {}
         with self._lock:
-            for day, f, v in self.db.execute(
-                    "SELECT day, field, value FROM day_usage WHERE device=? AND day BETWEEN ? "
-                    "AND ?", (device_id, first, last)):
-                s = slot(day)["fields"]
-                s[f] = s.get(f, 0) + v
-            for day, est, f, v in self.db.execute(
-                    "SELECT p.day, p.estimated, u.field, u.value FROM loose_place p "
-                    "JOIN loose_usage u USING (device, boot, at_ms) "
-                    "WHERE p.device=? AND p.day BETWEEN ? AND ?", (device_id, first, last)):
-                s = slot(day)
+            for key, day, est, f, v in self.db.execute(
+                    "SELECT 'd' || day, day, 0, field, value FROM day_usage "
+                    "WHERE device=?1 AND day BETWEEN ?2 AND ?3 UNION ALL "
+                    "SELECT 'l' || p.boot || ':' || p.at_ms, p.day, p.estimated, u.field, "
+                    "u.value FROM loose_place p JOIN loose_usage u USING (device, boot, at_ms) "
+                    "WHERE p.device=?1 AND p.day BETWEEN ?2 AND ?3 UNION ALL "
+                    "SELECT 'f' || p.fold, p.day, 1, u.field, u.value FROM fold_place p "
+                    "JOIN fold_usage u USING (device, fold) "
+                    "WHERE p.device=?1 AND p.day BETWEEN ?2 AND ?3 UNION ALL "
+                    "SELECT 'g' || day, day, 1, 'brews_total', brews FROM gap_usage "
+                    "WHERE device=?1 AND day BETWEEN ?2 AND ?3", (device_id, first, last)):
+                buckets.setdefault(key, (day, bool(est), {}))[2][f] = v
+        for day, est, fields in buckets.values():
+            s = out.setdefault(day, {"fields": {}, "brews": 0, "estimated": 0})
+            for f, v in fields.items():
                 s["fields"][f] = s["fields"].get(f, 0) + v
-                if est:
-                    s["estimated"][f] = s["estimated"].get(f, 0) + v
+            n = _brews(fields)
+            s["brews"] += n
+            s["estimated"] += n if est else 0
         return out
 
     def days(self, device_id: str, first: date, last: date) -> dict[str, Any] | None:
@@ -643,8 +770,7 @@ class Ledger:
         for n, s in sorted(self._usage(device_id, day_number(first), day_number(last)).items()):
             fields = unflatten(s["fields"])
             days.append({"date": day_date(n).isoformat(), "day": n, **fields,
-                         "brews_total": _brews(s["fields"]),
-                         "estimated": bool(s["estimated"])})
+                         "brews_total": s["brews"], "estimated": bool(s["estimated"])})
         with self._lock:
             unplaced: dict[tuple[int, int], dict[str, int]] = {}
             for boot, at_ms, f, v in self.db.execute(
@@ -691,9 +817,8 @@ class Ledger:
         usage = self._usage(device_id, 0, day_number(billing.next_month(last)) - 1)
         brews = {}
         for n, s in usage.items():
-            b, e = _brews(s["fields"]), _brews(s["estimated"])
-            if b:
-                brews[day_date(n)] = billing.DayBrews(b, e)
+            if s["brews"]:
+                brews[day_date(n)] = billing.DayBrews(s["brews"], s["estimated"])
         return {"id": device_id, **billing.invoice(plan, brews, first, last)}
 
     def dump(self) -> str:
@@ -705,4 +830,4 @@ class Ledger:
         with self._lock:
             return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                     for t in ("devices", "reports", "counters", "day_usage", "loose_usage",
-                              "events", "flags", "orders")}
+                              "fold_usage", "gap_usage", "events", "flags", "orders")}

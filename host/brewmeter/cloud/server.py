@@ -27,8 +27,9 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 from aiohttp import web
 
-from brewmeter.cloud import auth, billing
+from brewmeter.cloud import auth, billing, quota
 from brewmeter.cloud.ledger import (
+    BadSettings,
     Ledger,
     Reply,
     SeqConflict,
@@ -162,6 +163,8 @@ LEDGER = web.AppKey("ledger", Ledger)
 WORKER = web.AppKey("worker", Worker)
 FAULTS = web.AppKey("faults", Faults)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+QUOTA = web.AppKey("quota", quota.Quota)
+LEVELS = web.AppKey("levels", dict[str, quota.Level])  # per device, in memory
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None,
@@ -252,6 +255,12 @@ async def report(request: web.Request) -> web.StreamResponse:
         rep = parse_report(body, seq)
     except BadReport as e:
         return _error(400, str(e))
+    levels = app[LEVELS]
+    levels[dev], wait = quota.take(app[QUOTA], levels.get(dev), app[LEDGER].now(),
+                                   quota.rows(rep))
+    if wait:
+        return _error(429, f"over this device's quota of reports: try in {wait} s",
+                      headers={"Retry-After": str(wait)})
     if fault == "delay":  # received whole, then slow: the device times out, the cloud stores
         assert faults is not None
         await asyncio.sleep(faults.delay_s)
@@ -271,7 +280,7 @@ async def report(request: web.Request) -> web.StreamResponse:
         log.exception("report from %s failed", dev)
         return _error(500, "internal error: nothing of this report was stored")
 
-    data = json.dumps(reply.json()).encode()
+    data = reply.encode()
     if fault == "drop_after":
         _drop(request)
     if fault == "truncate":
@@ -310,6 +319,8 @@ async def put_config(request: web.Request) -> web.Response:
                                              request.match_info["id"], d["settings"])
     except UnknownDevice:
         raise _Fail(404, "unknown device") from None
+    except BadSettings as e:
+        raise _Fail(400, f"the device would refuse these settings: {e}") from None
     return web.json_response(out)
 
 
@@ -415,14 +426,18 @@ async def busy_is_503(request: web.Request, handler: Callable[..., Any]) -> web.
                       headers={"Retry-After": str(BUSY_RETRY_S)})
 
 
-def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None) -> web.Application:
-    """The cloud's aiohttp app over `ledger` (which the caller keeps and closes)."""
+def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
+             quota_: quota.Quota | None = None) -> web.Application:
+    """The cloud's aiohttp app over `ledger` (which the caller keeps and closes), with
+    per-device quotas (default: quota.Quota())."""
     if not admin_token:
         raise ValueError("an admin token is required")
     app = web.Application(client_max_size=MAX_BODY, middlewares=[busy_is_503])
     app[LEDGER] = ledger
     app[WORKER] = worker = Worker(ledger)
     app[ADMIN_TOKEN] = admin_token
+    app[QUOTA] = quota_ or quota.Quota()
+    app[LEVELS] = {}
     if faults is not None:
         app[FAULTS] = faults
 
@@ -467,7 +482,7 @@ class CloudServer:
                  port: int = 0, admin_token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, faults: Faults | None = None,
                  devices: Iterable[tuple[str, str]] = (), synchronous: str = "FULL",
-                 merchant: Merchant | None = None) -> None:
+                 merchant: Merchant | None = None, quota: quota.Quota | None = None) -> None:
         self._owns_ledger = not isinstance(db, Ledger)
         if isinstance(db, Ledger):
             if merchant is not None:
@@ -480,7 +495,7 @@ class CloudServer:
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.faults = faults
         self.host, self.port, self.ssl_context = host, port, ssl_context
-        self.app = make_app(self.ledger, self.admin_token, faults)
+        self.app = make_app(self.ledger, self.admin_token, faults, quota)
         self._runner: web.AppRunner | None = None
 
     @property
