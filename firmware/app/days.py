@@ -30,6 +30,7 @@ class Days:
         self.sent = ()  # keys of the history buckets in the report last built: folded last
         self.more = False  # that report left buckets out (paged): send the next one now
         self._folds = 0  # folded buckets opened this boot (their id: boot * 256 + n)
+        self._today_acked = None  # [day, brews] of today's bucket as the cloud stored it
         if c.undated_brews and c.undated_boot != boot & 0xFFFF:  # an earlier boot's, unsent
             self._keep(-c.undated_boot, c.undated_brews)
             c.undated_boot = c.undated_brews = 0
@@ -49,7 +50,8 @@ class Days:
         day = wall // 86400
         if day > c.day:
             self._keep(c.prev_day, c.prev_brews)
-            c.prev_day, c.prev_brews = (c.day, c.day_brews) if c.day_brews else (0, 0)
+            done = not c.day_brews or [c.day, c.day_brews] == self._today_acked
+            c.prev_day, c.prev_brews = (0, 0) if done else (c.day, c.day_brews)
             c.day, c.day_brews = day, 0
         elif c.day - day > DAY_AHEAD:
             self._back(day)
@@ -95,6 +97,11 @@ class Days:
     def _keep(self, key, brews):
         if key and brews:
             h = self.history
+            for x in h:  # a power cut after a midnight (history saved, counters not)
+                if x[0] == key:  # brings yesterday back: one bucket still
+                    x[1] = max(x[1], brews)
+                    self.unsaved = True
+                    return
             h.append([key, brews])
             while len(h) - (h[0][0] == 0) > KEEP:  # fold the oldest not in the last
                 # report (the cloud may have it)
@@ -124,6 +131,8 @@ class Days:
         c = self.c
         if [c.prev_day, c.prev_brews] in done:
             c.prev_day = c.prev_brews = 0  # saved with the next counters write
+        if [c.day, c.day_brews] in done:  # at midnight it need not wait as yesterday's
+            self._today_acked = [c.day, c.day_brews]
         n = len(self.history)
         self.history = [h for h in self.history if h not in done]
         self.unsaved = self.unsaved or len(self.history) != n

@@ -34,6 +34,8 @@ class Syncer:
         self.rejected = None  # (version, reason) of a desired config we refused
         self.acked = None  # the counters the cloud has stored (None: send them all)
         self.acked_sup = None  # likewise the consumables' levels
+        self.full_day = -1  # the day of the last report that carried them all (daily: a
+        # cloud that lost its data has them all again within a day)
         self.last = None  # (uptime ms, "ok" or why not), for the service console
         self._ntp_tried = None
 
@@ -70,9 +72,10 @@ class Syncer:
             now_usage = sync.usage(device)
             wall = wallclock.now()
             sup = sync.supplies(device, wall)
+            full = wall // 86400 != self.full_day
             body = sync.report(device, seq, wall, self.uptime_ms(), days,
-                               sync.changed(now_usage, self.acked), self.rejected,
-                               sync.changed(sup, self.acked_sup))
+                               sync.changed(now_usage, None if full else self.acked),
+                               self.rejected, sync.changed(sup, None if full else self.acked_sup))
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
@@ -84,6 +87,8 @@ class Syncer:
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)
                 self.acked, self.acked_sup = now_usage, sup
+                if full:
+                    self.full_day = wall // 86400
                 result = "ok"
             elif status == 409:  # the cloud has that seq, or higher ones (lost state): go past
                 self.era, self.n = sync.after_conflict(reply, seq), 0
