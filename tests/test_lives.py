@@ -4,6 +4,8 @@ the device lost its flash, and one boot with the clock three years ahead."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from app import protocol
 from brewmeter.lives import DEVICE, PRICE_CENTS, Life
@@ -52,7 +54,7 @@ async def test_a_250_char_setting_name_is_rejected_with_a_reason_the_cloud_takes
         assert not life.desire({name: 1})
         with life.ledger._tx() as db:
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
-                       "desired_settings=? WHERE id=?", ('{"%s": 1}' % name, DEVICE))
+                       "desired_settings=? WHERE id=?", (json.dumps({name: 1}), DEVICE))
         await life.day(3)
         await life.day(3)
         got = life.cloud_device()["config"]
