@@ -7,9 +7,9 @@
 # two never overlap: docs/protocol.yaml). Buckets older than yesterday, or undated ones of
 # earlier boots, that the cloud has not acknowledged wait in `history`, which app.device
 # saves: only a device offline past a midnight pays that write.
-# A device offline longer than its history can hold folds the oldest buckets into one folded
-# bucket (app/protocol.py), which the cloud places on the newest day in it, estimated: no
-# brew is dropped. A backward clock step of more than protocol.DAY_AHEAD days (the earlier
+# A device offline longer than its history can hold keeps the first KEEP days apart and
+# folds the later ones into one folded bucket (app/protocol.py), which the cloud places on
+# the newest day in it, estimated: no brew is dropped. A backward clock step of more than protocol.DAY_AHEAD days (the earlier
 # clock was wrong: far ahead) folds the buckets dated after the new day likewise, placed on
 # it; smaller steps back keep counting on the current day until the clock passes it.
 from micropython import const
@@ -30,7 +30,6 @@ class Days:
         self.sent = ()  # keys of the history buckets in the report last built: folded last
         self.more = False  # that report left buckets out (paged): send the next one now
         self._folds = 0  # folded buckets opened this boot (their id: boot * 256 + n)
-        self._today_acked = None  # [day, brews] of today's bucket as the cloud stored it
         if c.undated_brews and c.undated_boot != boot & 0xFFFF:  # an earlier boot's, unsent
             self._keep(-c.undated_boot, c.undated_brews)
             c.undated_boot = c.undated_brews = 0
@@ -49,35 +48,38 @@ class Days:
         c = self.c
         day = wall // 86400
         if day > c.day:
-            self._keep(c.prev_day, c.prev_brews)
-            done = not c.day_brews or [c.day, c.day_brews] == self._today_acked
-            c.prev_day, c.prev_brews = (0, 0) if done else (c.day, c.day_brews)
-            c.day, c.day_brews = day, 0
+            if c.prev_brews > c.prev_acked:
+                self._keep(c.prev_day, c.prev_brews)
+            c.prev_day, c.prev_brews, c.prev_acked = c.day, c.day_brews, c.day_acked
+            if c.prev_brews <= c.prev_acked:  # the cloud has it all: it need not wait
+                c.prev_day = c.prev_brews = c.prev_acked = 0
+            c.day, c.day_brews, c.day_acked = day, 0, 0
         elif c.day - day > DAY_AHEAD:
             self._back(day)
 
     def _back(self, day):
         # The clock stepped back to `day`: what was counted on later days was counted under
-        # a wrong clock, before now: folded, placed on `day`.
+        # a wrong clock, before now: folded, placed on `day`; but what the cloud already
+        # has of them stays where it is (it does not bill days ahead of its own clock).
         c = self.c
         for h in self.history[:]:
             if h[0] > day:
                 self.history.remove(h)
                 self._fold(h[1], day, True)
         if c.prev_day > day:
-            self._fold(c.prev_brews, day, True)
-            c.prev_day = c.prev_brews = 0
-        self._fold(c.day_brews, day, True)
-        n = 0
-        if c.prev_day == day:  # still unacknowledged: count on in it
-            n, c.prev_day, c.prev_brews = c.prev_brews, 0, 0
+            self._fold(c.prev_brews - c.prev_acked, day, True)
+            c.prev_day = c.prev_brews = c.prev_acked = 0
+        self._fold(c.day_brews - c.day_acked, day, True)
+        n = a = 0
+        if c.prev_day == day:  # count on in it
+            n, a, c.prev_day, c.prev_brews, c.prev_acked = c.prev_brews, c.prev_acked, 0, 0, 0
         else:
             for h in self.history:
                 if h[0] == day:
                     self.history.remove(h)
                     n = h[1]
                     break
-        c.day, c.day_brews = day, n
+        c.day, c.day_brews, c.day_acked = day, n, a
         self.unsaved = True
 
     def _fold(self, brews, day, back=False):
@@ -103,11 +105,13 @@ class Days:
                     self.unsaved = True
                     return
             h.append([key, brews])
-            while len(h) - (h[0][0] == 0) > KEEP:  # fold the oldest not in the last
-                # report (the cloud may have it)
-                i = 1 if h[0][0] == 0 else 0
-                while i < len(h) - 1 and h[i][0] in self.sent:
-                    i += 1
+            while len(h) - (h[0][0] == 0) > KEEP:
+                # Fold the newest not in the last report: the oldest were the days around
+                # the last contact, which the cloud may hold (in part): folding one of
+                # those would count its brews twice.
+                i = len(h) - 1
+                while i > 1 and h[i][0] in self.sent:
+                    i -= 1
                 old = h.pop(i)
                 self._fold(old[1], max(old[0], 0))
             self.unsaved = True
@@ -129,10 +133,13 @@ class Days:
         """The cloud stored `sent` (what buckets() gave): finished buckets can go."""
         done = [_key(b) for b in sent]
         c = self.c
-        if [c.prev_day, c.prev_brews] in done:
-            c.prev_day = c.prev_brews = 0  # saved with the next counters write
-        if [c.day, c.day_brews] in done:  # at midnight it need not wait as yesterday's
-            self._today_acked = [c.day, c.day_brews]
+        for b in sent:  # what the cloud has of today's and yesterday's (saved by the caller)
+            if b.get("day") == c.day:
+                c.day_acked = max(c.day_acked, b["brews_total"])
+            elif b.get("day") == c.prev_day:
+                c.prev_acked = max(c.prev_acked, b["brews_total"])
+        if c.prev_day and c.prev_brews <= c.prev_acked:
+            c.prev_day = c.prev_brews = c.prev_acked = 0
         n = len(self.history)
         self.history = [h for h in self.history if h not in done]
         self.unsaved = self.unsaved or len(self.history) != n

@@ -120,9 +120,15 @@ class Device:
         return _json(self.state.read("state"))
 
     def days_acked(self, sent):
-        """The cloud stored a report with these day buckets."""
+        """The cloud stored a report with these day buckets. What it has of today's and
+        yesterday's is saved at once: after a clock step or a long time offline, the
+        rest is folded and that part is not (or the cloud would count it twice)."""
+        c = self.meter.c
+        was = (c.day_acked, c.prev_acked, c.prev_day)
         self.days.acked(sent)
         self._days_saved()
+        if (c.day_acked, c.prev_acked, c.prev_day) != was:
+            self.save(0)
 
     def _days_saved(self):
         # Only when buckets the cloud lacks would otherwise live in RAM alone (offline).
@@ -228,11 +234,16 @@ class Device:
             wall = self.wall()
             if wall and not self.meter.c.filter_fit_wall:
                 filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
-            if wall and wall // 86400 > self.meter.c.day:
-                # No save of its own: the next one carries it, and a cut before that
-                # changes nothing (the next brew rolls the day again from the clock).
+            if wall and wall // 86400 != self.meter.c.day:
+                # Online, no save of its own: the next one carries it, and a cut before
+                # that changes nothing (the next brew rolls the day again from the clock).
+                # Offline, yesterday moved to the history (or the clock stepped back): the
+                # counters follow the state at once, or a cut would bring yesterday back
+                # after it may have been folded.
                 self.days.roll(wall)
-                self._days_saved()
+                if self.days.unsaved:
+                    self._days_saved()
+                    self.save(now)
             if wall and wall // 86400 != self.forecast.day:
                 self.new_day(wall // 86400, now)
         c = self.meter.c
