@@ -7,11 +7,14 @@
 # two never overlap: docs/protocol.yaml). Buckets older than yesterday, or undated ones of
 # earlier boots, that the cloud has not acknowledged wait in `history`, which app.device
 # saves: only a device offline past a midnight pays that write.
+#
 # A device offline longer than its history can hold keeps the first KEEP days apart and
 # folds the later ones into one folded bucket (app/protocol.py), which the cloud places on
-# the newest day in it, estimated: no brew is dropped. A backward clock step of more than protocol.DAY_AHEAD days (the earlier
-# clock was wrong: far ahead) folds the buckets dated after the new day likewise, placed on
-# it; smaller steps back keep counting on the current day until the clock passes it.
+# the newest day in it, estimated: no brew is dropped. A backward clock step of more than
+# protocol.DAY_AHEAD days (the earlier clock was wrong: far ahead) folds the buckets dated
+# after the new day likewise, placed on it, less what the cloud already has of them (the
+# Counters keep that of today's and yesterday's); smaller steps back keep counting on the
+# current day until the clock passes it.
 from micropython import const
 
 from app.protocol import DAY_AHEAD, MAX_DAYS

@@ -24,10 +24,11 @@ _OLD_HEAD_LEN = const(5)
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
 # Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
 # buckets at the end, format 4 what the cloud has of today's and yesterday's; format 2 lacked
-# them; format 1 (the first firmware's) had 32-bit stuck
-# and reset counts and 64-bit pump times in ms.
+# them; format 1 (the first firmware's) had 32-bit stuck and reset counts and 64-bit pump
+# times in ms.
 _V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-_LAYOUTS = {4: _V2 + "HHHHHHHH", 3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
+_LAYOUTS = {4: _V2 + "HHHHHHHH", 3: _V2 + "HHHHHH", 2: _V2,
+            1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
 
 
 class NewerFormat(Exception):
