@@ -5,6 +5,7 @@ the device lost its flash, and one boot with the clock three years ahead."""
 from __future__ import annotations
 
 import json
+from datetime import date
 
 import pytest
 from app import protocol
@@ -115,3 +116,111 @@ async def test_one_boot_with_the_clock_3_years_ahead_bills_every_brew_to_its_day
         bill = life.invoice()
         assert bill["brews"] == sum(life.truth.values()) == 2 + 5 + 200
         assert bill["total_cents"] == bill["brews"] * PRICE_CENTS
+
+
+_SYNC_BOTH = """
+import asyncio
+import json
+from app import wallclock
+from app.counting import BREW
+from app.device import Device
+from app.profile import parse
+from app.store import DeviceFS
+from app.syncer import Syncer
+
+
+class Up:
+    async def up(self):
+        pass
+
+
+p = parse(open(BOARD).read(), BOARD)
+W = [WALL0]
+
+
+def boot():
+    d = Device(p, DeviceFS(), root=ROOT)
+    d.wall = lambda: W[0]
+    d.boot(1, 0)
+    return d
+
+
+d = boot()
+t = 0
+for day in range(70):  # offline 70 days, two reboots: past the history's bound
+    for k in range(3 + day % 4):
+        d.meter.c.brews[k % 2] += 1
+        d.event(BREW, k % 2, t)
+        t += 1000
+    W[0] += 86400
+    t += 1000
+    d.tick(t)
+    if day in (20, 50):
+        d = boot()
+wallclock.set_unix(W[0])  # as NTP would
+s = Syncer(d, {"device_id": DEV, "key": KEY, "cloud_url": URL, "ntp": ""}, Up())
+res = []
+for i in range(8):
+    res.append(asyncio.run(s.sync_once()))
+    if res[-1] == "ok" and not d.days.more and s.rejected is None and i > 2:
+        break
+print("RESULT " + json.dumps({"results": res, "history": d.days.history, "more": d.days.more,
+                              "rejected": s.rejected, "config": d.config}))
+"""
+
+
+def test_paging_folding_and_a_rejected_config_alike_under_micropython(tmp_path):
+    """The device's sync (report paging, folded history, the reply's config rejected with a
+    reason cut to the protocol's limit) on the MicroPython unix port and under CPython,
+    each against its own emulated cloud: the same results, the same cloud."""
+    import json as js
+
+    from app import wallclock
+    from brewmeter import mp
+    from brewmeter.cloud import cloud_thread
+    from brewmeter.cloud.ledger import Ledger
+    from brewmeter.harness import board_path
+
+    dev, key, wall0 = "bm-mplife", "7c" * 32, 1_772_438_400  # 2026-03-02
+    end = wall0 + 70 * 86400 + 60
+
+    def run(where: str, on_cpython: bool) -> tuple[dict, dict, list]:
+        root = tmp_path / where
+        root.mkdir()
+        ledger = Ledger(now=lambda: end)
+        with cloud_thread(ledger, devices=[(dev, key)]) as cloud:
+            with ledger._tx() as db:  # an unchecked desired config, as an older cloud kept
+                db.execute("UPDATE devices SET desired_version=1, desired_settings=? "
+                           "WHERE id=?", (js.dumps({"y" * 250: 1}), dev))
+            code = (f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {wall0}\n"
+                    f"ROOT = {str(root)!r}\nURL = {cloud.url!r}\nDEV = {dev!r}\n"
+                    f"KEY = {key!r}\n" + _SYNC_BOTH)
+            if on_cpython:
+                printed: dict = {}
+                try:
+                    exec(code, {"print": lambda s: printed.update(js.loads(s[7:]))})
+                finally:
+                    wallclock.synced = False
+            else:
+                out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+                              + code], timeout=120)
+                printed = js.loads(out.split("RESULT ", 1)[1])
+            got = ledger.device(dev)
+            days = ledger.days(dev, date(2026, 1, 1), date(2026, 12, 31))
+        ledger.close()
+        assert got is not None and days is not None
+        return printed, got, days["days"]
+
+    on_cp, cloud_cp, days_cp = run("cpython", True)
+    on_mp, cloud_mp, days_mp = run("micropython", False)
+    assert on_mp == on_cp
+    assert len(on_cp["results"]) >= 2  # two pages at least
+    assert on_cp["results"][-1] == "ok" and not on_cp["more"] and on_cp["history"] == []
+    assert on_cp["config"] == {}  # the bad config was not applied
+    assert cloud_mp["counters"] == cloud_cp["counters"]
+    assert cloud_cp["counters"]["brews_total"] == sum(3 + d % 4 for d in range(70))
+    assert cloud_mp["config"]["rejected"] == cloud_cp["config"]["rejected"]
+    reason = cloud_cp["config"]["rejected"]["reason"]
+    assert "unknown setting" in reason and len(reason) <= protocol.MAX_TEXT
+    assert days_mp == days_cp
+    assert sum(d["brews_total"] for d in days_cp) == cloud_cp["counters"]["brews_total"]
