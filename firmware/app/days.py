@@ -23,13 +23,16 @@ KEEP = const(64)  # buckets kept while offline, besides the folded one: over two
 
 
 class Days:
-    def __init__(self, c, boot, history=None):
+    def __init__(self, c, boot, history=None, acks=None):
         self.c = c
         self.boot = boot
         # Not yet acknowledged: [day, brews], [-boot, brews] (undated), and first, if any,
         # the folded bucket [0, brews, fold id, newest day in it (0: none)].
         self.history = history or []
-        self.unsaved = False  # history changed: app.device saves it with the state file
+        # [[day, brews]]: what the cloud has of today's and yesterday's buckets (app.device
+        # saves them): a fold or a step back leaves that part where the cloud has it
+        self.acks = acks or []
+        self.unsaved = False  # history or acks changed: app.device saves them (state file)
         self.sent = ()  # keys of the history buckets in the report last built: folded last
         self.more = False  # that report left buckets out (paged): send the next one now
         self._folds = 0  # folded buckets opened this boot (their id: boot * 256 + n)
@@ -51,12 +54,12 @@ class Days:
         c = self.c
         day = wall // 86400
         if day > c.day:
-            if c.prev_brews > c.prev_acked:
+            if c.prev_brews > self._acked(c.prev_day):
                 self._keep(c.prev_day, c.prev_brews)
-            c.prev_day, c.prev_brews, c.prev_acked = c.day, c.day_brews, c.day_acked
-            if c.prev_brews <= c.prev_acked:  # the cloud has it all: it need not wait
-                c.prev_day = c.prev_brews = c.prev_acked = 0
-            c.day, c.day_brews, c.day_acked = day, 0, 0
+            c.prev_day, c.prev_brews = c.day, c.day_brews
+            if c.prev_brews <= self._acked(c.prev_day):  # the cloud has it all
+                c.prev_day = c.prev_brews = 0
+            c.day, c.day_brews = day, 0
         elif c.day - day > DAY_AHEAD:
             self._back(day)
 
@@ -70,19 +73,19 @@ class Days:
                 self.history.remove(h)
                 self._fold(h[1], day, True)
         if c.prev_day > day:
-            self._fold(c.prev_brews - c.prev_acked, day, True)
-            c.prev_day = c.prev_brews = c.prev_acked = 0
-        self._fold(c.day_brews - c.day_acked, day, True)
-        n = a = 0
+            self._fold(c.prev_brews - self._acked(c.prev_day), day, True)
+            c.prev_day = c.prev_brews = 0
+        self._fold(c.day_brews - self._acked(c.day), day, True)
+        n = 0
         if c.prev_day == day:  # count on in it
-            n, a, c.prev_day, c.prev_brews, c.prev_acked = c.prev_brews, c.prev_acked, 0, 0, 0
+            n, c.prev_day, c.prev_brews = c.prev_brews, 0, 0
         else:
             for h in self.history:
                 if h[0] == day:
                     self.history.remove(h)
                     n = h[1]
                     break
-        c.day, c.day_brews, c.day_acked = day, n, a
+        c.day, c.day_brews = day, n
         self.unsaved = True
 
     def _fold(self, brews, day, back=False):
@@ -119,6 +122,12 @@ class Days:
                 self._fold(old[1], max(old[0], 0))
             self.unsaved = True
 
+    def _acked(self, day):
+        for a in self.acks:
+            if a[0] == day:
+                return a[1]
+        return 0
+
     def buckets(self):
         """The report's `days`: at most protocol.MAX_DAYS, the oldest first (`more` says
         whether some were left for the next report)."""
@@ -136,13 +145,13 @@ class Days:
         """The cloud stored `sent` (what buckets() gave): finished buckets can go."""
         done = [_key(b) for b in sent]
         c = self.c
-        for b in sent:  # what the cloud has of today's and yesterday's (saved by the caller)
-            if b.get("day") == c.day:
-                c.day_acked = max(c.day_acked, b["brews_total"])
-            elif b.get("day") == c.prev_day:
-                c.prev_acked = max(c.prev_acked, b["brews_total"])
-        if c.prev_day and c.prev_brews <= c.prev_acked:
-            c.prev_day = c.prev_brews = c.prev_acked = 0
+        acks = [a for a in self.acks if a[0] in (c.day, c.prev_day)]
+        for b in sent:  # what the cloud has of today's and yesterday's
+            if b.get("day") in (c.day, c.prev_day) and b["brews_total"] > self._acked(b["day"]):
+                acks = [a for a in acks if a[0] != b["day"]] + [[b["day"], b["brews_total"]]]
+        self.acks = acks  # (app.device saves them when they change)
+        if c.prev_day and c.prev_brews <= self._acked(c.prev_day):
+            c.prev_day = c.prev_brews = 0
         n = len(self.history)
         self.history = [h for h in self.history if h not in done]
         self.unsaved = self.unsaved or len(self.history) != n

@@ -50,6 +50,7 @@ class Device:
         self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
         self.days = None
         self._history = None  # offline day buckets read at boot, until Days takes them
+        self._acks = None  # likewise what the cloud has of today's and yesterday's
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
@@ -76,6 +77,7 @@ class Device:
             newer = str(e)
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
+        self._acks = saved.get("ak")
         self.service_lock = saved.get("lock", 0)
         self.pin_fails = saved.get("pin") or [0, 0]
         self.seq_era = saved.get("sq", 0)
@@ -92,10 +94,10 @@ class Device:
         """Recover, then count this boot and save it."""
         self.recover()
         self.meter.boot(cause)
-        self.days = Days(self.meter.c, self.meter.c.boots, self._history)
+        self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._acks)
         self._second = now
         self.save(now)
-        self._days_saved()
+        self.save_days()
         self.load_supplies()
         if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
             self.supplies.fresh = not self.save_supplies()
@@ -119,32 +121,45 @@ class Device:
         # One file holds the outbox and the configuration: one lookup at boot.
         return _json(self.state.read("state"))
 
-    def days_acked(self, sent):
+    def days_acked(self, sent, save=True):
         """The cloud stored a report with these day buckets. What it has of today's and
-        yesterday's is saved at once: after a clock step or a long time offline, the
-        rest is folded and that part is not (or the cloud would count it twice)."""
-        c = self.meter.c
-        was = (c.day_acked, c.prev_acked, c.prev_day)
-        self.days.acked(sent)
-        self._days_saved()
-        if (c.day_acked, c.prev_acked, c.prev_day) != was:
-            self.save(0)
+        yesterday's is saved with the state (at once, or with `save` False by the caller
+        after the outbox's acknowledgement: one write): after a clock step or a long time
+        offline, the rest is folded and that part is not (or the cloud would count it
+        twice)."""
+        days = self.days
+        was = days.acks
+        days.acked(sent)
+        if days.acks != was:
+            days.unsaved = True
+        if save:
+            self.save_days()
 
-    def _days_saved(self):
-        # Only when buckets the cloud lacks would otherwise live in RAM alone (offline).
-        if self.days.unsaved and self._save_state():
-            self.days.unsaved = False
+    def save_days(self):
+        """Save the history and acks if they changed (only when buckets the cloud lacks
+        would otherwise live in RAM alone, offline, or the cloud acknowledged some)."""
+        if self.days.unsaved:
+            self._save_state()
+
 
     def _save_state(self, config=None):
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock, "pin": self.pin_fails, "sq": self.seq_era}
+             "lock": self.service_lock}
+        # Rare ones only when set: the file stays small (inline in littlefs's metadata).
+        acks = self.days.acks if self.days else self._acks
+        for k, v in (("ak", acks), ("pin", self.pin_fails != [0, 0] and self.pin_fails),
+                     ("sq", self.seq_era)):
+            if v:
+                d[k] = v
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
             self._storage_failed(e)
             return False
+        if self.days:
+            self.days.unsaved = False
         return True
 
     def apply_config(self, version, values):
@@ -211,7 +226,7 @@ class Device:
         elif code == BREW:
             self.days.brew(self.wall())  # in the same write as the brew itself
         self.save(now)
-        self._days_saved()
+        self.save_days()
         if code == BREW:
             m = self.meter
             usual = self.brew_times.brew(m.last_kind, m.last_run_ms,
@@ -242,7 +257,7 @@ class Device:
                 # after it may have been folded.
                 self.days.roll(wall)
                 if self.days.unsaved:
-                    self._days_saved()
+                    self.save_days()
                     self.save(now)
             if wall and wall // 86400 != self.forecast.day:
                 self.new_day(wall // 86400, now)

@@ -17,8 +17,7 @@ def counters(c, kinds):
 
 # Device-side bookkeeping in the Counters, not usage: neither reported nor shown as counters.
 BOOKKEEPING = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "day",
-               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews",
-               "day_acked", "prev_acked")
+               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
 
 
 def usage(c, kinds):

@@ -84,8 +84,9 @@ class Syncer:
                 body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
                 wallclock.cross_check(wallclock.http_date(http.date))
+                device.days_acked(days, False)  # (saved with the outbox's ack, or below)
                 self.rejected = sync.apply_reply(device, reply, sent)
-                device.days_acked(days)
+                device.save_days()
                 self.acked, self.acked_sup = now_usage, sup
                 if full:
                     self.full_day = wall // 86400

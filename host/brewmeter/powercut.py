@@ -56,8 +56,9 @@ def _play(device, events, start, flash, levels):
         device.tick(tw)
         if t // SYNC_MS != synced and not flash.dead:
             synced = t // SYNC_MS
-            device.days_acked(device.days.buckets())
+            device.days_acked(device.days.buckets(), False)  # as app.syncer: one write
             device.ack([e["id"] for e in device.outbox.events])
+            device.save_days()
         if flash.dead:
             return k
     return None
