@@ -84,7 +84,7 @@ def test_line_discipline_survives_random_bytes_under_micropython():
     assert "LINES" in out and "True ['counters']" in out
 
 
-def _console(profile, tmp_path, pin="2468"):
+def _console(profile, tmp_path, pin="246810"):
     d = Device(profile, DirFS(tmp_path))
     d.boot(1, 0)
     return Console(d, pin=pin)
@@ -94,14 +94,14 @@ def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
     con = _console(profile, tmp_path)
     assert "wrong PIN" in con.feed(b"filter change --pin 1111\n")
     assert con.device.meter.c.filters == 0
-    assert "filter changed" in con.feed(b"filter change --pin 2468\n")
+    assert "filter changed" in con.feed(b"filter change --pin 246810\n")
     assert con.device.meter.c.filters == 1
-    assert "descale recorded" in con.feed(b"descale done --pin 2468\n")
-    assert "sync_interval_s = 900" in con.feed(b"config set sync_interval_s 900 --pin 2468\n")
+    assert "descale recorded" in con.feed(b"descale done --pin 246810\n")
+    assert "sync_interval_s = 900" in con.feed(b"config set sync_interval_s 900 --pin 246810\n")
     assert con.device.config["sync_interval_s"] == 900
-    assert "300..86400" in con.feed(b"config set sync_interval_s 5 --pin 2468\n")
-    assert "unknown setting" in con.feed(b"config set key 5 --pin 2468\n")
-    assert "sync: started" in con.feed(b"sync --pin 2468\n") and con.pending == ("sync",)
+    assert "300..86400" in con.feed(b"config set sync_interval_s 5 --pin 246810\n")
+    assert "unknown setting" in con.feed(b"config set key 5 --pin 246810\n")
+    assert "sync: started" in con.feed(b"sync --pin 246810\n") and con.pending == ("sync",)
     kinds = [e["kind"] for e in con.device.outbox.events]
     assert kinds == ["filter_changed", "descaled", "service", "service"]
     assert [e.get("action") for e in con.device.outbox.events[2:]] == [
@@ -113,14 +113,60 @@ def test_five_wrong_pins_lock_for_five_minutes_across_a_reboot(profile, tmp_path
     for _ in range(4):
         assert "tries left" in con.feed(b"filter change --pin 0000\n", now=1000)
     assert "locked for 300 s" in con.feed(b"filter change --pin 0000\n", now=2000)
-    assert "locked" in con.feed(b"filter change --pin 2468\n", now=3000)  # even the right one
+    assert "locked" in con.feed(b"filter change --pin 246810\n", now=3000)  # even the right one
     con2 = _console(profile, tmp_path)  # a reboot
-    assert "locked" in con2.feed(b"filter change --pin 2468\n", now=0)
-    assert "locked" in con2.feed(b"filter change --pin 2468\n", now=299_000)
-    assert "filter changed" in con2.feed(b"filter change --pin 2468\n", now=301_000)
+    assert "locked" in con2.feed(b"filter change --pin 246810\n", now=0)
+    assert "locked" in con2.feed(b"filter change --pin 246810\n", now=299_000)
+    assert "filter changed" in con2.feed(b"filter change --pin 246810\n", now=301_000)
     assert con2.device.meter.c.filters == 1
 
 
 def test_no_pin_provisioned_means_no_service_actions(profile, tmp_path):
     con = _console(profile, tmp_path, pin=None)
-    assert "no service PIN" in con.feed(b"filter change --pin 2468\n")
+    assert "no service PIN" in con.feed(b"filter change --pin 246810\n")
+
+
+def test_wrong_pins_count_across_reboots_and_each_lock_doubles(profile, tmp_path):
+    # The reproduction: 12 wrong PINs over 3 reboots never locked (the count was in
+    # RAM). Now the count is saved with the lock.
+    replies = []
+    for _ in range(3):
+        con = _console(profile, tmp_path)  # each a reboot: only the flash carries over
+        replies += [con.feed(b"filter change --pin 000000\n", now=1000) for _ in range(4)]
+    assert "locked for 300 s" in replies[4]  # the fifth wrong PIN, in the second boot
+    con = _console(profile, tmp_path)
+    assert "locked" in con.feed(b"filter change --pin 246810\n", now=0)
+    waits = []
+    t = 0
+    for _ in range(4):  # wait each lock out, then five more wrong PINs
+        t += 100_000_000
+        for _ in range(4):
+            assert "tries left" in con.feed(b"filter change --pin 000000\n", now=t)
+        waits.append(con.feed(b"filter change --pin 000000\n", now=t))
+    want = [f"locked for {s} s" for s in (600, 1200, 2400, 4800)]
+    assert all(w in got for w, got in zip(want, waits, strict=True)), waits
+    t += 100_000_000
+    assert "filter changed" in con.feed(b"filter change --pin 246810\n", now=t)
+    assert con.device.pin_fails == [0, 0]  # a right PIN: the next lock is 5 minutes again
+
+
+def test_locks_stop_doubling_at_a_day(profile, tmp_path):
+    con = _console(profile, tmp_path)
+    con.device.pin_fails = [4, 20]
+    assert "locked for 86400 s" in con.feed(b"filter change --pin 000000\n", now=0)
+
+
+def test_pin_comparison_and_a_bad_provisioned_pin():
+    from app.service import pin_ok, same
+
+    assert same("246810", "246810")
+    assert not any(same(g, "246810") for g in ("246811", "24681", "2468100", "", "146810",
+                                                None))
+    assert pin_ok("246810") and pin_ok("12345678")
+    assert not any(pin_ok(p) for p in ("2468", "123456789", 246810, "24681a", None))
+
+
+def test_an_integer_pin_in_provisioning_turns_service_actions_off(profile, tmp_path):
+    con = _console(profile, tmp_path, pin=246810)  # type: ignore[arg-type]
+    assert "not a string of 6-8 digits" in con.feed(b"filter change --pin 246810\n")
+    assert con.device.meter.c.filters == 0

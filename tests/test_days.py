@@ -104,3 +104,67 @@ async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
     assert not any(day["estimated"] for day in got["days"])
     assert bill["total_cents"] == 13 * 35, bill
     assert d.days.history == []
+
+
+def test_history_past_its_bound_is_folded_never_dropped():
+    from app.days import KEEP
+    from app.protocol import MAX_DAYS
+
+    c = Counters()
+    d = Days(c, boot=3)
+    for i in range(400):  # 400 days offline, a brew or two each day
+        for _ in range(1 + i % 2):
+            d.brew(T + i * DAY + 3600)
+    assert len(d.history) == KEEP + 1 and d.history[0][0] == 0  # the folded bucket leads
+    every = []
+    while True:  # pages, oldest first, as the syncer sends them while `more`
+        page = d.buckets()
+        assert len(page) <= MAX_DAYS
+        every += page
+        d.acked(page)
+        if not d.more:
+            break
+    total = sum(b["brews_total"] for b in every)
+    assert total == sum(1 + i % 2 for i in range(400))  # every brew is in some bucket
+    fold = [b for b in every if "fold" in b]
+    assert len(fold) == 1 and fold[0]["fold"] == 3 * 256
+    dated = [b["day"] for b in every if "day" in b]
+    # The first days offline are kept apart (the cloud may hold part of them); the later
+    # ones are folded, up to the day before yesterday.
+    assert dated == list(range(20_000, 20_000 + KEEP)) + [20_398, 20_399]
+    assert fold[0]["last"] == 20_397
+
+
+def test_a_bucket_in_the_last_report_is_not_folded():
+    from app.days import KEEP
+
+    c = Counters()
+    d = Days(c, boot=1)
+    for i in range(KEEP + 2):
+        d.brew(T + i * DAY)
+    d.buckets()  # sent; the reply is lost; offline one more day
+    oldest = d.history[0][0]
+    d.brew(T + (KEEP + 2) * DAY)
+    # the cloud may have any in the report: folding one would double it; the newest
+    # (yesterday's then) goes, since all were sent
+    assert d.history[0] == [0, 1, 256, 20_000 + KEEP] and d.history[1][0] == oldest
+
+
+def test_clock_years_ahead_then_right_folds_onto_the_real_day():
+    c = Counters()
+    d = Days(c, boot=1)
+    ahead = T + 3 * 365 * DAY
+    for _ in range(5):
+        d.brew(ahead)  # a wrong clock, far ahead
+    d.brew(T + 2 * DAY)  # the right one: the future day's brews happened before now
+    assert (c.day, c.day_brews) == (20_002, 1)
+    assert d.buckets() == [{"fold": 256, "last": 20_002, "brews_total": 5},
+                           {"day": 20_002, "brews_total": 1}]
+
+
+def test_a_small_step_back_keeps_counting_on_the_day():
+    c = Counters()
+    d = Days(c, boot=1)
+    d.brew(T + DAY + 60)
+    d.brew(T + DAY - 60)  # NTP moved the clock two minutes back over midnight
+    assert d.buckets() == [{"day": 20_001, "brews_total": 2}]

@@ -101,7 +101,7 @@ def test_a_service_action_over_the_serial_port(flashed):
     board, _ = flashed
     before = fieldtech.ask(board.serial_port, "counters")["filters"]
     with ports.open_port(board.serial_port, timeout=0.2) as s:
-        s.write(b"filter change --pin 2468\r")
+        s.write(b"filter change --pin 246810\r")
         seen = b""
         end = time.monotonic() + 5
         while b"filter changed" not in seen and time.monotonic() < end:

@@ -48,7 +48,9 @@ def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
 
 def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
     prov = tmp_path / "p.json"
-    prov.write_text(json.dumps(emulator_provision()))
+    real = emulator_provision("https://cloud.example")  # a real board: https, with its CA
+    real["ca_cert"] = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    prov.write_text(json.dumps(real))
     out = subprocess.run([str(ROOT / "flash.sh"), "--port", "/dev/ttyUSB9", "--board",
                           "esp32-generic", "--provision", str(prov), "--dry-run"],
                          capture_output=True, text=True, timeout=120)
@@ -80,7 +82,9 @@ def test_errors_are_clear(board, tmp_path):
 @pytest.mark.parametrize("field, value, words", [
     ("key", "abc", "64 lowercase hex"),
     ("cloud_url", "ftp://x", "http"),
-    ("service_pin", "12", "4-8 digits"),
+    ("service_pin", "12", "6-8 digits"),
+    ("service_pin", "2468", "6-8 digits"),
+    ("service_pin", 246810, "a string of 6-8 digits"),  # an integer could never match
     ("colour", 1, "unknown field"),
 ])
 def test_bad_provisioning_names_the_field(field, value, words):
@@ -88,6 +92,12 @@ def test_bad_provisioning_names_the_field(field, value, words):
     p[field] = value
     with pytest.raises(FlashError, match=f"field '{field}'.*{words}"):
         check_provision(p, "p.json")
+
+
+def test_a_real_board_needs_an_https_cloud():
+    with pytest.raises(FlashError, match="cloud_url.*https:// on a real board"):
+        check_provision(emulator_provision(), "p.json", "esp32-generic")
+    check_provision(emulator_provision(), "p.json", "emulator")  # the emulator may use http
 
 
 def test_https_needs_a_ca_certificate():

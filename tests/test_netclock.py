@@ -4,6 +4,7 @@ non-blocking query), a clock never trusted before it is set, and Wi-Fi that fail
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import struct
 import sys
@@ -16,16 +17,20 @@ NTP_DELTA = 2208988800
 
 
 class NtpServer(asyncio.DatagramProtocol):
-    def __init__(self, unix_time: int, mode: int = 4) -> None:
+    def __init__(self, unix_time: int, mode: int = 4, leap: int = 0, stratum: int = 2,
+                 echo: bool = True) -> None:
         self.unix_time = unix_time
-        self.mode = mode
+        self.mode, self.leap, self.stratum, self.echo = mode, leap, stratum, echo
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = bytearray(48)
-        reply[0] = (0 << 6) | (3 << 3) | self.mode  # no leap, v3, server
+        reply[0] = (self.leap << 6) | (3 << 3) | self.mode  # v3, server
+        reply[1] = self.stratum
+        if self.echo:  # the origin timestamp: the query's transmit timestamp, back
+            reply[24:32] = data[40:48]
         reply[40:44] = struct.pack("!I", self.unix_time + NTP_DELTA)
         self.transport.sendto(bytes(reply), addr)  # type: ignore[attr-defined]
 
@@ -58,6 +63,50 @@ async def test_a_client_mode_reply_is_not_a_time():
             await wallclock.ntp_query("127.0.0.1", port)
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize(("server", "why"), [
+    (NtpServer(1_800_000_000, echo=False), "another query"),  # spoofed, or a stale reply
+    (NtpServer(1_800_000_000, leap=3), "not synchronised"),  # alarm: clock not set
+    (NtpServer(1_800_000_000, stratum=0), "not synchronised"),  # kiss-o'-death
+    (NtpServer(1_800_000_000, stratum=16), "not synchronised"),  # unsynchronised
+])
+async def test_unsound_ntp_replies_are_refused(server, why):
+    transport, port = await _serve(server)
+    try:
+        with pytest.raises(OSError, match=why):
+            await wallclock.ntp_query("127.0.0.1", port)
+    finally:
+        transport.close()
+
+
+def test_clock_before_the_firmware_or_a_big_ntp_step_is_not_believed():
+    try:
+        wallclock.synced = False
+        assert not wallclock.set_unix(wallclock.BUILT_DAY * 86400 - 1)  # before it was built
+        assert wallclock.now() == 0
+        assert wallclock.set_unix(1_800_000_000, wallclock.STEP_MAX)  # the first: any step
+        assert not wallclock.set_unix(1_800_000_000 + 2 * 3600, wallclock.STEP_MAX)
+        assert wallclock.set_unix(1_800_000_000 + 60, wallclock.STEP_MAX)  # a small drift
+        assert abs(wallclock.now() - 1_800_000_060) <= 1
+    finally:
+        wallclock.synced = False
+
+
+def test_the_clouds_date_corrects_a_clock_far_off():
+    date = b"Fri, 15 Jan 2027 10:00:00 GMT"
+    t = wallclock.http_date(date)
+    assert t == calendar.timegm((2027, 1, 15, 10, 0, 0))
+    assert wallclock.http_date(b"yesterday") == 0
+    try:
+        wallclock.synced = False
+        assert not wallclock.cross_check(t)  # no clock yet: NTP sets it, not the Date
+        wallclock.set_unix(t + 3 * 365 * 86400)  # a wrong NTP answer: 3 years ahead
+        assert wallclock.cross_check(t)
+        assert abs(wallclock.now() - t) <= 1
+        assert not wallclock.cross_check(t + 120)  # within the slack: NTP's clock stays
+    finally:
+        wallclock.synced = False
 
 
 async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,

@@ -270,7 +270,7 @@ def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, p
     assert d.store.formats["counters"] == 1 and d.faults == []
     d2 = Device(profile, fs)
     d2.recover()
-    assert d2.store.formats["counters"] == FORMAT == 3
+    assert d2.store.formats["counters"] == FORMAT == 4
     assert d2.meter.c.pump_ms == 123_456_780  # formats 2+ keep it in 10 ms units
     c.pump_ms, c.filter_pump_ms = 123_456_780, 45_670
     assert d2.meter.c.__dict__ == c.__dict__

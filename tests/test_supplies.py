@@ -65,7 +65,7 @@ class Machine:
     def faults(self):
         return [e["code"] for e in self.dev.outbox.events if e["kind"] == "fault"]
 
-    def console(self, line, pin="2468"):
+    def console(self, line, pin="246810"):
         con = Console(self.dev, pin=pin)
         return con.feed(line.encode() + b"\n", self.wall, self.t)
 
@@ -128,7 +128,7 @@ def test_an_order_when_the_forecast_falls_below_the_lead_time_and_only_one(machi
     m.days(1, 12)
     assert [e["order"] for e in m.orders()] == ["coffee-0"]
     assert m.dev.supplies.items["coffee"][2] == "requested"
-    assert "refilled: cycle 0 closed" in m.console("refill coffee --pin 2468")
+    assert "refilled: cycle 0 closed" in m.console("refill coffee --pin 246810")
     m.days(5, 12)
     assert [e["order"] for e in m.orders()] == ["coffee-0", "coffee-1"]
 
@@ -182,7 +182,7 @@ def test_owner_rules_hold_offline(profile, tmp_path):
     # coffee is off; tablets (40 brews) and then more tablets would order, but the cap is 1
     assert [e["item"] for e in evs] == ["tablets"] and evs[0]["ask"] == 1
     assert m.dev.supplies.month[1] == 1
-    m.console("refill tablets --pin 2468")
+    m.console("refill tablets --pin 246810")
     m.days(5, 12)
     assert len(m.orders()) == 1  # still this month: the cap holds
     m.wall = calendar.timegm((2026, 4, 1, 8, 0, 0))
@@ -238,7 +238,7 @@ def test_service_alerts_are_raised_once_per_cycle(profile, tmp_path):
     assert m.faults() == ["descale_overdue"]  # 10 % past it
     m.brew(ml=2000)
     assert m.faults() == ["descale_overdue"]
-    assert "descale recorded" in m.console("descale done --pin 2468")
+    assert "descale recorded" in m.console("descale done --pin 246810")
     m.wall += 183 * DAY  # the filter's six months are up: due
     m.brew()
     assert "filter_overdue" not in m.faults()
@@ -271,11 +271,11 @@ def test_console_lists_consumables_and_refills_need_the_pin(machine):
     assert d["coffee"]["pct"] == 70 and d["coffee"]["order"] == "none"
     assert d["coffee"]["days"] == pytest.approx(7.0, abs=0.5)  # 70 left at 10 a day
     assert "wrong PIN" in m.console("refill coffee --pin 0000")
-    assert "refill ITEM" in m.console("refill beans --pin 2468")
-    assert "coffee refilled" in m.console("refill coffee --pin 2468")
+    assert "refill ITEM" in m.console("refill beans --pin 246810")
+    assert "coffee refilled" in m.console("refill coffee --pin 246810")
     assert json.loads(m.console("consumables --json"))["coffee"]["used"] == 0
-    assert m.console("config set coffee_use.lungo 2 --pin 2468").strip() == "coffee_use.lungo = 2"
-    assert "no brew kind" in m.console("config set coffee_use.mocha 2 --pin 2468")
+    assert m.console("config set coffee_use.lungo 2 --pin 246810").strip() == "coffee_use.lungo = 2"
+    assert "no brew kind" in m.console("config set coffee_use.mocha 2 --pin 246810")
     assert settings.check({"coffee_use": {"lungo": 2}}, m.profile.kinds) is None
 
 
@@ -385,7 +385,7 @@ def test_the_supplies_record_round_trips_and_stays_inline(machine):
 
     m = machine
     m.days(6, 12)
-    m.console("refill tablets --pin 2468")
+    m.console("refill tablets --pin 246810")
     dev = m.dev
     data = supplystore.pack(dev.supplies, dev.forecast, dev.brew_times)
     sup, fc, bt = supplystore.unpack(data, 3)

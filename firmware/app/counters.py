@@ -31,6 +31,8 @@ class Counters:
         self.prev_brews = 0
         self.undated_boot = 0  # the boot whose brews while the clock was unknown ...
         self.undated_brews = 0  # ... these count
+        self.day_acked = 0  # of day_brews, what the cloud has stored
+        self.prev_acked = 0  # likewise of prev_brews
 
     def total_brews(self):
         return sum(self.brews)

@@ -7,17 +7,32 @@
 # two never overlap: docs/protocol.yaml). Buckets older than yesterday, or undated ones of
 # earlier boots, that the cloud has not acknowledged wait in `history`, which app.device
 # saves: only a device offline past a midnight pays that write.
+#
+# A device offline longer than its history can hold keeps the first KEEP days apart and
+# folds the later ones into one folded bucket (app/protocol.py), which the cloud places on
+# the newest day in it, estimated: no brew is dropped. A backward clock step of more than
+# protocol.DAY_AHEAD days (the earlier clock was wrong: far ahead) folds the buckets dated
+# after the new day likewise, placed on it, less what the cloud already has of them (the
+# Counters keep that of today's and yesterday's); smaller steps back keep counting on the
+# current day until the clock passes it.
 from micropython import const
 
-KEEP = const(64)  # buckets kept while offline: over two months of days
+from app.protocol import DAY_AHEAD, MAX_DAYS
+
+KEEP = const(64)  # buckets kept while offline, besides the folded one: over two months
 
 
 class Days:
     def __init__(self, c, boot, history=None):
         self.c = c
         self.boot = boot
-        self.history = history or []  # [day, brews] or [-boot, brews] not yet acknowledged
+        # Not yet acknowledged: [day, brews], [-boot, brews] (undated), and first, if any,
+        # the folded bucket [0, brews, fold id, newest day in it (0: none)].
+        self.history = history or []
         self.unsaved = False  # history changed: app.device saves it with the state file
+        self.sent = ()  # keys of the history buckets in the report last built: folded last
+        self.more = False  # that report left buckets out (paged): send the next one now
+        self._folds = 0  # folded buckets opened this boot (their id: boot * 256 + n)
         if c.undated_brews and c.undated_boot != boot & 0xFFFF:  # an earlier boot's, unsent
             self._keep(-c.undated_boot, c.undated_brews)
             c.undated_boot = c.undated_brews = 0
@@ -36,38 +51,114 @@ class Days:
         c = self.c
         day = wall // 86400
         if day > c.day:
-            self._keep(c.prev_day, c.prev_brews)
-            c.prev_day, c.prev_brews = (c.day, c.day_brews) if c.day_brews else (0, 0)
-            c.day, c.day_brews = day, 0
+            if c.prev_brews > c.prev_acked:
+                self._keep(c.prev_day, c.prev_brews)
+            c.prev_day, c.prev_brews, c.prev_acked = c.day, c.day_brews, c.day_acked
+            if c.prev_brews <= c.prev_acked:  # the cloud has it all: it need not wait
+                c.prev_day = c.prev_brews = c.prev_acked = 0
+            c.day, c.day_brews, c.day_acked = day, 0, 0
+        elif c.day - day > DAY_AHEAD:
+            self._back(day)
+
+    def _back(self, day):
+        # The clock stepped back to `day`: what was counted on later days was counted under
+        # a wrong clock, before now: folded, placed on `day`; but what the cloud already
+        # has of them stays where it is (it does not bill days ahead of its own clock).
+        c = self.c
+        for h in self.history[:]:
+            if h[0] > day:
+                self.history.remove(h)
+                self._fold(h[1], day, True)
+        if c.prev_day > day:
+            self._fold(c.prev_brews - c.prev_acked, day, True)
+            c.prev_day = c.prev_brews = c.prev_acked = 0
+        self._fold(c.day_brews - c.day_acked, day, True)
+        n = a = 0
+        if c.prev_day == day:  # count on in it
+            n, a, c.prev_day, c.prev_brews, c.prev_acked = c.prev_brews, c.prev_acked, 0, 0, 0
+        else:
+            for h in self.history:
+                if h[0] == day:
+                    self.history.remove(h)
+                    n = h[1]
+                    break
+        c.day, c.day_brews, c.day_acked = day, n, a
+        self.unsaved = True
+
+    def _fold(self, brews, day, back=False):
+        # Add a bucket's brews to the folded bucket (history[0]), opening one if none is;
+        # `day`: the bucket's (0 undated), or after a step back the day it is placed on.
+        if not brews:
+            return
+        h = self.history
+        if not (h and h[0][0] == 0):
+            h.insert(0, [0, 0, self.boot * 256 + self._folds, 0])
+            self._folds += 1
+        f = h[0]
+        f[1] += brews
+        f[3] = day if back else max(f[3], day)
+        self.unsaved = True
 
     def _keep(self, key, brews):
         if key and brews:
-            self.history.append([key, brews])
-            del self.history[:-KEEP]
+            h = self.history
+            for x in h:  # a power cut after a midnight (history saved, counters not)
+                if x[0] == key:  # brings yesterday back: one bucket still
+                    x[1] = max(x[1], brews)
+                    self.unsaved = True
+                    return
+            h.append([key, brews])
+            while len(h) - (h[0][0] == 0) > KEEP:
+                # Fold the newest not in the last report: the oldest were the days around
+                # the last contact, which the cloud may hold (in part): folding one of
+                # those would count its brews twice.
+                i = len(h) - 1
+                while i > 1 and h[i][0] in self.sent:
+                    i -= 1
+                old = h.pop(i)
+                self._fold(old[1], max(old[0], 0))
             self.unsaved = True
 
     def buckets(self):
-        """The report's `days`."""
+        """The report's `days`: at most protocol.MAX_DAYS, the oldest first (`more` says
+        whether some were left for the next report)."""
         c = self.c
-        out = [_bucket(k, n) for k, n in self.history]
+        out = [_bucket(h) for h in self.history[:MAX_DAYS]]
+        self.sent = [h[0] for h in self.history[:MAX_DAYS]]
         for key, n in ((c.prev_day, c.prev_brews), (c.day, c.day_brews),
                        (-c.undated_boot, c.undated_brews)):
             if key and n:
-                out.append(_bucket(key, n))
-        return out
+                out.append(_bucket([key, n]))
+        self.more = len(out) > MAX_DAYS
+        return out[:MAX_DAYS]
 
     def acked(self, sent):
         """The cloud stored `sent` (what buckets() gave): finished buckets can go."""
-        done = [[b["day"] if "day" in b else -b["boot"], b["brews_total"]] for b in sent]
+        done = [_key(b) for b in sent]
         c = self.c
-        if [c.prev_day, c.prev_brews] in done:
-            c.prev_day = c.prev_brews = 0  # saved with the next counters write
+        for b in sent:  # what the cloud has of today's and yesterday's (saved by the caller)
+            if b.get("day") == c.day:
+                c.day_acked = max(c.day_acked, b["brews_total"])
+            elif b.get("day") == c.prev_day:
+                c.prev_acked = max(c.prev_acked, b["brews_total"])
+        if c.prev_day and c.prev_brews <= c.prev_acked:
+            c.prev_day = c.prev_brews = c.prev_acked = 0
         n = len(self.history)
         self.history = [h for h in self.history if h not in done]
         self.unsaved = self.unsaved or len(self.history) != n
 
 
-def _bucket(key, brews):
+def _key(b):
+    # A bucket as history keeps it
+    if "fold" in b:
+        return [0, b["brews_total"], b["fold"], b["last"]]
+    return [b["day"] if "day" in b else -b["boot"], b["brews_total"]]
+
+
+def _bucket(h):
+    key, brews = h[0], h[1]
     if key > 0:
         return {"day": key, "brews_total": brews}
-    return {"boot": -key, "at_ms": 0, "brews_total": brews}
+    if key < 0:
+        return {"boot": -key, "at_ms": 0, "brews_total": brews}
+    return {"fold": h[2], "last": h[3], "brews_total": brews}

@@ -53,6 +53,8 @@ class Device:
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
+        self.pin_fails = [0, 0]  # wrong PINs since the last lock, locks since a right PIN
+        self.seq_era = 0  # added to the boot count in seqs (app/protocol.py); raised by a 409
         # Loaded after the counts and saved together in /state/sup (app/supplystore.py):
         self.supplies = None  # consumables' cycles and orders (app/supplies.py)
         self.forecast = None  # recent use per day (app/forecast.py)
@@ -75,6 +77,8 @@ class Device:
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
         self.service_lock = saved.get("lock", 0)
+        self.pin_fails = saved.get("pin") or [0, 0]
+        self.seq_era = saved.get("sq", 0)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)
@@ -116,9 +120,15 @@ class Device:
         return _json(self.state.read("state"))
 
     def days_acked(self, sent):
-        """The cloud stored a report with these day buckets."""
+        """The cloud stored a report with these day buckets. What it has of today's and
+        yesterday's is saved at once: after a clock step or a long time offline, the
+        rest is folded and that part is not (or the cloud would count it twice)."""
+        c = self.meter.c
+        was = (c.day_acked, c.prev_acked, c.prev_day)
         self.days.acked(sent)
         self._days_saved()
+        if (c.day_acked, c.prev_acked, c.prev_day) != was:
+            self.save(0)
 
     def _days_saved(self):
         # Only when buckets the cloud lacks would otherwise live in RAM alone (offline).
@@ -129,7 +139,7 @@ class Device:
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},
              "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock}
+             "lock": self.service_lock, "pin": self.pin_fails, "sq": self.seq_era}
         try:
             self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
         except OSError as e:
@@ -146,9 +156,18 @@ class Device:
         self.check_supplies()  # the rules or the capacities may have changed
         return True
 
-    def set_service_lock(self, seconds):
-        """Lock (or unlock, 0) service actions; saved so a reboot does not lift it."""
+    def seq_floor(self, era):
+        """Seqs from now on (and after reboots) start at era `era` (a 409: the cloud has
+        seen higher ones). Kept in flash, with the state."""
+        self.seq_era = era - self.meter.c.boots
+        self._save_state()
+
+    def set_service_lock(self, seconds, fails=None):
+        """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts
+        (service.PinGuard); saved so a reboot does not lift or reset them."""
         self.service_lock = seconds
+        if fails is not None:
+            self.pin_fails = fails
         self._save_state()
 
     def ack(self, ids):
@@ -215,11 +234,16 @@ class Device:
             wall = self.wall()
             if wall and not self.meter.c.filter_fit_wall:
                 filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
-            if wall and wall // 86400 > self.meter.c.day:
-                # No save of its own: the next one carries it, and a cut before that
-                # changes nothing (the next brew rolls the day again from the clock).
+            if wall and wall // 86400 != self.meter.c.day:
+                # Online, no save of its own: the next one carries it, and a cut before
+                # that changes nothing (the next brew rolls the day again from the clock).
+                # Offline, yesterday moved to the history (or the clock stepped back): the
+                # counters follow the state at once, or a cut would bring yesterday back
+                # after it may have been folded.
                 self.days.roll(wall)
-                self._days_saved()
+                if self.days.unsaved:
+                    self._days_saved()
+                    self.save(now)
             if wall and wall // 86400 != self.forecast.day:
                 self.new_day(wall // 86400, now)
         c = self.meter.c

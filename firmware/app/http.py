@@ -5,6 +5,8 @@ import asyncio
 
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
+date = b""  # the Date header of the last reply (app.wallclock.cross_check)
+
 
 class HttpError(Exception):
     """No usable reply: refused, timed out, cut off, oversized or malformed."""
@@ -37,6 +39,8 @@ async def _line(reader):
 
 
 async def _exchange(host, port, ssl, request, max_body):
+    global date
+    date = b""
     if ssl is not None:
         reader, writer = await asyncio.open_connection(host, port, ssl=ssl,
                                                        server_hostname=host)
@@ -65,6 +69,8 @@ async def _exchange(host, port, ssl, request, max_body):
                 length = int(value)
             elif name == b"retry-after" and value.isdigit():
                 retry_after = int(value)
+            elif name == b"date":
+                date = value
         else:
             raise HttpError("too many headers")
         if length is None:

@@ -1,7 +1,8 @@
-# Service actions on the console, behind the service PIN provisioned with the device.
-# Five wrong PINs lock them for five minutes; the lock is saved, so a reboot does not lift
-# it. Every action is recorded as an event (it reaches the cloud with the next sync). Pure:
-# the console passes `now` (ticks_ms) and `wall`.
+# Service actions on the console, behind the service PIN provisioned with the device (a
+# string of 6-8 digits). Five wrong PINs lock them for five minutes, each further lock twice
+# the last (at most a day) until a right PIN; the wrong tries, the lock and the count of
+# locks are saved, so a reboot lifts nothing. Every action is recorded as an event (it
+# reaches the cloud with the next sync). Pure: the console passes `now` (ticks_ms), `wall`.
 from time import ticks_diff
 
 from micropython import const
@@ -10,6 +11,22 @@ from app import settings
 
 _TRIES = const(5)
 LOCK_S = const(300)
+LOCK_MAX_S = const(86400)
+
+
+def pin_ok(pin):
+    """Is `pin` a service PIN as provisioning must give it: a string of 6-8 digits?"""
+    return isinstance(pin, str) and 6 <= len(pin) <= 8 and pin.isdigit()
+
+
+def same(given, pin):
+    """given (None: no PIN given) == pin, in a time that depends only on the PIN's length,
+    not on where (or whether) they differ."""
+    a, b = (given or "").encode(), pin.encode()
+    d = len(a) ^ len(b)
+    for i in range(len(b)):
+        d |= (a[i] if i < len(a) else 0) ^ b[i]
+    return d == 0
 
 
 class Locked(ValueError):
@@ -19,8 +36,8 @@ class Locked(ValueError):
 class PinGuard:
     def __init__(self, device, pin):
         self.device = device
-        self.pin = pin
-        self.fails = 0
+        self.pin = pin if pin_ok(pin) else None
+        self.bad_pin = pin is not None and self.pin is None
         self.locked_at = None  # ticks when a saved or new lock started counting this boot
 
     def _lock_left_s(self, now):
@@ -42,16 +59,22 @@ class PinGuard:
         if left:
             raise Locked("service actions locked for %d s after %d wrong PINs" % (left, _TRIES))
         if not self.pin:
-            raise ValueError("no service PIN provisioned: service actions are off")
-        if given != self.pin:
-            self.fails += 1
-            if self.fails >= _TRIES:
-                self.fails = 0
+            raise ValueError("the provisioned service PIN is not a string of 6-8 digits: "
+                             "service actions are off" if self.bad_pin else
+                             "no service PIN provisioned: service actions are off")
+        dev = self.device
+        fails, locks = dev.pin_fails
+        if not same(given, self.pin):
+            fails += 1
+            if fails >= _TRIES:
+                s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
                 self.locked_at = now
-                self.device.set_service_lock(LOCK_S)
-                raise Locked("wrong PIN: service actions locked for %d s" % LOCK_S)
-            raise ValueError("wrong PIN (%d tries left)" % (_TRIES - self.fails))
-        self.fails = 0
+                dev.set_service_lock(s, [0, locks + 1])
+                raise Locked("wrong PIN: service actions locked for %d s" % s)
+            dev.set_service_lock(0, [fails, locks])
+            raise ValueError("wrong PIN (%d tries left)" % (_TRIES - fails))
+        if fails or locks:
+            dev.set_service_lock(0, [0, 0])
 
 
 def act(device, words, wall, now):

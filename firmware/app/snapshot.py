@@ -17,7 +17,8 @@ def counters(c, kinds):
 
 # Device-side bookkeeping in the Counters, not usage: neither reported nor shown as counters.
 BOOKKEEPING = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "day",
-               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews")
+               "day_brews", "prev_day", "prev_brews", "undated_boot", "undated_brews",
+               "day_acked", "prev_acked")
 
 
 def usage(c, kinds):

@@ -10,7 +10,7 @@ from micropython import const
 
 from app.counters import MAX_INPUTS, RESET_CAUSES, Counters
 
-FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on load
+FORMAT = const(4)  # bumped when a layout changes; older formats are migrated on load
 _ENOENT = const(2)
 _EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
@@ -20,13 +20,15 @@ _HEAD = "<BH"
 _HEAD_LEN = const(3)
 _OLD_HEAD_LEN = const(5)
 
-# The counters, in the order they are packed: 92 bytes with header and CRC. Pump times are
+# The counters, in the order they are packed: 96 bytes with header and CRC. Pump times are
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
 # Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
-# buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
-# and reset counts and 64-bit pump times in ms.
+# buckets at the end, format 4 what the cloud has of today's and yesterday's; format 2 lacked
+# them; format 1 (the first firmware's) had 32-bit stuck and reset counts and 64-bit pump
+# times in ms.
 _V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-_LAYOUTS = {3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
+_LAYOUTS = {4: _V2 + "HHHHHHHH", 3: _V2 + "HHHHHH", 2: _V2,
+            1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
 
 
 class NewerFormat(Exception):
@@ -39,7 +41,8 @@ def pack_counters(c):
         c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
         c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
         c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
-        c.undated_boot & 0xFFFF, min(c.undated_brews, 0xFFFF))
+        c.undated_boot & 0xFFFF, min(c.undated_brews, 0xFFFF), min(c.day_acked, 0xFFFF),
+        min(c.prev_acked, 0xFFFF))
 
 
 def unpack_counters(data, fmt=FORMAT):
@@ -54,9 +57,11 @@ def unpack_counters(data, fmt=FORMAT):
     n += len(RESET_CAUSES)
     (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
      c.filter_fit_wall, c.filter_powered_s) = v[n:n + 7]
-    if fmt == 3:
+    if fmt >= 3:
         (c.day, c.day_brews, c.prev_day, c.prev_brews, c.undated_boot,
-         c.undated_brews) = v[n + 7:]
+         c.undated_brews) = v[n + 7:n + 13]
+    if fmt >= 4:
+        c.day_acked, c.prev_acked = v[n + 13:]
     if fmt >= 2:
         c.pump_ms *= 10
         c.filter_pump_ms *= 10

@@ -38,9 +38,10 @@ class Schedule:
         """A report is being built: usage from now on needs another one."""
         self.pending_since = None
 
-    def succeeded(self, now, cfg):
+    def succeeded(self, now, cfg, more=False):
+        """`more`: the report was one page of several: the next one is due now."""
         self.failures = 0
-        self.due = ticks_add(now, settings.get(cfg, "sync_interval_s") * 1000)
+        self.due = now if more else ticks_add(now, settings.get(cfg, "sync_interval_s") * 1000)
         if self.pending_since is not None:  # usage arrived while the report was in flight
             self.usage(now, cfg)
 
@@ -102,6 +103,18 @@ def report(device, seq, wall, uptime_ms, days, counters, rejected=None, supplies
     if orders:
         body["orders"] = orders
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def after_conflict(body, seq):
+    """The era to go on in after a 409 to report `seq` (docs/protocol.yaml): past the
+    reply's `seq`, the highest the cloud has from this device, and past our own."""
+    try:
+        s = json.loads(body)["seq"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        s = seq
+    if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= protocol.MAX_INT:
+        s = seq
+    return protocol.era_after(max(s, seq))
 
 
 class BadReply(ValueError):

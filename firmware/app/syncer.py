@@ -10,6 +10,7 @@ from app.signing import signature
 
 _TIMEOUT_MS = const(10000)  # a reply later than this is a failure; retried with backoff
 _NTP_RETRY_MS = const(60000)
+_NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
 
 
 class Syncer:
@@ -20,16 +21,21 @@ class Syncer:
         self.id = prov["device_id"]
         self.key = bytes.fromhex(prov["key"])
         self.url = prov["cloud_url"]
-        self.ntp = prov.get("ntp", "pool.ntp.org")
+        if not self.url.startswith("https://") and device.profile.board != "emulator":
+            raise ValueError("cloud_url must be https:// (plain http only on the emulator)")
+        self.ntp = prov.get("ntp", "pool.ntp.org")  # "": none (the clock is set otherwise)
         self.path = http.parse_url(self.url)[3] + protocol.REPORT_PATH % self.id
         self.link = link
         self.ssl = ssl
         self.timeout_ms = _TIMEOUT_MS
         self.schedule = sync.Schedule(ticks_ms())
-        self.n = 0  # reports this boot: seq = boots * 2**20 + n
+        self.era = device.meter.c.boots + device.seq_era  # seq = era * 2**20 + n
+        self.n = 0  # reports in this era
         self.rejected = None  # (version, reason) of a desired config we refused
         self.acked = None  # the counters the cloud has stored (None: send them all)
         self.acked_sup = None  # likewise the consumables' levels
+        self.full_day = -1  # the day of the last report that carried them all (daily: a
+        # cloud that lost its data has them all again within a day)
         self.last = None  # (uptime ms, "ok" or why not), for the service console
         self._ntp_tried = None
 
@@ -42,13 +48,14 @@ class Syncer:
 
     async def _clock(self):
         now = ticks_ms()
-        if wallclock.synced or (self._ntp_tried is not None
-                                and ticks_diff(now, self._ntp_tried) < _NTP_RETRY_MS):
+        if not self.ntp or self._ntp_tried is not None and ticks_diff(now, self._ntp_tried) < (
+                _NTP_EVERY_MS if wallclock.synced else _NTP_RETRY_MS):
             return
         self._ntp_tried = now
         host, _, port = self.ntp.partition(":")
         try:
-            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)))
+            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)),
+                               wallclock.STEP_MAX)
         except (OSError, ValueError):
             pass  # reports carry uptime until it works; the cloud places them later
 
@@ -59,15 +66,16 @@ class Syncer:
         try:
             await self.link.up()
             await self._clock()
-            seq = protocol.seq(device.meter.c.boots, self.n)
+            seq = protocol.seq(self.era, self.n)
             self.n += 1
             days = device.days.buckets()
             now_usage = sync.usage(device)
             wall = wallclock.now()
             sup = sync.supplies(device, wall)
+            full = wall // 86400 != self.full_day
             body = sync.report(device, seq, wall, self.uptime_ms(), days,
-                               sync.changed(now_usage, self.acked), self.rejected,
-                               sync.changed(sup, self.acked_sup))
+                               sync.changed(now_usage, None if full else self.acked),
+                               self.rejected, sync.changed(sup, None if full else self.acked_sup))
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
             sig = signature(self.key, "POST", self.path, seq, body)
@@ -75,12 +83,16 @@ class Syncer:
                 self.url, self.path, {protocol.SEQ_HEADER: seq, protocol.SIG_HEADER: sig},
                 body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
+                wallclock.cross_check(wallclock.http_date(http.date))
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.days_acked(days)
                 self.acked, self.acked_sup = now_usage, sup
+                if full:
+                    self.full_day = wall // 86400
                 result = "ok"
-            elif status == 409:  # that seq was used with other content (lost state): skip on
-                self.n += 1000
+            elif status == 409:  # the cloud has that seq, or higher ones (lost state): go past
+                self.era, self.n = sync.after_conflict(reply, seq), 0
+                device.seq_floor(self.era)
                 result = "seq conflict"
             else:
                 result = "HTTP %d" % status
@@ -88,7 +100,7 @@ class Syncer:
             result, retry_after = str(e) or e.__class__.__name__, 0
         now = ticks_ms()
         if result == "ok":
-            self.schedule.succeeded(now, cfg)
+            self.schedule.succeeded(now, cfg, device.days.more)
         else:
             self.schedule.failed(now, cfg, random.random(), retry_after)
         self.last = (device.uptime_ms(now), result)

@@ -19,6 +19,7 @@ from app.device import Device
 from app.syncer import Syncer
 
 from brewmeter.cloud import CloudServer, Faults
+from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.server import FAULT_KINDS
 from brewmeter.harness import load_profile
 from brewmeter.hostfs import DirFS
@@ -64,8 +65,8 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
     events_created = reports = cuts = 0
     with tempfile.TemporaryDirectory() as d:
         fs = DirFS(Path(d))
-        async with CloudServer(Path(d) / "ledger.db", devices=[(DEVICE, KEY)],
-                               faults=cloud_faults) as cloud:
+        ledger = Ledger(Path(d) / "ledger.db", now=lambda: wall[0])  # the cloud's clock too
+        async with CloudServer(ledger, devices=[(DEVICE, KEY)], faults=cloud_faults) as cloud:
             cloud.ledger.set_plan(DEVICE, {"price_per_brew": PRICE_CENTS / 100})
 
             def boot() -> tuple[Device, Syncer]:
@@ -112,6 +113,7 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
                                        if e.get("kind") == "filter_changed"])
             finally:
                 wallclock.synced = False
+        ledger.close()
     return Result(
         faults=len(cloud_faults.log), reports=reports, power_cuts=cuts,
         device_brews=dev_brews, cloud_brews=cloud_brews, billed_brews=bill["brews"],

@@ -31,8 +31,9 @@ class FlashError(Exception):
     pass
 
 
-def check_provision(p: object, source: str) -> dict:
-    """The provisioning file's fields, checked; raises FlashError naming the field."""
+def check_provision(p: object, source: str, board: str = "emulator") -> dict:
+    """The provisioning file's fields, checked for `board`; raises FlashError naming the
+    field."""
     def bad(field: str, why: str) -> FlashError:
         return FlashError(f"{source}: field '{field}': {why}")
 
@@ -53,31 +54,34 @@ def check_provision(p: object, source: str) -> dict:
     url = p.get("cloud_url")
     if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
         raise bad("cloud_url", "must be an http:// or https:// URL")
+    if board != "emulator" and not url.startswith("https://"):
+        raise bad("cloud_url", "must be https:// on a real board (http only on the emulator)")
     if url.startswith("https://"):
         ca = p.get("ca_cert")
         if not isinstance(ca, str) or "BEGIN CERTIFICATE" not in ca:
             raise bad("ca_cert", "an https cloud needs the CA certificate (PEM) to verify it")
     if "ntp" in p and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", str(p["ntp"])):
         raise bad("ntp", "an NTP server, host or host:port")
-    if not re.fullmatch(r"[0-9]{4,8}", str(p.get("service_pin", ""))):
-        raise bad("service_pin", "4-8 digits")
+    pin = p.get("service_pin")
+    if not (isinstance(pin, str) and re.fullmatch(r"[0-9]{6,8}", pin)):
+        raise bad("service_pin", 'a string of 6-8 digits, e.g. "204815"')
     return p
 
 
-def load_provision(path: str) -> dict:
+def load_provision(path: str, board: str = "emulator") -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
         raise FlashError(f"{path}: cannot read: {e.strerror}") from None
     except ValueError as e:
         raise FlashError(f"{path}: not valid JSON: {e}") from None
-    return check_provision(data, path)
+    return check_provision(data, path, board)
 
 
 def emulator_provision(cloud_url: str = "http://127.0.0.1:8080") -> dict:
     return {"device_id": "bm-emu-" + secrets.token_hex(3), "key": secrets.token_hex(32),
             "wifi": {"ssid": "emulated", "password": ""}, "cloud_url": cloud_url,
-            "ntp": "127.0.0.1", "service_pin": "2468"}
+            "ntp": "127.0.0.1", "service_pin": "246810"}
 
 
 def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
@@ -270,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return demo.run(args)
         board = args.board or "esp32-generic"
-        load_profile(board)
+        profile = load_profile(board)
         if not args.provision:
             raise FlashError("--provision FILE is required for a real board")
-        provision = load_provision(args.provision)
+        provision = load_provision(args.provision, profile.board)
         if args.erase_data and not args.yes and not args.dry_run:
             answer = input(f"Erase ALL counters on {args.port}? This cannot be undone. "
                            "Type 'erase' to confirm: ")

@@ -100,9 +100,8 @@ class _Home:
         dev = Device(self.profile, self.fs)
         dev.wall = self.wall
         dev.boot(1, replay.ticks(self.clock.ms))
-        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url},
-                   self.link)
-        s._ntp_tried = 0  # the clock is set below, as NTP would
+        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
+                         "ntp": ""}, self.link)  # the clock is set below, as NTP would
         dev.on_usage = s.usage
         return dev, s
 

@@ -62,9 +62,8 @@ async def measure(days: int = 3, brews_per_day: int = 10, seed: int = 0) -> floa
             wall = [WALL0]
             device.wall = lambda: wall[0]
             device.boot(1, clock.ticks_ms())
-            syncer = Syncer(device, {"device_id": DEVICE, "key": KEY, "cloud_url": url},
-                            _Up())
-            syncer._ntp_tried = clock.ticks_ms()
+            syncer = Syncer(device, {"device_id": DEVICE, "key": KEY, "cloud_url": url,
+                                     "ntp": ""}, _Up())  # the clock is set below
             device.on_usage = syncer.usage
             wallclock.set_unix(wall[0])
             per_day = []

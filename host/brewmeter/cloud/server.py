@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -450,6 +451,13 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
         worker.close()
 
     app.on_cleanup.append(close_worker)
+
+    async def date_header(_: web.Request, resp: web.StreamResponse) -> None:
+        # The Date devices cross-check their clock against: the ledger's clock (the
+        # harness runs it virtual), not the host's.
+        resp.headers["Date"] = formatdate(ledger.now(), usegmt=True)
+
+    app.on_response_prepare.append(date_header)
     r = app.router
     r.add_get("/v1/health", health)
     r.add_post("/v1/devices/{id}/report", report)
