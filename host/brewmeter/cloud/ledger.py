@@ -213,7 +213,12 @@ CONFIG_MAX = P.MAX_REPLY - ACK_MAX - 64
 
 
 class BadSettings(ValueError):
-    """Desired settings the device would refuse or could not receive (HTTP 400)."""
+    """Desired settings no device would take, or one could not receive (HTTP 400)."""
+
+
+class NotForThisDevice(BadSettings):
+    """Desired settings valid for some device but not this one: a per-kind setting naming
+    a brew kind it does not have (HTTP 409)."""
 
 
 def check_desired(settings: Any) -> dict[str, Any]:
@@ -345,7 +350,7 @@ class Ledger:
     def set_config(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
         """Set the desired settings; the version goes up by one. Returns {version, settings}.
         BadSettings (nothing changed) if no device would take them (see check_desired),
-        StateConflict if this one would not (a brew kind it does not have)."""
+        NotForThisDevice if this one would not (a brew kind it does not have)."""
         with self._tx() as db:
             self._need(db, device_id)
             check_desired(settings)
@@ -354,7 +359,7 @@ class Ledger:
                 (device_id,))]
             reason = P.check_settings(settings, kinds) if kinds else None
             if reason is not None:
-                raise StateConflict(f"{reason} (its kinds: {', '.join(sorted(kinds))})")
+                raise NotForThisDevice(f"{reason} (its kinds: {', '.join(sorted(kinds))})")
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
                        "desired_settings=? WHERE id=?", (json.dumps(settings), device_id))
             (v,) = db.execute("SELECT desired_version FROM devices WHERE id=?",

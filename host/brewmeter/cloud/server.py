@@ -31,6 +31,7 @@ from brewmeter.cloud import auth, billing, quota
 from brewmeter.cloud.ledger import (
     BadSettings,
     Ledger,
+    NotForThisDevice,
     Reply,
     SeqConflict,
     StateConflict,
@@ -318,10 +319,10 @@ async def put_config(request: web.Request) -> web.Response:
                                              request.match_info["id"], d["settings"])
     except UnknownDevice:
         raise _Fail(404, "unknown device") from None
+    except NotForThisDevice as e:  # valid settings, but not for this device (its kinds)
+        raise _Fail(409, f"the device would refuse these settings: {e}") from None
     except BadSettings as e:
         raise _Fail(400, f"the device would refuse these settings: {e}") from None
-    except StateConflict as e:  # valid settings, but not for this device (its brew kinds)
-        raise _Fail(409, f"the device would refuse these settings: {e}") from None
     return web.json_response(out)
 
 
