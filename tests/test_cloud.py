@@ -634,24 +634,6 @@ def test_protocol_document_lists_every_route():
     assert documented == served
 
 
-def test_the_protocol_example_parses():
-    from brewmeter.cloud.report import parse_report
-
-    example = {
-        "seq": 12, "fw": "0.1.0", "boot": 5, "uptime_ms": 123456, "clock": 1795000000,
-        "counters": {"brews": {"espresso": 10, "lungo": 4}, "brews_total": 14, "rinses": 3,
-                     "stuck_runs": 0, "water_ml": 2100, "idle_ml": 0, "pump_ms": 410000,
-                     "filters": 1, "filter_ml": 900, "filter_pump_ms": 120000,
-                     "filter_brews": 6, "boots": 5},
-        "days": [{"day": 20781, "brews": {"espresso": 3}, "water_ml": 300},
-                 {"boot": 5, "at_ms": 60000, "brews": {"lungo": 1}, "water_ml": 110}],
-        "events": [{"id": 7, "kind": "filter_changed", "at": 1794999000}],
-        "config": {"applied": 3},
-    }
-    r = parse_report(auth.encode_report(example), "12")
-    assert r.counters["brews.lungo"] == 4 and r.days[1].boot == 5 and r.event_ids == [7]
-
-
 def test_firmware_signature_matches_the_clouds():
     signing = pytest.importorskip("app.signing")  # firmware/app, as the device runs it
     key = bytes.fromhex(KEY)

@@ -16,7 +16,7 @@ from brewmeter.cloud.shared import protocol as P
 SEQ_HEADER = P.SEQ_HEADER
 SIG_HEADER = P.SIG_HEADER
 KEY_BYTES = 32
-SEQ = re.compile(r"0|[1-9][0-9]{0,14}")  # the seq header's text: decimal, no leading zeros
+SEQ = re.compile(r"0|[1-9][0-9]{0,15}")  # the seq header's text: decimal, no leading zeros
 
 # Ids travel unescaped in URL paths and in the signed message: keep them to safe characters.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

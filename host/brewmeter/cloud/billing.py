@@ -13,13 +13,27 @@ Two plans:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 PER_BREW = ("price_per_brew",)
+CURRENCY = re.compile("[A-Za-z]{3}")
 MONTHLY = ("monthly_fee", "included", "rollover_max", "overage_per_brew")
+
+
+# The days the cloud bills (and queries take): protocol.yaml's Date.
+FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(2199, 12, 31)
+
+
+def parse_date(v: Any) -> date:
+    """A YYYY-MM-DD within [FIRST_DATE, LAST_DATE]; ValueError otherwise."""
+    d = date.fromisoformat(v) if isinstance(v, str) and len(v) == 10 else None
+    if d is None or not FIRST_DATE <= d <= LAST_DATE:
+        raise ValueError(f"expected a YYYY-MM-DD from {FIRST_DATE} to {LAST_DATE}, got {v!r}")
+    return d
 
 
 class BadPlan(ValueError):
@@ -56,14 +70,16 @@ def parse_plan(d: Any) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise BadPlan("expected a JSON object")
     currency = d.get("currency", "EUR")
-    if not isinstance(currency, str) or not (currency.isalpha() and len(currency) == 3):
+    if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
         raise BadPlan("currency: expected a 3-letter code")
-    start = d.get("start")
-    if start is not None:
+    start = d.get("start", ...)
+    if start is ...:
+        start = None
+    else:
         try:
-            start = date.fromisoformat(start).replace(day=1).isoformat()
-        except (TypeError, ValueError):
-            raise BadPlan("start: expected YYYY-MM-DD") from None
+            start = parse_date(start).replace(day=1).isoformat()
+        except ValueError as e:
+            raise BadPlan(f"start: {e}") from None
     keys = set(d) - {"currency", "start"}
     if keys == set(PER_BREW):
         return {"kind": "per_brew", "currency": currency.upper(), "start": start,

@@ -213,14 +213,19 @@ CONFIG_MAX = P.MAX_REPLY - ACK_MAX - 64
 
 
 class BadSettings(ValueError):
-    """Desired settings the device would refuse or could not receive (HTTP 400)."""
+    """Desired settings no device would take, or one could not receive (HTTP 400)."""
 
 
-def check_desired(settings: Any, kinds: list[str] | None) -> dict[str, Any]:
-    """`settings` if the device can take them: the protocol's schema (per-kind settings
-    naming only `kinds`, the device's brew kinds, when known) and a reply that fits the
-    device's limit whatever else it carries. Else BadSettings with the reason."""
-    reason = P.check_settings(settings, kinds)
+class NotForThisDevice(BadSettings):
+    """Desired settings valid for some device but not this one: a per-kind setting naming
+    a brew kind it does not have (HTTP 409)."""
+
+
+def check_desired(settings: Any) -> dict[str, Any]:
+    """`settings` if a device can take them: the protocol's schema, and a reply that fits
+    the device's limit whatever else it carries. Else BadSettings with the reason. (Which
+    brew kinds a per-kind setting may name depends on the device: see set_config.)"""
+    reason = P.check_settings(settings)
     if reason is None and len(_compact({"version": P.MAX_INT, "settings": settings})) > \
             CONFIG_MAX:
         reason = f"settings over {CONFIG_MAX} bytes: no reply could carry them"
@@ -344,13 +349,17 @@ class Ledger:
 
     def set_config(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
         """Set the desired settings; the version goes up by one. Returns {version, settings}.
-        BadSettings (nothing changed) if the device would refuse them (see check_desired)."""
+        BadSettings (nothing changed) if no device would take them (see check_desired),
+        NotForThisDevice if this one would not (a brew kind it does not have)."""
         with self._tx() as db:
             self._need(db, device_id)
+            check_desired(settings)
             kinds = [f[len("brews."):] for (f,) in db.execute(
                 "SELECT field FROM counters WHERE device=? AND field LIKE 'brews.%'",
                 (device_id,))]
-            check_desired(settings, kinds or None)
+            reason = P.check_settings(settings, kinds) if kinds else None
+            if reason is not None:
+                raise NotForThisDevice(f"{reason} (its kinds: {', '.join(sorted(kinds))})")
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
                        "desired_settings=? WHERE id=?", (json.dumps(settings), device_id))
             (v,) = db.execute("SELECT desired_version FROM devices WHERE id=?",
@@ -522,11 +531,12 @@ class Ledger:
         # Place exactly what an anchored boot explains (also correcting earlier estimates, if
         # the report with the clock came late), then estimate what a newer boot orphaned.
         # Only when something could move: most reports skip both.
-        if loose or anchored:
-            db.execute("UPDATE loose_place SET day=(a.epoch_ms + loose_place.at_ms) / ?, "
-                       "estimated=0 FROM boot_anchor a WHERE loose_place.device=? "
+        if loose or anchored:  # (never further ahead than a dated bucket may be)
+            db.execute("UPDATE loose_place SET day=(a.epoch_ms + loose_place.at_ms) / ?1, "
+                       "estimated=0 FROM boot_anchor a WHERE loose_place.device=?2 "
                        "AND a.device=loose_place.device AND a.boot=loose_place.boot "
-                       "AND (day IS NULL OR estimated=1)", (DAY_MS, dev))
+                       "AND (day IS NULL OR estimated=1) "
+                       "AND (a.epoch_ms + loose_place.at_ms) / ?1 <= ?3", (DAY_MS, dev, ahead))
         if loose or r.boot > max_boot:
             db.execute("UPDATE loose_place SET day=arrived_day, estimated=1 "
                        "WHERE device=? AND day IS NULL AND boot < ?",
@@ -603,7 +613,8 @@ class Ledger:
                 current = row and row[0]
             (n,) = db.execute("SELECT count(*) FROM orders WHERE device=? AND "
                               "status!='declined' AND requested_at>=?", (dev, since)).fetchone()
-            st, reason = self.merchant.decide(item, cycle, ev["ask"], rules, current, n)
+            st, reason = self.merchant.decide(ev["order"], item, cycle, ev["ask"], rules,
+                                              current, n)
             ship, deliver = self.merchant.schedule(now) if st == "placed" else (None, None)
             db.execute(f"INSERT INTO orders (device, {ORDER_COLS}) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -812,6 +823,10 @@ class Ledger:
         plan = dev["plan"]
         if plan is None:
             raise billing.BadPlan("the device has no plan (PUT .../plan)")
+        if last < first:  # an empty period
+            return {"id": device_id, "from": first.isoformat(), "to": last.isoformat(),
+                    "currency": plan["currency"], "plan": plan, "months": [], "brews": 0,
+                    "total_cents": 0}
         # From the start (rollover needs the history) to the end of the last month (a monthly
         # plan bills whole months).
         usage = self._usage(device_id, 0, day_number(billing.next_month(last)) - 1)

@@ -39,12 +39,14 @@ class Merchant:
     out_of_stock: frozenset[str] | set[str] = field(default_factory=frozenset)
     catalogue: frozenset[str] = CATALOGUE
 
-    def decide(self, item: str, cycle: int, ask: int, rules: Rules, current: int | None,
-               this_month: int) -> tuple[str, str | None]:
-        """A new order's (status, reason it was declined): for `cycle` of `item`, the device
-        asking for approval or not (`ask`), under the owner's `rules`, the item's `current`
-        cycle as the device reported it (None: never), `this_month` orders not declined so
-        far this calendar month."""
+    def decide(self, order: str, item: str, cycle: int, ask: int, rules: Rules,
+               current: int | None, this_month: int) -> tuple[str, str | None]:
+        """A new order's (status, reason it was declined): order id `order` for `cycle` of
+        `item`, the device asking for approval or not (`ask`), under the owner's `rules`,
+        the item's `current` cycle as the device reported it (None: never), `this_month`
+        orders not declined so far this calendar month."""
+        if order != P.order_id(item, cycle):  # one order per item and cycle: the id says which
+            return "declined", f"{order} is not the order id of {item}'s cycle {cycle}"
         if item not in self.catalogue:
             return "declined", f"{item!r} is not in the catalogue"
         if current is None:

@@ -124,7 +124,7 @@ def unflatten(fields: dict[str, int]) -> dict[str, Any]:
     return out
 
 
-def _bucket(b: Any, i: int, boot: int, uptime_ms: int) -> Bucket:
+def _bucket(b: Any, i: int) -> Bucket:
     what = f"days[{i}]"
     if not isinstance(b, dict):
         raise BadReport(f"{what}: expected an object")
@@ -136,9 +136,10 @@ def _bucket(b: Any, i: int, boot: int, uptime_ms: int) -> Bucket:
         return Bucket(_int(b["day"], f"{what}.day", 0, MAX_DAY), None, None, fields)
     if "boot" not in b or "at_ms" not in b:
         raise BadReport(f"{what}: a bucket has either day, or boot and at_ms")
-    b_boot = _int(b["boot"], f"{what}.boot", 0, boot)
-    at_ms = _int(b["at_ms"], f"{what}.at_ms", 0, uptime_ms if b_boot == boot else MAX_INT)
-    return Bucket(None, b_boot, at_ms, fields)
+    # (A boot above the report's, or an at_ms past its uptime, is no device's: such a bucket
+    # is kept like any, and placed no further than protocol.DAY_AHEAD: see Ledger._days.)
+    return Bucket(None, _int(b["boot"], f"{what}.boot"), _int(b["at_ms"], f"{what}.at_ms"),
+                  fields)
 
 
 def _event(e: Any, i: int) -> dict[str, Any]:
@@ -149,15 +150,12 @@ def _event(e: Any, i: int) -> dict[str, Any]:
     if not isinstance(kind, str) or not NAME.fullmatch(kind):
         raise BadReport(f"events[{i}].kind: expected a name, got {kind!r}")
     if kind == "order_requested":
-        oid = _order_id(e.get("order"), f"events[{i}].order")
+        _order_id(e.get("order"), f"events[{i}].order")
         item = e.get("item")
         if not isinstance(item, str) or not NAME.fullmatch(item):
             raise BadReport(f"events[{i}].item: expected a name, got {item!r}")
-        cycle = _int(e.get("cycle"), f"events[{i}].cycle")
+        _int(e.get("cycle"), f"events[{i}].cycle")
         _int(e.get("ask"), f"events[{i}].ask", 0, 1)
-        if oid != P.order_id(item, cycle):  # one order per item and cycle: the id says which
-            raise BadReport(f"events[{i}].order: {oid} is not {P.order_id(item, cycle)!r}, "
-                            "the order id of its item and cycle")
     return e
 
 
@@ -208,6 +206,21 @@ def _config(c: Any) -> tuple[int | None, tuple[int, str] | None]:
     return applied, (_int(rej.get("version"), "config.rejected.version", 1), reason)
 
 
+def _number(text: str) -> int | float:
+    x = float(text)
+    return int(x) if x.is_integer() else x  # 5.0 is the JSON integer 5
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON as the cloud reads it: a number with an integral value is an integer (as JSON
+    Schema says), NaN and Infinity are not JSON."""
+    return json.loads(body, parse_float=_number, parse_constant=_constant)
+
+
 def parse_seq(header: str | None) -> int:
     if header is None or not SEQ.fullmatch(header):
         raise BadReport(f"X-Brewmeter-Seq: expected a decimal integer, got {header!r}")
@@ -220,7 +233,7 @@ def parse_report(body: bytes, seq_header: str | None = None) -> Report:
     if len(body) > MAX_BODY:
         raise BadReport(f"body over {MAX_BODY} bytes")
     try:
-        d = json.loads(body)
+        d = loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadReport(f"not JSON: {e}") from None
     if not isinstance(d, dict):
@@ -246,7 +259,7 @@ def parse_report(body: bytes, seq_header: str | None = None) -> Report:
     return Report(
         seq=seq, digest=hashlib.sha256(body).digest(), fw=fw, boot=boot, uptime_ms=uptime_ms,
         clock=clock, counters=flatten(d.get("counters"), "counters"),
-        days=[_bucket(b, i, boot, uptime_ms) for i, b in enumerate(days)],
+        days=[_bucket(b, i) for i, b in enumerate(days)],
         events=[_event(e, i) for i, e in enumerate(events)],
         applied=applied, rejected=rejected, orders=_orders(d.get("orders", {})),
         supplies=_supplies(d.get("supplies", {})))

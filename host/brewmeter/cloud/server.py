@@ -31,6 +31,7 @@ from brewmeter.cloud import auth, billing, quota
 from brewmeter.cloud.ledger import (
     BadSettings,
     Ledger,
+    NotForThisDevice,
     Reply,
     SeqConflict,
     StateConflict,
@@ -39,7 +40,7 @@ from brewmeter.cloud.ledger import (
     is_busy,
 )
 from brewmeter.cloud.merchant import Merchant
-from brewmeter.cloud.report import MAX_BODY, NAME, BadReport, Report, parse_report
+from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, Report, loads, parse_report
 
 log = logging.getLogger("brewmeter.cloud")
 T = TypeVar("T")
@@ -196,7 +197,7 @@ def _admin(request: web.Request) -> None:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return json.loads(await request.read())
+        return loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
         raise _Fail(413, f"body over {MAX_BODY} bytes") from None
     except ValueError as e:
@@ -210,16 +211,15 @@ def _date_param(request: web.Request, name: str, default: date | None) -> date:
             raise _Fail(400, f"query parameter {name}=YYYY-MM-DD is required")
         return default
     try:
-        return date.fromisoformat(v)
-    except ValueError:
-        raise _Fail(400, f"{name}: expected YYYY-MM-DD, got {v!r}") from None
+        return billing.parse_date(v)
+    except ValueError as e:
+        raise _Fail(400, f"{name}: {e}") from None
 
 
 def _range(request: web.Request, required: bool) -> tuple[date, date]:
-    first = _date_param(request, "from", None if required else date(1970, 1, 1))
-    last = _date_param(request, "to", None if required else date(9999, 12, 31))
-    if last < first:
-        raise _Fail(400, "to is before from")
+    """[from, to], inclusive; `to` before `from` is an empty range (nothing in it)."""
+    first = _date_param(request, "from", None if required else billing.FIRST_DATE)
+    last = _date_param(request, "to", None if required else billing.LAST_DATE)
     return first, last
 
 
@@ -319,6 +319,8 @@ async def put_config(request: web.Request) -> web.Response:
                                              request.match_info["id"], d["settings"])
     except UnknownDevice:
         raise _Fail(404, "unknown device") from None
+    except NotForThisDevice as e:  # valid settings, but not for this device (its kinds)
+        raise _Fail(409, f"the device would refuse these settings: {e}") from None
     except BadSettings as e:
         raise _Fail(400, f"the device would refuse these settings: {e}") from None
     return web.json_response(out)
@@ -353,12 +355,17 @@ async def get_days(request: web.Request) -> web.Response:
     return await _query(request, request.app[LEDGER].days, *_range(request, required=False))
 
 
+EVENTS_MAX = 1000  # events per query page
+
+
 async def get_events(request: web.Request) -> web.Response:
     try:
-        after = int(request.query.get("after", -1))
-        limit = min(int(request.query.get("limit", 1000)), 1000)
+        after = max(-1, min(int(request.query.get("after", -1)), MAX_INT))  # any integer
+        limit = int(request.query.get("limit", EVENTS_MAX))
     except ValueError:
         raise _Fail(400, "after and limit are integers") from None
+    if not 1 <= limit <= EVENTS_MAX:
+        raise _Fail(400, f"limit: 1 to {EVENTS_MAX}")
     return await _query(request, request.app[LEDGER].events, after, limit)
 
 

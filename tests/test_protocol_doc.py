@@ -1,0 +1,98 @@
+"""docs/protocol.yaml against the one definition (firmware/app/protocol.py) and the cloud:
+its own examples parse with the cloud's parsers, and every limit, name, format and rule it
+states is the protocol's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from brewmeter.cloud import auth, billing
+from brewmeter.cloud.report import NAME, parse_report
+from brewmeter.cloud.shared import protocol as P
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "protocol.yaml").read_text())
+SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
+TEXT: str = DOC["info"]["description"]
+
+
+def test_the_documents_report_examples_parse():
+    examples = SCHEMAS["Report"]["examples"]
+    assert examples
+    for ex in examples:
+        r = parse_report(auth.encode_report(ex), str(ex["seq"]))
+        assert r.seq == ex["seq"] and len(r.days) == len(ex.get("days", []))
+        assert r.event_ids == sorted(e["id"] for e in ex.get("events", []))
+        for e in r.order_events:  # an order of its item and cycle, as the cloud decides it
+            assert e["order"] == P.order_id(e["item"], e["cycle"])
+            assert P.parse_order(e["order"]) == (e["item"], e["cycle"])
+
+
+def test_the_documents_field_examples_parse():
+    for oid in SCHEMAS["OrderId"]["examples"]:
+        assert P.parse_order(oid) is not None
+    for kind in SCHEMAS["Event"]["properties"]["kind"]["examples"]:
+        assert NAME.fullmatch(kind)
+    per_brew = {k: v["examples"][0] for k, v in
+                SCHEMAS["Plan"]["oneOf"][0]["properties"].items() if "examples" in v}
+    monthly = {k: v["examples"][0] for k, v in
+               SCHEMAS["Plan"]["oneOf"][1]["properties"].items() if "examples" in v}
+    assert billing.parse_plan(per_brew)["price_per_brew_cents"] == 35
+    assert billing.parse_plan(monthly)["monthly_fee_cents"] == 2000
+    defaults = {k: v["default"] for k, v in SCHEMAS["Settings"]["properties"].items()
+                if "default" in v}
+    assert P.check_settings(defaults) is None
+
+
+def test_the_documents_limits_are_the_protocols():
+    report = SCHEMAS["Report"]["properties"]
+    assert report["days"]["maxItems"] == P.MAX_DAYS
+    assert report["events"]["maxItems"] == P.MAX_EVENTS
+    assert report["orders"]["maxProperties"] == P.MAX_ORDERS
+    assert report["supplies"]["maxProperties"] == P.MAX_SUPPLIES
+    assert report["fw"]["maxLength"] == P.MAX_FW
+    assert SCHEMAS["Count"]["maximum"] == P.MAX_INT
+    assert {"const": 0} in report["clock"]["anyOf"]
+    assert {"minimum": P.CLOCK_MIN} in report["clock"]["anyOf"]
+    rejected = SCHEMAS["ConfigState"]["properties"]["rejected"]["properties"]
+    assert rejected["reason"]["maxLength"] == P.MAX_TEXT
+    assert SCHEMAS["Name"]["pattern"] == f"^[A-Za-z0-9_-]{{1,{P.MAX_NAME}}}$"
+    assert set(P.NAME_CHARS) == set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    assert set(SCHEMAS["Bucket"]["properties"]) >= set(P.BUCKET_KEYS)
+    assert set(SCHEMAS["OrderStatus"]["enum"]) == set(P.STATUSES) - {"requested"} | \
+        {P.UNKNOWN}
+    # The prose says the same numbers.
+    for n in (P.MAX_BODY, P.MAX_FIELDS, P.MAX_DAYS, P.MAX_EVENTS, P.MAX_ORDERS,
+              P.MAX_SUPPLIES, P.MAX_TEXT, P.MAX_REPLY):
+        assert re.search(rf"\b{n}\b", TEXT), n
+    assert "[0, 2^53-1]" in TEXT and f"{{1,{P.MAX_NAME}}}" in TEXT
+
+
+def test_the_documents_settings_are_the_protocols():
+    props = SCHEMAS["Settings"]["properties"]
+    assert SCHEMAS["Settings"]["additionalProperties"] is False
+    assert set(props) == set(P.SCHEMA) | set(P.PER_KIND)
+    for k, (lo, hi, default) in P.SCHEMA.items():
+        assert (props[k]["minimum"], props[k]["maximum"], props[k]["default"]) == \
+            (lo, hi, default), k
+    for k, (lo, hi) in P.PER_KIND.items():
+        assert props[k]["maxProperties"] == P.MAX_KINDS
+        v = props[k]["additionalProperties"]
+        assert (v["minimum"], v["maximum"]) == (lo, hi)
+
+
+def test_the_documents_paths_and_headers_are_the_protocols():
+    paths = DOC["paths"]
+    assert P.REPORT_PATH % "{id}" in paths and P.HEALTH_PATH in paths
+    params = [p["name"] for p in paths[P.REPORT_PATH % "{id}"]["post"]["parameters"]
+              if "name" in p]
+    assert P.SEQ_HEADER in params
+    assert DOC["components"]["securitySchemes"]["deviceSignature"]["name"] == P.SIG_HEADER
+    assert 'MESSAGE = METHOD "\\n" PATH "\\n" SEQ "\\n" BODY' in TEXT
+    assert P.message("POST", "/p", 7, b"{}") == b"POST\n/p\n7\n{}"
