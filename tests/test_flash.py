@@ -176,8 +176,8 @@ def test_the_board_dates_brews_once_ntp_answers(board):
         def datagram_received(self, data, addr):  # noqa: ANN001, ANN201
             reply = bytearray(48)
             reply[0] = 0x1C  # v3, server
-            reply[1] = 1  # stratum 1: a synchronised server
-            reply[24:32] = data[40:48]  # origin: the query's transmit timestamp
+            reply[1] = 2  # stratum 2: synchronised
+            reply[24:32] = data[40:48]  # the origin: our query's transmit timestamp
             reply[40:44] = struct.pack("!I", int(time.time()) + 2208988800)
             self.t.sendto(bytes(reply), addr)
 

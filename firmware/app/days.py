@@ -12,8 +12,8 @@
 # folds the later ones into one folded bucket (app/protocol.py), which the cloud places on
 # the newest day in it, estimated: no brew is dropped. A backward clock step of more than
 # protocol.DAY_AHEAD days (the earlier clock was wrong: far ahead) folds the buckets dated
-# after the new day likewise, placed on it, less what the cloud already has of them (the
-# Counters keep that of today's and yesterday's); smaller steps back keep counting on the
+# after the new day likewise, placed on it, less what the cloud already has of them (`acks`
+# keeps that of today's and yesterday's); smaller steps back keep counting on the
 # current day until the clock passes it.
 from micropython import const
 

@@ -141,7 +141,6 @@ class Device:
         if self.days.unsaved:
             self._save_state()
 
-
     def _save_state(self, config=None):
         d = {"ob": self.outbox.state(),
              "cfg": config or {"v": self.config_version, "s": self.config},

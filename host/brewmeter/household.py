@@ -74,7 +74,7 @@ class Outcome:
                 "reports": self.reports}
 
 
-class _Link:
+class Link:
     """The radio (it has no stand-in here): up when the plan says the network is."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ class _Home:
     def __init__(self, plan: Plan, profile: Any, fs: MemFS, cloud: CloudServer,
                  clock: VirtualClock) -> None:
         self.plan, self.profile, self.fs, self.cloud, self.clock = plan, profile, fs, cloud, clock
-        self.link = _Link()
+        self.link = Link()
         self.out = Outcome(plan.days, {}, {}, [])
         self.device, self.syncer = self.boot()
 

@@ -23,6 +23,7 @@ from brewmeter.cloud import CloudServer
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.harness import load_profile
 from brewmeter.hostfs import MemFS
+from brewmeter.household import Link
 from brewmeter.simulate import START_WALL
 
 DEVICE = "bm-life01"
@@ -33,15 +34,6 @@ FIRST = date(2025, 1, 1)  # before START_WALL: every day a life can bill lies in
 LAST = date(2029, 12, 31)
 
 
-class _Link:
-    def __init__(self) -> None:
-        self.ok = True
-
-    async def up(self) -> None:
-        if not self.ok:
-            raise OSError("network down")
-
-
 class Life:
     """Use as `async with Life(tmp_path) as life:`."""
 
@@ -50,7 +42,7 @@ class Life:
         self.profile = load_profile(board)
         self.clock = VirtualClock(ticks_start=replay.ticks(0))
         self.fs = MemFS()
-        self.link = _Link()
+        self.link = Link()
         self.skew = 0  # the NTP server's error (s): what the device's clock is set to at boot
         self.db = tmp / "ledger.db"
         self.results: list[str] = []  # every sync's result
