@@ -41,6 +41,7 @@ from brewmeter.cloud.ledger import (
 )
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, Report, loads, parse_report
+from brewmeter.cloud.shared import protocol as P
 
 log = logging.getLogger("brewmeter.cloud")
 T = TypeVar("T")
@@ -460,8 +461,8 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
 
     app.on_response_prepare.append(date_header)
     r = app.router
-    r.add_get("/v1/health", health)
-    r.add_post("/v1/devices/{id}/report", report)
+    r.add_get(P.HEALTH_PATH, health)
+    r.add_post(P.REPORT_PATH % "{id}", report)
     r.add_get("/v1/devices/{id}", get_device)
     r.add_get("/v1/devices/{id}/days", get_days)
     r.add_get("/v1/devices/{id}/events", get_events)
