@@ -260,7 +260,7 @@ async def report(request: web.Request) -> web.StreamResponse:
     levels[dev], wait = quota.take(app[QUOTA], levels.get(dev), app[LEDGER].now(),
                                    quota.rows(rep))
     if wait:
-        return _error(429, f"over this device's quota of reports: try in {wait} s",
+        return _error(429, f"over this device's quota of reports or rows: try in {wait} s",
                       headers={"Retry-After": str(wait)})
     if fault == "delay":  # received whole, then slow: the device times out, the cloud stores
         assert faults is not None
