@@ -171,7 +171,10 @@ LEVELS = web.AppKey("levels", dict[str, quota.Level])  # per device, in memory
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None,
            **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+    """An error reply. Its message is cut to the protocol's limit for texts, so no reply is
+    over the device's limit, whatever a bad report quoted into it."""
+    return web.json_response({"error": P.cut(message), **extra}, status=status,
+                             headers=headers)
 
 
 class _Fail(web.HTTPException):
@@ -179,7 +182,8 @@ class _Fail(web.HTTPException):
 
     def __init__(self, status: int, message: str) -> None:
         self.status_code = status
-        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+        super().__init__(text=json.dumps({"error": P.cut(message)}),
+                         content_type="application/json")
 
 
 def _drop(request: web.Request) -> NoReturn:
