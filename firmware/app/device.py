@@ -340,9 +340,11 @@ class Device:
 
     def order_status(self, statuses):
         """The cloud's word on our orders ({order id: status}, from a sync reply)."""
-        changed, lost = orders.apply_status(self.supplies, statuses)
+        changed, lost, other = orders.apply_status(self.supplies, statuses)
         if changed:
             self.save_supplies()
+        for oid, st in other:  # a status we do not know: kept, and said (app/protocol.py)
+            self.fault("order_status", "%s %s" % (oid, st))
         wall = self.wall()
         asked = False
         for name in lost:  # the cloud never got the request (dropped from a full outbox)

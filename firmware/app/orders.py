@@ -6,7 +6,7 @@
 # second order (the cloud dedupes on the id). The rules (auto-order per consumable, a monthly
 # cap, ask-first) are checked here, on the device, so they hold offline too.
 from app import settings
-from app.protocol import OPEN, STATUSES, UNKNOWN, order_id
+from app.protocol import MAX_NAME, OPEN, STATUSES, UNKNOWN, order_id
 from app.supplies import ITEMS
 
 
@@ -65,14 +65,21 @@ def open_orders(sup):
 
 def apply_status(sup, statuses):
     """The cloud's `orders` reply ({order id: status}). Returns (changed, names whose
-    order the cloud has never received: to request again)."""
+    order the cloud has never received: to request again, [(order id, status)] of statuses
+    the protocol does not know: kept, ending the cycle's ordering, for a fault)."""
     changed = False
     lost = []
+    other = []
     for name, it in sup.items.items():
-        st = statuses.get(order_id(name, it[0]))
+        oid = order_id(name, it[0])
+        st = statuses.get(oid)
         if st == UNKNOWN and it[2] in OPEN:
             lost.append(name)
         elif st in STATUSES and st != it[2] and it[2]:
             it[2] = st
             changed = True
-    return changed, lost
+        elif st and st != UNKNOWN and st not in STATUSES and it[2] in OPEN:
+            it[2] = st[:MAX_NAME]
+            other.append((oid, it[2]))
+            changed = True
+    return changed, lost, other

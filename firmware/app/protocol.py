@@ -10,6 +10,9 @@ REPORT_PATH = "/v1/devices/%s/report"
 HEALTH_PATH = "/v1/health"
 SEQ_HEADER = "X-Brewmeter-Seq"
 SIG_HEADER = "X-Brewmeter-Signature"
+# The id of the key that signed (provisioning's "key_id"; absent: the device's first key).
+# The cloud accepts the old key and the new one while a rotation overlaps.
+KEY_HEADER = "X-Brewmeter-Key"
 
 # Limits. A report: body, counter fields (after flattening one level), day buckets, events,
 # open orders, supplies; integers in [0, MAX_INT]; field names of NAME_CHARS, 1..MAX_NAME.
@@ -30,6 +33,7 @@ DAY_AHEAD = const(1)  # a bucket dated further ahead of the cloud's day is not b
 MAX_REPLY = const(4096)
 MAX_LINE = const(512)
 MAX_HEADERS = const(32)
+REPLY_MS = const(10000)  # the whole reply within this, or the report failed
 MAX_KINDS = const(4)  # brew kinds a per-kind setting may name (a board's pump inputs)
 
 # Day buckets (a report's `days`), one of: {"day": D, ...} usage on UTC day D (days since
@@ -41,6 +45,25 @@ MAX_KINDS = const(4)  # brew kinds a per-kind setting may name (a board's pump i
 BUCKET_KEYS = ("day", "boot", "at_ms", "fold", "last")
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+# Replies. 200: applied (or a retry of an applied one). 409: a seq conflict (see era_after).
+# 429 and 5xx: try later (Retry-After, whole seconds, is honoured). Any other status is a
+# refusal of the report itself: after refusals for REFUSED_S without a 200 the device raises
+# the fault "sync_refused" ("<status> <reason>", the reply's "error" cut to MAX_TEXT) and
+# from then on asks every REFUSED_RETRY_S (never less often), until a 200.
+REFUSED_S = const(86400)
+REFUSED_RETRY_S = const(3600)
+
+
+def refused(status):
+    return status != 200 and status != 409 and status != 429 and status < 500
+
+
+# A reply's `config`: null, or {"version": v, "settings": {...}}, v an integer. The device
+# applies only a version above the one it runs, unless the object also says "restored":
+# true (the cloud's data were restored from a backup and its versions went back); any
+# other lower version is refused as "version v is older than the applied one".
+RESTORED = "restored"
 
 # Sequence numbers: seq = era * SEQ_PER_BOOT + n, n counting this boot's reports. The era is
 # the boot counter plus a floor offset the device keeps in flash, raised after a 409 to pass
@@ -68,6 +91,10 @@ def message(method, path, s, body):
 OPEN = ("requested", "placed", "needs_approval", "shipped")
 STATUSES = OPEN + ("declined", "delivered")
 UNKNOWN = "unknown"
+# Any other status word (say "cancelled") ends ordering for the cycle like "declined"; the
+# device keeps it (shown on the console; as OTHER after a reboot) and raises the fault
+# "order_status" ("<order id> <status>"), which the next report carries.
+OTHER = "other"
 
 
 def order_id(item, cycle):

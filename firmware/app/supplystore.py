@@ -5,12 +5,13 @@
 # ARCHITECTURE.md). Written after a day of use, an order, a refill or a status change.
 import struct
 
-from app.protocol import STATUSES
+from app.protocol import OTHER, STATUSES
 from app.supplies import ITEMS
 
 
 def _fmt(n):
-    # per item: cycle, order status (0 none, else STATUSES index + 1), overdue alert raised;
+    # per item: cycle, order status (0 none, else STATUSES index + 1, 255 another word: it
+    # reads back as OTHER), overdue alert raised;
     # marks: coffee per kind, descaler, tablets; month, orders in it; forecast: day, days,
     # last day of use, totals at the day's start, rates; usual brew ms and count per kind.
     return "<%s%dIIBIHI%dI%df%dI%dB" % ("HBB" * len(ITEMS), n + 2, n + 1, n + 1, n, n)
@@ -20,7 +21,9 @@ def pack(sup, fc, bt):
     vals = []
     for name in ITEMS:
         it = sup.items[name]
-        vals += [it[0], STATUSES.index(it[2]) + 1 if it[2] else 0, it[3]]
+        st = it[2]
+        vals += [it[0], 0 if not st else STATUSES.index(st) + 1 if st in STATUSES else 255,
+                 it[3]]
     it = sup.items
     vals += it["coffee"][1] + [it["descaler"][1], it["tablets"][1]]
     vals += sup.month
@@ -45,7 +48,7 @@ def unpack(data, n):
     for i, name in enumerate(ITEMS):
         cycle, st, alerted = v[3 * i:3 * i + 3]
         mark = {"coffee": marks[:n], "descaler": marks[n], "tablets": marks[n + 1]}.get(name, 0)
-        status = STATUSES[st - 1] if 0 < st <= len(STATUSES) else ""
+        status = STATUSES[st - 1] if 0 < st <= len(STATUSES) else OTHER if st == 255 else ""
         items[name] = [cycle, mark, status, alerted]
     month = rest[:2]
     day, days, used = rest[2:5]

@@ -45,10 +45,11 @@ class Schedule:
         if self.pending_since is not None:  # usage arrived while the report was in flight
             self.usage(now, cfg)
 
-    def failed(self, now, cfg, rand, retry_after_s=0):
-        """`rand` is a random float in [0, 1): the caller's, so this stays pure."""
+    def failed(self, now, cfg, rand, retry_after_s=0, cap_s=86400):
+        """`rand` is a random float in [0, 1): the caller's, so this stays pure. `cap_s`
+        bounds the backoff further (a refusal: protocol.REFUSED_RETRY_S)."""
         self.failures += 1
-        cap = settings.get(cfg, "backoff_max_s") * 1000
+        cap = min(settings.get(cfg, "backoff_max_s"), cap_s) * 1000
         delay = int(rand * min(cap, 2000 << min(self.failures, 16)))
         delay = max(delay, 1000, min(retry_after_s, 86400) * 1000)
         self.due = ticks_add(now, delay)
@@ -117,6 +118,15 @@ def after_conflict(body, seq):
     return protocol.era_after(max(s, seq))
 
 
+def refusal(status, body):
+    """The sync_refused fault's detail: "<status> <the reply's error, or its text>"."""
+    try:
+        why = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        why = body.decode("utf-8", "replace") if isinstance(body, bytes) else ""
+    return protocol.cut("%d %s" % (status, why if isinstance(why, str) else ""))
+
+
 class BadReply(ValueError):
     pass
 
@@ -151,6 +161,9 @@ def apply_reply(device, body, sent_ids):
             device.refill(name, "cloud")
     if cfg is None or cfg["version"] == device.config_version:
         return None
+    if cfg["version"] < device.config_version and cfg.get(protocol.RESTORED) is not True:
+        return (cfg["version"], "version %d is older than the applied %d" % (
+            cfg["version"], device.config_version))
     reason = settings.check(cfg.get("settings"), device.profile.kinds)
     if reason is None:
         if device.apply_config(cfg["version"], cfg["settings"]):

@@ -8,7 +8,6 @@ from micropython import const
 from app import http, protocol, sync, wallclock
 from app.signing import signature
 
-_TIMEOUT_MS = const(10000)  # a reply later than this is a failure; retried with backoff
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
 
@@ -27,7 +26,8 @@ class Syncer:
         self.path = http.parse_url(self.url)[3] + protocol.REPORT_PATH % self.id
         self.link = link
         self.ssl = ssl
-        self.timeout_ms = _TIMEOUT_MS
+        self.key_id = prov.get("key_id")  # sent in protocol.KEY_HEADER when set
+        self.timeout_ms = protocol.REPLY_MS  # a later reply is a failure, retried
         self.schedule = sync.Schedule(ticks_ms())
         self.era = device.meter.c.boots + device.seq_era  # seq = era * 2**20 + n
         self.n = 0  # reports in this era
@@ -37,6 +37,8 @@ class Syncer:
         self.full_day = -1  # the day of the last report that carried them all (daily: a
         # cloud that lost its data has them all again within a day)
         self.last = None  # (uptime ms, "ok" or why not), for the service console
+        self.refused_at = None  # ticks of the first refusal since the last 200
+        self.refused_said = False  # the sync_refused fault is raised
         self._ntp_tried = None
 
     def usage(self, now):
@@ -78,10 +80,12 @@ class Syncer:
                                self.rejected, sync.changed(sup, None if full else self.acked_sup))
             sent = [e["id"] for e in device.outbox.events]
             self.schedule.sent()
-            sig = signature(self.key, "POST", self.path, seq, body)
+            head = {protocol.SEQ_HEADER: seq,
+                    protocol.SIG_HEADER: signature(self.key, "POST", self.path, seq, body)}
+            if self.key_id:
+                head[protocol.KEY_HEADER] = self.key_id
             status, retry_after, reply = await http.post(
-                self.url, self.path, {protocol.SEQ_HEADER: seq, protocol.SIG_HEADER: sig},
-                body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
+                self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
                 wallclock.cross_check(wallclock.http_date(http.date))
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
@@ -97,15 +101,32 @@ class Syncer:
                 result = "seq conflict"
             else:
                 result = "HTTP %d" % status
+                if protocol.refused(status):
+                    retry_after = self._refused(status, reply, retry_after)
         except (http.HttpError, sync.BadReply, OSError, ValueError) as e:
             result, retry_after = str(e) or e.__class__.__name__, 0
         now = ticks_ms()
         if result == "ok":
+            self.refused_at, self.refused_said = None, False
             self.schedule.succeeded(now, cfg, device.days.more)
         else:
-            self.schedule.failed(now, cfg, random.random(), retry_after)
+            self.schedule.failed(now, cfg, random.random(), retry_after,
+                                 protocol.REFUSED_RETRY_S if self.refused_at is not None
+                                 else 86400)
         self.last = (device.uptime_ms(now), result)
         return result
+
+    def _refused(self, status, reply, retry_after):
+        # The cloud refuses our reports (4xx): after a day of it, say so (a fault the
+        # console shows and the next accepted report carries), then ask hourly.
+        now = ticks_ms()
+        if self.refused_at is None:
+            self.refused_at = now
+        elif not self.refused_said and ticks_diff(now, self.refused_at) >= \
+                protocol.REFUSED_S * 1000:
+            self.device.fault("sync_refused", sync.refusal(status, reply))
+            self.refused_said = True
+        return protocol.REFUSED_RETRY_S if self.refused_said else retry_after
 
     async def run(self):
         while True:
