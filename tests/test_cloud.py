@@ -21,6 +21,7 @@ import pytest
 from brewmeter.cloud import CloudServer, Faults, Ledger, auth
 from brewmeter.cloud.ledger import day_number
 from brewmeter.cloud.server import FAULT_KINDS, make_app
+from brewmeter.cloud.shared import protocol as P
 
 DEV = "bm-240ac4000001"
 KEY = "11" * 32
@@ -644,3 +645,62 @@ def test_firmware_signature_matches_the_clouds():
     fw = signing.signature(key, "POST", path, 1_048_577, body)
     assert fw == headers[auth.SIG_HEADER]
     assert auth.verify(key, "POST", path, "1048577", body, fw)
+
+
+# -- the contract's merge rules (docs/protocol.yaml) -------------------------------------------
+
+def _partial(seq: int, **counters: int) -> dict[str, Any]:
+    """A report carrying only the counters that changed, as the device sends them."""
+    r = rep(seq)
+    r["counters"] = counters
+    del r["fw"]
+    return r
+
+
+async def test_a_late_partial_report_does_not_move_another_cycles_counters(cloud, http):
+    await post(http, rep(1, 10, filters=2, filter_ml=5000, filter_brews=50))
+    await post(http, rep(3, 12, filters=3, filter_ml=0, filter_brews=0))  # a new filter
+    assert (await post(http, _partial(2, filter_ml=5100, filter_brews=51)))[0] == 200  # late
+    c = (await get(http, cloud, f"/v1/devices/{DEV}"))["counters"]
+    assert (c["filters"], c["filter_ml"], c["filter_brews"]) == (3, 0, 0)
+    await post(http, _partial(4, filter_ml=300))  # the newest: in the stored cycle
+    c = (await get(http, cloud, f"/v1/devices/{DEV}"))["counters"]
+    assert (c["filters"], c["filter_ml"]) == (3, 300)
+
+
+async def test_fw_is_kept_when_a_report_omits_it(cloud, http):
+    await post(http, rep(1, 1))
+    await post(http, _partial(2, brews_total=2))
+    dev = await get(http, cloud, f"/v1/devices/{DEV}")
+    assert dev["fw"] == "0.1.0" and dev["counters"]["brews_total"] == 2
+
+
+async def _post_kid(http: aiohttp.ClientSession, report: dict[str, Any], key: str,
+                    kid: str | None) -> int:
+    path, body, headers = auth.signed_report(DEV, key, report)
+    if kid:
+        headers[P.KEY_HEADER] = kid
+    async with http.post(path, data=body, headers=headers) as r:
+        return r.status
+
+
+async def test_keys_rotate_with_an_overlap(cloud, http, clock):
+    new = auth.new_key()
+    await put(http, cloud, f"/v1/admin/devices/{DEV}", {"key": new, "key_id": "k2",
+                                                         "overlap_s": 86400})
+    assert await _post_kid(http, rep(1, 1), KEY, None) == 200  # the old key, as provisioned
+    assert await _post_kid(http, rep(2, 2), new, "k2") == 200  # the new one, with its id
+    assert await _post_kid(http, rep(3, 3), new, None) == 401  # the id says which key
+    clock.t += 86401
+    assert await _post_kid(http, rep(4, 4), KEY, None) == 401  # the overlap is over
+    assert await _post_kid(http, rep(5, 5), new, "k2") == 200
+    async with http.put(f"/v1/admin/devices/{DEV}", json={"key": new, "key_id": "a b"},
+                        headers=cloud.admin_headers) as r:
+        assert r.status == 400
+
+
+async def test_a_restored_cloud_numbers_its_config_above_the_devices(cloud, http):
+    cloud.ledger.set_config(DEV, {"lead_days": 9})  # version 1: as restored from a backup
+    status, reply = await post(http, rep(1, 1, config={"applied": 5}))
+    assert status == 200 and reply["config"]["version"] == 6  # forward: the device takes it
+    assert reply["config"]["settings"] == {"lead_days": 9}

@@ -121,7 +121,12 @@ CREATE TABLE IF NOT EXISTS refills (
     PRIMARY KEY (device, item)) WITHOUT ROWID;
 """
 # Columns added since the first ledger files were written: (table, column, declaration).
-ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"), ("orders", "reason", "TEXT"))
+ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"), ("orders", "reason", "TEXT"),
+                 ("devices", "key_id", "TEXT"), ("devices", "old_key", "TEXT"),
+                 ("devices", "old_key_id", "TEXT"), ("devices", "old_until", "REAL"))
+# A device's keys: (key id or None, key, accepted until (None: for good)), current first.
+Keys = tuple[tuple[str | None, bytes, float | None], ...]
+MAX_OVERLAP_S = 90 * 86400  # the longest a replaced key stays valid
 ORDER_COLS = ("id, item, cycle, ask, status, requested_at, placed_at, declined_at, ship_at, "
               "deliver_at, reason")
 
@@ -140,6 +145,12 @@ class UnknownDevice(LookupError):
 
 class UnknownOrder(LookupError):
     pass
+
+
+def _keys(key: str, key_id: str | None, old: str | None, old_id: str | None,
+          until: float | None) -> Keys:
+    cur = ((key_id, bytes.fromhex(key), None),)
+    return cur + ((old_id, bytes.fromhex(old), until),) if old else cur
 
 
 def is_busy(e: BaseException) -> bool:
@@ -278,7 +289,7 @@ class Ledger:
         self.busy_timeout_s = busy_timeout_s
         self.merchant = merchant or Merchant()
         self._lock = threading.RLock()
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, Keys] = {}
         self.db = self._open()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -295,7 +306,8 @@ class Ledger:
         for table, col, decl in ADDED_COLUMNS:  # a ledger file from before they existed
             if col not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
-        self._keys = {i: bytes.fromhex(k) for i, k in db.execute("SELECT id, key FROM devices")}
+        self._keys = {row[0]: _keys(*row[1:]) for row in db.execute(
+            "SELECT id, key, key_id, old_key, old_key_id, old_until FROM devices")}
         return db
 
     def close(self) -> None:
@@ -326,22 +338,47 @@ class Ledger:
 
     # -- provisioning and admin ----------------------------------------------------------------
 
-    def add_device(self, device_id: str, key_hex: str) -> bool:
-        """Register a device with its key, or replace the key of a known one (rotation).
-        Returns True if the device is new."""
+    def add_device(self, device_id: str, key_hex: str, key_id: str | None = None,
+                   overlap_s: int = 0) -> bool:
+        """Register a device with its key, or replace the key of a known one (rotation): the
+        key it had stays valid `overlap_s` seconds more, so devices still signing with it
+        are heard until they have the new one. `key_id`: what the device sends in
+        protocol.KEY_HEADER with this key (None: it sends none). Returns True if new."""
         auth.check_device_id(device_id)
         key = auth.parse_key(key_hex)
+        if key_id is not None and not P.is_name(key_id):
+            raise ValueError(f"bad key id {key_id!r} (1-{P.MAX_NAME} of {P.NAME_CHARS})")
+        if type(overlap_s) is not int or not 0 <= overlap_s <= MAX_OVERLAP_S:
+            raise ValueError(f"overlap_s: expected whole seconds in 0..{MAX_OVERLAP_S}")
         with self._tx() as db:
-            new = db.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone() is None
-            db.execute("INSERT INTO devices (id, key, created) VALUES (?, ?, ?) "
-                       "ON CONFLICT (id) DO UPDATE SET key=excluded.key",
-                       (device_id, key.hex(), self.now()))
-        self._keys = {**self._keys, device_id: key}  # swapped whole: lock-free readers
-        return new
+            old = db.execute("SELECT key, key_id FROM devices WHERE id=?",
+                             (device_id,)).fetchone()
+            if old is None:
+                db.execute("INSERT INTO devices (id, key, key_id, created) VALUES (?, ?, ?, ?)",
+                           (device_id, key.hex(), key_id, self.now()))
+            elif old != (key.hex(), key_id):
+                keep = overlap_s > 0
+                db.execute("UPDATE devices SET key=?, key_id=?, old_key=?, old_key_id=?, "
+                           "old_until=? WHERE id=?",
+                           (key.hex(), key_id, old[0] if keep else None,
+                            old[1] if keep else None,
+                            self.now() + overlap_s if keep else None, device_id))
+            row = db.execute("SELECT key, key_id, old_key, old_key_id, old_until FROM devices "
+                             "WHERE id=?", (device_id,)).fetchone()
+        self._keys = {**self._keys, device_id: _keys(*row)}  # swapped whole: lock-free readers
+        return old is None
 
     def device_key(self, device_id: str) -> bytes | None:
-        """The device's key, or None if unknown (an in-memory lookup: no database access)."""
-        return self._keys.get(device_id)
+        """The device's current key, or None if unknown (in memory: no database access)."""
+        keys = self._keys.get(device_id)
+        return keys[0][1] if keys else None
+
+    def signing_keys(self, device_id: str, key_id: str | None) -> list[bytes]:
+        """The keys a report signed under `key_id` (its KEY_HEADER, None if absent) may be
+        signed with now: the current key, and the replaced one during its overlap."""
+        now = self.now()
+        return [k for kid, k, until in self._keys.get(device_id, ())
+                if kid == key_id and (until is None or now < until)]
 
     def _need(self, db: sqlite3.Connection, device_id: str) -> None:
         if db.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone() is None:
@@ -437,12 +474,17 @@ class Ledger:
         self._supplies(db, dev, r)
         if newest or r.days:
             self._reconcile(db, dev, int(now // 86400))
+        if newest and dv and r.applied is not None and r.applied > dv:
+            # The device runs a later version than ours: our data went back (restored from
+            # a backup). Versions only move forward: ours goes on above the device's.
+            dv = r.applied + 1
+            db.execute("UPDATE devices SET desired_version=? WHERE id=?", (dv, dev))
         if newest:
             last_seq, applied = r.seq, r.applied
             rejected, rej_reason = r.rejected or (None, None)
             db.execute("UPDATE devices SET last_seen=?, reports=reports+1, max_boot=?, "
-                       "last_seq=?, fw=?, boot=?, uptime_ms=?, clock=?, applied_version=?, "
-                       "rejected_version=?, rejected_reason=? WHERE id=?",
+                       "last_seq=?, fw=coalesce(?, fw), boot=?, uptime_ms=?, clock=?, "
+                       "applied_version=?, rejected_version=?, rejected_reason=? WHERE id=?",
                        (now, max(max_boot, r.boot), r.seq, r.fw, r.boot, r.uptime_ms,
                         r.clock or None, applied, rejected, rej_reason, dev))
         else:
@@ -458,9 +500,15 @@ class Ledger:
         fresh: set[str] = set()
         for prefix, scope in CYCLE_SCOPED.items():
             mine, theirs = r.counters.get(scope), stored.get(scope)
+            cycle = {f for f in r.counters if f.startswith(prefix)}
+            if mine is None and theirs is not None and not newest:
+                # A partial report (counters travel only when changed) without its scope:
+                # its cycle is the one the device had then, maybe an earlier one. Only the
+                # newest report is surely in the stored cycle; a late one's are left out.
+                r = _without(r, cycle)
+                continue
             if mine is None or theirs is None or mine == theirs:
                 continue
-            cycle = {f for f in r.counters if f.startswith(prefix)}
             if mine > theirs:
                 fresh |= cycle
             else:

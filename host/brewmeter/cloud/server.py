@@ -251,10 +251,11 @@ async def report(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body over {MAX_BODY} bytes")
-    key = app[LEDGER].device_key(dev)
+    keys = app[LEDGER].signing_keys(dev, request.headers.get(P.KEY_HEADER))
     seq, sig = request.headers.get(auth.SEQ_HEADER), request.headers.get(auth.SIG_HEADER)
-    if (key is None or seq is None or sig is None
-            or not auth.verify(key, request.method, request.rel_url.raw_path, seq, body, sig)):
+    if (seq is None or sig is None or not any(
+            auth.verify(k, request.method, request.rel_url.raw_path, seq, body, sig)
+            for k in keys)):
         return _error(401, "unknown device, or missing or bad signature")
     try:
         rep = parse_report(body, seq)
@@ -307,8 +308,12 @@ async def provision(request: web.Request) -> web.Response:
     key = d.get("key") if isinstance(d, dict) else None
     if not isinstance(key, str):
         raise _Fail(400, 'expected {"key": "<64 hex digits>"}')
+    assert isinstance(d, dict)
+    if d.get("key_id", "") is None or not isinstance(d.get("overlap_s", 0), int):
+        raise _Fail(400, "key_id: a name; overlap_s: whole seconds")
     try:
-        new = await request.app[WORKER].call(request.app[LEDGER].add_device, dev, key)
+        new = await request.app[WORKER].call(request.app[LEDGER].add_device, dev, key,
+                                             d.get("key_id"), d.get("overlap_s", 0))
     except ValueError as e:
         raise _Fail(400, str(e)) from None
     return web.json_response({"id": dev, "created": new}, status=201 if new else 200)
