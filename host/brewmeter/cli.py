@@ -58,6 +58,20 @@ def _powercut(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _conform(args: argparse.Namespace) -> int:
+    from brewmeter import conform
+
+    r = conform.main(args.url, args.admin_token, args.ca, args.seed)
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+    else:
+        print(f"{'conforms' if r['ok'] else 'DOES NOT CONFORM'}: {r['url']} (seed {r['seed']}, "
+              f"{r['reports']} reports, faults {r['faults']})")
+        for v in r["violations"]:
+            print(f"  {v['rule']} [{v['life']}]: {v['detail']}\n    rule: {v['says']}")
+    return 0 if r["ok"] else 1
+
+
 def _chaos(args: argparse.Namespace) -> int:
     from brewmeter import chaos
 
@@ -138,6 +152,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_chaos)
+
+    p = sub.add_parser("conform", help="check a backend against docs/protocol.yaml, with the "
+                       "firmware's own sync code through a fault proxy")
+    p.add_argument("--url", required=True, help="the backend's base URL (as cloud_url)")
+    p.add_argument("--admin-token", required=True, help="its admin API's bearer token")
+    p.add_argument("--ca", help="PEM of the CA its TLS certificate chains to (https)")
+    p.add_argument("--seed", type=int, default=0, help="the fault proxy's and the lives' seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_conform)
 
     for name, text in (("counters", "read the counters over the serial port"),
                        ("status", "read the device's status over the serial port"),

@@ -1,0 +1,569 @@
+"""`brewmeter conform`: does a backend keep docs/protocol.yaml? The firmware's own Device,
+Syncer and HTTP client, on the virtual clock, live scripted device lives against the backend
+at `url` (its real HTTP(S) endpoint), through a seeded fault proxy. Afterwards, with the
+network healed, the backend's query API must show what the device counted. The verdict is
+one JSON object naming every broken rule.
+
+The proxy takes each report from the device as plain HTTP on 127.0.0.1, checks it against
+the document's Report schema, and sends it on with the device's own HTTP client (app.http,
+with the CA given by --ca): so every reply of the backend is read within the device's limits
+(Content-Length, header lines and count, body size, timeout), and a reply the device could
+not read is a broken rule, not a fault. Then it may spoil the exchange: drop the request or
+the reply, hold the reply past the device's timeout, cut it short, answer garbage, send the
+request twice at once, replay it later, or hold it back until after the next one. Each
+device life runs in the past (its clock is set days before the backend's): the proxy moves
+the reply's Date by the same offset, as the network stands in for time there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema_rs
+import yaml
+from app import http, protocol, sync, tls, wallclock
+from app.counting import BREW
+from app.device import Device
+from app.syncer import Syncer
+
+from brewmeter import replay, standins
+from brewmeter.clock import VirtualClock
+from brewmeter.harness import load_profile
+from brewmeter.hostfs import MemFS
+from brewmeter.household import Link
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.yaml"
+HOUR_MS = 3_600_000
+DAY_S = 86_400
+PRICE = 0.35  # the plan conform sets: per brew
+DEVICE_TIMEOUT_MS = 1500  # the device's reply timeout here (the protocol's is 10 s)
+FAULTS = ("drop", "drop_after", "delay", "truncate", "garbage", "duplicate", "replay",
+          "reorder")
+REFUSAL_RUN = 3  # this many refusals in a row is a run: a device locked out
+
+# The rules each check stands for (docs/protocol.yaml's sections), as the verdict names them.
+RULES = {
+    "report_schema": "every report the device sends is a valid Report (the document)",
+    "reply_shape": "a reply the device can read: Content-Length, at most 32 header lines "
+                   "of 512 bytes, a body of at most 4096 bytes, within 10 s (Replies)",
+    "reply_body": "a 200's body: ack list, config null or with an integer version (Replies)",
+    "refusals": "no report is refused again and again (Replies: refusals)",
+    "counters": "counters merge per field by maximum, partial reports included "
+                "(Sync model: partial counters)",
+    "days": "every brew on its day, or estimated on one (Undated buckets, folded buckets)",
+    "invoice": "the invoice is the brews times the price (Billing)",
+    "events": "every event stored once (Events)",
+    "orders": "at most one order per item and cycle (Supplies and replenishment orders)",
+    "config": "the desired config reaches the device, versions only forward "
+              "(Desired configuration: versions)",
+    "config_checked": "desired settings the device would reject are refused with 400 "
+                      "(Desired settings)",
+    "admin": "the admin and query API answer as documented",
+}
+
+
+@dataclass
+class Violation:
+    rule: str
+    life: str
+    detail: str
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    seed: int
+    url: str
+    lives: list[dict[str, Any]]  # name, brews, syncs tried, orders the backend holds
+    reports: int
+    faults: dict[str, int]
+    broken: list[str]  # the rules broken, each once
+    violations: list[dict[str, str]] = field(default_factory=list)
+
+
+def report_validator() -> Any:
+    doc = yaml.safe_load(DOC.read_text())
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": "#/components/schemas/Report", "components": doc["components"]})
+
+
+class Proxy:
+    """The seeded fault proxy between the device and the backend (see the module's text)."""
+
+    def __init__(self, upstream: str, ssl: Any, seed: int, rate: float,
+                 note: Any) -> None:
+        self.upstream = upstream
+        self.ssl = ssl
+        self.rng = random.Random(seed)
+        self.rate = rate  # the share of exchanges spoilt
+        self.note = note  # note(rule, detail): a broken rule
+        self.validator = report_validator()
+        self.shift_s = 0  # added to the reply's Date: the life's time minus the real time
+        self.spoilt = False  # the last exchange was spoilt on purpose
+        self.log: Counter[str] = Counter()
+        self.reports = 0
+        self._held: list[tuple[str, dict[str, str], bytes]] = []  # reordered, or to replay
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def draw(self) -> str | None:
+        return self.rng.choice(FAULTS) if self.rng.random() < self.rate else None
+
+    async def _forward(self, path: str, head: dict[str, str], body: bytes
+                       ) -> tuple[int, int, bytes, bytes] | None:
+        """The backend's reply, read by the device's own client; None if it could not be."""
+        try:
+            status, retry, reply = await http.post(self.upstream, path, head, body,
+                                                   protocol.REPLY_MS, self.ssl,
+                                                   protocol.MAX_REPLY)
+        except http.HttpError as e:
+            self.note("reply_shape", f"{path}: {e}")
+            return None
+        except OSError as e:
+            self.note("reply_shape", f"{path}: no connection ({e})")
+            return None
+        return status, retry, reply, http.date
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._exchange(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError,
+                asyncio.CancelledError):  # the device gave up, or the proxy is closing
+            pass
+        finally:
+            writer.close()
+
+    async def _exchange(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        lines = request.decode().split("\r\n")
+        path = lines[0].split(" ")[1]
+        head = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            head[k.strip()] = v.strip()
+        body = await reader.readexactly(int(head.get("Content-Length", "0")))
+        fwd = {k: v for k, v in head.items()
+               if k in (protocol.SEQ_HEADER, protocol.SIG_HEADER, protocol.KEY_HEADER)}
+        self.reports += 1
+        self._check(body)
+        fault = self.draw()
+        self.spoilt = fault is not None
+        if fault:
+            self.log[fault] += 1
+        if fault == "drop":
+            return
+        if fault == "reorder":  # held back: it goes after the next one
+            self._held.append((path, fwd, body))
+            return
+        if fault == "duplicate":
+            got, _ = await asyncio.gather(self._forward(path, fwd, body),
+                                          self._forward(path, fwd, body))
+        else:
+            got = await self._forward(path, fwd, body)
+        held, self._held = self._held, []
+        for h in held:  # the reordered ones, and the replays, after this one
+            await self._forward(*h)
+        if fault == "replay":
+            self._held.append((path, fwd, body))
+        if got is None:  # the backend's reply could not be read: the device hears a 502
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        if fault == "drop_after":
+            return
+        if fault == "garbage":
+            writer.write(bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(1, 300))))
+            return
+        status, retry, reply, when = got
+        out = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n" % (status, len(reply))
+        if retry:
+            out += b"Retry-After: %d\r\n" % retry
+        t = wallclock.http_date(when)
+        if t:
+            out += b"Date: %s\r\n" % formatdate(t + self.shift_s, usegmt=True).encode()
+        out += b"\r\n" + reply
+        if fault == "delay":
+            await asyncio.sleep(DEVICE_TIMEOUT_MS / 1000 + 0.3)
+        if fault == "truncate":
+            out = out[:len(out) - max(1, len(reply) // 2)]
+        writer.write(out)
+        await writer.drain()
+
+    def _check(self, body: bytes) -> None:
+        try:
+            report = json.loads(body)
+        except ValueError:
+            self.note("report_schema", "a report is not JSON")
+            return
+        for e in self.validator.iter_errors(report):
+            self.note("report_schema", f"seq {report.get('seq')}: {e.message}"[:300])
+            break
+
+
+class Admin:
+    """The backend's admin and query API (docs/protocol.yaml)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, ssl: Any) -> None:
+        self.s, self.url, self.ssl = session, url.rstrip("/"), ssl
+        self.head = {"Authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   **params: str) -> tuple[int, Any]:
+        async with self.s.request(method, self.url + path, json=body, params=params,
+                                  headers=self.head, ssl=self.ssl) as r:
+            try:
+                return r.status, await r.json(content_type=None)
+            except ValueError:
+                return r.status, None
+
+
+class Life:
+    """One device: the firmware's Device and Syncer on a virtual clock, reporting through
+    the proxy; `truth` is what was brewed, per true day."""
+
+    def __init__(self, run: Conform, name: str) -> None:
+        self.run, self.name = run, name
+        self.id = f"cf-{run.tag}-{name}"
+        self.key = secrets.token_hex(32)
+        self.profile = load_profile("emulator")
+        self.clock = VirtualClock(ticks_start=replay.ticks(0))
+        self.start = run.start_wall
+        self.fs = MemFS()
+        self.link = Link()
+        self.truth: dict[int, int] = {}
+        self.results: list[str] = []
+        self.events: set[int] = set()  # every event id the device has had (this flash)
+        self.flash_lost = False
+        self.clock_known = True
+        self.desired: dict[str, Any] | None = None  # the last desired config the backend took
+        self.orders = 0  # the backend's orders for this device, at the end
+        self.device: Device
+        self.syncer: Syncer
+
+    def wall(self) -> int:
+        return self.start + self.clock.ms // 1000
+
+    def boot(self, clock: bool = True) -> None:
+        wallclock.synced = False
+        dev = Device(self.profile, self.fs)
+        dev.wall = wallclock.now
+        if clock:
+            wallclock.set_unix(self.wall())
+        else:
+            self.clock_known = False  # NTP blocked: this boot's usage is undated
+        dev.boot(1, self.clock.ticks_ms())
+        base = http.parse_url(self.run.url)[3]
+        s = Syncer(dev, {"device_id": self.id, "key": self.key, "ntp": "",
+                         "cloud_url": f"http://127.0.0.1:{self.run.proxy.port}{base}"},
+                   self.link)
+        s.timeout_ms = DEVICE_TIMEOUT_MS
+        dev.on_usage = s.usage
+        self.device, self.syncer = dev, s
+
+    def advance(self, ms: int) -> None:
+        off = wallclock.now() - self.wall() if wallclock.synced else None
+        self.clock.advance(ms)
+        if off is not None:
+            wallclock.set_unix(self.wall() + off)
+        self.device.tick(self.clock.ticks_ms())
+
+    def brew(self) -> None:
+        self.device.meter.c.brews[0] += 1
+        self.device.event(BREW, 0, self.clock.ticks_ms())
+        day = self.wall() // DAY_S
+        self.truth[day] = self.truth.get(day, 0) + 1
+
+    async def sync(self) -> str:
+        self.events |= {e["id"] for e in self.device.outbox.events}
+        self.run.proxy.shift_s = self.wall() - int(time.time())
+        self.run.proxy.spoilt = False
+        r = await self.syncer.sync_once()
+        self.results.append(r)
+        if r not in ("ok", "seq conflict", "network down") and not r.startswith("HTTP ") \
+                and not self.run.proxy.spoilt:
+            self.run.note("reply_body", f"{self.name}: {r}", self.name)
+        return r
+
+    async def day(self, brews: int, online: bool = True) -> None:
+        self.link.ok = online
+        for h in range(24):
+            if 0 <= h - 7 < brews:
+                self.brew()
+            if self.syncer.schedule.is_due(self.clock.ticks_ms()):
+                await self.sync()
+            self.advance(HOUR_MS)
+
+    async def heal(self) -> None:
+        self.link.ok = True
+        rate, self.run.proxy.rate = self.run.proxy.rate, 0.0
+        try:
+            for _ in range(40):
+                self.syncer.schedule.due = self.clock.ticks_ms()
+                r = await self.sync()
+                if r == "ok" and not self.device.days.more and not self.device.outbox.events:
+                    break
+                if r == "HTTP 429":  # the backend's quota runs on its own (real) clock
+                    await asyncio.sleep(min(self.syncer.schedule.ms_until_due(
+                        self.clock.ticks_ms()) / 1000, 70))
+                self.advance(60_000)
+            await self.sync()  # one more: any order status or config the last one brought
+        finally:
+            self.run.proxy.rate = rate
+
+
+class Conform:
+    def __init__(self, url: str, token: str, ca: str | None, seed: int,
+                 rate: float = 0.2) -> None:
+        self.url, self.token, self.seed = url, token, seed
+        self.ca = ca
+        self.ssl = tls.context(ca) if ca else None
+        self.rng = random.Random(seed)
+        self.rate = rate
+        self.tag = f"{seed}-{secrets.token_hex(3)}"  # a fresh device id per run
+        today = int(time.time()) // DAY_S
+        self.start_wall = (today - 100) * DAY_S + 6 * 3600  # lives run in the past
+        self.violations: list[Violation] = []
+        self.proxy: Proxy
+        self.admin: Admin
+        self._life = ""
+
+    def note(self, rule: str, detail: str, life: str | None = None) -> None:
+        v = Violation(rule, life or self._life, detail)
+        if len([x for x in self.violations if x.rule == rule]) < 5:  # a few of each
+            self.violations.append(v)
+
+    # -- the lives ------------------------------------------------------------------------------
+
+    async def new_life(self, name: str, clock: bool = True) -> Life:
+        self._life = name
+        life = Life(self, name)
+        st, _ = await self.admin.call("PUT", f"/v1/admin/devices/{life.id}", {"key": life.key})
+        if st not in (200, 201):
+            self.note("admin", f"provisioning answered {st}")
+        st, _ = await self.admin.call("PUT", f"/v1/admin/devices/{life.id}/plan",
+                                      {"price_per_brew": PRICE})
+        if st != 200:
+            self.note("admin", f"setting the plan answered {st}")
+        standins.set_clock(life.clock)
+        life.boot(clock)
+        return life
+
+    async def desire(self, life: Life, settings: dict[str, Any], valid: bool) -> None:
+        st, got = await self.admin.call("PUT", f"/v1/admin/devices/{life.id}/config",
+                                        {"settings": settings})
+        if valid and st == 200:
+            life.desired = got
+        elif valid:
+            self.note("admin", f"a valid config {settings} answered {st}")
+        elif st == 200:
+            self.note("config_checked", f"accepted {json.dumps(settings)[:80]}")
+
+    async def approve_all(self, life: Life) -> None:
+        st, got = await self.admin.call("GET", f"/v1/devices/{life.id}/orders")
+        orders = got.get("orders") if st == 200 and isinstance(got, dict) else None
+        for o in orders if isinstance(orders, list) else []:
+            if isinstance(o, dict) and o.get("status") == "needs_approval":
+                await self.admin.call(
+                    "POST", f"/v1/admin/devices/{life.id}/orders/{o.get('order')}/approve")
+
+    async def life_daily(self) -> Life:
+        life = await self.new_life("daily")
+        for d in range(12):
+            if d == 1:
+                await self.desire(life, {"sync_interval_s": 43200, "lead_days": 3}, True)
+            if d == 3:  # a power cut: RAM gone, flash as it was
+                life.boot()
+            if d == 4:
+                await self.desire(life, {"lead_days": 999}, False)
+            if d == 5:  # over the device's reply limit
+                await self.desire(life, {f"s{i:030d}": i for i in range(200)}, False)
+            if d == 7:
+                await self.desire(life, {"lead_days": 7, "report_delay_s": 600}, True)
+            await life.day(self.rng.randrange(2, 7))
+        return life
+
+    async def life_offline(self) -> Life:
+        life = await self.new_life("offline70")
+        for _ in range(3):
+            await life.day(3)
+        for d in range(70):
+            if d % 25 == 24:
+                life.device.save(life.clock.ticks_ms())
+                life.boot()
+            await life.day(2, online=False)
+        return life
+
+    async def life_ntp_blocked(self) -> Life:
+        life = await self.new_life("ntp_blocked", clock=False)
+        for _ in range(2):
+            await life.day(4)
+        life.device.save(life.clock.ticks_ms())
+        life.boot()  # NTP answers again
+        for _ in range(2):
+            await life.day(3)
+        return life
+
+    async def life_flash(self) -> Life:
+        life = await self.new_life("flash_replaced")
+        for _ in range(4):
+            await life.day(4)
+        life.advance(HOUR_MS * (24 - life.wall() % DAY_S // 3600))  # to the next midnight
+        life.fs, life.flash_lost, life.events = MemFS(), True, set()
+        life.boot()
+        for _ in range(4):
+            await life.day(5)
+        return life
+
+    async def life_orders(self) -> Life:
+        life = await self.new_life("orders")
+        await self.desire(life, {"coffee_pack": 20, "lead_days": 30, "ask_first": 1,
+                                 "sync_interval_s": 43200}, True)
+        for d in range(16):
+            await life.day(5)
+            await self.approve_all(life)
+            if d % 5 == 4:  # the owner puts in a new pack (the order's, or a shop's)
+                life.device.refill("coffee", "owner", life.clock.ticks_ms())
+        return life
+
+    # -- the checks -------------------------------------------------------------------------
+
+    async def check(self, life: Life) -> None:
+        self._life = life.name
+        a, dev_id = self.admin, life.id
+        run = 0
+        for r in life.results:
+            run = run + 1 if r.startswith("HTTP ") and protocol.refused(int(r[5:8])) else 0
+            if run >= REFUSAL_RUN:
+                self.note("refusals", f"{run} refusals in a row: {r}")
+                break
+        st, got = await a.call("GET", f"/v1/devices/{dev_id}")
+        if st != 200 or not isinstance(got, dict):
+            self.note("admin", f"GET device answered {st}")
+            return
+        mine = sync.usage(life.device)
+        theirs = got.get("counters") or {}
+        for k, v in mine.items():
+            t = theirs.get(k)
+            if life.flash_lost:  # the backend keeps the maximum of both flashes
+                bad = not isinstance(t, type(v)) or (isinstance(v, int) and t < v)
+            else:
+                bad = t != v
+            if bad:
+                self.note("counters", f"{k}: device {v}, backend {t}")
+        first = datetime.fromtimestamp(self.start_wall, UTC).date() - timedelta(days=1)
+        last = datetime.now(UTC).date() + timedelta(days=1)
+        st, days = await a.call("GET", f"/v1/devices/{dev_id}/days",
+                                **{"from": first.isoformat(), "to": last.isoformat()})
+        total = sum(life.truth.values())
+        if st != 200 or not isinstance(days, dict):
+            self.note("admin", f"GET days answered {st}")
+        else:
+            per_day = {d.get("day"): d.get("brews_total", 0) for d in days.get("days", [])}
+            placed = sum(per_day.values())
+            if placed != total:
+                self.note("days", f"{placed} brews on days, {total} brewed")
+            if life.clock_known and not life.flash_lost and life.name != "offline70":
+                wrong = {d: (per_day.get(d, 0), n) for d, n in life.truth.items()
+                         if per_day.get(d, 0) != n}
+                if wrong:
+                    self.note("days", f"days (backend, brewed): {dict(list(wrong.items())[:3])}")
+        st, inv = await a.call("GET", f"/v1/devices/{dev_id}/invoice",
+                               **{"from": first.isoformat(), "to": last.isoformat()})
+        if st != 200 or not isinstance(inv, dict):
+            self.note("admin", f"GET invoice answered {st}")
+        elif inv.get("brews") != total or inv.get("total_cents") != round(total * PRICE * 100):
+            self.note("invoice", f"{inv.get('brews')} brews, {inv.get('total_cents')} cents; "
+                      f"{total} brewed x {round(PRICE * 100)}")
+        await self._check_events(life)
+        st, orders = await a.call("GET", f"/v1/devices/{dev_id}/orders")
+        orders = orders.get("orders") if isinstance(orders, dict) else None
+        if st == 200 and isinstance(orders, list):
+            life.orders = len(orders)
+            per = Counter((o.get("item"), o.get("cycle")) for o in orders)
+            more = {k: n for k, n in per.items() if n > 1}
+            if more:
+                self.note("orders", f"orders per (item, cycle): {more}")
+        else:
+            self.note("admin", f"GET orders answered {st}")
+        if life.desired is not None:
+            cfg = got.get("config") or {}
+            want = life.desired.get("version")
+            d = life.device
+            if (d.config_version, d.config) != (want, life.desired.get("settings")) \
+                    or cfg.get("applied") != want or life.syncer.rejected is not None:
+                self.note("config", f"desired v{want}; device runs v{d.config_version}"
+                          + (f", refused v{life.syncer.rejected[0]}: "
+                             f"{life.syncer.rejected[1]}" if life.syncer.rejected else "")
+                          + f"; backend says applied v{cfg.get('applied')}")
+
+    async def _check_events(self, life: Life) -> None:
+        seen: Counter[int] = Counter()
+        after = -1
+        for _ in range(100):
+            st, page = await self.admin.call("GET", f"/v1/devices/{life.id}/events",
+                                             after=str(after), limit="1000")
+            if st != 200 or not isinstance(page, list):
+                self.note("admin", f"GET events answered {st}")
+                return
+            if not page:
+                break
+            for e in page:
+                seen[e.get("id")] += 1
+            after = max(e.get("id", after) for e in page)
+        twice = [i for i, n in seen.items() if n > 1]
+        missing = sorted(life.events - set(seen))
+        if twice:
+            self.note("events", f"stored more than once: {twice[:5]}")
+        if missing:
+            self.note("events", f"never stored: {missing[:5]}")
+
+    async def main(self) -> Verdict:
+        lives = (self.life_daily, self.life_offline, self.life_ntp_blocked, self.life_flash,
+                 self.life_orders)
+        old_clock = standins.clock
+        names = []
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                    force_close=True)) as session, \
+                    Proxy(self.url, self.ssl, self.seed, self.rate, self.note) as proxy:
+                self.proxy, self.admin = proxy, Admin(session, self.url, self.token, self.ssl)
+                for play in lives:
+                    life = await play()
+                    await life.heal()
+                    await self.check(life)
+                    names.append({"name": life.name, "brews": sum(life.truth.values()),
+                                  "syncs": len(life.results), "orders": life.orders})
+        finally:
+            standins.set_clock(old_clock)
+            wallclock.synced = False
+        broken = sorted({v.rule for v in self.violations})
+        return Verdict(ok=not broken, seed=self.seed, url=self.url, lives=names,
+                       reports=self.proxy.reports, faults=dict(self.proxy.log), broken=broken,
+                       violations=[{**asdict(v), "says": RULES[v.rule]}
+                                   for v in self.violations])
+
+
+def main(url: str, token: str, ca_pem: str | None = None, seed: int = 0,
+         rate: float = 0.2) -> dict[str, Any]:
+    ca = Path(ca_pem).read_text() if ca_pem else None
+    return asdict(asyncio.run(Conform(url, token, ca, seed, rate).main()))

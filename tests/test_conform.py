@@ -1,0 +1,161 @@
+"""`brewmeter conform` against the reference cloud (it must pass), and against backends
+each broken in one way the protocol forbids (it must fail, naming that rule)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from brewmeter import cli
+from brewmeter.cloud import CloudServer, Ledger
+from brewmeter.conform import Conform
+
+
+async def _conform(url: str, token: str, seed: int = 5) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(await Conform(url, token, None, seed).main())
+
+
+async def test_the_reference_cloud_conforms():
+    async with CloudServer(":memory:") as cloud:
+        v = await _conform(cloud.url, cloud.admin_token)
+    assert v["violations"] == [] and v["broken"] == [] and v["ok"]
+    assert v["seed"] == 5 and sum(v["faults"].values()) > 10  # the proxy spoilt some
+    lives = {life["name"]: life for life in v["lives"]}
+    assert set(lives) == {"daily", "offline70", "ntp_blocked", "flash_replaced", "orders"}
+    assert all(life["brews"] > 0 for life in lives.values())
+    assert lives["orders"]["orders"] >= 2  # ordered, approved, refilled, ordered again
+
+
+def test_the_command_over_tls(tmp_path, capsys):
+    """`brewmeter conform --url https://... --ca PEM --json`: one JSON object, exit 0."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", ":memory:",
+         "--admin-token", "tok", "--tls-cert", str(tmp_path / "cert.pem"),
+         "--tls-key", str(tmp_path / "cert.pem")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        m = re.search(r"https://127\.0\.0\.1:\d+", line)
+        assert m, line
+        code = cli.main(["conform", "--url", m.group(0), "--admin-token", "tok",
+                         "--ca", str(tmp_path / "ca.pem"), "--seed", "9", "--json"])
+        out = capsys.readouterr().out.strip()
+        v = json.loads(out)
+        assert code == 0 and v["ok"] and v["seed"] == 9, v["violations"]
+        assert cli.main(["conform", "--url", m.group(0), "--admin-token", "wrong",
+                         "--ca", str(tmp_path / "ca.pem"), "--seed", "9"]) == 1
+        assert "admin" in capsys.readouterr().out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- broken backends ---------------------------------------------------------------------------
+
+class Snapshot(Ledger):
+    """Keeps the newest report's counters as they are: fields it does not carry are gone."""
+
+    def _counters(self, db, dev, r, newest, now):  # noqa: ANN001
+        if newest:
+            db.execute("DELETE FROM counters WHERE device=?", (dev,))
+            db.executemany("INSERT INTO counters (device, field, value) VALUES (?, ?, ?)",
+                           [(dev, f, v) for f, v in r.counters.items()])
+
+
+class Downgrade(Ledger):
+    """Restored from a backup: once a device runs config v2, it is sent v1 again as if
+    new, without saying it was restored."""
+
+    def _reply(self, db, dev, r, now, last_seq, dv, ds, applied, rejected,  # noqa: ANN001
+               duplicate=False):
+        out = super()._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected, duplicate)
+        if applied is not None and applied >= 2:
+            out = replace(out, config={"version": 1, "settings": {"lead_days": 3}})
+        return out
+
+
+async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
+    """A proxy in front of the reference: change(request, reply) may rewrite the reply
+    (bytes), or answer in its place without asking the reference (request -> reply)."""
+    host, port = upstream.removeprefix("http://").split(":")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = re.search(rb"(?i)content-length: *(\d+)", head)
+            req = head + (await reader.readexactly(int(n.group(1))) if n else b"")
+            r, w = await asyncio.open_connection(host, int(port))
+            w.write(req)
+            await w.drain()
+            reply = await r.read()
+            w.close()
+            writer.write(change(req, reply) or reply)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def _is_report(req: bytes) -> bool:
+    return req.startswith(b"POST /v1/devices/")
+
+
+def strict(req: bytes, reply: bytes) -> bytes | None:
+    # A validator stricter than the document: every report must name its firmware.
+    if _is_report(req) and b'"fw":' not in req:
+        body = b'{"error":"fw is required"}'
+        return b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    return None
+
+
+def cdn_header(req: bytes, reply: bytes) -> bytes | None:
+    # A CDN in front adds a long header line (over the device's 512 bytes).
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head + b"\r\nX-Cdn-Trace: " + b"x" * 600 + b"\r\n\r\n" + body
+
+
+def chunked(req: bytes, reply: bytes) -> bytes | None:
+    # Replies sent chunked, without Content-Length.
+    if not _is_report(req):
+        return None
+    head, _, body = reply.partition(b"\r\n\r\n")
+    head = re.sub(rb"(?i)\r\ncontent-length: *\d+", b"\r\nTransfer-Encoding: chunked", head)
+    return head + b"\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(("broken", "rule"), [
+    (strict, "refusals"), (cdn_header, "reply_shape"), (chunked, "reply_shape"),
+    (Downgrade, "config"), (Snapshot, "counters")])
+async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
+    if isinstance(broken, type):
+        ledger = broken(":memory:")
+        async with CloudServer(ledger) as cloud:
+            v = await _conform(cloud.url, cloud.admin_token)
+        ledger.close()
+    else:
+        async with CloudServer(":memory:") as cloud:
+            server, url = await _front(cloud.url, broken)
+            async with server:
+                v = await _conform(url, cloud.admin_token)
+    assert not v["ok"] and rule in v["broken"], v["broken"]
+    named = [x for x in v["violations"] if x["rule"] == rule]
+    assert named and named[0]["says"] and named[0]["detail"]
