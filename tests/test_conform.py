@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from brewmeter.conform import Conform
 async def _conform(url: str, token: str, seed: int = 5) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(await Conform(url, token, None, seed).main())
+    return asdict(await Conform(url, token, None, seed, patience_s=2).main())
 
 
 async def test_the_reference_cloud_conforms():

@@ -323,18 +323,27 @@ class Life:
                 if r == "ok" and not self.device.days.more and not self.device.outbox.events:
                     break
                 if r == "HTTP 429":  # the backend's quota runs on its own (real) clock
-                    await asyncio.sleep(min(self.syncer.schedule.ms_until_due(
-                        self.clock.ticks_ms()) / 1000, 70))
+                    wait = min(self.syncer.schedule.ms_until_due(self.clock.ticks_ms()) / 1000,
+                               self.run.patience_s)
+                    self.run.patience_s -= wait
+                    await asyncio.sleep(wait)
                 self.advance(60_000)
             await self.sync()  # one more: any order status or config the last one brought
         finally:
             self.run.proxy.rate = rate
 
 
+class _NoDevice(Exception):
+    """The backend would not provision a device: no life can run."""
+
+
 class Conform:
     def __init__(self, url: str, token: str, ca: str | None, seed: int,
-                 rate: float = 0.2) -> None:
+                 rate: float = 0.2, patience_s: float = 300) -> None:
+        """`rate`: the share of exchanges the proxy spoils; `patience_s`: how long in all
+        (real seconds) to wait out the backend's 429s while a device catches up."""
         self.url, self.token, self.seed = url, token, seed
+        self.patience_s = patience_s
         self.ca = ca
         self.ssl = tls.context(ca) if ca else None
         self.rng = random.Random(seed)
@@ -360,6 +369,7 @@ class Conform:
         st, _ = await self.admin.call("PUT", f"/v1/admin/devices/{life.id}", {"key": life.key})
         if st not in (200, 201):
             self.note("admin", f"provisioning answered {st}")
+            raise _NoDevice
         st, _ = await self.admin.call("PUT", f"/v1/admin/devices/{life.id}/plan",
                                       {"price_per_brew": PRICE})
         if st != 200:
@@ -548,7 +558,10 @@ class Conform:
                     Proxy(self.url, self.ssl, self.seed, self.rate, self.note) as proxy:
                 self.proxy, self.admin = proxy, Admin(session, self.url, self.token, self.ssl)
                 for play in lives:
-                    life = await play()
+                    try:
+                        life = await play()
+                    except _NoDevice:
+                        break
                     await life.heal()
                     await self.check(life)
                     names.append({"name": life.name, "brews": sum(life.truth.values()),
