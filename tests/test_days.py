@@ -168,3 +168,13 @@ def test_a_small_step_back_keeps_counting_on_the_day():
     d.brew(T + DAY + 60)
     d.brew(T + DAY - 60)  # NTP moved the clock two minutes back over midnight
     assert d.buckets() == [{"day": 20_001, "brews_total": 2}]
+
+
+def test_a_step_back_before_a_day_the_cloud_confirmed_is_the_wrong_clock():
+    c = Counters()
+    d = Days(c, boot=1)
+    d.brew(T + 2 * DAY)
+    d.confirm(20_002)  # the cloud's Date agreed with our clock on that day
+    d.brew(T - 18 * DAY)  # a reboot's NTP 20 days behind: that clock is the wrong one
+    assert d.buckets() == [{"day": 20_002, "brews_total": 2}]  # nothing folded, no loss
+    assert d.unsaved  # the confirmed day is kept with the history

@@ -104,7 +104,7 @@ def _check(life: Life, results: list[str], cap: int) -> None:
     assert all(n <= cap for n in months.values()), months
 
 
-@settings(max_examples=_N or 12, derandomize=not _N, deadline=None, database=None,
+@settings(max_examples=_N or 25, derandomize=not _N, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=12), cap=st.integers(0, 3))
 def test_generated_lives_keep_the_cloud_and_the_device_agreeing(steps, cap):

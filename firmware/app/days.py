@@ -11,9 +11,10 @@
 # A device offline longer than its history can hold keeps the first KEEP days apart and
 # folds the later ones into one folded bucket (app/protocol.py), which the cloud places on
 # the newest day in it, estimated: no brew is dropped. A backward clock step of more than
-# protocol.DAY_AHEAD days (the earlier clock was wrong: far ahead) folds the buckets dated
-# after the new day likewise, placed on it, less what the cloud already has of them (`acks`
-# keeps that of today's and yesterday's); smaller steps back keep counting on the
+# protocol.DAY_AHEAD days to a day the cloud has not seen the device on yet (the earlier
+# clock was wrong: far ahead, and the cloud did not bill those days) folds the buckets
+# dated after the new day likewise, placed on it. Other steps back (a small one, or to a day
+# before one the cloud confirmed: the new clock is the wrong one) keep counting on the
 # current day until the clock passes it.
 from micropython import const
 
@@ -23,16 +24,16 @@ KEEP = const(64)  # buckets kept while offline, besides the folded one: over two
 
 
 class Days:
-    def __init__(self, c, boot, history=None, acks=None):
+    def __init__(self, c, boot, history=None, confirmed=0):
         self.c = c
         self.boot = boot
         # Not yet acknowledged: [day, brews], [-boot, brews] (undated), and first, if any,
         # the folded bucket [0, brews, fold id, newest day in it (0: none)].
         self.history = history or []
-        # [[day, brews]]: what the cloud has of today's and yesterday's buckets (app.device
-        # saves them): a fold or a step back leaves that part where the cloud has it
-        self.acks = acks or []
-        self.unsaved = False  # history or acks changed: app.device saves them (state file)
+        # The latest day the cloud's clock (its reply's Date) agreed with ours: a day the
+        # cloud bills. (Saved with the history: it changes at most daily.)
+        self.confirmed = confirmed or 0
+        self.unsaved = False  # history changed: app.device saves it with the state file
         self.sent = ()  # keys of the history buckets in the report last built: folded last
         self.more = False  # that report left buckets out (paged): send the next one now
         self._folds = 0  # folded buckets opened this boot (their id: boot * 256 + n)
@@ -54,28 +55,25 @@ class Days:
         c = self.c
         day = wall // 86400
         if day > c.day:
-            if c.prev_brews > self._acked(c.prev_day):
-                self._keep(c.prev_day, c.prev_brews)
-            c.prev_day, c.prev_brews = c.day, c.day_brews
-            if c.prev_brews <= self._acked(c.prev_day):  # the cloud has it all
-                c.prev_day = c.prev_brews = 0
+            self._keep(c.prev_day, c.prev_brews)
+            c.prev_day, c.prev_brews = (c.day, c.day_brews) if c.day_brews else (0, 0)
             c.day, c.day_brews = day, 0
-        elif c.day - day > DAY_AHEAD:
+        elif c.day - day > DAY_AHEAD and day >= self.confirmed:
             self._back(day)
 
     def _back(self, day):
         # The clock stepped back to `day`: what was counted on later days was counted under
-        # a wrong clock, before now: folded, placed on `day`; but what the cloud already
-        # has of them stays where it is (it does not bill days ahead of its own clock).
+        # a wrong clock, before now, and the cloud did not bill it on those days (ahead of
+        # its clock; none of them confirmed): folded, placed on `day`.
         c = self.c
         for h in self.history[:]:
             if h[0] > day:
                 self.history.remove(h)
                 self._fold(h[1], day, True)
         if c.prev_day > day:
-            self._fold(c.prev_brews - self._acked(c.prev_day), day, True)
+            self._fold(c.prev_brews, day, True)
             c.prev_day = c.prev_brews = 0
-        self._fold(c.day_brews - self._acked(c.day), day, True)
+        self._fold(c.day_brews, day, True)
         n = 0
         if c.prev_day == day:  # count on in it
             n, c.prev_day, c.prev_brews = c.prev_brews, 0, 0
@@ -122,11 +120,11 @@ class Days:
                 self._fold(old[1], max(old[0], 0))
             self.unsaved = True
 
-    def _acked(self, day):
-        for a in self.acks:
-            if a[0] == day:
-                return a[1]
-        return 0
+    def confirm(self, day):
+        """The cloud's clock agreed with ours on `day`."""
+        if day > self.confirmed:
+            self.confirmed = day
+            self.unsaved = True
 
     def buckets(self):
         """The report's `days`: at most protocol.MAX_DAYS, the oldest first (`more` says
@@ -145,13 +143,8 @@ class Days:
         """The cloud stored `sent` (what buckets() gave): finished buckets can go."""
         done = [_key(b) for b in sent]
         c = self.c
-        acks = [a for a in self.acks if a[0] in (c.day, c.prev_day)]
-        for b in sent:  # what the cloud has of today's and yesterday's
-            if b.get("day") in (c.day, c.prev_day) and b["brews_total"] > self._acked(b["day"]):
-                acks = [a for a in acks if a[0] != b["day"]] + [[b["day"], b["brews_total"]]]
-        self.acks = acks  # (app.device saves them when they change)
-        if c.prev_day and c.prev_brews <= self._acked(c.prev_day):
-            c.prev_day = c.prev_brews = 0
+        if [c.prev_day, c.prev_brews] in done:
+            c.prev_day = c.prev_brews = 0  # saved with the next counters write
         n = len(self.history)
         self.history = [h for h in self.history if h not in done]
         self.unsaved = self.unsaved or len(self.history) != n

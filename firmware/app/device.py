@@ -50,7 +50,7 @@ class Device:
         self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
         self.days = None
         self._history = None  # offline day buckets read at boot, until Days takes them
-        self._acks = None  # likewise what the cloud has of today's and yesterday's
+        self._confirmed = 0  # likewise the last day the cloud's clock agreed with ours
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
         self.config = {}  # settings applied on top of the defaults (later issues read them)
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
@@ -77,7 +77,7 @@ class Device:
             newer = str(e)
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
-        self._acks = saved.get("ak")
+        self._confirmed = saved.get("cd", 0)
         self.service_lock = saved.get("lock", 0)
         self.pin_fails = saved.get("pin") or [0, 0]
         self.seq_era = saved.get("sq", 0)
@@ -94,7 +94,7 @@ class Device:
         """Recover, then count this boot and save it."""
         self.recover()
         self.meter.boot(cause)
-        self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._acks)
+        self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._confirmed)
         self._second = now
         self.save(now)
         self.save_days()
@@ -122,22 +122,15 @@ class Device:
         return _json(self.state.read("state"))
 
     def days_acked(self, sent, save=True):
-        """The cloud stored a report with these day buckets. What it has of today's and
-        yesterday's is saved with the state (at once, or with `save` False by the caller
-        after the outbox's acknowledgement: one write): after a clock step or a long time
-        offline, the rest is folded and that part is not (or the cloud would count it
-        twice)."""
-        days = self.days
-        was = days.acks
-        days.acked(sent)
-        if days.acks != was:
-            days.unsaved = True
+        """The cloud stored a report with these day buckets. What changed is saved at once,
+        or with `save` False by the caller, after the outbox's acknowledgement (one write)."""
+        self.days.acked(sent)
         if save:
             self.save_days()
 
     def save_days(self):
-        """Save the history and acks if they changed (only when buckets the cloud lacks
-        would otherwise live in RAM alone, offline, or the cloud acknowledged some)."""
+        """Save the history if it changed (only when buckets the cloud lacks would
+        otherwise live in RAM alone, offline; or the cloud confirmed a new day)."""
         if self.days.unsaved:
             self._save_state()
 
@@ -147,8 +140,8 @@ class Device:
              "days": self.days.history if self.days else (self._history or []),
              "lock": self.service_lock}
         # Rare ones only when set: the file stays small (inline in littlefs's metadata).
-        acks = self.days.acks if self.days else self._acks
-        for k, v in (("ak", acks), ("pin", self.pin_fails != [0, 0] and self.pin_fails),
+        cd = self.days.confirmed if self.days else self._confirmed
+        for k, v in (("cd", cd), ("pin", self.pin_fails != [0, 0] and self.pin_fails),
                      ("sq", self.seq_era)):
             if v:
                 d[k] = v

@@ -87,7 +87,9 @@ class Syncer:
             status, retry_after, reply = await http.post(
                 self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
-                wallclock.cross_check(wallclock.http_date(http.date))
+                date = wallclock.http_date(http.date)
+                if date and not wallclock.cross_check(date) and wallclock.synced:
+                    device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
                 self.rejected = sync.apply_reply(device, reply, sent)
                 device.save_days()
