@@ -34,6 +34,7 @@ def brew(board: Board, kind: str = "espresso", seconds: float = 1.2) -> None:
         ctl.press(kind)
         time.sleep(seconds)
         ctl.release(kind)
+        time.sleep(0.2)  # the release's debounce, then the brew is counted and saved
     finally:
         ctl.close()
 
@@ -68,3 +69,30 @@ def test_console_fuzz_on_the_board_a_brew_counts_after_every_line(tmp_path):
             n = got
         ctl.close()
         assert b"Traceback" not in board.transcript(start)
+
+
+def _hook(board: Board, word: str) -> None:
+    """A test's request for the next boot (app/supervisor.py take_hook), then that boot."""
+    import subprocess
+
+    from brewmeter.mp import tool
+
+    subprocess.run([tool("mpremote"), "connect", board.serial_port, "exec",
+                    f"open('/hook', 'w').write({word!r})"], check=True, capture_output=True,
+                   timeout=60)
+    Flasher(board.serial_port).restart()
+
+
+def test_a_failing_task_is_restarted_with_a_fault_and_the_counting_goes_on(tmp_path):
+    prof = test_profile(tmp_path)
+    with Board(tmp_path / "flash.img", board_profile=prof) as board:
+        Flasher(board.serial_port).flash(str(prof), emulator_provision())
+        n = brews(board)
+        _hook(board, "fail:console")
+        brew(board)  # while the console is down and waiting to restart
+        time.sleep(1.5)
+        assert brews(board) == n + 1
+        faults = fieldtech.ask(board.serial_port, "faults")
+        assert any(f.startswith("task_failed console RuntimeError: test hook") for f in faults)
+        events = fieldtech.ask(board.serial_port, "events")
+        assert any(e.get("code") == "task_failed" for e in events)  # for the cloud

@@ -204,23 +204,19 @@ class Device:
             self.on_usage(now)
 
     def tick(self, now):
-        """Called every poll: powered time, midnight, and the periodic flush while water
-        flows."""
+        """Everything there is to do after a poll, in one call (the CPython harness); on the
+        device the sensor task calls count_tick() and the day task day_tick()."""
+        if self.count_tick(now):
+            self.day_tick(now)
+
+    def count_tick(self, now):
+        """Called every poll: powered time, and the periodic flush while water flows. True
+        when a whole second has passed."""
         d = ticks_diff(now, self._second)
         if d >= 1000:
             self.meter.powered(d // 1000)
             self.up_s += d // 1000
             self._second = ticks_add(now, -(d % 1000))
-            wall = self.wall()
-            if wall and not self.meter.c.filter_fit_wall:
-                filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
-            if wall and wall // 86400 > self.meter.c.day:
-                # No save of its own: the next one carries it, and a cut before that
-                # changes nothing (the next brew rolls the day again from the clock).
-                self.days.roll(wall)
-                self._days_saved()
-            if wall and wall // 86400 != self.forecast.day:
-                self.new_day(wall // 86400, now)
         c = self.meter.c
         s = self._saved
         if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
@@ -231,6 +227,21 @@ class Device:
                 self._dirty_since = now
             elif ticks_diff(now, self._dirty_since) >= self.flush_ms:
                 self.save(now)
+        return d >= 1000
+
+    def day_tick(self, now):
+        """About once a second: date the filter once the clock is set, roll the day, and on
+        a new day the forecast and what is running out (orders)."""
+        wall = self.wall()
+        if wall and not self.meter.c.filter_fit_wall:
+            filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
+        if wall and wall // 86400 > self.meter.c.day:
+            # No save of its own: the next one carries it, and a cut before that
+            # changes nothing (the next brew rolls the day again from the clock).
+            self.days.roll(wall)
+            self._days_saved()
+        if wall and wall // 86400 != self.forecast.day:
+            self.new_day(wall // 86400, now)
 
     def uptime_ms(self, now):
         """Milliseconds since boot, for any uptime (ticks_diff alone fails past 6 days)."""

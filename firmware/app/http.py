@@ -1,11 +1,16 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
-# timeout, replies bounded in size, the socket always closed. TLS when the URL is https:
+# timeout, replies read into buffers made once (never more than they hold), the socket
+# always closed. TLS when the URL is https:
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
+import sys
 
 from micropython import const
 
 _MAX_LINE = const(512)  # a longer status or header line cannot come from our cloud
+_MAX_HEADERS = const(32)
+_MAX_BODY = const(4096)  # the largest reply any caller accepts (app/sync.py MAX_REPLY)
+_MP = sys.implementation.name == "micropython"
 
 
 class HttpError(Exception):
@@ -29,16 +34,69 @@ def parse_url(url):
     return scheme, host, port, "/" + path.rstrip("/") if path else ""
 
 
-async def _line(reader):
-    line = await reader.readline()
-    if not line.endswith(b"\n"):
-        raise HttpError("connection closed mid-reply")
-    if len(line) > _MAX_LINE:
-        raise HttpError("reply line too long")
-    return line
+class _Buffers:
+    """Made once, when the sync starts at boot (while the heap is still in one piece): the
+    head (status line and headers, one line at a time) and the body (the reply limit). A
+    reply never needs more: anything over a bound is refused before it is read."""
+
+    def __init__(self, max_body):
+        self.head = bytearray(_MAX_LINE)
+        self.body = bytearray(max_body)
+        self.lock = asyncio.Lock()  # one request at a time (the sync task, the console's sync)
 
 
-async def _exchange(host, port, ssl, request, max_body):
+_bufs = _Buffers(_MAX_BODY)
+
+
+async def _into(reader, mv):
+    # Up to len(mv) bytes into mv; 0 at the end of the stream. MicroPython's Stream reads
+    # straight into the buffer; CPython's StreamReader (the harness) has only read(n).
+    if _MP:
+        while True:
+            n = await reader.readinto(mv)
+            if n is not None:  # None: readable, but no whole TLS record yet
+                return n
+    data = await reader.read(len(mv))
+    mv[:len(data)] = data
+    return len(data)
+
+
+class _Head:
+    """Lines from the reply, each through the fixed head buffer: a line longer than it is
+    refused as soon as the buffer is full, never buffered whole."""
+
+    def __init__(self, reader, buf):
+        self.reader = reader
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.start = self.end = 0  # the unread bytes are buf[start:end]
+
+    async def line(self):
+        """The next line (without its end) as bytes."""
+        buf = self.buf
+        while True:
+            i = buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = bytes(self.mv[self.start:i])
+                self.start = i + 1
+                return line[:-1] if line.endswith(b"\r") else line
+            if self.start:  # move what is left to the front
+                n = self.end - self.start
+                self.mv[:n] = self.mv[self.start:self.end]
+                self.start, self.end = 0, n
+            if self.end == len(buf):
+                raise HttpError("reply line too long")
+            n = await _into(self.reader, self.mv[self.end:])
+            if not n:
+                raise HttpError("connection closed mid-reply")
+            self.end += n
+
+    def rest(self):
+        """What was read past the headers: the start of the body."""
+        return self.mv[self.start:self.end]
+
+
+async def _exchange(host, port, ssl, request, bufs, max_body):
     if ssl is not None:
         reader, writer = await asyncio.open_connection(host, port, ssl=ssl,
                                                        server_hostname=host)
@@ -47,25 +105,25 @@ async def _exchange(host, port, ssl, request, max_body):
     try:
         writer.write(request)
         await writer.drain()
-        status_line = await _line(reader)
-        parts = status_line.split(None, 2)
+        head = _Head(reader, bufs.head)
+        parts = (await head.line()).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
         status = int(parts[1])
         length = None
         retry_after = 0
-        for _ in range(32):  # a bounded number of headers
-            line = await _line(reader)
-            if line in (b"\r\n", b"\n"):
+        for _ in range(_MAX_HEADERS):
+            line = await head.line()
+            if not line:
                 break
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             value = value.strip()
             if name == b"content-length":
-                if not value.isdigit():
+                if not value.isdigit() or len(value) > 9:
                     raise HttpError("bad Content-Length")
                 length = int(value)
-            elif name == b"retry-after" and value.isdigit():
+            elif name == b"retry-after" and value.isdigit() and len(value) < 9:
                 retry_after = int(value)
         else:
             raise HttpError("too many headers")
@@ -73,8 +131,20 @@ async def _exchange(host, port, ssl, request, max_body):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        body = await reader.readexactly(length) if length else b""
-        return status, retry_after, body
+        body = memoryview(bufs.body)
+        got = head.rest()
+        n = len(got)
+        if n > length:
+            raise HttpError("reply longer than its Content-Length")
+        body[:n] = got
+        while n < length:
+            k = await _into(reader, body[n:length])
+            if not k:
+                raise HttpError("bad reply: closed after %d of %d bytes" % (n, length))
+            n += k
+        # The body stays in the shared buffer: the caller reads it before the next request.
+        # (CPython's json takes no memoryview: the harness gets a copy.)
+        return status, retry_after, body[:n] if _MP else bytes(body[:n])
     finally:
         writer.close()
         try:
@@ -94,11 +164,16 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=40
     for k, v in headers.items():
         head += "%s: %s\r\n" % (k, v)
     request = head.encode() + b"\r\n" + body
+    bufs = _bufs
+    await bufs.lock.acquire()
     try:
         return await asyncio.wait_for(
-            _exchange(host, port, ssl if scheme == "https" else None, request, max_body),
+            _exchange(host, port, ssl if scheme == "https" else None, request, bufs,
+                      min(max_body, _MAX_BODY)),
             timeout_ms / 1000)
     except asyncio.TimeoutError:
         raise HttpError("no reply within %d ms" % timeout_ms)
-    except (EOFError, ValueError) as e:  # readexactly cut short; int() of a bad number
+    except ValueError as e:  # int() of a bad number
         raise HttpError("bad reply: %s" % e)
+    finally:
+        bufs.lock.release()

@@ -1,13 +1,16 @@
 # The app: load the board profile, recover the counts from flash, start the tasks: sensors,
-# sync when the device is provisioned, and the service console on the serial port.
+# sync when the device is provisioned, the service console on the serial port, the day's
+# work and the service button, all but the counting kept running by app/supervisor.py.
 import asyncio
 import json
+import time
 from time import ticks_ms
 
 from app import VERSION, hw, wallclock
 from app.device import Device
 from app.sensors import Sensors
 from app.store import DeviceFS
+from app.supervisor import Supervisor, take_hook
 
 PROFILE_PATH = "/board.json"
 PROVISION_PATH = "/provision.json"
@@ -62,22 +65,47 @@ _syncer = None  # for the service console: the last sync's time and result
 
 async def main(profile):
     global _device, _syncer
+    prov = load_provision()
+    if prov:
+        # The HTTP client's reply buffers (4.5 KB), made first while the heap is in one
+        # piece: later, a 4 KB block may no longer be found.
+        from app import http  # noqa: F401
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
-    tasks = [asyncio.create_task(Sensors(profile, device).run())]
-    prov = load_provision()
+    sup = Supervisor(device, take_hook())
+    sensors = Sensors(profile, device)
+    keep = sup.keep
     sync = "off (not provisioned)"
     if prov:
         try:
             _syncer = start_sync(device, prov)
-            tasks.append(asyncio.create_task(_syncer.run()))
+            asyncio.create_task(keep("sync", _syncer.run))
             sync = "on"
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
-    tasks.append(asyncio.create_task(serve_console(device, prov)))
-    await asyncio.gather(*tasks)
+    asyncio.create_task(keep("console", lambda: serve_console(device, prov)))
+    asyncio.create_task(keep("day", lambda: _days(device)))
+    asyncio.create_task(keep("button", sensors.run_button))
+    if sup.hook == "stall":  # tests only: the event loop stalls (a task stuck in a call)
+        asyncio.create_task(_stall())
+    # The counting runs here, not restarted: an error in it ends main(), and run() resets.
+    await sensors.run(hw.watchdog(profile.wdt_s * 1000))
+
+
+async def _days(device):
+    """The day's work: the filter's date, the day roll, and on a new day the forecast and
+    the orders. Its own task: the counting never waits for it, nor fails with it."""
+    while True:
+        device.day_tick(ticks_ms())
+        await asyncio.sleep_ms(1000)
+
+
+async def _stall():
+    await asyncio.sleep_ms(1000)
+    while True:
+        time.sleep_ms(100)
 
 
 async def serve_console(device, prov):
@@ -176,6 +204,20 @@ def run():
     except KeyboardInterrupt:
         # Ctrl-C drops to the REPL (mpremote and flash.sh rely on it): save what is not yet
         # saved (a rinse, the last seconds of water) first.
-        if _device is not None and _device.meter is not None:
-            _device.save(ticks_ms())
+        _save()
         raise
+    except Exception as e:  # noqa: BLE001 - an error escaped the supervisor: the counting's
+        # Never left at the REPL on an error: save what can be saved, say why, reset.
+        import sys
+
+        sys.print_exception(e)
+        _save()
+        hw.reset()
+
+
+def _save():
+    if _device is not None and _device.meter is not None:
+        try:
+            _device.save(ticks_ms())
+        except Exception:  # noqa: BLE001 - the flash failing too: the reset still comes
+            pass
