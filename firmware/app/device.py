@@ -25,6 +25,7 @@ _RATES_SAVE_DAYS = const(7)
 # hourly saves would cost more flash than the brews. A cut loses at most that day of it.
 _POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
+_WDT_RESET = const(3)  # machine.WDT_RESET
 
 
 class Device:
@@ -94,6 +95,8 @@ class Device:
         self.load_supplies()
         if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
             self.supplies.fresh = not self.save_supplies()
+        if cause == _WDT_RESET:  # the event loop stalled, or the counting died
+            self.fault("watchdog_reset", "")
 
     def load_supplies(self):
         """The consumables' state, after the counts (counting does not wait for it)."""

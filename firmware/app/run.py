@@ -3,6 +3,7 @@
 # work and the service button, all but the counting kept running by app/supervisor.py.
 import asyncio
 import json
+import sys
 import time
 from time import ticks_ms
 
@@ -19,9 +20,6 @@ PROVISION_PATH = "/provision.json"
 def load_profile(path=PROFILE_PATH):
     """The validated board profile. The validator is needed once, at boot: it is unloaded
     afterwards (about 10 KB of heap on the unix port, 6 KB on an ESP32)."""
-    import sys
-
-    import app
     from app.profile import ProfileError, parse
 
     try:
@@ -32,9 +30,16 @@ def load_profile(path=PROFILE_PATH):
     try:
         return parse(text, path)
     finally:
-        sys.modules.pop("app.profile", None)
-        if hasattr(app, "profile"):
-            delattr(app, "profile")
+        _unload("profile")
+
+
+def _unload(name):
+    """Drop module app.NAME, so its heap is freed."""
+    import app
+
+    sys.modules.pop("app." + name, None)
+    if hasattr(app, name):
+        delattr(app, name)
 
 
 def load_provision(path=PROVISION_PATH):
@@ -73,6 +78,13 @@ async def main(profile):
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
+    from app import replwatch
+
+    was = replwatch.stopped_for(time.time())
+    if was is not None:  # stopped into the REPL (Ctrl-C, mpremote) until this boot
+        device.fault("app_stopped", "%d s at the REPL" % was if was >= 0 else "unknown time")
+    del replwatch
+    _unload("replwatch")
     sup = Supervisor(device, take_hook())
     sensors = Sensors(profile, device)
     keep = sup.keep
@@ -193,6 +205,11 @@ def status(device, prov):
 
 
 def run():
+    watch = sys.modules.get("app.replwatch")
+    if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
+        watch.disarm()
+        watch = None
+        _unload("replwatch")
     try:
         profile = load_profile()
     except ValueError as e:  # ProfileError
@@ -203,13 +220,16 @@ def run():
         asyncio.run(main(profile))
     except KeyboardInterrupt:
         # Ctrl-C drops to the REPL (mpremote and flash.sh rely on it): save what is not yet
-        # saved (a rinse, the last seconds of water) first.
+        # saved (a rinse, the last seconds of water) first. The REPL watch brings the app
+        # back once the port has been quiet for repl_idle_s.
         _save()
+        from app import replwatch
+
+        replwatch.stopped(time.time())
+        replwatch.arm(profile.repl_idle_s, profile.wdt_s)
         raise
     except Exception as e:  # noqa: BLE001 - an error escaped the supervisor: the counting's
         # Never left at the REPL on an error: save what can be saved, say why, reset.
-        import sys
-
         sys.print_exception(e)
         _save()
         hw.reset()

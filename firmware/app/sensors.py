@@ -30,8 +30,9 @@ class Sensors:
     def poll(self, now):
         meter = self.meter
         device = self.device
-        for i, pin in enumerate(self.pins):
-            r = meter.sample(i, pin.value() ^ self.invert, now)
+        pins = self.pins
+        for i in range(len(pins)):  # (enumerate() would allocate an iterator every poll)
+            r = meter.sample(i, pins[i].value() ^ self.invert, now)
             if r != NOTHING:
                 device.event(r, i, now)
         meter.pulses(self.flow.take())
