@@ -190,3 +190,18 @@ def test_a_stalled_loop_is_reset_by_the_watchdog_and_the_counts_kept(quick):
     assert status["reset_cause"] == "watchdog"
     brew(board)
     assert brews(board) == before["brews"]["espresso"] + 1
+
+
+def test_an_error_in_the_counting_resets_the_machine_never_the_repl(quick):
+    board = quick
+    brew(board)
+    before = fieldtech.ask(board.serial_port, "counters")
+    boots = board.boots
+    _hook(board, "fail:counting")
+    start = board.transcript_end()
+    board.wait_boot(boots + 3, timeout=15)  # mpremote's reset, restart, the app's reset
+    board.wait_output(b"brewmeter ready", timeout=10, start=start)
+    assert b"test hook: counting made to fail" in board.transcript(start)
+    assert board.command({"cmd": "status"})["reset_cause"] == "HARD_RESET"
+    after = fieldtech.ask(board.serial_port, "counters")
+    assert after["brews"] == before["brews"] and after["boots"] == before["boots"] + 2

@@ -102,6 +102,9 @@ async def main(profile):
     asyncio.create_task(keep("button", sensors.run_button))
     if sup.hook == "stall":  # tests only: the event loop stalls (a task stuck in a call)
         asyncio.create_task(_stall())
+    elif sup.hook == "fail:counting":  # tests only: an error in the counting
+        await asyncio.sleep_ms(1000)
+        raise RuntimeError("test hook: counting made to fail")
     # The counting runs here, not restarted: an error in it ends main(), and run() resets.
     await sensors.run(hw.watchdog(profile.wdt_s * 1000))
 
