@@ -120,7 +120,8 @@ def console_sync(board: Board, timeout: float = 30) -> str:
             m = re.search(rb"sync: (?!started)([^\r\n]*)\r\n", seen)
             if m:
                 return m[1].decode()
-    raise AssertionError(f"no sync result: {seen!r}")
+    raise AssertionError(f"no sync result: {seen!r}; faults: "
+                         f"{fieldtech.ask(board.serial_port, 'faults')}")
 
 
 MODES = ["status_2mb", "headers_1000", "body_10mb", "over_limit", "length_long",

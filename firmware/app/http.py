@@ -35,12 +35,12 @@ def parse_url(url):
 
 
 class _Buffers:
-    """Made once, when the sync starts at boot (while the heap is still in one piece): the
-    head (status line and headers, one line at a time) and the body (the reply limit). A
-    reply never needs more: anything over a bound is refused before it is read."""
+    """Made once, when the sync is loaded at boot (while the heap is still in one piece):
+    one buffer of the reply limit for the body, whose last 512 bytes first hold the status
+    line and the headers, one line at a time. A reply never needs more: anything over a
+    bound is refused before it is read."""
 
     def __init__(self, max_body):
-        self.head = bytearray(_MAX_LINE)
         self.body = bytearray(max_body)
         self.lock = asyncio.Lock()  # one request at a time (the sync task, the console's sync)
 
@@ -62,14 +62,14 @@ async def _into(reader, mv):
 
 
 class _Head:
-    """Lines from the reply, each through the fixed head buffer: a line longer than it is
-    refused as soon as the buffer is full, never buffered whole."""
+    """Lines from the reply, each through the last _MAX_LINE bytes of `buf`: a line longer
+    than that is refused as soon as they are full, never buffered whole."""
 
     def __init__(self, reader, buf):
         self.reader = reader
         self.buf = buf
         self.mv = memoryview(buf)
-        self.start = self.end = 0  # the unread bytes are buf[start:end]
+        self.lo = self.start = self.end = len(buf) - _MAX_LINE  # unread: buf[start:end]
 
     async def line(self):
         """The next line (without its end) as bytes."""
@@ -80,10 +80,11 @@ class _Head:
                 line = bytes(self.mv[self.start:i])
                 self.start = i + 1
                 return line[:-1] if line.endswith(b"\r") else line
-            if self.start:  # move what is left to the front
+            lo = self.lo
+            if self.start > lo:  # move what is left to the front
                 n = self.end - self.start
-                self.mv[:n] = self.mv[self.start:self.end]
-                self.start, self.end = 0, n
+                self.mv[lo:lo + n] = self.mv[self.start:self.end]
+                self.start, self.end = lo, lo + n
             if self.end == len(buf):
                 raise HttpError("reply line too long")
             n = await _into(self.reader, self.mv[self.end:])
@@ -92,20 +93,22 @@ class _Head:
             self.end += n
 
     def rest(self):
-        """What was read past the headers: the start of the body."""
+        """What was read past the headers: the start of the body (at most _MAX_LINE bytes,
+        so moving it to the front of the buffer never overlaps)."""
         return self.mv[self.start:self.end]
 
 
-async def _exchange(host, port, ssl, request, bufs, max_body):
+async def _exchange(host, port, ssl, head, body, bufs, max_body):
     if ssl is not None:
         reader, writer = await asyncio.open_connection(host, port, ssl=ssl,
                                                        server_hostname=host)
     else:
         reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(request)
+        writer.write(head)  # two writes: no copy of the report joined to its head
+        writer.write(body)
         await writer.drain()
-        head = _Head(reader, bufs.head)
+        head = _Head(reader, bufs.body)
         parts = (await head.line()).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
@@ -163,12 +166,12 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=40
            "Content-Length: %d\r\nConnection: close\r\n" % (path, host, len(body))
     for k, v in headers.items():
         head += "%s: %s\r\n" % (k, v)
-    request = head.encode() + b"\r\n" + body
+    head = (head + "\r\n").encode()
     bufs = _bufs
     await bufs.lock.acquire()
     try:
         return await asyncio.wait_for(
-            _exchange(host, port, ssl if scheme == "https" else None, request, bufs,
+            _exchange(host, port, ssl if scheme == "https" else None, head, body, bufs,
                       min(max_body, _MAX_BODY)),
             timeout_ms / 1000)
     except asyncio.TimeoutError:

@@ -169,7 +169,14 @@ async def _carry_out(action, device):
     if action[0] == "sync":
         if _syncer is None:
             return b"sync: off (not provisioned)\r\n"
-        return ("sync: %s\r\n" % await _syncer.sync_once()).encode()
+        try:
+            result = await _syncer.sync_once()
+        except MemoryError:  # the answer at least; the sync task tries again on its own
+            import gc
+
+            gc.collect()
+            result = "out of memory"
+        return ("sync: %s\r\n" % result).encode()
     device.save(ticks_ms())  # reboot: nothing unsaved is lost
     hw.reset()
     return b""

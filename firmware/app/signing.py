@@ -6,12 +6,14 @@ from hashlib import sha256
 _BLOCK = 64  # SHA-256's block size
 
 
-def hmac_sha256(key, msg):
+def hmac_sha256(key, msg, more=b""):
+    """HMAC of `msg` + `more` (two parts: a caller need not join them into a copy)."""
     if len(key) > _BLOCK:
         key = sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
     inner = sha256(bytes(b ^ 0x36 for b in key))
     inner.update(msg)
+    inner.update(more)
     outer = sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
@@ -19,5 +21,5 @@ def hmac_sha256(key, msg):
 
 def signature(key, method, path, seq, body):
     """Hex signature for the X-Brewmeter-Signature header (see docs/protocol.yaml)."""
-    msg = b"%s\n%s\n%d\n" % (method.encode(), path.encode(), seq) + body
-    return hexlify(hmac_sha256(key, msg)).decode()
+    head = b"%s\n%s\n%d\n" % (method.encode(), path.encode(), seq)
+    return hexlify(hmac_sha256(key, head, body)).decode()
