@@ -48,7 +48,7 @@ def settings(path=PROFILE_PATH):
     idle, wdt = 300, 30
     try:
         with open(path) as f:
-            p = json.load(f)
+            p = json.loads(f.read(4096))
         idle = min(max(int(p.get("repl_idle_s", idle)), 5), 86400)
         wdt = min(max(int(p.get("wdt_s", wdt)), 2), 600)
     except (OSError, ValueError, TypeError, AttributeError):

@@ -7,6 +7,8 @@ import sys
 import time
 from time import ticks_ms
 
+from micropython import const
+
 from app import VERSION, hw, wallclock
 from app.device import Device
 from app.sensors import Sensors
@@ -14,6 +16,7 @@ from app.store import DeviceFS
 from app.supervisor import Supervisor, take_hook
 
 PROFILE_PATH = "/board.json"
+_MAX_PROFILE = const(4096)  # a profile is well under 1 KB
 PROVISION_PATH = "/provision.json"
 
 
@@ -24,9 +27,11 @@ def load_profile(path=PROFILE_PATH):
 
     try:
         with open(path) as f:
-            text = f.read()
+            text = f.read(_MAX_PROFILE + 1)  # a bounded read, as every read
     except OSError:
         raise ProfileError(path, "(file)", "missing: flash.sh writes it with --board")
+    if len(text) > _MAX_PROFILE:
+        raise ProfileError(path, "(file)", "over %d bytes: not a board profile" % _MAX_PROFILE)
     try:
         return parse(text, path)
     finally:
