@@ -220,17 +220,18 @@ def status(device, prov):
 
 
 def run():
+    try:
+        profile = load_profile()
+    except ValueError as e:  # ProfileError
+        # Stay at the REPL so the board can be re-flashed with a good profile (boot.py's
+        # REPL watch stays armed: the watchdog is fed while the port is in use).
+        print("brewmeter: not started:", e)
+        return
     watch = sys.modules.get("app.replwatch")
     if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
         watch.disarm()
         watch = None
         _unload("replwatch")
-    try:
-        profile = load_profile()
-    except ValueError as e:  # ProfileError
-        # Stay at the REPL so the board can be re-flashed with a good profile.
-        print("brewmeter: not started:", e)
-        return
     try:
         asyncio.run(main(profile))
     except KeyboardInterrupt:
@@ -238,10 +239,13 @@ def run():
         # saved (a rinse, the last seconds of water) first. The REPL watch brings the app
         # back once the port has been quiet for repl_idle_s.
         _save()
-        from app import replwatch
+        try:
+            from app import replwatch
 
-        replwatch.stopped(time.time())
-        replwatch.arm(profile.repl_idle_s, profile.wdt_s)
+            replwatch.stopped(time.time())
+            replwatch.arm(profile.repl_idle_s, profile.wdt_s)
+        except Exception as e:  # noqa: BLE001 - the REPL comes up whatever fails here
+            print("brewmeter: REPL watch not armed:", e)
         raise
     except Exception as e:  # noqa: BLE001 - an error escaped the supervisor: the counting's
         # Never left at the REPL on an error: save what can be saved, say why, reset.
