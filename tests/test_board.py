@@ -246,3 +246,32 @@ async def test_async_board_and_emulate_main_runs_until_sigterm(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+WDT_MAIN_PY = """\
+import machine, time
+print("ready cause=%d" % machine.reset_cause())
+if machine.reset_cause() != machine.WDT_RESET:
+    wdt = machine.WDT(timeout=1500)
+    print("wdt started")
+"""
+
+
+def test_the_watchdog_behaves_as_the_esp32s(tmp_path):
+    """Once started it cannot be stopped: main.py ends, the REPL idles, a soft reset comes
+    between, and still the unfed watchdog resets the board; a hard reset stops it."""
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "main.py").write_text(WDT_MAIN_PY)
+    with Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator") as b:
+        b.wait_output(b"wdt started")
+        with serial.Serial(b.serial_port, 115200, timeout=0.1) as port:
+            read_until(port, b">>> ")
+            port.write(b"\x04")  # soft reset: the watchdog runs on (main.py starts it again)
+            read_until(port, b"ready cause=5")
+        b.wait_boot(3, timeout=5)  # unfed: reset by the watchdog
+        assert b.command({"cmd": "status"})["reset_cause"] == "WDT_RESET"
+        b.wait_output(b"ready cause=3")
+        assert b.command({"cmd": "status"})["wdt_ms"] is None  # a hard reset stopped it
+        time.sleep(2.5)
+        assert b.boots == 3  # and nothing started it again

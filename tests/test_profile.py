@@ -77,3 +77,12 @@ def test_cli_rejects_bad_profile_with_exit_2(tmp_path, capsys):
     assert "bad board profile" in err and "bad.json" in err and "'flow_pin'" in err
     assert cli.main(["check-board", "esp32-generic", "emulator"]) == 0
     assert "esp32-generic.json: ok" in capsys.readouterr().out
+
+
+def test_an_oversized_profile_file_is_refused_unread(tmp_path):
+    from app.run import load_profile
+
+    p = tmp_path / "board.json"
+    p.write_text('{"board": "x",' + " " * 5000 + "}")
+    with pytest.raises(ValueError, match="over 4096 bytes"):
+        load_profile(str(p))

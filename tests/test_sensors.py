@@ -22,7 +22,7 @@ class Recorder:
     def event(self, code: int, i: int, now: int) -> None:
         self.events.append((code, i))
 
-    def tick(self, now: int) -> None:
+    def count_tick(self, now: int) -> None:
         self.ticks += 1
 
     def refill(self, name: str, by: str, now: int) -> None:
@@ -43,6 +43,7 @@ def _for(sensors, ms):
     for _ in range(ms // POLL_MS):
         standins.clock.advance(POLL_MS)
         sensors.poll(standins.clock.ticks_ms())
+        sensors.press(standins.clock.ticks_ms())
 
 
 def _set(profile, kind, on):

@@ -86,7 +86,11 @@ class Console:
             if line is None:
                 out.append("error: line too long (max %d)" % MAX_LINE)
             elif line.strip():
-                out.append(self.command(line, wall, now))
+                try:
+                    out.append(self.command(line, wall, now))
+                except Exception as e:  # a bug in one command must not end the console
+                    out.append("error: internal: %s failed (%s)" % (
+                        line.split()[0][:20], e.__class__.__name__))
         return "".join(x + "\n" for x in out)
 
     def serve(self, data, wall=0, now=None):
@@ -102,6 +106,8 @@ class Console:
         words = line.split()
         as_json = "--json" in words
         words = [w for w in words if w != "--json"]
+        if not words:
+            return "error: --json goes after a command; try help"
         name = words[0].lower()
         if name in _ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
             return self._action(words, wall, now)

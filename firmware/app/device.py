@@ -26,6 +26,7 @@ _RATES_SAVE_DAYS = const(7)
 # hourly saves would cost more flash than the brews. A cut loses at most that day of it.
 _POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
+_WDT_RESET = const(3)  # machine.WDT_RESET
 
 
 class Device:
@@ -101,6 +102,8 @@ class Device:
         self.load_supplies()
         if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
             self.supplies.fresh = not self.save_supplies()
+        if cause == _WDT_RESET:  # the event loop stalled, or the counting died
+            self.fault("watchdog_reset", "")
 
     def load_supplies(self):
         """The consumables' state, after the counts (counting does not wait for it)."""
@@ -231,28 +234,19 @@ class Device:
             self.on_usage(now)
 
     def tick(self, now):
-        """Called every poll: powered time, midnight, and the periodic flush while water
-        flows."""
+        """Everything there is to do after a poll, in one call (the CPython harness); on the
+        device the sensor task calls count_tick() and the day task day_tick()."""
+        if self.count_tick(now):
+            self.day_tick(now)
+
+    def count_tick(self, now):
+        """Called every poll: powered time, and the periodic flush while water flows. True
+        when a whole second has passed."""
         d = ticks_diff(now, self._second)
         if d >= 1000:
             self.meter.powered(d // 1000)
             self.up_s += d // 1000
             self._second = ticks_add(now, -(d % 1000))
-            wall = self.wall()
-            if wall and not self.meter.c.filter_fit_wall:
-                filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
-            if wall and wall // 86400 != self.meter.c.day:
-                # Online, no save of its own: the next one carries it, and a cut before
-                # that changes nothing (the next brew rolls the day again from the clock).
-                # Offline, yesterday moved to the history (or the clock stepped back): the
-                # counters follow the state at once, or a cut would bring yesterday back
-                # after it may have been folded.
-                self.days.roll(wall)
-                if self.days.unsaved:
-                    self.save_days()
-                    self.save(now)
-            if wall and wall // 86400 != self.forecast.day:
-                self.new_day(wall // 86400, now)
         c = self.meter.c
         s = self._saved
         if s is None or s[0] != c.water_ml or s[1] != c.pump_ms or (
@@ -263,6 +257,26 @@ class Device:
                 self._dirty_since = now
             elif ticks_diff(now, self._dirty_since) >= self.flush_ms:
                 self.save(now)
+        return d >= 1000
+
+    def day_tick(self, now):
+        """About once a second: date the filter once the clock is set, roll the day, and on
+        a new day the forecast and what is running out (orders)."""
+        wall = self.wall()
+        if wall and not self.meter.c.filter_fit_wall:
+            filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
+        if wall and wall // 86400 != self.meter.c.day:
+            # Online, no save of its own: the next one carries it, and a cut before
+            # that changes nothing (the next brew rolls the day again from the clock).
+            # Offline, yesterday moved to the history (or the clock stepped back): the
+            # counters follow the state at once, or a cut would bring yesterday back
+            # after it may have been folded.
+            self.days.roll(wall)
+            if self.days.unsaved:
+                self.save_days()
+                self.save(now)
+        if wall and wall // 86400 != self.forecast.day:
+            self.new_day(wall // 86400, now)
 
     def uptime_ms(self, now):
         """Milliseconds since boot, for any uptime (ticks_diff alone fails past 6 days)."""

@@ -1,11 +1,14 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
-# timeout, replies bounded in size, the socket always closed. TLS when the URL is https:
+# timeout, replies read into buffers made once (never more than they hold), the socket
+# always closed. TLS when the URL is https:
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
+import sys
 
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
 date = b""  # the Date header of the last reply (app.wallclock.cross_check)
+_MP = sys.implementation.name == "micropython"
 
 
 class HttpError(Exception):
@@ -29,16 +32,71 @@ def parse_url(url):
     return scheme, host, port, "/" + path.rstrip("/") if path else ""
 
 
-async def _line(reader):
-    line = await reader.readline()
-    if not line.endswith(b"\n"):
-        raise HttpError("connection closed mid-reply")
-    if len(line) > MAX_LINE:  # it cannot come from our cloud
-        raise HttpError("reply line too long")
-    return line
+class _Buffers:
+    """Made once, when the sync is loaded at boot (while the heap is still in one piece):
+    one buffer of the reply limit for the body, whose last 512 bytes first hold the status
+    line and the headers, one line at a time. A reply never needs more: anything over a
+    bound is refused before it is read."""
+
+    def __init__(self, max_body):
+        self.body = bytearray(max_body)
+        self.lock = asyncio.Lock()  # one request at a time (the sync task, the console's sync)
 
 
-async def _exchange(host, port, ssl, request, max_body):
+_bufs = _Buffers(MAX_REPLY)
+
+
+async def _into(reader, mv):
+    # Up to len(mv) bytes into mv; 0 at the end of the stream. MicroPython's Stream reads
+    # straight into the buffer; CPython's StreamReader (the harness) has only read(n).
+    if _MP:
+        while True:
+            n = await reader.readinto(mv)
+            if n is not None:  # None: readable, but no whole TLS record yet
+                return n
+    data = await reader.read(len(mv))
+    mv[:len(data)] = data
+    return len(data)
+
+
+class _Head:
+    """Lines from the reply, each through the last MAX_LINE bytes of `buf`: a line longer
+    than that is refused as soon as they are full, never buffered whole."""
+
+    def __init__(self, reader, buf):
+        self.reader = reader
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.lo = self.start = self.end = len(buf) - MAX_LINE  # unread: buf[start:end]
+
+    async def line(self):
+        """The next line (without its end) as bytes."""
+        buf = self.buf
+        while True:
+            i = buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = bytes(self.mv[self.start:i])
+                self.start = i + 1
+                return line[:-1] if line.endswith(b"\r") else line
+            lo = self.lo
+            if self.start > lo:  # move what is left to the front
+                n = self.end - self.start
+                self.mv[lo:lo + n] = self.mv[self.start:self.end]
+                self.start, self.end = lo, lo + n
+            if self.end == len(buf):
+                raise HttpError("reply line too long")
+            n = await _into(self.reader, self.mv[self.end:])
+            if not n:
+                raise HttpError("connection closed mid-reply")
+            self.end += n
+
+    def rest(self):
+        """What was read past the headers: the start of the body (at most MAX_LINE bytes,
+        so moving it to the front of the buffer never overlaps)."""
+        return self.mv[self.start:self.end]
+
+
+async def _exchange(host, port, ssl, head, body, bufs, max_body):
     global date
     date = b""
     if ssl is not None:
@@ -47,27 +105,28 @@ async def _exchange(host, port, ssl, request, max_body):
     else:
         reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(request)
+        writer.write(head)  # two writes: no copy of the report joined to its head
+        writer.write(body)
         await writer.drain()
-        status_line = await _line(reader)
-        parts = status_line.split(None, 2)
+        head = _Head(reader, bufs.body)
+        parts = (await head.line()).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
         status = int(parts[1])
         length = None
         retry_after = 0
         for _ in range(MAX_HEADERS):
-            line = await _line(reader)
-            if line in (b"\r\n", b"\n"):
+            line = await head.line()
+            if not line:
                 break
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             value = value.strip()
             if name == b"content-length":
-                if not value.isdigit():
+                if not value.isdigit() or len(value) > 9:
                     raise HttpError("bad Content-Length")
                 length = int(value)
-            elif name == b"retry-after" and value.isdigit():
+            elif name == b"retry-after" and value.isdigit() and len(value) < 9:
                 retry_after = int(value)
             elif name == b"date":
                 date = value
@@ -77,8 +136,20 @@ async def _exchange(host, port, ssl, request, max_body):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        body = await reader.readexactly(length) if length else b""
-        return status, retry_after, body
+        body = memoryview(bufs.body)
+        got = head.rest()
+        n = len(got)
+        if n > length:
+            raise HttpError("reply longer than its Content-Length")
+        body[:n] = got
+        while n < length:
+            k = await _into(reader, body[n:length])
+            if not k:
+                raise HttpError("bad reply: closed after %d of %d bytes" % (n, length))
+            n += k
+        # The body stays in the shared buffer: the caller reads it before the next request.
+        # (CPython's json takes no memoryview: the harness gets a copy.)
+        return status, retry_after, body[:n] if _MP else bytes(body[:n])
     finally:
         writer.close()
         try:
@@ -97,12 +168,17 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
            "Content-Length: %d\r\nConnection: close\r\n" % (path, host, len(body))
     for k, v in headers.items():
         head += "%s: %s\r\n" % (k, v)
-    request = head.encode() + b"\r\n" + body
+    head = (head + "\r\n").encode()
+    bufs = _bufs
+    await bufs.lock.acquire()
     try:
         return await asyncio.wait_for(
-            _exchange(host, port, ssl if scheme == "https" else None, request, max_body),
+            _exchange(host, port, ssl if scheme == "https" else None, head, body, bufs,
+                      min(max_body, MAX_REPLY)),
             timeout_ms / 1000)
     except asyncio.TimeoutError:
         raise HttpError("no reply within %d ms" % timeout_ms)
-    except (EOFError, ValueError) as e:  # readexactly cut short; int() of a bad number
+    except ValueError as e:  # int() of a bad number
         raise HttpError("bad reply: %s" % e)
+    finally:
+        bufs.lock.release()

@@ -17,6 +17,12 @@ def reset():
     machine.reset()
 
 
+def watchdog(timeout_ms):
+    """The chip's watchdog, started: once started it cannot be stopped (only a hard reset
+    does), and resets the chip unless fed within `timeout_ms`."""
+    return machine.WDT(timeout=timeout_ms)
+
+
 class PulseCounter:
     """Flow-meter pulses. The ESP32's PCNT unit (machine.Counter, MicroPython >= 1.26)
     counts in hardware, so none are lost at 2 kHz while Python is busy; boards or firmware

@@ -44,6 +44,8 @@ _FIELDS = {
     "filter_litres": ("num", 1, 10000, True),
     "filter_months": ("num", 1, 36, True),
     "heap_bytes": ("int", 16384, 8 * 1024 * 1024, True),
+    "wdt_s": ("int", 2, 600, False),  # the watchdog's timeout (default 30)
+    "repl_idle_s": ("int", 5, 86400, False),  # back to counting after the REPL is quiet
 }
 
 
@@ -54,6 +56,8 @@ class Profile:
 
     source = ""
     active_low = True
+    wdt_s = 30
+    repl_idle_s = 300
     kinds = ()
     input_pins = ()
 
@@ -140,6 +144,8 @@ def validate(data, source):
     for key in _FIELDS:
         setattr(p, key, out.get(key))
     p.active_low = out.get("active_low", True)
+    p.wdt_s = out.get("wdt_s") or 30
+    p.repl_idle_s = out.get("repl_idle_s") or 300
     p.kinds = tuple(k for k, _ in out["inputs"])
     p.input_pins = tuple(g for _, g in out["inputs"])
     return p

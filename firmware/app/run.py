@@ -1,37 +1,50 @@
 # The app: load the board profile, recover the counts from flash, start the tasks: sensors,
-# sync when the device is provisioned, and the service console on the serial port.
+# sync when the device is provisioned, the service console on the serial port, the day's
+# work and the service button, all but the counting kept running by app/supervisor.py.
 import asyncio
 import json
+import sys
+import time
 from time import ticks_ms
+
+from micropython import const
 
 from app import VERSION, hw, wallclock
 from app.device import Device
 from app.sensors import Sensors
 from app.store import DeviceFS
+from app.supervisor import Supervisor, take_hook
 
 PROFILE_PATH = "/board.json"
+_MAX_PROFILE = const(4096)  # a profile is well under 1 KB
 PROVISION_PATH = "/provision.json"
 
 
 def load_profile(path=PROFILE_PATH):
     """The validated board profile. The validator is needed once, at boot: it is unloaded
     afterwards (about 10 KB of heap on the unix port, 6 KB on an ESP32)."""
-    import sys
-
-    import app
     from app.profile import ProfileError, parse
 
     try:
         with open(path) as f:
-            text = f.read()
+            text = f.read(_MAX_PROFILE + 1)  # a bounded read, as every read
     except OSError:
         raise ProfileError(path, "(file)", "missing: flash.sh writes it with --board")
+    if len(text) > _MAX_PROFILE:
+        raise ProfileError(path, "(file)", "over %d bytes: not a board profile" % _MAX_PROFILE)
     try:
         return parse(text, path)
     finally:
-        sys.modules.pop("app.profile", None)
-        if hasattr(app, "profile"):
-            delattr(app, "profile")
+        _unload("profile")
+
+
+def _unload(name):
+    """Drop module app.NAME, so its heap is freed."""
+    import app
+
+    sys.modules.pop("app." + name, None)
+    if hasattr(app, name):
+        delattr(app, name)
 
 
 def load_provision(path=PROVISION_PATH):
@@ -62,22 +75,57 @@ _syncer = None  # for the service console: the last sync's time and result
 
 async def main(profile):
     global _device, _syncer
+    prov = load_provision()
+    if prov:
+        # The HTTP client's reply buffers (4.5 KB), made first while the heap is in one
+        # piece: later, a 4 KB block may no longer be found.
+        from app import http  # noqa: F401
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
-    tasks = [asyncio.create_task(Sensors(profile, device).run())]
-    prov = load_provision()
+    from app import replwatch
+
+    was = replwatch.stopped_for(time.time())
+    if was is not None:  # stopped into the REPL (Ctrl-C, mpremote) until this boot
+        device.fault("app_stopped", "%d s at the REPL" % was if was >= 0 else "unknown time")
+    del replwatch
+    _unload("replwatch")
+    sup = Supervisor(device, take_hook())
+    sensors = Sensors(profile, device)
+    keep = sup.keep
     sync = "off (not provisioned)"
     if prov:
         try:
             _syncer = start_sync(device, prov)
-            tasks.append(asyncio.create_task(_syncer.run()))
+            asyncio.create_task(keep("sync", _syncer.run))
             sync = "on"
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
-    tasks.append(asyncio.create_task(serve_console(device, prov)))
-    await asyncio.gather(*tasks)
+    asyncio.create_task(keep("console", lambda: serve_console(device, prov)))
+    asyncio.create_task(keep("day", lambda: _days(device)))
+    asyncio.create_task(keep("button", sensors.run_button))
+    if sup.hook == "stall":  # tests only: the event loop stalls (a task stuck in a call)
+        asyncio.create_task(_stall())
+    elif sup.hook == "fail:counting":  # tests only: an error in the counting
+        await asyncio.sleep_ms(1000)
+        raise RuntimeError("test hook: counting made to fail")
+    # The counting runs here, not restarted: an error in it ends main(), and run() resets.
+    await sensors.run(hw.watchdog(profile.wdt_s * 1000))
+
+
+async def _days(device):
+    """The day's work: the filter's date, the day roll, and on a new day the forecast and
+    the orders. Its own task: the counting never waits for it, nor fails with it."""
+    while True:
+        device.day_tick(ticks_ms())
+        await asyncio.sleep_ms(1000)
+
+
+async def _stall():
+    await asyncio.sleep_ms(1000)
+    while True:
+        time.sleep_ms(100)
 
 
 async def serve_console(device, prov):
@@ -126,7 +174,14 @@ async def _carry_out(action, device):
     if action[0] == "sync":
         if _syncer is None:
             return b"sync: off (not provisioned)\r\n"
-        return ("sync: %s\r\n" % await _syncer.sync_once()).encode()
+        try:
+            result = await _syncer.sync_once()
+        except MemoryError:  # the answer at least; the sync task tries again on its own
+            import gc
+
+            gc.collect()
+            result = "out of memory"
+        return ("sync: %s\r\n" % result).encode()
     device.save(ticks_ms())  # reboot: nothing unsaved is lost
     hw.reset()
     return b""
@@ -168,14 +223,40 @@ def run():
     try:
         profile = load_profile()
     except ValueError as e:  # ProfileError
-        # Stay at the REPL so the board can be re-flashed with a good profile.
+        # Stay at the REPL so the board can be re-flashed with a good profile (boot.py's
+        # REPL watch stays armed: the watchdog is fed while the port is in use).
         print("brewmeter: not started:", e)
         return
+    watch = sys.modules.get("app.replwatch")
+    if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
+        watch.disarm()
+        watch = None
+        _unload("replwatch")
     try:
         asyncio.run(main(profile))
     except KeyboardInterrupt:
         # Ctrl-C drops to the REPL (mpremote and flash.sh rely on it): save what is not yet
-        # saved (a rinse, the last seconds of water) first.
-        if _device is not None and _device.meter is not None:
-            _device.save(ticks_ms())
+        # saved (a rinse, the last seconds of water) first. The REPL watch brings the app
+        # back once the port has been quiet for repl_idle_s.
+        _save()
+        try:
+            from app import replwatch
+
+            replwatch.stopped(time.time())
+            replwatch.arm(profile.repl_idle_s, profile.wdt_s)
+        except Exception as e:  # noqa: BLE001 - the REPL comes up whatever fails here
+            print("brewmeter: REPL watch not armed:", e)
         raise
+    except Exception as e:  # noqa: BLE001 - an error escaped the supervisor: the counting's
+        # Never left at the REPL on an error: save what can be saved, say why, reset.
+        sys.print_exception(e)
+        _save()
+        hw.reset()
+
+
+def _save():
+    if _device is not None and _device.meter is not None:
+        try:
+            _device.save(ticks_ms())
+        except Exception:  # noqa: BLE001 - the flash failing too: the reset still comes
+            pass

@@ -12,8 +12,9 @@ POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges dat
 
 
 class Sensors:
-    """`device` has the Meter as .meter, and .event(code, input, now) for what the Meter
-    reports (BREW, RINSE, STUCK, IGNORED) and .tick(now) after every poll (app.device)."""
+    """`device` has the Meter as .meter, .event(code, input, now) for what the Meter reports
+    (BREW, RINSE, STUCK, IGNORED), .count_tick(now) after every poll and .refill() for the
+    button (app.device)."""
 
     def __init__(self, profile, device):
         self.device = device
@@ -29,19 +30,33 @@ class Sensors:
     def poll(self, now):
         meter = self.meter
         device = self.device
-        for i, pin in enumerate(self.pins):
-            r = meter.sample(i, pin.value() ^ self.invert, now)
+        pins = self.pins
+        for i in range(len(pins)):  # (enumerate() would allocate an iterator every poll)
+            r = meter.sample(i, pins[i].value() ^ self.invert, now)
             if r != NOTHING:
                 device.event(r, i, now)
         meter.pulses(self.flow.take())
         r = meter.poll(now)
         if r != NOTHING:
             device.event(r, -1, now)
-        if self.button and self.long_press.sample(1 - self.button.value(), now):
-            device.refill("filter", "button", now)
-        device.tick(now)
+        device.count_tick(now)
 
-    async def run(self):
+    def press(self, now):
+        """The service button (its own task: a filter change saves and may order, which the
+        counting must not wait for)."""
+        if self.button and self.long_press.sample(1 - self.button.value(), now):
+            self.device.refill("filter", "button", now)
+
+    async def run(self, wdt=None):
+        """The counting. Only it feeds the watchdog, after each completed poll: a stalled
+        event loop or a dead sensor task resets the board."""
         while True:
             self.poll(ticks_ms())
+            if wdt is not None:
+                wdt.feed()
             await asyncio.sleep_ms(POLL_MS)
+
+    async def run_button(self):
+        while True:
+            self.press(ticks_ms())
+            await asyncio.sleep_ms(POLL_MS * 2)

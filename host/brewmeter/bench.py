@@ -29,6 +29,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "console_roundtrip_ms": (100, "max"),
     "console_heap_bytes": (4096, "max"),
     "app_peak_heap_bytes": (32768, "max"),
+    "poll_alloc_bytes": (0, "max"),
 }
 
 
@@ -152,6 +153,20 @@ def _board(name: str) -> Callable[[], dict[str, float]]:
     return measure
 
 
+def poll_alloc_bytes() -> dict[str, float]:
+    """Heap the sensor loop's steady state allocates over 10,000 polls (and watchdog feeds)
+    under the MicroPython unix port, the garbage collector off (host/brewmeter/pollheap.py)."""
+    import re
+
+    with tempfile.TemporaryDirectory() as d:
+        out = mp.run([str(mp.HOST / "pollheap.py"), str(mp.FIRMWARE),
+                      str(mp.HOST / "board_machine"), str(board_path("emulator")), d])
+    m = re.search(r"GROWTH (-?\d+)", out)
+    if not m:
+        raise RuntimeError(f"pollheap.py said: {out!r}")
+    return {"poll_alloc_bytes": int(m[1])}
+
+
 # Each measure with the figures it gives, so --only runs just what it needs.
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
@@ -169,6 +184,7 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_board("sync_heap_bytes"), ("sync_heap_bytes", "sync_code_heap_bytes")),
     (_board("console_roundtrip_ms"), ("console_roundtrip_ms",)),
     (_board("console_heap_bytes"), ("console_heap_bytes",)),
+    (poll_alloc_bytes, ("poll_alloc_bytes",)),
 ]
 
 

@@ -222,6 +222,7 @@ class Board:
         self._pending = bytearray()
         self._writing = False
         self._recent = bytearray()  # output since the port was last seen closed
+        self._activity = 0.0  # when the bus last heard of serial output ("A")
 
         # interpreter
         self._proc: subprocess.Popen[bytes] | None = None
@@ -515,6 +516,10 @@ class Board:
         if r >= 0 or f >= 0:
             self._raw = r > f
         self._tail = buf[-64:]
+        now = time.monotonic()
+        if now - self._activity >= 0.2:  # for the board's dupterm stand-in (machine.py)
+            self._activity = now
+            self._bus_send(b"A\n")
         with self._lock:
             self._transcript += data
             extra = len(self._transcript) - TRANSCRIPT_MAX

@@ -49,10 +49,23 @@ def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
     text = seen.decode(errors="replace")
     if ">>>" in text or "raw REPL" in text:
         raise NoBrewmeter(f"{port}: the MicroPython REPL answers, not brewmeter: the app is "
-                          "not running (a soft reset, Ctrl-D, starts it)")
+                          "stopped (it comes back by itself once the port has been quiet for "
+                          "the board's repl_idle_s, 5 minutes by default; `brewmeter restart` "
+                          "brings it back now)")
     if not seen.strip():
         raise NoBrewmeter(f"{port}: no answer within {timeout:.0f} s (is the machine on?)")
     raise NoBrewmeter(f"{port}: something other than brewmeter answers: {text[:80]!r}")
+
+
+def restart(port: str, timeout: float = 15.0) -> str:
+    """Bring the app back at once, whatever runs (the app, the REPL, the raw REPL): Ctrl-C
+    (the app saves), then a soft reset. Returns the app's ready line."""
+    from brewmeter.flasher import Flasher, FlashError
+
+    try:
+        return Flasher(port).restart(timeout)
+    except FlashError as e:
+        raise NoBrewmeter(str(e)) from None
 
 
 def show(data: dict | list) -> str:

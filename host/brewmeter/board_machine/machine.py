@@ -14,7 +14,8 @@
 # (hello), "R" (REPL starts), "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep),
 # "Z" (flash power died), "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed),
 # "p nbytes" / "e block" (a flash program / erase), "M bytes" (heap the harness holds),
-# "T offset" (RTC set).
+# "T offset" (RTC set). Supervisor -> board also "A" (the serial port showed output: dupterm).
+import _thread
 import select
 import socket
 import time
@@ -40,6 +41,8 @@ _pulls = {}  # gpio -> pull of the last Pin made on it
 _outs = {}  # gpio -> level firmware drives
 _irqs = {}  # gpio -> (pin, handler, trigger)
 _counters = {}  # gpio -> [Counter]
+_lock = _thread.allocate_lock()  # one thread at a time drains the bus (a Timer has its own)
+_term = None  # the stream given to dupterm()
 
 
 def _send(msg):
@@ -52,7 +55,17 @@ def _send(msg):
 
 
 def _poll(timeout=0):
-    # Apply everything the supervisor sent; returns at once when there is nothing.
+    # Apply everything the supervisor sent; returns at once when there is nothing, or when
+    # another thread (a Timer's) is draining it.
+    if not _lock.acquire(0):
+        return
+    try:
+        _drain(timeout)
+    finally:
+        _lock.release()
+
+
+def _drain(timeout):
     global _buf
     while _poller is not None:
         for _ in _poller.ipoll(timeout):
@@ -95,6 +108,9 @@ def _apply(line):
         _set_level(int(f[1]), int(f[2]))
     elif k == b"P":
         _pulses(int(f[1]), int(f[2]))
+    elif k == b"A":  # the serial port showed output: what os.dupterm's write() would see
+        if _term is not None:
+            _term.write(b"A")
     elif k == b"C" and _flash is not None:
         _flash.cut_after = int(f[1])
         _flash.tear = f[2] == b"1"
@@ -107,6 +123,8 @@ def _request(msg):
     _send(msg)
     while _poller is not None and not _acked:
         _poll(-1)
+        if not _acked:
+            time.sleep_ms(1)  # (another thread was draining the bus)
 
 
 def _level(gpio):
@@ -259,13 +277,63 @@ class Counter:
 
 class WDT:
     # The supervisor keeps the timer, so a board stuck anywhere (even in C) is still reset.
+    # As the ESP32's: no deinit, it runs on through soft resets, only a hard reset stops it.
+    # Feeds reach the supervisor at most every 100 ms (the sensor loop feeds every 10 ms).
+    _fed = 0
+
     def __init__(self, id=0, timeout=5000):
         if timeout < 1:
             raise ValueError("timeout")
         _send(b"W %d\n" % timeout)
 
     def feed(self):
-        _send(b"F\n")
+        now = time.ticks_ms()
+        if time.ticks_diff(now, WDT._fed) >= 100:
+            WDT._fed = now
+            _send(b"F\n")
+
+
+class Timer:
+    # machine.Timer with a thread per timer: as on the ESP32, where a timer's callback is
+    # scheduled and runs whenever the VM checks for pending work, including while the REPL
+    # waits for input (the unix port's REPL releases the GIL while it reads). A soft reset
+    # ends the process, and with it every timer, as the ESP32's soft reset deinits them.
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1, *args, **kwargs):
+        self._gen = 0
+        if args or kwargs:
+            self.init(*args, **kwargs)
+
+    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
+        if freq > 0:
+            period = 1000 // freq
+        self._gen += 1
+        _thread.start_new_thread(self._run, (self._gen, mode, max(1, period), callback))
+
+    def _run(self, gen, mode, period, callback):
+        while True:
+            time.sleep_ms(period)
+            if gen != self._gen:
+                return
+            _poll()
+            if callback is not None:
+                callback(self)
+            if mode == Timer.ONE_SHOT:
+                return
+
+    def deinit(self):
+        self._gen += 1
+
+
+def dupterm(stream=None, index=0):
+    # os.dupterm, which the unix port lacks: `stream`.write() is called whenever the serial
+    # port shows output (the supervisor says so over the bus, "A"), as the ESP32's REPL
+    # writes its output to every dupterm stream. Returns the previous stream.
+    global _term
+    prev, _term = _term, stream
+    return prev
 
 
 class RTC:

@@ -4,6 +4,7 @@ the harness (`set_level`, `add_pulses`), as the sensors would on a real board.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 
@@ -98,3 +99,48 @@ def enable_irq(state: int) -> None:
 
 def unique_id() -> bytes:
     return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+class WDT:
+    """The watchdog, counted: the harness has no chip to reset."""
+
+    feeds = 0
+
+    def __init__(self, id: int = 0, timeout: int = 5000) -> None:
+        self.timeout = timeout
+
+    def feed(self) -> None:
+        WDT.feeds += 1
+
+
+class Timer:
+    """A timer whose callback the test calls (`fire()`): the harness runs on its own clock."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id: int = -1, **kwargs: Any) -> None:
+        self.callback: Callable[[Timer], None] | None = None
+        if kwargs:
+            self.init(**kwargs)
+
+    def init(self, mode: int = PERIODIC, period: int = -1,
+             callback: Callable[[Timer], None] | None = None) -> None:
+        self.callback = callback
+
+    def fire(self) -> None:
+        if self.callback is not None:
+            self.callback(self)
+
+    def deinit(self) -> None:
+        self.callback = None
+
+
+_term: Any = None
+
+
+def dupterm(stream: Any = None, index: int = 0) -> Any:
+    """os.dupterm's stand-in (as the emulated board's machine has it)."""
+    global _term
+    prev, _term = _term, stream
+    return prev
