@@ -44,6 +44,7 @@ _FIELDS = {
     "filter_litres": ("num", 1, 10000, True),
     "filter_months": ("num", 1, 36, True),
     "heap_bytes": ("int", 16384, 8 * 1024 * 1024, True),
+    "rom_bytes": ("int", 0, 16 * 1024 * 1024, False),  # the ROMFS partition (0: none)
 }
 
 
