@@ -108,7 +108,7 @@ def parse_size(text: str | int | None) -> int | None:
 def load_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
     """A board profile (boards/NAME.json or a path): its data and its text."""
     p = Path(name_or_path)
-    if p.suffix != ".json" and not p.exists():
+    if p.suffix != ".json" and not p.is_file():  # boards/BREWMETER_ESP32/ is no profile
         p = BOARDS / f"{name_or_path}.json"
     text = p.read_text()
     return json.loads(text), text

@@ -25,6 +25,7 @@ from brewmeter.harness import ProfileError, board_path, load_profile
 from brewmeter.standins import FIRMWARE
 
 READY = b"brewmeter ready"
+MANIFEST = "manifest.py"
 DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
 PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
          "sys.implementation.version[:3])")
@@ -90,6 +91,8 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for src in sorted(FIRMWARE.rglob("*.py")):
         rel = src.relative_to(FIRMWARE)
+        if rel == Path(MANIFEST):
+            continue  # for building firmware with the app frozen in, never on the device
         if rel.parent == Path("."):
             dest = out / rel
             dest.write_bytes(src.read_bytes())
