@@ -83,6 +83,10 @@ def rom_heap(rom: int) -> int:
     16-byte block); status() reports the measured figure ("rom_heap")."""
     return (rom + ROM_BLOCK) * 131 // 128 + 2048 if rom else 2048
 CTRL_C = 0x03
+# A raw write to sys.stdout.buffer on the board (board_machine/rawsys.py): RAW_FRAME, its
+# length in 4 hex digits, then the bytes, passed on uncooked.
+RAW_FRAME = b"\x00\x1b"
+RAW_HEAD = len(RAW_FRAME) + 4
 # A second SIGINT that lands before the first is handled makes the unix port exit(1): one
 # per process per SIGINT_GAP_S.
 SIGINT_GAP_S = 0.1
@@ -261,6 +265,8 @@ class Board:
         self._raw = False  # the REPL mode seen last in the output
         self._tail = b""
         self._last_cr = False
+        self._frame = b""  # the start of a raw frame's header, until the rest comes
+        self._raw_left = 0  # bytes of a raw frame still to pass on uncooked
         self._swallow: bytearray | None = None
         self._last_sigint = 0.0
         self._boot_timer: asyncio.TimerHandle | None = None
@@ -662,6 +668,7 @@ class Board:
         self._stdin_writing = False
         self._swallow = None
         self._last_cr = False
+        self._frame, self._raw_left = b"", 0
         self._last_sigint = 0.0
         heap = self.heap + HARNESS_HEAP + rom_heap(self.rom)
         args = [self._mp, "-X", f"heapsize={heap}", "-i", str(LAUNCHER),
@@ -712,14 +719,49 @@ class Board:
                 return
             self._child_output(data)
 
-    def _child_output(self, data: bytes) -> None:
+    def _cook(self, data: bytes) -> bytes:
         # The ESP32's stdout turns every "\n" into "\r\n"; pyexec's own strings already
         # carry "\r\n".
+        if not data:
+            return data
         lead = b""
         if self._last_cr and data[:1] == b"\n":
             lead, data = b"\n", data[1:]
         self._last_cr = data.endswith(b"\r")
-        out = lead + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        return lead + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    def _child_output(self, data: bytes) -> None:
+        # Cooked, except what firmware wrote to sys.stdout.buffer (raw on the ESP32): it comes
+        # framed by board_machine/rawsys.py, RAW_FRAME and 4 hex digits of length.
+        buf, out = self._frame + data, bytearray()
+        self._frame = b""
+        i = 0
+        while i < len(buf):
+            if self._raw_left:
+                chunk = buf[i:i + self._raw_left]
+                out += chunk
+                self._raw_left -= len(chunk)
+                self._last_cr = False
+                i += len(chunk)
+                continue
+            j = buf.find(RAW_FRAME, i)
+            if j < 0:
+                end = len(buf) - 1 if buf.endswith(RAW_FRAME[:1]) else len(buf)
+                out += self._cook(buf[i:end])
+                self._frame = buf[end:]  # a frame may start with that last byte
+                break
+            out += self._cook(buf[i:j])
+            if len(buf) - j < RAW_HEAD:
+                self._frame = buf[j:]
+                break
+            try:
+                self._raw_left = int(buf[j + 2:j + RAW_HEAD], 16)
+            except ValueError:  # not a frame after all
+                out += self._cook(buf[j:j + 2])
+            i = j + RAW_HEAD if self._raw_left else j + 2
+        self._emit_cooked(bytes(out))
+
+    def _emit_cooked(self, out: bytes) -> None:
         if self._swallow is not None:
             # A raw-REPL boot: hide the friendly banner until the raw REPL's own banner.
             self._swallow += out

@@ -70,11 +70,14 @@ def _rom(path, size, norflash):
     # The ROM partition (extmod/vfs.c, mp_vfs_mount_romfs_protected): `vfs.rom_ioctl` through
     # board_machine/romvfs.py, mounted at /rom when it holds a ROMFS image; the sys.path
     # entries it adds. Its buffer is allocated first, in one piece, before anything else.
+    # (board_machine/rawsys.py, the board's `sys`, is counted with it: a few hundred bytes.)
     # Returns the heap it took (counted apart from the harness) and the sys.path entries.
     gc.collect()
     before = gc.mem_alloc()
+    import rawsys
     import romvfs
 
+    sys.modules["sys"] = rawsys  # sys.stdout.buffer raw, as on the ESP32
     sys.modules["vfs"] = romvfs
     if size:
         romvfs._attach(norflash.NorFlash(4096, size // 4096, path=path, in_ram=True))
