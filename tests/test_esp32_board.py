@@ -52,8 +52,10 @@ def test_board_definition_enables_romfs_and_names_its_files():
     assert re.search(r"^#define MICROPY_VFS_ROM \(1\)$", h, re.M)
     cmake = (BOARD / "mpconfigboard.cmake").read_text()
     assert "set(IDF_TARGET esp32)" in cmake
-    for m in re.finditer(r"\$\{MICROPY_BOARD_DIR\}/([\w./-]+)", cmake):
+    variant = (BOARD / "mpconfigvariant_FROZEN.cmake").read_text()
+    for m in re.finditer(r"\$\{MICROPY_BOARD_DIR\}/([\w./-]+)", cmake + variant):
         assert (BOARD / m[1]).resolve().is_file(), m[1]
+    assert "${MICROPY_BOARD_DIR}/../../firmware/manifest.py" in variant
     assert (BOARD / "../../firmware/manifest.py").resolve() == FIRMWARE / "manifest.py"
 
 

@@ -1,6 +1,6 @@
 # brewmeter on a stock ESP32 module (4 MiB flash): ESP32_GENERIC's settings, the partition
-# table of this directory (app, romfs, vfs), and with BOARD_VARIANT=FROZEN the app frozen
-# into the firmware by firmware/manifest.py instead of deployed to the romfs partition.
+# table of this directory (app, romfs, vfs). BOARD_VARIANT=FROZEN (mpconfigvariant_FROZEN.cmake)
+# freezes the app into the firmware as well.
 set(IDF_TARGET esp32)
 
 # ESP-IDF takes the custom partition table's file name from sdkconfig; an absolute path
@@ -15,8 +15,3 @@ set(SDKCONFIG_DEFAULTS
     boards/sdkconfig.ble
     ${BREWMETER_SDKCONFIG}
 )
-
-if(MICROPY_BOARD_VARIANT STREQUAL "FROZEN")
-    set(MICROPY_FROZEN_MANIFEST ${MICROPY_BOARD_DIR}/../../firmware/manifest.py)
-    list(APPEND MICROPY_DEF_BOARD MICROPY_HW_BOARD_NAME="brewmeter ESP32 (app frozen)")
-endif()
