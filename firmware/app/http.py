@@ -8,6 +8,12 @@ from micropython import const
 _MAX_LINE = const(512)  # a longer status or header line cannot come from our cloud
 
 
+_MAX_BODY = const(4096)
+# The reply body's buffer, allocated with this module at boot: by the time a reply comes
+# the heap may hold no free run of 4 KiB (fragmentation), even with plenty free.
+_body = bytearray(_MAX_BODY)
+
+
 class HttpError(Exception):
     """No usable reply: refused, timed out, cut off, oversized or malformed."""
 
@@ -73,8 +79,19 @@ async def _exchange(host, port, ssl, request, max_body):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        body = await reader.readexactly(length) if length else b""
-        return status, retry_after, body
+        if not hasattr(reader, "readinto"):  # CPython's asyncio (the harness)
+            return status, retry_after, await reader.readexactly(length) if length else b""
+        global _body
+        if len(_body) < max_body:
+            _body = bytearray(max_body)
+        mv = memoryview(_body)
+        n = 0
+        while n < length:
+            k = await reader.readinto(mv[n:length])
+            if k == 0:
+                raise HttpError("connection closed mid-reply")
+            n += k or 0  # None: nothing decrypted yet
+        return status, retry_after, mv[:length]
     finally:
         writer.close()
         try:
@@ -83,8 +100,9 @@ async def _exchange(host, port, ssl, request, max_body):
             pass
 
 
-async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=4096):
-    """POST `body` to `path` on the server of `url`. Returns (status, retry_after_s, body).
+async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=_MAX_BODY):
+    """POST `body` to `path` on the server of `url`. Returns (status, retry_after_s, body);
+    on MicroPython the body is a memoryview of a buffer the next post reuses.
     Raises HttpError (or OSError) on any failure, never hangs past `timeout_ms`."""
     scheme, host, port, _ = parse_url(url)
     if scheme == "https" and ssl is None:
