@@ -15,10 +15,11 @@ from brewmeter.demo import cloud_for
 from brewmeter.flasher import READY, build, build_rom, emulator_provision
 
 
-def _image(d: Path, prov: dict | None, rom: bool = False) -> Path:
-    """A flash image holding the compiled firmware, as flash.sh leaves a board: the app on
-    the filesystem, or with `rom` as a ROMFS image in the ROM partition (IMAGE.rom, the
-    emulator profile's size) and only boot.py, main.py and the JSON files on the filesystem."""
+def _image(d: Path, prov: dict | None, rom: bool = True) -> Path:
+    """A flash image holding the compiled firmware, as flash.sh leaves a board: with `rom`
+    (the emulated board has a ROM partition) the app as a ROMFS image in it (IMAGE.rom, the
+    emulator profile's size) and only boot.py, main.py and the JSON files on the filesystem;
+    else the app on the filesystem, as on stock firmware."""
     tree = d / "tree"
     tree.mkdir()
     files = build(tree, "emulator", prov)
@@ -50,7 +51,8 @@ def boot_to_ready_ms(runs: int = 5) -> dict[str, float]:
     return {"boot_to_ready_ms": round(statistics.median(times), 1)}
 
 
-REPORT_SOON = {"report_delay_s": 5}
+# The configuration the largest reply carries (applied once, then the same version again).
+CONFIG = {"report_delay_s": 7200, "sync_interval_s": 86400}
 CONSOLE_READS = ("counters", "status", "filter", "consumables", "events", "config")
 
 
@@ -70,8 +72,8 @@ def _smallest(fits, lo: int = 32 * 1024, hi: int = 192 * 1024, step: int = 4096)
 class _LargestReply(Faults):
     """The cloud stores each report, then replies 200 with a reply of the largest size the
     protocol allows (MAX_REPLY bytes): every event id the outbox can hold acknowledged (none
-    of them sent, so the device keeps its events), a configuration that reports soon after
-    usage, padded with JSON whitespace."""
+    of them sent, so the device keeps its events), a configuration, padded with JSON
+    whitespace."""
 
     def draw(self, device_id: str, seq: str | None) -> str | None:
         return "garbage"
@@ -83,17 +85,19 @@ class _LargestReply(Faults):
         from brewmeter import harness  # noqa: F401 - the firmware's modules, importable
 
         body = json.dumps({"ack": list(range(10**6, 10**6 + MAX_EVENTS)), "orders": {},
-                           "refill": {}, "config": {"version": 1, "settings": REPORT_SOON}
+                           "refill": {}, "config": {"version": 1, "settings": CONFIG}
                            }).encode()
         return body + b" " * (MAX_REPLY - len(body))
 
 
 def _peak_fits(heap: int, rom: bool) -> bool:
     """The app's worst moment: boot with `heap`, the service console in use (every read
-    command), a brew of each kind, then a report over TLS that receives a reply of the
-    largest size the protocol allows, and the console again. Fits when the cloud got the
-    brews, the device took the reply ("ok") and nothing raised MemoryError."""
-    from brewmeter import fieldtech
+    command), a brew of each kind, then a tech's `sync --pin` on the console (console,
+    service actions and the sync stack loaded at once): a report over TLS that receives a
+    reply of the largest size the protocol allows. Fits when the console says the sync
+    went through ("sync: ok": the reply was taken), the cloud has the brews, and nothing
+    raised MemoryError."""
+    from brewmeter import fieldtech, ports
 
     with tempfile.TemporaryDirectory() as d:
         prov = emulator_provision()
@@ -116,31 +120,26 @@ def _peak_fits(heap: int, rom: bool) -> bool:
                     time.sleep(1)
                 for k in kinds:
                     ctl.release(k)
-                end = time.monotonic() + 30
-                while time.monotonic() < end:
-                    if b"MemoryError" in board.transcript():
+                time.sleep(0.5)
+                start = board.transcript_end()
+                with ports.open_port(board.serial_port, timeout=0.05) as s:
+                    s.write(b"\rsync --pin %s\r" % prov["service_pin"].encode())
+                    try:  # "sync: started", then the result
+                        end = board.wait_output(b"sync: started", timeout=30, start=start)
+                        end = board.wait_output(b"sync: ", timeout=30, start=end)
+                        board.wait_output(b"\r\n", timeout=30, start=end)
+                    except TimeoutError:
                         return False
-                    got = cloud.ledger.device(prov["device_id"])["counters"]
-                    if got.get("brews_total") == len(kinds):
-                        break
-                    time.sleep(0.5)
-                else:
-                    return False
-                try:  # the reply is taken (or refused) right after the report is stored
-                    for _ in range(20):
-                        status = fieldtech.ask(board.serial_port, "status", timeout=5)
-                        last = status.get("last_sync", "") if isinstance(status, dict) else ""
-                        if last != "never":
-                            break
-                        time.sleep(0.5)
-                except (TimeoutError, OSError, fieldtech.NoBrewmeter):
-                    return False
-                return last.startswith("ok") and b"MemoryError" not in board.transcript()
+                said = board.transcript(end)[:40]
+                got = cloud.ledger.device(prov["device_id"])["counters"]
+                return (said.startswith(b"ok\r\n") and got.get("brews_total") == len(kinds)
+                        and b"MemoryError" not in board.transcript())
 
 
 def app_peak_heap_bytes() -> dict[str, float]:
     """The smallest heap the firmware runs its worst moment in on the emulated board
-    (_peak_fits: the console in use, brews, a TLS report receiving the largest reply), with
+    (_peak_fits: a tech's `sync --pin` on the console: a TLS report receiving the largest
+    reply, with console and service actions loaded), with
     the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
     bytes are flash, not heap: the board leaves them out), and with the filesystem
     deployment stock firmware gets. The board adds its own harness's heap on top
