@@ -4,18 +4,11 @@ import asyncio
 import json
 from time import ticks_ms
 
-from micropython import const
-
 from app import VERSION, hw, wallclock
 from app.device import Device
 from app.sensors import Sensors
 from app.store import DeviceFS
 
-# Collect after every this many bytes allocated, not only when the heap is full: garbage
-# freed early is reused at once, so long-lived objects stay packed low and a 4 KiB block
-# still finds room late on (worst-moment heap 102,400 -> 81,920 bytes with the app in ROMFS;
-# 4096 gave 86,016). A collection of the ESP32's heap takes a millisecond or two.
-_GC_EVERY = const(1024)
 PROFILE_PATH = "/board.json"
 PROVISION_PATH = "/provision.json"
 
@@ -69,9 +62,6 @@ _syncer = None  # for the service console: the last sync's time and result
 
 async def main(profile):
     global _device, _syncer
-    import gc
-
-    gc.threshold(_GC_EVERY)
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
