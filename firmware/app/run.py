@@ -64,17 +64,20 @@ async def main(profile):
     global _device, _syncer
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
-    device.boot(hw.reset_cause(), ticks_ms())
-    tasks = [asyncio.create_task(Sensors(profile, device).run())]
+    # The sync stack (its modules, the TLS context, the reply buffer) before recovery, while
+    # the heap is whole: after it the heap may hold no free run of 3-4 KiB for them.
     prov = load_provision()
     sync = "off (not provisioned)"
     if prov:
         try:
             _syncer = start_sync(device, prov)
-            tasks.append(asyncio.create_task(_syncer.run()))
             sync = "on"
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
+    device.boot(hw.reset_cause(), ticks_ms())
+    tasks = [asyncio.create_task(Sensors(profile, device).run())]
+    if _syncer is not None:
+        tasks.append(asyncio.create_task(_syncer.run()))
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
     tasks.append(asyncio.create_task(serve_console(device, prov)))
     await asyncio.gather(*tasks)
