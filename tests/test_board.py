@@ -21,6 +21,7 @@ from brewmeter.board import (
     Board,
     BoardControl,
     BoardError,
+    rom_heap,
 )
 
 # A main.py that shows what firmware sees through machine: it prints a line whenever the
@@ -207,6 +208,8 @@ def test_harness_heap_fits_its_allowance(board):
     status = board.command({"cmd": "status"})
     assert status["heap"] == board.profile["heap_bytes"]  # the profile's budget for firmware
     assert 0 < status["harness_heap"] <= HARNESS_HEAP
+    # The ROM partition's buffer (flash on a chip) is counted apart, within its allowance.
+    assert status["rom_bytes"] < status["rom_heap"] <= rom_heap(status["rom_bytes"])
 
 
 def test_blank_image_gets_initial_setup_and_stop_leaves_nothing(tmp_path):

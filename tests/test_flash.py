@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,9 +58,60 @@ def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("mpremote connect /dev/ttyUSB9 exec")
-    assert any(":app/counting.mpy" in x for x in lines) and any(":board.json" in x for x in lines)
+    assert lines[0] == "mpremote connect /dev/ttyUSB9 romfs query"
+    text = out.stdout
+    rom = text.index("# when it finds a ROM partition the image fits in:")
+    fs = text.index("# else (stock firmware):")
+    # ROMFS: the image deployed, no app file copied, the ROM's files and image verified.
+    deploy, fallback = text[rom:fs], text[fs:]
+    assert "\nmpremote connect /dev/ttyUSB9 romfs deploy " in deploy
+    assert ".romfs + exec" in deploy and ":app/" not in deploy and ":board.json" in deploy
+    assert "/rom/app/counting.mpy" in deploy
+    # The fallback: today's copy onto the filesystem.
+    assert ":app/counting.mpy" in fallback and "romfs" not in fallback
     assert not os.path.exists("/dev/ttyUSB9")
+
+
+def _app_file(board: Board) -> str:
+    out = subprocess.run([flasher.mp.tool("mpremote"), "connect", board.serial_port, "exec",
+                          "import os, app.run; print(app.run.__file__, 'app' in os.listdir())"],
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
+    image, prov = tmp_path / "flash.img", emulator_provision()
+    # Stock firmware (no ROM partition): the app goes onto the filesystem, and its bytecode
+    # into the heap: more than the emulator profile's budget (app_peak_heap_fs_bytes).
+    with Board(image, board_profile="emulator", rom=0, heap=128 * 1024) as b:
+        out = io.StringIO()
+        assert Flasher(b.serial_port, out=out).flash("emulator", prov) == "filesystem"
+        assert "no ROMFS partition: No ROMFS partitions available; copying" in out.getvalue()
+        assert _app_file(b) == "app/run.mpy True"
+        f = Flasher(b.serial_port, out=out)
+        f.restart()
+        _brew(b)
+        assert read_counters(b.serial_port, KINDS)["brews"]["espresso"] == 1
+    # Firmware with one: the app is deployed as a ROMFS image and imported from /rom, the
+    # filesystem's copy (which would come first on sys.path) removed, the counters kept.
+    with Board(image, board_profile="emulator") as b:
+        out = io.StringIO()
+        f = Flasher(b.serial_port, out=out)
+        assert f.flash("emulator", prov) == "romfs"
+        assert "ROMFS partition of 131072 bytes: deploying the app as a" in out.getvalue()
+        assert _app_file(b) == "/rom/app/run.mpy False"
+        assert read_counters(b.serial_port, KINDS)["brews"]["espresso"] == 1
+        wear = b.control().wear()
+        assert f.flash("emulator", prov) == "romfs"  # unchanged: the ROM is not rewritten
+        assert "already holds this image: kept" in out.getvalue()
+        assert b.control().wear()["erases"] == wear["erases"]
+        assert read_counters(b.serial_port, KINDS)["brews_total"] == 1
+        # Verification compares the ROM partition with the image, byte for byte.
+        with tempfile.TemporaryDirectory() as d:
+            other = Path(d) / "other.romfs"
+            other.write_bytes(b.rom_image.read_bytes()[:1000].replace(b"app", b"abc"))
+            with pytest.raises(FlashError, match="ROM partition did not read back"):
+                f.verify({}, other)
 
 
 def test_errors_are_clear(board, tmp_path):

@@ -56,14 +56,21 @@ def load_provision(path=PROVISION_PATH):
         return None
 
 
-def start_sync(device, prov):
-    from app import tls
+def load_sync(prov):
+    """The sync stack (its modules, the HTTP client's reply buffers, the TLS context), loaded
+    before recovery while the heap is whole: after it the heap may hold no free run of 3-4
+    KiB for them. Returns the TLS context (None for a plain-http emulator cloud)."""
+    from app import syncer, tls  # noqa: F401
+
+    url = prov["cloud_url"]
+    return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+
+
+def start_sync(device, prov, ssl):
     from app.link import Wifi
     from app.syncer import Syncer
 
     wifi = prov["wifi"]
-    url = prov["cloud_url"]
-    ssl = tls.context(prov["ca_cert"]) if url.startswith("https://") else None
     syncer = Syncer(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
     device.on_usage = syncer.usage
     return syncer
@@ -76,10 +83,12 @@ _syncer = None  # for the service console: the last sync's time and result
 async def main(profile):
     global _device, _syncer
     prov = load_provision()
+    sync = ssl = None
     if prov:
-        # The HTTP client's reply buffers (4.5 KB), made first while the heap is in one
-        # piece: later, a 4 KB block may no longer be found.
-        from app import http  # noqa: F401
+        try:
+            ssl = load_sync(prov)
+        except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
+            sync = "off (%s)" % e
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
@@ -93,14 +102,14 @@ async def main(profile):
     sup = Supervisor(device, take_hook())
     sensors = Sensors(profile, device)
     keep = sup.keep
-    sync = "off (not provisioned)"
-    if prov:
+    if prov and sync is None:
         try:
-            _syncer = start_sync(device, prov)
+            _syncer = start_sync(device, prov, ssl)
             asyncio.create_task(keep("sync", _syncer.run))
             sync = "on"
-        except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
+        except (ImportError, KeyError, ValueError) as e:
             sync = "off (%s)" % e
+    sync = sync or "off (not provisioned)"
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
     asyncio.create_task(keep("console", lambda: serve_console(device, prov)))
     asyncio.create_task(keep("day", lambda: _days(device)))

@@ -69,7 +69,24 @@ DEFAULT_HEAP = 56 * 1024
 # launcher), which on an ESP32 is C code or frozen: added to -X heapsize so firmware gets
 # `heap` bytes as on the device. status() reports the measured figure ("harness_heap").
 HARNESS_HEAP = 36 * 1024
+# The ROM partition's size when the profile gives none: the "romfs" partition of MicroPython's
+# ports/esp32/partitions-4MiB-romfs.csv. On the unix port its bytes sit in one heap buffer
+# (on a chip: memory-mapped flash); the board adds that buffer, with the GC's tables for it,
+# to -X heapsize, so the firmware's `heap` and every heap figure leave the ROM out.
+DEFAULT_ROM = 128 * 1024
+ROM_BLOCK = 4096
+
+
+def rom_heap(rom: int) -> int:
+    """Heap the ROM partition takes on the unix port (board_machine/romvfs.py and its
+    NorFlash: the bytes, one erased block), with the GC's allocation tables (3 bits per
+    16-byte block); status() reports the measured figure ("rom_heap")."""
+    return (rom + ROM_BLOCK) * 131 // 128 + 2048 if rom else 2048
 CTRL_C = 0x03
+# A raw write to sys.stdout.buffer on the board (board_machine/rawsys.py): RAW_FRAME, its
+# length in 4 hex digits, then the bytes, passed on uncooked.
+RAW_FRAME = b"\x00\x1b"
+RAW_HEAD = len(RAW_FRAME) + 4
 # A second SIGINT that lands before the first is handled makes the unix port exit(1): one
 # per process per SIGINT_GAP_S.
 SIGINT_GAP_S = 0.1
@@ -95,7 +112,7 @@ def parse_size(text: str | int | None) -> int | None:
 def load_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
     """A board profile (boards/NAME.json or a path): its data and its text."""
     p = Path(name_or_path)
-    if p.suffix != ".json" and not p.exists():
+    if p.suffix != ".json" and not p.is_file():  # boards/BREWMETER_ESP32/ is no profile
         p = BOARDS / f"{name_or_path}.json"
     text = p.read_text()
     return json.loads(text), text
@@ -186,12 +203,15 @@ class Board:
     `firmware_dir`: a tree to copy onto the flash before the first boot (with
     `board_profile`, also written as /board.json). `board_profile` (name in boards/ or path)
     also names the inputs for press/release and gives the heap size. `heap`: bytes or '56K'.
+    `rom`: the ROM partition's size in bytes (default: the profile's `rom_bytes`, else 128
+    KiB; 0: no ROM partition), kept in IMAGE.rom, created erased if missing or resized.
     """
 
     def __init__(self, image: str | Path, firmware_dir: str | Path | None = None,
                  board_profile: str | Path | None = None, heap: int | str | None = None, *,
                  control_port: int = 0, control_host: str = "127.0.0.1",
-                 unique_id: bytes | None = None, micropython: str | None = None) -> None:
+                 unique_id: bytes | None = None, micropython: str | None = None,
+                 rom: int | None = None) -> None:
         self.image = Path(image).resolve()
         self.firmware_dir = Path(firmware_dir) if firmware_dir is not None else None
         self.profile: dict[str, Any] | None = None
@@ -200,6 +220,13 @@ class Board:
             self.profile, self._profile_text = load_profile(str(board_profile))
         profile_heap = self.profile.get("heap_bytes") if self.profile else None
         self.heap = parse_size(heap) or profile_heap or DEFAULT_HEAP
+        # The ROM partition: its bytes in IMAGE.rom, beside the vfs partition's image.
+        if rom is None:
+            rom = self.profile.get("rom_bytes", DEFAULT_ROM) if self.profile else DEFAULT_ROM
+        if rom % ROM_BLOCK:
+            raise ValueError(f"a ROM partition is whole {ROM_BLOCK}-byte blocks, not {rom}")
+        self.rom = rom
+        self.rom_image = self.image.with_name(self.image.name + ".rom")
         self.unique_id = unique_id or (
             b"\x24\x0a\xc4" + hashlib.sha256(str(self.image).encode()).digest()[:3])
         self._mp = micropython or tool("micropython")
@@ -239,6 +266,8 @@ class Board:
         self._raw = False  # the REPL mode seen last in the output
         self._tail = b""
         self._last_cr = False
+        self._frame = b""  # the start of a raw frame's header, until the rest comes
+        self._raw_left = 0  # bytes of a raw frame still to pass on uncooked
         self._swallow: bytearray | None = None
         self._last_sigint = 0.0
         self._boot_timer: asyncio.TimerHandle | None = None
@@ -259,6 +288,7 @@ class Board:
         self._bytes_programmed = 0
         self._block_erases: dict[int, int] = {}
         self.harness_heap: int | None = None
+        self.rom_heap: int | None = None  # what the ROM partition's buffer took, measured
         self._wdt_ms: int | None = None
         self._wdt_timer: asyncio.TimerHandle | None = None
         self._rtc_offset = 0
@@ -285,6 +315,9 @@ class Board:
         self._wdt_ms = self._wdt_timer = None
         if self.firmware_dir is not None:
             install(self.image, self.firmware_dir, self._profile_text)
+        if self.rom and (not self.rom_image.exists()
+                         or self.rom_image.stat().st_size != self.rom):
+            self.rom_image.write_bytes(b"\xff" * self.rom)  # a new partition table: erased
         master, slave = os.openpty()
         tty.setraw(slave)  # no "\n" -> "\r\r\n" for programs that do not set raw mode
         self.serial_port = os.ttyname(slave)
@@ -640,10 +673,12 @@ class Board:
         self._stdin_writing = False
         self._swallow = None
         self._last_cr = False
+        self._frame, self._raw_left = b"", 0
         self._last_sigint = 0.0
-        args = [self._mp, "-X", f"heapsize={self.heap + HARNESS_HEAP}", "-i", str(LAUNCHER),
+        heap = self.heap + HARNESS_HEAP + rom_heap(self.rom)
+        args = [self._mp, "-X", f"heapsize={heap}", "-i", str(LAUNCHER),
                 str(self.image), str(self._bus_port), str(self._boot_no), str(cause),
-                "1" if raw else "0", self.unique_id.hex(), str(self._rtc_offset)]
+                "1" if raw else "0", self.unique_id.hex(), str(self._rtc_offset), str(self.rom)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, not the board.
         self._proc = proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -689,14 +724,49 @@ class Board:
                 return
             self._child_output(data)
 
-    def _child_output(self, data: bytes) -> None:
+    def _cook(self, data: bytes) -> bytes:
         # The ESP32's stdout turns every "\n" into "\r\n"; pyexec's own strings already
         # carry "\r\n".
+        if not data:
+            return data
         lead = b""
         if self._last_cr and data[:1] == b"\n":
             lead, data = b"\n", data[1:]
         self._last_cr = data.endswith(b"\r")
-        out = lead + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        return lead + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    def _child_output(self, data: bytes) -> None:
+        # Cooked, except what firmware wrote to sys.stdout.buffer (raw on the ESP32): it comes
+        # framed by board_machine/rawsys.py, RAW_FRAME and 4 hex digits of length.
+        buf, out = self._frame + data, bytearray()
+        self._frame = b""
+        i = 0
+        while i < len(buf):
+            if self._raw_left:
+                chunk = buf[i:i + self._raw_left]
+                out += chunk
+                self._raw_left -= len(chunk)
+                self._last_cr = False
+                i += len(chunk)
+                continue
+            j = buf.find(RAW_FRAME, i)
+            if j < 0:
+                end = len(buf) - 1 if buf.endswith(RAW_FRAME[:1]) else len(buf)
+                out += self._cook(buf[i:end])
+                self._frame = buf[end:]  # a frame may start with that last byte
+                break
+            out += self._cook(buf[i:j])
+            if len(buf) - j < RAW_HEAD:
+                self._frame = buf[j:]
+                break
+            try:
+                self._raw_left = int(buf[j + 2:j + RAW_HEAD], 16)
+            except ValueError:  # not a frame after all
+                out += self._cook(buf[j:j + 2])
+            i = j + RAW_HEAD if self._raw_left else j + 2
+        self._emit_cooked(bytes(out))
+
+    def _emit_cooked(self, out: bytes) -> None:
         if self._swallow is not None:
             # A raw-REPL boot: hide the friendly banner until the raw REPL's own banner.
             self._swallow += out
@@ -851,6 +921,7 @@ class Board:
             self._block_erases[b] = self._block_erases.get(b, 0) + 1
         elif k == b"M":
             self.harness_heap = int(f[1])
+            self.rom_heap = int(f[2]) if len(f) > 2 else 0
         elif k == b"F":
             self._feed_wdt()
         elif k == b"W":
@@ -1012,7 +1083,8 @@ class Board:
                 "pid": proc.pid if alive and proc else None, "boots": self.boots,
                 "reset_cause": CAUSES[self._cause], "raw_repl": self._raw,
                 "serial_port": self.serial_port, "client_connected": self._client,
-                "heap": self.heap, "harness_heap": self.harness_heap,
+                "heap": self.heap, "harness_heap": self.harness_heap, "rom_bytes": self.rom,
+                "rom_heap": self.rom_heap,
                 "image": str(self.image), "wdt_ms": self._wdt_ms,
                 "last_exit": self.last_exit, "unique_id": self.unique_id.hex()}
 
@@ -1085,6 +1157,8 @@ def emulate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default="brewmeter-emulator.img",
                     help="flash image (2 MiB, created blank if missing)")
     ap.add_argument("--heap", help="MicroPython heap, e.g. 56K (default: the profile's)")
+    ap.add_argument("--rom", type=parse_size, help="ROM partition size, e.g. 128K; 0: none "
+                    "(default: the profile's rom_bytes, else 128K), kept in IMAGE.rom")
     ap.add_argument("--firmware", help="copy this firmware tree onto the flash first")
     ap.add_argument("--control-port", type=int, default=0, help="0 picks a free port")
     args = ap.parse_args(argv)
@@ -1097,7 +1171,7 @@ def emulate_main(argv: list[str] | None = None) -> int:
         signal.signal(s, on_signal)
     try:
         board = Board(args.image, firmware_dir=args.firmware, board_profile=args.board,
-                      heap=args.heap, control_port=args.control_port)
+                      heap=args.heap, control_port=args.control_port, rom=args.rom)
         board.start_sync()
     except (OSError, ValueError, TimeoutError, BoardError) as e:
         print(f"brewmeter emulate: {e}", file=sys.stderr)

@@ -1,8 +1,10 @@
 # One boot of the emulated ESP32, inside the MicroPython unix port, started by
 # host/brewmeter/board.py as
-#   micropython -X heapsize=N -i board_launch.py IMAGE BUS_PORT BOOT_NO CAUSE RAW UID RTC
-# It does what ports/esp32/main.c and modules/_boot.py do: mount the littlefs "vfs" partition
-# at / (modules/inisetup.py formats it only when blank), run boot.py, then main.py unless the
+#   micropython -X heapsize=N -i board_launch.py IMAGE BUS_PORT BOOT_NO CAUSE RAW UID RTC ROM
+# It does what ports/esp32/main.c and modules/_boot.py do: mount the ROM partition (ROM bytes,
+# kept in IMAGE.rom; 0: none) at /rom when it holds a ROMFS image (py/runtime.c), mount the
+# littlefs "vfs" partition at / (modules/inisetup.py formats it only when blank), run boot.py,
+# then main.py unless the
 # REPL was in raw mode, then leave to the REPL (`-i`: the unix port's own pyexec REPL, raw
 # REPL and raw-paste included). A soft reset ends this process; the supervisor starts the
 # next one on the same flash image.
@@ -64,6 +66,30 @@ def _mount(bdev):
     os.chdir("/")
 
 
+def _rom(path, size, norflash):
+    # The ROM partition (extmod/vfs.c, mp_vfs_mount_romfs_protected): `vfs.rom_ioctl` through
+    # board_machine/romvfs.py, mounted at /rom when it holds a ROMFS image; the sys.path
+    # entries it adds. Its buffer is allocated first, in one piece, before anything else.
+    # (board_machine/rawsys.py, the board's `sys`, is counted with it: a few hundred bytes.)
+    # Returns the heap it took (counted apart from the harness) and the sys.path entries.
+    gc.collect()
+    before = gc.mem_alloc()
+    import rawsys
+    import romvfs
+
+    sys.modules["sys"] = rawsys  # sys.stdout.buffer raw, as on the ESP32
+    sys.modules["vfs"] = romvfs
+    if size:
+        romvfs._attach(norflash.NorFlash(4096, size // 4096, path=path, in_ram=True))
+    gc.collect()
+    took = gc.mem_alloc() - before
+    try:
+        vfs.mount(vfs.VfsRom(romvfs.rom_ioctl(2, 0)), "/rom")
+    except (OSError, TypeError):  # none, blank or not a ROMFS image: no /rom, as on a chip
+        return took, []
+    return took, ["/rom", "/rom/lib"]
+
+
 def _print_exception(e, me):
     # As pyexec prints it, minus this launcher's own frame.
     import io
@@ -106,6 +132,7 @@ def _exec(path, g, me):
 def _boot(g):
     me = sys.argv[0]
     image, port, boot_no, cause, raw, uid, rtc = sys.argv[1:8]
+    rom_size = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     raw = raw == "1"
     here = me.rsplit("/", 1)[0] if "/" in me else "."
     sys.path.insert(0, here + "/board_machine")
@@ -115,6 +142,7 @@ def _boot(g):
     import norflash
 
     machine._boot(int(port), int(boot_no), int(cause), bytes.fromhex(uid), int(rtc))
+    rom_heap, rom_path = _rom(image + ".rom", rom_size, norflash)
 
     class NoCount:
         def __getitem__(self, i):
@@ -216,9 +244,10 @@ def _boot(g):
         _print_exception(e, me)
         ok = False
     # The device's sys.path; '.frozen' keeps the unix port's frozen asyncio importable.
-    sys.path[:] = ["", ".frozen", "/lib"]
+    sys.path[:] = ["", ".frozen"] + rom_path + ["/lib"]
     gc.collect()
-    machine._send(b"M %d\n" % gc.mem_alloc())  # the harness's own share of the heap
+    # The harness's own share of the heap; the ROM's buffer is counted apart (flash on a chip).
+    machine._send(b"M %d %d\n" % (gc.mem_alloc() - rom_heap, rom_heap))
     if ok:
         ok = _exec("boot.py", g, me)
         if ok and not raw:
@@ -234,7 +263,7 @@ def _boot(g):
 
 _boot(globals())
 # Leave the REPL what the device's _boot.py leaves it: gc, vfs, bdev.
-for _k in ("_boot", "_exec", "_mount", "_print_exception", "_SETUP_BOOT_PY", "_CORRUPTED",
+for _k in ("_boot", "_exec", "_mount", "_rom", "_print_exception", "_SETUP_BOOT_PY", "_CORRUPTED",
            "micropython", "sys", "time", "_k"):
     globals().pop(_k)
 gc.collect()

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from brewmeter.board import Board, install
+from brewmeter.board import DEFAULT_ROM, Board, install, load_profile
+from brewmeter.cloud.server import Faults
 from brewmeter.demo import cloud_for
-from brewmeter.flasher import READY, build, emulator_provision
+from brewmeter.flasher import READY, build, build_rom, emulator_provision
 
 
-def _image(d: Path, prov: dict | None) -> Path:
-    """A flash image holding the compiled firmware, as flash.sh leaves a board."""
+def _image(d: Path, prov: dict | None, rom: bool = True) -> Path:
+    """A flash image holding the compiled firmware, as flash.sh leaves a board: with `rom`
+    (the emulated board has a ROM partition) the app as a ROMFS image in it (IMAGE.rom, the
+    emulator profile's size) and only boot.py, main.py and the JSON files on the filesystem;
+    else the app on the filesystem, as on stock firmware."""
     tree = d / "tree"
     tree.mkdir()
-    build(tree, "emulator", prov)
+    files = build(tree, "emulator", prov)
     image = d / "flash.img"
+    if rom:
+        romfs = build_rom(d, files).read_bytes()
+        size = load_profile("emulator")[0].get("rom_bytes", DEFAULT_ROM)
+        (d / "flash.img.rom").write_bytes(romfs + b"\xff" * (size - len(romfs)))
+        shutil.rmtree(tree / "app")
     install(image, tree)
     return image
 
@@ -40,36 +51,9 @@ def boot_to_ready_ms(runs: int = 5) -> dict[str, float]:
     return {"boot_to_ready_ms": round(statistics.median(times), 1)}
 
 
-def _workload_fits(heap: int) -> bool:
-    """Boot with `heap` bytes, brew one of each kind, sync to the emulated cloud: does it all
-    work without a MemoryError?"""
-    with tempfile.TemporaryDirectory() as d:
-        prov = emulator_provision()
-        with cloud_for(prov, report_delay_s=5) as cloud:
-            image = _image(Path(d), prov)
-            with Board(image, board_profile="emulator", heap=heap) as board:
-                try:
-                    board.wait_output(READY, timeout=30)
-                except TimeoutError:
-                    return False
-                ctl = board.control()
-                kinds = sorted(board.profile["inputs"]) if board.profile else []
-                for k in kinds:
-                    ctl.press(k)
-                for _ in range(9):
-                    ctl.pulses(150)
-                    time.sleep(1)
-                for k in kinds:
-                    ctl.release(k)
-                end = time.monotonic() + 20
-                while time.monotonic() < end:
-                    if b"MemoryError" in board.transcript():
-                        return False
-                    got = cloud.ledger.device(prov["device_id"])["counters"]
-                    if got.get("brews_total") == len(kinds):
-                        return b"MemoryError" not in board.transcript()
-                    time.sleep(0.5)
-                return False
+# The configuration the largest reply carries (applied once, then the same version again).
+CONFIG = {"report_delay_s": 7200, "sync_interval_s": 86400}
+CONSOLE_READS = ("counters", "status", "filter", "consumables", "events", "config")
 
 
 def _smallest(fits, lo: int = 32 * 1024, hi: int = 192 * 1024, step: int = 4096) -> int:
@@ -85,11 +69,83 @@ def _smallest(fits, lo: int = 32 * 1024, hi: int = 192 * 1024, step: int = 4096)
     return hi
 
 
+class _LargestReply(Faults):
+    """The cloud stores each report, then replies 200 with a reply of the largest size the
+    protocol allows (MAX_REPLY bytes): every event id the outbox can hold acknowledged (none
+    of them sent, so the device keeps its events), a configuration, padded with JSON
+    whitespace."""
+
+    def draw(self, device_id: str, seq: str | None) -> str | None:
+        return "garbage"
+
+    def garbage(self) -> bytes:
+        from app.outbox import MAX_EVENTS
+        from app.sync import MAX_REPLY
+
+        from brewmeter import harness  # noqa: F401 - the firmware's modules, importable
+
+        body = json.dumps({"ack": list(range(10**6, 10**6 + MAX_EVENTS)), "orders": {},
+                           "refill": {}, "config": {"version": 1, "settings": CONFIG}
+                           }).encode()
+        return body + b" " * (MAX_REPLY - len(body))
+
+
+def _peak_fits(heap: int, rom: bool) -> bool:
+    """The app's worst moment: boot with `heap`, the service console in use (every read
+    command), a brew of each kind, then a tech's `sync --pin` on the console (console,
+    service actions and the sync stack loaded at once): a report over TLS that receives a
+    reply of the largest size the protocol allows. Fits when the console says the sync
+    went through ("sync: ok": the reply was taken), the cloud has the brews, and nothing
+    raised MemoryError."""
+    from brewmeter import fieldtech, ports
+
+    with tempfile.TemporaryDirectory() as d:
+        prov = emulator_provision()
+        with cloud_for(prov, tls=True, faults=_LargestReply()) as cloud:
+            image = _image(Path(d), prov, rom)
+            with Board(image, board_profile="emulator", heap=heap,
+                       rom=None if rom else 0) as board:
+                try:
+                    board.wait_output(READY, timeout=30)
+                    for cmd in CONSOLE_READS:
+                        fieldtech.ask(board.serial_port, cmd, timeout=5)
+                except (TimeoutError, OSError, fieldtech.NoBrewmeter):
+                    return False
+                ctl = board.control()
+                kinds = sorted(board.profile["inputs"]) if board.profile else []
+                for k in kinds:
+                    ctl.press(k)
+                for _ in range(9):
+                    ctl.pulses(150)
+                    time.sleep(1)
+                for k in kinds:
+                    ctl.release(k)
+                time.sleep(0.5)
+                start = board.transcript_end()
+                with ports.open_port(board.serial_port, timeout=0.05) as s:
+                    s.write(b"\rsync --pin %s\r" % prov["service_pin"].encode())
+                    try:  # "sync: started", then the result
+                        end = board.wait_output(b"sync: started", timeout=30, start=start)
+                        end = board.wait_output(b"sync: ", timeout=30, start=end)
+                        board.wait_output(b"\r\n", timeout=30, start=end)
+                    except TimeoutError:
+                        return False
+                said = board.transcript(end)[:40]
+                got = cloud.ledger.device(prov["device_id"])["counters"]
+                return (said.startswith(b"ok\r\n") and got.get("brews_total") == len(kinds)
+                        and b"MemoryError" not in board.transcript())
+
+
 def app_peak_heap_bytes() -> dict[str, float]:
-    """The smallest heap the firmware runs a standard workload in on the emulated board:
-    boot, recover, a brew of every kind, a report to the cloud over HTTP. The board adds its
-    own harness's heap on top (brewmeter.board), so this is the app's."""
-    return {"app_peak_heap_bytes": _smallest(_workload_fits)}
+    """The smallest heap the firmware runs its worst moment in on the emulated board
+    (_peak_fits: a tech's `sync --pin` on the console: a TLS report receiving the largest
+    reply, with console and service actions loaded), with
+    the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
+    bytes are flash, not heap: the board leaves them out), and with the filesystem
+    deployment stock firmware gets. The board adds its own harness's heap on top
+    (brewmeter.board), so these are the app's."""
+    return {"app_peak_heap_bytes": _smallest(lambda h: _peak_fits(h, True)),
+            "app_peak_heap_fs_bytes": _smallest(lambda h: _peak_fits(h, False))}
 
 
 def _tls_fits(heap: int, mode: str) -> bool:
@@ -156,8 +212,7 @@ def _console_fits(heap: int, used: bool) -> bool:
             try:
                 board.wait_output(READY, timeout=30)
                 if used:
-                    for cmd in ("counters", "status", "filter", "consumables", "events",
-                                "config"):
+                    for cmd in CONSOLE_READS:
                         fieldtech.ask(board.serial_port, cmd, timeout=5)
                 else:
                     time.sleep(2)

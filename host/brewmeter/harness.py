@@ -17,7 +17,7 @@ BOARDS = REPO / "boards"
 
 def board_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix == ".json" or p.exists():
+    if p.suffix == ".json" or p.is_file():  # boards/BREWMETER_ESP32/ is no profile
         return p
     return BOARDS / f"{name_or_path}.json"
 

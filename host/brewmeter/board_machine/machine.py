@@ -13,8 +13,9 @@
 # power cut after n program/erase operations), "K" (ack). Board -> supervisor: "H boot"
 # (hello), "R" (REPL starts), "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep),
 # "Z" (flash power died), "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed),
-# "p nbytes" / "e block" (a flash program / erase), "M bytes" (heap the harness holds),
-# "T offset" (RTC set). Supervisor -> board also "A" (the serial port showed output: dupterm).
+# "p nbytes" / "e block" (a flash program / erase), "M bytes rom" (heap the harness holds,
+# and apart, the ROM partition), "T offset" (RTC set). Supervisor -> board also "A" (the
+# serial port showed output: dupterm).
 import _thread
 import select
 import socket

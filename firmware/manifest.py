@@ -1,0 +1,13 @@
+# MicroPython manifest: freezes the brewmeter app into the firmware, so its bytecode runs
+# from flash like a ROMFS deployment but without a romfs partition. Built by MicroPython's
+# esp32 port with boards/BREWMETER_ESP32 and BOARD_VARIANT=FROZEN (README.md). boot.py,
+# main.py and the JSON files stay on the filesystem, where flash.sh writes them.
+include("$(PORT_DIR)/boards/manifest.py")
+
+package("app", files=(
+    "__init__.py", "alerts.py", "button.py", "console.py", "counters.py", "counting.py",
+    "days.py", "device.py", "filters.py", "forecast.py", "http.py", "hw.py", "link.py",
+    "orders.py", "outbox.py", "profile.py", "run.py", "sensors.py", "service.py",
+    "settings.py", "signing.py", "snapshot.py", "store.py", "supplies.py", "supplystore.py",
+    "sync.py", "syncer.py", "tls.py", "wallclock.py",
+), opt=3)

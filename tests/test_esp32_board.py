@@ -1,0 +1,107 @@
+"""boards/BREWMETER_ESP32 (MicroPython's esp32 port, out of tree) and firmware/manifest.py.
+They cannot be built here: these check what a build would trip over, and that they agree
+with flash.sh and the emulated board."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from brewmeter import flasher
+from brewmeter.board import DEFAULT_ROM, load_profile
+from brewmeter.harness import BOARDS, ProfileError
+from brewmeter.harness import load_profile as load_checked
+from brewmeter.norflash import NorFlash
+from brewmeter.standins import FIRMWARE
+
+BOARD = BOARDS / "BREWMETER_ESP32"
+FLASH = 4 * 1024 * 1024  # a stock ESP32-WROOM-32 module
+TABLE_END = 0x9000  # the bootloader, then the partition table at 0x8000 (one 4 KiB sector)
+
+
+def partitions() -> list[dict[str, str | int]]:
+    text = (BOARD / "partitions-brewmeter.csv").read_text()
+    rows = [r for r in csv.reader(x for x in text.splitlines() if x and not x.startswith("#"))]
+    return [{"name": r[0].strip(), "type": r[1].strip(), "subtype": r[2].strip(),
+             "offset": int(r[3], 0), "size": int(r[4], 0)} for r in rows]
+
+
+def test_partitions_fit_the_flash_without_overlap():
+    parts = partitions()
+    end = TABLE_END
+    for p in sorted(parts, key=lambda p: p["offset"]):
+        assert p["offset"] >= end, f"{p['name']} overlaps the partition before it"
+        align = 0x10000 if p["type"] == "app" else 0x1000  # ESP-IDF's rules
+        assert p["offset"] % align == 0 and p["size"] % 0x1000 == 0, p
+        end = p["offset"] + p["size"]
+    assert end <= FLASH
+    names = {p["name"]: p for p in parts}
+    assert len(names) == len(parts)  # no name twice
+    # What the firmware looks for: vfs.rom_ioctl finds "romfs", flashbdev.py "vfs".
+    assert names["romfs"]["type"] == "data" and names["factory"]["type"] == "app"
+    # The same as the emulated board: its ROM partition and its 2 MiB littlefs image.
+    assert names["romfs"]["size"] == load_profile("emulator")[0]["rom_bytes"] == DEFAULT_ROM
+    assert names["vfs"]["size"] == NorFlash(in_ram=True).size
+    # Room for the port's firmware: MicroPython's own 4 MiB ROMFS table gives it 0x1D0000.
+    assert names["factory"]["size"] >= 0x1D0000
+
+
+def test_board_definition_enables_romfs_and_names_its_files():
+    h = (BOARD / "mpconfigboard.h").read_text()
+    assert re.search(r"^#define MICROPY_VFS_ROM \(1\)$", h, re.M)
+    cmake = (BOARD / "mpconfigboard.cmake").read_text()
+    assert "set(IDF_TARGET esp32)" in cmake
+    variant = (BOARD / "mpconfigvariant_FROZEN.cmake").read_text()
+    for m in re.finditer(r"\$\{MICROPY_BOARD_DIR\}/([\w./-]+)", cmake + variant):
+        assert (BOARD / m[1]).resolve().is_file(), m[1]
+    assert "${MICROPY_BOARD_DIR}/../../firmware/manifest.py" in variant
+    assert (BOARD / "../../firmware/manifest.py").resolve() == FIRMWARE / "manifest.py"
+
+
+def frozen_modules() -> list[str]:
+    """What firmware/manifest.py freezes, by running it as MicroPython's manifestfile.py
+    does (include, package and module as functions), as paths relative to firmware/."""
+    frozen: list[str] = []
+
+    def package(path: str, files: tuple[str, ...] | None = None, base_path: str = ".",
+                opt: int | None = None) -> None:
+        root = FIRMWARE / base_path / path
+        names = files if files is not None else [
+            p.relative_to(root).as_posix() for p in sorted(root.rglob("*.py"))]
+        for n in names:
+            assert (root / n).is_file(), f"the manifest names {path}/{n}: no such file"
+            frozen.append(f"{path}/{n}")
+
+    def module(path: str, base_path: str = ".", opt: int | None = None) -> None:
+        assert (FIRMWARE / base_path / path).is_file()
+        frozen.append(path)
+
+    def include(path: str) -> None:
+        assert path == "$(PORT_DIR)/boards/manifest.py"  # the port's own modules
+
+    code = (FIRMWARE / "manifest.py").read_text()
+    exec(compile(code, "manifest.py", "exec"),
+         {"package": package, "module": module, "include": include})
+    return frozen
+
+
+def test_manifest_freezes_every_module_flash_sh_deploys(tmp_path):
+    deployed = flasher.build(tmp_path, "esp32-generic", None)
+    app = sorted(k[:-4] + ".py" for k in deployed if k.endswith(".mpy"))
+    assert sorted(frozen_modules()) == app
+    # boot.py and main.py stay on the filesystem (the port runs them by name), and the
+    # manifest itself never goes onto the device.
+    assert "boot.py" in deployed and "main.py" in deployed and "manifest.py" not in deployed
+
+
+def test_the_board_directory_is_not_a_profile():
+    names = sorted(p.stem for p in BOARDS.glob("*.json"))
+    assert "BREWMETER_ESP32" not in names and "emulator" in names
+    known = r"cannot read.*\(boards: emulator, esp32-generic, esp32-s3-devkitc\)"
+    with pytest.raises(ProfileError, match=known):
+        load_checked("BREWMETER_ESP32")
+    with pytest.raises(FileNotFoundError):
+        load_profile("BREWMETER_ESP32")
+    with pytest.raises(ProfileError):
+        load_checked(str(BOARD))
