@@ -43,7 +43,7 @@ class _Buffers:
         self.lock = asyncio.Lock()  # one request at a time (the sync task, the console's sync)
 
 
-_bufs = _Buffers(MAX_REPLY)
+_bufs = _Buffers(MAX_REPLY) if _MP else None
 
 
 async def _into(reader, mv):
@@ -169,7 +169,9 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     for k, v in headers.items():
         head += "%s: %s\r\n" % (k, v)
     head = (head + "\r\n").encode()
-    bufs = _bufs
+    # On the device one set of buffers, one request at a time; the harness runs many devices
+    # in one process (each on its own clock), so each of its requests gets its own.
+    bufs = _bufs if _MP else _Buffers(MAX_REPLY)
     await bufs.lock.acquire()
     try:
         return await asyncio.wait_for(
