@@ -12,6 +12,7 @@ import pty
 import select
 import subprocess
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,8 @@ def test_reset_soft_reset_and_resume(board):
 def test_repl(board):
     # mpremote's repl needs a terminal: give it a pty, type, and leave with Ctrl-].
     pid, fd = pty.fork()
-    if pid == 0:
+    if pid == 0:  # a raw terminal from the start: Ctrl-C is a byte, even before mpremote
+        tty.setraw(0)  # sets raw mode itself
         os.execv(mp.tool("mpremote"), ["mpremote", "connect", board.serial_port, "repl"])
     seen = b""
 

@@ -4,8 +4,8 @@
 # It does what ports/esp32/main.c and modules/_boot.py do: mount the ROM partition (ROM bytes,
 # kept in IMAGE.rom; 0: none) at /rom when it holds a ROMFS image (py/runtime.c), mount the
 # littlefs "vfs" partition at / (modules/inisetup.py formats it only when blank), run boot.py,
-# then main.py unless the
-# REPL was in raw mode, then leave to the REPL (`-i`: the unix port's own pyexec REPL, raw
+# then main.py unless the REPL was in raw mode, then leave to the REPL (`-i`: the unix
+# port's own pyexec REPL, raw
 # REPL and raw-paste included). A soft reset ends this process; the supervisor starts the
 # next one on the same flash image.
 import micropython
