@@ -400,3 +400,15 @@ def test_quota_take_is_a_token_bucket():
     assert (w, w2, w3) == (0, 0, 3600)  # a report an hour
     assert take(q, lv, 3600.0, 10)[1] == 0
     assert take(q, None, 0.0, 101)[1] == 36  # rows: 100 a day... 1 more row, 36 s
+
+
+async def test_an_error_reply_is_within_the_devices_limit(cloud, http):
+    """A bad report quoting a 10,000-character name is refused with a short reason."""
+    bad = rep(1, 1)
+    bad["counters"]["x" * 10_000] = 1
+    path, body, headers = auth.signed_report(DEV, KEY, bad)
+    async with http.post(path, data=body, headers=headers) as r:
+        assert r.status == 400
+        raw = await r.read()
+    assert len(raw) < protocol.MAX_REPLY
+    assert json.loads(raw)["error"].startswith("counters: bad field name 'xxx")

@@ -6,11 +6,13 @@ longer run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,20 @@ pytest.importorskip("schemathesis")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV, KEY, TOKEN = "bm-st0001", "5a" * 32, "st-admin-token"
+
+
+def order_waiting(url: str) -> None:
+    """A signed report whose order waits for the owner's approval."""
+    from brewmeter.cloud import auth
+
+    report = {"seq": 1, "boot": 1, "uptime_ms": 1000, "clock": 0, "counters": {},
+              "supplies": {"coffee": {"cycle": 3}},
+              "events": [{"id": 1, "kind": "order_requested", "order": "coffee-3",
+                          "item": "coffee", "cycle": 3, "ask": 1}]}
+    path, body, headers = auth.signed_report(DEV, KEY, report)
+    req = urllib.request.Request(url + path, data=body, headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["orders"] == {"coffee-3": "needs_approval"}
 
 
 def test_the_document_and_the_server_agree(tmp_path):
@@ -30,6 +46,7 @@ def test_the_document_and_the_server_agree(tmp_path):
     try:
         assert cloud.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+", cloud.stdout.readline()).group(0)
+        order_waiting(url)  # so approve and decline meet a real order, through the links
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                    [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
                "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "BREWMETER_ST_DEVICE": DEV,
@@ -52,4 +69,6 @@ def test_the_document_and_the_server_agree(tmp_path):
     # The signed report reached the ledger (signed as the device, accepted).
     with sqlite3.connect(db) as con:
         (reports,) = con.execute("SELECT count(*) FROM reports").fetchone()
-    assert reports > 0
+        (status,) = con.execute("SELECT status FROM orders WHERE id='coffee-3'").fetchone()
+    assert reports > 1
+    assert status in ("placed", "declined")  # approve or decline reached it

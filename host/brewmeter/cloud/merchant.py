@@ -13,7 +13,7 @@ from brewmeter.cloud.shared import protocol as P
 # What the cloud stores; "shipped" and "delivered" follow from a placed order's times, and
 # "unknown" is the reply for an order id the cloud never received.
 STORED = ("needs_approval", "placed", "declined")
-STATUSES = (*STORED, "shipped", "delivered", P.UNKNOWN)
+STATUSES = (*(s for s in P.STATUSES if s != "requested"), P.UNKNOWN)  # what replies say
 # What the merchant sells: the device's consumables.
 CATALOGUE = frozenset(ITEMS)
 

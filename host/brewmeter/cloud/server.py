@@ -41,6 +41,7 @@ from brewmeter.cloud.ledger import (
 )
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, Report, loads, parse_report
+from brewmeter.cloud.shared import protocol as P
 
 log = logging.getLogger("brewmeter.cloud")
 T = TypeVar("T")
@@ -170,7 +171,10 @@ LEVELS = web.AppKey("levels", dict[str, quota.Level])  # per device, in memory
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None,
            **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+    """An error reply. Its message is cut to the protocol's limit for texts, so no reply is
+    over the device's limit, whatever a bad report quoted into it."""
+    return web.json_response({"error": P.cut(message), **extra}, status=status,
+                             headers=headers)
 
 
 class _Fail(web.HTTPException):
@@ -178,7 +182,8 @@ class _Fail(web.HTTPException):
 
     def __init__(self, status: int, message: str) -> None:
         self.status_code = status
-        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+        super().__init__(text=json.dumps({"error": P.cut(message)}),
+                         content_type="application/json")
 
 
 def _drop(request: web.Request) -> NoReturn:
@@ -259,7 +264,7 @@ async def report(request: web.Request) -> web.StreamResponse:
     levels[dev], wait = quota.take(app[QUOTA], levels.get(dev), app[LEDGER].now(),
                                    quota.rows(rep))
     if wait:
-        return _error(429, f"over this device's quota of reports: try in {wait} s",
+        return _error(429, f"over this device's quota of reports or rows: try in {wait} s",
                       headers={"Retry-After": str(wait)})
     if fault == "delay":  # received whole, then slow: the device times out, the cloud stores
         assert faults is not None
@@ -460,8 +465,8 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
 
     app.on_response_prepare.append(date_header)
     r = app.router
-    r.add_get("/v1/health", health)
-    r.add_post("/v1/devices/{id}/report", report)
+    r.add_get(P.HEALTH_PATH, health)
+    r.add_post(P.REPORT_PATH % "{id}", report)
     r.add_get("/v1/devices/{id}", get_device)
     r.add_get("/v1/devices/{id}/days", get_days)
     r.add_get("/v1/devices/{id}/events", get_events)
