@@ -60,6 +60,7 @@ class Supervisor:
             except Exception as e:  # MemoryError included; KeyboardInterrupt is not one
                 if isinstance(e, MemoryError):
                     gc.collect()
+                print("brewmeter: task %s" % detail(name, e))  # the serial log
                 if self.failed(name, e, self._day()):
                     try:
                         self.device.fault("task_failed", detail(name, e))
