@@ -98,6 +98,7 @@ def test_the_clouds_date_corrects_a_clock_far_off():
     t = wallclock.http_date(date)
     assert t == calendar.timegm((2027, 1, 15, 10, 0, 0))
     assert wallclock.http_date(b"yesterday") == 0
+    assert wallclock.http_date(b"Fri, 15 anF 2027 10:00:00 GMT") == 0
     try:
         wallclock.synced = False
         assert not wallclock.cross_check(t)  # no clock yet: NTP sets it, not the Date

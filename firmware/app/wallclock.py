@@ -45,11 +45,14 @@ def cross_check(date):
 
 
 def http_date(v):
-    """Unix seconds of an HTTP Date (bytes) (RFC 9110 IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT"),
-    or 0 if `v` is not one."""
+    """Unix seconds of HTTP Date `v` (bytes, RFC 9110's IMF-fixdate: "Sun, 06 Nov 1994
+    08:49:37 GMT"), or 0 if it is not one."""
     try:
         _, d, mon, y, hms, _ = v.decode().split(" ")
-        m = _MONTHS.index(mon) // 3 + 1
+        m = _MONTHS.index(mon) if len(mon) == 3 else 1  # (ValueError if no month)
+        if m % 3:
+            return 0
+        m = m // 3 + 1
         h, mi, sec = hms.split(":")
         y = int(y) - (m <= 2)  # days from civil (H. Hinnant), March-based years
         era = y // 400
