@@ -64,6 +64,19 @@ def test_the_command_over_tls(tmp_path, capsys):
         proc.wait()
 
 
+async def test_a_backend_out_of_stock_conforms():
+    """Declined orders (out of stock) end ordering for the cycle: nothing to break."""
+    from brewmeter.cloud import Merchant
+
+    ledger = Ledger(":memory:", merchant=Merchant(out_of_stock={"coffee"}))
+    async with CloudServer(ledger) as cloud:
+        v = await _conform(cloud.url, cloud.admin_token, seed=6)
+        orders = [o for life in v["lives"] for o in cloud.ledger.orders(life["id"]) or []]
+    ledger.close()
+    assert v["ok"], v["violations"]
+    assert {o["status"] for o in orders if o["item"] == "coffee"} == {"declined"}
+
+
 # -- broken backends ---------------------------------------------------------------------------
 
 class Snapshot(Ledger):

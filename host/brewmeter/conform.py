@@ -84,7 +84,7 @@ class Verdict:
     ok: bool
     seed: int
     url: str
-    lives: list[dict[str, Any]]  # name, brews, syncs tried, orders the backend holds
+    lives: list[dict[str, Any]]  # name, device id, brews, syncs tried, orders it holds
     reports: int
     faults: dict[str, int]
     broken: list[str]  # the rules broken, each once
@@ -257,6 +257,7 @@ class Life:
         self.clock_known = True
         self.desired: dict[str, Any] | None = None  # the last desired config the backend took
         self.orders = 0  # the backend's orders for this device, at the end
+        self.declined = False  # the owner declined one
         self.device: Device
         self.syncer: Syncer
 
@@ -393,8 +394,14 @@ class Conform:
         orders = got.get("orders") if st == 200 and isinstance(got, dict) else None
         for o in orders if isinstance(orders, list) else []:
             if isinstance(o, dict) and o.get("status") == "needs_approval":
-                await self.admin.call(
-                    "POST", f"/v1/admin/devices/{life.id}/orders/{o.get('order')}/approve")
+                # The owner declines the first (as if out of stock: the cycle has no order
+                # until a refill) and approves the rest.
+                say = "approve" if life.declined else "decline"
+                st, _ = await self.admin.call(
+                    "POST", f"/v1/admin/devices/{life.id}/orders/{o.get('order')}/{say}")
+                life.declined = life.declined or (say == "decline" and st == 200)
+                if st != 200:
+                    self.note("admin", f"{say} answered {st}")
 
     async def life_daily(self) -> Life:
         life = await self.new_life("daily")
@@ -564,7 +571,8 @@ class Conform:
                         break
                     await life.heal()
                     await self.check(life)
-                    names.append({"name": life.name, "brews": sum(life.truth.values()),
+                    names.append({"name": life.name, "id": life.id,
+                                  "brews": sum(life.truth.values()),
                                   "syncs": len(life.results), "orders": life.orders})
         finally:
             standins.set_clock(old_clock)
