@@ -18,10 +18,13 @@ from brewmeter.cloud import CloudServer, Ledger
 from brewmeter.conform import Conform
 
 
-async def _conform(url: str, token: str, seed: int = 5) -> dict[str, Any]:
+async def _conform(url: str, token: str, seed: int = 5, rate: float = 0.2) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(await Conform(url, token, None, seed, patience_s=2).main())
+    return asdict(await Conform(url, token, None, seed, rate, patience_s=2).main())
+
+
+BROKEN_RATE = 0.05  # a broken backend fails with few faults too: fewer held replies
 
 
 async def test_the_reference_cloud_conforms():
@@ -101,9 +104,11 @@ class Downgrade(Ledger):
         return out
 
 
-async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
+async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None],
+                 strip: bytes = b""):
     """A proxy in front of the reference: change(request, reply) may rewrite the reply
-    (bytes), or answer in its place without asking the reference (request -> reply)."""
+    (bytes), or answer in its place without asking the reference (request -> reply);
+    `strip`: a path prefix it serves under and takes off (a gateway)."""
     host, port = upstream.removeprefix("http://").split(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,6 +116,8 @@ async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
             head = await reader.readuntil(b"\r\n\r\n")
             n = re.search(rb"(?i)content-length: *(\d+)", head)
             req = head + (await reader.readexactly(int(n.group(1))) if n else b"")
+            if strip:
+                req = req.replace(b" " + strip + b"/", b" /", 1)
             r, w = await asyncio.open_connection(host, int(port))
             w.write(req)
             await w.drain()
@@ -129,6 +136,10 @@ async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
 
 def _is_report(req: bytes) -> bool:
     return req.startswith(b"POST /v1/devices/")
+
+
+def unchanged(req: bytes, reply: bytes) -> bytes | None:
+    return None
 
 
 def strict(req: bytes, reply: bytes) -> bytes | None:
@@ -161,13 +172,24 @@ async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
         ledger = broken(":memory:")
         async with CloudServer(ledger) as cloud:
-            v = await _conform(cloud.url, cloud.admin_token)
+            v = await _conform(cloud.url, cloud.admin_token, rate=BROKEN_RATE)
         ledger.close()
     else:
         async with CloudServer(":memory:") as cloud:
             server, url = await _front(cloud.url, broken)
             async with server:
-                v = await _conform(url, cloud.admin_token)
+                v = await _conform(url, cloud.admin_token, rate=BROKEN_RATE)
     assert not v["ok"] and rule in v["broken"], v["broken"]
     named = [x for x in v["violations"] if x["rule"] == rule]
     assert named and named[0]["says"] and named[0]["detail"]
+
+
+async def test_a_gateway_that_strips_the_base_path_fails_the_signature():
+    """The device signs the path it sends (with its cloud_url's base path): a gateway that
+    takes the prefix off before the backend verifies fails every signature."""
+    async with CloudServer(":memory:") as cloud:
+        server, url = await _front(cloud.url, unchanged, strip=b"/brew")
+        async with server:
+            v = await _conform(url + "/brew", cloud.admin_token, rate=BROKEN_RATE)
+    assert not v["ok"] and "refusals" in v["broken"]
+    assert any("401" in x["detail"] for x in v["violations"] if x["rule"] == "refusals")
