@@ -104,6 +104,13 @@ class Downgrade(Ledger):
         return out
 
 
+class NoRefill(Ledger):
+    """Takes the owner's refills but never tells the device."""
+
+    def _reply(self, *args, **kw):  # noqa: ANN002, ANN003
+        return replace(super()._reply(*args, **kw), refill={})
+
+
 async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None],
                  strip: bytes = b""):
     """A proxy in front of the reference: change(request, reply) may rewrite the reply
@@ -167,7 +174,7 @@ def chunked(req: bytes, reply: bytes) -> bytes | None:
 
 @pytest.mark.parametrize(("broken", "rule"), [
     (strict, "refusals"), (cdn_header, "reply_shape"), (chunked, "reply_shape"),
-    (Downgrade, "config"), (Snapshot, "counters")])
+    (Downgrade, "config"), (Snapshot, "counters"), (NoRefill, "refill")])
 async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
         ledger = broken(":memory:")

@@ -63,6 +63,7 @@ RULES = {
               "(Desired configuration: versions)",
     "config_checked": "desired settings the device would reject are refused with 400 "
                       "(Desired settings)",
+    "refill": "a refill the owner says in the backend reaches the device (reply's refill)",
     "admin": "the admin and query API answer as documented",
 }
 
@@ -248,6 +249,7 @@ class Life(lives.Life):
         self.desired: dict[str, Any] | None = None  # the last desired config the backend took
         self.orders = 0  # the backend's orders for this device, at the end
         self.declined = False  # the owner declined one
+        self.filters: int | None = None  # the filter's cycle when refilled in the backend
 
     def wall(self) -> int:
         return self.start + self.clock.ms // 1000
@@ -427,6 +429,12 @@ class Conform:
             await self.approve_all(life)
             if d % 5 == 4:  # the owner puts in a new pack (the order's, or a shop's)
                 life.device.refill("coffee", "owner", life.ticks())
+            if d == 8:  # ... and a new filter, said in the backend: the reply's `refill`
+                life.filters = life.device.supplies.cycle("filter")
+                st, _ = await self.admin.call("POST", f"/v1/admin/devices/{life.id}/refill",
+                                              {"item": "filter"})
+                if st != 200:
+                    self.note("admin", f"refill answered {st}")
         return life
 
     # -- the checks -------------------------------------------------------------------------
@@ -489,6 +497,9 @@ class Conform:
                 self.note("orders", f"orders per (item, cycle): {more}")
         else:
             self.note("admin", f"GET orders answered {st}")
+        if life.filters is not None and life.device.supplies.cycle("filter") <= life.filters:
+            self.note("refill", f"a refill said in the backend in filter cycle {life.filters} "
+                      "never reached the device")
         if life.desired is not None:
             cfg = got.get("config") or {}
             want = life.desired.get("version")
