@@ -80,7 +80,7 @@ class _LargestReply(Faults):
 
     def garbage(self) -> bytes:
         from app.outbox import MAX_EVENTS
-        from app.sync import MAX_REPLY
+        from app.protocol import MAX_REPLY
 
         from brewmeter import harness  # noqa: F401 - the firmware's modules, importable
 
