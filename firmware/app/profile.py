@@ -46,7 +46,7 @@ _FIELDS = {
     "heap_bytes": ("int", 16384, 8 * 1024 * 1024, True),
     "wdt_s": ("int", 2, 600, False),  # the watchdog's timeout (default 30)
     "repl_idle_s": ("int", 5, 86400, False),  # back to counting after the REPL is quiet
-    "unlock_s": ("int", 60, 86400, False),  # a locked port's maintenance window (default 900)
+    "unlock_s": ("int", 5, 86400, False),  # a locked port's maintenance window (default 900)
     "rom_bytes": ("int", 0, 16 * 1024 * 1024, False),  # the ROMFS partition (0: none)
 }
 

@@ -178,7 +178,7 @@ async def serve_console(device, prov):
                 break
             buf[n] = ord(b) if isinstance(b, str) else b[0]  # a text stdin (no .buffer)
             n += 1
-        if n and _locked and _open_until is None and 1 in buf[:n]:  # Ctrl-A: the raw REPL
+        if n and _locked and _open_until is None and buf.find(b"\x01", 0, n) >= 0:  # Ctrl-A
             out.write(LOCKED_MSG)  # what mpremote prints when it gives up
         if n and con is None:
             gc.collect()
