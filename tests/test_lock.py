@@ -103,6 +103,8 @@ def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(lo
     assert "locked: unlock with --pin" in capsys.readouterr().err
     assert fieldtech.ask(port, "counters") == before  # no restart (boots), nothing else
     assert (d / "flash.img").read_bytes() == image
+    with pytest.raises(fieldtech.NoBrewmeter, match="locked: unlock with --pin"):
+        fieldtech.restart(port, timeout=3)  # `brewmeter restart`: Ctrl-C, Ctrl-D ignored
 
 
 def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys):

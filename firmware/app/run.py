@@ -95,7 +95,7 @@ def window_over(now, until):
 
 
 async def main(profile):
-    global _device, _syncer
+    global _device, _syncer, _locked
     prov = load_provision()
     sync = ssl = None
     if prov:
@@ -103,7 +103,6 @@ async def main(profile):
             ssl = load_sync(prov)
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
-    global _locked
     if locks(prov):  # Ctrl-C (0x03) reaches the console as a byte, which ignores it
         micropython.kbd_intr(-1)
         _locked = True

@@ -16,11 +16,6 @@ LOCK_S = const(300)
 LOCK_MAX_S = const(86400)
 
 
-def pin_ok(pin):
-    """Is `pin` a service PIN as provisioning must give it: a string of 6-8 digits?"""
-    return isinstance(pin, str) and 6 <= len(pin) <= 8 and pin.isdigit()
-
-
 def same(given, pin):
     """given (None: no PIN given) == pin, in a time that depends only on the PIN's length,
     not on where (or whether) they differ."""

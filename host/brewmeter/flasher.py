@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -49,9 +50,12 @@ def pin_hash(pin: str, salt: bytes | None = None, iterations: int = PIN_ITERATIO
 
 
 def device_provision(p: dict) -> dict:
-    """What the device keeps of a checked provisioning: the PIN only as its salted hash."""
+    """What the device keeps of a checked provisioning: the PIN only as its salted hash. The
+    salt is the device's own (derived from its key): a re-flash writes the same file (no
+    flash wear) and no two devices share one."""
     out = {k: v for k, v in p.items() if k != "service_pin"}
-    out["service_pin_hash"] = pin_hash(p["service_pin"])
+    salt = hmac.new(bytes.fromhex(p["key"]), b"service PIN salt", "sha256").digest()[:16]
+    out["service_pin_hash"] = pin_hash(p["service_pin"], salt)
     return out
 
 
@@ -335,6 +339,13 @@ class Flasher:
                 i = seen.find(READY)
                 if i >= 0 and seen.find(b"\n", i) > 0:
                     return seen[i:seen.index(b"\n", i)].decode(errors="replace").strip()
+            # No restart: a locked app ignores Ctrl-C and Ctrl-D, and answers Ctrl-A (a
+            # REPL would enter the raw REPL: Ctrl-B leaves it again).
+            s.write(b"\r\x01")
+            time.sleep(1)
+            s.write(b"\x02")
+            if b"locked: unlock with --pin" in seen + s.read(4096):
+                raise FlashError(f"{self.port}: locked: unlock with --pin")
         tail = seen[-300:].decode(errors="replace")
         raise FlashError(f"{self.port}: no ready line within {timeout:.0f} s; it said: {tail}")
 
