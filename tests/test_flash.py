@@ -139,6 +139,7 @@ def test_errors_are_clear(board, tmp_path):
     ("service_pin", "2468", "6-8 digits"),
     ("service_pin", 246810, "a string of 6-8 digits"),  # an integer could never match
     ("colour", 1, "unknown field"),
+    ("lock", "yes", "true .* or false"),
 ])
 def test_bad_provisioning_names_the_field(field, value, words):
     p = emulator_provision()

@@ -14,6 +14,7 @@ from brewmeter.board import Board
 from brewmeter.flasher import Flasher, emulator_provision
 from brewmeter.harness import BOARDS
 from brewmeter.mp import tool
+from test_flash import _brew
 
 PIN = "246810"
 LOCKED = b"locked: unlock with --pin"
@@ -37,15 +38,6 @@ def locked(tmp_path_factory):
     with Board(d / "flash.img", board_profile=prof) as b:
         Flasher(b.serial_port).flash(prof, prov)
         yield b, prov, prof, d
-
-
-def _brew(board: Board, kind: str = "espresso", seconds: float = 8.3) -> None:
-    ctl = board.control()
-    ctl.press(kind)
-    ctl.pulses(100)
-    time.sleep(seconds)
-    ctl.release(kind)
-    time.sleep(0.3)
 
 
 def _mpremote(port: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
