@@ -104,7 +104,9 @@ def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
         wear = b.control().wear()
         assert f.flash("emulator", prov) == "romfs"  # unchanged: the ROM is not rewritten
         assert "already holds this image: kept" in out.getvalue()
-        assert b.control().wear()["erases"] == wear["erases"]
+        # A rewrite of the 52 KB image would erase 13+ blocks; the saves around the re-flash
+        # (Ctrl-C's, the boot's) may compact a littlefs metadata block: one erase.
+        assert b.control().wear()["erases"] - wear["erases"] <= 1
         assert read_counters(b.serial_port, KINDS)["brews_total"] == 1
         # Verification compares the ROM partition with the image, byte for byte.
         with tempfile.TemporaryDirectory() as d:
