@@ -112,7 +112,7 @@ class HostileCloud:
 def console_sync(board: Board, timeout: float = 30) -> str:
     """`sync --pin` on the service console: the sync's result."""
     with ports.open_port(board.serial_port, timeout=0.2) as s:
-        s.write(b"\rsync --pin 2468\r")
+        s.write(b"\rsync --pin 246810\r")
         seen = b""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
