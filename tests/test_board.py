@@ -240,7 +240,8 @@ async def test_async_board_and_emulate_main_runs_until_sigterm(tmp_path):
         assert p.stdout is not None
         port_line = p.stdout.readline()
         control_line = p.stdout.readline()
-        assert port_line.startswith("serial port: /dev/")
+        assert port_line.startswith("serial port: ") and port_line.strip().endswith(".tty")
+        assert os.path.realpath(port_line.split()[-1]).startswith("/dev/pts/")
         with BoardControl(control_line.split()[-1]) as ctl:
             assert ctl.status()["heap"] == 64 * 1024
         p.send_signal(signal.SIGTERM)

@@ -12,6 +12,7 @@ import pytest
 from app.console import MAX_LINE, Console, LineReader
 from app.counting import BREW
 from app.device import Device
+from brewmeter.flasher import pin_hash
 from brewmeter.hostfs import DirFS
 
 
@@ -85,9 +86,10 @@ def test_line_discipline_survives_random_bytes_under_micropython():
 
 
 def _console(profile, tmp_path, pin="246810"):
+    """A console on a device provisioned as flash.sh does: with the PIN's salted hash."""
     d = Device(profile, DirFS(tmp_path))
     d.boot(1, 0)
-    return Console(d, pin=pin)
+    return Console(d, pin=None if pin is None else pin_hash(pin, iterations=50))
 
 
 def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
@@ -156,17 +158,42 @@ def test_locks_stop_doubling_at_a_day(profile, tmp_path):
     assert "locked for 86400 s" in con.feed(b"filter change --pin 000000\n", now=0)
 
 
-def test_pin_comparison_and_a_bad_provisioned_pin():
-    from app.service import pin_ok, same
+def test_constant_time_comparison():
+    from app.service import same
 
     assert same("246810", "246810")
     assert not any(same(g, "246810") for g in ("246811", "24681", "2468100", "", "146810",
                                                 None))
-    assert pin_ok("246810") and pin_ok("12345678")
-    assert not any(pin_ok(p) for p in ("2468", "123456789", 246810, "24681a", None))
 
 
-def test_an_integer_pin_in_provisioning_turns_service_actions_off(profile, tmp_path):
-    con = _console(profile, tmp_path, pin=246810)  # type: ignore[arg-type]
-    assert "not a string of 6-8 digits" in con.feed(b"filter change --pin 246810\n")
+@pytest.mark.parametrize("rec", [246810, "246810", "pbkdf2-sha256$x$00$00",
+                                 "sha1$10$00$" + "0" * 64, "pbkdf2-sha256$10$zz$" + "0" * 64])
+def test_a_malformed_pin_hash_in_provisioning_turns_service_actions_off(profile, tmp_path,
+                                                                        rec):
+    d = Device(profile, DirFS(tmp_path))
+    d.boot(1, 0)
+    con = Console(d, pin=rec)
+    assert "service PIN hash is not pbkdf2-sha256" in con.feed(b"filter change --pin 246810\n")
     assert con.device.meter.c.filters == 0
+
+
+def test_the_pin_hash_is_pbkdf2_as_hashlib_computes_it():
+    import hashlib
+
+    from app.service import parse_hash, pbkdf2, pin_matches
+
+    for pin, salt, n in (("246810", b"salt", 1), ("12345678", bytes(16), 3000)):
+        assert pbkdf2(pin, salt, n) == hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, n)
+    rec = parse_hash(pin_hash("246810"))
+    assert rec is not None and rec[0] == 3000 and len(rec[1]) == 16
+    assert pin_matches("246810", rec)
+    assert not any(pin_matches(g, rec) for g in ("246811", "24681", "", None))
+
+
+def test_service_unlock_needs_the_pin_and_is_recorded(profile, tmp_path):
+    con = _console(profile, tmp_path)
+    assert "wrong PIN" in con.feed(b"service unlock --pin 111111\n") and con.pending is None
+    assert "unlock: started" in con.feed(b"service unlock --pin 246810\n")
+    assert con.pending == ("unlock",)
+    assert con.device.outbox.events[-1]["action"] == "service unlock"
+    assert "unknown service action" in con.feed(b"service open --pin 246810\n")

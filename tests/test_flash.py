@@ -140,6 +140,7 @@ def test_errors_are_clear(board, tmp_path):
     ("service_pin", "2468", "6-8 digits"),
     ("service_pin", 246810, "a string of 6-8 digits"),  # an integer could never match
     ("colour", 1, "unknown field"),
+    ("lock", "yes", "true .* or false"),
     ("key_id", "k 2", "the key's id"),
     ("key_id", 2, "the key's id"),
 ])

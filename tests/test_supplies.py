@@ -15,6 +15,7 @@ from app.console import Console
 from app.counting import BREW
 from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
+from brewmeter.flasher import pin_hash
 from brewmeter.hostfs import DirFS
 
 WALL0 = calendar.timegm((2026, 3, 2, 8, 0, 0))  # a Monday morning
@@ -66,7 +67,7 @@ class Machine:
         return [e["code"] for e in self.dev.outbox.events if e["kind"] == "fault"]
 
     def console(self, line, pin="246810"):
-        con = Console(self.dev, pin=pin)
+        con = Console(self.dev, pin=pin_hash(pin, iterations=50))  # as flash.sh provisions it
         return con.feed(line.encode() + b"\n", self.wall, self.t)
 
 

@@ -12,7 +12,7 @@ from app import filters, settings, snapshot
 from app.supplies import ITEMS, UNITS
 
 # Service actions (app/service.py, loaded only when one is asked for: it costs heap).
-_ACTIONS = ("filter", "descale", "refill", "config", "sync", "reboot")
+_ACTIONS = ("filter", "descale", "refill", "config", "sync", "reboot", "service")
 
 MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
 PROMPT = b"brewmeter> "
@@ -163,6 +163,7 @@ def _help(con, args, wall):
             "refill ITEM --pin P": "a new pack, filter (filter change), descale (descale done)",
             "config set K V --pin P": "change a setting", "sync --pin P": "sync now",
             "reboot --pin P": "restart the machine",
+            "service unlock --pin P": "open a locked port (REPL, mpremote) for a while",
             "events [N]": "events waiting for the cloud", "faults": "faults since boot",
             "config": "settings in force", "status": "device, Wi-Fi, sync, memory",
             "(any) --json": "one line of JSON"}

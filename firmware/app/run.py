@@ -7,6 +7,7 @@ import sys
 import time
 from time import ticks_ms
 
+import micropython
 from micropython import const
 
 from app import VERSION, hw, wallclock
@@ -78,10 +79,23 @@ def start_sync(device, prov, ssl):
 
 _device = None  # for run(): what to save when Ctrl-C stops the app
 _syncer = None  # for the service console: the last sync's time and result
+_locked = False  # the serial port is locked: Ctrl-C and the raw REPL do nothing
+_open_until = None  # ticks_ms when a PIN-opened maintenance window closes
+LOCKED_MSG = b"\r\nlocked: unlock with --pin (service unlock --pin PIN)\r\n"
+
+
+def locks(prov):
+    """Is the port locked? A provisioned machine is, unless its provisioning says "lock":
+    false (the emulator's demo); an unprovisioned one holds no secrets."""
+    return bool(prov) and prov.get("lock", True) is not False
+
+
+def window_over(now, until):
+    return until is not None and time.ticks_diff(now, until) >= 0
 
 
 async def main(profile):
-    global _device, _syncer
+    global _device, _syncer, _locked
     prov = load_provision()
     sync = ssl = None
     if prov:
@@ -89,6 +103,9 @@ async def main(profile):
             ssl = load_sync(prov)
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
+    if locks(prov):  # Ctrl-C (0x03) reaches the console as a byte, which ignores it
+        micropython.kbd_intr(-1)
+        _locked = True
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
@@ -160,12 +177,14 @@ async def serve_console(device, prov):
                 break
             buf[n] = ord(b) if isinstance(b, str) else b[0]  # a text stdin (no .buffer)
             n += 1
+        if n and _locked and _open_until is None and buf.find(b"\x01", 0, n) >= 0:  # Ctrl-A
+            out.write(LOCKED_MSG)  # what mpremote prints when it gives up
         if n and con is None:
             gc.collect()
             from app.console import Console
 
             con = Console(device, status=lambda: status(device, prov),
-                          pin=prov.get("service_pin") if prov else None)
+                          pin=prov.get("service_pin_hash") if prov else None)
         if n and con is not None:
             reply = con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
             if reply:
@@ -173,13 +192,30 @@ async def serve_console(device, prov):
             if con.pending:
                 out.write(await _carry_out(con.pending, device))
                 con.pending = None
+        if window_over(ticks_ms(), _open_until):
+            _lock_again(out)
         # Yield even with more input waiting: a flood on the port must never starve the
         # sensors (found by the fuzz test: a release went unseen behind a 100 KB backlog).
         await asyncio.sleep_ms(0 if n else 20)
 
 
+def _lock_again(out):
+    global _open_until
+    micropython.kbd_intr(-1)
+    _open_until = None
+    out.write(b"service: maintenance window over: the port is locked\r\n")
+
+
 async def _carry_out(action, device):
-    """The service actions that need the shell: sync now, reboot."""
+    """The service actions that need the shell: sync now, reboot, open the port."""
+    global _open_until
+    if action[0] == "unlock":
+        if not _locked:
+            return b"unlock: the port is not locked\r\n"
+        s = device.profile.unlock_s
+        micropython.kbd_intr(3)
+        _open_until = time.ticks_add(ticks_ms(), s * 1000)
+        return ("unlock: the port is open for %d s (Ctrl-C stops the app)\r\n" % s).encode()
     if action[0] == "sync":
         if _syncer is None:
             return b"sync: off (not provisioned)\r\n"

@@ -1,8 +1,10 @@
 # Service actions on the console, behind the service PIN provisioned with the device (a
-# string of 6-8 digits). Five wrong PINs lock them for five minutes, each further lock twice
-# the last (at most a day) until a right PIN; the wrong tries, the lock and the count of
-# locks are saved, so a reboot lifts nothing. Every action is recorded as an event (it
-# reaches the cloud with the next sync). Pure: the console passes `now` (ticks_ms), `wall`.
+# string of 6-8 digits), of which the device keeps only a salted hash: PBKDF2-HMAC-SHA256,
+# "pbkdf2-sha256$ITERATIONS$SALT_HEX$HASH_HEX", written by flash.sh. Five wrong PINs lock
+# them for five minutes, each further lock twice the last (at most a day) until a right
+# PIN; the wrong tries, the lock and the count of locks are saved, so a reboot lifts
+# nothing. Every action is recorded as an event (it reaches the cloud with the next sync).
+# Pure: the console passes `now` (ticks_ms), `wall`.
 from time import ticks_diff
 
 from micropython import const
@@ -12,11 +14,6 @@ from app import settings
 _TRIES = const(5)
 LOCK_S = const(300)
 LOCK_MAX_S = const(86400)
-
-
-def pin_ok(pin):
-    """Is `pin` a service PIN as provisioning must give it: a string of 6-8 digits?"""
-    return isinstance(pin, str) and 6 <= len(pin) <= 8 and pin.isdigit()
 
 
 def same(given, pin):
@@ -29,15 +26,57 @@ def same(given, pin):
     return d == 0
 
 
+def pbkdf2(pin, salt, n):
+    """PBKDF2-HMAC-SHA256 of `pin` (str), one 32-byte block (RFC 8018), as hashlib's
+    pbkdf2_hmac: the HMAC's padded keys made once, the XOR of the rounds done on an int."""
+    from hashlib import sha256
+
+    from app.signing import pads
+
+    ipad, opad = pads(pin.encode())
+    u = salt + b"\x00\x00\x00\x01"
+    acc = 0
+    for _ in range(n):
+        h = sha256(ipad)
+        h.update(u)
+        h2 = sha256(opad)
+        h2.update(h.digest())
+        u = h2.digest()
+        acc ^= int.from_bytes(u, "big")
+    return acc.to_bytes(32, "big")
+
+
+def parse_hash(rec):
+    """(iterations, salt, hash) of a provisioned PIN hash, or None if it is not one."""
+    from binascii import unhexlify
+
+    try:
+        algo, n, salt, h = rec.split("$")
+        n = int(n)
+        if algo == "pbkdf2-sha256" and 1 <= n <= 100000 and len(h) == 64:
+            return n, unhexlify(salt), unhexlify(h)
+    except (AttributeError, ValueError):
+        pass
+    return None
+
+
+def pin_matches(given, rec):
+    """Does `given` (None: no PIN) hash to the provisioned hash `rec` (parse_hash's)?"""
+    from binascii import hexlify
+
+    n, salt, want = rec
+    return same(hexlify(pbkdf2(given or "", salt, n)).decode(), hexlify(want).decode())
+
+
 class Locked(ValueError):
     pass
 
 
 class PinGuard:
-    def __init__(self, device, pin):
+    def __init__(self, device, pin_hash):
         self.device = device
-        self.pin = pin if pin_ok(pin) else None
-        self.bad_pin = pin is not None and self.pin is None
+        self.pin = parse_hash(pin_hash)
+        self.bad_pin = pin_hash is not None and self.pin is None
         self.locked_at = None  # ticks when a saved or new lock started counting this boot
 
     def _lock_left_s(self, now):
@@ -59,12 +98,12 @@ class PinGuard:
         if left:
             raise Locked("service actions locked for %d s after %d wrong PINs" % (left, _TRIES))
         if not self.pin:
-            raise ValueError("the provisioned service PIN is not a string of 6-8 digits: "
+            raise ValueError("the provisioned service PIN hash is not pbkdf2-sha256$N$SALT$HASH: "
                              "service actions are off" if self.bad_pin else
                              "no service PIN provisioned: service actions are off")
         dev = self.device
         fails, locks = dev.pin_fails
-        if not same(given, self.pin):
+        if not pin_matches(given, self.pin):
             fails += 1
             if fails >= _TRIES:
                 s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
@@ -112,11 +151,15 @@ def act(device, words, wall, now):
             raise ValueError("could not save the setting")
         _record(device, "config set %s %s" % (words[2], words[3]), wall)
         return "%s = %s" % (words[2], words[3])
+    if words == ["service", "unlock"]:  # the shell opens the port (run.py)
+        _record(device, "service unlock", wall)
+        return ("unlock",)
     if words[:1] in (["sync"], ["reboot"]):
         _record(device, words[0], wall)
         return (words[0],)
     raise ValueError("unknown service action; actions: refill ITEM, filter change, "
-                     "descale done, config set KEY VALUE, sync, reboot (each with --pin PIN)")
+                     "descale done, config set KEY VALUE, sync, reboot, service unlock "
+                     "(each with --pin PIN)")
 
 
 def _record(device, action, wall):

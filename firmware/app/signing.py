@@ -8,15 +8,21 @@ from app.protocol import message
 _BLOCK = 64  # SHA-256's block size
 
 
-def hmac_sha256(key, msg, more=b""):
-    """HMAC of `msg` + `more` (two parts: a caller need not join them into a copy)."""
+def pads(key):
+    """The HMAC's inner and outer padded keys for `key`."""
     if len(key) > _BLOCK:
         key = sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    inner = sha256(bytes(b ^ 0x36 for b in key))
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def hmac_sha256(key, msg, more=b""):
+    """HMAC of `msg` + `more` (two parts: a caller need not join them into a copy)."""
+    ipad, opad = pads(key)
+    inner = sha256(ipad)
     inner.update(msg)
     inner.update(more)
-    outer = sha256(bytes(b ^ 0x5C for b in key))
+    outer = sha256(opad)
     outer.update(inner.digest())
     return outer.digest()
 

@@ -1,10 +1,13 @@
 """The emulated ESP32 board: a MicroPython unix-port process behind a pseudo-terminal, so
-unmodified `mpremote connect /dev/pts/N ...` and pyserial talk to it as to a real board.
+unmodified `mpremote connect PORT ...` and pyserial talk to it as to a real board.
 
 The supervisor (`Board`, one background thread running an asyncio loop) owns:
 
-- the serial port: a pty pair in raw mode; its slave path is `Board.serial_port`. Output
-  written while no program has the port open is dropped, as a UART's is.
+- the serial port: a pty pair in raw mode. `Board.serial_port` is a link to its slave beside
+  the flash image (IMAGE.tty), as /dev/serial/by-id/... links to a USB adapter: mpremote 1.29
+  reads a /dev/pts/N path with blocking reads (its QEMU mode), so a device that stays silent
+  (a locked port) would hang it, where it gives up after its 10 s timeout on a real adapter.
+  Output written while no program has the port open is dropped, as a UART's is.
 - the interpreter: `micropython -X heapsize=N -i board_launch.py ...` on plain pipes, not a
   tty. On a tty the unix port's REPL flushes pending input (tcsetattr TCSAFLUSH) every time
   it returns to a prompt, which loses what mpremote sends right after its Ctrl-C; on pipes
@@ -320,7 +323,10 @@ class Board:
             self.rom_image.write_bytes(b"\xff" * self.rom)  # a new partition table: erased
         master, slave = os.openpty()
         tty.setraw(slave)  # no "\n" -> "\r\r\n" for programs that do not set raw mode
-        self.serial_port = os.ttyname(slave)
+        link = self.image.with_name(self.image.name + ".tty")
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.ttyname(slave))
+        self.serial_port = str(link)
         os.close(slave)  # a client's open/close then shows on the master as POLLHUP
         os.set_blocking(master, False)
         self._master = master

@@ -91,6 +91,9 @@ def _serial(args: argparse.Namespace) -> int:
         port = ports.pick(args.port)
         if args.command == "console":
             return fieldtech.interactive(port)
+        if args.command == "unlock":
+            print(f"{port}: {fieldtech.unlock(port, args.pin)}")
+            return 0
         if args.command == "restart":
             print(f"{port}: {fieldtech.restart(port)}")
             return 0
@@ -171,11 +174,14 @@ def parser() -> argparse.ArgumentParser:
                        ("consumables", "read what is left of each consumable, and orders"),
                        ("console", "the service console, interactive"),
                        ("restart", "bring the app back now (after Ctrl-C or mpremote)"),
+                       ("unlock", "open a locked port for service (REPL, mpremote, flash.sh)"),
                        ("report", "everything for a visit report, into a JSON file")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
         if name == "report":
             p.add_argument("--out", required=True, help="the JSON file to write")
+        elif name == "unlock":
+            p.add_argument("--pin", required=True, help="the machine's service PIN")
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)

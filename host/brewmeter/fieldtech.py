@@ -57,6 +57,33 @@ def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
     raise NoBrewmeter(f"{port}: something other than brewmeter answers: {text[:80]!r}")
 
 
+def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
+    """`service unlock --pin PIN` on the console: opens a locked port (Ctrl-C, the REPL,
+    mpremote) for the board's maintenance window. Returns the console's answer; raises
+    NoBrewmeter if it refuses (a wrong PIN, the PIN lock) or nobody answers."""
+    asked = b"service unlock --pin " + pin.encode()
+    try:
+        with ports.open_port(port, timeout=0.05) as s:
+            s.reset_input_buffer()
+            s.write(b"\r" + asked + b"\r")
+            seen = b""
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                seen += s.read(4096)
+                for line in seen.split(asked, 1)[-1].split(b"\n")[:-1]:
+                    line = line.strip().removeprefix(b"brewmeter> ")
+                    if line.startswith(b"unlock: the port"):
+                        return line.decode()
+                    if line.startswith(b"error: "):
+                        raise NoBrewmeter(f"{port}: not unlocked: {line[7:].decode()}")
+    except serial.SerialException as e:
+        raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
+    text = seen.decode(errors="replace")
+    if ">>>" in text or "raw REPL" in text:
+        return "unlock: the REPL answers already (the app is stopped)"
+    raise NoBrewmeter(f"{port}: no answer to 'service unlock' within {timeout:.0f} s")
+
+
 def restart(port: str, timeout: float = 15.0) -> str:
     """Bring the app back at once, whatever runs (the app, the REPL, the raw REPL): Ctrl-C
     (the app saves), then a soft reset. Returns the app's ready line."""

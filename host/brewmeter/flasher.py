@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -32,8 +33,31 @@ PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._
          "sys.implementation.version[:3])")
 
 
+# The service PIN reaches the device only as a salted PBKDF2-HMAC-SHA256 hash (the firmware's
+# app/service.py checks it). 3000 iterations: an unlock costs about 0.5 s on an ESP32
+# (README, "Secrets at rest").
+PIN_ITERATIONS = 3000
+
+
 class FlashError(Exception):
     pass
+
+
+def pin_hash(pin: str, salt: bytes | None = None, iterations: int = PIN_ITERATIONS) -> str:
+    """The provisioning's `service_pin_hash` for `pin`: "pbkdf2-sha256$N$SALT$HASH"."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    h = hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, iterations)
+    return f"pbkdf2-sha256${iterations}${salt.hex()}${h.hex()}"
+
+
+def device_provision(p: dict) -> dict:
+    """What the device keeps of a checked provisioning: the PIN only as its salted hash. The
+    salt is the device's own (derived from its key): a re-flash writes the same file (no
+    flash wear) and no two devices share one."""
+    out = {k: v for k, v in p.items() if k != "service_pin"}
+    salt = hmac.new(bytes.fromhex(p["key"]), b"service PIN salt", "sha256").digest()[:16]
+    out["service_pin_hash"] = pin_hash(p["service_pin"], salt)
+    return out
 
 
 def check_provision(p: object, source: str, board: str = "emulator") -> dict:
@@ -45,7 +69,7 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     if not isinstance(p, dict):
         raise bad("(top)", "must be a JSON object")
     known = {"device_id", "key", "key_id", "wifi", "cloud_url", "ca_cert", "ntp",
-             "service_pin"}
+             "service_pin", "lock"}
     for k in p:
         if k not in known:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
@@ -73,6 +97,9 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     pin = p.get("service_pin")
     if not (isinstance(pin, str) and re.fullmatch(r"[0-9]{6,8}", pin)):
         raise bad("service_pin", 'a string of 6-8 digits, e.g. "204815"')
+    if not isinstance(p.get("lock", True), bool):
+        raise bad("lock", "true (the default: the serial port opens only with the service "
+                  "PIN) or false")
     return p
 
 
@@ -89,7 +116,7 @@ def load_provision(path: str, board: str = "emulator") -> dict:
 def emulator_provision(cloud_url: str = "http://127.0.0.1:8080") -> dict:
     return {"device_id": "bm-emu-" + secrets.token_hex(3), "key": secrets.token_hex(32),
             "wifi": {"ssid": "emulated", "password": ""}, "cloud_url": cloud_url,
-            "ntp": "127.0.0.1", "service_pin": "246810"}
+            "ntp": "127.0.0.1", "service_pin": "246810", "lock": False}
 
 
 def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
@@ -112,7 +139,7 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
     (out / "board.json").write_bytes(board_path(board).read_bytes())
     files["board.json"] = out / "board.json"
     if provision is not None:  # None: a board that counts but never syncs
-        (out / "provision.json").write_text(json.dumps(provision, indent=1))
+        (out / "provision.json").write_text(json.dumps(device_provision(provision), indent=1))
         files["provision.json"] = out / "provision.json"
     return files
 
@@ -150,10 +177,12 @@ def mpy_cross_version() -> tuple[int, int]:
 
 
 class Flasher:
-    def __init__(self, port: str, dry_run: bool = False, out=sys.stdout) -> None:
+    def __init__(self, port: str, dry_run: bool = False, out=sys.stdout,
+                 pin: str | None = None) -> None:
         self.port = port
         self.dry_run = dry_run
         self.out = out
+        self.pin = pin  # a locked machine's service PIN: unlock before flashing
 
     def mpremote(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         cmd = [mp.tool("mpremote"), "connect", self.port, *args]
@@ -169,6 +198,8 @@ class Flasher:
         if p.returncode != 0 and check:
             if "No space" in text or "ENOSPC" in text or "Errno 28" in text:
                 raise FlashError(f"{self.port}: the device's flash is full")
+            if "locked: unlock with --pin" in text:  # the app's answer to mpremote's Ctrl-A
+                raise FlashError(f"{self.port}: locked: unlock with --pin")
             if "could not enter raw repl" in text or "could not exec" in text:
                 raise FlashError(f"{self.port}: no MicroPython REPL answers there: is it "
                                  f"running MicroPython?")
@@ -183,6 +214,19 @@ class Flasher:
         except ports.PortError as e:
             raise FlashError(str(e)) from None
 
+    def unlock(self) -> None:
+        """Open a locked port with the service PIN (the restart at the end locks it again)."""
+        from brewmeter import fieldtech
+
+        if self.dry_run:
+            print(f"(first: service unlock --pin {'*' * len(self.pin or '')} on the console)",
+                  file=self.out)
+            return
+        try:
+            print(f"{self.port}: {fieldtech.unlock(self.port, self.pin or '')}", file=self.out)
+        except fieldtech.NoBrewmeter as e:
+            raise FlashError(str(e)) from None
+
     def device_mpy(self) -> tuple[int, int]:
         out = self.mpremote("exec", PROBE, timeout=15)
         m = re.search(r"MPY (\w+) (\d+)", out)
@@ -193,6 +237,8 @@ class Flasher:
 
     def flash(self, board: str, provision: dict, erase_data: bool = False) -> str:
         """Flash the firmware; returns how the app went in: "romfs" or "filesystem"."""
+        if self.pin is not None:
+            self.unlock()
         if not self.dry_run:
             self.check_port()
             have, want = self.device_mpy(), mpy_cross_version()
@@ -297,6 +343,13 @@ class Flasher:
                 i = seen.find(READY)
                 if i >= 0 and seen.find(b"\n", i) > 0:
                     return seen[i:seen.index(b"\n", i)].decode(errors="replace").strip()
+            # No restart: a locked app ignores Ctrl-C and Ctrl-D, and answers Ctrl-A (a
+            # REPL would enter the raw REPL: Ctrl-B leaves it again).
+            s.write(b"\r\x01")
+            time.sleep(1)
+            s.write(b"\x02")
+            if b"locked: unlock with --pin" in seen + s.read(4096):
+                raise FlashError(f"{self.port}: locked: unlock with --pin")
         tail = seen[-300:].decode(errors="replace")
         raise FlashError(f"{self.port}: no ready line within {timeout:.0f} s; it said: {tail}")
 
@@ -377,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
     ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
+    ap.add_argument("--pin", help="a locked machine's service PIN: unlock its serial port "
+                    "before flashing (the restart after locks it again)")
     args = ap.parse_args(argv)
     try:
         if args.emulator:
@@ -394,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             if answer.strip() != "erase":
                 print("not erased; nothing flashed", file=sys.stderr)
                 return 1
-        f = Flasher(args.port, args.dry_run)
+        f = Flasher(args.port, args.dry_run, pin=args.pin)
         mode = f.flash(board, provision, args.erase_data)
         if not args.dry_run:
             print(f"flashed {args.port}: {board}, device {provision['device_id']}, app in "

@@ -1,0 +1,156 @@
+"""A provisioned machine's serial port is locked: on the emulated board, with unmodified
+mpremote and pyserial, as somebody with a USB cable meets it, and as a field tech opens it
+with the service PIN (`brewmeter unlock`, `flash.sh --pin`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from brewmeter import cli, fieldtech, flasher, ports
+from brewmeter.board import Board
+from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.harness import BOARDS
+from brewmeter.mp import tool
+from test_flash import _brew
+
+PIN = "246810"
+LOCKED = b"locked: unlock with --pin"
+
+
+def _setup(d):
+    """A board profile with a short maintenance window and REPL watch, and a locked
+    provisioning file (the PIN in it: flash.sh hashes it)."""
+    prof = json.loads((BOARDS / "emulator.json").read_text()) | {"unlock_s": 8,
+                                                                 "repl_idle_s": 5}
+    (d / "board.json").write_text(json.dumps(prof))
+    prov = emulator_provision() | {"lock": True, "service_pin": PIN}
+    (d / "prov.json").write_text(json.dumps(prov))
+    return str(d / "board.json"), prov
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lock")
+    prof, prov = _setup(d)
+    with Board(d / "flash.img", board_profile=prof) as b:
+        Flasher(b.serial_port).flash(prof, prov)
+        yield b, prov, prof, d
+
+
+def _mpremote(port: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    t = time.monotonic()
+    p = subprocess.run([tool("mpremote"), "connect", port, *args], capture_output=True,
+                       text=True, timeout=60)
+    return p, time.monotonic() - t
+
+
+def _answers_locked(port: str, timeout: float = 3.0) -> bool:
+    """Does the running app answer a raw-REPL request (Ctrl-A) with 'locked'?"""
+    with ports.open_port(port, timeout=0.1) as s:
+        s.write(b"\r\x01")
+        seen, end = b"", time.monotonic() + timeout
+        while time.monotonic() < end and LOCKED not in seen:
+            seen += s.read(256)
+    return LOCKED in seen
+
+
+def test_the_pin_is_nowhere_in_the_flash_image(locked):
+    _, prov, _, d = locked
+    image = (d / "flash.img").read_bytes() + (d / "flash.img.rom").read_bytes()
+    assert b"pbkdf2-sha256$3000$" in image  # the provisioning is there, with the PIN's hash
+    assert prov["key"].encode() in image  # (the key is: flash encryption's job, see README)
+    assert PIN.encode() not in image
+
+
+def test_locked_ctrl_c_is_ignored_and_mpremote_fails_quickly_showing_nothing(locked, capsys):
+    board, prov, _, _ = locked
+    port = board.serial_port
+    before = fieldtech.ask(port, "counters")
+    with ports.open_port(port, timeout=0.2) as s:
+        s.write(b"\x03\r\x03\x03")
+    _brew(board)  # right after the Ctrl-Cs: counted
+    after = fieldtech.ask(port, "counters")
+    assert after["brews"]["espresso"] == before["brews"]["espresso"] + 1, after
+    assert after["boots"] == before["boots"]  # nothing stopped nor restarted the app
+    p, took = _mpremote(port, "fs", "cat", ":provision.json")
+    out = p.stdout + p.stderr
+    # mpremote's own error after its own 10 s raw-REPL timeout (it cannot give up sooner)
+    assert p.returncode != 0 and "could not enter raw repl" in out and took < 12, (took, out)
+    assert LOCKED.decode() in out  # the app's answer to its Ctrl-A, which it prints
+    assert prov["key"] not in out and prov["device_id"] not in out and "wifi" not in out
+    assert cli.main(["counters", "--port", port, "--json"]) == 0  # read-only: no PIN needed
+    assert json.loads(capsys.readouterr().out)["brews"] == after["brews"]
+
+
+def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(locked, capsys):
+    board, _, prof, d = locked
+    port = board.serial_port
+    before = fieldtech.ask(port, "counters")
+    image = (d / "flash.img").read_bytes()
+    assert flasher.main(["--port", port, "--board", prof, "--provision",
+                         str(d / "prov.json")]) == 2
+    assert "locked: unlock with --pin" in capsys.readouterr().err
+    assert fieldtech.ask(port, "counters") == before  # no restart (boots), nothing else
+    assert (d / "flash.img").read_bytes() == image
+    with pytest.raises(fieldtech.NoBrewmeter, match="locked: unlock with --pin"):
+        fieldtech.restart(port, timeout=3)  # `brewmeter restart`: Ctrl-C, Ctrl-D ignored
+
+
+def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys):
+    board, prov, prof, d = locked
+    port = board.serial_port
+    _brew(board, "lungo", 10.3)
+    before = fieldtech.ask(port, "counters")
+    assert cli.main(["unlock", "--port", port, "--pin", PIN]) == 0
+    assert "open for 8 s" in capsys.readouterr().out
+    mark = board.transcript_end()
+    p, _ = _mpremote(port, "fs", "ls", ":")  # Ctrl-C works now: the app stops for the REPL
+    assert p.returncode == 0 and "board.json" in p.stdout, p.stdout + p.stderr
+    # Left alone, the REPL watch restarts the app after repl_idle_s (5 s): it counts again,
+    # and the port is locked again.
+    board.wait_output(b"brewmeter ready", timeout=30, start=mark)
+    _brew(board, "hot_water")
+    after = fieldtech.ask(port, "counters")
+    assert after["brews"]["hot_water"] == before["brews"]["hot_water"] + 1
+    assert _answers_locked(port)
+    events = fieldtech.ask(port, "events")
+    assert any(e.get("action") == "service unlock" for e in events), events
+    # flash.sh --pin: unlocks, re-flashes, restarts locked; the counters are kept.
+    assert flasher.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
+                         "--pin", PIN]) == 0, capsys.readouterr()
+    kept = fieldtech.ask(port, "counters")
+    unlocks = [e for e in fieldtech.ask(port, "events") if e.get("action") == "service unlock"]
+    assert len(unlocks) == 2  # flash.sh's own unlock, recorded (and kept over the re-flash)
+    assert kept["brews"] == after["brews"] and kept["water_ml"] == after["water_ml"]
+    assert _answers_locked(port)
+
+
+def test_the_window_ends_by_itself_and_the_port_locks_again(locked):
+    board, _, _, _ = locked
+    port = board.serial_port
+    assert "open for 8 s" in fieldtech.unlock(port, PIN)
+    assert not _answers_locked(port, timeout=1.0)  # (the REPL's Ctrl-A is not sent: no Ctrl-C)
+    mark = board.transcript_end()
+    board.wait_output(b"maintenance window over", timeout=15, start=mark)
+    assert _answers_locked(port)
+
+
+def test_wrong_pins_are_refused_and_the_lock_survives_a_reset(tmp_path, capsys):
+    prof, prov = _setup(tmp_path)
+    with Board(tmp_path / "flash.img", board_profile=prof) as board:
+        Flasher(board.serial_port).flash(prof, prov)
+        port = board.serial_port
+        for i in range(4):
+            assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+            assert f"wrong PIN ({4 - i} tries left)" in capsys.readouterr().err
+        assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+        assert "locked for 300 s" in capsys.readouterr().err
+        mark = board.transcript_end()
+        board.control().reset()
+        board.wait_output(b"brewmeter ready", timeout=30, start=mark)
+        assert cli.main(["unlock", "--port", port, "--pin", PIN]) == 1  # even the right one
+        assert "service actions locked" in capsys.readouterr().err
+        assert _answers_locked(port)
