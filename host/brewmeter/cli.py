@@ -106,6 +106,21 @@ def _serial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provision(args: argparse.Namespace) -> int:
+    from brewmeter import provision
+
+    try:
+        files = provision.new(args)
+    except provision.ProvisionError as e:
+        print(f"brewmeter provision: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for f in files:
+        print(f"registered and wrote {f}")
+    print(f"{len(files)} machines ready: ./flash.sh --port PORT --board BOARD "
+          f"--provision {files[0]}")
+    return 0
+
+
 def _check_board(args: argparse.Namespace) -> int:
     from brewmeter.harness import load_profile
 
@@ -179,6 +194,13 @@ def parser() -> argparse.ArgumentParser:
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)
+
+    from brewmeter import provision
+
+    p = sub.add_parser("provision", help="make machines ready to flash: ids, keys registered "
+                       "with the cloud, one provisioning file each")
+    provision.add_arguments(p)
+    p.set_defaults(func=_provision)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")

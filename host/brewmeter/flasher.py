@@ -49,8 +49,8 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
     if not re.fullmatch(r"[A-Za-z0-9_-]{3,32}", str(p.get("device_id", ""))):
         raise bad("device_id", "3-32 of A-Z a-z 0-9 _ -")
-    if not re.fullmatch(r"[0-9a-f]{64}", str(p.get("key", ""))):
-        raise bad("key", "32 random bytes as 64 lowercase hex digits")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", str(p.get("key", ""))):
+        raise bad("key", "32 random bytes as 64 hex digits (either case)")
     wifi = p.get("wifi")
     if not (isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"]
             and isinstance(wifi.get("password", ""), str)):
