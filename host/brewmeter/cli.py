@@ -20,7 +20,27 @@ def _simulate(args: argparse.Namespace) -> int:
 
     plan = household.Plan(days=args.days, seed=args.seed, power_cuts=args.power_cuts,
                           net_faults=args.net_faults)
+    for opt in ("timeline", "plot"):  # a bad path: said before the months are simulated
+        path = getattr(args, opt)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            print(f"brewmeter: --{opt} {path}: no such folder", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("brewmeter: --plot needs matplotlib: pip install 'brewmeter[plot]'",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
     out = asyncio.run(household.run(load_profile(args.board), plan))
+    if args.timeline or args.plot:
+        from brewmeter import timeline
+
+        if args.timeline:
+            timeline.write_csv(out.timeline, Path(args.timeline))
+        if args.plot:
+            timeline.plot(out.timeline, Path(args.plot),
+                          f"{args.days} days, seed {args.seed}, board {args.board}")
     if args.json:
         print(json.dumps(out.json(), sort_keys=True))
     else:
@@ -142,6 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--net-faults", type=float, default=0.0,
                    help="share of report requests the network spoils (0-1)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
+    p.add_argument("--timeline", metavar="CSV", help="write a row a day: brews, each "
+                   "consumable's level and days left, orders, refills, stock-outs, reports "
+                   "and report failures")
+    p.add_argument("--plot", metavar="PNG", help="draw the levels over the days with orders, "
+                   "deliveries and stock-outs marked (needs matplotlib: the plot extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_simulate)
 
