@@ -62,3 +62,39 @@ def test_bad_output_folder_is_said_before_the_simulation(tmp_path):
     p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "simulate", "--timeline",
                         str(tmp_path / "nope" / "t.csv")], capture_output=True, text=True)
     assert p.returncode == 2 and "no such folder" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_chaos_says_what_each_fault_kind_did_and_ends_pass_or_fail():
+    from brewmeter.cloud.server import FAULT_KINDS
+
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "chaos", "--faults", "150"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for kind in FAULT_KINDS:
+        row = next(x for x in lines if x.startswith(kind + " "))
+        assert int(row.split()[1]) > 0  # each kind was injected, and its effect is named
+    assert "error_503" in p.stdout and "HTTP 503" in p.stdout
+    assert lines[-1] == ("PASS: every brew and event reached the cloud once, and the bill "
+                         "matches")
+
+
+def test_chaos_fail_line():
+    from brewmeter import chaos
+
+    r = {"by_kind": {}, "reports": 3, "faults": 1, "power_cuts": 0, "device_brews": 5,
+         "cloud_brews": 4, "billed_brews": 4, "invoice_cents": 140, "events_created": 1,
+         "events_in_cloud": 1, "lost": 1, "duplicated": 0, "ok": False}
+    assert chaos.text(r).splitlines()[-1].startswith("FAIL: 1 brews lost, 0 doubled")
+
+
+def test_powercut_table_ends_with_a_plain_pass_line():
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "powercut"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "cpython" in lines[0] and "micropython" in lines[0]
+    cuts = [int(x) for x in lines[1].split()[-2:]]
+    assert all(c > 0 for c in cuts)
+    assert lines[-1] == f"PASS: {sum(cuts)} power cuts, no brew lost or doubled, every " \
+        "recovery right"

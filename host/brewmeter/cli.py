@@ -67,12 +67,11 @@ def _powercut(args: argparse.Namespace) -> int:
     out = {name: {k: getattr(s, k) for k in ("cuts", "lost", "doubled", "wrong_after",
                                              "window_exceeded", "outbox_lost")}
            for name, s in result.items()}
+    failures = [f for s in result.values() for f in s.failures]
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
-        for name, d in out.items():
-            print(f"{name:<12} " + "  ".join(f"{k} {v}" for k, v in d.items()))
-    failures = [f for s in result.values() for f in s.failures]
+        print(sweep.text(out, len(failures)))
     for f in failures[:5]:
         print(f"FAILED: {json.dumps(f)}", file=sys.stderr)
     return 1 if failures else 0
@@ -96,11 +95,7 @@ def _chaos(args: argparse.Namespace) -> int:
     from brewmeter import chaos
 
     r = chaos.main(args.faults, args.seed)
-    if args.json:
-        print(json.dumps(r, sort_keys=True))
-    else:
-        for k, v in r.items():
-            print(f"{k:<16} {v}")
+    print(json.dumps(r, sort_keys=True) if args.json else chaos.text(r))
     return 0 if r["ok"] else 1
 
 
