@@ -1151,7 +1151,9 @@ class BoardControl:
 
 def emulate_main(argv: list[str] | None = None) -> int:
     """`brewmeter emulate`: run an emulated board until SIGINT/SIGTERM."""
-    ap = argparse.ArgumentParser(prog="brewmeter emulate",
+    from brewmeter import Help
+
+    ap = argparse.ArgumentParser(prog="brewmeter emulate", formatter_class=Help,
                                  description="run an emulated ESP32 on a pseudo-terminal")
     ap.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
     ap.add_argument("--image", default="brewmeter-emulator.img",

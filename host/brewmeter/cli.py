@@ -1,5 +1,5 @@
-"""The `brewmeter` command: simulate, bench, and (later) the emulated board, cloud and the
-field techs' serial tools."""
+"""The `brewmeter` command: provision machines, simulate them, measure, run the emulated board
+and cloud, and the field techs' serial tools. From a checkout: ./brewmeter COMMAND --help."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from brewmeter import Help
 
 EXIT_BAD_INPUT = 2
 
@@ -146,14 +148,15 @@ def _check_board(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__)
+    ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__, formatter_class=Help)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="one machine (its firmware, the emulated cloud as "
                        "merchant) through N days of use: counters, consumables, orders")
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--power-cuts", type=int, default=0, help="at random hours")
+    p.add_argument("--days", type=int, default=30, help="how many days to simulate")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of the days' use (same seed, same output)")
+    p.add_argument("--power-cuts", type=int, default=0, help="power cuts, at random hours")
     p.add_argument("--net-faults", type=float, default=0.0,
                    help="share of report requests the network spoils (0-1)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
@@ -187,7 +190,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="the device against the emulated cloud, with faults")
     p.add_argument("--faults", type=int, default=1000, help="network faults to inject")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of the faults and the device's doings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_chaos)
 
@@ -225,7 +229,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
     p.set_defaults(func=_check_board)
+    _help_everywhere(ap)
     return ap
+
+
+def _help_everywhere(ap: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help shows the defaults."""
+    ap.formatter_class = Help
+    for a in ap._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for p in a.choices.values():
+                _help_everywhere(p)
 
 
 def main(argv: list[str] | None = None) -> int:

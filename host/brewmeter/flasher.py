@@ -457,8 +457,10 @@ def _prepare(f: Flasher, args: argparse.Namespace, tmp: Path) -> tuple[str, dict
     return board, provision
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__)
+def arg_parser() -> argparse.ArgumentParser:
+    from brewmeter import Help
+
+    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__, formatter_class=Help)
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0")
     where.add_argument("--emulator", action="store_true",
@@ -474,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
     ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     try:
         if args.emulator:
             from brewmeter import demo
