@@ -117,6 +117,48 @@ def test_flash_sh_keeps_the_board_profile_refuses_the_wrong_chip_and_guards_eras
     assert read_counters(board.serial_port, KINDS)["brews_total"] == 0
 
 
+def _reports(cloud, dev: str, n: int, timeout: float = 40) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cloud.ledger.device(dev)
+        if got["reports"] >= n:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"{dev}: fewer than {n} reports within {timeout} s: {got}")
+
+
+def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
+    """The cloud keeps the old id's history; the erased device reports under its new id from
+    the start, its brews reaching the cloud."""
+    from brewmeter.demo import cloud_for
+
+    old, new = emulator_provision(), emulator_provision()
+    with cloud_for(old, report_delay_s=5) as cloud:
+        cloud.ledger.add_device(new["device_id"], new["key"])
+        cloud.ledger.set_config(new["device_id"], {"report_delay_s": 5})  # a brew, then a report
+        new["cloud_url"] = cloud.url
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        (tmp_path / "new.json").write_text(json.dumps(new))
+        out = _flash_sh("--port", board.serial_port, "--board", "emulator", "--provision",
+                        str(tmp_path / "old.json"))
+        assert out.returncode == 0, out.stderr
+        before = _reports(cloud, old["device_id"], 1)
+        out = _flash_sh("--port", board.serial_port, "--provision", str(tmp_path / "new.json"),
+                        "--erase-data", "--yes")
+        assert out.returncode == 0, out.stderr
+        _reports(cloud, new["device_id"], 1)
+        _brew(board)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            got = cloud.ledger.device(new["device_id"])
+            if got["counters"].get("brews_total") == 1:
+                break
+            time.sleep(0.5)
+        assert got["counters"].get("brews_total") == 1, got
+        kept = cloud.ledger.device(old["device_id"])  # the old id's history, as it was
+        assert kept["reports"] >= before["reports"] and kept["last_seq"] is not None
+
+
 def _app_file(board: Board) -> str:
     out = subprocess.run([flasher.mp.tool("mpremote"), "connect", board.serial_port, "exec",
                           "import os, app.run; print(app.run.__file__, 'app' in os.listdir())"],
