@@ -244,6 +244,8 @@ def test_https_needs_a_ca_certificate():
     p = emulator_provision("https://cloud.example")
     with pytest.raises(FlashError, match="ca_cert"):
         check_provision(p, "p.json")
+    with pytest.raises(FlashError, match="ca_cert.*not a file name .ca.pem.*--ca-cert FILE"):
+        check_provision({**p, "ca_cert": "ca.pem"}, "p.json")
 
 
 def test_mpy_version_mismatch_is_refused(board, monkeypatch):

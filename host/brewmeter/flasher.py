@@ -87,6 +87,10 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
         raise bad("cloud_url", "must be https:// on a real board (http only on the emulator)")
     if url.startswith("https://"):
         ca = p.get("ca_cert")
+        if isinstance(ca, str) and "BEGIN CERTIFICATE" not in ca and re.fullmatch(
+                r"[^\n]{1,255}\.(pem|crt|cer)", ca.strip()):
+            raise bad("ca_cert", f"holds the PEM text itself, not a file name ({ca.strip()}): "
+                      f"`./brewmeter provision new --ca-cert FILE` puts the file's text in")
         if not isinstance(ca, str) or "BEGIN CERTIFICATE" not in ca:
             raise bad("ca_cert", "an https cloud needs the CA certificate (PEM) to verify it")
     if "ntp" in p and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", str(p["ntp"])):
