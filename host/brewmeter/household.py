@@ -99,7 +99,7 @@ class _Home:
 
     def row(self, d: int) -> dict[str, Any]:
         """Day `d` as it ended: its brews, each consumable's level (% left) and days left
-        (empty: no forecast yet), the orders placed, shipped and delivered that day, refills
+        (empty: no forecast yet), the orders requested, shipped and delivered that day, refills
         and stock-outs, reports sent and failed."""
         dev, out = self.device, self.out
         wall = self.wall()
