@@ -138,6 +138,16 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drive(args: argparse.Namespace) -> int:
+    from brewmeter import drive
+
+    try:
+        return drive.run(args)
+    except (drive.DriveError, drive.BoardError) as e:
+        print(f"brewmeter {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
 def _check_board(args: argparse.Namespace) -> int:
     from brewmeter.harness import load_profile
 
@@ -225,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
                        "with the cloud, one provisioning file each")
     provision.add_arguments(p)
     p.set_defaults(func=_provision)
+
+    from brewmeter import drive
+
+    drive.add_commands(sub, _drive)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
