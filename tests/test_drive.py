@@ -87,3 +87,19 @@ def test_no_board_is_a_clear_error(tmp_path):
     assert out.returncode == 1 and "--control HOST:PORT" in out.stderr
     out = brewmeter("flow", "--ml", "5", "--control", "127.0.0.1:9", env={})
     assert out.returncode == 1 and "no emulated board answers" in out.stderr
+
+
+def test_ports_lists_usb_ids_and_marks_esp32_adapters():
+    from brewmeter import ports
+    from serial.tools.list_ports_common import ListPortInfo
+
+    cp = ListPortInfo("/dev/ttyUSB0", skip_link_detection=True)
+    cp.vid, cp.pid, cp.manufacturer, cp.description = 0x10C4, 0xEA60, "Silicon Labs", "CP2102"
+    other = ListPortInfo("/dev/ttyS0", skip_link_detection=True)
+    lines = ports.describe([other, cp]).splitlines()
+    assert lines[0].split() == ["/dev/ttyS0", "-"]  # no USB ids, nothing to tell
+    assert "10c4:ea60" in lines[1] and "ESP32 adapter" in lines[1] and "CP2102" in lines[1]
+    assert "no serial ports found" in ports.describe([])
+    out = subprocess.run([sys.executable, "-m", "brewmeter.cli", "ports"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip()

@@ -138,6 +138,15 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    from brewmeter import ports
+
+    print(ports.describe(list_ports.comports()))
+    return 0
+
+
 def _drive(args: argparse.Namespace) -> int:
     from brewmeter import drive
 
@@ -239,6 +248,10 @@ def parser() -> argparse.ArgumentParser:
     from brewmeter import drive
 
     drive.add_commands(sub, _drive)
+
+    p = sub.add_parser("ports", help="list the serial ports with their USB ids, ESP32 "
+                       "adapters marked")
+    p.set_defaults(func=_ports)
 
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
