@@ -112,13 +112,16 @@ def _serial(args: argparse.Namespace) -> int:
             print(f"{port}: {fieldtech.restart(port)}")
             return 0
         if args.command == "report":
-            fieldtech.report(port, Path(args.out))
-            print(f"{port}: report written to {args.out}")
+            out = fieldtech.report(port, args.out and Path(args.out), args.force)
+            print(f"{port}: report written to {out}")
             return 0
         data = fieldtech.ask(port, args.command)
     except ports.PortError as e:
         print(f"brewmeter: {e}", file=sys.stderr)
         return 1
+    except fieldtech.ReportError as e:
+        print(f"brewmeter report: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(json.dumps(data, sort_keys=True) if args.json else fieldtech.show(data))
     return 0
 
@@ -233,7 +236,10 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
         if name == "report":
-            p.add_argument("--out", required=True, help="the JSON file to write")
+            p.add_argument("--out", help="the JSON file to write (default: "
+                           "DEVICE_ID-DATE.json here)")
+            p.add_argument("--force", action="store_true",
+                           help="overwrite --out if it exists")
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)
