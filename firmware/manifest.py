@@ -7,7 +7,8 @@ include("$(PORT_DIR)/boards/manifest.py")
 package("app", files=(
     "__init__.py", "alerts.py", "button.py", "console.py", "counters.py", "counting.py",
     "days.py", "device.py", "filters.py", "forecast.py", "http.py", "hw.py", "link.py",
-    "orders.py", "outbox.py", "profile.py", "run.py", "sensors.py", "service.py",
-    "settings.py", "signing.py", "snapshot.py", "store.py", "supplies.py", "supplystore.py",
-    "sync.py", "syncer.py", "tls.py", "wallclock.py",
+    "orders.py", "outbox.py", "profile.py", "protocol.py", "replwatch.py", "run.py",
+    "sensors.py", "service.py", "settings.py", "signing.py", "snapshot.py", "store.py",
+    "supervisor.py", "supplies.py", "supplystore.py", "sync.py", "syncer.py", "tls.py",
+    "wallclock.py",
 ), opt=3)

@@ -704,3 +704,40 @@ async def test_a_restored_cloud_numbers_its_config_above_the_devices(cloud, http
     status, reply = await post(http, rep(1, 1, config={"applied": 5}))
     assert status == 200 and reply["config"]["version"] == 6  # forward: the device takes it
     assert reply["config"]["settings"] == {"lead_days": 9}
+
+
+async def test_a_new_plan_does_not_reprice_the_past(cloud, http, clock):
+    # T0 is 2026-03-10: January and February are the past.
+    await usage(http, {"2026-01-10": 10, "2026-02-10": 10})
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/plan", {"price_per_brew": 0.35})
+    new = await put(http, cloud, f"/v1/admin/devices/{DEV}/plan", {"price_per_brew": 0.50})
+    assert new["start"] == "2026-04-01"  # by default from next month
+    async with http.put(f"/v1/admin/devices/{DEV}/plan", headers=cloud.admin_headers,
+                        json={"price_per_brew": 0.1, "start": "2026-02-01"}) as r:
+        assert r.status == 409  # would reprice February
+    clock.t = datetime(2026, 4, 5, tzinfo=UTC).timestamp()
+    status, _ = await post(http, rep(2, days=[{"day": dn("2026-04-02"), "brews_total": 4}]))
+    assert status == 200
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-01-01", "to": "2026-04-30"})
+    assert [(m["month"], m["brews"], m["amount_cents"]) for m in inv["months"]] == [
+        ("2026-01", 10, 350), ("2026-02", 10, 350), ("2026-03", 0, 0), ("2026-04", 4, 200)]
+    assert inv["total_cents"] == 900 and inv["plan"]["price_per_brew_cents"] == 50
+
+
+async def test_closed_months_keep_their_lines_and_late_usage_is_an_adjustment(
+        cloud, http, clock):
+    await put(http, cloud, f"/v1/admin/devices/{DEV}/plan", {"price_per_brew": 0.35})
+    await post(http, rep(1, days=[{"day": dn("2026-03-05"), "brews_total": 10}]))
+    clock.t = datetime(2026, 4, 5, tzinfo=UTC).timestamp()  # March closed on April 3 ...
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert inv["months"][0]["closed"] and inv["adjustments"] == []
+    # ... so 3 brews of March that arrive late are an adjustment, not a changed line.
+    await post(http, rep(2, days=[{"day": dn("2026-03-05"), "brews_total": 13}]))
+    inv = await get(http, cloud, f"/v1/devices/{DEV}/invoice",
+                    **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert [(m["brews"], m["amount_cents"]) for m in inv["months"]] == [(10, 350)]
+    assert [(a["month"], a["brews"], a["amount_cents"]) for a in inv["adjustments"]] == \
+        [("2026-03", 3, 105)]
+    assert inv["brews"] == 13 and inv["total_cents"] == 13 * 35

@@ -18,10 +18,13 @@ from brewmeter.cloud import CloudServer, Ledger
 from brewmeter.conform import Conform
 
 
-async def _conform(url: str, token: str, seed: int = 5) -> dict[str, Any]:
+async def _conform(url: str, token: str, seed: int = 5, rate: float = 0.2) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(await Conform(url, token, None, seed, patience_s=2).main())
+    return asdict(await Conform(url, token, None, seed, rate, patience_s=2).main())
+
+
+BROKEN_RATE = 0.05  # a broken backend fails with few faults too: fewer held replies
 
 
 async def test_the_reference_cloud_conforms():
@@ -64,6 +67,19 @@ def test_the_command_over_tls(tmp_path, capsys):
         proc.wait()
 
 
+async def test_a_backend_out_of_stock_conforms():
+    """Declined orders (out of stock) end ordering for the cycle: nothing to break."""
+    from brewmeter.cloud import Merchant
+
+    ledger = Ledger(":memory:", merchant=Merchant(out_of_stock={"coffee"}))
+    async with CloudServer(ledger) as cloud:
+        v = await _conform(cloud.url, cloud.admin_token, seed=6)
+        orders = [o for life in v["lives"] for o in cloud.ledger.orders(life["id"]) or []]
+    ledger.close()
+    assert v["ok"], v["violations"]
+    assert {o["status"] for o in orders if o["item"] == "coffee"} == {"declined"}
+
+
 # -- broken backends ---------------------------------------------------------------------------
 
 class Snapshot(Ledger):
@@ -88,9 +104,18 @@ class Downgrade(Ledger):
         return out
 
 
-async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
+class NoRefill(Ledger):
+    """Takes the owner's refills but never tells the device."""
+
+    def _reply(self, *args, **kw):  # noqa: ANN002, ANN003
+        return replace(super()._reply(*args, **kw), refill={})
+
+
+async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None],
+                 strip: bytes = b""):
     """A proxy in front of the reference: change(request, reply) may rewrite the reply
-    (bytes), or answer in its place without asking the reference (request -> reply)."""
+    (bytes), or answer in its place without asking the reference (request -> reply);
+    `strip`: a path prefix it serves under and takes off (a gateway)."""
     host, port = upstream.removeprefix("http://").split(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,6 +123,8 @@ async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
             head = await reader.readuntil(b"\r\n\r\n")
             n = re.search(rb"(?i)content-length: *(\d+)", head)
             req = head + (await reader.readexactly(int(n.group(1))) if n else b"")
+            if strip:
+                req = req.replace(b" " + strip + b"/", b" /", 1)
             r, w = await asyncio.open_connection(host, int(port))
             w.write(req)
             await w.drain()
@@ -116,6 +143,10 @@ async def _front(upstream: str, change: Callable[[bytes, bytes], bytes | None]):
 
 def _is_report(req: bytes) -> bool:
     return req.startswith(b"POST /v1/devices/")
+
+
+def unchanged(req: bytes, reply: bytes) -> bytes | None:
+    return None
 
 
 def strict(req: bytes, reply: bytes) -> bytes | None:
@@ -143,18 +174,29 @@ def chunked(req: bytes, reply: bytes) -> bytes | None:
 
 @pytest.mark.parametrize(("broken", "rule"), [
     (strict, "refusals"), (cdn_header, "reply_shape"), (chunked, "reply_shape"),
-    (Downgrade, "config"), (Snapshot, "counters")])
+    (Downgrade, "config"), (Snapshot, "counters"), (NoRefill, "refill")])
 async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
         ledger = broken(":memory:")
         async with CloudServer(ledger) as cloud:
-            v = await _conform(cloud.url, cloud.admin_token)
+            v = await _conform(cloud.url, cloud.admin_token, rate=BROKEN_RATE)
         ledger.close()
     else:
         async with CloudServer(":memory:") as cloud:
             server, url = await _front(cloud.url, broken)
             async with server:
-                v = await _conform(url, cloud.admin_token)
+                v = await _conform(url, cloud.admin_token, rate=BROKEN_RATE)
     assert not v["ok"] and rule in v["broken"], v["broken"]
     named = [x for x in v["violations"] if x["rule"] == rule]
     assert named and named[0]["says"] and named[0]["detail"]
+
+
+async def test_a_gateway_that_strips_the_base_path_fails_the_signature():
+    """The device signs the path it sends (with its cloud_url's base path): a gateway that
+    takes the prefix off before the backend verifies fails every signature."""
+    async with CloudServer(":memory:") as cloud:
+        server, url = await _front(cloud.url, unchanged, strip=b"/brew")
+        async with server:
+            v = await _conform(url + "/brew", cloud.admin_token, rate=BROKEN_RATE)
+    assert not v["ok"] and "refusals" in v["broken"]
+    assert any("401" in x["detail"] for x in v["violations"] if x["rule"] == "refusals")

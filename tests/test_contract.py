@@ -146,3 +146,38 @@ def test_an_unknown_order_status_is_kept_shown_and_said(device, profile):
     packed = supplystore.pack(device.supplies, device.forecast, device.brew_times)
     back = supplystore.unpack(packed, len(profile.kinds))
     assert back is not None and back[0]["it"]["coffee"][2] == protocol.OTHER
+
+
+_DECIDE = """
+import json
+from app import orders, protocol, sync
+from app.supplies import ITEMS
+
+class Sup:
+    items = {n: [3, 0, "placed", 0] for n in ITEMS}
+
+s = Sup()
+got = orders.apply_status(s, {"coffee-3": "cancelled", "filter-3": "shipped",
+                                          "tablets-3": "unknown"})
+print(json.dumps([got[0], got[1], [list(x) for x in got[2]], s.items["coffee"][2],
+                  s.items["filter"][2], sync.refusal(400, b'{"error":"no fw"}'),
+                  sync.refusal(403, b"\\xff\\xfe denied"), sync.refusal(401, b"x" * 300),
+                  [protocol.refused(x) for x in (200, 301, 400, 409, 429, 503)]]))
+"""
+
+
+def test_the_decisions_match_under_micropython():
+    """Unknown order statuses, the refusal's detail and the status classes: the same on the
+    MicroPython unix port as under CPython."""
+    from brewmeter import mp
+
+    printed: list[str] = []
+    exec(_DECIDE, {"print": printed.append})
+    on_cpython = json.loads(printed[0])
+    out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n" + _DECIDE])
+    assert json.loads(out) == on_cpython
+    assert on_cpython[:5] == [True, ["tablets"], [["coffee-3", "cancelled"]], "cancelled",
+                              "shipped"]
+    assert on_cpython[5] == "400 no fw" and on_cpython[6] == "403 "
+    assert len(on_cpython[7]) == protocol.MAX_TEXT
+    assert on_cpython[8] == [False, True, True, False, False, False]

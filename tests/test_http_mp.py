@@ -67,6 +67,6 @@ def test_replies_are_read_into_the_preallocated_buffer(tmp_path):
     assert out[0] == "OK /big 200 4096 {}"
     assert out[1] == 'OK /small 200 11 {"ack": []}'  # the same buffer, the new reply only
     assert out[2] == "OK /drip 200 8 [1, 2, 3]"
-    assert out[3] == "ERR /cut connection closed mid-reply"
+    assert out[3] == "ERR /cut bad reply: closed after 6 of 50 bytes"
     assert out[4] == "ERR /over reply of 4097 bytes is over 4096"
     assert out[5] == 'OK /small 200 11 {"ack": []}'

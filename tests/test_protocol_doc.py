@@ -96,3 +96,30 @@ def test_the_documents_paths_and_headers_are_the_protocols():
     assert DOC["components"]["securitySchemes"]["deviceSignature"]["name"] == P.SIG_HEADER
     assert 'MESSAGE = METHOD "\\n" PATH "\\n" SEQ "\\n" BODY' in TEXT
     assert P.message("POST", "/p", 7, b"{}") == b"POST\n/p\n7\n{}"
+
+
+def test_the_documents_contract_rules_are_the_protocols():
+    """The rules a backend must follow, each with the protocol's own numbers and names."""
+    flat = " ".join(TEXT.split())
+    for n in (P.MAX_LINE, P.MAX_HEADERS, P.MAX_REPLY, P.REPLY_MS, P.REFUSED_S,
+              P.REFUSED_RETRY_S, P.MAX_TEXT):
+        assert re.search(rf"\b{n}\b", flat), n
+    for words in ("Content-Length", "chunked", "Redirects are not followed", "Retry-After",
+                  "`sync_refused`", "`order_status`", f"as `{P.OTHER}` after a reboot",
+                  f"`{P.KEY_HEADER}: <key_id>`", f'`"{P.RESTORED}": true`',
+                  "Versions only move forward", "Partial counters", "never take a report as a "
+                  "snapshot", "a report without `fw` keeps the one stored",
+                  "Per-device serialisation", "one at a time", "base path", "gateway",
+                  f"closes {billing.CLOSE_DAYS} days after its last day", "adjustment line",
+                  "never reprices the past", "Undated buckets", "folded bucket"):
+        assert words in flat, words
+    assert SCHEMAS["DesiredConfig"]["properties"][P.RESTORED]["type"] == "boolean"
+    assert SCHEMAS["Invoice"]["properties"]["adjustments"]["type"] == "array"
+    provision = DOC["paths"]["/v1/admin/devices/{id}"]["put"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]
+    assert provision["key_id"]["pattern"] == SCHEMAS["Name"]["pattern"]
+    # Every status the device keeps an order open for, or closes it on, is named.
+    for st in P.STATUSES:
+        assert f"`{st}`" in flat, st
+    assert P.refused(400) and P.refused(401) and P.refused(301)
+    assert not (P.refused(200) or P.refused(409) or P.refused(429) or P.refused(503))

@@ -60,11 +60,12 @@ class Supervisor:
             except Exception as e:  # MemoryError included; KeyboardInterrupt is not one
                 if isinstance(e, MemoryError):
                     gc.collect()
-                if self.failed(name, e, self._day()):
-                    try:
+                try:
+                    print("brewmeter: task %s" % detail(name, e))  # the serial log
+                    if self.failed(name, e, self._day()):
                         self.device.fault("task_failed", detail(name, e))
-                    except Exception:  # noqa: BLE001 - the fault is kept in RAM at least
-                        pass
+                except Exception:  # noqa: BLE001 - reporting it failed too: restart anyway
+                    pass
             n = 1 if ticks_diff(ticks_ms(), began) > MAX_MS else n + 1  # ran well: anew
             await asyncio.sleep_ms(backoff_ms(n))
 

@@ -123,7 +123,10 @@ def refusal(status, body):
     try:
         why = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError, IndexError):
-        why = body.decode("utf-8", "replace") if isinstance(body, bytes) else ""
+        try:
+            why = body.decode()
+        except (UnicodeError, AttributeError):
+            why = ""
     return protocol.cut("%d %s" % (status, why if isinstance(why, str) else ""))
 
 

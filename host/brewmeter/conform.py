@@ -32,15 +32,10 @@ import aiohttp
 import jsonschema_rs
 import yaml
 from app import http, protocol, sync, tls, wallclock
-from app.counting import BREW
 from app.device import Device
 from app.syncer import Syncer
 
-from brewmeter import replay, standins
-from brewmeter.clock import VirtualClock
-from brewmeter.harness import load_profile
-from brewmeter.hostfs import MemFS
-from brewmeter.household import Link
+from brewmeter import lives, standins
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.yaml"
 HOUR_MS = 3_600_000
@@ -68,6 +63,7 @@ RULES = {
               "(Desired configuration: versions)",
     "config_checked": "desired settings the device would reject are refused with 400 "
                       "(Desired settings)",
+    "refill": "a refill the owner says in the backend reaches the device (reply's refill)",
     "admin": "the admin and query API answer as documented",
 }
 
@@ -84,7 +80,7 @@ class Verdict:
     ok: bool
     seed: int
     url: str
-    lives: list[dict[str, Any]]  # name, brews, syncs tried, orders the backend holds
+    lives: list[dict[str, Any]]  # name, device id, brews, syncs tried, orders it holds
     reports: int
     faults: dict[str, int]
     broken: list[str]  # the rules broken, each once
@@ -237,28 +233,23 @@ class Admin:
                 return r.status, None
 
 
-class Life:
-    """One device: the firmware's Device and Syncer on a virtual clock, reporting through
-    the proxy; `truth` is what was brewed, per true day."""
+class Life(lives.Life):
+    """One device: the firmware's Device and Syncer on a virtual clock (lives.Life's
+    wiring: brews, days of use, time passing), reporting through the proxy to the backend
+    under test; `truth` is what was brewed, per true day."""
 
     def __init__(self, run: Conform, name: str) -> None:
+        super().__init__(Path("."))  # (no reference cloud of its own: no ledger file)
         self.run, self.name = run, name
         self.id = f"cf-{run.tag}-{name}"
         self.key = secrets.token_hex(32)
-        self.profile = load_profile("emulator")
-        self.clock = VirtualClock(ticks_start=replay.ticks(0))
         self.start = run.start_wall
-        self.fs = MemFS()
-        self.link = Link()
-        self.truth: dict[int, int] = {}
-        self.results: list[str] = []
         self.events: set[int] = set()  # every event id the device has had (this flash)
-        self.flash_lost = False
         self.clock_known = True
         self.desired: dict[str, Any] | None = None  # the last desired config the backend took
         self.orders = 0  # the backend's orders for this device, at the end
-        self.device: Device
-        self.syncer: Syncer
+        self.declined = False  # the owner declined one
+        self.filters: int | None = None  # the filter's cycle when refilled in the backend
 
     def wall(self) -> int:
         return self.start + self.clock.ms // 1000
@@ -271,7 +262,7 @@ class Life:
             wallclock.set_unix(self.wall())
         else:
             self.clock_known = False  # NTP blocked: this boot's usage is undated
-        dev.boot(1, self.clock.ticks_ms())
+        dev.boot(1, self.ticks())
         base = http.parse_url(self.run.url)[3]
         s = Syncer(dev, {"device_id": self.id, "key": self.key, "ntp": "",
                          "cloud_url": f"http://127.0.0.1:{self.run.proxy.port}{base}"},
@@ -279,19 +270,6 @@ class Life:
         s.timeout_ms = DEVICE_TIMEOUT_MS
         dev.on_usage = s.usage
         self.device, self.syncer = dev, s
-
-    def advance(self, ms: int) -> None:
-        off = wallclock.now() - self.wall() if wallclock.synced else None
-        self.clock.advance(ms)
-        if off is not None:
-            wallclock.set_unix(self.wall() + off)
-        self.device.tick(self.clock.ticks_ms())
-
-    def brew(self) -> None:
-        self.device.meter.c.brews[0] += 1
-        self.device.event(BREW, 0, self.clock.ticks_ms())
-        day = self.wall() // DAY_S
-        self.truth[day] = self.truth.get(day, 0) + 1
 
     async def sync(self) -> str:
         self.events |= {e["id"] for e in self.device.outbox.events}
@@ -304,26 +282,20 @@ class Life:
             self.run.note("reply_body", f"{self.name}: {r}", self.name)
         return r
 
-    async def day(self, brews: int, online: bool = True) -> None:
-        self.link.ok = online
-        for h in range(24):
-            if 0 <= h - 7 < brews:
-                self.brew()
-            if self.syncer.schedule.is_due(self.clock.ticks_ms()):
-                await self.sync()
-            self.advance(HOUR_MS)
+    async def sync_if_due(self) -> str | None:
+        return await self.sync() if self.syncer.schedule.is_due(self.ticks()) else None
 
     async def heal(self) -> None:
         self.link.ok = True
         rate, self.run.proxy.rate = self.run.proxy.rate, 0.0
         try:
             for _ in range(40):
-                self.syncer.schedule.due = self.clock.ticks_ms()
+                self.syncer.schedule.due = self.ticks()
                 r = await self.sync()
                 if r == "ok" and not self.device.days.more and not self.device.outbox.events:
                     break
                 if r == "HTTP 429":  # the backend's quota runs on its own (real) clock
-                    wait = min(self.syncer.schedule.ms_until_due(self.clock.ticks_ms()) / 1000,
+                    wait = min(self.syncer.schedule.ms_until_due(self.ticks()) / 1000,
                                self.run.patience_s)
                     self.run.patience_s -= wait
                     await asyncio.sleep(wait)
@@ -393,8 +365,14 @@ class Conform:
         orders = got.get("orders") if st == 200 and isinstance(got, dict) else None
         for o in orders if isinstance(orders, list) else []:
             if isinstance(o, dict) and o.get("status") == "needs_approval":
-                await self.admin.call(
-                    "POST", f"/v1/admin/devices/{life.id}/orders/{o.get('order')}/approve")
+                # The owner declines the first (as if out of stock: the cycle has no order
+                # until a refill) and approves the rest.
+                say = "approve" if life.declined else "decline"
+                st, _ = await self.admin.call(
+                    "POST", f"/v1/admin/devices/{life.id}/orders/{o.get('order')}/{say}")
+                life.declined = life.declined or (say == "decline" and st == 200)
+                if st != 200:
+                    self.note("admin", f"{say} answered {st}")
 
     async def life_daily(self) -> Life:
         life = await self.new_life("daily")
@@ -418,8 +396,7 @@ class Conform:
             await life.day(3)
         for d in range(70):
             if d % 25 == 24:
-                life.device.save(life.clock.ticks_ms())
-                life.boot()
+                life.reboot()
             await life.day(2, online=False)
         return life
 
@@ -427,8 +404,7 @@ class Conform:
         life = await self.new_life("ntp_blocked", clock=False)
         for _ in range(2):
             await life.day(4)
-        life.device.save(life.clock.ticks_ms())
-        life.boot()  # NTP answers again
+        life.reboot()  # NTP answers again
         for _ in range(2):
             await life.day(3)
         return life
@@ -438,8 +414,8 @@ class Conform:
         for _ in range(4):
             await life.day(4)
         life.advance(HOUR_MS * (24 - life.wall() % DAY_S // 3600))  # to the next midnight
-        life.fs, life.flash_lost, life.events = MemFS(), True, set()
-        life.boot()
+        life.lose_flash()
+        life.events = set()
         for _ in range(4):
             await life.day(5)
         return life
@@ -452,7 +428,13 @@ class Conform:
             await life.day(5)
             await self.approve_all(life)
             if d % 5 == 4:  # the owner puts in a new pack (the order's, or a shop's)
-                life.device.refill("coffee", "owner", life.clock.ticks_ms())
+                life.device.refill("coffee", "owner", life.ticks())
+            if d == 8:  # ... and a new filter, said in the backend: the reply's `refill`
+                life.filters = life.device.supplies.cycle("filter")
+                st, _ = await self.admin.call("POST", f"/v1/admin/devices/{life.id}/refill",
+                                              {"item": "filter"})
+                if st != 200:
+                    self.note("admin", f"refill answered {st}")
         return life
 
     # -- the checks -------------------------------------------------------------------------
@@ -515,6 +497,9 @@ class Conform:
                 self.note("orders", f"orders per (item, cycle): {more}")
         else:
             self.note("admin", f"GET orders answered {st}")
+        if life.filters is not None and life.device.supplies.cycle("filter") <= life.filters:
+            self.note("refill", f"a refill said in the backend in filter cycle {life.filters} "
+                      "never reached the device")
         if life.desired is not None:
             cfg = got.get("config") or {}
             want = life.desired.get("version")
@@ -564,7 +549,8 @@ class Conform:
                         break
                     await life.heal()
                     await self.check(life)
-                    names.append({"name": life.name, "brews": sum(life.truth.values()),
+                    names.append({"name": life.name, "id": life.id,
+                                  "brews": sum(life.truth.values()),
                                   "syncs": len(life.results), "orders": life.orders})
         finally:
             standins.set_clock(old_clock)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from brewmeter import mp, ports
+from brewmeter.cloud.shared import protocol as P
 from brewmeter.harness import BOARDS, ProfileError, board_path, load_profile
 from brewmeter.standins import FIRMWARE
 
@@ -68,7 +69,8 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
 
     if not isinstance(p, dict):
         raise bad("(top)", "must be a JSON object")
-    known = {"device_id", "key", "wifi", "cloud_url", "ca_cert", "ntp", "service_pin"}
+    known = {"device_id", "key", "key_id", "wifi", "cloud_url", "ca_cert", "ntp",
+             "service_pin"}
     for k in p:
         if k not in known:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
@@ -76,6 +78,8 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
         raise bad("device_id", "3-32 of A-Z a-z 0-9 _ -")
     if not re.fullmatch(r"[0-9a-fA-F]{64}", str(p.get("key", ""))):
         raise bad("key", "32 random bytes as 64 hex digits (either case)")
+    if "key_id" in p and not P.is_name(p["key_id"]):  # sent as protocol.KEY_HEADER
+        raise bad("key_id", f"the key's id: 1-{P.MAX_NAME} of A-Z a-z 0-9 _ -")
     wifi = p.get("wifi")
     if not (isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"]
             and isinstance(wifi.get("password", ""), str)):

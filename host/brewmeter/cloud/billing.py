@@ -19,6 +19,10 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# A month closes CLOSE_DAYS after its last day (the cloud's clock): its invoice line is then
+# kept as it was; usage for it that arrives later is billed as an adjustment line.
+CLOSE_DAYS = 3
+
 PER_BREW = ("price_per_brew",)
 CURRENCY = re.compile("[A-Za-z]{3}")
 MONTHLY = ("monthly_fee", "included", "rollover_max", "overage_per_brew")
@@ -149,5 +153,33 @@ def invoice(plan: dict[str, Any], days: dict[date, DayBrews], first: date,
             m = next_month(m)
     return {"from": first.isoformat(), "to": last.isoformat(), "currency": plan["currency"],
             "plan": plan, "months": lines,
+            "brews": sum(line["brews"] for line in lines),
+            "total_cents": sum(line["amount_cents"] for line in lines)}
+
+
+def closable(today: date) -> date:
+    """The first day of the newest month closed on `today` (months up to it are closed)."""
+    return month_start(month_start(today - timedelta(days=CLOSE_DAYS)) - timedelta(days=1))
+
+
+def invoice_plans(plans: list[dict[str, Any]], days: dict[date, DayBrews], first: date,
+                  last: date) -> dict[str, Any]:
+    """invoice() over a plan history: each plan (sorted by `start`; the first may have
+    none: from the beginning) bills its months, from its start to the next one's."""
+    lines: list[dict[str, Any]] = []
+    for i, plan in enumerate(plans):
+        lo = date.fromisoformat(plan["start"]) if plan.get("start") else FIRST_DATE
+        hi = (date.fromisoformat(plans[i + 1]["start"]) - timedelta(days=1)
+              if i + 1 < len(plans) else LAST_DATE)
+        a, b = max(first, lo), min(last, hi)
+        if a <= b:
+            part = {d: v for d, v in days.items() if d <= hi}
+            lines += invoice(plan, part, a, b)["months"]
+    plan = plans[-1]
+    for p in plans:
+        if p.get("start") is None or date.fromisoformat(p["start"]) <= last:
+            plan = p
+    return {"from": first.isoformat(), "to": last.isoformat(), "currency": plan["currency"],
+            "plan": plan, "plans": plans, "months": lines,
             "brews": sum(line["brews"] for line in lines),
             "total_cents": sum(line["amount_cents"] for line in lines)}

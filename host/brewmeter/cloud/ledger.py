@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,11 @@ CREATE TABLE IF NOT EXISTS supplies (
     PRIMARY KEY (device, item, field)) WITHOUT ROWID;
 -- The owner said the item was refilled during `cycle`: replies carry it until the supplies
 -- show a later cycle.
+-- Invoice lines of closed months (billing.CLOSE_DAYS after their end), as they were then:
+-- usage that arrives later for such a month is billed as an adjustment line.
+CREATE TABLE IF NOT EXISTS closed_months (
+    device TEXT NOT NULL, month TEXT NOT NULL, line TEXT NOT NULL,
+    PRIMARY KEY (device, month)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refills (
     device TEXT NOT NULL, item TEXT NOT NULL, cycle INTEGER NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (device, item)) WITHOUT ROWID;
@@ -123,7 +128,8 @@ CREATE TABLE IF NOT EXISTS refills (
 # Columns added since the first ledger files were written: (table, column, declaration).
 ADDED_COLUMNS = (("devices", "conflict_seq", "INTEGER"), ("orders", "reason", "TEXT"),
                  ("devices", "key_id", "TEXT"), ("devices", "old_key", "TEXT"),
-                 ("devices", "old_key_id", "TEXT"), ("devices", "old_until", "REAL"))
+                 ("devices", "old_key_id", "TEXT"), ("devices", "old_until", "REAL"),
+                 ("devices", "plans", "TEXT"), ("devices", "closed_through", "TEXT"))
 # A device's keys: (key id or None, key, accepted until (None: for good)), current first.
 Keys = tuple[tuple[str | None, bytes, float | None], ...]
 MAX_OVERLAP_S = 90 * 86400  # the longest a replaced key stays valid
@@ -404,12 +410,64 @@ class Ledger:
         return {"version": v, "settings": settings}
 
     def set_plan(self, device_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-        """Set the device's pricing (see billing.parse_plan); returns the stored form."""
+        """Set the device's pricing (see billing.parse_plan) from its `start` month on;
+        returns the stored form. The first plan may start at any time (default: from the
+        beginning); a later one starts this month or later (default: next month), so the
+        past is never repriced (StateConflict otherwise), and replaces plans starting from
+        then on. BadPlan for a plan in another currency."""
         stored = billing.parse_plan(plan)
         with self._tx() as db:
             self._need(db, device_id)
-            db.execute("UPDATE devices SET plan=? WHERE id=?", (json.dumps(stored), device_id))
+            plans = self._plans(db, device_id)
+            if plans:
+                today = datetime.fromtimestamp(self.now(), UTC).date()
+                if stored["start"] is None:
+                    stored["start"] = billing.next_month(today).isoformat()
+                if stored["start"] < billing.month_start(today).isoformat():
+                    raise StateConflict("a new plan starts this month or later: the months "
+                                        "before are billed under the plan they had")
+                if stored["currency"] != plans[0]["currency"]:
+                    raise billing.BadPlan(f"currency: the device is billed in "
+                                          f"{plans[0]['currency']}")
+                plans = [p for p in plans
+                         if p.get("start") is None or p["start"] < stored["start"]]
+            plans.append(stored)
+            db.execute("UPDATE devices SET plan=?, plans=? WHERE id=?",
+                       (json.dumps(stored), json.dumps(plans), device_id))
         return stored
+
+    @staticmethod
+    def _plans(db: sqlite3.Connection, dev: str) -> list[dict[str, Any]]:
+        plans, plan = db.execute("SELECT plans, plan FROM devices WHERE id=?",
+                                 (dev,)).fetchone()
+        return json.loads(plans) if plans else [json.loads(plan)] if plan else []
+
+    def _close(self, db: sqlite3.Connection, dev: str, now: float) -> None:
+        """Close the months whose time has come (billing.CLOSE_DAYS after their end): keep
+        their invoice lines as they are, before this report's usage lands."""
+        upto = billing.closable(datetime.fromtimestamp(now, UTC).date())
+        through, created = db.execute("SELECT closed_through, created FROM devices WHERE id=?",
+                                      (dev,)).fetchone()
+        if through is not None and through >= upto.isoformat():
+            return
+        plans = self._plans(db, dev)
+        end = billing.next_month(upto) - timedelta(days=1)
+        if plans:
+            usage = self._usage(dev, 0, day_number(end))
+            # From the device's first month (its registration, or earlier usage): every
+            # month is closed, empty ones too, so any usage for it later is an adjustment.
+            used = [n for n, u in usage.items() if u["brews"]]
+            first = billing.next_month(date.fromisoformat(through)) if through else \
+                billing.month_start(min([datetime.fromtimestamp(created, UTC).date()]
+                                        + [day_date(n) for n in used[:1]]))
+            if first <= upto:
+                brews = {day_date(n): billing.DayBrews(u["brews"], u["estimated"])
+                         for n, u in usage.items() if u["brews"]}
+                lines = billing.invoice_plans(plans, brews, first, end)["months"]
+                db.executemany("INSERT OR IGNORE INTO closed_months (device, month, line) "
+                               "VALUES (?, ?, ?)",
+                               [(dev, ln["month"], json.dumps(ln)) for ln in lines])
+        db.execute("UPDATE devices SET closed_through=? WHERE id=?", (upto.isoformat(), dev))
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -462,6 +520,7 @@ class Ledger:
             # reports, so its current state would not show. Flagged for the operator.
             self._flag(db, dev, "seq_backwards", "seq", r.seq, now,
                        {"conflict_seq": conflict_seq, "reported": r.seq})
+        self._close(db, dev, now)  # what arrives from now on is late for closed months
         db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
                    (dev, r.seq, r.digest, now))
         newest = last_seq is None or r.seq > last_seq
@@ -863,18 +922,23 @@ class Ledger:
         return [_order(r, now) for r in rows]
 
     def invoice(self, device_id: str, first: date, last: date) -> dict[str, Any] | None:
-        """The bill for [first, last] under the device's plan (see billing); None if the device
-        is unknown; billing.BadPlan if it has no plan."""
-        dev = self.device(device_id)
-        if dev is None:
+        """The bill for [first, last] under the device's plans (see billing); None if the
+        device is unknown; billing.BadPlan if it has no plan. A closed month's line is the
+        one kept when it closed (`closed`: true); usage for it found since is an adjustment
+        line in `adjustments` (a credit if negative), also in `brews` and `total_cents`."""
+        if self.device_key(device_id) is None:
             return None
-        plan = dev["plan"]
-        if plan is None:
+        with self._tx() as db:  # closing is due whoever asks first
+            self._close(db, device_id, self.now())
+            plans = self._plans(db, device_id)
+            closed = {m: json.loads(ln) for m, ln in db.execute(
+                "SELECT month, line FROM closed_months WHERE device=?", (device_id,))}
+        if not plans:
             raise billing.BadPlan("the device has no plan (PUT .../plan)")
         if last < first:  # an empty period
             return {"id": device_id, "from": first.isoformat(), "to": last.isoformat(),
-                    "currency": plan["currency"], "plan": plan, "months": [], "brews": 0,
-                    "total_cents": 0}
+                    "currency": plans[-1]["currency"], "plan": plans[-1], "plans": plans,
+                    "months": [], "adjustments": [], "brews": 0, "total_cents": 0}
         # From the start (rollover needs the history) to the end of the last month (a monthly
         # plan bills whole months).
         usage = self._usage(device_id, 0, day_number(billing.next_month(last)) - 1)
@@ -882,7 +946,24 @@ class Ledger:
         for n, s in usage.items():
             if s["brews"]:
                 brews[day_date(n)] = billing.DayBrews(s["brews"], s["estimated"])
-        return {"id": device_id, **billing.invoice(plan, brews, first, last)}
+        out = billing.invoice_plans(plans, brews, first, last)
+        adjustments = []
+        for i, line in enumerate(out["months"]):
+            kept = closed.get(line["month"])
+            if kept is None or (kept["from"], kept["to"]) != (line["from"], line["to"]):
+                continue  # open, or only part of the month asked for: as it stands now
+            out["months"][i] = {**kept, "closed": True}
+            db_brews = line["brews"] - kept["brews"]
+            cents = line["amount_cents"] - kept["amount_cents"]
+            if db_brews or cents:
+                adjustments.append({"month": line["month"], "brews": db_brews,
+                                    "estimated_brews": line["estimated_brews"]
+                                    - kept["estimated_brews"], "amount_cents": cents,
+                                    "reason": "late usage"})
+        lines = out["months"] + adjustments
+        return {"id": device_id, **out, "adjustments": adjustments,
+                "brews": sum(x["brews"] for x in lines),
+                "total_cents": sum(x["amount_cents"] for x in lines)}
 
     def dump(self) -> str:
         """The whole database as SQL text: tests compare it to prove nothing changed."""

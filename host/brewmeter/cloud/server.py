@@ -346,6 +346,8 @@ async def put_plan(request: web.Request) -> web.Response:
         raise _Fail(404, "unknown device") from None
     except billing.BadPlan as e:
         raise _Fail(400, str(e)) from None
+    except StateConflict as e:
+        raise _Fail(409, str(e)) from None
     return web.json_response(out)
 
 
