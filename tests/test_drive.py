@@ -36,8 +36,8 @@ def emulate(image):
     try:
         assert p.stdout is not None
         serial = p.stdout.readline().split(": ", 1)[1].strip()
-        line = p.stdout.readline()
-        m = re.match(r"control: (\S+)\s+\(export BREWMETER_CONTROL=(\S+) ", line)
+        line = p.stdout.readline() + p.stdout.readline()
+        m = re.match(r"control: (\S+)\n\(export BREWMETER_CONTROL=(\S+) ", line)
         assert m and m[1] == m[2], line
         yield serial, m[1]
     finally:

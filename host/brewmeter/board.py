@@ -1224,8 +1224,8 @@ def emulate_main(argv: list[str] | None = None) -> int:
         return 1
     host, port = board.control_address
     print(f"serial port: {board.serial_port}")
-    print(f"control: {host}:{port}  (export BREWMETER_CONTROL={host}:{port} for "
-          f"brewmeter press/flow/power-cut)")
+    print(f"control: {host}:{port}")
+    print(f"(export BREWMETER_CONTROL={host}:{port} for ./brewmeter press, flow, power-cut)")
     sys.stdout.flush()
     try:
         while not stop.wait(0.5):
