@@ -42,6 +42,25 @@ def test_counters_status_filter_and_report(flashed, capsys, tmp_path):
     doc = json.loads((tmp_path / "r.json").read_text())
     assert {"read_at", "status", "counters", "filter", "consumables", "faults", "events",
             "config"} <= set(doc)
+    # Never over a file without --force; by default DEVICE_ID-DATE.json; a bad path is said.
+    assert cli.main(["report", "--port", board.serial_port, "--out",
+                     str(tmp_path / "r.json")]) == 2
+    assert "r.json already exists: give --force" in capsys.readouterr().err
+    assert cli.main(["report", "--port", board.serial_port, "--out", str(tmp_path / "r.json"),
+                     "--force"]) == 0
+    assert cli.main(["report", "--port", board.serial_port, "--out",
+                     str(tmp_path / "no" / "r.json")]) == 2
+    assert "cannot write: No such file or directory" in capsys.readouterr().err
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert cli.main(["report", "--port", board.serial_port]) == 0
+    finally:
+        os.chdir(here)
+    from datetime import UTC, datetime
+
+    name = f"{doc['status']['device_id']}-{datetime.now(UTC).date().isoformat()}.json"
+    assert name in capsys.readouterr().out and (tmp_path / name).is_file()
 
 
 def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):

@@ -70,6 +70,93 @@ def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
     # The fallback: today's copy onto the filesystem.
     assert ":app/counting.mpy" in fallback and "romfs" not in fallback
     assert not os.path.exists("/dev/ttyUSB9")
+    # The commands name files that are there: they can be run.
+    built = text.split("# the files these commands copy are in ")[1].split(" ")[0]
+    assert (Path(built) / "board.json").is_file() and str(built) in deploy
+    import shutil
+
+    shutil.rmtree(built)
+
+
+def _flash_sh(*args: str) -> subprocess.CompletedProcess[str]:
+    """flash.sh as a person runs it from a script: no terminal on stdin."""
+    return subprocess.run([str(ROOT / "flash.sh"), *args], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_flash_sh_keeps_the_board_profile_refuses_the_wrong_chip_and_guards_erase(board,
+                                                                                   tmp_path):
+    prov, new = tmp_path / "p.json", tmp_path / "new.json"
+    first = emulator_provision()
+    prov.write_text(json.dumps(first))
+    new.write_text(json.dumps(emulator_provision()))
+    port = ("--port", board.serial_port)
+    out = _flash_sh(*port, "--provision", str(prov))
+    assert out.returncode == 2 and "a first flash needs --board" in out.stderr
+    out = _flash_sh(*port, "--provision", str(prov), "--board", "esp32-generic")
+    assert out.returncode == 2, out.stdout
+    assert "board profile esp32-generic is for chip esp32, but the device is linux" in out.stderr
+    out = _flash_sh(*port, "--provision", str(prov), "--board", "emulator")
+    assert out.returncode == 0, out.stderr
+    _brew(board)
+    # A re-flash without --board keeps what the device has.
+    out = _flash_sh(*port, "--provision", str(prov))
+    assert out.returncode == 0, out.stderr
+    assert "keeping the device's board profile (emulator)" in out.stdout
+    assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
+    # Erasing under the same id would leave the cloud refusing its reports: refused.
+    out = _flash_sh(*port, "--provision", str(prov), "--erase-data", "--yes")
+    assert out.returncode == 2 and "--erase-data with the device's own id" in out.stderr
+    assert f"The cloud keeps all it\nreceived from {first['device_id']}" in out.stderr
+    out = _flash_sh(*port, "--provision", str(new), "--erase-data")
+    assert out.returncode == 2 and "no terminal to ask on: add --yes" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
+    out = _flash_sh(*port, "--provision", str(new), "--erase-data", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert read_counters(board.serial_port, KINDS)["brews_total"] == 0
+
+
+def _reports(cloud, dev: str, n: int, timeout: float = 40) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cloud.ledger.device(dev)
+        if got["reports"] >= n:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"{dev}: fewer than {n} reports within {timeout} s: {got}")
+
+
+def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
+    """The cloud keeps the old id's history; the erased device reports under its new id from
+    the start, its brews reaching the cloud."""
+    from brewmeter.demo import cloud_for
+
+    old, new = emulator_provision(), emulator_provision()
+    with cloud_for(old, report_delay_s=5) as cloud:
+        cloud.ledger.add_device(new["device_id"], new["key"])
+        cloud.ledger.set_config(new["device_id"], {"report_delay_s": 5})  # a brew, then a report
+        new["cloud_url"] = cloud.url
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        (tmp_path / "new.json").write_text(json.dumps(new))
+        out = _flash_sh("--port", board.serial_port, "--board", "emulator", "--provision",
+                        str(tmp_path / "old.json"))
+        assert out.returncode == 0, out.stderr
+        before = _reports(cloud, old["device_id"], 1)
+        out = _flash_sh("--port", board.serial_port, "--provision", str(tmp_path / "new.json"),
+                        "--erase-data", "--yes")
+        assert out.returncode == 0, out.stderr
+        _reports(cloud, new["device_id"], 1)
+        _brew(board)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            got = cloud.ledger.device(new["device_id"])
+            if got["counters"].get("brews_total") == 1:
+                break
+            time.sleep(0.5)
+        assert got["counters"].get("brews_total") == 1, got
+        kept = cloud.ledger.device(old["device_id"])  # the old id's history, as it was
+        assert kept["reports"] >= before["reports"] and kept["last_seq"] is not None
 
 
 def _app_file(board: Board) -> str:
@@ -134,7 +221,7 @@ def test_errors_are_clear(board, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("key", "abc", "64 lowercase hex"),
+    ("key", "abc", "64 hex digits"),
     ("cloud_url", "ftp://x", "http"),
     ("service_pin", "12", "6-8 digits"),
     ("service_pin", "2468", "6-8 digits"),
@@ -161,6 +248,8 @@ def test_https_needs_a_ca_certificate():
     p = emulator_provision("https://cloud.example")
     with pytest.raises(FlashError, match="ca_cert"):
         check_provision(p, "p.json")
+    with pytest.raises(FlashError, match="ca_cert.*not a file name .ca.pem.*--ca-cert FILE"):
+        check_provision({**p, "ca_cert": "ca.pem"}, "p.json")
 
 
 def test_mpy_version_mismatch_is_refused(board, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from brewmeter import cli
-from brewmeter.harness import BOARDS, ProfileError, load_profile
+from brewmeter.harness import BOARDS, ProfileError, load_profile, validate
 
 
 def test_shipped_boards_are_valid():
@@ -86,3 +86,22 @@ def test_an_oversized_profile_file_is_refused_unread(tmp_path):
     p.write_text('{"board": "x",' + " " * 5000 + "}")
     with pytest.raises(ValueError, match="over 4096 bytes"):
         load_profile(str(p))
+
+
+def test_old_service_pin_name_is_accepted_as_button_pin_with_a_message(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    data = json.loads((BOARDS / "emulator.json").read_text())
+    data["service_pin"] = data.pop("button_pin")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "check-board", str(old)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "ok" in p.stdout
+    assert "'service_pin' is now named 'button_pin'" in p.stderr
+    assert load_profile(str(old)).button_pin == 11
+    data["button_pin"] = 13
+    with pytest.raises(ProfileError, match="keep only that"):
+        validate(data, "x")

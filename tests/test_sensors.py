@@ -101,7 +101,7 @@ def test_active_low_board(board):
 
 def test_a_long_press_on_the_service_button_changes_the_filter(profile, board):
     sensors, _, events = board
-    button = profile.service_pin
+    button = profile.button_pin
     _for(sensors, 100)
     machine.set_level(button, 0)  # pressed: the button pulls the pin low
     _for(sensors, 2500)
@@ -118,7 +118,7 @@ def test_a_long_press_on_the_service_button_changes_the_filter(profile, board):
 
 def test_a_button_held_at_power_on_never_fires(profile):
     machine.reset_pins()
-    machine.set_level(profile.service_pin, 0)
+    machine.set_level(profile.button_pin, 0)
     rec = Recorder(profile)
     sensors = Sensors(profile, rec)
     _for(sensors, 5000)

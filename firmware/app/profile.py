@@ -34,7 +34,7 @@ _FIELDS = {
     "chip": ("str", 1, 16, True),
     "inputs": ("inputs", 1, MAX_INPUTS, True),
     "flow_pin": ("pin", 0, 0, True),
-    "service_pin": ("pin", 0, 0, False),
+    "button_pin": ("pin", 0, 0, False),  # the refill button (was service_pin)
     "led_pin": ("outpin", 0, 0, False),
     "active_low": ("bool", 0, 0, False),  # pump-sense inputs pull the pin low (optocoupler)
     "pulses_per_litre": ("num", 50, 20000, True),
@@ -91,6 +91,10 @@ def validate(data, source):
     """Return a Profile for `data` (the parsed JSON object) or raise ProfileError."""
     if not isinstance(data, dict):
         raise ProfileError(source, "(top)", "must be a JSON object")
+    if "service_pin" in data:  # button_pin's old name: a profile kept on a device may have it
+        if "button_pin" in data:
+            raise ProfileError(source, "service_pin", "now named button_pin: keep only that")
+        data["button_pin"] = data.pop("service_pin")
     for key in data:
         if key not in _FIELDS:
             raise ProfileError(source, key, "unknown field (known: %s)" % ", ".join(

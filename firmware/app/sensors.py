@@ -22,7 +22,7 @@ class Sensors:
         self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
         self.invert = 1 if profile.active_low else 0
         self.flow = hw.PulseCounter(profile.flow_pin)
-        gpio = getattr(profile, "service_pin", None)
+        gpio = getattr(profile, "button_pin", None)
         # The button pulls its pin low against the pull-up, whatever the pump inputs do.
         self.button = hw.input_pin(gpio, True) if gpio is not None else None
         self.long_press = LongPress(profile.debounce_ms)

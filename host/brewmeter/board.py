@@ -216,6 +216,7 @@ class Board:
                  unique_id: bytes | None = None, micropython: str | None = None,
                  rom: int | None = None) -> None:
         self.image = Path(image).resolve()
+        self._lock_fd = -1
         self.firmware_dir = Path(firmware_dir) if firmware_dir is not None else None
         self.profile: dict[str, Any] | None = None
         self._profile_text = None
@@ -308,6 +309,7 @@ class Board:
         mounted (boot.py and main.py are then starting)."""
         if self._thread is not None:
             raise BoardError("board already started")
+        self._lock_image()
         first_boot = self.boots + 1  # a stopped board can start again (power back on)
         self._stopping = False
         self._client = False
@@ -358,6 +360,7 @@ class Board:
             self._thread.join()
             self._thread = None
             os.close(master)
+            self._unlock_image()
             raise failure[0]
         try:
             self.wait_boot(first_boot, timeout)
@@ -370,6 +373,7 @@ class Board:
         """Kill the interpreter and close everything; no process is left behind."""
         _live.discard(self)
         if self._thread is None:
+            self._unlock_image()
             return
         loop = self._loop
         assert loop is not None
@@ -381,6 +385,29 @@ class Board:
         if self._master >= 0:
             os.close(self._master)
             self._master = -1
+        self._unlock_image()
+
+    def _lock_image(self) -> None:
+        """One board per image: two would each write the other's flash (IMAGE.lock, held
+        while this board runs, names the process that holds it)."""
+        import fcntl
+
+        fd = os.open(self.image.with_name(self.image.name + ".lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BoardError(f"{self.image} is in use by another emulated board (process "
+                             f"{holder}): stop it, or give another --image") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _unlock_image(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # (closing releases the flock)
+            self._lock_fd = -1
 
     async def start(self, timeout: float = BOOT_TIMEOUT_S) -> Board:
         return await asyncio.to_thread(self.start_sync, timeout)
@@ -1005,7 +1032,8 @@ class Board:
         handler: Callable[[dict[str, Any]], Any] | None = getattr(
             self, f"_cmd_{name}", None) if isinstance(name, str) else None
         if handler is None:
-            raise ValueError(f"unknown command {name!r}")
+            raise ValueError(f"unknown command {name!r} (send {{\"cmd\": \"help\"}} for "
+                             f"the commands)")
         result = handler(cmd)
         if asyncio.iscoroutine(result):
             result = await result
@@ -1023,13 +1051,21 @@ class Board:
         self._bus_send(b"L %d %d\n" % (pin, level))
         return {"pin": pin, "level": level}
 
+    def _cmd_help(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """the commands, each with what it takes and does"""
+        return {"commands": {n[5:]: (getattr(self, n).__doc__ or "").strip()
+                             for n in sorted(dir(self)) if n.startswith("_cmd_")}}
+
     def _cmd_press(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """{"input": NAME or GPIO}: the pump-sense input goes active (a brew starts)"""
         return self._press(cmd, True)
 
     def _cmd_release(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """{"input": NAME or GPIO}: the input goes inactive"""
         return self._press(cmd, False)
 
     def _cmd_pulses(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """{"n": PULSES, "pin": "flow" or GPIO}: flow-meter pulses"""
         pin = self._pin(cmd.get("pin", "flow"))
         n = cmd.get("n")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -1042,6 +1078,7 @@ class Board:
         return {"pin": pin, "n": n, "delivered": delivered}
 
     def _cmd_pins(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """input levels, outputs, pulse totals, the inputs by name, pulses_per_litre"""
         p = self.profile or {}
         active = self._active_level()
         inputs = {name: {"pin": int(pin), "pressed": self._levels.get(int(pin)) == active}
@@ -1049,9 +1086,12 @@ class Board:
         return {"levels": {str(k): v for k, v in sorted(self._levels.items())},
                 "outputs": {str(k): v for k, v in sorted(self._outputs.items())},
                 "pulses": {str(k): v for k, v in sorted(self._pulse_totals.items())},
-                "pulses_lost": self._pulses_lost, "inputs": inputs}
+                "pulses_lost": self._pulses_lost, "inputs": inputs,
+                "pulses_per_litre": p.get("pulses_per_litre")}
 
     async def _cmd_power_cut(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """cut the power now and wait for the boot; {"after_ops": N, "tear": BOOL}: at the
+        N-th flash operation from now instead"""
         after = cmd.get("after_ops")
         if after is not None:
             # Arm the flash: the after_ops-th program/erase from now fails, torn if asked.
@@ -1064,6 +1104,7 @@ class Board:
         return await self._hard(PWRON_RESET)
 
     async def _cmd_reset(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """a hard reset (the reset button); waits for the boot"""
         return await self._hard(HARD_RESET)
 
     async def _hard(self, cause: int) -> dict[str, Any]:
@@ -1072,9 +1113,11 @@ class Board:
         return {"boots": await waiter, "reset_cause": cause}
 
     async def _cmd_wait_boot(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """{"timeout": S}: wait for the next boot"""
         return {"boots": await self._next_boot(float(cmd.get("timeout", BOOT_TIMEOUT_S)))}
 
     def _cmd_wear(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """the flash's programs and erases so far"""
         # Counted by the supervisor from the board's reports, so they span resets and cuts.
         erases = self._block_erases
         return {"programs": self._programs, "bytes_programmed": self._bytes_programmed,
@@ -1083,6 +1126,7 @@ class Board:
                 "blocks_erased": len(erases)}
 
     def _cmd_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """running or not, boots, reset cause, serial port, heap, image"""
         proc = self._proc
         alive = proc is not None and proc.poll() is None
         return {"state": "running" if alive and self._booted else "booting" if alive else "off",
@@ -1157,7 +1201,9 @@ class BoardControl:
 
 def emulate_main(argv: list[str] | None = None) -> int:
     """`brewmeter emulate`: run an emulated board until SIGINT/SIGTERM."""
-    ap = argparse.ArgumentParser(prog="brewmeter emulate",
+    from brewmeter import Help
+
+    ap = argparse.ArgumentParser(prog="brewmeter emulate", formatter_class=Help,
                                  description="run an emulated ESP32 on a pseudo-terminal")
     ap.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
     ap.add_argument("--image", default="brewmeter-emulator.img",
@@ -1185,6 +1231,7 @@ def emulate_main(argv: list[str] | None = None) -> int:
     host, port = board.control_address
     print(f"serial port: {board.serial_port}")
     print(f"control: {host}:{port}")
+    print(f"(export BREWMETER_CONTROL={host}:{port} for ./brewmeter press, flow, power-cut)")
     sys.stdout.flush()
     try:
         while not stop.wait(0.5):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import tempfile
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +45,8 @@ class Result:
     events_in_cloud: int
     lost: int
     duplicated: int
+    # fault kind -> {"injected": n, "device saw": {sync result: n}}: what each kind did
+    by_kind: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -63,6 +67,7 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
     cloud_faults = Faults(seed=seed, rates=rates, delay_s=0.15, retry_after_s=0)
     wall = [WALL0 + 8 * 3600]
     events_created = reports = cuts = 0
+    saw: dict[str, Counter[str]] = {k: Counter() for k in FAULT_KINDS}
     with tempfile.TemporaryDirectory() as d:
         fs = DirFS(Path(d))
         ledger = Ledger(Path(d) / "ledger.db", now=lambda: wall[0])  # the cloud's clock too
@@ -97,7 +102,10 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
                         wall[0] += rng.choice((600, 3600, 6 * 3600, 86400))
                         wallclock.set_unix(wall[0])
                     else:
-                        await syncer.sync_once()
+                        n = len(cloud_faults.log)
+                        said = await syncer.sync_once()
+                        for _, _, kind in cloud_faults.log[n:]:
+                            saw[kind][_plain(said)] += 1
                         reports += 1
                 cloud_faults.rates.clear()  # the network heals
                 for _ in range(20):
@@ -119,7 +127,51 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
         device_brews=dev_brews, cloud_brews=cloud_brews, billed_brews=bill["brews"],
         invoice_cents=bill["total_cents"], events_created=events_created,
         events_in_cloud=events_in_cloud, lost=max(0, dev_brews - cloud_brews),
-        duplicated=max(0, cloud_brews - dev_brews))
+        duplicated=max(0, cloud_brews - dev_brews),
+        by_kind={k: {"injected": sum(c.values()), "device saw": dict(c)}
+                 for k, c in saw.items()})
+
+
+def _plain(result: str) -> str:
+    """A sync result with its sizes and times as N (HTTP statuses kept), to count alike ones
+    together."""
+    return result if result.startswith("HTTP") else re.sub(r"\d+", "N", result)
+
+
+# What the cloud does for each kind (cloud.server.Faults), in a line.
+DOES = {
+    "drop_before": "closes the connection before storing",
+    "drop_after": "stores, then closes without a reply",
+    "delay": "answers after the device's timeout (stores)",
+    "error_500": "answers 500, stores nothing",
+    "error_503": "answers 503, stores nothing",
+    "error_429": "answers 429, stores nothing",
+    "truncate": "stores, then sends half the reply",
+    "garbage": "stores, then replies 200 with bytes that are not JSON",
+    "duplicate": "applies the same report twice at once",
+    "restart": "closes and reopens its ledger, then answers",
+}
+
+
+def text(r: dict) -> str:
+    """What each fault kind did, the totals, and one plain PASS/FAIL line."""
+    rows = [f"{'fault kind':<12} {'injected':>8}  what the cloud did / what the device saw"]
+    for kind, d in r["by_kind"].items():
+        saw = ", ".join(f"{n} {what}" for what, n in sorted(d["device saw"].items(),
+                                                             key=lambda x: -x[1]))
+        rows.append(f"{kind:<12} {d['injected']:>8}  {DOES.get(kind, '')} / {saw or '-'}")
+    rows.append("")
+    rows.append(f"{r['reports']} reports, {r['faults']} faults, {r['power_cuts']} power cuts; "
+                f"device {r['device_brews']} brews, cloud {r['cloud_brews']}, billed "
+                f"{r['billed_brews']} ({r['invoice_cents']} cents); filter changes "
+                f"{r['events_created']} made, {r['events_in_cloud']} in the cloud")
+    if r["ok"]:
+        rows.append("PASS: every brew and event reached the cloud once, and the bill matches")
+    else:
+        rows.append(f"FAIL: {r['lost']} brews lost, {r['duplicated']} doubled, "
+                    f"{r['events_created'] - r['events_in_cloud']} events missing, billed "
+                    f"{r['billed_brews']} of {r['device_brews']}")
+    return "\n".join(rows)
 
 
 def main(faults: int, seed: int) -> dict:

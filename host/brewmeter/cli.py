@@ -1,5 +1,5 @@
-"""The `brewmeter` command: simulate, bench, and (later) the emulated board, cloud and the
-field techs' serial tools."""
+"""The `brewmeter` command: provision machines, simulate them, measure, run the emulated board
+and cloud, and the field techs' serial tools. From a checkout: ./brewmeter COMMAND --help."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from brewmeter import Help
 
 EXIT_BAD_INPUT = 2
 
@@ -20,7 +22,27 @@ def _simulate(args: argparse.Namespace) -> int:
 
     plan = household.Plan(days=args.days, seed=args.seed, power_cuts=args.power_cuts,
                           net_faults=args.net_faults)
+    for opt in ("timeline", "plot"):  # a bad path: said before the months are simulated
+        path = getattr(args, opt)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            print(f"brewmeter: --{opt} {path}: no such folder", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("brewmeter: --plot needs matplotlib: pip install 'brewmeter[plot]'",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
     out = asyncio.run(household.run(load_profile(args.board), plan))
+    if args.timeline or args.plot:
+        from brewmeter import timeline
+
+        if args.timeline:
+            timeline.write_csv(out.timeline, Path(args.timeline))
+        if args.plot:
+            timeline.plot(out.timeline, Path(args.plot),
+                          f"{args.days} days, seed {args.seed}, board {args.board}")
     if args.json:
         print(json.dumps(out.json(), sort_keys=True))
     else:
@@ -47,12 +69,11 @@ def _powercut(args: argparse.Namespace) -> int:
     out = {name: {k: getattr(s, k) for k in ("cuts", "lost", "doubled", "wrong_after",
                                              "window_exceeded", "outbox_lost")}
            for name, s in result.items()}
+    failures = [f for s in result.values() for f in s.failures]
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
-        for name, d in out.items():
-            print(f"{name:<12} " + "  ".join(f"{k} {v}" for k, v in d.items()))
-    failures = [f for s in result.values() for f in s.failures]
+        print(sweep.text(out, len(failures)))
     for f in failures[:5]:
         print(f"FAILED: {json.dumps(f)}", file=sys.stderr)
     return 1 if failures else 0
@@ -76,11 +97,7 @@ def _chaos(args: argparse.Namespace) -> int:
     from brewmeter import chaos
 
     r = chaos.main(args.faults, args.seed)
-    if args.json:
-        print(json.dumps(r, sort_keys=True))
-    else:
-        for k, v in r.items():
-            print(f"{k:<16} {v}")
+    print(json.dumps(r, sort_keys=True) if args.json else chaos.text(r))
     return 0 if r["ok"] else 1
 
 
@@ -98,15 +115,52 @@ def _serial(args: argparse.Namespace) -> int:
             print(f"{port}: {fieldtech.restart(port)}")
             return 0
         if args.command == "report":
-            fieldtech.report(port, Path(args.out))
-            print(f"{port}: report written to {args.out}")
+            out = fieldtech.report(port, args.out and Path(args.out), args.force)
+            print(f"{port}: report written to {out}")
             return 0
         data = fieldtech.ask(port, args.command)
     except ports.PortError as e:
         print(f"brewmeter: {e}", file=sys.stderr)
         return 1
+    except fieldtech.ReportError as e:
+        print(f"brewmeter report: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(json.dumps(data, sort_keys=True) if args.json else fieldtech.show(data))
     return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from brewmeter import provision
+
+    try:
+        files = provision.new(args)
+    except provision.ProvisionError as e:
+        print(f"brewmeter provision: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for f in files:
+        print(f"registered and wrote {f}")
+    print(f"{len(files)} machines ready: ./flash.sh --port PORT --board BOARD "
+          f"--provision {files[0]}")
+    return 0
+
+
+def _ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    from brewmeter import ports
+
+    print(ports.describe(list_ports.comports()))
+    return 0
+
+
+def _drive(args: argparse.Namespace) -> int:
+    from brewmeter import drive
+
+    try:
+        return drive.run(args)
+    except (drive.DriveError, drive.BoardError) as e:
+        print(f"brewmeter {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 def _check_board(args: argparse.Namespace) -> int:
@@ -119,17 +173,23 @@ def _check_board(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__)
+    ap = argparse.ArgumentParser(prog="brewmeter", description=__doc__, formatter_class=Help)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="one machine (its firmware, the emulated cloud as "
                        "merchant) through N days of use: counters, consumables, orders")
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--power-cuts", type=int, default=0, help="at random hours")
+    p.add_argument("--days", type=int, default=30, help="how many days to simulate")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of the days' use (same seed, same output)")
+    p.add_argument("--power-cuts", type=int, default=0, help="power cuts, at random hours")
     p.add_argument("--net-faults", type=float, default=0.0,
                    help="share of report requests the network spoils (0-1)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
+    p.add_argument("--timeline", metavar="CSV", help="write a row a day: brews, each "
+                   "consumable's level and days left, orders, refills, stock-outs, reports "
+                   "and report failures")
+    p.add_argument("--plot", metavar="PNG", help="draw the levels over the days with orders, "
+                   "deliveries and stock-outs marked (needs matplotlib: the plot extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_simulate)
 
@@ -155,7 +215,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="the device against the emulated cloud, with faults")
     p.add_argument("--faults", type=int, default=1000, help="network faults to inject")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of the faults and the device's doings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_chaos)
 
@@ -179,17 +240,45 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
         if name == "report":
-            p.add_argument("--out", required=True, help="the JSON file to write")
+            p.add_argument("--out", help="the JSON file to write (default: "
+                           "DEVICE_ID-DATE.json here)")
+            p.add_argument("--force", action="store_true",
+                           help="overwrite --out if it exists")
         elif name == "unlock":
             p.add_argument("--pin", required=True, help="the machine's service PIN")
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)
 
+    from brewmeter import provision
+
+    p = sub.add_parser("provision", help="make machines ready to flash: ids, keys registered "
+                       "with the cloud, one provisioning file each")
+    provision.add_arguments(p)
+    p.set_defaults(func=_provision)
+
+    from brewmeter import drive
+
+    drive.add_commands(sub, _drive)
+
+    p = sub.add_parser("ports", help="list the serial ports with their USB ids, ESP32 "
+                       "adapters marked")
+    p.set_defaults(func=_ports)
+
     p = sub.add_parser("check-board", help="validate board profiles")
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
     p.set_defaults(func=_check_board)
+    _help_everywhere(ap)
     return ap
+
+
+def _help_everywhere(ap: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help shows the defaults."""
+    ap.formatter_class = Help
+    for a in ap._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for p in a.choices.values():
+                _help_everywhere(p)
 
 
 def main(argv: list[str] | None = None) -> int:

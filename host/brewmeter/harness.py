@@ -3,13 +3,14 @@ stand-ins first, so `import app...` afterwards gets the device's own source."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from brewmeter import standins
 
 standins.install()
 
-from app.profile import Profile, ProfileError, parse  # noqa: E402
+from app.profile import Profile, ProfileError, parse, validate  # noqa: E402, F401
 
 REPO = standins.REPO
 BOARDS = REPO / "boards"
@@ -32,5 +33,9 @@ def load_profile(name_or_path: str) -> Profile:
         raise ProfileError(
             str(p), "(file)", f"cannot read: {e.strerror} (boards: {known})"
         ) from None
+    if '"service_pin"' in text:
+        print(f"{p}: field 'service_pin' is now named 'button_pin' (the refill button's GPIO; "
+              f"the provisioning's service_pin is the PIN): accepted, please rename it",
+              file=sys.stderr)
     return parse(text, str(p))
 

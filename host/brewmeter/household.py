@@ -64,6 +64,8 @@ class Outcome:
     requests: list[dict[str, Any]] = field(default_factory=list)  # order_requested events
     power_cuts: int = 0
     reports: int = 0
+    report_failures: int = 0
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # a row a day (Home.row)
 
     def json(self) -> dict[str, Any]:
         """The counters (as `brewmeter simulate` always printed them), and what the
@@ -71,7 +73,7 @@ class Outcome:
         return {**self.counters, "supplies": self.supplies, "orders": self.orders,
                 "refills": dict(self.refills), "stockouts": dict(self.stockouts),
                 "alerts": dict(self.alerts), "power_cuts": self.power_cuts,
-                "reports": self.reports}
+                "reports": self.reports, "report_failures": self.report_failures}
 
 
 class Link:
@@ -92,6 +94,40 @@ class _Home:
         self.link = Link()
         self.out = Outcome(plan.days, {}, {}, [])
         self.device, self.syncer = self.boot()
+        self._seen: dict[str, str] = {}  # order id -> its status at the last row
+        self._last = (0, Counter(), Counter(), 0, 0)  # brews, refills, stock-outs, reports
+
+    def row(self, d: int) -> dict[str, Any]:
+        """Day `d` as it ended: its brews, each consumable's level (% left) and days left
+        (empty: no forecast yet), the orders requested, shipped and delivered that day, refills
+        and stock-outs, reports sent and failed."""
+        dev, out = self.device, self.out
+        wall = self.wall()
+        brews = dev.meter.c.total_brews()
+        b0, r0, s0, n0, f0 = self._last
+        row: dict[str, Any] = {"day": d + 1, "date": _date(wall - 1), "brews": brews - b0}
+        for name, v in dev.supplies.report(dev.config, self.profile, wall,
+                                           dev.per_day(wall)).items():
+            row[f"{name}_pct"] = v["pct"]
+            row[f"{name}_days"] = "" if v["days"] is None else v["days"]
+        moved: dict[str, list[str]] = {"requested": [], "shipped": [], "delivered": []}
+        for o in self.cloud.ledger.orders(DEVICE) or []:
+            before = self._seen.get(o["order"])
+            if before is None:
+                moved["requested"].append(o["item"])
+            for st in ("shipped", "delivered"):
+                if o[f"{st}_at"] and before not in (st, "delivered"):
+                    moved[st].append(o["item"])
+            self._seen[o["order"]] = o["status"]
+        for k, items in moved.items():
+            row[f"orders_{k}"] = " ".join(items)
+        row["refills"] = " ".join(sorted((out.refills - r0).elements()))
+        row["stockouts"] = " ".join(sorted((out.stockouts - s0).elements()))
+        row["reports"] = out.reports - n0
+        row["report_failures"] = out.report_failures - f0
+        self._last = (brews, out.refills.copy(), out.stockouts.copy(), out.reports,
+                      out.report_failures)
+        return row
 
     def wall(self) -> int:
         return START_WALL + self.clock.ms // 1000
@@ -145,7 +181,8 @@ class _Home:
         if self.syncer.schedule.is_due(now):
             self.link.ok = plan.online(day, hour)
             wallclock.set_unix(self.wall())
-            await self.syncer.sync_once()
+            if await self.syncer.sync_once() != "ok":
+                self.out.report_failures += 1
             self.out.reports += 1
 
     async def day(self, d: int, rng: random.Random, cut_hours: set[int]) -> None:
@@ -202,6 +239,7 @@ async def run(profile: Any, plan: Plan) -> Outcome:
                 home = _Home(plan, profile, MemFS(), cloud, clock)
                 for d in range(plan.days):
                     await home.day(d, rng, cut_hours)
+                    home.out.timeline.append(home.row(d))
                 if faults:
                     faults.rates.clear()  # the network heals: let the device catch up
                 home.link.ok = True
@@ -226,6 +264,12 @@ async def run(profile: Any, plan: Plan) -> Outcome:
         standins.set_clock(old)
         wallclock.synced = False
     return out
+
+
+def _date(wall: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(wall, UTC).date().isoformat()
 
 
 def _epoch(iso: str) -> float:

@@ -36,6 +36,21 @@ def open_port(port: str, baudrate: int = 115200, timeout: float = 1.0) -> serial
         raise PortError(f"{port}: cannot open: {text}") from e
 
 
+def describe(found: list) -> str:
+    """`brewmeter ports`: every serial port (pyserial's ListPortInfo), its USB ids and what
+    it is, ESP32 adapters marked."""
+    if not found:
+        return ("no serial ports found: plug the board in (a data cable, not a charging-only "
+                "one); an emulated board's port is printed by `./brewmeter emulate`")
+    rows = []
+    for p in sorted(found, key=lambda p: p.device):
+        ids = f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None else "-"
+        mark = "ESP32 adapter" if p.vid in ESP32_USB_VIDS else ""
+        what = " ".join(x for x in (p.manufacturer, p.description) if x and x != "n/a")
+        rows.append(f"{p.device:<16} {ids:<10} {mark:<14} {what}".rstrip())
+    return "\n".join(rows)
+
+
 def candidates() -> list[str]:
     """Serial ports that look like an ESP32 board's USB adapter."""
     return sorted(p.device for p in list_ports.comports() if p.vid in ESP32_USB_VIDS)

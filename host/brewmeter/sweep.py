@@ -166,6 +166,29 @@ def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
     return out
 
 
+# What each count means, for `brewmeter powercut`'s table.
+MEANS = (("cuts", "power cuts, one at each flash operation"),
+         ("lost", "brews saved before the cut but missing after"),
+         ("doubled", "brews counted after the cut that never happened"),
+         ("wrong_after", "recoveries after which the rest of the day was miscounted"),
+         ("window_exceeded", "cuts losing water or pump time beyond the flush window"),
+         ("outbox_lost", "saved events missing from the outbox after the cut"))
+
+
+def text(out: dict[str, dict[str, int]], failures: int) -> str:
+    """Each interpreter's cuts and what they did, then one plain PASS/FAIL line."""
+    names = list(out)
+    rows = [f"{'':<58}" + "".join(f"{n:>12}" for n in names)]
+    for key, means in MEANS:
+        rows.append(f"{means:<58}" + "".join(f"{out[n][key]:>12}" for n in names))
+    cuts = sum(out[n]["cuts"] for n in names)
+    rows.append("")
+    rows.append(f"PASS: {cuts} power cuts, no brew lost or doubled, every recovery right"
+                if not failures else
+                f"FAIL: {failures} of {cuts} power cuts went wrong (first ones below)")
+    return "\n".join(rows)
+
+
 def _merge(into: Summary, s: Summary) -> None:
     for k in ("cuts", "lost", "doubled", "wrong_after", "window_exceeded", "outbox_lost",
               "outbox_checked"):

@@ -44,7 +44,7 @@ def _fault(s: str) -> tuple[str, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `brewmeter cloud`."""
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     p.add_argument("--db", default=":memory:", help="SQLite ledger file (default: in memory)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "power loss)")
     p.add_argument("--fault", action="append", type=_fault, metavar="KIND=P",
                    help="inject a fault into this fraction of reports (repeatable)")
-    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--fault-seed", type=int, default=0,
+                   help="the random seed of which reports get the --fault kinds")
     p.add_argument("--ship-after-s", type=float, default=86_400,
                    help="a placed order ships this long after it was placed or approved")
     p.add_argument("--deliver-after-s", type=float, default=172_800,
