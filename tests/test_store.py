@@ -57,7 +57,7 @@ def test_writes_alternate_and_the_newest_good_copy_wins(fs):
     assert Store(fs, "/counts").load_counters().brews[0] == 9
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage", "huge"])
 def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage):
     d = Device(profile, fs)
     d.boot(1, 0)
@@ -74,6 +74,8 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
         victim.write_bytes(victim.read_bytes()[:30])
     elif damage == "delete":
         victim.unlink()
+    elif damage == "huge":  # its header intact, grown past any copy we write: never read
+        victim.write_bytes(victim.read_bytes() + bytes(1 << 20))
     else:
         victim.write_bytes(os.urandom(103))
     d2 = Device(profile, fs)

@@ -19,6 +19,8 @@ _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks 
 _HEAD = "<BH"
 _HEAD_LEN = const(3)
 _OLD_HEAD_LEN = const(5)
+# No copy we write comes near this: a larger file is damage, refused before it is read.
+_MAX_FILE = const(16384)
 
 # The counters, in the order they are packed: 92 bytes with header and CRC. Pump times are
 # kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
@@ -131,6 +133,9 @@ class Store:
             if len(copies) == 2 and _newer(copies[1], copies[0]):
                 copies.reverse()
             for i, fmt, seq, hlen, head, f in copies:
+                if f.seek(0, 2) > _MAX_FILE:  # the size, from littlefs's metadata: no read
+                    continue
+                f.seek(len(head))
                 data = head + f.read()
                 body = data[:-4]
                 if len(data) >= hlen + 4 and crc32(body) == struct.unpack(

@@ -38,6 +38,9 @@ class _File:
     def write(self, data: bytes) -> int:
         return _call(self._fs, self._f.write, data)
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return _call(self._fs, self._f.seek, offset, whence)
+
     def close(self) -> None:
         try:
             _call(self._fs, self._f.close)  # littlefs commits the file here
