@@ -233,11 +233,13 @@ def parser() -> argparse.ArgumentParser:
                        ("status", "read the device's status over the serial port"),
                        ("filter", "read the water filter's state over the serial port"),
                        ("consumables", "read what is left of each consumable, and orders"),
-                       ("console", "the service console, interactive"),
+                       ("console", "the service console, interactive: exit, quit or Ctrl-] leave; "
+                        "Ctrl-C is not sent to the machine (it would stop the app), Ctrl-T "
+                        "then C sends one on purpose"),
                        ("restart", "bring the app back now (after Ctrl-C or mpremote)"),
                        ("unlock", "open a locked port for service (REPL, mpremote, flash.sh)"),
                        ("report", "everything for a visit report, into a JSON file")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
         if name == "report":
             p.add_argument("--out", help="the JSON file to write (default: "

@@ -4,8 +4,6 @@ serial port (pyserial), open an interactive console, and file a visit report."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,7 +136,7 @@ def report(port: str, out: Path | None = None, force: bool = False) -> Path:
 
 
 def interactive(port: str) -> int:
-    """The console in this terminal (pyserial's miniterm; Ctrl-] quits)."""
-    ports.open_port(port).close()  # its clear errors first
-    return subprocess.call([sys.executable, "-m", "serial.tools.miniterm", "--raw",
-                            "--eol", "CR", port, "115200"])
+    """The console in this terminal: Ctrl-C stays on the laptop; exit, quit, Ctrl-] leave."""
+    from brewmeter import console_term
+
+    return console_term.run(port)
