@@ -197,3 +197,12 @@ def test_service_unlock_needs_the_pin_and_is_recorded(profile, tmp_path):
     assert con.pending == ("unlock",)
     assert con.device.outbox.events[-1]["action"] == "service unlock"
     assert "unknown service action" in con.feed(b"service open --pin 246810\n")
+
+
+def test_filter_shows_its_limits_which_hard_water_brings_closer(console, profile):
+    out = console.feed(b"filter\n")
+    assert f"due at {profile.filter_litres:g} L or {profile.filter_months} months" in out
+    console.device.apply_config(2, {"water_hardness_dh": 20})
+    f = json.loads(console.feed(b"filter --json\n"))
+    assert f["due_at_litres"] == profile.filter_litres / 2
+    assert f["due_at_months"] == profile.filter_months

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import time
 
@@ -172,3 +173,58 @@ def test_port_errors_each_say_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(ports.list_ports, "comports", lambda: [])
     with pytest.raises(ports.PortError, match="no ESP32 USB serial adapter"):
         ports.pick(None)
+
+
+def _device_says(port: str, command: str) -> str:
+    """What the device console itself prints for `command`, as a terminal shows it."""
+    with ports.open_port(port, timeout=0.1) as s:
+        s.reset_input_buffer()
+        s.write(b"\r" + command.encode() + b"\r")
+        seen, end = b"", time.monotonic() + 5
+        while time.monotonic() < end and not seen.endswith(b"brewmeter> "):
+            seen += s.read(4096)
+    answer = seen.split(command.encode() + b"\r\n", 1)[1].removesuffix(b"brewmeter> ")
+    return answer.decode().replace("\r\n", "\n").strip()
+
+
+_VARY = ("uptime_s", "heap_free", "last_sync")  # change between two reads a second apart
+
+
+def _steady(text: str) -> list[str]:
+    return [line.split()[0] if line.split()[:1] and line.split()[0] in _VARY else line
+            for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("command", ["counters", "status", "filter", "consumables"])
+def test_the_laptop_says_what_the_device_console_says(flashed, capsys, command):
+    board, _ = flashed
+    device = _device_says(board.serial_port, command)
+    assert cli.main([command, "--port", board.serial_port]) == 0
+    laptop = capsys.readouterr().out.strip()
+    assert _steady(laptop) == _steady(device)
+    if command == "consumables":  # the device's words, not a dump of its JSON
+        assert "coffee    100% left (0 of 100 units used), no forecast" in laptop
+        assert "capacity" not in laptop
+    if command == "filter":  # its limits shown
+        assert re.search(r"^limits +due at \d+(\.\d+)? L or \d+ months$", laptop, re.M)
+    if command == "status":
+        assert re.search(r"^flash_used +\d+ of \d+ KiB$", laptop, re.M)
+
+
+def test_json_numbers_are_numbers_with_units_in_the_keys(flashed, capsys):
+    board, _ = flashed
+    assert cli.main(["status", "--port", board.serial_port, "--json"]) == 0
+    laptop = json.loads(capsys.readouterr().out)
+    device = json.loads(_device_says(board.serial_port, "status --json"))
+    assert set(laptop) == set(device)  # the same shape on both sides
+    for key in ("flash_used_kib", "flash_total_kib", "uptime_s", "heap_free", "boots"):
+        assert type(laptop[key]) is int, (key, laptop[key])
+    assert 0 < laptop["flash_used_kib"] < laptop["flash_total_kib"]
+    assert isinstance(laptop["flash_wear_est_pct"], float | int)
+    assert laptop["last_sync"] in ("never", "ok") or isinstance(laptop["last_sync"], str)
+    assert laptop["last_sync_age_s"] is None or type(laptop["last_sync_age_s"]) is int
+    assert not any(isinstance(v, str) and ("KiB" in v or " ago" in v) for v in laptop.values())
+    assert cli.main(["filter", "--port", board.serial_port, "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)
+    assert f["due_at_litres"] > 0 and type(f["due_at_months"]) is int
+    assert type(f["brews"]) is int and isinstance(f["litres"], float | int)

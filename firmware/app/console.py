@@ -120,14 +120,7 @@ class Console:
             return "error: %s" % e
         if as_json:
             return json.dumps(data, separators=(",", ":"))
-        if name == "consumables":
-            data = {k: _supply(v) for k, v in data.items()}
-        if isinstance(data, dict):
-            return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
-        if not data:
-            return "(none)"
-        return "\n".join([_fmt(x) for x in list(data)])
-
+        return human(name, data)
 
     def _action(self, words, wall, now):
         pin = None
@@ -149,6 +142,30 @@ class Console:
             self.pending = r
             return "%s: started" % r[0]
         return r
+
+
+def human(name, data):
+    """A read command's words for a person, from its JSON (`brewmeter` prints the same)."""
+    if name == "consumables":
+        data = {k: _supply(v) for k, v in data.items()}
+    elif name == "filter" and "due_at_litres" in data:
+        data = dict(data)
+        data["limits"] = "due at %g L or %d months" % (data.pop("due_at_litres"),
+                                                      data.pop("due_at_months"))
+    elif name == "status":
+        data = dict(data)
+        u, n = data.pop("flash_used_kib", None), data.pop("flash_total_kib", None)
+        data["flash_used"] = "?" if u is None else "%d of %d KiB" % (u, n)
+        w = data.pop("flash_wear_est_pct", None)
+        data["flash_wear"] = "?" if w is None else "%.4f%% (estimate)" % w
+        a = data.pop("last_sync_age_s", None)
+        if a is not None:
+            data["last_sync"] = "%s (%d s ago)" % (data["last_sync"], a)
+    if isinstance(data, dict):
+        return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
+    if not data:
+        return "(none)"
+    return "\n".join([_fmt(x) for x in list(data)])
 
 
 def _fmt(v):
@@ -177,10 +194,12 @@ def _counters(con, args, wall):
 def _filter(con, args, wall):
     d = con.device
     c = d.meter.c
+    dh = settings.get(d.config, "water_hardness_dh")
     return {"litres": c.filter_ml / 1000, "pump_hours": round(c.filter_pump_ms / 3600000, 2),
             "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
-            "due": filters.due(c, d.profile, wall, settings.get(d.config, "water_hardness_dh"))
-            or "no", "cycle": c.filters}
+            "due": filters.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
+            "due_at_litres": round(d.profile.filter_litres * 10 / dh, 1),
+            "due_at_months": d.profile.filter_months}
 
 
 def _consumables(con, args, wall):

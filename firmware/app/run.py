@@ -241,16 +241,18 @@ def status(device, prov):
     c = device.meter.c
     try:
         st = os.statvfs("/")
-        flash_used = "%d of %d KiB" % ((st[2] - st[3]) * st[0] // 1024, st[2] * st[0] // 1024)
+        used, total = (st[2] - st[3]) * st[0] // 1024, st[2] * st[0] // 1024
         blocks = st[2]
     except OSError:
-        flash_used, blocks = "?", 512
+        used = total = None
+        blocks = 512
     # Wear, estimated from the measured cost of a brew (flash_erases_per_brew, brewmeter
     # bench: 0.044 erases) spread by littlefs's wear levelling over the partition's blocks,
     # against NOR flash's 100,000 erase cycles.
     wear = c.total_brews() * 0.044 / blocks / 100000 * 100
     s = {"fw": VERSION, "board": device.profile.board,
-         "flash_used": flash_used, "flash_wear_pct": "%.4f (estimate)" % wear,
+         "flash_used_kib": used, "flash_total_kib": total,
+         "flash_wear_est_pct": round(wear, 4),
          "device_id": prov.get("device_id") if prov else None,
          "uptime_s": device.uptime_ms(ticks_ms()) // 1000,
          "reset_cause": RESET_CAUSES[c.last_reset], "boots": c.boots,
@@ -259,8 +261,9 @@ def status(device, prov):
     if _syncer is not None:
         s["wifi"] = _syncer.link.state() if hasattr(_syncer.link, "state") else "?"
         last = _syncer.last
-        s["last_sync"] = "never" if last is None else "%s (%d s ago)" % (
-            last[1], (device.uptime_ms(ticks_ms()) - last[0]) // 1000)
+        s["last_sync"] = "never" if last is None else last[1]
+        s["last_sync_age_s"] = None if last is None else (
+            device.uptime_ms(ticks_ms()) - last[0]) // 1000
     return s
 
 

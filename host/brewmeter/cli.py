@@ -125,7 +125,7 @@ def _serial(args: argparse.Namespace) -> int:
     except fieldtech.ReportError as e:
         print(f"brewmeter report: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps(data, sort_keys=True) if args.json else fieldtech.show(data))
+    print(json.dumps(data, sort_keys=True) if args.json else fieldtech.show(args.command, data))
     return 0
 
 

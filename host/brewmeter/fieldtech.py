@@ -93,18 +93,14 @@ def restart(port: str, timeout: float = 15.0) -> str:
         raise NoBrewmeter(str(e)) from None
 
 
-def show(data: dict | list) -> str:
-    if isinstance(data, list):
-        return "\n".join(json.dumps(x) if isinstance(x, dict) else str(x) for x in data) \
-            or "(none)"
-    w = max((len(k) for k in data), default=0)
-    return "\n".join(f"{k:<{w}}  {_fmt(v)}" for k, v in sorted(data.items()))
+def show(command: str, data: dict | list) -> str:
+    """A read command's answer in the device console's own words (its code, run here)."""
+    from brewmeter import standins
 
+    standins.install()
+    from app.console import human
 
-def _fmt(v: object) -> str:
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {x}" for k, x in sorted(v.items()))
-    return str(v)
+    return human(command, data)
 
 
 class ReportError(Exception):
