@@ -5,6 +5,7 @@ with the service PIN (`brewmeter unlock`, `flash.sh --pin`)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -154,3 +155,39 @@ def test_wrong_pins_are_refused_and_the_lock_survives_a_reset(tmp_path, capsys):
         assert cli.main(["unlock", "--port", port, "--pin", PIN]) == 1  # even the right one
         assert "service actions locked" in capsys.readouterr().err
         assert _answers_locked(port)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "brewmeter.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(locked, capsys):
+    board, prov, prof, d = locked
+    port = board.serial_port
+    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    tries = int(re.search(r"wrong PIN \((\d) tries left\)", capsys.readouterr().err)[1])
+    mark = board.transcript_end()
+    for args in (["unlock"], ["sync"], ["refill", "filter"], ["sync", "--pin", "12"],
+                 ["refill", "coffee", "--pin", "12345x"], ["unlock", "--pin", ""]):
+        p = _cli(*args, "--port", port)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert "usage: brewmeter" in p.stderr and "--pin" in p.stderr, p.stderr
+    p = subprocess.run(["./flash.sh", "--port", port, "--provision", str(d / "prov.json"),
+                        "--pin", "abc"], capture_output=True, text=True, timeout=60,
+                       cwd=BOARDS.parent)
+    assert p.returncode == 2 and "6-8 digits" in p.stderr, p.stderr
+    time.sleep(0.5)
+    assert b"--pin" not in board.transcript(mark)  # nothing reached the machine
+    # The try count, as the next wrong PIN tells it: unchanged by the slips.
+    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    assert f"wrong PIN ({tries - 1} tries left)" in capsys.readouterr().err
+    # The right one works from the laptop's own service commands (and clears the count).
+    p = _cli("refill", "coffee", "--port", port, "--pin", PIN)
+    assert p.returncode == 0 and "coffee refilled" in p.stdout, p.stdout + p.stderr
+    p = _cli("sync", "--port", port, "--pin", PIN)
+    assert p.stdout.startswith(f"{port}: sync: "), p.stdout + p.stderr
+    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    assert "wrong PIN (4 tries left)" in capsys.readouterr().err

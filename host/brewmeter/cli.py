@@ -111,6 +111,14 @@ def _serial(args: argparse.Namespace) -> int:
         if args.command == "unlock":
             print(f"{port}: {fieldtech.unlock(port, args.pin)}")
             return 0
+        if args.command in ("sync", "refill"):
+            line = "sync" if args.command == "sync" else f"refill {args.item}"
+            done = (b"sync: ",) if args.command == "sync" else (
+                b"filter changed", b"descale recorded", f"{args.item} refilled".encode())
+            said = fieldtech.act(port, line, args.pin, done,
+                                 timeout=60 if args.command == "sync" else 5)
+            print(f"{port}: {said}")
+            return 0 if said in ("sync: ok",) or args.command == "refill" else 1
         if args.command == "restart":
             print(f"{port}: {fieldtech.restart(port)}")
             return 0
@@ -229,6 +237,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_conform)
 
+    from brewmeter import fieldtech
+
     for name, text in (("counters", "read the counters over the serial port"),
                        ("status", "read the device's status over the serial port"),
                        ("filter", "read the water filter's state over the serial port"),
@@ -238,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
                         "then C sends one on purpose"),
                        ("restart", "bring the app back now (after Ctrl-C or mpremote)"),
                        ("unlock", "open a locked port for service (REPL, mpremote, flash.sh)"),
+                       ("sync", "report to the cloud now (needs the service PIN)"),
+                       ("refill", "record a new pack or a filter change, descale done "
+                        "(needs the service PIN)"),
                        ("report", "everything for a visit report, into a JSON file")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
@@ -246,8 +259,13 @@ def parser() -> argparse.ArgumentParser:
                            "DEVICE_ID-DATE.json here)")
             p.add_argument("--force", action="store_true",
                            help="overwrite --out if it exists")
-        elif name == "unlock":
-            p.add_argument("--pin", required=True, help="the machine's service PIN")
+        elif name in ("unlock", "sync", "refill"):
+            if name == "refill":
+                p.add_argument("item", choices=("coffee", "filter", "descaler", "tablets"),
+                               help="what is new")
+            p.add_argument("--pin", required=True, type=fieldtech.pin,
+                           help="the machine's service PIN (6-8 digits); without it nothing "
+                           "is sent and no try is spent")
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)

@@ -3,6 +3,7 @@ serial port (pyserial), open an interactive console, and file a visit report."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from datetime import UTC, datetime
@@ -55,31 +56,53 @@ def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
     raise NoBrewmeter(f"{port}: something other than brewmeter answers: {text[:80]!r}")
 
 
-def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
-    """`service unlock --pin PIN` on the console: opens a locked port (Ctrl-C, the REPL,
-    mpremote) for the board's maintenance window. Returns the console's answer; raises
-    NoBrewmeter if it refuses (a wrong PIN, the PIN lock) or nobody answers."""
-    asked = b"service unlock --pin " + pin.encode()
+def pin(text: str) -> str:
+    """argparse type of --pin: a PIN is 6-8 digits, as provisioned. Anything else is refused
+    here, before the device is asked: a slip costs no PIN try."""
+    if not (text.isascii() and text.isdigit() and 6 <= len(text) <= 8):
+        raise argparse.ArgumentTypeError("a service PIN is 6-8 digits (as in the machine's "
+                                         "provisioning file)")
+    return text
+
+
+def act(port: str, line: str, pin: str, done: tuple[bytes, ...], timeout: float = 5.0) -> str:
+    """A service action, `LINE --pin PIN` on the console: the first answer line starting
+    with one of `done`. Raises NoBrewmeter if the console refuses it (a wrong PIN, the PIN
+    lock) or nobody answers."""
+    asked = (line + " --pin " + pin).encode()
+    seen = b""
     try:
         with ports.open_port(port, timeout=0.05) as s:
             s.reset_input_buffer()
             s.write(b"\r" + asked + b"\r")
-            seen = b""
             end = time.monotonic() + timeout
             while time.monotonic() < end:
                 seen += s.read(4096)
-                for line in seen.split(asked, 1)[-1].split(b"\n")[:-1]:
-                    line = line.strip().removeprefix(b"brewmeter> ")
-                    if line.startswith(b"unlock: the port"):
-                        return line.decode()
-                    if line.startswith(b"error: "):
-                        raise NoBrewmeter(f"{port}: not unlocked: {line[7:].decode()}")
+                for got in seen.split(asked, 1)[-1].split(b"\n")[:-1]:
+                    got = got.strip().removeprefix(b"brewmeter> ")
+                    if got.startswith(done) and not got.endswith(b": started"):
+                        return got.decode()
+                    if got.startswith(b"error: "):
+                        raise NoBrewmeter(f"{port}: not done: {got[7:].decode()}")
     except serial.SerialException as e:
         raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
     text = seen.decode(errors="replace")
     if ">>>" in text or "raw REPL" in text:
-        return "unlock: the REPL answers already (the app is stopped)"
-    raise NoBrewmeter(f"{port}: no answer to 'service unlock' within {timeout:.0f} s")
+        raise NoBrewmeter(f"{port}: the MicroPython REPL answers, not brewmeter: "
+                          "`brewmeter restart` brings the app back")
+    raise NoBrewmeter(f"{port}: no answer to '{line}' within {timeout:.0f} s")
+
+
+def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
+    """`service unlock --pin PIN` on the console: opens a locked port (Ctrl-C, the REPL,
+    mpremote) for the board's maintenance window. Returns the console's answer; raises
+    NoBrewmeter if it refuses (a wrong PIN, the PIN lock) or nobody answers."""
+    try:
+        return act(port, "service unlock", pin, (b"unlock: the port",), timeout)
+    except NoBrewmeter as e:
+        if "REPL answers" in str(e):
+            return "unlock: the REPL answers already (the app is stopped)"
+        raise NoBrewmeter(str(e).replace("not done:", "not unlocked:")) from None
 
 
 def restart(port: str, timeout: float = 15.0) -> str:

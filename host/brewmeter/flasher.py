@@ -537,8 +537,10 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
     ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
-    ap.add_argument("--pin", help="a locked machine's service PIN: unlock its serial port "
-                    "before flashing (the restart after locks it again)")
+    from brewmeter.fieldtech import pin
+
+    ap.add_argument("--pin", type=pin, help="a locked machine's service PIN (6-8 digits): "
+                    "unlock its serial port before flashing (the restart after locks it again)")
     return ap
 
 
