@@ -63,3 +63,41 @@ def test_the_checks_catch_a_lost_and_a_doubled_brew():
                  "recovered_outbox": [1]}, WINDOW_MS, s)
     assert (s.lost, s.doubled, s.outbox_lost, s.wrong_after) == (1, 1, 1, 1)
     assert not s.ok
+
+
+def test_the_checks_say_which_flash_operation_lost_what():
+    base = {"cut_event": 3, "durable": [5, 1, 100, 1000], "ram": [6, 1, 150, 2000],
+            "after": [2, 0, 10, 10], "durable_outbox": [1], "ram_outbox": [1, 2],
+            "cut_op": "program", "cut_in": "counters", "tear": True}
+    s = sweep.Summary()
+    sweep.check({**base, "recovered": [3, 0, 100, 1000], "final": [5, 0, 0, 0],
+                 "recovered_outbox": [1]}, WINDOW_MS, s)
+    sweep.check({**base, "cut_op": "erase", "tear": False, "recovered": [5, 1, 100, 1000],
+                 "final": [7, 1, 0, 0], "recovered_outbox": [1]}, WINDOW_MS, s)
+    assert s.by_op == {"program, torn, in counters": {"cuts": 1, "recovered": 0,
+                                                      "counts_lost": 3},
+                       "erase, in counters": {"cuts": 1, "recovered": 1, "counts_lost": 0}}
+    text = sweep.text({"cpython": {k: getattr(s, k) for k, _ in sweep.MEANS}}, 1, s.by_op)
+    assert "program, torn, in counters" in text
+    assert text.splitlines()[-1] == "FAIL: 1 of 2 power cuts went wrong (first ones below)"
+
+
+def test_powercut_prints_each_flash_operation_kind_and_a_pass_line():
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "powercut", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    ops = r["by_flash_op"]
+    assert {op.split(",")[0] for op in ops} == {"program", "erase"}
+    assert any(", torn," in op for op in ops)
+    assert sum(k["cuts"] for k in ops.values()) == r["cpython"]["cuts"] + \
+        r["micropython"]["cuts"]
+    assert all(k["recovered"] == k["cuts"] and k["counts_lost"] == 0 for k in ops.values())
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "powercut"],
+                       capture_output=True, text=True, timeout=600)
+    assert "flash operation cut" in p.stdout and "boots recovered" in p.stdout
+    assert p.stdout.splitlines()[-1].startswith("PASS: ")

@@ -70,10 +70,11 @@ def _powercut(args: argparse.Namespace) -> int:
                                              "window_exceeded", "outbox_lost")}
            for name, s in result.items()}
     failures = [f for s in result.values() for f in s.failures]
+    by_op = sweep.by_op(result.values())
     if args.json:
-        print(json.dumps(out, sort_keys=True))
+        print(json.dumps(out | {"by_flash_op": by_op}, sort_keys=True))
     else:
-        print(sweep.text(out, len(failures)))
+        print(sweep.text(out, len(failures), by_op))
     for f in failures[:5]:
         print(f"FAILED: {json.dumps(f)}", file=sys.stderr)
     return 1 if failures else 0

@@ -72,6 +72,7 @@ class NorFlash:
                 mem[:] = data
         self.tear = tear
         self.dead = False
+        self.cut_op = None  # "program" or "erase": the operation the last cut interrupted
         self._left = None
         self.cut_after = cut_after
         self.reset_stats()
@@ -111,8 +112,8 @@ class NorFlash:
         if self.dead:
             raise PowerCut("flash is dead after a power cut")
 
-    def _start(self):
-        # Count one program/erase; True when the power fails during it.
+    def _start(self, kind):
+        # Count one program/erase; True when the power fails during it (`cut_op` says which).
         self._alive()
         self.ops += 1
         if self._left is None:
@@ -122,6 +123,7 @@ class NorFlash:
             return False
         self._left = None
         self.dead = True
+        self.cut_op = kind
         return True
 
     # -- storage: the RAM copy and/or the image file
@@ -163,7 +165,7 @@ class NorFlash:
             if data[i] & ~old[i] & 0xFF:
                 raise NorError("program at 0x%x sets a bit: erase first" % (addr + i))
             new[i] = old[i] & data[i]
-        if self._start():
+        if self._start("program"):
             if self.tear:  # a torn program: the first half of the bytes landed
                 self._put(addr, new[:n // 2])
             raise PowerCut("power cut during program of %d bytes at 0x%x" % (n, addr))
@@ -176,7 +178,7 @@ class NorFlash:
         if block < 0 or block >= self.block_count:
             raise NorError("erase of block %d outside the flash" % block)
         addr = block * self.block_size
-        if self._start():
+        if self._start("erase"):
             if self.tear:  # a torn erase: the first half of the block is erased, the rest not
                 self._put(addr, self._blank[:self.block_size // 2])
             raise PowerCut("power cut during erase of block %d" % block)

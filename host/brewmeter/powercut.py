@@ -81,7 +81,9 @@ def _record(device, store, durable):
     write = store.write
 
     def recording_write(name, payload):
+        durable["writing"] = name  # what a cut now interrupts
         write(name, payload)  # raises if the write did not complete
+        durable["writing"] = None
         if device.meter is None:
             return
         if name == "counters":
@@ -109,6 +111,8 @@ def run(profile, events, flash, mount, cut_at=None, patch=None):
         out["final"] = _totals(device)
         out["final_outbox"] = _outbox(device)
         return out
+    out["cut_op"] = flash.cut_op
+    out["cut_in"] = durable.get("writing") or "other"  # the file being written, if any
     out["ram"] = _totals(device)
     out["ram_outbox"] = _outbox(device)
     # Power back: mount what the flash holds, boot, and live the rest of the day.

@@ -54,6 +54,9 @@ class Summary:
     outbox_lost: int = 0
     outbox_checked: int = 0  # cuts after an event was durable: the outbox check had teeth
     failures: list[dict] = field(default_factory=list)
+    # Per flash operation the cut interrupted (and the file being written): its cuts, the
+    # boots after it that recovered right, and the counts (brews, rinses) lost.
+    by_op: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,14 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
             bad.append("outbox")
     if bad:
         summary.failures.append({"why": bad, **r})
+    op = f"{r.get('cut_op') or 'none'}{', torn' if r.get('tear') else ''}, in " \
+        f"{r.get('cut_in', 'other')}"
+    k = summary.by_op.setdefault(op, {"cuts": 0, "recovered": 0, "counts_lost": 0})
+    k["cuts"] += 1
+    k["recovered"] += not bad
+    if "recovered" in r:
+        k["counts_lost"] += sum(max(0, d - x) for d, x in zip(r["durable"][:2],
+                                                              r["recovered"][:2], strict=True))
 
 
 def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tuple[int, bytes]:
@@ -175,18 +186,34 @@ MEANS = (("cuts", "power cuts, one at each flash operation"),
          ("outbox_lost", "saved events missing from the outbox after the cut"))
 
 
-def text(out: dict[str, dict[str, int]], failures: int) -> str:
-    """Each interpreter's cuts and what they did, then one plain PASS/FAIL line."""
+def text(out: dict[str, dict[str, int]], failures: int,
+         by_op: dict[str, dict[str, int]] | None = None) -> str:
+    """Each interpreter's cuts and what they did, what each kind of flash operation cut did,
+    then one plain PASS/FAIL line."""
     names = list(out)
     rows = [f"{'':<58}" + "".join(f"{n:>12}" for n in names)]
     for key, means in MEANS:
         rows.append(f"{means:<58}" + "".join(f"{out[n][key]:>12}" for n in names))
     cuts = sum(out[n]["cuts"] for n in names)
     rows.append("")
+    if by_op:
+        rows.append(f"{'flash operation cut, in the file being written':<48}{'cuts':>8}"
+                    f"{'boots recovered':>17}{'counts lost':>13}")
+        for op, k in sorted(by_op.items()):
+            rows.append(f"{op:<48}{k['cuts']:>8}{k['recovered']:>17}{k['counts_lost']:>13}")
+        rows.append("")
     rows.append(f"PASS: {cuts} power cuts, no brew lost or doubled, every recovery right"
                 if not failures else
                 f"FAIL: {failures} of {cuts} power cuts went wrong (first ones below)")
     return "\n".join(rows)
+
+
+def by_op(summaries: Iterable[Summary]) -> dict[str, dict[str, int]]:
+    """The flash-operation breakdown of several sweeps, added up."""
+    total = Summary()
+    for s in summaries:
+        _merge(total, s)
+    return total.by_op
 
 
 def _merge(into: Summary, s: Summary) -> None:
@@ -194,3 +221,7 @@ def _merge(into: Summary, s: Summary) -> None:
               "outbox_checked"):
         setattr(into, k, getattr(into, k) + getattr(s, k))
     into.failures += s.failures
+    for op, k in s.by_op.items():
+        mine = into.by_op.setdefault(op, dict.fromkeys(k, 0))
+        for x, n in k.items():
+            mine[x] += n
