@@ -112,7 +112,7 @@ class NorFlash:
         if self.dead:
             raise PowerCut("flash is dead after a power cut")
 
-    def _start(self, kind):
+    def _start(self, kind="program"):
         # Count one program/erase; True when the power fails during it (`cut_op` says which).
         self._alive()
         self.ops += 1
