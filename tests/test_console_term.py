@@ -95,12 +95,12 @@ def test_ctrl_t_c_sends_ctrl_c_and_the_console_says_the_repl_answers(board):
     t.expect(b"console on")
     t.type(b"\x14c")
     t.expect(b"Ctrl-C sent")
-    t.expect(b"the MicroPython REPL answers, not the app")
+    t.expect(b"the MicroPython REPL answers (>>>), not the app")
     t.expect(b"brewmeter restart")
     t.type(b"\x1d")
     assert t.ended() == 0
     t = Term(board.serial_port)  # still the REPL: said on entry
-    t.expect(b"the MicroPython REPL answers, not the app")
+    t.expect(b"the MicroPython REPL answers (>>>), not the app")
     t.type(b"quit\r")
     assert t.ended() == 0
     assert fieldtech.restart(board.serial_port)  # the app back, as the console said

@@ -23,10 +23,9 @@ ENTRY = ("console on %s: type help; exit, quit or Ctrl-] leave. Ctrl-C is not se
          "machine (it would stop the app): Ctrl-T then C sends one on purpose.")
 NOT_SENT = "(Ctrl-C not sent: it stops the app. Ctrl-T then C sends it; exit or Ctrl-] leave)"
 MENU = "(Ctrl-T: then C sends Ctrl-C, T sends Ctrl-T)"
-REPL = ("console: the MicroPython REPL answers, not the app (its prompt is brewmeter>): the "
-        "app is stopped. Leave (exit or Ctrl-]) and run `brewmeter restart` to bring it back "
-        "now, or it comes back by itself once the port has been quiet for the board's "
-        "repl_idle_s.")
+REPL = ("console: the MicroPython REPL answers (>>>), not the app (brewmeter>): the app is "
+        "stopped. Leave (exit or Ctrl-]) and run `brewmeter restart` to bring it back now, or "
+        "it comes back by itself once the port has been quiet for the board's repl_idle_s.")
 GONE = "console: the device went away (unplugged?)"
 LEAVE_WORDS = ("exit", "quit")
 
