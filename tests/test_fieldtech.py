@@ -195,6 +195,7 @@ def _steady(text: str) -> list[str]:
             for line in text.splitlines()]
 
 
+@pytest.mark.board
 @pytest.mark.parametrize("command", ["counters", "status", "filter", "consumables"])
 def test_the_laptop_says_what_the_device_console_says(flashed, capsys, command):
     board, _ = flashed
@@ -211,6 +212,7 @@ def test_the_laptop_says_what_the_device_console_says(flashed, capsys, command):
         assert re.search(r"^flash_used +\d+ of \d+ KiB$", laptop, re.M)
 
 
+@pytest.mark.board
 def test_json_numbers_are_numbers_with_units_in_the_keys(flashed, capsys):
     board, _ = flashed
     assert cli.main(["status", "--port", board.serial_port, "--json"]) == 0

@@ -164,6 +164,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+@pytest.mark.board
+@pytest.mark.slow
 def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(locked, capsys):
     board, prov, prof, d = locked
     port = board.serial_port
