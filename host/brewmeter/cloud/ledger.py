@@ -24,6 +24,7 @@ from typing import Any
 
 from brewmeter.cloud import auth, billing, merchant
 from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.owners import Owners
 from brewmeter.cloud.report import Report, parse_report, unflatten
 from brewmeter.cloud.shared import protocol as P
 
@@ -281,7 +282,7 @@ def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
             "declined_at": _iso(declined)}
 
 
-class Ledger:
+class Ledger(Owners):
     def __init__(self, path: str | Path = ":memory:", *, synchronous: str = "FULL",
                  now: Callable[[], float] = time.time, merchant: Merchant | None = None,
                  busy_timeout_s: float = 1.0) -> None:
@@ -314,6 +315,7 @@ class Ledger:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
         self._keys = {row[0]: _keys(*row[1:]) for row in db.execute(
             "SELECT id, key, key_id, old_key, old_key_id, old_until FROM devices")}
+        self._load_owners(db)
         return db
 
     def close(self) -> None:

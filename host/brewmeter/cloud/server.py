@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
 import logging
 import random
@@ -27,7 +26,7 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 from aiohttp import web
 
-from brewmeter.cloud import auth, billing, quota
+from brewmeter.cloud import auth, billing, quota, roles
 from brewmeter.cloud.ledger import (
     BadSettings,
     Ledger,
@@ -41,6 +40,7 @@ from brewmeter.cloud.ledger import (
 )
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, Report, loads, parse_report
+from brewmeter.cloud.roles import ADMIN_TOKEN, LEDGER
 from brewmeter.cloud.shared import protocol as P
 
 log = logging.getLogger("brewmeter.cloud")
@@ -161,10 +161,8 @@ class Worker:
         self._pool.shutdown(wait=True)
 
 
-LEDGER = web.AppKey("ledger", Ledger)
 WORKER = web.AppKey("worker", Worker)
 FAULTS = web.AppKey("faults", Faults)
-ADMIN_TOKEN = web.AppKey("admin_token", str)
 QUOTA = web.AppKey("quota", quota.Quota)
 LEVELS = web.AppKey("levels", dict[str, quota.Level])  # per device, in memory
 
@@ -193,11 +191,9 @@ def _drop(request: web.Request) -> NoReturn:
     raise asyncio.CancelledError
 
 
-def _admin(request: web.Request) -> None:
-    token = request.app[ADMIN_TOKEN]
-    got = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-        raise _Fail(401, "admin endpoints need Authorization: Bearer <admin token>")
+def _admin(request: web.Request, operator: bool = False) -> str:
+    """The caller, if their role may do this to the device (see roles.require)."""
+    return roles.require(request, request.match_info.get("id"), operator)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -302,7 +298,7 @@ async def report(request: web.Request) -> web.StreamResponse:
 
 
 async def provision(request: web.Request) -> web.Response:
-    _admin(request)
+    who = _admin(request, operator=True)
     d = await _json_body(request)
     dev = request.match_info["id"]
     key = d.get("key") if isinstance(d, dict) else None
@@ -316,11 +312,14 @@ async def provision(request: web.Request) -> web.Response:
                                              d.get("key_id"), d.get("overlap_s", 0))
     except ValueError as e:
         raise _Fail(400, str(e)) from None
+    await request.app[WORKER].call(request.app[LEDGER].audit, who, dev,
+                                   "provision" if new else "re-key",
+                                   f"key id {d.get('key_id')}, overlap {d.get('overlap_s', 0)} s")
     return web.json_response({"id": dev, "created": new}, status=201 if new else 200)
 
 
 async def put_config(request: web.Request) -> web.Response:
-    _admin(request)
+    who = _admin(request, operator=True)
     d = await _json_body(request)
     if not isinstance(d, dict) or not isinstance(d.get("settings"), dict) or len(d) != 1:
         raise _Fail(400, 'expected {"settings": {...}}')
@@ -333,11 +332,14 @@ async def put_config(request: web.Request) -> web.Response:
         raise _Fail(409, f"the device would refuse these settings: {e}") from None
     except BadSettings as e:
         raise _Fail(400, f"the device would refuse these settings: {e}") from None
+    await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
+                                   "config",
+                                   f"version {out['version']}: {json.dumps(d['settings'])}")
     return web.json_response(out)
 
 
 async def put_plan(request: web.Request) -> web.Response:
-    _admin(request)
+    who = _admin(request, operator=True)
     d = await _json_body(request)
     try:
         out = await request.app[WORKER].call(request.app[LEDGER].set_plan,
@@ -348,6 +350,8 @@ async def put_plan(request: web.Request) -> web.Response:
         raise _Fail(400, str(e)) from None
     except StateConflict as e:
         raise _Fail(409, str(e)) from None
+    await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
+                                   "plan", json.dumps(d))
     return web.json_response(out)
 
 
@@ -387,9 +391,11 @@ async def get_orders(request: web.Request) -> web.Response:
                                               else {"orders": o}))
 
 
-async def _owner(request: web.Request, fn: Callable[..., Any], *args: Any) -> web.Response:
-    """An owner's action on the device's orders or supplies: 404 unknown, 409 not now."""
-    _admin(request)
+async def _owner(request: web.Request, fn: Callable[..., Any], *args: Any,
+                 action: str = "") -> web.Response:
+    """An owner's action on the device's orders or supplies: 404 unknown, 409 not now.
+    Written to the audit log as `action` (with the order or the item)."""
+    who = _admin(request)
     try:
         out = await request.app[WORKER].call(fn, request.match_info["id"], *args)
     except UnknownDevice:
@@ -398,17 +404,19 @@ async def _owner(request: web.Request, fn: Callable[..., Any], *args: Any) -> we
         raise _Fail(404, "unknown order") from None
     except StateConflict as e:
         raise _Fail(409, str(e)) from None
+    await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
+                                   action, str(args[0]))
     return web.json_response(out)
 
 
 async def approve_order(request: web.Request) -> web.Response:
     return await _owner(request, request.app[LEDGER].approve, request.match_info["order"],
-                        True)
+                        True, action="approve")
 
 
 async def decline_order(request: web.Request) -> web.Response:
     return await _owner(request, request.app[LEDGER].approve, request.match_info["order"],
-                        False)
+                        False, action="decline")
 
 
 async def post_refill(request: web.Request) -> web.Response:
@@ -417,7 +425,7 @@ async def post_refill(request: web.Request) -> web.Response:
     item = d.get("item") if isinstance(d, dict) else None
     if not isinstance(item, str) or not NAME.fullmatch(item) or len(d) != 1:
         raise _Fail(400, 'expected {"item": "<name>"}')
-    return await _owner(request, request.app[LEDGER].refill, item)
+    return await _owner(request, request.app[LEDGER].refill, item, action="refill")
 
 
 async def get_invoice(request: web.Request) -> web.Response:
@@ -485,6 +493,7 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
     r.add_post("/v1/admin/devices/{id}/orders/{order}/approve", approve_order)
     r.add_post("/v1/admin/devices/{id}/orders/{order}/decline", decline_order)
     r.add_post("/v1/admin/devices/{id}/refill", post_refill)
+    roles.add_routes(app)
     return app
 
 
