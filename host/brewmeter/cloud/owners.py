@@ -210,3 +210,10 @@ class Owners:
                 (device_id, *skip, limit)).fetchall()
         for body, t in rows:
             yield {**json.loads(body), "received": _iso(t)}
+
+    def fault_count(self, device_id: str, since: float) -> int:
+        """Fault events from the device received since `since`."""
+        with self._lock:
+            return self.db.execute("SELECT count(*) FROM events WHERE device=? AND "
+                                   "kind='fault' AND received>=?", (device_id, since)
+                                   ).fetchone()[0]

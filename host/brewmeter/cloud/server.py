@@ -42,6 +42,7 @@ from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, Report, loads, parse_report
 from brewmeter.cloud.roles import ADMIN_TOKEN, LEDGER
 from brewmeter.cloud.shared import protocol as P
+from brewmeter.cloud.web import add_routes as _console_routes
 
 log = logging.getLogger("brewmeter.cloud")
 T = TypeVar("T")
@@ -494,6 +495,7 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
     r.add_post("/v1/admin/devices/{id}/orders/{order}/decline", decline_order)
     r.add_post("/v1/admin/devices/{id}/refill", post_refill)
     roles.add_routes(app)
+    _console_routes(app, worker.call)
     return app
 
 
