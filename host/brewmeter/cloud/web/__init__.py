@@ -130,7 +130,10 @@ async def signin(request: web.Request) -> web.Response:
         return _page(request, "signin.html", status=401,
                      error="That token is not an operator's or an owner's.")
     sid = secrets.token_urlsafe(24)
-    request.app[SESSIONS][sid] = Session(who, secrets.token_urlsafe(24),
+    sessions, now = request.app[SESSIONS], time.monotonic()
+    for old in [k for k, v in sessions.items() if v.until < now]:  # expired: forget them
+        del sessions[old]
+    sessions[sid] = Session(who, secrets.token_urlsafe(24),
                                          time.monotonic() + SESSION_S)
     resp = web.HTTPSeeOther("/console/")
     resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/",
