@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from brewmeter.cloud import auth, billing
-from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.records import (
     NotForThisDevice,
+    Part,
     StateConflict,
     UnknownDevice,
     _keys,
@@ -27,20 +26,10 @@ from brewmeter.cloud.tables import (
     ADDED_COLUMNS,
     MAX_OVERLAP_S,
     SCHEMA,
-    Keys,
 )
 
 
-class Devices:
-    # Set by Ledger.__init__ (ledger.py); the other parts of the Ledger are mixed in beside.
-    path: str
-    synchronous: str
-    now: Callable[[], float]
-    busy_timeout_s: float
-    merchant: Merchant
-    _lock: threading.RLock
-    _keys: dict[str, Keys]
-    db: sqlite3.Connection
+class Devices(Part):
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from brewmeter.cloud import merchant
-from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.records import (
+    Part,
     Reply,
     SeqConflict,
     UnknownDevice,
@@ -26,20 +25,10 @@ from brewmeter.cloud.tables import (
     DAY_MS,
     ORDER_COLS,
     SEQ_KEEP,
-    Keys,
 )
 
 
-class Merge:
-    # Set by Ledger.__init__ (ledger.py); the other parts of the Ledger are mixed in beside.
-    path: str
-    synchronous: str
-    now: Callable[[], float]
-    busy_timeout_s: float
-    merchant: Merchant
-    _lock: threading.RLock
-    _keys: dict[str, Keys]
-    db: sqlite3.Connection
+class Merge(Part):
 
     # -- reports -------------------------------------------------------------------------------
 

@@ -9,12 +9,12 @@ import hashlib
 import json
 import secrets
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
+from brewmeter.cloud.records import Part
 from brewmeter.cloud.shared import ITEMS
 from brewmeter.cloud.shared import protocol as P
 
@@ -68,12 +68,9 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-class Owners:
+class Owners(Part):
     """The Ledger's owners, assignments, rules and audit log (see the module's docstring)."""
 
-    db: sqlite3.Connection
-    now: Callable[[], float]
-    _lock: threading.RLock
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
     set_config: Callable[[str, dict[str, Any]], dict[str, Any]]
     _need: Callable[[sqlite3.Connection, str], None]

@@ -4,15 +4,12 @@ days, events, orders and invoices. A part of the Ledger (mixed in)."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 from brewmeter.cloud import billing
-from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.records import (
+    Part,
     StateConflict,
     UnknownOrder,
     _brews,
@@ -24,20 +21,10 @@ from brewmeter.cloud.records import (
 from brewmeter.cloud.report import unflatten
 from brewmeter.cloud.tables import (
     ORDER_COLS,
-    Keys,
 )
 
 
-class Queries:
-    # Set by Ledger.__init__ (ledger.py); the other parts of the Ledger are mixed in beside.
-    path: str
-    synchronous: str
-    now: Callable[[], float]
-    busy_timeout_s: float
-    merchant: Merchant
-    _lock: threading.RLock
-    _keys: dict[str, Keys]
-    db: sqlite3.Connection
+class Queries(Part):
 
     # -- the owner: orders and refills ---------------------------------------------------------
 

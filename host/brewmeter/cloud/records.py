@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from brewmeter.cloud import merchant
+from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.report import Report
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.cloud.tables import (
@@ -158,3 +161,17 @@ def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
             "delivered_at": _iso(deliver) if st == "placed" and deliver <= now else None,
             "declined_at": _iso(declined)}
 
+
+
+class Part:
+    """What every part of the Ledger (devices.py, merge.py, queries.py, owners.py) has: set
+    by Ledger.__init__ (ledger.py); the parts are mixed in beside each other."""
+
+    path: str
+    synchronous: str
+    now: Callable[[], float]
+    busy_timeout_s: float
+    merchant: Merchant
+    _lock: threading.RLock
+    _keys: dict[str, Keys]
+    db: sqlite3.Connection
