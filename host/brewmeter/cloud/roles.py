@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from brewmeter.cloud.report import loads
 
 LEDGER = web.AppKey("ledger", Ledger)  # set by server.make_app
 ADMIN_TOKEN = web.AppKey("admin_token", str)  # the operator's token
+Call = Callable[..., Awaitable[Any]]
+CALL = web.AppKey("ledger_call", Call)  # runs a function in the ledger's worker thread
 
 
 class Refused(web.HTTPException):
@@ -74,7 +77,7 @@ async def post_owner(request: web.Request) -> web.Response:
     except ValueError as e:
         raise Refused(400, str(e)) from None
     assert isinstance(name, str)
-    token = request.app[LEDGER].add_owner(name, who)
+    token = await request.app[CALL](request.app[LEDGER].add_owner, name, who)
     return web.json_response({"name": name, "token": token}, status=201)
 
 
@@ -87,7 +90,7 @@ async def put_owner(request: web.Request) -> web.Response:
             d["owner"] is None or isinstance(d["owner"], str)):
         raise Refused(400, 'expected {"owner": "<name>" or null}')
     try:
-        request.app[LEDGER].assign(dev, d["owner"], who)
+        await request.app[CALL](request.app[LEDGER].assign, dev, d["owner"], who)
     except UnknownDevice:
         raise Refused(404, "unknown device") from None
     except UnknownOwner:
@@ -98,7 +101,8 @@ async def put_owner(request: web.Request) -> web.Response:
 async def get_devices(request: web.Request) -> web.Response:
     """GET /v1/devices: the machines the caller may see."""
     who = require(request)
-    return web.json_response({"devices": request.app[LEDGER].device_ids(who)})
+    return web.json_response({"devices": await request.app[CALL](
+        request.app[LEDGER].device_ids, who)})
 
 
 async def get_audit(request: web.Request) -> web.Response:
@@ -107,7 +111,7 @@ async def get_audit(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     if ledger.device_key(dev) is None:
         raise Refused(404, "unknown device")
-    return web.json_response({"audit": ledger.audit_log(dev)})
+    return web.json_response({"audit": await request.app[CALL](ledger.audit_log, dev)})
 
 
 async def get_rules(request: web.Request) -> web.Response:
@@ -115,7 +119,7 @@ async def get_rules(request: web.Request) -> web.Response:
     require(request, dev)
     if request.app[LEDGER].device_key(dev) is None:
         raise Refused(404, "unknown device")
-    return web.json_response(request.app[LEDGER].rules(dev))
+    return web.json_response(await request.app[CALL](request.app[LEDGER].rules, dev))
 
 
 async def put_rules(request: web.Request) -> web.Response:
@@ -127,7 +131,8 @@ async def put_rules(request: web.Request) -> web.Response:
             d.get("paused", False), bool) or not isinstance(d.get("rules", {}), dict):
         raise Refused(400, 'expected {"rules": {...}, "paused": true or false}')
     try:
-        out = request.app[LEDGER].set_rules(dev, d.get("rules"), d.get("paused"), who)
+        out = await request.app[CALL](request.app[LEDGER].set_rules, dev, d.get("rules"),
+                                      d.get("paused"), who)
     except UnknownDevice:
         raise Refused(404, "unknown device") from None
     except ValueError as e:

@@ -102,8 +102,9 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
     r.add_post("/v1/admin/devices/{id}/orders/{order}/approve", approve_order)
     r.add_post("/v1/admin/devices/{id}/orders/{order}/decline", decline_order)
     r.add_post("/v1/admin/devices/{id}/refill", post_refill)
+    app[roles.CALL] = worker.call
     roles.add_routes(app)
-    _console_routes(app, worker.call)
+    _console_routes(app)
     return app
 
 

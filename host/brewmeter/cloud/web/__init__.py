@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,13 +20,12 @@ from aiohttp import web
 
 from brewmeter.cloud.ledger import StateConflict, UnknownDevice, UnknownOrder
 from brewmeter.cloud.owners import OPERATOR, RULES
-from brewmeter.cloud.roles import LEDGER, may_see, who_is
+from brewmeter.cloud.roles import CALL, LEDGER, may_see, who_is
 from brewmeter.cloud.web import views
 
 COOKIE = "brewmeter_session"
 SESSION_S = 12 * 3600  # a session lasts this long (host time), then sign in again
 REFRESH_S = 5  # pages reload themselves this often
-Call = Callable[..., Awaitable[Any]]  # runs a function in the ledger's worker thread
 
 
 @dataclass
@@ -37,7 +36,6 @@ class Session:
 
 
 SESSIONS = web.AppKey("console_sessions", dict[str, Session])
-CALL = web.AppKey("console_call", Call)
 TEMPLATES = web.AppKey("console_templates", jinja2.Environment)
 
 
@@ -258,11 +256,9 @@ async def home(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/console/")
 
 
-def add_routes(app: web.Application, call: Call) -> None:
-    """The console's pages on `app` (which has the ledger); `call` runs a function in the
-    ledger's worker thread."""
+def add_routes(app: web.Application) -> None:
+    """The console's pages on `app` (which has the ledger, and roles.CALL)."""
     app[SESSIONS] = {}
-    app[CALL] = call
     app[TEMPLATES] = templates()
     app.middlewares.append(error_pages)
     r = app.router
