@@ -615,6 +615,7 @@ def test_cloud_command(tmp_path):
                     assert (await r.json())["counters"]["brews_total"] == 2
 
         asyncio.run(talk())
+        assert proc.stdout.readline().startswith(f"web console: {url}/console/ ")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:

@@ -202,6 +202,8 @@ async def _serve(cloud: CloudServer, out: TextIO, token_given: bool) -> None:
               file=out, flush=True)
         if not token_given:
             print(f"admin token: {cloud.admin_token}", file=out, flush=True)
+        print(f"web console: {cloud.url}/console/ (sign in with the operator's (admin) token "
+              "or an owner's)", file=out, flush=True)
         await stop.wait()
 
 
