@@ -4,6 +4,7 @@
 set -eu
 cd "$(dirname "$0")"
 . tools/venv.sh
+. tools/chromium.sh  # Debian's Chromium, for the web console's browser tests
 echo "== ruff" && ruff check .
 # The stubs' typeshed (MicroPython's stdlib) replaces CPython's, as micropython-stubs documents.
 site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -264,6 +265,9 @@ def test_flash_sh_emulator_shows_it_counting():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all counted, saved and synced" in out.stdout
     assert "brews_total" in out.stdout
+    # The web console's address and the flashed machine owner's token to sign in with.
+    assert re.search(r"^web console: http://127\.0\.0\.1:\d+/console/ \(sign in with the "
+                     r"owner token [\w-]{32}: machine bm-[\w-]+;", out.stdout, re.M), out.stdout
 
 
 def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):

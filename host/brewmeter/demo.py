@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         flasher = Flasher(board.serial_port)
         flasher.flash("emulator", prov)
         print(f"flashed: device {prov['device_id']}; firmware up")
+        owner = cloud.ledger.add_owner("owner")  # the machine's owner, for the web console
+        cloud.ledger.assign(prov["device_id"], "owner")
+        print(f"web console: {cloud.url}/console/ (sign in with the owner token {owner}: "
+              f"machine {prov['device_id']}; the operator's token is {cloud.admin_token})")
         kinds = sorted(board.profile["inputs"]) if board.profile else []
         before = read_counters(board.serial_port, kinds)
         flasher.restart()
@@ -113,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
               and after["rinses"] - before["rinses"] == 1
               and got.get("brews_total") == after["brews_total"])
         print("\nall counted, saved and synced" if ok else "\nMISMATCH: see above")
+        if sys.stdin.isatty():  # someone is there: keep the console up for them
+            input("the board and the cloud stay up for the web console: Enter stops them ")
         return 0 if ok else 1
     return 1
 

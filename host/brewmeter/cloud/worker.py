@@ -1,0 +1,67 @@
+"""The ledger's own thread, with group commit of reports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from brewmeter.cloud.ledger import (
+    Ledger,
+    Reply,
+)
+from brewmeter.cloud.report import Report
+
+T = TypeVar("T")
+
+
+class Worker:
+    """The ledger's own thread. Every ledger call runs there, one at a time, off the event
+    loop; reports that arrive while a batch is committing go together into the next batch
+    (group commit: one fsync for many reports, each still durable before its reply)."""
+
+    def __init__(self, ledger: Ledger, max_batch: int = 256) -> None:
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._pending: list[tuple[tuple[str, Report], asyncio.Future[Reply]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def report(self, device_id: str, report: Report) -> Reply:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending.append(((device_id, report), fut))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+                try:
+                    results: list[Any] = await self.call(self.ledger.apply_batch,
+                                                         [item for item, _ in batch])
+                except Exception as e:  # the commit failed: none of the batch is stored
+                    results = [e] * len(batch)
+                self.batches += 1
+                for (_, fut), r in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(r, Exception):
+                        fut.set_exception(r)
+                    else:
+                        fut.set_result(r)
+        finally:
+            self._drainer = None
+
+    async def restart(self) -> None:
+        await self.call(self.ledger.reopen)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
