@@ -112,6 +112,11 @@ def _apply(line):
     elif k == b"A":  # the serial port showed output: what os.dupterm's write() would see
         if _term is not None:
             _term.write(b"A")
+    elif k == b"H":  # the heap in use, collected (the control address's `heap`)
+        import gc
+
+        gc.collect()
+        _send(b"H %d\n" % gc.mem_alloc())
     elif k == b"C" and _flash is not None:
         _flash.cut_after = int(f[1])
         _flash.tear = f[2] == b"1"
