@@ -64,7 +64,10 @@ def load_sync(prov):
     from app import syncer, tls  # noqa: F401
 
     url = prov["cloud_url"]
-    return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+    try:
+        return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+    finally:
+        _unload("tls")  # needed once, for the context
 
 
 def start_sync(device, prov, ssl):
