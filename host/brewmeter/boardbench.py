@@ -93,11 +93,12 @@ class _LargestReply(Faults):
 
 def _peak_fits(heap: int, rom: bool) -> bool:
     """The app's worst moment: boot with `heap`, the service console in use (every read
-    command), a brew of each kind, then a tech's `sync --pin` on the console (console,
-    service actions and the sync stack loaded at once): a report over TLS that receives a
-    reply of the largest size the protocol allows. Fits when the console says the sync
-    went through ("sync: ok": the reply was taken), the cloud has the brews, and nothing
-    raised MemoryError."""
+    command, while the boot's report over TLS runs: console and sync stack loaded at once),
+    a brew of each kind, then a tech's `sync --pin` on the console (its PIN checked by the
+    service actions; the console is dropped while that report runs): a report over TLS
+    that receives a reply of the largest size the protocol allows. Fits when the console
+    says the sync went through ("sync: ok": the reply was taken), the cloud has the brews,
+    and nothing raised MemoryError."""
     from brewmeter import fieldtech, ports
 
     with tempfile.TemporaryDirectory() as d:
@@ -140,7 +141,7 @@ def _peak_fits(heap: int, rom: bool) -> bool:
 def app_peak_heap_bytes() -> dict[str, float]:
     """The smallest heap the firmware runs its worst moment in on the emulated board
     (_peak_fits: a tech's `sync --pin` on the console: a TLS report receiving the largest
-    reply, with console and service actions loaded), with
+    reply, the console in use meanwhile), with
     the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
     bytes are flash, not heap: the board leaves them out), and with the filesystem
     deployment stock firmware gets. The board adds its own harness's heap on top
