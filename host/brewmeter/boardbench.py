@@ -93,7 +93,7 @@ class _LargestReply(Faults):
 
 def _peak_fits(heap: int, rom: bool) -> bool:
     """The app's worst moment: boot with `heap`, the service console in use (every read
-    command, while the boot's report over TLS runs: console and sync stack loaded at once),
+    command, soon after boot: the boot's report over TLS may be running meanwhile),
     a brew of each kind, then a tech's `sync --pin` on the console (its PIN checked by the
     service actions; the console is dropped while that report runs): a report over TLS
     that receives a reply of the largest size the protocol allows. Fits when the console
