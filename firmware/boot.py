@@ -8,6 +8,7 @@ try:
     from app import replwatch
 
     replwatch.arm()
+    del replwatch  # the app unloads it: no reference may stay here
 except ImportError:
     pass  # no firmware on the board yet
 except Exception as e:  # noqa: BLE001 - the REPL must come up whatever fails here

@@ -64,7 +64,10 @@ def load_sync(prov):
     from app import syncer, tls  # noqa: F401
 
     url = prov["cloud_url"]
-    return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+    try:
+        return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+    finally:
+        _unload("tls")  # needed once, for the context
 
 
 def start_sync(device, prov, ssl):
@@ -162,6 +165,7 @@ async def serve_console(device, prov):
     import sys
 
     con = None  # loaded when a tech first types: no heap for it while nobody is there
+    line = None  # (bytes, overflow, cr) of a line being typed when the console was dropped
     raw = getattr(sys.stdin, "buffer", sys.stdin)
     ready = select.poll()
     ready.register(raw, select.POLLIN)
@@ -180,23 +184,43 @@ async def serve_console(device, prov):
         if n and _locked and _open_until is None and buf.find(b"\x01", 0, n) >= 0:  # Ctrl-A
             out.write(LOCKED_MSG)  # what mpremote prints when it gives up
         if n and con is None:
-            gc.collect()
-            from app.console import Console
-
-            con = Console(device, status=lambda: status(device, prov),
-                          pin=prov.get("service_pin_hash") if prov else None)
+            con, line = _console(device, prov, line), None
         if n and con is not None:
             reply = con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
             if reply:
                 out.write(reply)
-            if con.pending:
-                out.write(await _carry_out(con.pending, device))
-                con.pending = None
+            action, con.pending = con.pending, None
+            if action and action[0] == "sync":
+                # The console's heap goes back for the sync (the worst moment: the report,
+                # the TLS connection and the reply): loaded again on the next byte. Its PIN
+                # was right, so its guard holds nothing a new one would not read from flash.
+                line = con.lines.buf, con.lines.overflow, con.lines._cr
+                con = None
+                _unload("console")
+                _unload("service")
+                gc.collect()
+            if action:
+                out.write(await _carry_out(action, device))
         if window_over(ticks_ms(), _open_until):
             _lock_again(out)
         # Yield even with more input waiting: a flood on the port must never starve the
         # sensors (found by the fuzz test: a release went unseen behind a 100 KB backlog).
         await asyncio.sleep_ms(0 if n else 20)
+
+
+def _console(device, prov, line):
+    """The console, loaded (its class held by nothing else, so dropping it frees its
+    module); `line`: the line being typed when it was last dropped."""
+    import gc
+
+    gc.collect()
+    from app.console import Console
+
+    con = Console(device, status=lambda: status(device, prov),
+                  pin=prov.get("service_pin_hash") if prov else None)
+    if line is not None:
+        con.lines.buf, con.lines.overflow, con.lines._cr = line
+    return con
 
 
 def _lock_again(out):

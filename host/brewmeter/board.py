@@ -276,6 +276,7 @@ class Board:
         self._last_sigint = 0.0
         self._boot_timer: asyncio.TimerHandle | None = None
         self._boot_waiters: list[asyncio.Future[int]] = []
+        self._heap_waiters: list[asyncio.Future[int]] = []
         self.last_exit: str | None = None
         self.boots = 0
 
@@ -955,6 +956,11 @@ class Board:
         elif k == b"M":
             self.harness_heap = int(f[1])
             self.rom_heap = int(f[2]) if len(f) > 2 else 0
+        elif k == b"H":
+            for w in self._heap_waiters:
+                if not w.done():
+                    w.set_result(int(f[1]))
+            self._heap_waiters.clear()
         elif k == b"F":
             self._feed_wdt()
         elif k == b"W":
@@ -1116,6 +1122,17 @@ class Board:
         """{"timeout": S}: wait for the next boot"""
         return {"boots": await self._next_boot(float(cmd.get("timeout", BOOT_TIMEOUT_S)))}
 
+    async def _cmd_heap(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """the heap the app holds now: gc.mem_alloc() after gc.collect(), taken inside the
+        running app at its next pin read, less the harness's share and the ROM's buffer"""
+        assert self._loop is not None
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._heap_waiters.append(fut)
+        if not self._bus_send(b"H\n"):
+            raise BoardError("the board is not running")
+        used = await asyncio.wait_for(fut, float(cmd.get("timeout", 10)))
+        return {"app_heap": used - (self.harness_heap or 0) - (self.rom_heap or 0)}
+
     def _cmd_wear(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """the flash's programs and erases so far"""
         # Counted by the supervisor from the board's reports, so they span resets and cuts.
@@ -1186,6 +1203,10 @@ class BoardControl:
 
     def status(self) -> dict[str, Any]:
         return self.call("status")
+
+    def heap(self) -> int:
+        """The heap the app holds now (the `heap` command)."""
+        return int(self.call("heap")["app_heap"])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

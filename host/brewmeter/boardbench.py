@@ -7,6 +7,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from brewmeter.board import DEFAULT_ROM, Board, install, load_profile
@@ -92,11 +93,12 @@ class _LargestReply(Faults):
 
 def _peak_fits(heap: int, rom: bool) -> bool:
     """The app's worst moment: boot with `heap`, the service console in use (every read
-    command), a brew of each kind, then a tech's `sync --pin` on the console (console,
-    service actions and the sync stack loaded at once): a report over TLS that receives a
-    reply of the largest size the protocol allows. Fits when the console says the sync
-    went through ("sync: ok": the reply was taken), the cloud has the brews, and nothing
-    raised MemoryError."""
+    command, soon after boot: the boot's report over TLS may be running meanwhile),
+    a brew of each kind, then a tech's `sync --pin` on the console (its PIN checked by the
+    service actions; the console is dropped while that report runs): a report over TLS
+    that receives a reply of the largest size the protocol allows. Fits when the console
+    says the sync went through ("sync: ok": the reply was taken), the cloud has the brews,
+    and nothing raised MemoryError."""
     from brewmeter import fieldtech, ports
 
     with tempfile.TemporaryDirectory() as d:
@@ -139,7 +141,7 @@ def _peak_fits(heap: int, rom: bool) -> bool:
 def app_peak_heap_bytes() -> dict[str, float]:
     """The smallest heap the firmware runs its worst moment in on the emulated board
     (_peak_fits: a tech's `sync --pin` on the console: a TLS report receiving the largest
-    reply, with console and service actions loaded), with
+    reply, the console in use meanwhile), with
     the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
     bytes are flash, not heap: the board leaves them out), and with the filesystem
     deployment stock firmware gets. The board adds its own harness's heap on top
@@ -148,40 +150,35 @@ def app_peak_heap_bytes() -> dict[str, float]:
             "app_peak_heap_fs_bytes": _smallest(lambda h: _peak_fits(h, False))}
 
 
-def _tls_fits(heap: int, mode: str) -> bool:
-    """Boot with `heap`. mode "sync": report to the cloud over TLS. "waiting": provisioned
-    the same way but the cloud is down (the sync task loaded, waiting and retrying: idle).
-    "bare": not provisioned (no sync at all)."""
+def _held(prov: dict | None, until: Callable[[Board], bool], settle: float = 1.0) -> int:
+    """The heap the app holds (gc.mem_alloc() after gc.collect(), the harness's share and
+    the ROM's buffer left out: the board's `heap` command) on a board with provisioning
+    `prov` at its default heap, once `until(board)` holds and `settle` seconds more."""
     with tempfile.TemporaryDirectory() as d:
-        prov = emulator_provision()
-        with cloud_for(prov, tls=True) as cloud:
-            if mode == "waiting":
-                prov["cloud_url"] = "https://127.0.0.1:9"
-            image = _image(Path(d), None if mode == "bare" else prov)
-            with Board(image, board_profile="emulator", heap=heap) as board:
-                try:
-                    board.wait_output(READY, timeout=30)
-                except TimeoutError:
-                    return False
-                end = time.monotonic() + (20 if mode == "sync" else 3)
-                while time.monotonic() < end:
-                    if b"MemoryError" in board.transcript():
-                        return False
-                    if mode == "sync" and cloud.ledger.device(prov["device_id"])["reports"]:
-                        return True
-                    time.sleep(0.3)
-                return mode != "sync" and b"MemoryError" not in board.transcript()
+        image = _image(Path(d), prov)
+        with Board(image, board_profile="emulator") as board:
+            board.wait_output(READY, timeout=30)
+            end = time.monotonic() + 30
+            while not until(board):
+                if time.monotonic() > end:
+                    raise RuntimeError("the board never got there")
+                time.sleep(0.2)
+            time.sleep(settle)
+            return board.control().heap()
 
 
-def sync_heap_bytes(step: int = 2048) -> dict[str, float]:
-    """Heap a TLS sync takes above the idle app, on the emulated board: the smallest heap in
-    which it boots and reports over TLS, less the smallest in which the same provisioned
-    firmware idles (its cloud down, so its sync task loaded and waiting). Also the heap the
-    sync code itself holds: that idle app less an unprovisioned one."""
-    sizes = {m: _smallest(lambda h, m=m: _tls_fits(h, m), step=step)
-             for m in ("sync", "waiting", "bare")}
-    return {"sync_heap_bytes": sizes["sync"] - sizes["waiting"],
-            "sync_code_heap_bytes": sizes["waiting"] - sizes["bare"]}
+def sync_heap_bytes() -> dict[str, float]:
+    """Heap the sync holds on the emulated board: what a provisioned app holds after its
+    first report over TLS went through (the sync stack's modules, its 4 KiB reply buffer,
+    the TLS context, the Syncer and what it keeps), less what an unprovisioned one holds.
+    Measured inside the running app (gc.collect(), then gc.mem_alloc()), not by bisection:
+    the sync stack and its buffer are set up at boot, so a bisection against an idle
+    provisioned board read 0."""
+    prov = emulator_provision()
+    with cloud_for(prov, tls=True) as cloud:
+        synced = _held(prov, lambda b: bool(cloud.ledger.device(prov["device_id"])["reports"]))
+    bare = _held(None, lambda b: True, settle=3.0)
+    return {"sync_heap_bytes": synced - bare}
 
 
 def console_roundtrip_ms(runs: int = 10) -> dict[str, float]:
@@ -203,28 +200,19 @@ def console_roundtrip_ms(runs: int = 10) -> dict[str, float]:
     return {"console_roundtrip_ms": round(statistics.median(times), 1)}
 
 
-def _console_fits(heap: int, used: bool) -> bool:
+def console_heap_bytes() -> dict[str, float]:
+    """Heap the service console holds while in use on the emulated board: what the running
+    app holds (gc.collect(), then gc.mem_alloc(), inside it) after every read command, less
+    what the same board held before anyone typed (the console loads on the first byte)."""
     from brewmeter import fieldtech
 
     with tempfile.TemporaryDirectory() as d:
         image = _image(Path(d), None)
-        with Board(image, board_profile="emulator", heap=heap) as board:
-            try:
-                board.wait_output(READY, timeout=30)
-                if used:
-                    for cmd in CONSOLE_READS:
-                        fieldtech.ask(board.serial_port, cmd, timeout=5)
-                else:
-                    time.sleep(2)
-            except (TimeoutError, OSError, fieldtech.NoBrewmeter):
-                return False  # out of memory: the app died to the REPL
-            return b"MemoryError" not in board.transcript()
-
-
-def console_heap_bytes(step: int = 1024) -> dict[str, float]:
-    """Heap the service console adds to the running app on the emulated board: the smallest
-    heap in which a board answers every read command, less the smallest in which the same
-    board, untouched, runs (the console loads only when a tech first types)."""
-    used = _smallest(lambda h: _console_fits(h, True), step=step)
-    idle = _smallest(lambda h: _console_fits(h, False), step=step)
-    return {"console_heap_bytes": used - idle}
+        with Board(image, board_profile="emulator") as board:
+            board.wait_output(READY, timeout=30)
+            time.sleep(2)
+            ctl = board.control()
+            idle = ctl.heap()
+            for cmd in CONSOLE_READS:
+                fieldtech.ask(board.serial_port, cmd, timeout=5)
+            return {"console_heap_bytes": ctl.heap() - idle}

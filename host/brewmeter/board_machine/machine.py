@@ -14,9 +14,10 @@
 # (hello), "R" (REPL starts), "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep),
 # "Z" (flash power died), "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed),
 # "p nbytes" / "e block" (a flash program / erase), "M bytes rom" (heap the harness holds,
-# and apart, the ROM partition), "T offset" (RTC set). Supervisor -> board also "A" (the
-# serial port showed output: dupterm).
+# and apart, the ROM partition), "T offset" (RTC set), "H bytes" (the heap in use, collected).
+# Supervisor -> board also "A" (the serial port showed output: dupterm) and "H" (the heap?).
 import _thread
+import gc
 import select
 import socket
 import time
@@ -44,6 +45,7 @@ _irqs = {}  # gpio -> (pin, handler, trigger)
 _counters = {}  # gpio -> [Counter]
 _lock = _thread.allocate_lock()  # one thread at a time drains the bus (a Timer has its own)
 _term = None  # the stream given to dupterm()
+_heap_due = False  # the supervisor asked for the heap while it was locked
 
 
 def _send(msg):
@@ -61,6 +63,8 @@ def _poll(timeout=0):
     if not _lock.acquire(0):
         return
     try:
+        if _heap_due:
+            _heap()
         _drain(timeout)
     finally:
         _lock.release()
@@ -112,9 +116,25 @@ def _apply(line):
     elif k == b"A":  # the serial port showed output: what os.dupterm's write() would see
         if _term is not None:
             _term.write(b"A")
+    elif k == b"H":  # the heap in use, collected (the control address's `heap`)
+        _heap()
     elif k == b"C" and _flash is not None:
         _flash.cut_after = int(f[1])
         _flash.tear = f[2] == b"1"
+
+
+def _heap():
+    # Never collect with the heap locked (littlefs closing a file from a finaliser, during
+    # a collection, polls the bus too): then the answer waits for the next poll.
+    global _heap_due
+    try:
+        bytearray(16)
+    except MemoryError:
+        _heap_due = True
+        return
+    _heap_due = False
+    gc.collect()
+    _send(b"H %d\n" % gc.mem_alloc())
 
 
 def _request(msg):

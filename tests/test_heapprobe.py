@@ -1,0 +1,45 @@
+"""The emulated board's `heap` control command: the heap the running app holds (collected),
+the harness's share and the ROM's buffer left out; brewmeter bench's console_heap_bytes and
+sync_heap_bytes are read with it."""
+
+from __future__ import annotations
+
+import pytest
+from brewmeter.board import Board
+
+pytestmark = pytest.mark.board
+
+# Holds nothing until GPIO 1 goes high, then 20,000 bytes; garbage made on the way is not held.
+MAIN_PY = """\
+import machine, time
+print("ready")
+btn = machine.Pin(1, machine.Pin.IN)
+held = None
+while True:
+    junk = bytearray(3000)  # garbage each round: a collected figure leaves it out
+    if btn.value() and held is None:
+        held = bytearray(20000)
+        print("held")
+    time.sleep_ms(10)
+"""
+
+
+@pytest.fixture
+def board(tmp_path):
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "main.py").write_text(MAIN_PY)
+    with Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator") as b:
+        b.wait_output(b"ready")
+        yield b
+
+
+def test_heap_counts_what_the_app_holds_and_not_its_garbage(board):
+    ctl = board.control()
+    before = ctl.heap()
+    assert 0 < before < board.heap  # the harness's share and the ROM's buffer are not in it
+    ctl.press(1)
+    board.wait_output(b"held", timeout=10)
+    after = ctl.heap()
+    assert 20000 <= after - before < 20000 + 512
+    assert abs(ctl.heap() - after) < 512  # the 3,000 bytes of garbage per round never count
