@@ -54,6 +54,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from brewmeter.board_machine import machineconsts
+from brewmeter.board_machine.machineconsts import (
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    WDT_RESET,
+)
 from brewmeter.mp import tool
 
 HERE = Path(__file__).resolve().parent
@@ -61,9 +69,7 @@ LAUNCHER = HERE / "board_launch.py"
 REPO = HERE.parents[1]
 BOARDS = REPO / "boards"
 
-PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-CAUSES = {PWRON_RESET: "PWRON_RESET", HARD_RESET: "HARD_RESET", WDT_RESET: "WDT_RESET",
-          DEEPSLEEP_RESET: "DEEPSLEEP_RESET", SOFT_RESET: "SOFT_RESET"}
+CAUSES = dict(enumerate(machineconsts.CAUSES, 1))  # reset cause -> its name in `machine`
 SOFT_REBOOT = b"MPY: soft reboot\r\n"  # ports/esp32/main.c, soft_reset_exit
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"  # shared/runtime/pyexec.c
 FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'  # pyexec.c, friendly REPL

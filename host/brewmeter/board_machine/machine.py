@@ -21,12 +21,14 @@ import select
 import socket
 import time
 
-# Reset causes: the ESP32 port's values (ports/esp32/modmachine.c).
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-DEEPSLEEP_RESET = 4
-SOFT_RESET = 5
+import machineconsts as _c
+from machineconsts import (  # noqa: F401 - machine's own names
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    WDT_RESET,
+)
 
 _sock = None
 _poller = None
@@ -156,20 +158,7 @@ def _pulses(gpio, n):
         handler(pin)
 
 
-class Pin:
-    IN = 1
-    OUT = 3
-    OPEN_DRAIN = 7
-    PULL_DOWN = 1
-    PULL_UP = 2
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-    WAKE_LOW = 4
-    WAKE_HIGH = 5
-    DRIVE_0 = 0
-    DRIVE_1 = 1
-    DRIVE_2 = 2
-    DRIVE_3 = 3
+class Pin(_c.Pin):
 
     def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
         self._id = id
@@ -227,13 +216,9 @@ class Pin:
         return "Pin(%d)" % self._id
 
 
-class Counter:
+class Counter(_c.Counter):
     # machine.Counter as the ESP32 port has it since MicroPython 1.26
     # (ports/esp32/modules/machine.py): a singleton per PCNT unit, value([value]).
-    RISING = 1
-    FALLING = 2
-    UP = 1
-    DOWN = 2
     _INSTANCES = {}
 
     def __new__(cls, unit_id, *args, **kwargs):
@@ -249,7 +234,7 @@ class Counter:
             return  # the existing singleton, unchanged
         self._configure(*args, **kwargs)
 
-    def _configure(self, src, edge=RISING, direction=UP):
+    def _configure(self, src, edge=_c.Counter.RISING, direction=_c.Counter.UP):
         self.deinit()
         self._gpio = src._id if isinstance(src, Pin) else src
         edges = (1 if edge & Counter.RISING else 0) + (1 if edge & Counter.FALLING else 0)
@@ -294,20 +279,18 @@ class WDT:
             _send(b"F\n")
 
 
-class Timer:
+class Timer(_c.Timer):
     # machine.Timer with a thread per timer: as on the ESP32, where a timer's callback is
     # scheduled and runs whenever the VM checks for pending work, including while the REPL
     # waits for input (the unix port's REPL releases the GIL while it reads). A soft reset
     # ends the process, and with it every timer, as the ESP32's soft reset deinits them.
-    ONE_SHOT = 0
-    PERIODIC = 1
 
     def __init__(self, id=-1, *args, **kwargs):
         self._gen = 0
         if args or kwargs:
             self.init(*args, **kwargs)
 
-    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
+    def init(self, mode=_c.Timer.PERIODIC, period=-1, callback=None, freq=-1):
         if freq > 0:
             period = 1000 // freq
         self._gen += 1
