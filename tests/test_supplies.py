@@ -362,7 +362,7 @@ def test_an_order_reaches_the_merchant_from_micropython(tmp_path):
     sync_code = f"""
 import asyncio
 from app import wallclock
-from app.syncer import Syncer
+from app.syncer import wire
 
 
 class Up:
@@ -371,7 +371,8 @@ class Up:
 
 
 wallclock.set_unix(W[0])  # as NTP would: no lookup of a public server here
-s = Syncer(d, {{"device_id": {dev!r}, "key": {key!r}, "cloud_url": URL}}, Up())
+s = wire(d, {{"device_id": {dev!r}, "key": {key!r}, "cloud_url": URL, "ntp": ""}}, Up(),
+         wall=lambda: W[0])
 print("SYNC", asyncio.run(s.sync_once()), d.supplies.items["coffee"][2])
 print("AFTER", boot().supplies.items["coffee"][2])
 """

@@ -177,12 +177,11 @@ class Loopback:
 
 
 async def _syncer(device, cloud, key: str, ssl=None):  # noqa: ANN001
-    from app.syncer import Syncer
+    from app.syncer import wire
 
-    prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": "127.0.0.1"}
-    s = Syncer(device, prov, Loopback(), ssl)
-    s._ntp_tried = 0  # no NTP server in these tests: the clock stays unset
-    return s
+    # No NTP server in these tests ("ntp": ""): the clock stays unset.
+    prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": ""}
+    return wire(device, prov, Loopback(), ssl)
 
 
 @pytest.mark.parametrize("tls", [False, True])

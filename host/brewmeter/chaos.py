@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app import wallclock
-from app.counting import BREW
 from app.device import Device
-from app.syncer import Syncer
+from app.syncer import Syncer, wire
 
 from brewmeter.cloud import CloudServer, Faults
 from brewmeter.cloud.ledger import Ledger
@@ -55,6 +54,17 @@ class Result:
                 and self.events_in_cloud == self.events_created)
 
 
+def _brew(dev: Device, kind: int, now: int) -> int:
+    """A 25 s brew on input `kind` from ticks `now`, fed to the Meter as the sensor task
+    feeds it (each level held past the debounce); returns the ticks after it."""
+    deb = dev.profile.debounce_ms
+    for level, t in ((0, 0), (1, 1), (1, 1 + deb), (0, 25_001), (0, 25_001 + deb)):
+        r = dev.meter.sample(kind, level, now + t)
+        if r:
+            dev.event(r, kind, now + t)
+    return now + 25_001 + deb
+
+
 class _Loopback:
     async def up(self) -> None:
         return None
@@ -76,22 +86,20 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
 
             def boot() -> tuple[Device, Syncer]:
                 dev = Device(profile, fs)
-                dev.wall = lambda: wall[0]
                 dev.boot(1, 0)
-                s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": cloud.url},
-                           _Loopback())
+                s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": cloud.url,
+                               "ntp": ""}, _Loopback(), wall=lambda: wall[0])  # set below
                 s.timeout_ms = 100  # the cloud's "delay" fault outlasts it
-                s._ntp_tried = 0
                 return dev, s
 
             device, syncer = boot()
+            ticks = 0
             wallclock.set_unix(wall[0])
             try:
                 while len(cloud_faults.log) < faults:
                     r = rng.random()
                     if r < 0.45:  # a brew
-                        device.meter.c.brews[rng.randrange(len(profile.kinds))] += 1
-                        device.event(BREW, 0, 0)
+                        ticks = _brew(device, rng.randrange(len(profile.kinds)), ticks)
                     elif r < 0.47:
                         device.change_filter(wall[0], "console", 0)
                         events_created += 1

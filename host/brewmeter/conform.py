@@ -33,7 +33,7 @@ import jsonschema_rs
 import yaml
 from app import http, protocol, sync, tls, wallclock
 from app.device import Device
-from app.syncer import Syncer
+from app.syncer import wire
 
 from brewmeter import lives, standins
 
@@ -257,18 +257,16 @@ class Life(lives.Life):
     def boot(self, clock: bool = True) -> None:
         wallclock.synced = False
         dev = Device(self.profile, self.fs)
-        dev.wall = wallclock.now
         if clock:
             wallclock.set_unix(self.wall())
         else:
             self.clock_known = False  # NTP blocked: this boot's usage is undated
         dev.boot(1, self.ticks())
         base = http.parse_url(self.run.url)[3]
-        s = Syncer(dev, {"device_id": self.id, "key": self.key, "ntp": "",
-                         "cloud_url": f"http://127.0.0.1:{self.run.proxy.port}{base}"},
-                   self.link)
+        s = wire(dev, {"device_id": self.id, "key": self.key, "ntp": "",
+                       "cloud_url": f"http://127.0.0.1:{self.run.proxy.port}{base}"},
+                 self.link)
         s.timeout_ms = DEVICE_TIMEOUT_MS
-        dev.on_usage = s.usage
         self.device, self.syncer = dev, s
 
     async def sync(self) -> str:

@@ -19,7 +19,7 @@ from app import filters, settings, wallclock
 from app.counting import BREW
 from app.device import Device
 from app.supplies import ITEMS
-from app.syncer import Syncer
+from app.syncer import Syncer, wire
 
 from brewmeter import replay, standins
 from brewmeter.clock import VirtualClock
@@ -134,11 +134,9 @@ class _Home:
 
     def boot(self) -> tuple[Device, Syncer]:
         dev = Device(self.profile, self.fs)
-        dev.wall = self.wall
         dev.boot(1, replay.ticks(self.clock.ms))
-        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
-                         "ntp": ""}, self.link)  # the clock is set below, as NTP would
-        dev.on_usage = s.usage
+        s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
+                       "ntp": ""}, self.link, wall=self.wall)  # the clock: set as NTP would
         return dev, s
 
     def at(self, t: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from app import sync, wallclock
 from app.counting import BREW
 from app.device import Device
-from app.syncer import Syncer
+from app.syncer import Syncer, wire
 
 from brewmeter import replay, standins
 from brewmeter.clock import VirtualClock
@@ -94,12 +94,10 @@ class Life:
         the server's error `skew`."""
         wallclock.synced = False
         dev = Device(self.profile, self.fs)
-        dev.wall = wallclock.now
         wallclock.set_unix(self.wall() + self.skew)
         dev.boot(1, self.ticks())
-        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
-                         "ntp": ""}, self.link)  # NTP: played here
-        dev.on_usage = s.usage
+        s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
+                       "ntp": ""}, self.link)  # NTP: played here
         self.device, self.syncer = dev, s
 
     def reboot(self) -> None:
