@@ -288,7 +288,7 @@ def test_cpython_writes_micropython_reads(tmp_path):
         b"from micropython")
 
 
-# -- wear: the figures in ARCHITECTURE.md ("Flash"), as MicroPython's littlefs produces them
+# -- wear: the README's figures ("Storage"), as MicroPython's littlefs produces them
 
 MP_WEAR = """
 import vfs
