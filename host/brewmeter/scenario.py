@@ -104,6 +104,12 @@ class Script:
     def rinse(self, seconds: float = 1, kind: str | None = None, ml: float = 0) -> Script:
         return self.run(kind or self.profile.kinds[0], seconds, ml)
 
+    def level(self, kind: str, level: int, after_ms: int = 0) -> Script:
+        """The raw level of input `kind`, `after_ms` from now (time does not advance): for
+        edges no other step makes, such as chatter of a chosen shape."""
+        self._emit(replay.LEVEL, self._index(kind), level, at=self.t + after_ms)
+        return self
+
     def bounce(self, kind: str, ms: int = 30, edges: int = 6) -> Script:
         """Contact bounce: `edges` toggles within `ms` that end at the level they began, so
         nothing is counted (valid only while `ms` is under the profile's debounce)."""

@@ -124,6 +124,8 @@ class Timer(_c.Timer):
     def init(self, mode: int = _c.Timer.PERIODIC, period: int = -1,
              callback: Callable[[Timer], None] | None = None) -> None:
         self.callback = callback
+        if callback is not None and self not in _timers:
+            _timers.append(self)
 
     def fire(self) -> None:
         if self.callback is not None:
@@ -131,6 +133,16 @@ class Timer(_c.Timer):
 
     def deinit(self) -> None:
         self.callback = None
+        if self in _timers:
+            _timers.remove(self)
+
+
+_timers: list[Timer] = []
+
+
+def timers() -> list[Timer]:
+    """The timers running (given a callback and not deinit): for a test to fire."""
+    return list(_timers)
 
 
 _term: Any = None
@@ -141,3 +153,8 @@ def dupterm(stream: Any = None, index: int = 0) -> Any:
     global _term
     prev, _term = _term, stream
     return prev
+
+
+def term() -> Any:
+    """The stream dupterm() attached (None: none), which the REPL's output would reach."""
+    return _term
