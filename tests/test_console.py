@@ -12,7 +12,7 @@ import pytest
 from app.console import MAX_LINE, Console, LineReader
 from app.counting import BREW
 from app.device import Device
-from brewmeter.flasher import pin_hash
+from brewmeter.flashfiles import pin_hash
 from brewmeter.hostfs import DirFS
 
 

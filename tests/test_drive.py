@@ -14,7 +14,8 @@ import time
 import pytest
 from brewmeter.board import BoardControl
 from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 
 KINDS = ["espresso", "hot_water", "lungo"]
 

@@ -13,7 +13,8 @@ import pytest
 from brewmeter import cli, fieldtech, ports
 from brewmeter.board import Board
 from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.mp import tool
 
 

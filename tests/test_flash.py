@@ -15,7 +15,8 @@ import pytest
 from brewmeter import flasher
 from brewmeter.board import Board
 from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, FlashError, check_provision, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["espresso", "hot_water", "lungo"]

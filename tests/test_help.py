@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from brewmeter import cli, flasher
+from brewmeter import cli, flashsh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def _emulate_parser() -> argparse.ArgumentParser:
 
 
 def test_every_option_has_help_and_shows_its_default():
-    parsers = [*_parsers(cli.parser(), "brewmeter"), ("flash.sh", flasher.arg_parser()),
+    parsers = [*_parsers(cli.parser(), "brewmeter"), ("flash.sh", flashsh.arg_parser()),
                ("brewmeter emulate", _emulate_parser())]
     assert len(parsers) > 15
     for name, ap in parsers:

@@ -18,7 +18,8 @@ import pytest
 from brewmeter import fieldtech, ports
 from brewmeter.board import Board
 from brewmeter.demo import cloud_for
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from test_resilience import brew, brews, test_profile
 
 LIMIT = 4096  # app/sync.py MAX_REPLY

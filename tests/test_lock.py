@@ -9,9 +9,10 @@ import subprocess
 import time
 
 import pytest
-from brewmeter import cli, fieldtech, flasher, ports
+from brewmeter import cli, fieldtech, flashsh, ports
 from brewmeter.board import Board
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS
 from brewmeter.mp import tool
 from test_flash import _brew
@@ -90,7 +91,7 @@ def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(lo
     port = board.serial_port
     before = fieldtech.ask(port, "counters")
     image = (d / "flash.img").read_bytes()
-    assert flasher.main(["--port", port, "--board", prof, "--provision",
+    assert flashsh.main(["--port", port, "--board", prof, "--provision",
                          str(d / "prov.json")]) == 2
     assert "locked: unlock with --pin" in capsys.readouterr().err
     assert fieldtech.ask(port, "counters") == before  # no restart (boots), nothing else
@@ -119,7 +120,7 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     events = fieldtech.ask(port, "events")
     assert any(e.get("action") == "service unlock" for e in events), events
     # flash.sh --pin: unlocks, re-flashes, restarts locked; the counters are kept.
-    assert flasher.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
+    assert flashsh.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
                          "--pin", PIN]) == 0, capsys.readouterr()
     kept = fieldtech.ask(port, "counters")
     unlocks = [e for e in fieldtech.ask(port, "events") if e.get("action") == "service unlock"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from brewmeter import consolefuzz, fieldtech, ports
 from brewmeter.board import Board
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS
 
 # Short brews (min_brew_s 1) so a test can brew after every step.

@@ -12,7 +12,8 @@ from pathlib import Path
 from brewmeter.board import DEFAULT_ROM, Board, install, load_profile
 from brewmeter.cloud.server import Faults
 from brewmeter.demo import cloud_for
-from brewmeter.flasher import READY, build, build_rom, emulator_provision
+from brewmeter.flasher import READY
+from brewmeter.flashfiles import build, build_rom, emulator_provision
 
 
 def _image(d: Path, prov: dict | None, rom: bool = True) -> Path:

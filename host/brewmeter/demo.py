@@ -18,7 +18,8 @@ from pathlib import Path
 from brewmeter import mp
 from brewmeter.board import Board
 from brewmeter.cloud.server import CloudServer, Faults, cloud_thread
-from brewmeter.flasher import Flasher, FlashError, emulator_provision
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import FlashError, emulator_provision
 
 # Reads the counters with the firmware's own storage code (the service console will replace
 # this): mpremote interrupts the app, which has saved every completed brew already.

@@ -70,7 +70,7 @@ def cross_compile(src: Path, out: Path) -> None:
 
 def compile_tree(src: Path, out: Path) -> list[Path]:
     """Compile every .py under `src` to .mpy under `out` (a package such as firmware/app;
-    flasher.build keeps boot.py and main.py as source: the port runs those by name)."""
+    flashfiles.build keeps boot.py and main.py as source: the port runs those by name)."""
     done = []
     for py in sorted(src.rglob("*.py")):
         rel = py.relative_to(src)
