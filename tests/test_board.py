@@ -24,6 +24,8 @@ from brewmeter.board import (
     rom_heap,
 )
 
+pytestmark = pytest.mark.board  # every test here runs the emulated board
+
 # A main.py that shows what firmware sees through machine: it prints a line whenever the
 # espresso input (GPIO 1 on the emulator profile), the flow counter (GPIO 10) or the
 # lungo pin's IRQ count (GPIO 2) changes.

@@ -46,6 +46,8 @@ def emulate(image):
         p.wait(30)
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_press_flow_and_power_cut_on_a_running_emulator(emulate):
     serial, control = emulate
     Flasher(serial).flash("emulator", emulator_provision())
@@ -74,6 +76,7 @@ def test_control_address_answers_help(emulate):
         BoardControl(control).call("bogus")
 
 
+@pytest.mark.board
 def test_an_image_in_use_is_refused(emulate, image):
     out = brewmeter("emulate", "--image", str(image), env={})
     assert out.returncode == 1 and "is in use by another emulated board" in out.stderr

@@ -18,6 +18,8 @@ from brewmeter.demo import read_counters
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
 
+pytestmark = pytest.mark.board  # every test here runs the emulated board
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["espresso", "hot_water", "lungo"]
 
@@ -37,6 +39,7 @@ def _brew(board: Board, kind: str = "espresso", seconds: float = 8.3) -> None:
     time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
     prov = emulator_provision()
     f = Flasher(board.serial_port)
@@ -49,6 +52,7 @@ def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
     assert read_counters(board.serial_port, KINDS)["brews_total"] == 0
 
 
+@pytest.mark.slow
 def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
     prov = tmp_path / "p.json"
     real = emulator_provision("https://cloud.example")  # a real board: https, with its CA
@@ -85,6 +89,7 @@ def _flash_sh(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_flash_sh_keeps_the_board_profile_refuses_the_wrong_chip_and_guards_erase(board,
                                                                                    tmp_path):
     prov, new = tmp_path / "p.json", tmp_path / "new.json"
@@ -128,6 +133,7 @@ def _reports(cloud, dev: str, n: int, timeout: float = 40) -> dict:
     raise AssertionError(f"{dev}: fewer than {n} reports within {timeout} s: {got}")
 
 
+@pytest.mark.slow
 def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
     """The cloud keeps the old id's history; the erased device reports under its new id from
     the start, its brews reaching the cloud."""
@@ -167,6 +173,7 @@ def _app_file(board: Board) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
     image, prov = tmp_path / "flash.img", emulator_provision()
     # Stock firmware (no ROM partition): the app goes onto the filesystem, and its bytecode
@@ -203,6 +210,7 @@ def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
                 f.verify({}, other)
 
 
+@pytest.mark.slow
 def test_errors_are_clear(board, tmp_path):
     with pytest.raises(FlashError, match="no such port"):
         Flasher("/dev/ttyNOPE").flash("emulator", emulator_provision())
@@ -259,6 +267,7 @@ def test_mpy_version_mismatch_is_refused(board, monkeypatch):
         Flasher(board.serial_port).flash("emulator", emulator_provision())
 
 
+@pytest.mark.slow
 def test_flash_sh_emulator_shows_it_counting():
     out = subprocess.run([str(ROOT / "flash.sh"), "--emulator"], capture_output=True,
                          text=True, timeout=300)
@@ -267,6 +276,7 @@ def test_flash_sh_emulator_shows_it_counting():
     assert "brews_total" in out.stdout
 
 
+@pytest.mark.slow
 def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     """The firmware's own sync, on MicroPython, to the emulated cloud over TLS on loopback:
     the server is verified against the CA flash.sh provisioned."""
@@ -284,6 +294,7 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     assert b"MemoryError" not in board.transcript()
 
 
+@pytest.mark.slow
 def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     """The same Script that drives the CPython core drives the emulated board."""
     from app.counting import Meter
@@ -305,6 +316,7 @@ def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     assert abs(got["water_ml"] - meter.c.water_ml) <= 1
 
 
+@pytest.mark.slow
 def test_the_board_dates_brews_once_ntp_answers(board):
     """NTP over UDP from the board, then a brew billed to today's date in the cloud."""
     import asyncio

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from brewmeter import cli, flashsh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def test_help_says_nothing_is_for_later_and_runs_from_a_checkout():
     assert "(default: 30)" in p.stdout
 
 
+@pytest.mark.slow
 def test_readme_commands_are_written_as_they_run_from_a_checkout():
     readme = (ROOT / "README.md").read_text()
     subs = [a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)]

@@ -17,6 +17,8 @@ from brewmeter.harness import BOARDS
 from brewmeter.mp import tool
 from test_flash import _brew
 
+pytestmark = pytest.mark.board  # every test here runs the emulated board
+
 PIN = "246810"
 LOCKED = b"locked: unlock with --pin"
 
@@ -66,6 +68,7 @@ def test_the_pin_is_nowhere_in_the_flash_image(locked):
     assert PIN.encode() not in image
 
 
+@pytest.mark.slow
 def test_locked_ctrl_c_is_ignored_and_mpremote_fails_quickly_showing_nothing(locked, capsys):
     board, prov, _, _ = locked
     port = board.serial_port
@@ -86,6 +89,7 @@ def test_locked_ctrl_c_is_ignored_and_mpremote_fails_quickly_showing_nothing(loc
     assert json.loads(capsys.readouterr().out)["brews"] == after["brews"]
 
 
+@pytest.mark.slow
 def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(locked, capsys):
     board, _, prof, d = locked
     port = board.serial_port
@@ -100,6 +104,7 @@ def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(lo
         fieldtech.restart(port, timeout=3)  # `brewmeter restart`: Ctrl-C, Ctrl-D ignored
 
 
+@pytest.mark.slow
 def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys):
     board, prov, prof, d = locked
     port = board.serial_port
@@ -129,6 +134,7 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     assert _answers_locked(port)
 
 
+@pytest.mark.slow
 def test_the_window_ends_by_itself_and_the_port_locks_again(locked):
     board, _, _, _ = locked
     port = board.serial_port

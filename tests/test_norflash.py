@@ -348,6 +348,7 @@ def _workload(flash: NorFlash, contents: list[bytes]) -> list[int]:
 
 
 @pytest.mark.parametrize("tear", [False, True], ids=["clean", "torn"])
+@pytest.mark.slow
 def test_littlefs_survives_a_cut_at_every_operation(tear):
     base = NorFlash(block_count=16)
     lfs.format(base)

@@ -10,6 +10,8 @@ import pytest
 from brewmeter import mp
 from brewmeter.board import Board
 
+pytestmark = pytest.mark.board  # every test here runs the emulated board
+
 
 def mpremote(board: Board, *args: str, ok: bool = True, timeout: float = 60) -> str:
     p = subprocess.run([mp.tool("mpremote"), "connect", board.serial_port, *args],

@@ -237,6 +237,7 @@ async def test_wrong_key_or_untrusted_server_fails_and_backs_off(device, tmp_pat
         assert cloud.ledger.device("bm-test01")["counters"] == {}
 
 
+@pytest.mark.slow
 def test_chaos_1000_faults_lose_and_double_nothing(capsys):
     from brewmeter import cli
 

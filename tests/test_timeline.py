@@ -64,6 +64,7 @@ def test_bad_output_folder_is_said_before_the_simulation(tmp_path):
     assert p.returncode == 2 and "no such folder" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_chaos_says_what_each_fault_kind_did_and_ends_pass_or_fail():
     from brewmeter.cloud.server import FAULT_KINDS
 
