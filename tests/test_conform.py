@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from brewmeter import cli
 from brewmeter.cloud import CloudServer, Ledger
-from brewmeter.conform import Conform
+from brewmeter.runs.conform import Conform
 
 
 async def _conform(url: str, token: str, seed: int = 5, rate: float = 0.2) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from app.console import MAX_LINE, Console, LineReader
 from app.counting import BREW
 from app.device import Device
 from brewmeter.flashfiles import pin_hash
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 
 @pytest.fixture

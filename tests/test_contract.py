@@ -13,7 +13,7 @@ from app.device import Device
 from app.syncer import wire
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 HOUR_MS = 3_600_000
 

@@ -9,7 +9,7 @@ from app.counters import Counters
 from app.counting import BREW
 from app.days import Days
 from app.device import Device
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 DAY = 86400
 T = 20_000 * DAY  # 2024-10-04 00:00 UTC

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
-from brewmeter.board import BoardControl
-from brewmeter.demo import read_counters
+from brewmeter.emulator.board import BoardControl
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
+from brewmeter.runs.demo import read_counters
 
 KINDS = ["espresso", "hot_water", "lungo"]
 
@@ -80,7 +80,7 @@ def test_control_address_answers_help(emulate):
 def test_an_image_in_use_is_refused(emulate, image):
     out = brewmeter("emulate", "--image", str(image), env={})
     assert out.returncode == 1 and "is in use by another emulated board" in out.stderr
-    from brewmeter.board import Board, BoardError
+    from brewmeter.emulator.board import Board, BoardError
 
     with pytest.raises(BoardError, match="in use"):
         Board(image).start_sync()

@@ -9,10 +9,10 @@ import re
 
 import pytest
 from brewmeter import flashfiles
-from brewmeter.board import DEFAULT_ROM, load_profile
+from brewmeter.emulator.board import DEFAULT_ROM, load_profile
 from brewmeter.harness import BOARDS, ProfileError
 from brewmeter.harness import load_profile as load_checked
-from brewmeter.norflash import NorFlash
+from brewmeter.onboard.norflash import NorFlash
 from brewmeter.standins import FIRMWARE
 
 BOARD = BOARDS / "BREWMETER_ESP32"

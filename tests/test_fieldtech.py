@@ -11,11 +11,11 @@ import time
 
 import pytest
 from brewmeter import cli, fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.demo import read_counters
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
 from brewmeter.mp import tool
+from brewmeter.runs.demo import read_counters
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 

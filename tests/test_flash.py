@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from brewmeter import flasher
-from brewmeter.board import Board
-from brewmeter.demo import read_counters
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
+from brewmeter.runs.demo import read_counters
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 
@@ -137,7 +137,7 @@ def _reports(cloud, dev: str, n: int, timeout: float = 40) -> dict:
 def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
     """The cloud keeps the old id's history; the erased device reports under its new id from
     the start, its brews reaching the cloud."""
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     old, new = emulator_provision(), emulator_provision()
     with cloud_for(old, report_delay_s=5) as cloud:
@@ -280,7 +280,7 @@ def test_flash_sh_emulator_shows_it_counting():
 def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     """The firmware's own sync, on MicroPython, to the emulated cloud over TLS on loopback:
     the server is verified against the CA flash.sh provisioned."""
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     prov = emulator_provision()
     with cloud_for(prov, tls=True) as cloud:
@@ -324,7 +324,7 @@ def test_the_board_dates_brews_once_ntp_answers(board):
     import threading
     from datetime import UTC, datetime
 
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     loop = asyncio.new_event_loop()
 

@@ -24,7 +24,7 @@ def _parsers(ap: argparse.ArgumentParser, name: str):
 
 
 def _emulate_parser() -> argparse.ArgumentParser:
-    from brewmeter import board
+    from brewmeter.emulator import board
 
     seen: list[argparse.ArgumentParser] = []
 

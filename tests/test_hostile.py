@@ -16,10 +16,10 @@ from contextlib import contextmanager
 
 import pytest
 from brewmeter import fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.demo import cloud_for
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
+from brewmeter.runs.demo import cloud_for
 from test_resilience import brew, brews, test_profile
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board

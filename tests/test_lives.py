@@ -1,4 +1,4 @@
-"""The issue's reproductions, each a device life against the emulated cloud (brewmeter.lives):
+"""The issue's reproductions, each a device life against the emulated cloud (brewmeter.runs.lives):
 a machine offline past its history, a desired setting with a 250-character name, a 409 after
 the device lost its flash, and one boot with the clock three years ahead."""
 
@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 from app import protocol
-from brewmeter.lives import DEVICE, PRICE_CENTS, Life
+from brewmeter.runs.lives import DEVICE, PRICE_CENTS, Life
 
 
 def _brews(days: list[dict]) -> dict[int, int]:

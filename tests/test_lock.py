@@ -10,7 +10,7 @@ import time
 
 import pytest
 from brewmeter import cli, fieldtech, flashsh, ports
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS

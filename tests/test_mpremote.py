@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from brewmeter import mp
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 

@@ -1,4 +1,4 @@
-"""The emulated NOR flash (host/brewmeter/norflash.py) and littlefs on it under both
+"""The emulated NOR flash (host/brewmeter/onboard/norflash.py) and littlefs on it under both
 interpreters: NOR rules, write-through, power cuts, MicroPython <-> CPython images, wear."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from brewmeter import lfs
-from brewmeter.norflash import NorError, NorFlash, PowerCut
+from brewmeter.emulator import lfs
+from brewmeter.onboard.norflash import NorError, NorFlash, PowerCut
 from littlefs import LittleFSError
 
-HOST = Path(lfs.__file__).resolve().parent
+HOST = Path(sys.modules[NorFlash.__module__].__file__ or "").resolve().parent  # onboard/
 BS = 4096
 
 

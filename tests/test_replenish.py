@@ -1,6 +1,6 @@
 """Replenishment over simulated months, as the owner lives it: the firmware's Device and
 Syncer under CPython on the virtual clock, reporting over HTTP on 127.0.0.1 to the emulated
-cloud as merchant (brewmeter.household). The device-level rules are in test_supplies.py."""
+cloud as merchant (brewmeter.runs.household). The device-level rules are in test_supplies.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from statistics import mean
 import pytest
 from app.orders import month_of
 from app.supplies import ITEMS
-from brewmeter import household
 from brewmeter.harness import load_profile
-from brewmeter.household import Outcome, Plan
-from brewmeter.simulate import START_WALL
+from brewmeter.runs import household
+from brewmeter.runs.household import Outcome, Plan
+from brewmeter.runs.usage import START_WALL
 
 
 def run(plan: Plan) -> Outcome:

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from brewmeter import consolefuzz, fieldtech, ports
-from brewmeter.board import Board
+from brewmeter import fieldtech, ports
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS
+from brewmeter.runs import consolefuzz
 
 # Short brews (min_brew_s 1) so a test can brew after every step.
 FAST = {"min_brew_s": 1, "max_run_s": 10}

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from brewmeter import mp
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 

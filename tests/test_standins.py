@@ -63,7 +63,7 @@ print(json.dumps(out))
 
 
 def board_constants() -> dict[str, int]:
-    code = (f"import sys; sys.path.insert(0, {str(mp.HOST / 'board_machine')!r})\n"
+    code = (f"import sys; sys.path.insert(0, {str(mp.ONBOARD / 'board_machine')!r})\n"
             f"CLASSES = {CLASSES!r}\n" + BOARD_DUMP)
     return json.loads(mp.run(["-c", code]))
 
@@ -92,7 +92,7 @@ def test_both_stand_ins_define_the_same_constants():
 
 
 def test_the_boards_reset_cause_names_are_machines():
-    from brewmeter.board import CAUSES
+    from brewmeter.emulator.board import CAUSES
 
     stubs = stub_constants()
     assert {stubs[name]: name for name in CAUSES.values()} == CAUSES

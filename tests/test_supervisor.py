@@ -9,7 +9,7 @@ import pytest
 from app import supervisor
 from app.device import Device
 from app.supervisor import Supervisor, backoff_ms, detail
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 
 def test_backoff_doubles_from_a_second_to_five_minutes():

@@ -16,7 +16,7 @@ from app.counting import BREW
 from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
 from brewmeter.flashfiles import pin_hash
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 WALL0 = calendar.timegm((2026, 3, 2, 8, 0, 0))  # a Monday morning
 DAY = 86400

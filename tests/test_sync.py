@@ -12,7 +12,7 @@ import pytest
 from app import http, protocol, sync
 from app.device import Device
 from app.signing import signature
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = arg_parser().parse_args(argv)
     try:
         if args.emulator:
-            from brewmeter import demo
+            from brewmeter.runs import demo
 
             return demo.run(args)
         if not args.provision:

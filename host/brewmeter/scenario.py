@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from app.profile import Profile
 
-from brewmeter import replay
+from brewmeter.onboard import replay
 
 # Flow pulses arrive in chunks this far apart while water runs (what the sensor task would
 # read from the hardware counter; finer only costs simulation time).

@@ -54,19 +54,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from brewmeter.board_machine import machineconsts
-from brewmeter.board_machine.machineconsts import (
+from brewmeter.mp import tool
+from brewmeter.onboard.board_machine import machineconsts
+from brewmeter.onboard.board_machine.machineconsts import (
     DEEPSLEEP_RESET,
     HARD_RESET,
     PWRON_RESET,
     SOFT_RESET,
     WDT_RESET,
 )
-from brewmeter.mp import tool
 
 HERE = Path(__file__).resolve().parent
-LAUNCHER = HERE / "board_launch.py"
-REPO = HERE.parents[1]
+LAUNCHER = HERE.parent / "onboard" / "board_launch.py"
+REPO = HERE.parents[2]
 BOARDS = REPO / "boards"
 
 CAUSES = dict(enumerate(machineconsts.CAUSES, 1))  # reset cause -> its name in `machine`
@@ -168,8 +168,8 @@ def install(image: str | Path, firmware_dir: str | Path | None = None,
     image if it holds no file system. Returns the paths written."""
     from littlefs import LittleFSError
 
-    from brewmeter import lfs
-    from brewmeter.norflash import NorFlash
+    from brewmeter.emulator import lfs
+    from brewmeter.onboard.norflash import NorFlash
 
     flash = NorFlash(path=str(image))
     written = []

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from brewmeter import mp
-from brewmeter.board import Board
 from brewmeter.cloud.server import CloudServer, Faults, cloud_thread
+from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, emulator_provision
 

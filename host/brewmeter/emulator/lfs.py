@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from littlefs import LittleFS, LittleFSError, UserContext
 from littlefs import lfs as lfs_api
 
-from brewmeter.norflash import NorFlash
+from brewmeter.onboard.norflash import NorFlash
 
 READ_SIZE = 32
 PROG_SIZE = 32

@@ -23,7 +23,7 @@ from brewmeter.cloud import CloudServer, Faults
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.server import FAULT_KINDS
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 DEVICE = "bm-chaos01"
 KEY = "5a" * 32

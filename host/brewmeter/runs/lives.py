@@ -17,14 +17,15 @@ from app.counting import BREW
 from app.device import Device
 from app.syncer import Syncer, wire
 
-from brewmeter import replay, standins
+from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.cloud import CloudServer
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import MemFS
-from brewmeter.household import Link
-from brewmeter.simulate import START_WALL
+from brewmeter.onboard import replay
+from brewmeter.runs.household import Link
+from brewmeter.runs.usage import START_WALL
+from brewmeter.standins.hostfs import MemFS
 
 DEVICE = "bm-life01"
 KEY = "7c" * 32

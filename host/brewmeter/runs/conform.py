@@ -32,8 +32,9 @@ from app import http, protocol, sync, tls, wallclock
 from app.device import Device
 from app.syncer import wire
 
-from brewmeter import lives, standins
-from brewmeter.conformproxy import DEVICE_TIMEOUT_MS, RULES, Admin, Proxy
+from brewmeter import standins
+from brewmeter.runs import lives
+from brewmeter.runs.conformproxy import DEVICE_TIMEOUT_MS, RULES, Admin, Proxy
 
 HOUR_MS = 3_600_000
 DAY_S = 86_400

@@ -17,7 +17,7 @@ import jsonschema_rs
 import yaml
 from app import http, protocol, wallclock
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.yaml"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "protocol.yaml"
 DEVICE_TIMEOUT_MS = 1500  # the device's reply timeout here (the protocol's is 10 s)
 FAULTS = ("drop", "drop_after", "delay", "truncate", "garbage", "duplicate", "replay",
           "reorder")

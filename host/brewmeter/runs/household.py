@@ -21,14 +21,15 @@ from app.device import Device
 from app.supplies import ITEMS
 from app.syncer import Syncer, wire
 
-from brewmeter import replay, standins
+from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.cloud import CloudServer, Faults, Merchant
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.server import FAULT_KINDS
-from brewmeter.hostfs import MemFS
+from brewmeter.onboard import replay
+from brewmeter.runs.usage import DAY_MS, START_WALL, _day, counters_summary
 from brewmeter.scenario import Script
-from brewmeter.simulate import DAY_MS, START_WALL, _day, counters_summary
+from brewmeter.standins.hostfs import MemFS
 
 DEVICE = "bm-home01"
 KEY = "6b" * 32

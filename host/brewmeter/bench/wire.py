@@ -17,7 +17,7 @@ from app.syncer import wire
 from brewmeter import standins
 from brewmeter.cloud import CloudServer
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 DEVICE, KEY = "bm-wire01", "77" * 32
 WALL0 = 1_767_571_200  # a Monday, 00:00 UTC

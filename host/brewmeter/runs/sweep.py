@@ -14,8 +14,10 @@ from pathlib import Path
 
 from app.profile import Profile
 
-from brewmeter import lfs, lfsfs, mp, powercut
-from brewmeter.norflash import NorFlash
+from brewmeter import mp
+from brewmeter.emulator import lfs, lfsfs
+from brewmeter.onboard import powercut
+from brewmeter.onboard.norflash import NorFlash
 from brewmeter.scenario import Script
 
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
@@ -117,14 +119,14 @@ def sweep_cpython(profile: Profile, events: list, window_ms: int,
 
 def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
              timeout: float = 600) -> list[dict]:
-    """Run host/brewmeter/flashrun.py under the MicroPython unix port: the firmware's storage
-    on MicroPython's own littlefs. One JSON result per run."""
+    """Run onboard/flashrun.py under the MicroPython unix port: the firmware's storage on
+    MicroPython's own littlefs. One JSON result per run."""
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d) / "events.jsonl"
         ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
         argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
         code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
-                f"sys.path.append({str(mp.HOST)!r}); import flashrun; flashrun.main({argv!r})")
+                f"sys.path.append({str(mp.ONBOARD)!r}); import flashrun; flashrun.main({argv!r})")
         out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
