@@ -3,7 +3,8 @@ under CPython on the virtual clock, reporting over HTTP on 127.0.0.1 to the emul
 which is also the merchant (it places, ships and delivers the machine's orders). The owner
 refills what runs out, with the delivered pack when there is one and from a shop when not
 (a stock-out), and approves ask-first orders in the cloud. Power cuts and network faults
-can be mixed in. `brewmeter simulate` prints what happened; the scenario tests check it."""
+can be mixed in. This is `brewmeter simulate` (its days of use come from usage.py); the
+scenario tests check what it prints."""
 
 from __future__ import annotations
 

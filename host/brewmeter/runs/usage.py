@@ -1,5 +1,8 @@
-"""`brewmeter simulate`: one emulated machine through N days of realistic use on the virtual
-clock: brews of several kinds, rinses, the odd contact bounce, a filter change when due."""
+"""Days of realistic use, scripted: brews of several kinds, rinses, the odd contact bounce
+(`_day`), and `count_days`, which plays N of them into the counting core alone on the
+virtual clock, with a filter change when due (`brewmeter bench`'s sim_days_per_s). The
+`brewmeter simulate` command is the household year (household.py), which takes its days
+from here."""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -
     script.powered(DAY_MS // 1000)  # always on: a day of powered time for the filter age
 
 
-def simulate(profile: Profile, days: int, seed: int = 0) -> Result:
+def count_days(profile: Profile, days: int, seed: int = 0) -> Result:
     rng = random.Random(seed)
     meter = Meter(profile)
     meter.boot(1)
