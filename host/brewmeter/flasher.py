@@ -16,10 +16,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from brewmeter import mp, ports
+from brewmeter import fieldtech, mp, ports
+from brewmeter.fieldtech import READY
 from brewmeter.flashfiles import (
     FlashError,
     build,
@@ -28,7 +28,6 @@ from brewmeter.flashfiles import (
     rom_size,
 )
 
-READY = b"brewmeter ready"
 DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
 PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
          "sys.implementation.version[:3])")
@@ -85,8 +84,6 @@ class Flasher:
 
     def unlock(self) -> None:
         """Open a locked port with the service PIN (the restart at the end locks it again)."""
-        from brewmeter import fieldtech
-
         if self.dry_run:
             print(f"(first: service unlock --pin {'*' * len(self.pin or '')} on the console)",
                   file=self.out)
@@ -219,27 +216,10 @@ class Flasher:
             print("(then Ctrl-C, Ctrl-D over the serial port, and wait for "
                   f"{READY.decode()!r})", file=self.out)
             return ""
-        with ports.open_port(self.port, timeout=0.2) as s:
-            s.write(b"\r\x03\x03")  # stop whatever runs, to the friendly REPL
-            time.sleep(0.2)
-            s.reset_input_buffer()
-            s.write(b"\x04")  # soft reset: boot.py, then main.py
-            seen = b""
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                seen += s.read(256)
-                i = seen.find(READY)
-                if i >= 0 and seen.find(b"\n", i) > 0:
-                    return seen[i:seen.index(b"\n", i)].decode(errors="replace").strip()
-            # No restart: a locked app ignores Ctrl-C and Ctrl-D, and answers Ctrl-A (a
-            # REPL would enter the raw REPL: Ctrl-B leaves it again).
-            s.write(b"\r\x01")
-            time.sleep(1)
-            s.write(b"\x02")
-            if b"locked: unlock with --pin" in seen + s.read(4096):
-                raise FlashError(f"{self.port}: locked: unlock with --pin")
-        tail = seen[-300:].decode(errors="replace")
-        raise FlashError(f"{self.port}: no ready line within {timeout:.0f} s; it said: {tail}")
+        try:
+            return fieldtech.restart(self.port, timeout)
+        except fieldtech.NoBrewmeter as e:
+            raise FlashError(str(e)) from None
 
 
 _RMTREE = """import os
