@@ -283,6 +283,9 @@ def _help_everywhere(ap: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from brewmeter import standins
+
+    standins.install()  # the firmware runs here under CPython, for the command's whole run
     if argv[:1] == ["emulate"]:
         from brewmeter.emulator.board import emulate_main
 

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 from brewmeter import mp
-from brewmeter.cloud.shared import protocol as P
 from brewmeter.harness import board_path
 from brewmeter.standins import FIRMWARE
 
@@ -63,6 +62,8 @@ def chip_matches(chip: str, platform: str, machine: str) -> bool:
 def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     """The provisioning file's fields, checked for `board`; raises FlashError naming the
     field."""
+    from brewmeter.cloud.shared import protocol as P
+
     def bad(field: str, why: str) -> FlashError:
         return FlashError(f"{source}: field '{field}': {why}")
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-
-from app.profile import Profile
+from typing import TYPE_CHECKING
 
 from brewmeter.onboard import replay
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.profile import Profile
 
 # Flow pulses arrive in chunks this far apart while water runs (what the sensor task would
 # read from the hardware counter; finer only costs simulation time).

@@ -9,13 +9,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from app import wallclock
-from app.counting import BREW
-from app.device import Device
-from app.syncer import wire
-
 from brewmeter import standins
-from brewmeter.cloud import CloudServer
 from brewmeter.harness import load_profile
 from brewmeter.standins.hostfs import DirFS
 
@@ -52,6 +46,13 @@ class Relay:
 
 
 async def measure(days: int = 3, brews_per_day: int = 10, seed: int = 0) -> float:
+    from app import wallclock
+    from app.counting import BREW
+    from app.device import Device
+    from app.syncer import wire
+
+    from brewmeter.cloud import CloudServer
+
     rng = random.Random(seed)
     clock = standins.clock
     with tempfile.TemporaryDirectory() as d:

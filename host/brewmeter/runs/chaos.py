@@ -14,16 +14,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app import wallclock
-from app.device import Device
-from app.syncer import Syncer, wire
-
-from brewmeter.cloud import CloudServer, Faults
-from brewmeter.cloud.ledger import Ledger
-from brewmeter.cloud.server import FAULT_KINDS
 from brewmeter.harness import load_profile
 from brewmeter.standins.hostfs import DirFS
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.device import Device
+    from app.syncer import Syncer
 
 DEVICE = "bm-chaos01"
 KEY = "5a" * 32
@@ -71,6 +69,14 @@ class _Loopback:
 
 
 async def run(faults: int = 1000, seed: int = 0) -> Result:
+    from app import wallclock
+    from app.device import Device
+    from app.syncer import wire
+
+    from brewmeter.cloud import CloudServer, Faults
+    from brewmeter.cloud.ledger import Ledger
+    from brewmeter.cloud.server import FAULT_KINDS
+
     rng = random.Random(seed)
     profile = load_profile("emulator")
     rates = {k: 0.6 / len(FAULT_KINDS) for k in FAULT_KINDS}  # 60 % of requests go wrong

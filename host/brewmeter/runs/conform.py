@@ -28,9 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from app import http, protocol, sync, tls, wallclock
-from app.device import Device
-from app.syncer import wire
 
 from brewmeter import standins
 from brewmeter.runs import lives
@@ -82,6 +79,10 @@ class Life(lives.Life):
         return self.start + self.clock.ms // 1000
 
     def boot(self, clock: bool = True) -> None:
+        from app import http, wallclock
+        from app.device import Device
+        from app.syncer import wire
+
         wallclock.synced = False
         dev = Device(self.profile, self.fs)
         if clock:
@@ -139,6 +140,8 @@ class Conform:
                  rate: float = 0.2, patience_s: float = 300) -> None:
         """`rate`: the share of exchanges the proxy spoils; `patience_s`: how long in all
         (real seconds) to wait out the backend's 429s while a device catches up."""
+        from app import tls
+
         self.url, self.token, self.seed = url, token, seed
         self.patience_s = patience_s
         self.ca = ca
@@ -265,6 +268,8 @@ class Conform:
     # -- the checks -------------------------------------------------------------------------
 
     async def check(self, life: Life) -> None:
+        from app import protocol, sync
+
         self._life = life.name
         a, dev_id = self.admin, life.id
         run = 0
@@ -358,6 +363,8 @@ class Conform:
             self.note("events", f"never stored: {missing[:5]}")
 
     async def main(self) -> Verdict:
+        from app import wallclock
+
         lives = (self.life_daily, self.life_offline, self.life_ntp_blocked, self.life_flash,
                  self.life_orders)
         old_clock = standins.clock

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import jsonschema_rs
 import yaml
-from app import http, protocol, wallclock
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "protocol.yaml"
 DEVICE_TIMEOUT_MS = 1500  # the device's reply timeout here (the protocol's is 10 s)
@@ -85,6 +84,8 @@ class Proxy:
     async def _forward(self, path: str, head: dict[str, str], body: bytes
                        ) -> tuple[int, int, bytes, bytes] | None:
         """The backend's reply, read by the device's own client; None if it could not be."""
+        from app import http, protocol
+
         try:
             status, retry, reply = await http.post(self.upstream, path, head, body,
                                                    protocol.REPLY_MS, self.ssl,
@@ -108,6 +109,8 @@ class Proxy:
 
     async def _exchange(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
+        from app import protocol, wallclock
+
         request = await reader.readuntil(b"\r\n\r\n")
         lines = request.decode().split("\r\n")
         path = lines[0].split(" ")[1]

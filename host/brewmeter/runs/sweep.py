@@ -11,14 +11,15 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from app.profile import Profile
+from typing import TYPE_CHECKING
 
 from brewmeter import mp
 from brewmeter.emulator import lfs, lfsfs
-from brewmeter.onboard import powercut
 from brewmeter.onboard.norflash import NorFlash
 from brewmeter.scenario import Script
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.profile import Profile
 
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
 
@@ -96,6 +97,8 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
 
 def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tuple[int, bytes]:
     """Program/erase operations in the uncut day, and the formatted image the runs start from."""
+    from brewmeter.onboard import powercut  # the firmware's Device: once the stand-ins are in
+
     flash = NorFlash(block_count=blocks)
     lfs.format(flash)
     image = flash.snapshot()
@@ -106,6 +109,8 @@ def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tup
 def sweep_cpython(profile: Profile, events: list, window_ms: int,
                   cuts: Iterable[int] | None = None) -> Summary:
     """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs."""
+    from brewmeter.onboard import powercut
+
     ops, image = count_ops(profile, events)
     summary = Summary()
     for k in cuts or range(1, ops + 1):

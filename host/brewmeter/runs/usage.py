@@ -9,13 +9,14 @@ from __future__ import annotations
 import calendar
 import random
 from dataclasses import dataclass
-
-from app import filters, snapshot
-from app.counters import Counters
-from app.counting import Meter
-from app.profile import Profile
+from typing import TYPE_CHECKING
 
 from brewmeter.scenario import Script, Truth, play
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.counters import Counters
+    from app.counting import Meter
+    from app.profile import Profile
 
 START_WALL = calendar.timegm((2026, 1, 5, 0, 0, 0))  # a Monday, 00:00 UTC
 DAY_MS = 86_400_000
@@ -60,6 +61,9 @@ def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -
 
 
 def count_days(profile: Profile, days: int, seed: int = 0) -> Result:
+    from app import filters
+    from app.counting import Meter
+
     rng = random.Random(seed)
     meter = Meter(profile)
     meter.boot(1)
@@ -87,6 +91,8 @@ def counters_summary(c: Counters, profile: Profile, days: int, wall: int,
                      dh: int = 10) -> dict:
     """The counters after `days` at `wall`, with the filter's age and due state (water of
     `dh` degrees)."""
+    from app import filters, snapshot
+
     d = snapshot.counters(c, profile.kinds)
     d["days"] = days
     d["board"] = profile.board
