@@ -272,13 +272,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def commands(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """`ap`'s subcommands by name (argparse keeps them in a private list)."""
+    return {name: p for a in ap._actions if isinstance(a, argparse._SubParsersAction)
+            for name, p in a.choices.items()}
+
+
 def _help_everywhere(ap: argparse.ArgumentParser) -> None:
     """Every (sub)command's --help shows the defaults."""
     ap.formatter_class = Help
-    for a in ap._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            for p in a.choices.values():
-                _help_everywhere(p)
+    for p in commands(ap).values():
+        _help_everywhere(p)
 
 
 def main(argv: list[str] | None = None) -> int:
