@@ -6,4 +6,4 @@
 # counting. Sets up .venv on first use. `./flash.sh --help` for the options.
 set -eu
 . "$(dirname "$0")/tools/venv.sh"
-exec "$VENV/bin/python" -c 'import sys; from brewmeter.flasher import main; sys.exit(main())' "$@"
+exec "$VENV/bin/python" -c 'import sys; from brewmeter.flashsh import main; sys.exit(main())' "$@"

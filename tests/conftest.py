@@ -1,10 +1,20 @@
-"""Shared fixtures. Importing brewmeter.harness installs the MicroPython stand-ins, so the
-tests import the firmware's own source (firmware/app) as the device runs it."""
+"""Shared fixtures. The MicroPython stand-ins are installed for the test session (and
+undone after it), so the tests import the firmware's own source (firmware/app) as the device
+runs it."""
 
 from __future__ import annotations
 
 import pytest
+from brewmeter import standins
 from brewmeter.harness import load_profile
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    standins.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    standins.uninstall()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The emulated ESP32 (brewmeter.board) as its users meet it: real mpremote and pyserial on its
+"""The emulated ESP32 (brewmeter.emulator) as its users meet it: real mpremote and pyserial on its
 pseudo-terminal, and the control address. Every wait has a timeout; the file takes seconds."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import serial
 from brewmeter import mp
-from brewmeter.board import (
+from brewmeter.emulator.board import (
     HARNESS_HEAP,
     PWRON_RESET,
     RAW_BANNER,
@@ -23,6 +23,8 @@ from brewmeter.board import (
     BoardError,
     rom_heap,
 )
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 # A main.py that shows what firmware sees through machine: it prints a line whenever the
 # espresso input (GPIO 1 on the emulator profile), the flow counter (GPIO 10) or the
@@ -232,7 +234,7 @@ async def test_async_board_and_emulate_main_runs_until_sigterm(tmp_path):
     async with Board(tmp_path / "a.img") as b:
         assert Path(b.serial_port).exists() and b.control_address[1] > 0
     # The CLI entry point, in a subprocess so its signal handling is its own.
-    code = ("import sys; from brewmeter.board import emulate_main; "
+    code = ("import sys; from brewmeter.emulator.board import emulate_main; "
             "sys.exit(emulate_main(sys.argv[1:]))")
     p = subprocess.Popen([sys.executable, "-c", code, "--image", str(tmp_path / "e.img"),
                           "--heap", "64K"], stdout=subprocess.PIPE, text=True)

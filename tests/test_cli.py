@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from brewmeter import cli
 
 
@@ -14,6 +15,7 @@ def brewmeter(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_simulate_same_seed_same_output_and_json():
     a = brewmeter("simulate", "--days", "30", "--seed", "7", "--json")
     b = brewmeter("simulate", "--days", "30", "--seed", "7", "--json")
@@ -26,6 +28,7 @@ def test_simulate_same_seed_same_output_and_json():
     assert set(d["brews"]) == {"espresso", "lungo", "hot_water"}
 
 
+@pytest.mark.slow
 def test_simulate_a_year_changes_filters_when_due(capsys):
     assert cli.main(["simulate", "--days", "365", "--seed", "1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -47,6 +50,7 @@ def test_bad_arguments_exit_2(capsys):
     assert "--days" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_json_gives_the_figures(capsys):
     assert cli.main(["bench", "--json", "--only", "sim_days_per_s"]) == 0
     figures = json.loads(capsys.readouterr().out)

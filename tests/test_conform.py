@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from brewmeter import cli
 from brewmeter.cloud import CloudServer, Ledger
-from brewmeter.conform import Conform
+from brewmeter.runs.conform import Conform
 
 
 async def _conform(url: str, token: str, seed: int = 5, rate: float = 0.2) -> dict[str, Any]:
@@ -27,6 +27,7 @@ async def _conform(url: str, token: str, seed: int = 5, rate: float = 0.2) -> di
 BROKEN_RATE = 0.05  # a broken backend fails with few faults too: fewer held replies
 
 
+@pytest.mark.slow
 async def test_the_reference_cloud_conforms():
     async with CloudServer(":memory:") as cloud:
         v = await _conform(cloud.url, cloud.admin_token)
@@ -38,6 +39,7 @@ async def test_the_reference_cloud_conforms():
     assert lives["orders"]["orders"] >= 2  # ordered, approved, refilled, ordered again
 
 
+@pytest.mark.slow
 def test_the_command_over_tls(tmp_path, capsys):
     """`brewmeter conform --url https://... --ca PEM --json`: one JSON object, exit 0."""
     import trustme
@@ -67,6 +69,7 @@ def test_the_command_over_tls(tmp_path, capsys):
         proc.wait()
 
 
+@pytest.mark.slow
 async def test_a_backend_out_of_stock_conforms():
     """Declined orders (out of stock) end ordering for the cycle: nothing to break."""
     from brewmeter.cloud import Merchant
@@ -173,7 +176,9 @@ def chunked(req: bytes, reply: bytes) -> bytes | None:
 
 
 @pytest.mark.parametrize(("broken", "rule"), [
-    (strict, "refusals"), (cdn_header, "reply_shape"), (chunked, "reply_shape"),
+    pytest.param(strict, "refusals", marks=pytest.mark.slow),
+    pytest.param(cdn_header, "reply_shape", marks=pytest.mark.slow),
+    pytest.param(chunked, "reply_shape", marks=pytest.mark.slow),
     (Downgrade, "config"), (Snapshot, "counters"), (NoRefill, "refill")])
 async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
@@ -191,6 +196,7 @@ async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     assert named and named[0]["says"] and named[0]["detail"]
 
 
+@pytest.mark.slow
 async def test_a_gateway_that_strips_the_base_path_fails_the_signature():
     """The device signs the path it sends (with its cloud_url's base path): a gateway that
     takes the prefix off before the backend verifies fails every signature."""

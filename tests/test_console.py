@@ -12,8 +12,8 @@ import pytest
 from app.console import MAX_LINE, Console, LineReader
 from app.counting import BREW
 from app.device import Device
-from brewmeter.flasher import pin_hash
-from brewmeter.hostfs import DirFS
+from brewmeter.flashfiles import pin_hash
+from brewmeter.standins.hostfs import DirFS
 
 
 @pytest.fixture
@@ -49,10 +49,29 @@ def test_counters_as_table_and_as_one_line_of_json(console):
 
 
 def test_every_read_command_answers_json(console):
-    for cmd in ("help", "counters", "filter", "events", "events 3", "faults", "config",
-                "status"):
+    d = console.device
+    d.meter.c.brews[0] = 3
+    d.event(BREW, 0, 0)
+    d.fault("task_failed", "sync")
+    d.change_filter(0, "button", 5)
+
+    def read(cmd):
         out = console.feed(cmd.encode() + b" --json\n")
-        json.loads(out)
+        assert out.count("\n") == 1, cmd  # one line each
+        return json.loads(out)
+
+    named = {k.split()[0] for k in read("help")}
+    assert {"counters", "filter", "events", "faults", "config", "status"} <= named
+    counters = read("counters")
+    assert counters["brews"] == {"espresso": 3, "hot_water": 0, "lungo": 0}
+    assert counters["brews_total"] == 3 and counters["boots"] == 1
+    assert read("filter")["cycle"] == 1 and read("filter")["brews"] == 0  # just changed
+    events = read("events")
+    assert [e["kind"] for e in events] == ["fault", "filter_changed"]
+    assert read("events 1") == events[-1:]
+    assert read("faults") == ["task_failed sync"]
+    assert read("config") == {"version": 0, "settings": {}}
+    assert read("status") == {"fw": "0.1.0", "wifi": "down"}
 
 
 def test_config_never_shows_secrets(console):

@@ -2,7 +2,7 @@
 Python (never Playwright's own browser downloads: tools/chromium.sh installs Chromium). Behind
 it the emulated cloud with six weeks of a household's reports: the firmware's Device and
 Syncer under CPython on the virtual clock, syncing over HTTP on 127.0.0.1
-(brewmeter.household), with ask-first orders its owner stops approving near the end.
+(brewmeter.runs.household), with ask-first orders its owner stops approving near the end.
 
 A screenshot of each page goes to $BREWMETER_SCREENSHOTS (else the test's tmp_path)."""
 
@@ -21,15 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-import brewmeter.harness  # noqa: F401  - firmware/ importable (household imports it)
 import pytest
 from app import settings, wallclock
-from brewmeter import household, replay, standins
+from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.cloud import Ledger, Merchant
 from brewmeter.cloud.server import CloudServer, cloud_thread
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import MemFS
+from brewmeter.onboard import replay
+from brewmeter.runs import household
+from brewmeter.standins.hostfs import MemFS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright_api = pytest.importorskip("playwright.sync_api")

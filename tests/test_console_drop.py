@@ -9,9 +9,10 @@ import time
 
 import pytest
 from brewmeter import fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.demo import cloud_for
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
+from brewmeter.runs.demo import cloud_for
 from test_resilience import test_profile
 
 pytestmark = pytest.mark.board

@@ -12,8 +12,9 @@ import time
 
 import pytest
 from brewmeter import console_term, fieldtech
-from brewmeter.board import Board
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 
 pytestmark = [pytest.mark.board, pytest.mark.slow]
 

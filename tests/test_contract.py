@@ -10,10 +10,10 @@ import json
 import pytest
 from app import protocol, supplystore, sync
 from app.device import Device
-from app.syncer import Syncer
+from app.syncer import wire
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 HOUR_MS = 3_600_000
 
@@ -56,9 +56,8 @@ async def _cloud(status: int, body: bytes, heard: list[bytes]):
 
 
 def _syncer(device, url, **prov):  # noqa: ANN001
-    s = Syncer(device, {"device_id": "bm-c1", "key": "ab" * 32, "cloud_url": url, "ntp": "",
-                        **prov}, Loopback())
-    return s
+    return wire(device, {"device_id": "bm-c1", "key": "ab" * 32, "cloud_url": url, "ntp": "",
+                         **prov}, Loopback(), wall=device.wall)
 
 
 async def test_a_refusal_repeated_for_a_day_is_a_fault_and_retries_go_hourly(device, clock):

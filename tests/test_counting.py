@@ -48,13 +48,12 @@ def test_bounce_shorter_than_debounce_is_ignored(profile, meter):
 
 def test_bounce_at_start_and_end_of_a_brew_counts_one_brew_of_the_right_length(profile, meter):
     s = Script(profile)
-    i = profile.kinds.index("espresso")
     # Contact chatter for 15 ms, then held for 25 s, then chatter on release.
     for k, level in enumerate((1, 0, 1, 0, 1)):
-        s._emit(0, i, level, at=s.t + 3 * k)
+        s.level("espresso", level, after_ms=3 * k)
     s.wait(15 + 25_000)
     for k, level in enumerate((0, 1, 0, 1, 0)):
-        s._emit(0, i, level, at=s.t + 3 * k)
+        s.level("espresso", level, after_ms=3 * k)
     s.wait(15 + profile.debounce_ms + 10)
     c = run(meter, s)
     assert c.total_brews() == 1 and c.rinses == 0
@@ -99,7 +98,7 @@ def test_stuck_pump_is_a_fault_not_a_brew_and_still_wears_the_pump(profile, mete
     events = []
     s = Script(profile).run("espresso", 3 * 3600)  # stuck on for three hours
     play_events = s.settle().events
-    from brewmeter import replay
+    from brewmeter.onboard import replay
 
     for ev in sorted(play_events):
         replay.step(meter, *ev, on_event=lambda r, i: events.append(r))
@@ -113,8 +112,7 @@ def test_input_held_at_power_on_is_ignored_until_released(profile):
     m = Meter(profile)
     m.boot(1)
     s = Script(profile, held=("lungo",)).wait(20_000)
-    i = profile.kinds.index("lungo")
-    s._emit(0, i, 0)  # released 20 s after power-on: its start is unknown, not a brew
+    s.level("lungo", 0)  # released 20 s after power-on: its start is unknown, not a brew
     s.wait(1000).brew("lungo", 100, 30)
     play(m, s.settle().events)
     assert m.c.total_brews() == 1 and m.c.rinses == 0 and m.c.stuck_runs == 0

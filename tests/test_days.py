@@ -9,7 +9,7 @@ from app.counters import Counters
 from app.counting import BREW
 from app.days import Days
 from app.device import Device
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 DAY = 86400
 T = 20_000 * DAY  # 2024-10-04 00:00 UTC
@@ -67,7 +67,7 @@ def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path
 
 
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
-    from app.syncer import Syncer
+    from app.syncer import wire
     from brewmeter.cloud import CloudServer
 
     class Up:
@@ -88,8 +88,8 @@ async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
         d.tick(1000 * (now[0] - T))
     async with CloudServer(tmp_path / "ledger.db", devices=[("bm-days1", key)]) as cloud:
         cloud.ledger.set_plan("bm-days1", {"price_per_brew": 0.35})
-        s = Syncer(d, {"device_id": "bm-days1", "key": key, "cloud_url": cloud.url}, Up())
-        s._ntp_tried = 0
+        s = wire(d, {"device_id": "bm-days1", "key": key, "cloud_url": cloud.url, "ntp": ""},
+                 Up(), wall=lambda: now[0])
         import app.wallclock as wc
 
         wc.set_unix(now[0])

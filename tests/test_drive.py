@@ -12,9 +12,10 @@ import sys
 import time
 
 import pytest
-from brewmeter.board import BoardControl
-from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.emulator.board import BoardControl
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
+from brewmeter.runs.demo import read_counters
 
 KINDS = ["espresso", "hot_water", "lungo"]
 
@@ -45,6 +46,8 @@ def emulate(image):
         p.wait(30)
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_press_flow_and_power_cut_on_a_running_emulator(emulate):
     serial, control = emulate
     Flasher(serial).flash("emulator", emulator_provision())
@@ -73,10 +76,11 @@ def test_control_address_answers_help(emulate):
         BoardControl(control).call("bogus")
 
 
+@pytest.mark.board
 def test_an_image_in_use_is_refused(emulate, image):
     out = brewmeter("emulate", "--image", str(image), env={})
     assert out.returncode == 1 and "is in use by another emulated board" in out.stderr
-    from brewmeter.board import Board, BoardError
+    from brewmeter.emulator.board import Board, BoardError
 
     with pytest.raises(BoardError, match="in use"):
         Board(image).start_sync()

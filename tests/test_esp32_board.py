@@ -8,11 +8,11 @@ import csv
 import re
 
 import pytest
-from brewmeter import flasher
-from brewmeter.board import DEFAULT_ROM, load_profile
+from brewmeter import flashfiles
+from brewmeter.emulator.board import DEFAULT_ROM, load_profile
 from brewmeter.harness import BOARDS, ProfileError
 from brewmeter.harness import load_profile as load_checked
-from brewmeter.norflash import NorFlash
+from brewmeter.onboard.norflash import NorFlash
 from brewmeter.standins import FIRMWARE
 
 BOARD = BOARDS / "BREWMETER_ESP32"
@@ -87,7 +87,7 @@ def frozen_modules() -> list[str]:
 
 
 def test_manifest_freezes_every_module_flash_sh_deploys(tmp_path):
-    deployed = flasher.build(tmp_path, "esp32-generic", None)
+    deployed = flashfiles.build(tmp_path, "esp32-generic", None)
     app = sorted(k[:-4] + ".py" for k in deployed if k.endswith(".mpy"))
     assert sorted(frozen_modules()) == app
     # boot.py and main.py stay on the filesystem (the port runs them by name), and the

@@ -12,10 +12,13 @@ import time
 
 import pytest
 from brewmeter import cli, fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.mp import tool
+from brewmeter.runs.demo import read_counters
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,7 @@ def test_counters_status_filter_and_report(flashed, capsys, tmp_path):
     assert name in capsys.readouterr().out and (tmp_path / name).is_file()
 
 
+@pytest.mark.slow
 def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):
     with Board(tmp_path / "flash.img", board_profile="emulator") as board:
         Flasher(board.serial_port).flash("emulator", emulator_provision())

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 from brewmeter import flasher
-from brewmeter.board import Board
-from brewmeter.demo import read_counters
-from brewmeter.flasher import Flasher, FlashError, check_provision, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
+from brewmeter.runs.demo import read_counters
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["espresso", "hot_water", "lungo"]
@@ -37,6 +40,7 @@ def _brew(board: Board, kind: str = "espresso", seconds: float = 8.3) -> None:
     time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
     prov = emulator_provision()
     f = Flasher(board.serial_port)
@@ -49,6 +53,7 @@ def test_flash_brew_reflash_keeps_counters_then_erase(board, tmp_path):
     assert read_counters(board.serial_port, KINDS)["brews_total"] == 0
 
 
+@pytest.mark.slow
 def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
     prov = tmp_path / "p.json"
     real = emulator_provision("https://cloud.example")  # a real board: https, with its CA
@@ -85,6 +90,7 @@ def _flash_sh(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_flash_sh_keeps_the_board_profile_refuses_the_wrong_chip_and_guards_erase(board,
                                                                                    tmp_path):
     prov, new = tmp_path / "p.json", tmp_path / "new.json"
@@ -128,10 +134,11 @@ def _reports(cloud, dev: str, n: int, timeout: float = 40) -> dict:
     raise AssertionError(f"{dev}: fewer than {n} reports within {timeout} s: {got}")
 
 
+@pytest.mark.slow
 def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
     """The cloud keeps the old id's history; the erased device reports under its new id from
     the start, its brews reaching the cloud."""
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     old, new = emulator_provision(), emulator_provision()
     with cloud_for(old, report_delay_s=5) as cloud:
@@ -167,6 +174,7 @@ def _app_file(board: Board) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
     image, prov = tmp_path / "flash.img", emulator_provision()
     # Stock firmware (no ROM partition): the app goes onto the filesystem, and its bytecode
@@ -203,6 +211,7 @@ def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
                 f.verify({}, other)
 
 
+@pytest.mark.slow
 def test_errors_are_clear(board, tmp_path):
     with pytest.raises(FlashError, match="no such port"):
         Flasher("/dev/ttyNOPE").flash("emulator", emulator_provision())
@@ -259,6 +268,7 @@ def test_mpy_version_mismatch_is_refused(board, monkeypatch):
         Flasher(board.serial_port).flash("emulator", emulator_provision())
 
 
+@pytest.mark.slow
 def test_flash_sh_emulator_shows_it_counting():
     out = subprocess.run([str(ROOT / "flash.sh"), "--emulator"], capture_output=True,
                          text=True, timeout=300)
@@ -270,10 +280,11 @@ def test_flash_sh_emulator_shows_it_counting():
                      r"owner token [\w-]{32}: machine bm-[\w-]+;", out.stdout, re.M), out.stdout
 
 
+@pytest.mark.slow
 def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     """The firmware's own sync, on MicroPython, to the emulated cloud over TLS on loopback:
     the server is verified against the CA flash.sh provisioned."""
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     prov = emulator_provision()
     with cloud_for(prov, tls=True) as cloud:
@@ -287,6 +298,7 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
     assert b"MemoryError" not in board.transcript()
 
 
+@pytest.mark.slow
 def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     """The same Script that drives the CPython core drives the emulated board."""
     from app.counting import Meter
@@ -308,6 +320,7 @@ def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     assert abs(got["water_ml"] - meter.c.water_ml) <= 1
 
 
+@pytest.mark.slow
 def test_the_board_dates_brews_once_ntp_answers(board):
     """NTP over UDP from the board, then a brew billed to today's date in the cloud."""
     import asyncio
@@ -315,7 +328,7 @@ def test_the_board_dates_brews_once_ntp_answers(board):
     import threading
     from datetime import UTC, datetime
 
-    from brewmeter.demo import cloud_for
+    from brewmeter.runs.demo import cloud_for
 
     loop = asyncio.new_event_loop()
 

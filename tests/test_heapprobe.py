@@ -5,7 +5,7 @@ sync_heap_bytes are read with it."""
 from __future__ import annotations
 
 import pytest
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board
 

@@ -16,10 +16,13 @@ from contextlib import contextmanager
 
 import pytest
 from brewmeter import fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.demo import cloud_for
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
+from brewmeter.runs.demo import cloud_for
 from test_resilience import brew, brews, test_profile
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 LIMIT = 4096  # app/sync.py MAX_REPLY
 
@@ -160,6 +163,7 @@ def test_a_reply_of_exactly_the_limit_is_read(hostile):
     h.mode = "good"
 
 
+@pytest.mark.slow
 def test_a_cloud_that_keeps_answering_badly_never_makes_it_reboot(hostile):
     board, h = hostile
     boots = fieldtech.ask(board.serial_port, "counters")["boots"]

@@ -1,4 +1,4 @@
-"""The issue's reproductions, each a device life against the emulated cloud (brewmeter.lives):
+"""The issue's reproductions, each a device life against the emulated cloud (brewmeter.runs.lives):
 a machine offline past its history, a desired setting with a 250-character name, a 409 after
 the device lost its flash, and one boot with the clock three years ahead."""
 
@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 from app import protocol
-from brewmeter.lives import DEVICE, PRICE_CENTS, Life
+from brewmeter.runs.lives import DEVICE, PRICE_CENTS, Life
 
 
 def _brews(days: list[dict]) -> dict[int, int]:
@@ -126,7 +126,7 @@ from app.counting import BREW
 from app.device import Device
 from app.profile import parse
 from app.store import DeviceFS
-from app.syncer import Syncer
+from app.syncer import wire
 
 
 class Up:
@@ -158,7 +158,7 @@ for day in range(70):  # offline 70 days, two reboots: past the history's bound
     if day in (20, 50):
         d = boot()
 wallclock.set_unix(W[0])  # as NTP would
-s = Syncer(d, {"device_id": DEV, "key": KEY, "cloud_url": URL, "ntp": ""}, Up())
+s = wire(d, {"device_id": DEV, "key": KEY, "cloud_url": URL, "ntp": ""}, Up(), wall=lambda: W[0])
 res = []
 for i in range(8):
     res.append(asyncio.run(s.sync_once()))

@@ -1,7 +1,7 @@
 """Generated device lives (Hypothesis): offline spans, reboots, power cuts, clock jumps both
 ways, desired configs (valid or not), refills, cloud restarts and a cloud that lost its data,
 run by the firmware's own Device and Syncer against the emulated cloud on the virtual clock
-(brewmeter.lives). Once the network heals: no report was refused, the cloud's counters are
+(brewmeter.runs.lives). Once the network heals: no report was refused, the cloud's counters are
 the device's, the invoice is the billed brews times the price and they are every brew, and
 no order broke the owner's rules (ask first; the monthly cap).
 
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from app.supplies import ITEMS
-from brewmeter.lives import PRICE_CENTS, Life
+from brewmeter.runs.lives import PRICE_CENTS, Life
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

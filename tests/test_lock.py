@@ -10,12 +10,15 @@ import subprocess
 import time
 
 import pytest
-from brewmeter import cli, fieldtech, flasher, ports
-from brewmeter.board import Board
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter import cli, fieldtech, flashsh, ports
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS
 from brewmeter.mp import tool
 from test_flash import _brew
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 PIN = "246810"
 LOCKED = b"locked: unlock with --pin"
@@ -66,6 +69,7 @@ def test_the_pin_is_nowhere_in_the_flash_image(locked):
     assert PIN.encode() not in image
 
 
+@pytest.mark.slow
 def test_locked_ctrl_c_is_ignored_and_mpremote_fails_quickly_showing_nothing(locked, capsys):
     board, prov, _, _ = locked
     port = board.serial_port
@@ -86,12 +90,13 @@ def test_locked_ctrl_c_is_ignored_and_mpremote_fails_quickly_showing_nothing(loc
     assert json.loads(capsys.readouterr().out)["brews"] == after["brews"]
 
 
+@pytest.mark.slow
 def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(locked, capsys):
     board, _, prof, d = locked
     port = board.serial_port
     before = fieldtech.ask(port, "counters")
     image = (d / "flash.img").read_bytes()
-    assert flasher.main(["--port", port, "--board", prof, "--provision",
+    assert flashsh.main(["--port", port, "--board", prof, "--provision",
                          str(d / "prov.json")]) == 2
     assert "locked: unlock with --pin" in capsys.readouterr().err
     assert fieldtech.ask(port, "counters") == before  # no restart (boots), nothing else
@@ -100,6 +105,7 @@ def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(lo
         fieldtech.restart(port, timeout=3)  # `brewmeter restart`: Ctrl-C, Ctrl-D ignored
 
 
+@pytest.mark.slow
 def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys):
     board, prov, prof, d = locked
     port = board.serial_port
@@ -120,7 +126,7 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     events = fieldtech.ask(port, "events")
     assert any(e.get("action") == "service unlock" for e in events), events
     # flash.sh --pin: unlocks, re-flashes, restarts locked; the counters are kept.
-    assert flasher.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
+    assert flashsh.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
                          "--pin", PIN]) == 0, capsys.readouterr()
     kept = fieldtech.ask(port, "counters")
     unlocks = [e for e in fieldtech.ask(port, "events") if e.get("action") == "service unlock"]
@@ -129,6 +135,7 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     assert _answers_locked(port)
 
 
+@pytest.mark.slow
 def test_the_window_ends_by_itself_and_the_port_locks_again(locked):
     board, _, _, _ = locked
     port = board.serial_port

@@ -55,7 +55,7 @@ def test_the_sensor_loop_allocates_nothing_per_poll(tmp_path):
     """The heap in use does not grow over 10,000 polls (the gc off, so nothing hides it)."""
     from brewmeter.harness import board_path
 
-    host = mp.HOST
+    host = mp.ONBOARD
     out = mp.run([str(host / "pollheap.py"), str(FIRMWARE), str(host / "board_machine"),
                   str(board_path("emulator")), str(tmp_path)])
     assert "POLLS 10000 GROWTH 0" in out, out

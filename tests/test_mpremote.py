@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from brewmeter import mp
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +102,7 @@ def test_romfs_build_query_deploy(board, tmp_path):
                     ).strip() == "rom /rom/inrom.mpy"
 
 
+@pytest.mark.slow
 def test_mip_installs_the_firmware_from_package_json(board):
     pkg = json.loads((ROOT / "package.json").read_text())
     firmware = sorted(p.relative_to(ROOT / "firmware").as_posix()

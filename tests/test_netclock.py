@@ -8,7 +8,6 @@ import calendar
 import json
 import struct
 import sys
-from pathlib import Path
 
 import pytest
 from app import wallclock
@@ -113,7 +112,9 @@ def test_the_clouds_date_corrects_a_clock_far_off():
 async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,
                                                                      monkeypatch):
     # The radio has no stand-in here but the emulated board's; use that one.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host/brewmeter/board_machine"))
+    from brewmeter import mp
+
+    sys.path.insert(0, str(mp.ONBOARD / "board_machine"))
     try:
         import network
     finally:
@@ -122,7 +123,7 @@ async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tm
     from app.device import Device
     from app.link import Wifi
     from app.syncer import Syncer
-    from brewmeter.hostfs import DirFS
+    from brewmeter.standins.hostfs import DirFS
 
     d = Device(profile, DirFS(tmp_path))
     d.boot(1, 0)

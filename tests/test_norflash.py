@@ -1,4 +1,4 @@
-"""The emulated NOR flash (host/brewmeter/norflash.py) and littlefs on it under both
+"""The emulated NOR flash (host/brewmeter/onboard/norflash.py) and littlefs on it under both
 interpreters: NOR rules, write-through, power cuts, MicroPython <-> CPython images, wear."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from brewmeter import lfs
-from brewmeter.norflash import NorError, NorFlash, PowerCut
+from brewmeter.emulator import lfs
+from brewmeter.onboard.norflash import NorError, NorFlash, PowerCut
 from littlefs import LittleFSError
 
-HOST = Path(lfs.__file__).resolve().parent
+HOST = Path(sys.modules[NorFlash.__module__].__file__ or "").resolve().parent  # onboard/
 BS = 4096
 
 
@@ -288,7 +288,7 @@ def test_cpython_writes_micropython_reads(tmp_path):
         b"from micropython")
 
 
-# -- wear: the figures in ARCHITECTURE.md ("Flash"), as MicroPython's littlefs produces them
+# -- wear: the README's figures ("Storage"), as MicroPython's littlefs produces them
 
 MP_WEAR = """
 import vfs
@@ -348,6 +348,7 @@ def _workload(flash: NorFlash, contents: list[bytes]) -> list[int]:
 
 
 @pytest.mark.parametrize("tear", [False, True], ids=["clean", "torn"])
+@pytest.mark.slow
 def test_littlefs_survives_a_cut_at_every_operation(tear):
     base = NorFlash(block_count=16)
     lfs.format(base)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from app.device import FLUSH_S
-from brewmeter import sweep
 from brewmeter.harness import board_path
+from brewmeter.runs import sweep
 
 WINDOW_MS = FLUSH_S * 1000 + 2500
 

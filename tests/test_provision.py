@@ -9,7 +9,7 @@ import sys
 import aiohttp
 import pytest
 from brewmeter.cloud.server import CloudServer
-from brewmeter.flasher import FlashError, check_provision, load_provision
+from brewmeter.flashfiles import FlashError, check_provision, load_provision
 
 
 async def brewmeter(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -1,6 +1,6 @@
 """Replenishment over simulated months, as the owner lives it: the firmware's Device and
 Syncer under CPython on the virtual clock, reporting over HTTP on 127.0.0.1 to the emulated
-cloud as merchant (brewmeter.household). The device-level rules are in test_supplies.py."""
+cloud as merchant (brewmeter.runs.household). The device-level rules are in test_supplies.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import asyncio
 from collections import Counter
 from statistics import mean
 
+import pytest
 from app.orders import month_of
 from app.supplies import ITEMS
-from brewmeter import household
 from brewmeter.harness import load_profile
-from brewmeter.household import Outcome, Plan
-from brewmeter.simulate import START_WALL
+from brewmeter.runs import household
+from brewmeter.runs.household import Outcome, Plan
+from brewmeter.runs.usage import START_WALL
 
 
 def run(plan: Plan) -> Outcome:
@@ -35,6 +36,7 @@ def assert_one_order_per_cycle(out: Outcome) -> None:
     assert {e["order"] for e in out.requests} == {o["order"] for o in out.orders}
 
 
+@pytest.mark.slow
 def test_a_year_online_once_a_day_orders_each_cycle_once_and_nothing_runs_out():
     out = run(Plan(days=365, seed=3, online=lambda day, hour: hour == 12))
     assert_one_order_per_cycle(out)
@@ -45,6 +47,7 @@ def test_a_year_online_once_a_day_orders_each_cycle_once_and_nothing_runs_out():
     assert sum(out.alerts.values()) == 0  # the owner kept up: nothing went overdue
 
 
+@pytest.mark.slow
 def test_no_double_order_across_100_power_cuts_and_network_faults():
     out = run(Plan(days=365, seed=5, power_cuts=100, net_faults=0.3))
     assert out.power_cuts == 100
@@ -73,6 +76,7 @@ def test_caps_and_ask_first_hold_offline_and_an_idle_month_orders_nothing():
     assert out.stockouts["coffee"] > 0
 
 
+@pytest.mark.slow
 def test_doubled_use_brings_the_orders_forward():
     out = run(Plan(days=240, seed=4, usage=lambda day: 1.0 if day < 120 else 2.0,
                    settings={"orders_month": 20}))

@@ -45,13 +45,15 @@ def test_armed_it_feeds_while_the_repl_writes_and_resets_once_quiet(monkeypatch)
     standins.set_clock(VirtualClock())
     resets = []
     monkeypatch.setattr(machine, "reset", lambda: resets.append(1), raising=False)
+    assert machine.timers() == [] and machine.term() is None
     replwatch.arm(10, 3)
-    timer = replwatch._timer
-    assert timer is not None and machine._term is not None
+    [timer] = machine.timers()
+    tap = machine.term()
+    assert tap is not None
     feeds = machine.WDT.feeds
     for _ in range(30):  # 30 s of a tech typing: the REPL echoes every second
         standins.clock.advance(1000)
-        machine._term.write(b"x")
+        tap.write(b"x")
         timer.fire()
     assert machine.WDT.feeds == feeds + 30 and not resets
     for _ in range(10):  # then quiet
@@ -59,4 +61,4 @@ def test_armed_it_feeds_while_the_repl_writes_and_resets_once_quiet(monkeypatch)
         timer.fire()
     assert resets == [1]
     replwatch.disarm()
-    assert replwatch._timer is None and machine._term is None
+    assert machine.timers() == [] and machine.term() is None  # the timer stopped

@@ -9,15 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-from brewmeter import consolefuzz, fieldtech, ports
-from brewmeter.board import Board
-from brewmeter.flasher import Flasher, emulator_provision
+from brewmeter import fieldtech, ports
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.harness import BOARDS
+from brewmeter.runs import consolefuzz
 
 # Short brews (min_brew_s 1) so a test can brew after every step.
 FAST = {"min_brew_s": 1, "max_run_s": 10}
 
 
+@pytest.mark.board
 def test_profile(tmp_path: Path, **fields: object) -> Path:
     data = json.loads((BOARDS / "emulator.json").read_text())
     data.update(FAST, **fields)
@@ -49,6 +52,8 @@ def test_console_core_fuzz_never_raises():
     assert consolefuzz.fuzz_core(5000, seed=3) == []
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_console_fuzz_on_the_board_a_brew_counts_after_every_line(tmp_path):
     prof = test_profile(tmp_path)
     with Board(tmp_path / "flash.img", board_profile=prof) as board:
@@ -84,6 +89,8 @@ def _hook(board: Board, word: str) -> None:
     Flasher(board.serial_port).restart()
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_a_failing_task_is_restarted_with_a_fault_and_the_counting_goes_on(tmp_path):
     prof = test_profile(tmp_path)
     with Board(tmp_path / "flash.img", board_profile=prof) as board:
@@ -134,6 +141,8 @@ def _counting_again(board: Board, within: float) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_left_at_the_repl_by_mpremote_it_comes_back_by_itself(quick):
     board = quick
     n = brews(board)
@@ -147,6 +156,8 @@ def test_left_at_the_repl_by_mpremote_it_comes_back_by_itself(quick):
     assert brews(board) == n + 1
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_a_busy_mpremote_session_longer_than_repl_idle_s_is_not_cut(quick):
     board = quick
     boots = board.boots
@@ -161,6 +172,7 @@ def test_a_busy_mpremote_session_longer_than_repl_idle_s_is_not_cut(quick):
     assert "brews_total" in fieldtech.ask(board.serial_port, "counters")
 
 
+@pytest.mark.board
 def test_brewmeter_restart_brings_the_app_back_at_once(quick, capsys):
     from brewmeter import cli
 
@@ -173,6 +185,8 @@ def test_brewmeter_restart_brings_the_app_back_at_once(quick, capsys):
     assert "brews_total" in fieldtech.ask(board.serial_port, "counters")
 
 
+@pytest.mark.slow
+@pytest.mark.board
 def test_a_stalled_loop_is_reset_by_the_watchdog_and_the_counts_kept(quick):
     board = quick
     brew(board)
@@ -192,6 +206,7 @@ def test_a_stalled_loop_is_reset_by_the_watchdog_and_the_counts_kept(quick):
     assert brews(board) == before["brews"]["espresso"] + 1
 
 
+@pytest.mark.board
 def test_an_error_in_the_counting_resets_the_machine_never_the_repl(quick):
     board = quick
     brew(board)

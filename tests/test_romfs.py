@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 from brewmeter import mp
-from brewmeter.board import Board
+from brewmeter.emulator.board import Board
+
+pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 
 def mpremote(board: Board, *args: str, ok: bool = True, timeout: float = 60) -> str:

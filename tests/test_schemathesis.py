@@ -37,6 +37,7 @@ def order_waiting(url: str) -> None:
         assert json.loads(r.read())["orders"] == {"coffee-3": "needs_approval"}
 
 
+@pytest.mark.slow
 def test_the_document_and_the_server_agree(tmp_path):
     db = tmp_path / "ledger.db"
     cloud = subprocess.Popen(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from app import supervisor
 from app.device import Device
 from app.supervisor import Supervisor, backoff_ms, detail
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 
 def test_backoff_doubles_from_a_second_to_five_minutes():
@@ -64,6 +65,7 @@ async def test_a_failing_task_restarts_and_the_others_run_on(profile, tmp_path, 
     assert [e["code"] for e in dev.outbox.events if e["kind"] == "fault"] == ["task_failed"]
 
 
+@pytest.mark.slow
 async def test_the_test_hook_fails_a_task_once(profile, tmp_path):
     dev = Device(profile, DirFS(tmp_path))
     dev.boot(1, 0)

@@ -12,7 +12,7 @@ import pytest
 from app import http, protocol, sync
 from app.device import Device
 from app.signing import signature
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 
 @pytest.fixture
@@ -177,12 +177,11 @@ class Loopback:
 
 
 async def _syncer(device, cloud, key: str, ssl=None):  # noqa: ANN001
-    from app.syncer import Syncer
+    from app.syncer import wire
 
-    prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": "127.0.0.1"}
-    s = Syncer(device, prov, Loopback(), ssl)
-    s._ntp_tried = 0  # no NTP server in these tests: the clock stays unset
-    return s
+    # No NTP server in these tests ("ntp": ""): the clock stays unset.
+    prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": ""}
+    return wire(device, prov, Loopback(), ssl)
 
 
 @pytest.mark.parametrize("tls", [False, True])
@@ -238,6 +237,7 @@ async def test_wrong_key_or_untrusted_server_fails_and_backs_off(device, tmp_pat
         assert cloud.ledger.device("bm-test01")["counters"] == {}
 
 
+@pytest.mark.slow
 def test_chaos_1000_faults_lose_and_double_nothing(capsys):
     from brewmeter import cli
 

@@ -64,6 +64,7 @@ def test_bad_output_folder_is_said_before_the_simulation(tmp_path):
     assert p.returncode == 2 and "no such folder" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_chaos_says_what_each_fault_kind_did_and_ends_pass_or_fail():
     from brewmeter.cloud.server import FAULT_KINDS
 
@@ -80,7 +81,7 @@ def test_chaos_says_what_each_fault_kind_did_and_ends_pass_or_fail():
 
 
 def test_chaos_fail_line():
-    from brewmeter import chaos
+    from brewmeter.runs import chaos
 
     r = {"by_kind": {}, "reports": 3, "faults": 1, "power_cuts": 0, "device_brews": 5,
          "cloud_brews": 4, "billed_brews": 4, "invoice_cents": 140, "events_created": 1,

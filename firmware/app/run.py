@@ -72,12 +72,10 @@ def load_sync(prov):
 
 def start_sync(device, prov, ssl):
     from app.link import Wifi
-    from app.syncer import Syncer
+    from app.syncer import wire
 
     wifi = prov["wifi"]
-    syncer = Syncer(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
-    device.on_usage = syncer.usage
-    return syncer
+    return wire(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
 
 
 _device = None  # for run(): what to save when Ctrl-C stops the app

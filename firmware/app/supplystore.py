@@ -1,8 +1,8 @@
 # How the consumables' state is kept on flash: cycles, marks and orders (app/supplies.py),
 # the forecast's rates (app/forecast.py) and the usual brew times (app/alerts.py), packed in
 # one binary record of at most 122 bytes (4 brew kinds), so that its file stays inline in
-# littlefs metadata: a rewrite costs about 100 bytes of flash, not a block erase (see
-# ARCHITECTURE.md). Written after a day of use, an order, a refill or a status change.
+# littlefs metadata: a rewrite costs about 100 bytes of flash, not a block erase (the
+# README's "Storage"). Written after a day of use, an order, a refill or a status change.
 import struct
 
 from app.protocol import OTHER, STATUSES

@@ -137,3 +137,13 @@ class Syncer:
                 await self.sync_once()
             else:
                 await asyncio.sleep_ms(min(self.schedule.ms_until_due(now), 1000))
+
+
+def wire(device, prov, link, ssl=None, wall=wallclock.now):
+    """The device's sync, wired as the app does it and every harness after it: a Syncer for
+    `prov` over `link`, told of every count, and the device's wall clock (`wall`; a harness
+    gives its own). NTP is prov's "ntp" ("": none, the clock is set otherwise)."""
+    s = Syncer(device, prov, link, ssl)
+    device.wall = wall
+    device.on_usage = s.usage
+    return s

@@ -16,9 +16,9 @@ EXIT_BAD_INPUT = 2
 def _simulate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from brewmeter import household
     from brewmeter.harness import load_profile
-    from brewmeter.simulate import table
+    from brewmeter.runs import household
+    from brewmeter.runs.usage import table
 
     plan = household.Plan(days=args.days, seed=args.seed, power_cuts=args.power_cuts,
                           net_faults=args.net_faults)
@@ -36,7 +36,7 @@ def _simulate(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     out = asyncio.run(household.run(load_profile(args.board), plan))
     if args.timeline or args.plot:
-        from brewmeter import timeline
+        from brewmeter.runs import timeline
 
         if args.timeline:
             timeline.write_csv(out.timeline, Path(args.timeline))
@@ -63,7 +63,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _powercut(args: argparse.Namespace) -> int:
-    from brewmeter import sweep
+    from brewmeter.runs import sweep
 
     result = sweep.run(exhaustive=args.exhaustive)
     out = {name: {k: getattr(s, k) for k in ("cuts", "lost", "doubled", "wrong_after",
@@ -81,7 +81,7 @@ def _powercut(args: argparse.Namespace) -> int:
 
 
 def _conform(args: argparse.Namespace) -> int:
-    from brewmeter import conform
+    from brewmeter.runs import conform
 
     r = conform.main(args.url, args.admin_token, args.ca, args.seed)
     if args.json:
@@ -95,7 +95,7 @@ def _conform(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from brewmeter import chaos
+    from brewmeter.runs import chaos
 
     r = chaos.main(args.faults, args.seed)
     print(json.dumps(r, sort_keys=True) if args.json else chaos.text(r))
@@ -219,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     cloud.add_arguments(p)
     p.set_defaults(func=cloud.run)
 
-    # Parsed by brewmeter.board.emulate_main itself (see main()); listed here for --help.
+    # Parsed by brewmeter.emulator.board.emulate_main itself (see main()); listed here for --help.
     sub.add_parser("emulate", help="run an emulated board: serial pty + control address")
 
     p = sub.add_parser("chaos", help="the device against the emulated cloud, with faults")
@@ -293,19 +293,26 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def commands(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """`ap`'s subcommands by name (argparse keeps them in a private list)."""
+    return {name: p for a in ap._actions if isinstance(a, argparse._SubParsersAction)
+            for name, p in a.choices.items()}
+
+
 def _help_everywhere(ap: argparse.ArgumentParser) -> None:
     """Every (sub)command's --help shows the defaults."""
     ap.formatter_class = Help
-    for a in ap._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            for p in a.choices.values():
-                _help_everywhere(p)
+    for p in commands(ap).values():
+        _help_everywhere(p)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from brewmeter import standins
+
+    standins.install()  # the firmware runs here under CPython, for the command's whole run
     if argv[:1] == ["emulate"]:
-        from brewmeter.board import emulate_main
+        from brewmeter.emulator.board import emulate_main
 
         return emulate_main(argv[1:])
     args = parser().parse_args(argv)

@@ -7,7 +7,7 @@ import argparse
 import os
 import time
 
-from brewmeter.board import BoardControl, BoardError
+from brewmeter.emulator.board import BoardControl, BoardError
 
 CONTROL_ENV = "BREWMETER_CONTROL"
 

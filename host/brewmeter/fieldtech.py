@@ -105,15 +105,33 @@ def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
         raise NoBrewmeter(str(e).replace("not done:", "not unlocked:")) from None
 
 
+READY = b"brewmeter ready"  # the app's first line after a boot
+
+
 def restart(port: str, timeout: float = 15.0) -> str:
     """Bring the app back at once, whatever runs (the app, the REPL, the raw REPL): Ctrl-C
     (the app saves), then a soft reset. Returns the app's ready line."""
-    from brewmeter.flasher import Flasher, FlashError
-
-    try:
-        return Flasher(port).restart(timeout)
-    except FlashError as e:
-        raise NoBrewmeter(str(e)) from None
+    with ports.open_port(port, timeout=0.2) as s:
+        s.write(b"\r\x03\x03")  # stop whatever runs, to the friendly REPL
+        time.sleep(0.2)
+        s.reset_input_buffer()
+        s.write(b"\x04")  # soft reset: boot.py, then main.py
+        seen = b""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            seen += s.read(256)
+            i = seen.find(READY)
+            if i >= 0 and seen.find(b"\n", i) > 0:
+                return seen[i:seen.index(b"\n", i)].decode(errors="replace").strip()
+        # No restart: a locked app ignores Ctrl-C and Ctrl-D, and answers Ctrl-A (a
+        # REPL would enter the raw REPL: Ctrl-B leaves it again).
+        s.write(b"\r\x01")
+        time.sleep(1)
+        s.write(b"\x02")
+        if b"locked: unlock with --pin" in seen + s.read(4096):
+            raise NoBrewmeter(f"{port}: locked: unlock with --pin")
+    tail = seen[-300:].decode(errors="replace")
+    raise NoBrewmeter(f"{port}: no ready line within {timeout:.0f} s; it said: {tail}")
 
 
 def show(command: str, data: dict | list) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from brewmeter.standins import FIRMWARE, REPO
 
 HOST = REPO / "host" / "brewmeter"
+ONBOARD = HOST / "onboard"  # what runs inside MicroPython, loaded by path
 
 
 def tool(name: str) -> str:
@@ -35,10 +36,10 @@ def run(args: list[str], heap: str | None = None, timeout: float = 60) -> str:
 def replay_args(profile_path: str | Path, events_path: Path, firmware: Path = FIRMWARE,
                 *flags: str) -> list[str]:
     """micropython arguments that replay a sensor timeline into the counting core
-    (host/brewmeter/replay.py); `firmware` is a tree of .py or .mpy files (compile_tree).
+    (host/brewmeter/onboard/replay.py); `firmware` is a tree of .py or .mpy files (compile_tree).
     replay itself is imported from `firmware` first, so a compiled copy there is used."""
     argv = ["", str(firmware), str(profile_path), str(events_path), *flags]
-    code = f"import sys; sys.path.insert(0, {str(firmware)!r}); sys.path.append({str(HOST)!r})"
+    code = f"import sys; sys.path.insert(0, {str(firmware)!r}); sys.path.append({str(ONBOARD)!r})"
     return ["-c", code + f"; import replay; replay.main({argv!r})"]
 
 
@@ -70,7 +71,7 @@ def cross_compile(src: Path, out: Path) -> None:
 
 def compile_tree(src: Path, out: Path) -> list[Path]:
     """Compile every .py under `src` to .mpy under `out` (a package such as firmware/app;
-    flasher.build keeps boot.py and main.py as source: the port runs those by name)."""
+    flashfiles.build keeps boot.py and main.py as source: the port runs those by name)."""
     done = []
     for py in sorted(src.rglob("*.py")):
         rel = py.relative_to(src)

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from brewmeter.flasher import FlashError, check_provision
+from brewmeter.flashfiles import FlashError, check_provision
 
 TOKEN_ENV = "BREWMETER_ADMIN_TOKEN"
 WIFI_ENV = "BREWMETER_WIFI_PASSWORD"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from app.profile import Profile
+from brewmeter.onboard import replay
 
-from brewmeter import replay
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.profile import Profile
 
 # Flow pulses arrive in chunks this far apart while water runs (what the sensor task would
 # read from the hardware counter; finer only costs simulation time).
@@ -103,6 +105,12 @@ class Script:
 
     def rinse(self, seconds: float = 1, kind: str | None = None, ml: float = 0) -> Script:
         return self.run(kind or self.profile.kinds[0], seconds, ml)
+
+    def level(self, kind: str, level: int, after_ms: int = 0) -> Script:
+        """The raw level of input `kind`, `after_ms` from now (time does not advance): for
+        edges no other step makes, such as chatter of a chosen shape."""
+        self._emit(replay.LEVEL, self._index(kind), level, at=self.t + after_ms)
+        return self
 
     def bounce(self, kind: str, ms: int = 30, edges: int = 6) -> Script:
         """Contact bounce: `edges` toggles within `ms` that end at the level they began, so

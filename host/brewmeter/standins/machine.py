@@ -6,19 +6,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+from brewmeter.onboard.board_machine import machineconsts as _c
+from brewmeter.onboard.board_machine.machineconsts import (  # noqa: F401 - machine's own names
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    WDT_RESET,
+)
 
 _levels: dict[int, int] = {}
 _pins: dict[int, Pin] = {}
 _reset_cause = PWRON_RESET
 
 
-class Pin:
-    IN, OUT = 1, 3
-    PULL_UP, PULL_DOWN = 1, 2
-    IRQ_RISING, IRQ_FALLING = 1, 2
-
-    def __init__(self, gpio: int, mode: int = IN, pull: int | None = None) -> None:
+class Pin(_c.Pin):
+    def __init__(self, gpio: int, mode: int = _c.Pin.IN, pull: int | None = None) -> None:
         self.gpio = gpio
         self.pull = pull
         self._irq: tuple[Callable[[Pin], None], int] | None = None
@@ -35,11 +38,8 @@ class Pin:
         self._irq = (handler, trigger)
 
 
-class Counter:
-    RISING, FALLING = 1, 2
-    UP, DOWN = 1, 2
-
-    def __init__(self, unit: int, src: Pin, edge: int = RISING) -> None:
+class Counter(_c.Counter):
+    def __init__(self, unit: int, src: Pin, edge: int = _c.Counter.RISING) -> None:
         self.src = src
         self._value = 0
         _counters[src.gpio] = self
@@ -113,20 +113,19 @@ class WDT:
         WDT.feeds += 1
 
 
-class Timer:
+class Timer(_c.Timer):
     """A timer whose callback the test calls (`fire()`): the harness runs on its own clock."""
-
-    ONE_SHOT = 0
-    PERIODIC = 1
 
     def __init__(self, id: int = -1, **kwargs: Any) -> None:
         self.callback: Callable[[Timer], None] | None = None
         if kwargs:
             self.init(**kwargs)
 
-    def init(self, mode: int = PERIODIC, period: int = -1,
+    def init(self, mode: int = _c.Timer.PERIODIC, period: int = -1,
              callback: Callable[[Timer], None] | None = None) -> None:
         self.callback = callback
+        if callback is not None and self not in _timers:
+            _timers.append(self)
 
     def fire(self) -> None:
         if self.callback is not None:
@@ -134,6 +133,16 @@ class Timer:
 
     def deinit(self) -> None:
         self.callback = None
+        if self in _timers:
+            _timers.remove(self)
+
+
+_timers: list[Timer] = []
+
+
+def timers() -> list[Timer]:
+    """The timers running (given a callback and not deinit): for a test to fire."""
+    return list(_timers)
 
 
 _term: Any = None
@@ -144,3 +153,8 @@ def dupterm(stream: Any = None, index: int = 0) -> Any:
     global _term
     prev, _term = _term, stream
     return prev
+
+
+def term() -> Any:
+    """The stream dupterm() attached (None: none), which the REPL's output would reach."""
+    return _term

@@ -7,8 +7,6 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from app.supplies import ITEMS
-
 WIDTH_PX = 720  # the picture is 720 x 320 pixels
 
 
@@ -23,6 +21,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Each consumable's level (% left) over the days, with its orders (^), deliveries (o)
     and stock-outs (x) marked on its line."""
     import matplotlib
+    from app.supplies import ITEMS
 
     matplotlib.use("Agg")  # a file, no display
     from matplotlib import pyplot as plt

@@ -4,9 +4,9 @@
 # day. Runs under CPython (littlefs-python) and the MicroPython unix port (vfs.VfsLfs2); the
 # caller passes `mount(flash) -> (fs, root)` for its interpreter.
 try:
-    from brewmeter import replay  # CPython
+    from brewmeter.onboard import replay  # CPython
 except ImportError:
-    import replay  # MicroPython, with host/brewmeter on sys.path
+    import replay  # MicroPython, with host/brewmeter/onboard on sys.path
 
 from app.device import Device
 

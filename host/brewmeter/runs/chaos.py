@@ -14,17 +14,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app import wallclock
-from app.counting import BREW
-from app.device import Device
-from app.syncer import Syncer
-
-from brewmeter.cloud import CloudServer, Faults
-from brewmeter.cloud.ledger import Ledger
-from brewmeter.cloud.server import FAULT_KINDS
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.device import Device
+    from app.syncer import Syncer
 
 DEVICE = "bm-chaos01"
 KEY = "5a" * 32
@@ -55,12 +52,31 @@ class Result:
                 and self.events_in_cloud == self.events_created)
 
 
+def _brew(dev: Device, kind: int, now: int) -> int:
+    """A 25 s brew on input `kind` from ticks `now`, fed to the Meter as the sensor task
+    feeds it (each level held past the debounce); returns the ticks after it."""
+    deb = dev.profile.debounce_ms
+    for level, t in ((0, 0), (1, 1), (1, 1 + deb), (0, 25_001), (0, 25_001 + deb)):
+        r = dev.meter.sample(kind, level, now + t)
+        if r:
+            dev.event(r, kind, now + t)
+    return now + 25_001 + deb
+
+
 class _Loopback:
     async def up(self) -> None:
         return None
 
 
 async def run(faults: int = 1000, seed: int = 0) -> Result:
+    from app import wallclock
+    from app.device import Device
+    from app.syncer import wire
+
+    from brewmeter.cloud import CloudServer, Faults
+    from brewmeter.cloud.ledger import Ledger
+    from brewmeter.cloud.server import FAULT_KINDS
+
     rng = random.Random(seed)
     profile = load_profile("emulator")
     rates = {k: 0.6 / len(FAULT_KINDS) for k in FAULT_KINDS}  # 60 % of requests go wrong
@@ -76,22 +92,20 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
 
             def boot() -> tuple[Device, Syncer]:
                 dev = Device(profile, fs)
-                dev.wall = lambda: wall[0]
                 dev.boot(1, 0)
-                s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": cloud.url},
-                           _Loopback())
+                s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": cloud.url,
+                               "ntp": ""}, _Loopback(), wall=lambda: wall[0])  # set below
                 s.timeout_ms = 100  # the cloud's "delay" fault outlasts it
-                s._ntp_tried = 0
                 return dev, s
 
             device, syncer = boot()
+            ticks = 0
             wallclock.set_unix(wall[0])
             try:
                 while len(cloud_faults.log) < faults:
                     r = rng.random()
                     if r < 0.45:  # a brew
-                        device.meter.c.brews[rng.randrange(len(profile.kinds))] += 1
-                        device.event(BREW, 0, 0)
+                        ticks = _brew(device, rng.randrange(len(profile.kinds)), ticks)
                     elif r < 0.47:
                         device.change_filter(wall[0], "console", 0)
                         events_created += 1

@@ -2,7 +2,7 @@
 
 Runs unchanged under CPython and the MicroPython unix port, so both interpreters can mount the
 same littlefs image: MicroPython through `vfs.VfsLfs2(NorFlash(...))` (the extended block
-device protocol below), CPython through brewmeter.lfs.
+device protocol below), CPython through brewmeter.emulator.lfs.
 
 NOR rules are enforced, not just mimicked: erase sets a block to 0xFF, programming can only
 clear bits, and asking it to set one raises NorError, so a file system bug shows up as an error

@@ -1,18 +1,22 @@
-"""`brewmeter simulate`: one emulated machine through N days of realistic use on the virtual
-clock: brews of several kinds, rinses, the odd contact bounce, a filter change when due."""
+"""Days of realistic use, scripted: brews of several kinds, rinses, the odd contact bounce
+(`_day`), and `count_days`, which plays N of them into the counting core alone on the
+virtual clock, with a filter change when due (`brewmeter bench`'s sim_days_per_s). The
+`brewmeter simulate` command is the household year (household.py), which takes its days
+from here."""
 
 from __future__ import annotations
 
 import calendar
 import random
 from dataclasses import dataclass
-
-from app import filters, snapshot
-from app.counters import Counters
-from app.counting import Meter
-from app.profile import Profile
+from typing import TYPE_CHECKING
 
 from brewmeter.scenario import Script, Truth, play
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.counters import Counters
+    from app.counting import Meter
+    from app.profile import Profile
 
 START_WALL = calendar.timegm((2026, 1, 5, 0, 0, 0))  # a Monday, 00:00 UTC
 DAY_MS = 86_400_000
@@ -56,7 +60,10 @@ def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -
     script.powered(DAY_MS // 1000)  # always on: a day of powered time for the filter age
 
 
-def simulate(profile: Profile, days: int, seed: int = 0) -> Result:
+def count_days(profile: Profile, days: int, seed: int = 0) -> Result:
+    from app import filters
+    from app.counting import Meter
+
     rng = random.Random(seed)
     meter = Meter(profile)
     meter.boot(1)
@@ -84,6 +91,8 @@ def counters_summary(c: Counters, profile: Profile, days: int, wall: int,
                      dh: int = 10) -> dict:
     """The counters after `days` at `wall`, with the filter's age and due state (water of
     `dh` degrees)."""
+    from app import filters, snapshot
+
     d = snapshot.counters(c, profile.kinds)
     d["days"] = days
     d["board"] = profile.board

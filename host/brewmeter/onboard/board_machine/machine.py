@@ -1,33 +1,33 @@
-# `machine` for the emulated ESP32 (host/brewmeter/board.py). It runs inside the MicroPython
+# `machine` for the emulated ESP32 (host/brewmeter/emulator/). It runs inside the MicroPython
 # unix port and shadows the built-in `machine` by coming earlier on sys.path (the ESP32 port
 # itself does the same: its frozen machine.py wraps the C module to add Counter).
 #
 # Fake hardware lives here, never in firmware/: pin levels and flow pulses come from the
-# supervisor over a loopback TCP socket (the "bus"). It is drained without blocking
-# (ipoll(0)) whenever firmware reads the hardware: Pin.value(), Counter.value(),
-# disable_irq(), idle(). Pin IRQ handlers run synchronously inside that drain, when the
-# edge is seen, so firmware that only uses IRQs must call one of those now and then (the
-# PulseCounter fallback calls disable_irq() on every take()).
+# supervisor over a loopback TCP socket (the "bus"), drained without blocking whenever
+# firmware reads the hardware (Pin.value(), Counter.value(), disable_irq(), idle()); pin IRQ
+# handlers run inside that drain (the PulseCounter fallback calls disable_irq() per take()).
 #
 # Bus lines, supervisor -> board: "L gpio level", "P gpio n" (pulses), "C n tear" (arm a flash
-# power cut after n program/erase operations), "K" (ack). Board -> supervisor: "H boot"
-# (hello), "R" (REPL starts), "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep),
-# "Z" (flash power died), "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed),
-# "p nbytes" / "e block" (a flash program / erase), "M bytes rom" (heap the harness holds,
-# and apart, the ROM partition), "T offset" (RTC set), "H bytes" (the heap in use, collected).
-# Supervisor -> board also "A" (the serial port showed output: dupterm) and "H" (the heap?).
+# power cut after n program/erase operations), "A" (the serial port showed output: dupterm),
+# "H" (report the heap), "K" (ack). Board -> supervisor: "H boot" (hello), "R" (REPL starts),
+# "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep), "Z" (flash power died),
+# "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed), "p nbytes" / "e block" (a
+# flash program / erase), "M bytes rom" (heap the harness holds, and apart, the ROM
+# partition), "T offset" (RTC set), "H bytes" (the heap in use, collected).
 import _thread
 import gc
 import select
 import socket
 import time
 
-# Reset causes: the ESP32 port's values (ports/esp32/modmachine.c).
-PWRON_RESET = 1
-HARD_RESET = 2
-WDT_RESET = 3
-DEEPSLEEP_RESET = 4
-SOFT_RESET = 5
+import machineconsts as _c
+from machineconsts import (  # noqa: F401 - machine's own names
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    WDT_RESET,
+)
 
 _sock = None
 _poller = None
@@ -176,20 +176,7 @@ def _pulses(gpio, n):
         handler(pin)
 
 
-class Pin:
-    IN = 1
-    OUT = 3
-    OPEN_DRAIN = 7
-    PULL_DOWN = 1
-    PULL_UP = 2
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-    WAKE_LOW = 4
-    WAKE_HIGH = 5
-    DRIVE_0 = 0
-    DRIVE_1 = 1
-    DRIVE_2 = 2
-    DRIVE_3 = 3
+class Pin(_c.Pin):
 
     def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
         self._id = id
@@ -247,13 +234,9 @@ class Pin:
         return "Pin(%d)" % self._id
 
 
-class Counter:
+class Counter(_c.Counter):
     # machine.Counter as the ESP32 port has it since MicroPython 1.26
     # (ports/esp32/modules/machine.py): a singleton per PCNT unit, value([value]).
-    RISING = 1
-    FALLING = 2
-    UP = 1
-    DOWN = 2
     _INSTANCES = {}
 
     def __new__(cls, unit_id, *args, **kwargs):
@@ -269,7 +252,7 @@ class Counter:
             return  # the existing singleton, unchanged
         self._configure(*args, **kwargs)
 
-    def _configure(self, src, edge=RISING, direction=UP):
+    def _configure(self, src, edge=_c.Counter.RISING, direction=_c.Counter.UP):
         self.deinit()
         self._gpio = src._id if isinstance(src, Pin) else src
         edges = (1 if edge & Counter.RISING else 0) + (1 if edge & Counter.FALLING else 0)
@@ -294,58 +277,6 @@ class Counter:
         if value is not None:
             self._v = value
         return v
-
-
-class WDT:
-    # The supervisor keeps the timer, so a board stuck anywhere (even in C) is still reset.
-    # As the ESP32's: no deinit, it runs on through soft resets, only a hard reset stops it.
-    # Feeds reach the supervisor at most every 100 ms (the sensor loop feeds every 10 ms).
-    _fed = 0
-
-    def __init__(self, id=0, timeout=5000):
-        if timeout < 1:
-            raise ValueError("timeout")
-        _send(b"W %d\n" % timeout)
-
-    def feed(self):
-        now = time.ticks_ms()
-        if time.ticks_diff(now, WDT._fed) >= 100:
-            WDT._fed = now
-            _send(b"F\n")
-
-
-class Timer:
-    # machine.Timer with a thread per timer: as on the ESP32, where a timer's callback is
-    # scheduled and runs whenever the VM checks for pending work, including while the REPL
-    # waits for input (the unix port's REPL releases the GIL while it reads). A soft reset
-    # ends the process, and with it every timer, as the ESP32's soft reset deinits them.
-    ONE_SHOT = 0
-    PERIODIC = 1
-
-    def __init__(self, id=-1, *args, **kwargs):
-        self._gen = 0
-        if args or kwargs:
-            self.init(*args, **kwargs)
-
-    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
-        if freq > 0:
-            period = 1000 // freq
-        self._gen += 1
-        _thread.start_new_thread(self._run, (self._gen, mode, max(1, period), callback))
-
-    def _run(self, gen, mode, period, callback):
-        while True:
-            time.sleep_ms(period)
-            if gen != self._gen:
-                return
-            _poll()
-            if callback is not None:
-                callback(self)
-            if mode == Timer.ONE_SHOT:
-                return
-
-    def deinit(self):
-        self._gen += 1
 
 
 def dupterm(stream=None, index=0):
@@ -468,3 +399,7 @@ def _halt(msg):
     while True:
         time.sleep(1)
 
+
+# The watchdog and the timers live beside this file (machine_timers.py); imported last, as
+# they call back into this module.
+from machine_timers import WDT, Timer  # noqa: E402, F401

@@ -103,7 +103,7 @@ def fuzz_core(n: int = 3000, seed: int = 11, pin: str | None = "2468") -> list[t
     from app.console import Console
     from app.device import Device
 
-    from brewmeter.hostfs import DirFS
+    from brewmeter.standins.hostfs import DirFS
 
     failures = []
     with tempfile.TemporaryDirectory() as d:

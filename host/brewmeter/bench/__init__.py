@@ -10,7 +10,7 @@ from pathlib import Path
 
 from brewmeter import mp
 from brewmeter.harness import board_path, load_profile
-from brewmeter.simulate import simulate
+from brewmeter.runs.usage import count_days
 
 # figure -> (target, "max" or "min"): what the issues ask for.
 TARGETS: dict[str, tuple[float, str]] = {
@@ -40,7 +40,7 @@ def sim_days_per_s() -> dict[str, float]:
     best = float("inf")
     for seed in range(3):  # best of three: the figure is the code's speed, not the noise
         t0 = time.perf_counter()
-        simulate(profile, days, seed)
+        count_days(profile, days, seed)
         best = min(best, time.perf_counter() - t0)
     return {"sim_days_per_s": round(days / best, 1)}
 
@@ -50,7 +50,7 @@ def household_days_per_s() -> dict[str, float]:
     virtual clock, reporting over HTTP to the emulated cloud as merchant, with orders."""
     import asyncio
 
-    from brewmeter import household
+    from brewmeter.runs import household
 
     profile = load_profile("emulator")
     t0 = time.perf_counter()
@@ -63,8 +63,8 @@ def core_heap_bytes() -> dict[str, float]:
     live: its modules loaded as .mpy (as flash.sh installs them), the Meter, and a week of use
     replayed through it, above the baseline `heap_at_boot_bytes` (the interpreter with the
     board profile loaded), both found as the smallest -X heapsize that runs them."""
+    from brewmeter.runs.usage import DRINKS
     from brewmeter.scenario import Script
-    from brewmeter.simulate import DRINKS
 
     profile = load_profile("emulator")
     s = Script(profile)
@@ -79,7 +79,7 @@ def core_heap_bytes() -> dict[str, float]:
         # Compiled, as on the device: importing .py would count MicroPython's compiler.
         fw = Path(d) / "fw"
         mp.compile_tree(mp.FIRMWARE / "app", fw / "app")
-        mp.cross_compile(mp.HOST / "replay.py", fw / "replay.mpy")
+        mp.cross_compile(mp.ONBOARD / "replay.py", fw / "replay.mpy")
         events = Path(d) / "events.jsonl"
         events.write_text(s.settle().jsonl())
         board = board_path("emulator")
@@ -96,9 +96,9 @@ def flash_wear() -> dict[str, float]:
     a full outbox; mount_read_bytes: the most littlefs's own mount read before it."""
     import random
 
+    from brewmeter.runs.sweep import flashrun
+    from brewmeter.runs.usage import _day
     from brewmeter.scenario import Script
-    from brewmeter.simulate import _day
-    from brewmeter.sweep import flashrun
 
     profile = load_profile("emulator")
     s = Script(profile)
@@ -122,7 +122,7 @@ def flash_wear() -> dict[str, float]:
 
 def powercut() -> dict[str, float]:
     """The CI power-cut sweep: brews lost or doubled over every cut point."""
-    from brewmeter import sweep
+    from brewmeter.runs import sweep
 
     s = sweep.run()
     return {"powercut_cuts": s["cpython"].cuts + s["micropython"].cuts,
@@ -139,14 +139,14 @@ def cloud_reports_per_s() -> dict[str, float]:
 
 
 def _wire() -> dict[str, float]:
-    from brewmeter.wirebench import wire_bytes_per_day
+    from brewmeter.bench.wire import wire_bytes_per_day
 
     return wire_bytes_per_day()
 
 
 def _board(name: str) -> Callable[[], dict[str, float]]:
     def measure() -> dict[str, float]:
-        from brewmeter import boardbench
+        from brewmeter.bench import board as boardbench
 
         return getattr(boardbench, name)()
 
@@ -156,12 +156,12 @@ def _board(name: str) -> Callable[[], dict[str, float]]:
 
 def poll_alloc_bytes() -> dict[str, float]:
     """Heap the sensor loop's steady state allocates over 10,000 polls (and watchdog feeds)
-    under the MicroPython unix port, the garbage collector off (host/brewmeter/pollheap.py)."""
+    under the MicroPython unix port, the garbage collector off (onboard/pollheap.py)."""
     import re
 
     with tempfile.TemporaryDirectory() as d:
-        out = mp.run([str(mp.HOST / "pollheap.py"), str(mp.FIRMWARE),
-                      str(mp.HOST / "board_machine"), str(board_path("emulator")), d])
+        out = mp.run([str(mp.ONBOARD / "pollheap.py"), str(mp.FIRMWARE),
+                      str(mp.ONBOARD / "board_machine"), str(board_path("emulator")), d])
     m = re.search(r"GROWTH (-?\d+)", out)
     if not m:
         raise RuntimeError(f"pollheap.py said: {out!r}")

@@ -10,21 +10,22 @@ from __future__ import annotations
 import contextlib
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app import sync, wallclock
-from app.counting import BREW
-from app.device import Device
-from app.syncer import Syncer
-
-from brewmeter import replay, standins
+from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.cloud import CloudServer
-from brewmeter.cloud.ledger import Ledger
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import MemFS
-from brewmeter.household import Link
-from brewmeter.simulate import START_WALL
+from brewmeter.onboard import replay
+from brewmeter.runs.household import Link
+from brewmeter.runs.usage import START_WALL
+from brewmeter.standins.hostfs import MemFS
+
+if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
+    from app.device import Device
+    from app.syncer import Syncer
+
+    from brewmeter.cloud import CloudServer
+    from brewmeter.cloud.ledger import Ledger
 
 DEVICE = "bm-life01"
 KEY = "7c" * 32
@@ -68,6 +69,8 @@ class Life:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        from app import wallclock
+
         try:
             await self._cloud_down()
         finally:
@@ -75,6 +78,9 @@ class Life:
             wallclock.synced = False
 
     async def _cloud_up(self, new: bool) -> None:
+        from brewmeter.cloud import CloudServer
+        from brewmeter.cloud.ledger import Ledger
+
         self.ledger = Ledger(self.db, synchronous="NORMAL", now=self.wall)
         self.cloud = CloudServer(self.ledger, devices=[(DEVICE, KEY)])
         await self.cloud.__aenter__()
@@ -92,14 +98,16 @@ class Life:
     def boot(self) -> None:
         """Power on (RAM starts empty; the flash is as it was). NTP answers at once, with
         the server's error `skew`."""
+        from app import wallclock
+        from app.device import Device
+        from app.syncer import wire
+
         wallclock.synced = False
         dev = Device(self.profile, self.fs)
-        dev.wall = wallclock.now
         wallclock.set_unix(self.wall() + self.skew)
         dev.boot(1, self.ticks())
-        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
-                         "ntp": ""}, self.link)  # NTP: played here
-        dev.on_usage = s.usage
+        s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
+                       "ntp": ""}, self.link)  # NTP: played here
         self.device, self.syncer = dev, s
 
     def reboot(self) -> None:
@@ -113,6 +121,8 @@ class Life:
         self.boot()
 
     def brew(self, kind: int = 0) -> None:
+        from app.counting import BREW
+
         dev = self.device
         dev.meter.c.brews[kind] += 1
         dev.event(BREW, kind, self.ticks())
@@ -121,6 +131,8 @@ class Life:
 
     def advance(self, ms: int) -> None:
         """Time passes; the device's clock (once set) runs with it."""
+        from app import wallclock
+
         off = wallclock.now() - self.wall() if wallclock.synced else None
         self.clock.advance(ms)
         if off is not None:
@@ -192,6 +204,8 @@ class Life:
         return got
 
     def device_counters(self) -> dict[str, Any]:
+        from app import sync
+
         return sync.usage(self.device)
 
     def cloud_days(self) -> list[dict[str, Any]]:

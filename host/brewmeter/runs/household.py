@@ -3,7 +3,8 @@ under CPython on the virtual clock, reporting over HTTP on 127.0.0.1 to the emul
 which is also the merchant (it places, ships and delivers the machine's orders). The owner
 refills what runs out, with the delivered pack when there is one and from a shop when not
 (a stock-out), and approves ask-first orders in the cloud. Power cuts and network faults
-can be mixed in. `brewmeter simulate` prints what happened; the scenario tests check it."""
+can be mixed in. This is `brewmeter simulate` (its days of use come from usage.py); the
+scenario tests check what it prints."""
 
 from __future__ import annotations
 
@@ -13,22 +14,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app import filters, settings, wallclock
-from app.counting import BREW
-from app.device import Device
-from app.supplies import ITEMS
-from app.syncer import Syncer
-
-from brewmeter import replay, standins
+from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.cloud import CloudServer, Faults, Merchant
-from brewmeter.cloud.ledger import Ledger
-from brewmeter.cloud.server import FAULT_KINDS
-from brewmeter.hostfs import MemFS
+from brewmeter.onboard import replay
+from brewmeter.runs.usage import DAY_MS, START_WALL, _day, counters_summary
 from brewmeter.scenario import Script
-from brewmeter.simulate import DAY_MS, START_WALL, _day, counters_summary
+from brewmeter.standins.hostfs import MemFS
+
+if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
+    from app.device import Device
+    from app.syncer import Syncer
+
+    from brewmeter.cloud import CloudServer, Merchant
 
 DEVICE = "bm-home01"
 KEY = "6b" * 32
@@ -48,8 +47,13 @@ class Plan:
     power_cuts: int = 0  # at random hours over the run
     net_faults: float = 0.0  # share of report requests the cloud's network spoils
     approve_after_h: int | None = 6  # the owner approves ask-first orders (None: never)
-    merchant: Merchant = field(default_factory=lambda: Merchant(ship_after_s=86400,
-                                                                deliver_after_s=86400))
+    merchant: Merchant = field(default_factory=lambda: _merchant())
+
+
+def _merchant() -> Merchant:
+    from brewmeter.cloud import Merchant
+
+    return Merchant(ship_after_s=86400, deliver_after_s=86400)
 
 
 @dataclass
@@ -133,12 +137,13 @@ class _Home:
         return START_WALL + self.clock.ms // 1000
 
     def boot(self) -> tuple[Device, Syncer]:
+        from app.device import Device
+        from app.syncer import wire
+
         dev = Device(self.profile, self.fs)
-        dev.wall = self.wall
         dev.boot(1, replay.ticks(self.clock.ms))
-        s = Syncer(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
-                         "ntp": ""}, self.link)  # the clock is set below, as NTP would
-        dev.on_usage = s.usage
+        s = wire(dev, {"device_id": DEVICE, "key": KEY, "cloud_url": self.cloud.url,
+                       "ntp": ""}, self.link, wall=self.wall)  # the clock: set as NTP would
         return dev, s
 
     def at(self, t: int) -> int:
@@ -148,6 +153,8 @@ class _Home:
 
     def owner(self) -> None:
         """Refill whatever is spent: with its delivered order, else from a shop."""
+        from app.supplies import ITEMS
+
         dev = self.device
         wall = self.wall()
         spent = [name for name in ITEMS if self.spent(name, wall)]
@@ -162,6 +169,8 @@ class _Home:
             self.out.refills[name] += 1
 
     def spent(self, name: str, wall: int) -> bool:
+        from app import filters, settings
+
         dev = self.device
         used, cap, _ = dev.supplies.level(name, dev.config, self.profile, wall, None)
         return used >= cap or (name == "filter" and filters.due(
@@ -169,6 +178,8 @@ class _Home:
             is not None)
 
     async def hour(self, day: int, hour: int) -> None:
+        from app import wallclock
+
         plan = self.plan
         if plan.approve_after_h is not None and plan.settings.get("ask_first"):
             ledger = self.cloud.ledger
@@ -205,6 +216,8 @@ class _Home:
             self.play(e)
 
     def play(self, e: tuple[int, int, int, int]) -> None:
+        from app.counting import BREW
+
         t, op, a, b = e
         tw = self.at(t)
         dev = self.device
@@ -221,6 +234,12 @@ class _Home:
 
 
 async def run(profile: Any, plan: Plan) -> Outcome:
+    from app import settings, wallclock
+
+    from brewmeter.cloud import CloudServer, Faults
+    from brewmeter.cloud.ledger import Ledger
+    from brewmeter.cloud.server import FAULT_KINDS
+
     rng = random.Random(plan.seed)
     clock = VirtualClock(ticks_start=replay.ticks(0))
     old = standins.clock
@@ -280,6 +299,8 @@ def _epoch(iso: str) -> float:
 
 def table(o: Outcome) -> str:
     """The year in a few lines: each consumable's orders, refills and level."""
+    from app.supplies import ITEMS
+
     rows = [f"{'consumable':<10}  {'cycle':>5}  {'left':>5}  {'days':>5}  {'orders':>6}  "
             f"{'refills':>7}  {'stock-outs':>10}"]
     by_item = Counter(o_["item"] for o_ in o.orders)

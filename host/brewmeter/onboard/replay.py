@@ -3,7 +3,10 @@
 #     micropython replay.py FIRMWARE_DIR PROFILE.json EVENTS.jsonl
 # An event is [t_ms, op, a, b] (t unwrapped): op 0 = input a goes to level b; op 1 = a flow
 # pulses; op 2 = a seconds of powered time; op 3 = filter change at wall clock b.
-from time import ticks_add, ticks_diff
+try:
+    from time import ticks_add, ticks_diff  # MicroPython's, or the installed stand-ins'
+except ImportError:  # CPython without the stand-ins: the same arithmetic
+    from brewmeter.clock import ticks_add, ticks_diff
 
 LEVEL = 0
 PULSES = 1

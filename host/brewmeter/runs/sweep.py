@@ -11,12 +11,15 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.profile import Profile
-
-from brewmeter import lfs, lfsfs, mp, powercut
-from brewmeter.norflash import NorFlash
+from brewmeter import mp
+from brewmeter.emulator import lfs, lfsfs
+from brewmeter.onboard.norflash import NorFlash
 from brewmeter.scenario import Script
+
+if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+    from app.profile import Profile
 
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
 
@@ -105,6 +108,8 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
 
 def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tuple[int, bytes]:
     """Program/erase operations in the uncut day, and the formatted image the runs start from."""
+    from brewmeter.onboard import powercut  # the firmware's Device: once the stand-ins are in
+
     flash = NorFlash(block_count=blocks)
     lfs.format(flash)
     image = flash.snapshot()
@@ -115,6 +120,8 @@ def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tup
 def sweep_cpython(profile: Profile, events: list, window_ms: int,
                   cuts: Iterable[int] | None = None) -> Summary:
     """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs."""
+    from brewmeter.onboard import powercut
+
     ops, image = count_ops(profile, events)
     summary = Summary()
     for k in cuts or range(1, ops + 1):
@@ -128,14 +135,14 @@ def sweep_cpython(profile: Profile, events: list, window_ms: int,
 
 def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
              timeout: float = 600) -> list[dict]:
-    """Run host/brewmeter/flashrun.py under the MicroPython unix port: the firmware's storage
-    on MicroPython's own littlefs. One JSON result per run."""
+    """Run onboard/flashrun.py under the MicroPython unix port: the firmware's storage on
+    MicroPython's own littlefs. One JSON result per run."""
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d) / "events.jsonl"
         ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
         argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
         code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
-                f"sys.path.append({str(mp.HOST)!r}); import flashrun; flashrun.main({argv!r})")
+                f"sys.path.append({str(mp.ONBOARD)!r}); import flashrun; flashrun.main({argv!r})")
         out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

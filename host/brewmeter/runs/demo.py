@@ -15,11 +15,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brewmeter import mp
-from brewmeter.board import Board
-from brewmeter.cloud.server import CloudServer, Faults, cloud_thread
-from brewmeter.flasher import Flasher, FlashError, emulator_provision
+from brewmeter.emulator.board import Board
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import FlashError, emulator_provision
+
+if TYPE_CHECKING:  # the cloud: imported where used (see harness.py)
+    from brewmeter.cloud.server import CloudServer, Faults
 
 # Reads the counters with the firmware's own storage code (the service console will replace
 # this): mpremote interrupts the app, which has saved every completed brew already.
@@ -37,6 +41,8 @@ def cloud_for(prov: dict, tls: bool = False, faults: Faults | None = None,
     """The emulated cloud on 127.0.0.1 knowing the device of `prov` (whose cloud_url, and
     with `tls` ca_cert, it fills in: a trustme CA signs the server's certificate), with
     `settings` as its desired configuration and `faults` (cloud.server.Faults) if given."""
+    from brewmeter.cloud.server import cloud_thread
+
     server = None
     if tls:
         import ssl

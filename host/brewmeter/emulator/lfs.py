@@ -15,14 +15,16 @@ With mtime=True MicroPython stores each written file's modification time as user
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from littlefs import LittleFS, LittleFSError, UserContext
 from littlefs import lfs as lfs_api
 
-from brewmeter.norflash import NorFlash
+from brewmeter.onboard.norflash import NorFlash
 
 READ_SIZE = 32
 PROG_SIZE = 32
@@ -155,3 +157,43 @@ def mtime_ns(fs: LittleFS, path: str) -> int | None:
         return int.from_bytes(fs.getattr(path, MTIME_ATTR), "little")
     except LittleFSError:
         return None
+
+
+def install(image: str | Path, firmware_dir: str | Path | None = None,
+            profile_text: str | None = None) -> list[str]:
+    """Copy a firmware tree (and /board.json) onto the image's littlefs, as flash.sh does over
+    mpremote; files already there with the same bytes are left alone (no wear). Formats the
+    image if it holds no file system. Returns the paths written."""
+    flash = NorFlash(path=str(image))
+    written = []
+    try:
+        try:
+            fs = mount(flash)
+        except LittleFSError:
+            format(flash)
+            fs = mount(flash)
+        files: list[tuple[str, bytes]] = []
+        if firmware_dir is not None:
+            root = Path(firmware_dir)
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and "__pycache__" not in p.parts:
+                    files.append(("/" + p.relative_to(root).as_posix(), p.read_bytes()))
+        if profile_text is not None:
+            files.append(("/board.json", profile_text.encode()))
+        for path, data in files:
+            parts = path.split("/")[1:-1]
+            for i in range(len(parts)):
+                d = "/" + "/".join(parts[: i + 1])
+                with contextlib.suppress(LittleFSError, FileExistsError):
+                    fs.mkdir(d)
+            try:
+                same = read_file(fs, path) == data
+            except (LittleFSError, OSError):
+                same = False
+            if not same:
+                write_file(fs, path, data, mtime_ns=-1)
+                written.append(path)
+        fs.unmount()
+    finally:
+        flash.close()
+    return written

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from brewmeter.board import DEFAULT_ROM, Board, install, load_profile
 from brewmeter.cloud.server import Faults
-from brewmeter.demo import cloud_for
-from brewmeter.flasher import READY, build, build_rom, emulator_provision
+from brewmeter.emulator.board import DEFAULT_ROM, Board, install, load_profile
+from brewmeter.flasher import READY
+from brewmeter.flashfiles import build, build_rom, emulator_provision
+from brewmeter.runs.demo import cloud_for
 
 
 def _image(d: Path, prov: dict | None, rom: bool = True) -> Path:
@@ -145,7 +146,7 @@ def app_peak_heap_bytes() -> dict[str, float]:
     the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
     bytes are flash, not heap: the board leaves them out), and with the filesystem
     deployment stock firmware gets. The board adds its own harness's heap on top
-    (brewmeter.board), so these are the app's."""
+    (brewmeter.emulator.board), so these are the app's."""
     return {"app_peak_heap_bytes": _smallest(lambda h: _peak_fits(h, True)),
             "app_peak_heap_fs_bytes": _smallest(lambda h: _peak_fits(h, False))}
 

@@ -7,8 +7,8 @@ import errno
 
 from littlefs import LittleFS, LittleFSError
 
-from brewmeter import lfs
-from brewmeter.norflash import NorFlash
+from brewmeter.emulator import lfs
+from brewmeter.onboard.norflash import NorFlash
 
 
 def _oserror(fs: LittleFS, e: LittleFSError) -> OSError:

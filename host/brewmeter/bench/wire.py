@@ -9,15 +9,9 @@ import random
 import tempfile
 from pathlib import Path
 
-from app import wallclock
-from app.counting import BREW
-from app.device import Device
-from app.syncer import Syncer
-
 from brewmeter import standins
-from brewmeter.cloud import CloudServer
 from brewmeter.harness import load_profile
-from brewmeter.hostfs import DirFS
+from brewmeter.standins.hostfs import DirFS
 
 DEVICE, KEY = "bm-wire01", "77" * 32
 WALL0 = 1_767_571_200  # a Monday, 00:00 UTC
@@ -52,6 +46,13 @@ class Relay:
 
 
 async def measure(days: int = 3, brews_per_day: int = 10, seed: int = 0) -> float:
+    from app import wallclock
+    from app.counting import BREW
+    from app.device import Device
+    from app.syncer import wire
+
+    from brewmeter.cloud import CloudServer
+
     rng = random.Random(seed)
     clock = standins.clock
     with tempfile.TemporaryDirectory() as d:
@@ -60,11 +61,9 @@ async def measure(days: int = 3, brews_per_day: int = 10, seed: int = 0) -> floa
             url = await relay.start()
             device = Device(load_profile("emulator"), DirFS(Path(d)))
             wall = [WALL0]
-            device.wall = lambda: wall[0]
             device.boot(1, clock.ticks_ms())
-            syncer = Syncer(device, {"device_id": DEVICE, "key": KEY, "cloud_url": url,
-                                     "ntp": ""}, _Up())  # the clock is set below
-            device.on_usage = syncer.usage
+            syncer = wire(device, {"device_id": DEVICE, "key": KEY, "cloud_url": url,
+                                   "ntp": ""}, _Up(), wall=lambda: wall[0])  # set below
             wallclock.set_unix(wall[0])
             per_day = []
             try:

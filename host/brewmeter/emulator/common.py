@@ -1,0 +1,100 @@
+"""What every part of the emulated board shares: the ESP32's figures it keeps (heap, ROM,
+reset causes, the REPL's banners), its errors, board profiles, and the checks on the
+interpreter process it runs."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from brewmeter.onboard.board_machine import machineconsts
+
+HERE = Path(__file__).resolve().parent
+LAUNCHER = HERE.parent / "onboard" / "board_launch.py"
+REPO = HERE.parents[2]
+BOARDS = REPO / "boards"
+
+CAUSES = dict(enumerate(machineconsts.CAUSES, 1))  # reset cause -> its name in `machine`
+SOFT_REBOOT = b"MPY: soft reboot\r\n"  # ports/esp32/main.c, soft_reset_exit
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"  # shared/runtime/pyexec.c
+FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'  # pyexec.c, friendly REPL
+DEFAULT_HEAP = 56 * 1024
+# What the harness itself keeps on the board's heap (norflash, the machine module with its
+# constants and timers, the launcher: 36,384 bytes measured), which on an ESP32 is C code or
+# frozen: added to -X heapsize so firmware gets `heap` bytes as on the device. status()
+# reports the measured figure ("harness_heap").
+HARNESS_HEAP = 37 * 1024
+# The ROM partition's size when the profile gives none: the "romfs" partition of MicroPython's
+# ports/esp32/partitions-4MiB-romfs.csv. On the unix port its bytes sit in one heap buffer
+# (on a chip: memory-mapped flash); the board adds that buffer, with the GC's tables for it,
+# to -X heapsize, so the firmware's `heap` and every heap figure leave the ROM out.
+DEFAULT_ROM = 128 * 1024
+ROM_BLOCK = 4096
+
+
+def rom_heap(rom: int) -> int:
+    """Heap the ROM partition takes on the unix port (board_machine/romvfs.py and its
+    NorFlash: the bytes, one erased block), with the GC's allocation tables (3 bits per
+    16-byte block); status() reports the measured figure ("rom_heap")."""
+    return (rom + ROM_BLOCK) * 131 // 128 + 2048 if rom else 2048
+CTRL_C = 0x03
+# A raw write to sys.stdout.buffer on the board (board_machine/rawsys.py): RAW_FRAME, its
+# length in 4 hex digits, then the bytes, passed on uncooked.
+RAW_FRAME = b"\x00\x1b"
+RAW_HEAD = len(RAW_FRAME) + 4
+# A second SIGINT that lands before the first is handled makes the unix port exit(1): one
+# per process per SIGINT_GAP_S.
+SIGINT_GAP_S = 0.1
+BOOT_TIMEOUT_S = 10.0
+TRANSCRIPT_MAX = 1 << 20
+PENDING_MAX = 1 << 20  # serial output waiting for a slow reader
+STDIN_MAX = 1 << 16  # input the interpreter has not read yet (a UART RX buffer overflows too)
+
+
+class BoardError(RuntimeError):
+    pass
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'56K', '1M', '57344' -> bytes, as micropython's -X heapsize takes them."""
+    if text is None or isinstance(text, int):
+        return text
+    t = text.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(t[-1:], 1)
+    return int(t[:-1] if mult > 1 else t) * mult
+
+
+def load_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """A board profile (boards/NAME.json or a path): its data and its text."""
+    p = Path(name_or_path)
+    if p.suffix != ".json" and not p.is_file():  # boards/BREWMETER_ESP32/ is no profile
+        p = BOARDS / f"{name_or_path}.json"
+    text = p.read_text()
+    return json.loads(text), text
+
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    # In the child before exec: SIGKILL when the supervisor's thread goes, however it goes.
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _sigint_caught(pid: int) -> bool:
+    # The unix port installs its SIGINT handler exactly while the interrupt char is set.
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    except OSError:
+        pass
+    return False
