@@ -288,24 +288,6 @@ def dupterm(stream=None, index=0):
     return prev
 
 
-class RTC:
-    # The host clock plus an offset that survives soft and hard resets, not a power cut.
-    def __init__(self, id=0):
-        pass
-
-    def datetime(self, dt=None):
-        global _rtc_offset
-        if dt is None:
-            t = time.localtime(int(time.time()) + _rtc_offset)
-            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
-        t = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
-        _rtc_offset = t - int(time.time())
-        _send(b"T %d\n" % _rtc_offset)
-
-    def init(self, dt):
-        self.datetime(dt)
-
-
 def reset_cause():
     return _cause
 
@@ -402,4 +384,4 @@ def _halt(msg):
 
 # The watchdog and the timers live beside this file (machine_timers.py); imported last, as
 # they call back into this module.
-from machine_timers import WDT, Timer  # noqa: E402, F401
+from machine_timers import RTC, WDT, Timer  # noqa: E402, F401

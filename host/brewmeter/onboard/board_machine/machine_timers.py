@@ -1,5 +1,5 @@
-# machine.WDT and machine.Timer for the emulated ESP32 (machine.py beside this file imports
-# them into `machine`). Inside the MicroPython unix port, as machine.py.
+# machine.WDT, machine.Timer and machine.RTC for the emulated ESP32 (machine.py beside this
+# file imports them into `machine`). Inside the MicroPython unix port, as machine.py.
 import _thread
 import time
 
@@ -55,3 +55,21 @@ class Timer(_c.Timer):
 
     def deinit(self):
         self._gen += 1
+
+
+class RTC:
+    # The host clock plus an offset (machine._rtc_offset, set at boot) that survives soft and
+    # hard resets, not a power cut.
+    def __init__(self, id=0):
+        pass
+
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.localtime(int(time.time()) + machine._rtc_offset)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        t = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        machine._rtc_offset = t - int(time.time())
+        machine._send(b"T %d\n" % machine._rtc_offset)
+
+    def init(self, dt):
+        self.datetime(dt)
