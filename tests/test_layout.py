@@ -16,10 +16,6 @@ import pytest
 from brewmeter import mp
 
 HOST = Path(mp.HOST)
-# cloud/ (split on another branch) installs the stand-ins on import (cloud/shared.py), and so
-# does every module that imports the cloud at its top: the one place left that patches, not
-# checked here inside cloud/; outside it, these (and only these) still import the cloud.
-CLOUD_PATCHES = {"brewmeter.bench.board"}
 
 # Imports one module in a fresh interpreter; says what it found patched, or its error.
 PROBE = """
@@ -67,8 +63,7 @@ def test_every_module_imports_alone_and_patches_nothing():
         got = dict(zip(names, pool.map(_probe, names), strict=True))
     errors = {n: r["error"] for n, r in got.items() if "error" in r}
     assert errors == {}
-    patchers = {n for n, r in got.items() if r["patched"] and not n.startswith("brewmeter.cloud")}
-    assert patchers == CLOUD_PATCHES, {n: got[n] for n in patchers ^ CLOUD_PATCHES}
+    assert {n: r["patched"] for n, r in got.items() if r["patched"]} == {}
 
 
 def test_the_stand_ins_come_by_an_explicit_install_and_go_with_it():
@@ -110,8 +105,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return (out & known) - {name}
 
 
-def test_no_import_cycle_outside_the_cloud():
-    mods = {n: p for n, p in modules().items() if not n.startswith("brewmeter.cloud")}
+def test_no_import_cycle():
+    mods = modules()
     graph = {n: _imports(n, p, set(mods)) for n, p in mods.items()}
     cycles = []
 
@@ -130,10 +125,9 @@ def test_no_import_cycle_outside_the_cloud():
     assert cycles == []
 
 
-def test_no_module_over_400_lines_outside_the_cloud():
+def test_no_module_over_400_lines():
     long = {str(p.relative_to(HOST)): n for p in HOST.rglob("*.py")
-            if "cloud" not in p.relative_to(HOST).parts
-            and (n := len(p.read_text().splitlines())) > 400}
+            if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
 
 

@@ -55,6 +55,7 @@ from brewmeter.cloud.api import (  # noqa: F401 - re-exported
 from brewmeter.cloud.faults import FAULT_KINDS, Faults  # noqa: F401 - re-exported
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.options import add_arguments
 from brewmeter.cloud.report import MAX_BODY
 from brewmeter.cloud.roles import ADMIN_TOKEN, LEDGER
 from brewmeter.cloud.shared import protocol as P
@@ -238,7 +239,7 @@ def parse_device(s: str) -> tuple[str, str]:
 
 
 def run_args(args: argparse.Namespace) -> int:
-    """Run from arguments made by brewmeter.cloud.add_arguments."""
+    """Run from arguments made by brewmeter.cloud.options.add_arguments."""
     try:
         devices = [parse_device(s) for s in args.device or ()]
         faults = Faults(seed=args.fault_seed, rates=dict(args.fault or ()))
@@ -260,8 +261,6 @@ def run_args(args: argparse.Namespace) -> int:
 def cloud_main(argv: list[str] | None = None) -> int:
     """`brewmeter cloud [--port P] [--host H] [--db PATH] [--tls-cert F --tls-key F]
     [--admin-token T] [--device ID:KEYHEX ...]`."""
-    from brewmeter.cloud import add_arguments
-
     ap = argparse.ArgumentParser(prog="brewmeter cloud",
                                  description="Run the emulated brewmeter cloud.")
     add_arguments(ap)
