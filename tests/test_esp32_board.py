@@ -86,6 +86,7 @@ def frozen_modules() -> list[str]:
     return frozen
 
 
+@pytest.mark.slow
 def test_manifest_freezes_every_module_flash_sh_deploys(tmp_path):
     deployed = flashfiles.build(tmp_path, "esp32-generic", None)
     app = sorted(k[:-4] + ".py" for k in deployed if k.endswith(".mpy"))

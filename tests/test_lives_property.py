@@ -15,6 +15,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from app.supplies import ITEMS
 from brewmeter.runs.lives import PRICE_CENTS, Life
 from hypothesis import HealthCheck, given, settings
@@ -107,5 +108,6 @@ def _check(life: Life, results: list[str], cap: int) -> None:
 @settings(max_examples=_N or 25, derandomize=not _N, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=12), cap=st.integers(0, 3))
+@pytest.mark.slow
 def test_generated_lives_keep_the_cloud_and_the_device_agreeing(steps, cap):
     asyncio.run(_live(steps, cap))

@@ -82,6 +82,7 @@ def test_the_checks_say_which_flash_operation_lost_what():
     assert text.splitlines()[-1] == "FAIL: 1 of 2 power cuts went wrong (first ones below)"
 
 
+@pytest.mark.slow
 def test_powercut_prints_each_flash_operation_kind_and_a_pass_line():
     import json
     import subprocess

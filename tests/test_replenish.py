@@ -57,6 +57,7 @@ def test_no_double_order_across_100_power_cuts_and_network_faults():
     assert sum(out.stockouts.values()) == 0
 
 
+@pytest.mark.slow
 def test_caps_and_ask_first_hold_offline_and_an_idle_month_orders_nothing():
     offline = range(30, 75)
     idle = range(100, 140)

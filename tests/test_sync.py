@@ -146,6 +146,7 @@ async def test_http_post_reads_a_good_reply():
     (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20, 0, 0.05, "no reply within"),
     (b"", 0, 0, "closed"),
 ])
+@pytest.mark.slow
 async def test_http_post_survives_bad_servers(reply, delay, drip, words):
     server, url = await _serve(reply, delay, drip)
     async with server:

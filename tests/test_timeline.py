@@ -24,6 +24,7 @@ def year(tmp_path_factory):
     return d, json.loads(p.stdout)
 
 
+@pytest.mark.slow
 def test_timeline_has_a_row_a_day_that_adds_up_to_the_totals(year):
     d, out = year
     with (d / "t.csv").open() as f:
@@ -89,6 +90,7 @@ def test_chaos_fail_line():
     assert chaos.text(r).splitlines()[-1].startswith("FAIL: 1 brews lost, 0 doubled")
 
 
+@pytest.mark.slow
 def test_powercut_table_ends_with_a_plain_pass_line():
     p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "powercut"],
                        capture_output=True, text=True, timeout=600)
