@@ -25,6 +25,8 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_days.py::test_a_step_back_before_a_day_the_cloud_confirmed_is_the_wrong_clock",
     "test_supervisor.py::test_backoff_doubles_from_a_second_to_five_minutes",
     "test_supervisor.py::test_detail_names_the_task_and_cuts_the_message",
+    "test_sync.py::test_schedule_coalesces_usage_reports_daily_and_backs_off",
+    "test_sync.py::test_parse_url",
 ]
 
 
