@@ -3,13 +3,10 @@ brews before the clock is known, and the emulated cloud's per-day ledger and inv
 
 from __future__ import annotations
 
-from datetime import date
-
 from app.counters import Counters
 from app.counting import BREW
 from app.days import Days
 from app.device import Device
-from brewmeter.standins.hostfs import DirFS
 
 DAY = 86400
 T = 20_000 * DAY  # 2024-10-04 00:00 UTC
@@ -46,6 +43,8 @@ def test_undated_brews_belong_to_their_boot_until_sent():
 
 
 def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path):
+    from brewmeter.standins.hostfs import DirFS
+
     fs = DirFS(tmp_path)
     now = [T + 8 * 3600]
     d = Device(profile, fs)
@@ -67,8 +66,11 @@ def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path
 
 
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
+    from datetime import date
+
     from app.syncer import wire
     from brewmeter.cloud import CloudServer
+    from brewmeter.standins.hostfs import DirFS
 
     class Up:
         async def up(self) -> None:

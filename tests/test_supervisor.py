@@ -9,7 +9,6 @@ import pytest
 from app import supervisor
 from app.device import Device
 from app.supervisor import Supervisor, backoff_ms, detail
-from brewmeter.standins.hostfs import DirFS
 
 
 def test_backoff_doubles_from_a_second_to_five_minutes():
@@ -23,6 +22,8 @@ def test_detail_names_the_task_and_cuts_the_message():
 
 
 def test_one_fault_per_kind_and_day(profile, tmp_path):
+    from brewmeter.standins.hostfs import DirFS
+
     dev = Device(profile, DirFS(tmp_path))
     dev.boot(1, 0)
     sup = Supervisor(dev)
@@ -34,6 +35,8 @@ def test_one_fault_per_kind_and_day(profile, tmp_path):
 
 
 async def test_a_failing_task_restarts_and_the_others_run_on(profile, tmp_path, monkeypatch):
+    from brewmeter.standins.hostfs import DirFS
+
     monkeypatch.setattr(supervisor, "backoff_ms", lambda n: 10)
     dev = Device(profile, DirFS(tmp_path))
     dev.boot(1, 0)
@@ -67,6 +70,8 @@ async def test_a_failing_task_restarts_and_the_others_run_on(profile, tmp_path, 
 
 @pytest.mark.slow
 async def test_the_test_hook_fails_a_task_once(profile, tmp_path):
+    from brewmeter.standins.hostfs import DirFS
+
     dev = Device(profile, DirFS(tmp_path))
     dev.boot(1, 0)
     sup = Supervisor(dev, hook="fail:console")

@@ -4,25 +4,27 @@ CPython against real sockets on 127.0.0.1 (the emulated cloud's tests are in tes
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 
 import pytest
 from app import http, protocol, sync
 from app.device import Device
 from app.signing import signature
-from brewmeter.standins.hostfs import DirFS
 
 
 @pytest.fixture
 def device(profile, tmp_path):
+    from brewmeter.standins.hostfs import DirFS
+
     d = Device(profile, DirFS(tmp_path))
     d.boot(1, 0)
     return d
 
 
 def test_signature_is_hmac_sha256_over_method_path_seq_body():
+    import hashlib
+    import hmac
+
     key, body = bytes(range(32)), b'{"seq":5}'
     want = hmac.new(key, b"POST\n/v1/devices/bm-1/report\n5\n" + body, hashlib.sha256)
     assert signature(key, "POST", "/v1/devices/bm-1/report", 5, body) == want.hexdigest()
