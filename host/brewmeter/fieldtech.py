@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import serial
 
@@ -18,31 +20,28 @@ class NoBrewmeter(ports.PortError):
     pass
 
 
-def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
-    """Send `command --json` to the service console and return its parsed reply."""
-    s = ports.open_port(port, timeout=0.05)
+def _exchange(port: str, asked: bytes, timeout: float,
+              answer: Callable[[bytes], Any], silent: str) -> Any:
+    """Type `asked` on the service console and give each whole line after its echo (prompt
+    stripped) to `answer` until it returns something; `error: ...` lines raise NoBrewmeter.
+    Nothing in `timeout`: NoBrewmeter saying why (the REPL, silence, or `silent`)."""
     seen = b""
     try:
-        with s:
+        with ports.open_port(port, timeout=0.05) as s:
             s.reset_input_buffer()
-            asked = command.encode() + b" --json"
             s.write(b"\r" + asked + b"\r")
             end = time.monotonic() + timeout
             while time.monotonic() < end:
                 seen += s.read(4096)
-                # Only what follows the console's echo of our command answers it.
+                # Only what follows the console's echo of our line answers it.
                 mine = seen.split(asked + b"\r\n", 1)
-                if len(mine) < 2:
-                    continue
-                for line in mine[1].split(b"\n"):
+                for line in mine[1].split(b"\n")[:-1] if len(mine) == 2 else ():
                     line = line.strip().removeprefix(b"brewmeter> ")
-                    if line[:1] in (b"{", b"[") and line[-1:] in (b"}", b"]"):
-                        try:
-                            return json.loads(line)
-                        except ValueError:
-                            continue
+                    got = answer(line)
+                    if got is not None:
+                        return got
                     if line.startswith(b"error: "):
-                        raise NoBrewmeter(f"{port}: the console says {line.decode()!r}")
+                        raise NoBrewmeter(f"{port}: not done: {line[7:].decode()}")
     except serial.SerialException as e:
         raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
     text = seen.decode(errors="replace")
@@ -53,7 +52,22 @@ def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
                           "brings it back now)")
     if not seen.strip():
         raise NoBrewmeter(f"{port}: no answer within {timeout:.0f} s (is the machine on?)")
-    raise NoBrewmeter(f"{port}: something other than brewmeter answers: {text[:80]!r}")
+    raise NoBrewmeter(f"{port}: {silent}: {text[:80]!r}")
+
+
+def _json(line: bytes) -> dict | list | None:
+    if line[:1] in (b"{", b"[") and line[-1:] in (b"}", b"]"):
+        try:
+            return json.loads(line)
+        except ValueError:
+            pass
+    return None
+
+
+def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
+    """Send `command --json` to the service console and return its parsed reply."""
+    return _exchange(port, command.encode() + b" --json", timeout, _json,
+                     "something other than brewmeter answers")
 
 
 def pin(text: str) -> str:
@@ -69,28 +83,14 @@ def act(port: str, line: str, pin: str, done: tuple[bytes, ...], timeout: float 
     """A service action, `LINE --pin PIN` on the console: the first answer line starting
     with one of `done`. Raises NoBrewmeter if the console refuses it (a wrong PIN, the PIN
     lock) or nobody answers."""
-    asked = (line + " --pin " + pin).encode()
-    seen = b""
-    try:
-        with ports.open_port(port, timeout=0.05) as s:
-            s.reset_input_buffer()
-            s.write(b"\r" + asked + b"\r")
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                seen += s.read(4096)
-                for got in seen.split(asked, 1)[-1].split(b"\n")[:-1]:
-                    got = got.strip().removeprefix(b"brewmeter> ")
-                    if got.startswith(done) and not got.endswith(b": started"):
-                        return got.decode()
-                    if got.startswith(b"error: "):
-                        raise NoBrewmeter(f"{port}: not done: {got[7:].decode()}")
-    except serial.SerialException as e:
-        raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
-    text = seen.decode(errors="replace")
-    if ">>>" in text or "raw REPL" in text:
-        raise NoBrewmeter(f"{port}: the MicroPython REPL answers, not brewmeter: "
-                          "`brewmeter restart` brings the app back")
-    raise NoBrewmeter(f"{port}: no answer to '{line}' within {timeout:.0f} s")
+
+    def finished(got: bytes) -> str | None:
+        if got.startswith(done) and not got.endswith(b": started"):
+            return got.decode()
+        return None
+
+    return _exchange(port, (line + " --pin " + pin).encode(), timeout, finished,
+                     f"no answer to '{line}' within {timeout:.0f} s")
 
 
 def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
