@@ -32,6 +32,21 @@ def meter(profile):
 
 
 @pytest.fixture
+def main_py_board(tmp_path):
+    """Makes an emulated board (not started) whose firmware is only `source` as main.py."""
+
+    def make(source: str):
+        from brewmeter.emulator.board import Board
+
+        fw = tmp_path / "fw"
+        fw.mkdir()
+        (fw / "main.py").write_text(source)
+        return Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator")
+
+    return make
+
+
+@pytest.fixture
 async def http(cloud):
     """An HTTP client session on the `cloud` fixture of the test module (a CloudServer)."""
     import aiohttp

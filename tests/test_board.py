@@ -52,11 +52,8 @@ while True:
 
 
 @pytest.fixture
-def board(tmp_path):
-    fw = tmp_path / "fw"
-    fw.mkdir()
-    (fw / "main.py").write_text(MAIN_PY)
-    b = Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator")
+def board(main_py_board):
+    b = main_py_board(MAIN_PY)
     with b:
         b.wait_output(b"ready cause=1")
         yield b
@@ -263,13 +260,10 @@ if machine.reset_cause() != machine.WDT_RESET:
 """
 
 
-def test_the_watchdog_behaves_as_the_esp32s(tmp_path):
+def test_the_watchdog_behaves_as_the_esp32s(main_py_board):
     """Once started it cannot be stopped: main.py ends, the REPL idles, a soft reset comes
     between, and still the unfed watchdog resets the board; a hard reset stops it."""
-    fw = tmp_path / "fw"
-    fw.mkdir()
-    (fw / "main.py").write_text(WDT_MAIN_PY)
-    with Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator") as b:
+    with main_py_board(WDT_MAIN_PY) as b:
         b.wait_output(b"wdt started")
         with serial.Serial(b.serial_port, 115200, timeout=0.1) as port:
             read_until(port, b">>> ")

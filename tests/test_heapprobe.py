@@ -5,7 +5,6 @@ sync_heap_bytes are read with it."""
 from __future__ import annotations
 
 import pytest
-from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board
 
@@ -25,11 +24,8 @@ while True:
 
 
 @pytest.fixture
-def board(tmp_path):
-    fw = tmp_path / "fw"
-    fw.mkdir()
-    (fw / "main.py").write_text(MAIN_PY)
-    with Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator") as b:
+def board(main_py_board):
+    with main_py_board(MAIN_PY) as b:
         b.wait_output(b"ready")
         yield b
 
