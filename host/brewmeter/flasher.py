@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from brewmeter import fieldtech, mp, ports
@@ -28,6 +29,7 @@ from brewmeter.flashfiles import (
     rom_size,
 )
 
+RETRY_S = 2.0  # before the one more try at a board that did not answer mpremote's Ctrl-A
 DATA_DIRS = ("counts", "state")  # the device's own data: never touched without --erase-data
 PROBE = ("import sys; print('MPY', sys.implementation.name, sys.implementation._mpy, "
          "sys.implementation.version[:3])")
@@ -57,20 +59,32 @@ class Flasher:
         if self.dry_run:
             print(shlex.join(["mpremote", "connect", self.port, *args]), file=self.out)
             return ""
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise FlashError(f"{self.port}: no answer within {timeout:.0f} s: is a board "
-                             f"running MicroPython there?") from None
-        text = p.stdout + p.stderr
+        for again in (True, False):
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise FlashError(f"{self.port}: no answer within {timeout:.0f} s: is a board "
+                                 f"running MicroPython there?") from None
+            text = p.stdout + p.stderr
+            # A board caught restarting (a reset, the watchdog, the app coming back from
+            # the REPL) misses mpremote's Ctrl-C and Ctrl-A: one more try, as a person would.
+            if not (again and p.returncode and "could not enter raw repl" in text
+                    and "locked: unlock with --pin" not in text):
+                break
+            print(f"{self.port}: no REPL answered (restarting?); trying once more",
+                  file=self.out)
+            time.sleep(RETRY_S)
         if p.returncode != 0 and check:
             if "No space" in text or "ENOSPC" in text or "Errno 28" in text:
                 raise FlashError(f"{self.port}: the device's flash is full")
             if "locked: unlock with --pin" in text:  # the app's answer to mpremote's Ctrl-A
                 raise FlashError(f"{self.port}: locked: unlock with --pin")
             if "could not enter raw repl" in text or "could not exec" in text:
+                said = [x for x in p.stdout.splitlines()  # mpremote prints what it got
+                        if x.startswith(("b'", 'b"')) and len(x) > 3]
                 raise FlashError(f"{self.port}: no MicroPython REPL answers there: is it "
-                                 f"running MicroPython?")
+                                 f"running MicroPython?"
+                                 + (f" (what it sent: {said[-1][-300:]})" if said else ""))
             if "failed to access" in text:
                 raise FlashError(f"{self.port}: mpremote cannot open it: {text.strip()}")
             raise FlashError(f"mpremote {' '.join(args)} failed: {text.strip()}")
