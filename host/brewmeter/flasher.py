@@ -67,9 +67,10 @@ class Flasher:
                                  f"running MicroPython there?") from None
             text = p.stdout + p.stderr
             # A board caught restarting (a reset, the watchdog, the app coming back from
-            # the REPL) misses mpremote's Ctrl-C and Ctrl-A: one more try, as a person would.
-            if not (again and p.returncode and "could not enter raw repl" in text
-                    and "locked: unlock with --pin" not in text):
+            # the REPL) misses mpremote's Ctrl-C and Ctrl-A, or the start of its command:
+            # one more try, as a person would (every command flash.sh sends can be repeated).
+            if not (again and p.returncode and "locked: unlock with --pin" not in text
+                    and ("could not enter raw repl" in text or "could not exec" in text)):
                 break
             print(f"{self.port}: no REPL answered (restarting?); trying once more",
                   file=self.out)
