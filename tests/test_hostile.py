@@ -88,6 +88,12 @@ class HostileCloud:
                 await writer.drain()
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif mode == "ack_flood":  # valid JSON of the limit's size: 2,000 acks
+                b = b'{"ack": [' + b"0," * ((LIMIT - 12) // 2) + b'0]}'
+                writer.write(ok + b"Content-Length: %d\r\n\r\n" % len(b) + b)
+            elif mode == "nested":  # valid JSON nested 2,000 deep
+                b = b"[" * 2000 + b"]" * 2000
+                writer.write(ok + b"Content-Length: %d\r\n\r\n" % len(b) + b)
             elif mode == "random":
                 writer.write(random.Random(len(request)).randbytes(5000))
             await writer.drain()
@@ -128,7 +134,7 @@ def console_sync(board: Board, timeout: float = 30) -> str:
 
 
 MODES = ["status_2mb", "headers_1000", "body_10mb", "over_limit", "length_long",
-         "length_short", "trickle", "reset_mid_body", "random"]
+         "length_short", "trickle", "reset_mid_body", "random", "ack_flood", "nested"]
 
 
 @pytest.fixture(scope="module")
