@@ -182,6 +182,7 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_wire, ("wire_bytes_per_day",)),
     (_board("boot_to_ready_ms"), ("boot_to_ready_ms",)),
     (_board("app_peak_heap_bytes"), ("app_peak_heap_bytes", "app_peak_heap_fs_bytes")),
+    (_board("app_code_heap_bytes"), ("app_code_heap_bytes", "app_qstr_heap_bytes")),
     (_board("sync_heap_bytes"), ("sync_heap_bytes",)),
     (_board("console_roundtrip_ms"), ("console_roundtrip_ms",)),
     (_board("console_heap_bytes"), ("console_heap_bytes",)),

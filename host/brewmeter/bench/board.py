@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import tempfile
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from brewmeter import mp
 from brewmeter.cloud.server import Faults
 from brewmeter.emulator.board import DEFAULT_ROM, Board, install, load_profile
 from brewmeter.flasher import READY
@@ -17,14 +19,16 @@ from brewmeter.flashfiles import build, build_rom, emulator_provision
 from brewmeter.runs.demo import cloud_for
 
 
-def _image(d: Path, prov: dict | None, rom: bool = True) -> Path:
+def _image(d: Path, prov: dict | None, rom: bool = True, main: str | None = None) -> Path:
     """A flash image holding the compiled firmware, as flash.sh leaves a board: with `rom`
     (the emulated board has a ROM partition) the app as a ROMFS image in it (IMAGE.rom, the
     emulator profile's size) and only boot.py, main.py and the JSON files on the filesystem;
-    else the app on the filesystem, as on stock firmware."""
+    else the app on the filesystem, as on stock firmware. `main`: another main.py's source."""
     tree = d / "tree"
     tree.mkdir()
     files = build(tree, "emulator", prov)
+    if main is not None:
+        (tree / "main.py").write_text(main)
     image = d / "flash.img"
     if rom:
         romfs = build_rom(d, files).read_bytes()
@@ -180,6 +184,42 @@ def sync_heap_bytes() -> dict[str, float]:
         synced = _held(prov, lambda b: bool(cloud.ledger.device(prov["device_id"])["reports"]))
     bare = _held(None, lambda b: True, settle=3.0)
     return {"sync_heap_bytes": synced - bare}
+
+
+# Imports every firmware module (from the ROM, as the app does) and says what that held,
+# with the qstr pools before and after (micropython.qstr_info's line).
+_IMPORT_ALL = """import gc, micropython
+gc.collect()
+a = gc.mem_alloc()
+micropython.qstr_info()
+for m in %r:
+    __import__(m)
+gc.collect()
+print("IMPORTED", gc.mem_alloc() - a)
+micropython.qstr_info()
+"""
+
+
+def app_code_heap_bytes() -> dict[str, float]:
+    """What loading the firmware's code costs the heap with the app in ROMFS, before it
+    holds any data: every module under app/ imported by a main.py of its own (console and
+    service included), collected; and of that, the qstr pools the imports grew (names and
+    short strings, interned for good: unloading a module does not give them back). The floor
+    under app_peak_heap_bytes; on a 32-bit chip the pointer-sized parts halve."""
+    with tempfile.TemporaryDirectory() as d:
+        mods = sorted("app." + p.stem for p in (mp.FIRMWARE / "app").glob("*.py")
+                      if p.stem != "__init__")
+        image = _image(Path(d), None, main=_IMPORT_ALL % mods)
+        with Board(image, board_profile="emulator", heap=192 * 1024) as board:
+            end = board.wait_output(b"IMPORTED", timeout=60)
+            end = board.wait_output(b"n_total_bytes=", timeout=10, start=end)
+            board.wait_output(b"\n", timeout=10, start=end)
+            out = board.transcript().decode(errors="replace")
+    pools = [int(x) for x in re.findall(r"n_total_bytes=(\d+)", out)]
+    code = re.search(r"IMPORTED (\d+)", out)
+    if len(pools) < 2 or code is None:
+        raise RuntimeError(f"the import probe said: {out[-400:]!r}")
+    return {"app_code_heap_bytes": int(code[1]), "app_qstr_heap_bytes": pools[-1] - pools[0]}
 
 
 def console_roundtrip_ms(runs: int = 10) -> dict[str, float]:
