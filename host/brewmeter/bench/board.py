@@ -205,7 +205,7 @@ def app_code_heap_bytes() -> dict[str, float]:
     holds any data: every module under app/ imported by a main.py of its own (console and
     service included), collected; and of that, the qstr pools the imports grew (names and
     short strings, interned for good: unloading a module does not give them back). The floor
-    under app_peak_heap_bytes; on a 32-bit chip the pointer-sized parts halve."""
+    under app_peak_heap_bytes."""
     with tempfile.TemporaryDirectory() as d:
         mods = sorted("app." + p.stem for p in (mp.FIRMWARE / "app").glob("*.py")
                       if p.stem != "__init__")
