@@ -187,8 +187,15 @@ def sync_heap_bytes() -> dict[str, float]:
 
 
 # Imports every firmware module (from the ROM, as the app does) and says what that held,
-# with the qstr pools before and after (micropython.qstr_info's line).
-_IMPORT_ALL = """import gc, micropython
+# with the qstr pools before and after (micropython.qstr_info's line). boot.py has loaded
+# the REPL watch: dropped first, as the app does, so its objects are counted too.
+_IMPORT_ALL = """import gc, micropython, sys
+w = sys.modules.get("app.replwatch")
+if w:
+    w.disarm()
+w = None
+sys.modules.pop("app.replwatch", None)
+sys.modules.pop("app", None)
 gc.collect()
 a = gc.mem_alloc()
 micropython.qstr_info()
