@@ -131,6 +131,7 @@ class Board(Serial, Supervisor, Bus, Control):
         self._raw_left = 0  # bytes of a raw frame still to pass on uncooked
         self._swallow: bytearray | None = None
         self._last_sigint = 0.0
+        self._intr_pending: subprocess.Popen[bytes] | None = None  # a Ctrl-C sent on the bus
         self._boot_timer: asyncio.TimerHandle | None = None
         self._boot_waiters: list[asyncio.Future[int]] = []
         self._heap_waiters: list[asyncio.Future[int]] = []

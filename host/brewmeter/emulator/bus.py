@@ -49,6 +49,7 @@ class Bus:
 
     def _hello(self) -> None:
         self._booted = True
+        self._intr_pending = None
         if self._boot_timer is not None:
             self._boot_timer.cancel()
         with self._lock:
@@ -95,6 +96,8 @@ class Bus:
             self._feed_wdt()
         elif k == b"T":
             self._rtc_offset = int(f[1])
+        elif k == b"i":  # the board raised the Ctrl-C
+            self._intr_pending = None
         elif k in (b"X", b"B", b"Z", b"D"):
             self._drain_child()
             self._kill({b"X": ("soft", SOFT_RESET), b"B": ("hard", HARD_RESET),

@@ -48,6 +48,9 @@ RAW_HEAD = len(RAW_FRAME) + 4
 # A second SIGINT that lands before the first is handled makes the unix port exit(1): one
 # per process per SIGINT_GAP_S.
 SIGINT_GAP_S = 0.1
+# A Ctrl-C the board has not raised by then (its code reads no pin: the REPL's own, say)
+# comes as SIGINT, which can land anywhere, a garbage collection included.
+INTR_FALLBACK_S = 0.25
 BOOT_TIMEOUT_S = 10.0
 TRANSCRIPT_MAX = 1 << 20
 PENDING_MAX = 1 << 20  # serial output waiting for a slow reader

@@ -9,12 +9,14 @@ import contextlib
 import os
 import select
 import signal
+import subprocess
 import termios
 import time
 
 from brewmeter.emulator.common import (
     CTRL_C,
     FRIENDLY_BANNER,
+    INTR_FALLBACK_S,
     PENDING_MAX,
     RAW_BANNER,
     RAW_FRAME,
@@ -165,13 +167,32 @@ class Serial:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        if _sigint_caught(proc.pid):
-            now = time.monotonic()
-            if now - self._last_sigint >= SIGINT_GAP_S:
-                self._last_sigint = now
-                os.kill(proc.pid, signal.SIGINT)
-        else:
+        if not _sigint_caught(proc.pid):
             self._child_write(b"\x03")
+            return
+        # The interrupt char is set: raised as KeyboardInterrupt where the interpreter can
+        # take it, as the ESP32's UART interrupt schedules it: at the board's next poll of
+        # its pins (machine.py), else as SIGINT, which the unix port raises wherever it lands.
+        if self._intr_pending is None and self._bus_send(b"I\n"):
+            self._intr_pending = proc
+            self._loop.call_later(INTR_FALLBACK_S, self._intr_fallback, proc)
+        elif self._intr_pending is None:
+            self._sigint(proc)
+
+    def _intr_fallback(self, proc: subprocess.Popen[bytes]) -> None:
+        if self._intr_pending is not proc:  # raised (bus "i"), or another boot since
+            return
+        self._intr_pending = None
+        self._bus_send(b"U\n")
+        self._sigint(proc)
+
+    def _sigint(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None or not _sigint_caught(proc.pid):
+            return
+        now = time.monotonic()
+        if now - self._last_sigint >= SIGINT_GAP_S:
+            self._last_sigint = now
+            os.kill(proc.pid, signal.SIGINT)
 
     def _release_input(self) -> None:
         self._hold = False

@@ -9,7 +9,8 @@
 #
 # Bus lines, supervisor -> board: "L gpio level", "P gpio n" (pulses), "C n tear" (arm a flash
 # power cut after n program/erase operations), "A" (the serial port showed output: dupterm),
-# "H" (report the heap), "K" (ack). Board -> supervisor: "H boot" (hello), "R" (REPL starts),
+# "H" (report the heap), "K" (ack), "I" / "U" (a Ctrl-C to raise / no longer to raise).
+# Board -> supervisor: "H boot" (hello), "R" (REPL starts), "i" (the Ctrl-C was raised),
 # "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep), "Z" (flash power died),
 # "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed), "p nbytes" / "e block" (a
 # flash program / erase), "M bytes rom" (heap the harness holds, and apart, the ROM
@@ -46,6 +47,11 @@ _counters = {}  # gpio -> [Counter]
 _lock = _thread.allocate_lock()  # one thread at a time drains the bus (a Timer has its own)
 _term = None  # the stream given to dupterm()
 _heap_due = False  # the supervisor asked for the heap while it was locked
+# A Ctrl-C to raise as KeyboardInterrupt in the main thread at its next poll: as the ESP32's
+# UART interrupt schedules it (mp_sched_keyboard_interrupt), never raised inside a garbage
+# collection, where the unix port's SIGINT handler would leave the heap locked for good.
+_intr_due = False
+_main = _thread.get_ident()
 
 
 def _send(msg):
@@ -60,6 +66,7 @@ def _send(msg):
 def _poll(timeout=0):
     # Apply everything the supervisor sent; returns at once when there is nothing, or when
     # another thread (a Timer's) is draining it.
+    global _intr_due
     if not _lock.acquire(0):
         return
     try:
@@ -68,6 +75,10 @@ def _poll(timeout=0):
         _drain(timeout)
     finally:
         _lock.release()
+    if _intr_due and _thread.get_ident() == _main and not _heap_locked():
+        _intr_due = False
+        _send(b"i\n")
+        raise KeyboardInterrupt
 
 
 def _drain(timeout):
@@ -102,7 +113,7 @@ def _close():
 
 
 def _apply(line):
-    global _acked
+    global _acked, _intr_due
     f = line.split()
     if not f:
         return
@@ -118,21 +129,28 @@ def _apply(line):
             _term.write(b"A")
     elif k == b"H":  # the heap in use, collected (the control address's `heap`)
         _heap()
+    elif k == b"I" or k == b"U":
+        _intr_due = k == b"I"
     elif k == b"C" and _flash is not None:
         _flash.cut_after = int(f[1])
         _flash.tear = f[2] == b"1"
 
 
-def _heap():
-    # Never collect with the heap locked (littlefs closing a file from a finaliser, during
-    # a collection, polls the bus too): then the answer waits for the next poll.
-    global _heap_due
+def _heap_locked():
+    # Inside a collection (littlefs closing a file from a finaliser polls the bus too).
     try:
         bytearray(16)
     except MemoryError:
-        _heap_due = True
+        return True
+    return False
+
+
+def _heap():
+    # Never collect with the heap locked: then the answer waits for the next poll.
+    global _heap_due
+    _heap_due = _heap_locked()
+    if _heap_due:
         return
-    _heap_due = False
     gc.collect()
     _send(b"H %d\n" % gc.mem_alloc())
 
