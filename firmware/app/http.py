@@ -105,7 +105,10 @@ async def _exchange(host, port, ssl, head, body, bufs, max_body):
     else:
         reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(head)  # two writes: no copy of the report joined to its head
+        # Each part drained before the next: a write while the TLS handshake or a full
+        # socket holds the stream back is queued, and the next one is joined to it (a copy).
+        writer.write(head)
+        await writer.drain()
         writer.write(body)
         await writer.drain()
         head = _Head(reader, bufs.body)
