@@ -96,8 +96,8 @@ class Bus:
             self._feed_wdt()
         elif k == b"T":
             self._rtc_offset = int(f[1])
-        elif k == b"i":  # the board raised the Ctrl-C
-            self._intr_pending = None
+        elif k == b"i":
+            self._intr_taken()
         elif k in (b"X", b"B", b"Z", b"D"):
             self._drain_child()
             self._kill({b"X": ("soft", SOFT_RESET), b"B": ("hard", HARD_RESET),

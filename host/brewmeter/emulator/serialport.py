@@ -161,6 +161,9 @@ class Serial:
                 return
             self._child_write(data[start:i])
             self._ctrl_c()
+            if self._hold:  # what follows waits for the interrupt
+                self._input(data[i + 1:])
+                return
             start = i + 1
 
     def _ctrl_c(self) -> None:
@@ -173,11 +176,18 @@ class Serial:
         # The interrupt char is set: raised as KeyboardInterrupt where the interpreter can
         # take it, as the ESP32's UART interrupt schedules it: at the board's next poll of
         # its pins (machine.py), else as SIGINT, which the unix port raises wherever it lands.
+        # The input after it waits meanwhile, as in the UART's buffer: it is the REPL's.
         if self._intr_pending is None and self._bus_send(b"I\n"):
             self._intr_pending = proc
+            self._hold = True
             self._loop.call_later(INTR_FALLBACK_S, self._intr_fallback, proc)
         elif self._intr_pending is None:
             self._sigint(proc)
+
+    def _intr_taken(self) -> None:
+        """Bus "i": the board raised the Ctrl-C."""
+        self._intr_pending = None
+        self._release_input()
 
     def _intr_fallback(self, proc: subprocess.Popen[bytes]) -> None:
         if self._intr_pending is not proc:  # raised (bus "i"), or another boot since
@@ -185,6 +195,8 @@ class Serial:
         self._intr_pending = None
         self._bus_send(b"U\n")
         self._sigint(proc)
+        if self._proc is proc:
+            self._release_input()
 
     def _sigint(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None or not _sigint_caught(proc.pid):

@@ -47,9 +47,8 @@ _counters = {}  # gpio -> [Counter]
 _lock = _thread.allocate_lock()  # one thread at a time drains the bus (a Timer has its own)
 _term = None  # the stream given to dupterm()
 _heap_due = False  # the supervisor asked for the heap while it was locked
-# A Ctrl-C to raise as KeyboardInterrupt in the main thread at its next poll: as the ESP32's
-# UART interrupt schedules it (mp_sched_keyboard_interrupt), never raised inside a garbage
-# collection, where the unix port's SIGINT handler would leave the heap locked for good.
+# A Ctrl-C, raised in the main thread at its next poll as the ESP32's UART schedules it, not
+# inside a collection (where the unix port's SIGINT would leave the heap locked for good).
 _intr_due = False
 _main = _thread.get_ident()
 
@@ -311,9 +310,7 @@ def reset_cause():
 
 
 def reset():
-    _send(b"B\n")
-    while True:  # the supervisor kills this process and boots a new one
-        time.sleep(1)
+    _halt(b"B\n")
 
 
 def soft_reset():
@@ -322,9 +319,7 @@ def soft_reset():
 
 
 def deepsleep(time_ms=0):
-    _send(b"D %d\n" % time_ms)
-    while True:
-        time.sleep(1)
+    _halt(b"D %d\n" % time_ms)
 
 
 def lightsleep(time_ms=None):
@@ -394,7 +389,7 @@ def _report(kind, v):
 
 
 def _halt(msg):
-    # Soft reset, power loss: the supervisor kills this process and boots the next one.
+    # Reset, deep sleep, soft reset, power loss: the supervisor kills this process.
     _send(msg)
     while True:
         time.sleep(1)
