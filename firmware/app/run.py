@@ -67,9 +67,9 @@ def load_sync(prov):
 
     url = prov["cloud_url"]
     try:
-        return tls.context(prov["ca_cert"]) if url.startswith("https://") else None
+        return tls.context(prov.pop("ca_cert")) if url.startswith("https://") else None
     finally:
-        _unload("tls")  # needed once, for the context
+        _unload("tls")  # needed once, for the context, as is the CA certificate
 
 
 def start_sync(device, prov, ssl):
