@@ -45,6 +45,12 @@ def _serve(listener: socket.socket) -> None:
             req = b""
             while b"\r\n\r\n" not in req:
                 req += conn.recv(1024)
+            # The body too, as a server does: closing with unread bytes sends a reset, which
+            # can discard the reply before the client reads it.
+            head, _, body = req.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(1024)
             reply = REPLIES[req.split()[1]]
             if req.split()[1] == b"/drip":
                 for b in reply:
