@@ -133,10 +133,11 @@ class Store:
             if len(copies) == 2 and _newer(copies[1], copies[0]):
                 copies.reverse()
             for i, fmt, seq, hlen, head, f in copies:
-                if f.seek(0, 2) > _MAX_FILE:  # the size, from littlefs's metadata: no read
+                size = f.seek(0, 2)  # from littlefs's metadata: no read
+                if size > _MAX_FILE:
                     continue
                 f.seek(len(head))
-                data = head + f.read()
+                data = head + f.read(size - len(head))  # never more than was checked
                 body = data[:-4]
                 if len(data) >= hlen + 4 and crc32(body) == struct.unpack(
                         "<I", data[-4:])[0]:
