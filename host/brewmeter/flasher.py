@@ -46,6 +46,14 @@ for p in %s:
 """
 
 
+def _locked(text: str) -> bool:
+    return "locked: unlock with --pin" in text  # the app's answer to mpremote's Ctrl-A
+
+
+def _no_repl(text: str) -> bool:
+    return "could not enter raw repl" in text or "could not exec" in text
+
+
 class Flasher:
     def __init__(self, port: str, dry_run: bool = False, out=sys.stdout,
                  pin: str | None = None) -> None:
@@ -69,8 +77,7 @@ class Flasher:
             # A board caught restarting (a reset, the watchdog, the app coming back from
             # the REPL) misses mpremote's Ctrl-C and Ctrl-A, or the start of its command:
             # one more try, as a person would (every command flash.sh sends can be repeated).
-            if not (again and p.returncode and "locked: unlock with --pin" not in text
-                    and ("could not enter raw repl" in text or "could not exec" in text)):
+            if not (again and p.returncode and not _locked(text) and _no_repl(text)):
                 break
             print(f"{self.port}: no REPL answered (restarting?); trying once more",
                   file=self.out)
@@ -78,9 +85,9 @@ class Flasher:
         if p.returncode != 0 and check:
             if "No space" in text or "ENOSPC" in text or "Errno 28" in text:
                 raise FlashError(f"{self.port}: the device's flash is full")
-            if "locked: unlock with --pin" in text:  # the app's answer to mpremote's Ctrl-A
+            if _locked(text):
                 raise FlashError(f"{self.port}: locked: unlock with --pin")
-            if "could not enter raw repl" in text or "could not exec" in text:
+            if _no_repl(text):
                 said = [x for x in p.stdout.splitlines()  # mpremote prints what it got
                         if x.startswith(("b'", 'b"')) and len(x) > 3]
                 raise FlashError(f"{self.port}: no MicroPython REPL answers there: is it "
