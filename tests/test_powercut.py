@@ -48,6 +48,19 @@ def test_sampled_cut_points_under_micropython_littlefs(profile_module, events):
     assert s.failures == []
 
 
+def test_the_wear_at_a_mark_is_the_wear_of_the_run_up_to_it(profile_module, events):
+    # brewmeter bench tells the first boot's wear (directories, first copies) from use's by a
+    # mark: what the flash and the counts were at that script time, on MicroPython's littlefs.
+    k = len(events) // 2
+    mark_ms = events[k][0]
+    k = next(i for i, e in enumerate(events) if e[0] >= mark_ms)
+    whole = sweep.flashrun(board_path("emulator"), events, "store", 512, mark_ms=mark_ms)[0]
+    half = sweep.flashrun(board_path("emulator"), events[:k], "store", 512)[0]
+    assert whole["mark"] == [half["erases"], half["bytes_programmed"], half["final"][0]]
+    assert 0 < half["final"][0] < whole["final"][0]
+    assert whole["mark"][1] < whole["bytes_programmed"]
+
+
 def test_the_checks_catch_a_lost_and_a_doubled_brew():
     # The checker itself must fail on bad recoveries, or a green sweep means nothing.
     base = {"cut_event": 3, "durable": [5, 1, 100, 1000], "ram": [6, 1, 150, 2000],

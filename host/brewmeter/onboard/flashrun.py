@@ -1,8 +1,9 @@
 # Runs the firmware's storage on MicroPython's own littlefs (vfs.VfsLfs2) over the emulated NOR
 # flash, under the unix port:
-#     micropython flashrun.py FIRMWARE PROFILE EVENTS.jsonl MODE BLOCKS [CUT[:tear] ...]
+#     micropython flashrun.py FIRMWARE PROFILE EVENTS.jsonl MODE BLOCKS [CUT[:tear] ...] [mark:MS]
 # MODE "store" is the firmware as it is; "json" and "log" swap its counters file for the two
-# baselines `brewmeter bench` compares it with. Without CUTs: one run, its wear as JSON. With
+# baselines `brewmeter bench` compares it with. Without CUTs: one run, its wear as JSON (with
+# mark:MS, also the wear and brews at script time MS, to tell first boot from use). With
 # CUTs: one power-cut run per program/erase index, its checks' inputs as a JSON line each.
 # MODE "recovery": after the run, fill the outbox, power-cycle, and report the bytes the
 # mount and the boot read from flash.
@@ -41,12 +42,14 @@ def _log_baseline(device):
 
 def _recovery_read(profile, flash, t):
     """Boot reads with a full outbox (the largest state there is), at the worst moment:
-    littlefs scans a directory's whole metadata log on each lookup, and the counters' log
-    grows with every save until littlefs compacts it. So: a month of days of 16 saves, a
-    power cycle after each; the most the recovery (Device.recover: counters and outbox)
-    read, the most littlefs's mount read before it, and the most the consumables' state read
-    after it (Device.load_supplies: counting does not wait for that)."""
+    littlefs scans a directory's whole metadata log on each lookup, and each log grows with
+    every save until littlefs compacts it. So: a month of days of 16 saves and a power
+    cycle, with what a boot would read after each save; the most the recovery
+    (Device.recover: counters and outbox) read, the most littlefs's mount read before it,
+    and the most the consumables' state read after it (Device.load_supplies: counting does
+    not wait for that)."""
     import powercut
+    from app.device import Device
     from app.outbox import MAX_EVENTS
 
     device = powercut.boot(profile, _mount(flash)[0], "/flash", t, {})
@@ -58,18 +61,16 @@ def _recovery_read(profile, flash, t):
         for _ in range(16):
             device.meter.c.brews[0] += 1
             device.save(t)
-        flash.reset_stats()
-        fs = _mount(flash)[0]
-        worst_mount = max(worst_mount, flash.bytes_read)
-        from app.device import Device
-
-        flash.reset_stats()
-        d = Device(profile, fs, root="/flash")
-        d.recover()
-        worst_boot = max(worst_boot, flash.bytes_read)
-        flash.reset_stats()
-        d.load_supplies()
-        worst_supplies = max(worst_supplies, flash.bytes_read)
+            flash.reset_stats()
+            fs = _mount(flash)[0]
+            worst_mount = max(worst_mount, flash.bytes_read)
+            flash.reset_stats()
+            d = Device(profile, fs, root="/flash")
+            d.recover()
+            worst_boot = max(worst_boot, flash.bytes_read)
+            flash.reset_stats()
+            d.load_supplies()
+            worst_supplies = max(worst_supplies, flash.bytes_read)
         device = powercut.boot(profile, fs, "/flash", t + day, {})
     return worst_boot, worst_mount, worst_supplies
 
@@ -99,13 +100,16 @@ def main(argv):
             events.append(json.loads(line))
     mode = argv[4]
     patch = {"json": _json_baseline, "log": _log_baseline}.get(mode)
-    cuts = [int(a.split(":")[0]) for a in argv[6:]]
-    tears = [a.endswith(":tear") for a in argv[6:]]
+    marks = [int(a[5:]) for a in argv[6:] if a.startswith("mark:")]
+    args = [a for a in argv[6:] if not a.startswith("mark:")]
+    cuts = [int(a.split(":")[0]) for a in args]
+    tears = [a.endswith(":tear") for a in args]
     base = norflash.NorFlash(block_count=int(argv[5]))  # 512: the ESP32's 2 MiB partition
     vfs.VfsLfs2.mkfs(base)
     image = base.snapshot()
     if not cuts:
-        r = powercut.run(profile, events, base, _mount, None, patch)
+        r = powercut.run(profile, events, base, _mount, None, patch,
+                         marks[0] if marks else None)
         r.update(bytes_programmed=base.bytes_programmed, erases=base.erases,
                  bytes_read=base.bytes_read)
         if mode == "recovery":

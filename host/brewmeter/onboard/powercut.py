@@ -30,10 +30,12 @@ def _outbox(device):
     return [e["id"] for e in device.outbox.events if e["kind"] != "fault"]
 
 
-def _play(device, events, start, flash, levels):
+def _play(device, events, start, flash, levels, mark=None):
     """Feed events[start:] to the device until the flash dies. Returns the index of the
     event during which it died, or None. `levels` follows the script's input levels. The
-    device is online: every SYNC_MS of script time the cloud acknowledges its report."""
+    device is online: every SYNC_MS of script time the cloud acknowledges its report.
+    `mark`: [t] gets the flash's erases, bytes programmed and the brews appended at the
+    first event at or after script time t."""
     meter = device.meter
     synced = events[start][0] // SYNC_MS if start < len(events) else 0
 
@@ -42,6 +44,8 @@ def _play(device, events, start, flash, levels):
 
     for k in range(start, len(events)):
         t, op, a, b = events[k]
+        if mark is not None and len(mark) == 1 and t >= mark[0]:
+            mark += [flash.erases, flash.bytes_programmed, _totals(device)[0]]
         tw = replay.ticks(t)
         _wall[0] = WALL0 + t // 1000
         if op == replay.LEVEL:
@@ -94,9 +98,10 @@ def _record(device, store, durable):
     store.write = recording_write
 
 
-def run(profile, events, flash, mount, cut_at=None, patch=None):
+def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None):
     """Play `events` (sorted) on `flash` (formatted, power on); with `cut_at`, the power
-    fails at that program/erase. Returns a dict of what the checks need."""
+    fails at that program/erase. Returns a dict of what the checks need; with `mark_ms`,
+    also "mark": the flash's erases, bytes programmed and the brews at that script time."""
     flash.reset_stats()
     flash.cut_after = cut_at
     fs, root = mount(flash)
@@ -104,9 +109,12 @@ def run(profile, events, flash, mount, cut_at=None, patch=None):
     durable = {"totals": [0, 0, 0, 0], "outbox": []}
     t0 = events[0][0]
     device = boot(profile, fs, root, replay.ticks(t0), durable, patch)
-    k = _play(device, events, 0, flash, levels)
+    mark = None if mark_ms is None else [mark_ms]
+    k = _play(device, events, 0, flash, levels, mark)
     out = {"ops": flash.ops, "cut_event": k, "durable": durable["totals"],
            "durable_outbox": durable["outbox"]}
+    if mark is not None:
+        out["mark"] = mark[1:]
     if k is None:
         out["final"] = _totals(device)
         out["final_outbox"] = _outbox(device)

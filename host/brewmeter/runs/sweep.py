@@ -134,13 +134,16 @@ def sweep_cpython(profile: Profile, events: list, window_ms: int,
 
 
 def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
-             timeout: float = 600) -> list[dict]:
+             timeout: float = 600, mark_ms: int | None = None) -> list[dict]:
     """Run onboard/flashrun.py under the MicroPython unix port: the firmware's storage on
-    MicroPython's own littlefs. One JSON result per run."""
+    MicroPython's own littlefs. One JSON result per run; without `cuts`, `mark_ms` adds the
+    flash's erases, bytes programmed and the brews at that script time ("mark")."""
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d) / "events.jsonl"
         ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
         argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
+        if mark_ms is not None:
+            argv.append(f"mark:{mark_ms}")
         code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
                 f"sys.path.append({str(mp.ONBOARD)!r}); import flashrun; flashrun.main({argv!r})")
         out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
