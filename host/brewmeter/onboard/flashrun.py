@@ -54,7 +54,7 @@ def _recovery_read(profile, flash, t):
 
     device = powercut.boot(profile, _mount(flash)[0], "/flash", t, {})
     for i in range(MAX_EVENTS):
-        device.outbox.add({"kind": "filter_changed", "cycle": i, "ml": 150000 + i,
+        device.add_event({"kind": "filter_changed", "cycle": i, "ml": 150000 + i,
                            "pump_ms": 36000000, "brews": 1500, "age_s": 15552000})
     worst_mount = worst_boot = worst_supplies = 0
     for day in range(30):
