@@ -112,12 +112,13 @@ def flash_wear() -> dict[str, float]:
     for mode, prefix in (("recovery", "flash"), ("json", "baseline_json"),
                          ("log", "baseline_log")):
         r = flashrun(board_path("emulator"), events, mode, 512, mark_ms=DAY_MS)[0]
-        erases, programmed, brews = r["mark"]
-        brews = r["final"][0] - brews
-        out[f"{prefix}_bytes_per_brew"] = round((r["bytes_programmed"] - programmed) / brews, 1)
-        out[f"{prefix}_erases_per_brew"] = round((r["erases"] - erases) / brews, 4)
+        first_erases, first_programmed, first_brews = r["mark"]  # the first boot's day
+        brews = r["final"][0] - first_brews
+        out[f"{prefix}_bytes_per_brew"] = round(
+            (r["bytes_programmed"] - first_programmed) / brews, 1)
+        out[f"{prefix}_erases_per_brew"] = round((r["erases"] - first_erases) / brews, 4)
         if mode == "recovery":
-            out["flash_first_day_erases"] = erases
+            out["flash_first_day_erases"] = first_erases
             out["recovery_read_bytes"] = r["recovery_read_bytes"]
             out["mount_read_bytes"] = r["mount_read_bytes"]
             out["supplies_read_bytes"] = r["supplies_read_bytes"]
