@@ -4,6 +4,9 @@ runs it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from brewmeter import standins
 from brewmeter.harness import load_profile
@@ -53,3 +56,19 @@ async def http(cloud):
 
     async with aiohttp.ClientSession(cloud.url) as s:
         yield s
+
+
+@pytest.fixture
+def no_narrowing(monkeypatch):
+    """umask 0, and no chmod of any kind: a file's mode is the one it was created with, so a
+    0600 file was never readable by others, not even for a moment (write, then chmod fails)."""
+    def refused(*a, **k):
+        raise AssertionError("a secret file narrowed after it was made")
+
+    old = os.umask(0)
+    for name in ("chmod", "fchmod", "lchmod"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refused)
+    monkeypatch.setattr(Path, "chmod", refused)
+    yield
+    os.umask(old)

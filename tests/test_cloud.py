@@ -743,3 +743,26 @@ async def test_closed_months_keep_their_lines_and_late_usage_is_an_adjustment(
     assert [(a["month"], a["brews"], a["amount_cents"]) for a in inv["adjustments"]] == \
         [("2026-03", 3, 105)]
     assert inv["brews"] == 13 and inv["total_cents"] == 13 * 35
+
+
+def test_the_ledger_and_sqlites_files_beside_it_are_0600_from_the_first_byte(tmp_path,
+                                                                             no_narrowing):
+    db = tmp_path / "ledger.db"
+    ledger = Ledger(db)
+    ledger.add_device(DEV, KEY)  # a write: the WAL and its index exist now
+    siblings = [tmp_path / f"ledger.db{s}" for s in ("-wal", "-shm")]
+    for f in (db, *siblings):
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    ledger.close()
+
+
+def test_a_ledger_from_before_is_narrowed_to_its_owner_when_opened(tmp_path):
+    db = tmp_path / "ledger.db"
+    Ledger(db).close()
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)  # as a cloud before this one left it (sqlite's default mode)
+    ledger = Ledger(db)
+    ledger.add_device(DEV, KEY)
+    assert {f.name: f.stat().st_mode & 0o777 for f in tmp_path.iterdir()} == {
+        "ledger.db": 0o600, "ledger.db-wal": 0o600, "ledger.db-shm": 0o600}
+    ledger.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
@@ -78,3 +79,35 @@ def test_keys_are_hex_in_either_case():
     assert check_provision(p, "f")["key"] == "AB" * 32
     with pytest.raises(FlashError, match="64 hex digits"):
         check_provision({**p, "key": "G" * 64}, "f")
+
+
+async def test_provisioning_files_are_0600_from_their_first_byte(tmp_path, no_narrowing):
+    from brewmeter import provision
+
+    out = tmp_path / "out"
+    async with CloudServer(":memory:") as cloud:
+        args = argparse.Namespace(count=2, prefix="sec", start=1, out=str(out),
+                                  admin_token=cloud.admin_token, admin_token_file=None,
+                                  ca_cert=None, wifi_ssid="shop", ntp=None, cloud=cloud.url)
+        files = await asyncio.to_thread(provision.new, args, {"BREWMETER_WIFI_PASSWORD": "pw"})
+    assert [f.name for f in files] == ["sec-001.json", "sec-002.json"]
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f
+        assert load_provision(str(f))["device_id"] == f.stem
+    assert out.stat().st_mode & 0o777 == 0o700  # the folder it made: nobody else lists it
+
+
+async def test_a_link_where_a_file_goes_is_refused_and_nothing_written_through_it(tmp_path):
+    from brewmeter import provision
+
+    out, stolen = tmp_path / "out", tmp_path / "stolen.json"
+    out.mkdir()
+    (out / "ln-001.json").symlink_to(stolen)  # dangling: exists() says no
+    async with CloudServer(":memory:") as cloud:
+        args = argparse.Namespace(count=1, prefix="ln", start=1, out=str(out),
+                                  admin_token=cloud.admin_token, admin_token_file=None,
+                                  ca_cert=None, wifi_ssid="shop", ntp=None, cloud=cloud.url)
+        with pytest.raises(provision.ProvisionError, match="already exists"):
+            await asyncio.to_thread(provision.new, args, {})
+        assert cloud.ledger.device("ln-001") is None  # refused before registering
+    assert not stolen.exists()

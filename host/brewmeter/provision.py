@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from brewmeter.flashfiles import FlashError, check_provision
+from brewmeter.private import write_new
 
 TOKEN_ENV = "BREWMETER_ADMIN_TOKEN"
 WIFI_ENV = "BREWMETER_WIFI_PASSWORD"
@@ -112,7 +113,7 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
     out = Path(args.out)
     ids = device_ids(args.prefix, args.count, args.start)
     files = [out / f"{i}.json" for i in ids]
-    there = [str(f) for f in files if f.exists()]
+    there = [str(f) for f in files if os.path.lexists(f)]  # a link too, even a dangling one
     if there:
         raise ProvisionError(f"{there[0]} already exists: its key would be lost; choose "
                              f"another --out, --prefix or --start")
@@ -137,12 +138,16 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
     if taken:
         raise ProvisionError(f"the cloud already knows {', '.join(taken[:5])}: registering "
                              f"again would replace its key; choose another --prefix or --start")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = []
     for p, f in zip(provs, files, strict=True):
         admin.register(p["device_id"], p["key"])
-        f.write_text(json.dumps(p, indent=1) + "\n")
-        f.chmod(0o600)  # it holds the device's key and PIN
+        try:  # it holds the device's key and PIN: 0600 from the first byte
+            write_new(f, json.dumps(p, indent=1) + "\n")
+        except FileExistsError:
+            raise ProvisionError(f"{f} appeared while provisioning: not overwritten; "
+                                 f"{p['device_id']}'s key is registered but not written, "
+                                 "provision it again under another id") from None
         written.append(f)
     return written
 

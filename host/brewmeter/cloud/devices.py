@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from brewmeter.cloud import auth, billing
@@ -27,6 +28,7 @@ from brewmeter.cloud.tables import (
     MAX_OVERLAP_S,
     SCHEMA,
 )
+from brewmeter.private import SQLITE_SIBLINGS, keep_private
 
 
 class Devices(Part):
@@ -37,6 +39,8 @@ class Devices(Part):
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the
         # module's implicit ones. check_same_thread=False: the server calls from its worker
         # thread; the lock serializes every call.
+        if self.path not in ("", ":memory:"):  # it holds the devices' keys in clear
+            keep_private(Path(self.path), SQLITE_SIBLINGS)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                              timeout=self.busy_timeout_s)
         db.execute("PRAGMA journal_mode=WAL")
