@@ -71,10 +71,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
 def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
     """Every valid device id becomes the one provisioned device (another would simply be
     unknown); an invalid one (a negative case) stays as generated."""
-    from brewmeter.cloud import auth
+    from brewmeter.cloud.shared import protocol as P
 
-    if path_parameters and isinstance(path_parameters.get("id"), str) and \
-            auth.DEVICE_ID.fullmatch(path_parameters["id"]):
+    if path_parameters and P.is_device_id(path_parameters.get("id")):
         path_parameters["id"] = DEVICE
     return path_parameters
 

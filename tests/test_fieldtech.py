@@ -67,6 +67,33 @@ def test_counters_status_filter_and_report(flashed, capsys, tmp_path):
     assert name in capsys.readouterr().out and (tmp_path / name).is_file()
 
 
+def test_a_device_id_that_is_no_device_id_names_no_report_file(flashed, tmp_path, capsys,
+                                                                monkeypatch):
+    """A device whose id says "../../x" (its provisioning rewritten by hand): `report`
+    refuses the file name it would make, and writes nothing anywhere."""
+    board, f = flashed
+    port = board.serial_port
+    good = f.read_files("provision.json")["provision.json"]
+    assert good is not None
+    (tmp_path / "p.json").write_text(json.dumps(json.loads(good) | {"device_id": "../../x"}))
+    f.mpremote("fs", "cp", str(tmp_path / "p.json"), ":provision.json")
+    here = tmp_path / "visit" / "here"
+    here.mkdir(parents=True)
+    try:
+        f.restart()
+        assert fieldtech.ask(port, "status")["device_id"] == "../../x"
+        monkeypatch.chdir(here)
+        assert cli.main(["report", "--port", port]) == 2
+        err = capsys.readouterr().err
+        assert "the device reports the id '../../x', which is no device id" in err, err
+        assert "nothing written" in err
+        assert sorted(x.name for x in tmp_path.rglob("*")) == ["here", "p.json", "visit"]
+    finally:
+        (tmp_path / "p.json").write_text(good)
+        f.mpremote("fs", "cp", str(tmp_path / "p.json"), ":provision.json")
+        f.restart()
+
+
 @pytest.mark.slow
 def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):
     with Board(tmp_path / "flash.img", board_profile="emulator") as board:

@@ -27,6 +27,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_supervisor.py::test_detail_names_the_task_and_cuts_the_message",
     "test_sync.py::test_schedule_coalesces_usage_reports_daily_and_backs_off",
     "test_sync.py::test_parse_url",
+    "test_sync.py::test_device_id_rule",
 ]
 
 

@@ -123,3 +123,27 @@ def test_the_documents_contract_rules_are_the_protocols():
         assert f"`{st}`" in flat, st
     assert P.refused(400) and P.refused(401) and P.refused(301)
     assert not (P.refused(200) or P.refused(409) or P.refused(429) or P.refused(503))
+
+
+def test_one_device_id_rule_in_the_document_flash_sh_the_cloud_and_the_field_tools():
+    from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
+    from test_sync import BAD_IDS, GOOD_IDS
+
+    pattern = DOC["components"]["parameters"]["DeviceId"]["schema"]["pattern"]
+    assert f"`{pattern.strip('^$')}`" in TEXT  # the prose states the same rule
+    for i in GOOD_IDS + BAD_IDS:
+        ok = P.is_device_id(i)
+        assert ok == (i in GOOD_IDS), i
+        assert (isinstance(i, str) and re.fullmatch(pattern, i) is not None) == ok, i
+        try:
+            auth.check_device_id(i)  # type: ignore[arg-type]
+            cloud = True
+        except ValueError:
+            cloud = False
+        try:
+            check_provision(emulator_provision() | {"device_id": i}, "p.json")
+            flash = True
+        except FlashError as e:
+            assert "field 'device_id'" in str(e)
+            flash = False
+        assert cloud == flash == ok, i

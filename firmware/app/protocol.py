@@ -116,6 +116,12 @@ def is_name(s):
     return isinstance(s, str) and 0 < len(s) <= MAX_NAME and all(ch in NAME_CHARS for ch in s)
 
 
+def is_device_id(s):
+    # 3..MAX_NAME of NAME_CHARS, a letter or digit first: it goes into URL paths, the
+    # signed message and file names (a visit report's), so never "/", "." or a leading "-".
+    return is_name(s) and len(s) > 2 and s[0] not in "-_"
+
+
 def cut(text):
     """`text` within MAX_TEXT characters, as every reason and message the device sends."""
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."

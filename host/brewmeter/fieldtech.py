@@ -14,6 +14,8 @@ from typing import Any
 import serial
 
 from brewmeter import ports
+from brewmeter.cloud.auth import DEVICE_ID_RULE
+from brewmeter.cloud.shared import protocol as P
 
 
 class NoBrewmeter(ports.PortError):
@@ -160,6 +162,10 @@ def report(port: str, out: Path | None = None, force: bool = False) -> Path:
         doc[what] = ask(port, what)
     if out is None:
         dev = doc["status"].get("device_id") if isinstance(doc["status"], dict) else None
+        if dev is not None and not P.is_device_id(dev):  # "../x" would write elsewhere
+            raise ReportError(f"the device reports the id {str(dev)[:40]!r}, which is no device "
+                              f"id ({DEVICE_ID_RULE}): nothing written; give --out FILE to "
+                              f"keep its report")
         out = Path(f"{dev or 'device'}-{now.date().isoformat()}.json")
     try:
         with out.open("w" if force else "x") as f:

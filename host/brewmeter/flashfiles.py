@@ -62,6 +62,7 @@ def chip_matches(chip: str, platform: str, machine: str) -> bool:
 def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     """The provisioning file's fields, checked for `board`; raises FlashError naming the
     field."""
+    from brewmeter.cloud.auth import DEVICE_ID_RULE
     from brewmeter.cloud.shared import protocol as P
 
     def bad(field: str, why: str) -> FlashError:
@@ -74,8 +75,8 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     for k in p:
         if k not in known:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{3,32}", str(p.get("device_id", ""))):
-        raise bad("device_id", "3-32 of A-Z a-z 0-9 _ -")
+    if not P.is_device_id(p.get("device_id")):
+        raise bad("device_id", DEVICE_ID_RULE)
     if not re.fullmatch(r"[0-9a-fA-F]{64}", str(p.get("key", ""))):
         raise bad("key", "32 random bytes as 64 hex digits (either case)")
     if "key_id" in p and not P.is_name(p["key_id"]):  # sent as protocol.KEY_HEADER
