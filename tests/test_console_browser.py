@@ -304,3 +304,20 @@ def test_the_operator_sees_the_fleet_and_a_months_invoice(month, page, shots):
     page.screenshot(path=shots / "machine-phone.png", full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
     assert date.fromisoformat(max(month.brews_by_date)) > date(2026, 2, 1)
+
+
+def test_the_operator_revokes_an_owners_token_from_the_owners_page(month, page, shots):
+    url, ledger = month.cloud.url, month.cloud.ledger
+    carol = ledger.add_owner("carol")
+    assert api(url, "GET", "/v1/devices", carol) == 200
+    sign_in(page, url, month.cloud.admin_token)
+    page.click("header a[href='/console/owners']")
+    row = "#owners tr:has-text('carol')"
+    assert "valid" in page.inner_text(row)
+    page.click(row + " button:has-text('Revoke token')")
+    page.wait_for_url(url + "/console/owners?done=revoked&name=carol")
+    assert "carol's token is revoked" in page.inner_text("[role=status]")
+    assert "revoked" in page.inner_text(row)
+    assert "token revoked for owner carol" in page.inner_text("#audit")
+    page.screenshot(path=shots / "owners.png", full_page=True)
+    assert api(url, "GET", "/v1/devices", carol) == 401

@@ -136,3 +136,55 @@ async def test_the_operator_sees_every_machine(cloud):
             assert r.status == 200 and "no plan" in await r.text()
         async with http.get(f"/console/machines/{BOB_DEV}/invoice?month=March") as r:
             assert r.status == 400
+
+
+async def test_a_new_token_or_a_revoke_ends_every_session_of_the_old_one(cloud):
+    token = cloud.ledger.add_owner("alice")
+    alice1, _ = await signed_in(cloud, token)
+    alice2, _ = await signed_in(cloud, token)  # a second browser
+    async with alice1, alice2:
+        cloud.ledger.add_owner("alice")  # a new token (as POST /v1/admin/owners gives)
+        for http in (alice1, alice2):
+            async with http.get("/console/", allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/console/signin"
+            async with http.post(f"/console/machines/{ALICE_DEV}/pause",
+                                 data={"paused": "1"}) as r:
+                assert r.status == 403
+    assert not cloud.ledger.rules(ALICE_DEV)["paused"]
+
+    alice, _ = await signed_in(cloud, cloud.ledger.add_owner("alice"))
+    op, csrf = await signed_in(cloud, cloud.admin_token)
+    async with alice, op:
+        async with op.get("/console/") as r:
+            assert 'href="/console/owners"' in await r.text()  # the operator's header
+        async with op.get("/console/owners") as r:
+            page = await r.text()
+        assert 'action="/console/owners/alice/revoke"' in page
+        async with op.post("/console/owners/alice/revoke", data={"csrf": "guess"}) as r:
+            assert r.status == 403  # the form's CSRF token, as every form
+        async with alice.get("/console/") as r:
+            assert r.status == 200 and ALICE_DEV in await r.text()  # still signed in
+        async with op.post("/console/owners/alice/revoke", data={"csrf": csrf}) as r:
+            page = await r.text()
+        assert r.status == 200 and "alice&#39;s token is revoked" in page
+        assert "token revoked for owner alice" in page  # the owners' audit log
+        async with alice.get("/console/", allow_redirects=False) as r:
+            assert r.status == 303  # her session ended with her token
+        async with op.post("/console/owners/nobody/revoke", data={"csrf": csrf}) as r:
+            assert r.status == 404
+    (entry, *_) = cloud.ledger.audit_log(None)
+    assert (entry["who"], entry["action"], entry["detail"]) == (
+        "operator", "owner", "token revoked for owner alice")
+    assert cloud.ledger.owner_of(ALICE_DEV) == "alice"
+
+
+async def test_an_owner_cannot_see_the_owners_page_or_revoke(cloud):
+    http, csrf = await signed_in(cloud, cloud.ledger.add_owner("alice"))
+    async with http:
+        async with http.get("/console/") as r:
+            assert "/console/owners" not in await r.text()
+        async with http.get("/console/owners") as r:
+            assert r.status == 403 and "operator" in await r.text()
+        async with http.post("/console/owners/bob/revoke", data={"csrf": csrf}) as r:
+            assert r.status == 403
+    assert [o["revoked"] for o in cloud.ledger.owners()] == [False, False]

@@ -84,11 +84,13 @@ async def test_an_owner_cannot_provision_configure_price_or_assign(cloud, http):
             ("PUT", f"/v1/admin/devices/{ALICE_DEV}/config", {"settings": {}}),
             ("PUT", f"/v1/admin/devices/{ALICE_DEV}/plan", {"price_per_brew": 0.3}),
             ("PUT", f"/v1/admin/devices/{BOB_DEV}/owner", {"owner": "alice"}),
-            ("POST", "/v1/admin/owners", {"name": "mallory"})):
+            ("POST", "/v1/admin/owners", {"name": "mallory"}),
+            ("DELETE", "/v1/admin/owners/bob/token", None)):
         st, out = await call(http, method, path, alice, body)
         assert st == 403 and "operator" in out["error"], path
     assert cloud.ledger.device("bm-new01") is None
     assert cloud.ledger.owner_of(BOB_DEV) == "bob"
+    assert [o["revoked"] for o in cloud.ledger.owners()] == [False, False]
     st, _ = await call(http, "GET", "/v1/devices", "not-a-token")
     assert st == 401
 
@@ -146,3 +148,31 @@ async def test_pause_and_rules_go_out_as_desired_config_and_resume_restores(clou
         st, out = await call(http, "PUT", base, alice, bad)
         assert st == 400 and out["error"], bad
     assert cloud.ledger.device(ALICE_DEV)["config"]["desired"]["version"] == 3
+
+
+async def test_the_operator_revokes_an_owners_token_and_the_audit_log_says_so(cloud, http):
+    alice, bob = await owners(http, cloud)
+    st, out = await call(http, "DELETE", "/v1/admin/owners/alice/token", cloud.admin_token)
+    assert (st, out) == (200, {"name": "alice", "revoked": True})
+    assert (await call(http, "GET", "/v1/devices", alice))[0] == 401
+    assert (await call(http, "GET", f"/v1/devices/{ALICE_DEV}", alice))[0] == 401
+    assert (await call(http, "GET", "/v1/devices", bob))[0] == 200  # only alice's
+    assert cloud.ledger.owner_of(ALICE_DEV) == "alice"  # her machine stays hers
+    assert [(o["name"], o["revoked"]) for o in cloud.ledger.owners()] == [
+        ("alice", True), ("bob", False)]
+    for name, code in (("nobody", 404), ("not%20a%20name", 400)):
+        st, out = await call(http, "DELETE", f"/v1/admin/owners/{name}/token",
+                             cloud.admin_token)
+        assert st == code and out["error"], name
+    # A new token brings her back; the revoked one stays dead.
+    st, out = await call(http, "POST", "/v1/admin/owners", cloud.admin_token, {"name": "alice"})
+    assert (await call(http, "GET", "/v1/devices", out["token"]))[1] == {"devices": [ALICE_DEV]}
+    assert (await call(http, "GET", "/v1/devices", alice))[0] == 401
+    log = [(e["who"], e["detail"]) for e in cloud.ledger.audit_log(None)]
+    assert log == [("operator", "token issued for owner alice"),
+                   ("operator", "token revoked for owner alice"),
+                   ("operator", "token issued for owner bob"),
+                   ("operator", "token issued for owner alice")]
+    cloud.ledger.reopen()  # a restarted cloud keeps the revoke
+    assert cloud.ledger.owner_of_token(alice) is None
+    assert cloud.ledger.owner_of_token(out["token"]) == "alice"

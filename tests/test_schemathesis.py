@@ -63,7 +63,7 @@ def test_the_document_and_the_server_agree(tmp_path):
             env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         out = run.stdout + run.stderr
         assert run.returncode == 0, out[-6000:]
-        assert "Tested: 19" in out and "19/19" in out  # every operation
+        assert "Tested: 20" in out and "20/20" in out  # every operation
     finally:
         cloud.terminate()
         cloud.wait(10)

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS audit (
     device TEXT, action TEXT NOT NULL, detail TEXT NOT NULL);
 """
 OPERATOR = "operator"
+# A revoked owner's token_hash: never a SHA-256 in hex, so no token matches it (and the column
+# stays NOT NULL and UNIQUE, as in a ledger from before).
+REVOKED = "revoked:"
 # The settings an owner may set: the order rules the device applies (firmware app/orders.py).
 RULES = ("lead_days", *("auto_" + i for i in ITEMS), "ask_first", "orders_month")
 
@@ -80,8 +83,13 @@ class Owners(Part):
 
     def _load_owners(self, db: sqlite3.Connection) -> None:
         db.executescript(SCHEMA)
-        self._tokens = dict(db.execute("SELECT token_hash, name FROM owners"))
+        self._load_tokens(db)
         self._owned = dict(db.execute("SELECT device, owner FROM owner_devices"))
+
+    def _load_tokens(self, db: sqlite3.Connection) -> None:
+        self._tokens = dict(db.execute("SELECT token_hash, name FROM owners WHERE "
+                                       "substr(token_hash, 1, ?) != ?",
+                                       (len(REVOKED), REVOKED)))
 
     def add_owner(self, name: str, who: str = OPERATOR) -> str:
         """Create owner `name`, or give them a new token (the old one stops working).
@@ -94,11 +102,35 @@ class Owners(Part):
                        "ON CONFLICT DO UPDATE SET token_hash=excluded.token_hash",
                        (name, h, self.now()))
             self._audit(db, who, None, "owner", f"token issued for owner {name}")
-            self._tokens = dict(db.execute("SELECT token_hash, name FROM owners"))
+            self._load_tokens(db)
         return token
 
+    def revoke_owner(self, name: str, who: str = OPERATOR) -> None:
+        """Owner `name`'s token stops working (bearer and console sessions alike); their
+        machines stay theirs, and add_owner gives them a new token. UnknownOwner."""
+        with self._tx() as db:
+            if db.execute("UPDATE owners SET token_hash=? WHERE name=?",
+                          (REVOKED + name, name)).rowcount == 0:
+                raise UnknownOwner(name)
+            self._audit(db, who, None, "owner", f"token revoked for owner {name}")
+            self._load_tokens(db)
+
     def owner_of_token(self, token: str) -> str | None:
-        return self._tokens.get(token_hash(token))
+        return self.owner_of_token_hash(token_hash(token))
+
+    def owner_of_token_hash(self, h: str) -> str | None:
+        """The owner whose current token hashes to `h` (None after a new one, or a revoke)."""
+        return self._tokens.get(h)
+
+    def owners(self) -> list[dict[str, Any]]:
+        """Every owner: name, since when, whether their token is revoked, their machines."""
+        with self._lock:
+            rows = self.db.execute("SELECT name, created, token_hash FROM owners "
+                                   "ORDER BY name").fetchall()
+            owned = dict(self.db.execute("SELECT owner, count(*) FROM owner_devices "
+                                         "GROUP BY owner"))
+        return [{"name": n, "since": _iso(t), "revoked": h.startswith(REVOKED),
+                 "machines": owned.get(n, 0)} for n, t, h in rows]
 
     def owner_of(self, device_id: str) -> str | None:
         return self._owned.get(device_id)
@@ -188,11 +220,11 @@ class Owners(Part):
         with self._tx() as db:
             self._audit(db, who, device_id, action, detail)
 
-    def audit_log(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The device's changes, newest first."""
+    def audit_log(self, device_id: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """The device's changes, newest first (None: the owners' tokens, of no device)."""
         with self._lock:
             rows = self.db.execute("SELECT id, at, who, action, detail FROM audit WHERE "
-                                   "device=? ORDER BY id DESC LIMIT ?",
+                                   "device IS ? ORDER BY id DESC LIMIT ?",
                                    (device_id, limit)).fetchall()
         return [{"id": i, "at": _iso(t), "who": w, "action": a, "detail": d}
                 for i, t, w, a, d in rows]

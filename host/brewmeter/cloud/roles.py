@@ -3,7 +3,8 @@ operator (the maker: the admin token; every machine, provisioning, plans, owners
 owner (a token made by the operator; only the machines assigned to them: their orders,
 rules, invoices). An owner asking for another owner's machine hears 404, as for a machine
 that does not exist; an owner on an operator's endpoint hears 403. The JSON endpoints for
-owners, assignments, rules and the audit log are here too."""
+owners (a token issued or revoked: the operator's alone), assignments, rules and the audit
+log are here too."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from brewmeter.cloud.ledger import Ledger, UnknownDevice
-from brewmeter.cloud.owners import OPERATOR, UnknownOwner, check_owner_name
+from brewmeter.cloud.owners import OPERATOR, UnknownOwner, check_owner_name, token_hash
 from brewmeter.cloud.report import loads
 
 LEDGER = web.AppKey("ledger", Ledger)  # set by server.make_app
@@ -38,6 +39,14 @@ def who_is(app: web.Application, token: str) -> str | None:
         return OPERATOR
     owner = app[LEDGER].owner_of_token(token) if token else None
     return None if owner is None else "owner:" + owner
+
+
+def holds(app: web.Application, who: str, h: str) -> bool:
+    """Whether the token hashing to `h` still makes its bearer `who`: a console session keeps
+    only that hash, so a new token for the owner, or a revoke, ends the session at once."""
+    if who == OPERATOR:
+        return hmac.compare_digest(h, token_hash(app[ADMIN_TOKEN]))
+    return "owner:" + (app[LEDGER].owner_of_token_hash(h) or "") == who
 
 
 def may_see(app: web.Application, who: str, device_id: str) -> bool:
@@ -79,6 +88,21 @@ async def post_owner(request: web.Request) -> web.Response:
     assert isinstance(name, str)
     token = await request.app[CALL](request.app[LEDGER].add_owner, name, who)
     return web.json_response({"name": name, "token": token}, status=201)
+
+
+async def delete_owner_token(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/owners/{name}/token: the owner's token stops working, their console
+    sessions end; their machines stay assigned (POST /v1/admin/owners gives a new token)."""
+    who = require(request, operator=True)
+    name = request.match_info["name"]
+    try:
+        check_owner_name(name)
+        await request.app[CALL](request.app[LEDGER].revoke_owner, name, who)
+    except ValueError as e:
+        raise Refused(400, str(e)) from None
+    except UnknownOwner:
+        raise Refused(404, "unknown owner") from None
+    return web.json_response({"name": name, "revoked": True})
 
 
 async def put_owner(request: web.Request) -> web.Response:
@@ -143,6 +167,7 @@ async def put_rules(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/admin/owners", post_owner)
+    r.add_delete("/v1/admin/owners/{name}/token", delete_owner_token)
     r.add_put("/v1/admin/devices/{id}/owner", put_owner)
     r.add_get("/v1/devices", get_devices)
     r.add_get("/v1/devices/{id}/audit", get_audit)

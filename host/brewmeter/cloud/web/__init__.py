@@ -19,8 +19,8 @@ import jinja2
 from aiohttp import web
 
 from brewmeter.cloud.ledger import StateConflict, UnknownDevice, UnknownOrder
-from brewmeter.cloud.owners import OPERATOR, RULES
-from brewmeter.cloud.roles import CALL, LEDGER, may_see, who_is
+from brewmeter.cloud.owners import OPERATOR, RULES, UnknownOwner, token_hash
+from brewmeter.cloud.roles import CALL, LEDGER, holds, may_see, who_is
 from brewmeter.cloud.web import views
 
 COOKIE = "brewmeter_session"
@@ -31,6 +31,7 @@ REFRESH_S = 5  # pages reload themselves this often
 @dataclass
 class Session:
     who: str
+    token: str  # the SHA-256 of the token signed in with: it must still be `who`'s
     csrf: str
     until: float
 
@@ -69,8 +70,14 @@ def _page(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web
 
 
 def _session(request: web.Request) -> Session | None:
-    s = request.app[SESSIONS].get(request.cookies.get(COOKIE, ""))
+    """The request's session while it lasts and its token is still its holder's: a new
+    token for the owner, or a revoke, ends every session signed in with the old one."""
+    sid = request.cookies.get(COOKIE, "")
+    s = request.app[SESSIONS].get(sid)
     if s is None or s.until < time.monotonic():
+        return None
+    if not holds(request.app, s.who, s.token):
+        del request.app[SESSIONS][sid]
         return None
     return s
 
@@ -131,8 +138,8 @@ async def signin(request: web.Request) -> web.Response:
     sessions, now = request.app[SESSIONS], time.monotonic()
     for old in [k for k, v in sessions.items() if v.until < now]:  # expired: forget them
         del sessions[old]
-    sessions[sid] = Session(who, secrets.token_urlsafe(24),
-                                         time.monotonic() + SESSION_S)
+    sessions[sid] = Session(who, token_hash(token), secrets.token_urlsafe(24),
+                            time.monotonic() + SESSION_S)
     resp = web.HTTPSeeOther("/console/")
     resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/",
                     max_age=SESSION_S, secure=request.scheme == "https")
@@ -167,6 +174,23 @@ async def machine_page(request: web.Request) -> web.Response:
                  notice=NOTICES.get(request.query.get("done", "")), m=data)
 
 
+def _operator(request: web.Request) -> Session:
+    s = _signed_in(request)
+    if s.who != OPERATOR:
+        raise web.HTTPForbidden(text="the operator's page: an owner's token may not use it")
+    return s
+
+
+async def owners_page(request: web.Request) -> web.Response:
+    _operator(request)
+    ledger = request.app[LEDGER]
+    owners = await request.app[CALL](ledger.owners)
+    log = await request.app[CALL](ledger.audit_log, None)
+    done = request.query.get("done", "")
+    return _page(request, "owners.html", owners=owners, audit=log,
+                 notice=NOTICES.get(done, "").format(name=request.query.get("name", "")))
+
+
 async def invoice_page(request: web.Request) -> web.Response:
     s = _signed_in(request)
     dev = _machine_id(request, s)
@@ -184,7 +208,9 @@ async def invoice_page(request: web.Request) -> web.Response:
 NOTICES = {"approved": "Order approved: it is placed now.", "declined": "Order declined.",
            "paused": "All ordering paused: the machine stops ordering after its next sync.",
            "resumed": "Ordering resumed: the machine applies it after its next sync.",
-           "rules": "Rules saved: the machine applies them after its next sync."}
+           "rules": "Rules saved: the machine applies them after its next sync.",
+           "revoked": "{name}'s token is revoked: their sessions and API calls end now; "
+                      "POST /v1/admin/owners gives them a new one."}
 
 
 def _back(dev: str, done: str) -> web.HTTPSeeOther:
@@ -240,6 +266,19 @@ async def set_rules(request: web.Request) -> web.Response:
     raise _back(dev, "rules")
 
 
+async def revoke(request: web.Request) -> web.Response:
+    s, _ = await _form(request)
+    assert s is not None
+    if s.who != OPERATOR:
+        raise web.HTTPForbidden(text="the operator's page: an owner's token may not use it")
+    name = request.match_info["name"]
+    try:
+        await request.app[CALL](request.app[LEDGER].revoke_owner, name, s.who)
+    except UnknownOwner:
+        raise web.HTTPNotFound(text="unknown owner") from None
+    raise web.HTTPSeeOther(f"/console/owners?done=revoked&name={name}")
+
+
 @web.middleware
 async def error_pages(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
     """A refusal or an error on a console page is a page too (the status kept)."""
@@ -269,6 +308,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/console/", fleet_page)
     r.add_get("/console/machines/{id}", machine_page)
     r.add_get("/console/machines/{id}/invoice", invoice_page)
+    r.add_get("/console/owners", owners_page)
+    r.add_post("/console/owners/{name}/revoke", revoke)
     r.add_post("/console/machines/{id}/orders/{order}/{decision:approve|decline}", decide)
     r.add_post("/console/machines/{id}/pause", pause)
     r.add_post("/console/machines/{id}/rules", set_rules)
