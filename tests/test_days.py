@@ -65,6 +65,38 @@ def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path
                                  {"day": 20_002, "brews_total": 1}]
 
 
+def test_a_power_cut_at_boot_leaves_no_brew_without_its_day_bucket(profile, tmp_path):
+    import pytest
+    from brewmeter.standins.hostfs import DirFS
+
+    fs = DirFS(tmp_path)
+    d = Device(profile, fs)  # the clock never known: brews go to the boot's undated bucket
+    d.boot(1, 0)
+    for _ in range(3):
+        d.meter.c.brews[0] += 1
+        d.event(BREW, 0, 0)
+
+    class PowerCut(Exception):
+        pass
+
+    d2 = Device(profile, fs)  # the next boot moves them into the history: two writes
+    writes = []
+    for store in (d2.store, d2.state):
+        def write(name, payload, write=store.write):
+            writes.append(name)
+            if len(writes) > 1:
+                raise PowerCut  # the power fails after the boot's first write
+            write(name, payload)
+
+        store.write = write
+    with pytest.raises(PowerCut):
+        d2.boot(1, 0)
+    d3 = Device(profile, fs)
+    d3.boot(1, 0)
+    assert d3.meter.c.total_brews() == 3
+    assert d3.days.buckets() == [{"boot": 1, "at_ms": 0, "brews_total": 3}]
+
+
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
     from datetime import date
 

@@ -97,8 +97,10 @@ class Device:
         self.meter.boot(cause)
         self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._confirmed)
         self._second = now
-        self.save(now)
+        # The history first, as day_tick: Days took an earlier boot's undated brews out of
+        # the counters, and a cut between the two writes must not lose their bucket.
         self.save_days()
+        self.save(now)
         self.load_supplies()
         if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
             self.supplies.fresh = not self.save_supplies()

@@ -134,6 +134,11 @@ class Script:
         self._emit(replay.FILTER, 0, wall)
         return self.wait(10)
 
+    def reboot(self) -> Script:
+        """The machine switched off and on again (a clean power cycle, no cut)."""
+        self._emit(replay.REBOOT, 0)
+        return self
+
     def random_step(self, rng: random.Random, max_wait_ms: int = 3_600_000) -> Script:
         """One random thing the machine's sensors might do, then a random pause: mostly
         brews, some rinses, bounce, idle flow, powered time and filter changes."""

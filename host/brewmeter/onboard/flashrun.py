@@ -1,10 +1,12 @@
 # Runs the firmware's storage on MicroPython's own littlefs (vfs.VfsLfs2) over the emulated NOR
 # flash, under the unix port:
 #     micropython flashrun.py FIRMWARE PROFILE EVENTS.jsonl MODE BLOCKS [CUT[:tear] ...] [mark:MS]
+#                             [noclock]
 # MODE "store" is the firmware as it is; "json" and "log" swap its counters file for the two
 # baselines `brewmeter bench` compares it with. Without CUTs: one run, its wear as JSON (with
 # mark:MS, also the wear and brews at script time MS, to tell first boot from use). With
 # CUTs: one power-cut run per program/erase index, its checks' inputs as a JSON line each.
+# noclock: NTP never answers (the wall clock stays unknown).
 # MODE "recovery": after the run, fill the outbox, power-cycle, and report the bytes the
 # mount and the boot read from flash.
 import json
@@ -101,7 +103,8 @@ def main(argv):
     mode = argv[4]
     patch = {"json": _json_baseline, "log": _log_baseline}.get(mode)
     marks = [int(a[5:]) for a in argv[6:] if a.startswith("mark:")]
-    args = [a for a in argv[6:] if not a.startswith("mark:")]
+    clock = "noclock" not in argv[6:]
+    args = [a for a in argv[6:] if not a.startswith("mark:") and a != "noclock"]
     cuts = [int(a.split(":")[0]) for a in args]
     tears = [a.endswith(":tear") for a in args]
     base = norflash.NorFlash(block_count=int(argv[5]))  # 512: the ESP32's 2 MiB partition
@@ -109,7 +112,7 @@ def main(argv):
     image = base.snapshot()
     if not cuts:
         r = powercut.run(profile, events, base, _mount, None, patch,
-                         marks[0] if marks else None)
+                         marks[0] if marks else None, clock)
         r.update(bytes_programmed=base.bytes_programmed, erases=base.erases,
                  bytes_read=base.bytes_read)
         if mode == "recovery":
@@ -124,7 +127,7 @@ def main(argv):
         flash = None
         gc.collect()  # the previous run's flash image: the heap holds one at a time
         flash = norflash.NorFlash.from_bytes(image, tear=tear)
-        r = powercut.run(profile, events, flash, _mount, cut, patch)
+        r = powercut.run(profile, events, flash, _mount, cut, patch, clock=clock)
         r["cut"] = cut
         r["tear"] = tear
         print(json.dumps(r))

@@ -2,7 +2,8 @@
 # outbox, persistence policy) on littlefs over an emulated NOR flash, with the power cut at
 # the flash's N-th program/erase; then a reboot from what the flash holds and the rest of the
 # day. Runs under CPython (littlefs-python) and the MicroPython unix port (vfs.VfsLfs2); the
-# caller passes `mount(flash) -> (fs, root)` for its interpreter.
+# caller passes `mount(flash) -> (fs, root)` for its interpreter. The wall clock is either
+# known from the start (NTP answered) or never (every brew in an undated bucket of its boot).
 try:
     from brewmeter.onboard import replay  # CPython
 except ImportError:
@@ -14,10 +15,30 @@ REBOOT_MS = 1000  # power comes back a second after the cut
 SYNC_MS = 3600000  # the cloud acknowledges what the device reported, hourly (online)
 WALL0 = 1767571200  # script time 0 on the wall clock (a Monday, 00:00 UTC): NTP has answered
 _wall = [WALL0]
+_clock = [True]  # False: NTP never answers, the wall clock stays unknown (0)
+_cloud = {}  # the day buckets the cloud has stored: key -> brews (it keeps the highest)
 
 
 def _now():
-    return _wall[0]
+    return _wall[0] if _clock[0] else 0
+
+
+def _key(b):
+    return ("fold", b["fold"]) if "fold" in b else ("day", b["day"]) if "day" in b else (
+        "boot", b["boot"])
+
+
+def _billed(device):
+    """Brews in day buckets, the cloud's and the device's: every lifetime brew should be in
+    one, exactly once (a brew in none is lost to billing though the counters hold it)."""
+    days = device.days
+    sent = days.sent
+    held = dict(_cloud)
+    for b in days.buckets():
+        k = _key(b)
+        held[k] = max(held.get(k, 0), b["brews_total"])
+    days.sent = sent  # (buckets() records what a report carried: none was sent)
+    return sum(held.values())
 
 
 def _totals(device):
@@ -60,17 +81,35 @@ def _play(device, events, start, flash, levels, mark=None):
         device.tick(tw)
         if t // SYNC_MS != synced and not flash.dead:
             synced = t // SYNC_MS
-            device.days_acked(device.days.buckets(), False)  # as app.syncer: one write
+            sent = device.days.buckets()
+            for bucket in sent:  # the cloud stored them
+                key = _key(bucket)
+                _cloud[key] = max(_cloud.get(key, 0), bucket["brews_total"])
+            device.days_acked(sent, False)  # as app.syncer: one write
             device.ack([e["id"] for e in device.outbox.events])
             device.save_days()
-        if flash.dead:
+        if flash.dead or op == replay.REBOOT:
             return k
     return None
 
 
-def boot(profile, fs, root, now, durable, patch=None):
+def _live(profile, events, start, flash, mount, levels, durable, device, mark=None, patch=None):
+    """Play events[start:] on `device`, switching it off and on at each scripted power
+    cycle, until the flash dies or the day ends. Returns the device and the index of the
+    event during which the flash died, or None."""
+    while True:
+        k = _play(device, events, start, flash, levels, mark)
+        if k is None or flash.dead:
+            return device, k
+        fs, root = mount(flash)  # a clean power cycle: every write done
+        device = boot(profile, fs, root, replay.ticks(events[k][0]), durable, patch, levels)
+        start = k + 1
+
+
+def boot(profile, fs, root, now, durable, patch=None, levels=()):
     """A Device whose completed writes are recorded in `durable`: what a cut cannot undo.
-    `patch(device)` may swap its storage for a baseline's (see flashrun.py)."""
+    `patch(device)` may swap its storage for a baseline's (see flashrun.py). Its inputs
+    start at `levels`."""
     device = Device(profile, fs, root=root)
     device.wall = _now
     if patch:
@@ -78,6 +117,8 @@ def boot(profile, fs, root, now, durable, patch=None):
     for store in (device.store, device.state):
         _record(device, store, durable)
     device.boot(1, now)
+    for i, level in enumerate(levels):
+        device.meter.sample(i, level, now)
     return device
 
 
@@ -85,7 +126,8 @@ def _record(device, store, durable):
     write = store.write
 
     def recording_write(name, payload):
-        durable["writing"] = name  # what a cut now interrupts
+        if durable.get("writing") is None:  # (after a cut: the one it interrupted)
+            durable["writing"] = name  # what a cut now interrupts
         write(name, payload)  # raises if the write did not complete
         durable["writing"] = None
         if device.meter is None:
@@ -98,10 +140,13 @@ def _record(device, store, durable):
     store.write = recording_write
 
 
-def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None):
+def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None, clock=True):
     """Play `events` (sorted) on `flash` (formatted, power on); with `cut_at`, the power
-    fails at that program/erase. Returns a dict of what the checks need; with `mark_ms`,
-    also "mark": the flash's erases, bytes programmed and the brews at that script time."""
+    fails at that program/erase; with `clock` False, the wall clock is never known. Returns a
+    dict of what the checks need; with `mark_ms`, also "mark": the flash's erases, bytes
+    programmed and the brews at that script time."""
+    _clock[0] = clock
+    _cloud.clear()
     flash.reset_stats()
     flash.cut_after = cut_at
     fs, root = mount(flash)
@@ -110,13 +155,14 @@ def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None):
     t0 = events[0][0]
     device = boot(profile, fs, root, replay.ticks(t0), durable, patch)
     mark = None if mark_ms is None else [mark_ms]
-    k = _play(device, events, 0, flash, levels, mark)
+    device, k = _live(profile, events, 0, flash, mount, levels, durable, device, mark, patch)
     out = {"ops": flash.ops, "cut_event": k, "durable": durable["totals"],
            "durable_outbox": durable["outbox"]}
     if mark is not None:
         out["mark"] = mark[1:]
     if k is None:
         out["final"] = _totals(device)
+        out["final_billed"] = _billed(device)
         out["final_outbox"] = _outbox(device)
         return out
     out["cut_op"] = flash.cut_op
@@ -129,6 +175,7 @@ def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None):
     t_boot = events[k][0] + REBOOT_MS
     device = boot(profile, fs, root, replay.ticks(t_boot), {})
     out["recovered"] = _totals(device)
+    out["recovered_billed"] = _billed(device)
     out["recovered_outbox"] = _outbox(device)
     out["faults"] = [f[0] for f in device.faults]
     rest = k + 1
@@ -145,6 +192,7 @@ def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None):
     for t, op, a, b in events[rest:]:
         replay.step(ref, t, op, a, b)
     out["after"] = [ref.c.total_brews(), ref.c.rinses, ref.c.water_ml, ref.c.pump_ms]
-    _play(device, events, rest, flash, levels)
+    device = _live(profile, events, rest, flash, mount, levels, {}, device)[0]
     out["final"] = _totals(device)
+    out["final_billed"] = _billed(device)
     return out

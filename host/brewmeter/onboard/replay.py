@@ -2,7 +2,8 @@
 # would feed it. Runs under CPython (the harness) and MicroPython (fidelity tests, heap bench):
 #     micropython replay.py FIRMWARE_DIR PROFILE.json EVENTS.jsonl
 # An event is [t_ms, op, a, b] (t unwrapped): op 0 = input a goes to level b; op 1 = a flow
-# pulses; op 2 = a seconds of powered time; op 3 = filter change at wall clock b.
+# pulses; op 2 = a seconds of powered time; op 3 = filter change at wall clock b; op 4 = the
+# power switched off and on (every write done: no cut), which the counting core alone ignores.
 try:
     from time import ticks_add, ticks_diff  # MicroPython's, or the installed stand-ins'
 except ImportError:  # CPython without the stand-ins: the same arithmetic
@@ -12,6 +13,7 @@ LEVEL = 0
 PULSES = 1
 POWERED = 2
 FILTER = 3
+REBOOT = 4
 
 # ticks_ms wrap at 2**30 ms on the ESP32 (31-bit small ints) but at 2**62 on the 64-bit unix
 # port. Script time t maps to ticks so that both wrap at the same script time, 2**30 ms.

@@ -24,9 +24,11 @@ if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
 
 
-def day(profile: Profile, seed: int = 0, brews: int = 24) -> Script:
+def day(profile: Profile, seed: int = 0, brews: int = 24, clock: bool = True) -> Script:
     """A busy day: brews of every kind, rinses, contact bounce, idle flow, a long hot-water
-    run (flushed mid-run), and a filter change at noon."""
+    run (flushed mid-run), and a filter change at noon. With `clock` False (NTP never
+    answers), the filter change is undated and the machine is switched off and on in the
+    afternoon: that boot moves the morning's undated brews into the history."""
     rng = random.Random(seed)
     s = Script(profile)
     s.wait(7 * 3_600_000)
@@ -38,11 +40,13 @@ def day(profile: Profile, seed: int = 0, brews: int = 24) -> Script:
             s.bounce(kind, rng.randrange(2, profile.debounce_ms))
         s.brew(kind, rng.uniform(30, 220), rng.uniform(profile.min_brew_s, 45))
         if i == brews // 2:
-            s.filter_change(1_800_000_000 + s.t // 1000)
+            s.filter_change(1_800_000_000 + s.t // 1000 if clock else 0)
         if i == brews // 3:
             s.run(kind, 150, ml=900)  # descaling rinse: one long run, saved mid-way
         if i % 9 == 5:
             s.idle_flow(rng.uniform(5, 40))
+        if not clock and i == brews * 2 // 3:
+            s.wait(60_000).reboot()
         s.wait(rng.randrange(30_000, 1_500_000))
     return s.settle()
 
@@ -50,8 +54,8 @@ def day(profile: Profile, seed: int = 0, brews: int = 24) -> Script:
 @dataclass
 class Summary:
     cuts: int = 0
-    lost: int = 0  # durable brews missing after recovery
-    doubled: int = 0  # brews after recovery that were never counted
+    lost: int = 0  # durable brews missing after recovery, or brews in no day bucket
+    doubled: int = 0  # brews after recovery that were never counted, or billed twice
     wrong_after: int = 0  # recovery right, but the rest of the day miscounted
     window_exceeded: int = 0  # water/pump lost beyond the flush window
     outbox_lost: int = 0
@@ -75,10 +79,13 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
         bad.append("no cut happened")
     else:
         dur, rec, ram = r["durable"], r["recovered"], r["ram"]
-        if rec[0] < dur[0] or rec[1] < dur[1]:
+        # Billing: the brews in day buckets (the cloud's and the device's) against the
+        # lifetime brews, after the recovery and at the end of the day.
+        billed = (r["recovered_billed"] - rec[0], r["final_billed"] - r["final"][0])
+        if rec[0] < dur[0] or rec[1] < dur[1] or min(billed) < 0:
             summary.lost += 1
             bad.append("lost")
-        if rec[0] > ram[0] or rec[1] > ram[1]:
+        if rec[0] > ram[0] or rec[1] > ram[1] or max(billed) > 0:
             summary.doubled += 1
             bad.append("doubled")
         if any(x < d for x, d in zip(rec[2:], dur[2:], strict=True)) or ram[3] - rec[3] > window_ms:
@@ -104,46 +111,52 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
     if "recovered" in r:
         k["counts_lost"] += sum(max(0, d - x) for d, x in zip(r["durable"][:2],
                                                               r["recovered"][:2], strict=True))
+        k["counts_lost"] += max(0, r["recovered"][0] - r["recovered_billed"])  # no bucket
 
 
-def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS) -> tuple[int, bytes]:
+def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS,
+              clock: bool = True) -> tuple[int, bytes]:
     """Program/erase operations in the uncut day, and the formatted image the runs start from."""
     from brewmeter.onboard import powercut  # the firmware's Device: once the stand-ins are in
 
     flash = NorFlash(block_count=blocks)
     lfs.format(flash)
     image = flash.snapshot()
-    r = powercut.run(profile, events, flash, lfsfs.mount)
+    r = powercut.run(profile, events, flash, lfsfs.mount, clock=clock)
     return r["ops"], image
 
 
 def sweep_cpython(profile: Profile, events: list, window_ms: int,
-                  cuts: Iterable[int] | None = None) -> Summary:
-    """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs."""
+                  cuts: Iterable[int] | None = None, clock: bool = True) -> Summary:
+    """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs; with
+    `clock` False, NTP never answers."""
     from brewmeter.onboard import powercut
 
-    ops, image = count_ops(profile, events)
+    ops, image = count_ops(profile, events, clock=clock)
     summary = Summary()
     for k in cuts or range(1, ops + 1):
         for tear in (False, True):
             flash = NorFlash.from_bytes(image, tear=tear)
-            r = powercut.run(profile, events, flash, lfsfs.mount, cut_at=k)
+            r = powercut.run(profile, events, flash, lfsfs.mount, cut_at=k, clock=clock)
             r.update(cut=k, tear=tear)
             check(r, window_ms, summary)
     return summary
 
 
 def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
-             timeout: float = 600, mark_ms: int | None = None) -> list[dict]:
+             timeout: float = 600, mark_ms: int | None = None, clock: bool = True) -> list[dict]:
     """Run onboard/flashrun.py under the MicroPython unix port: the firmware's storage on
     MicroPython's own littlefs. One JSON result per run; without `cuts`, `mark_ms` adds the
-    flash's erases, bytes programmed and the brews at that script time ("mark")."""
+    flash's erases, bytes programmed and the brews at that script time ("mark"); with
+    `clock` False, NTP never answers."""
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d) / "events.jsonl"
         ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
         argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
         if mark_ms is not None:
             argv.append(f"mark:{mark_ms}")
+        if not clock:
+            argv.append("noclock")
         code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
                 f"sys.path.append({str(mp.ONBOARD)!r}); import flashrun; flashrun.main({argv!r})")
         out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
@@ -153,21 +166,22 @@ def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Ite
 
 
 def sweep_micropython(profile_path: Path, profile: Profile, events: list, window_ms: int,
-                      sample: int, seed: int = 0) -> Summary:
+                      sample: int, seed: int = 0, clock: bool = True) -> Summary:
     """A sample of cut points, torn and not, under the MicroPython unix port's own littlefs."""
-    ops = flashrun(profile_path, events, "store", SWEEP_BLOCKS)[0]["ops"]
+    ops = flashrun(profile_path, events, "store", SWEEP_BLOCKS, clock=clock)[0]["ops"]
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, ops + 1), min(sample, ops)))
     args = [f"{k}:tear" if i % 2 else str(k) for i, k in enumerate(cuts)]
     summary = Summary()
-    for r in flashrun(profile_path, events, "store", SWEEP_BLOCKS, args):
+    for r in flashrun(profile_path, events, "store", SWEEP_BLOCKS, args, clock=clock):
         check(r, window_ms, summary)
     return summary
 
 
 def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
     """The sweep as CI runs it (one busy day, every cut, plus a MicroPython sample), or with
-    `exhaustive` several days and boards, every cut under both interpreters."""
+    `exhaustive` several days and boards, every cut under both interpreters; each with the
+    clock known (NTP answered) and, as "..._noclock", never known."""
     from app.device import FLUSH_S
 
     from brewmeter.harness import board_path, load_profile
@@ -175,22 +189,29 @@ def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
     window_ms = FLUSH_S * 1000 + 2500  # + the scripted flow's 2 s reporting granularity
     boards = ["emulator", "esp32-generic"] if exhaustive else ["emulator"]
     seeds = range(4) if exhaustive else range(1)
-    out: dict = {"cpython": Summary(), "micropython": Summary()}
+    out: dict = {name: Summary() for name in CASES}
     for board in boards:
         profile = load_profile(board)
         for seed in seeds:
-            events = sorted(day(profile, seed).events)
-            _merge(out["cpython"], sweep_cpython(profile, events, window_ms))
-            sample = 10_000 if exhaustive else mp_sample
-            _merge(out["micropython"], sweep_micropython(board_path(board), profile, events,
-                                                          window_ms, sample, seed))
+            for clock, tail in ((True, ""), (False, "_noclock")):
+                events = sorted(day(profile, seed, clock=clock).events)
+                _merge(out["cpython" + tail],
+                       sweep_cpython(profile, events, window_ms, clock=clock))
+                sample = 10_000 if exhaustive else mp_sample
+                _merge(out["micropython" + tail],
+                       sweep_micropython(board_path(board), profile, events, window_ms, sample,
+                                         seed, clock))
     return out
+
+
+# The sweep's cases: each interpreter, with the clock known and never known.
+CASES = ("cpython", "micropython", "cpython_noclock", "micropython_noclock")
 
 
 # What each count means, for `brewmeter powercut`'s table.
 MEANS = (("cuts", "power cuts, one at each flash operation"),
-         ("lost", "brews saved before the cut but missing after"),
-         ("doubled", "brews counted after the cut that never happened"),
+         ("lost", "cuts losing a saved brew, or a brew's day bucket"),
+         ("doubled", "cuts counting a brew that never was, or billing twice"),
          ("wrong_after", "recoveries after which the rest of the day was miscounted"),
          ("window_exceeded", "cuts losing water or pump time beyond the flush window"),
          ("outbox_lost", "saved events missing from the outbox after the cut"))
@@ -201,9 +222,9 @@ def text(out: dict[str, dict[str, int]], failures: int,
     """Each interpreter's cuts and what they did, what each kind of flash operation cut did,
     then one plain PASS/FAIL line."""
     names = list(out)
-    rows = [f"{'':<58}" + "".join(f"{n:>12}" for n in names)]
+    rows = [f"{'':<58}" + "".join(f"{n:>21}" for n in names)]
     for key, means in MEANS:
-        rows.append(f"{means:<58}" + "".join(f"{out[n][key]:>12}" for n in names))
+        rows.append(f"{means:<58}" + "".join(f"{out[n][key]:>21}" for n in names))
     cuts = sum(out[n]["cuts"] for n in names)
     rows.append("")
     if by_op:
