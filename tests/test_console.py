@@ -113,7 +113,7 @@ def _console(profile, tmp_path, pin="246810"):
 
 def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
     con = _console(profile, tmp_path)
-    assert "wrong PIN" in con.feed(b"filter change --pin 1111\n")
+    assert "wrong PIN" in con.feed(b"filter change --pin 111111\n")
     assert con.device.meter.c.filters == 0
     assert "filter changed" in con.feed(b"filter change --pin 246810\n")
     assert con.device.meter.c.filters == 1
@@ -132,8 +132,8 @@ def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
 def test_five_wrong_pins_lock_for_five_minutes_across_a_reboot(profile, tmp_path):
     con = _console(profile, tmp_path)
     for _ in range(4):
-        assert "tries left" in con.feed(b"filter change --pin 0000\n", now=1000)
-    assert "locked for 300 s" in con.feed(b"filter change --pin 0000\n", now=2000)
+        assert "tries left" in con.feed(b"filter change --pin 000000\n", now=1000)
+    assert "locked for 300 s" in con.feed(b"filter change --pin 000000\n", now=2000)
     assert "locked" in con.feed(b"filter change --pin 246810\n", now=3000)  # even the right one
     con2 = _console(profile, tmp_path)  # a reboot
     assert "locked" in con2.feed(b"filter change --pin 246810\n", now=0)
@@ -225,3 +225,92 @@ def test_filter_shows_its_limits_which_hard_water_brings_closer(console, profile
     f = json.loads(console.feed(b"filter --json\n"))
     assert f["due_at_litres"] == profile.filter_litres / 2
     assert f["due_at_months"] == profile.filter_months
+
+
+def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(profile, tmp_path):
+    con = _console(profile, tmp_path)
+    for line in ("refill coffee", "refill coffee --pin", "config set sync_interval_s 900",
+                 "sync --pin 12", "refill filter --pin 12345x", "reboot --pin 123456789",
+                 "service unlock --pin -123456"):
+        out = con.feed(line.encode() + b"\n")
+        assert "usage:" in out and "6-8 digits" in out and "no try spent" in out, (line, out)
+    assert con.device.pin_fails == [0, 0] and con.device.meter.c.filters == 0
+    assert con.device.config == {}
+    assert "wrong PIN (4 tries left)" in con.feed(b"refill coffee --pin 000000\n")
+
+
+def test_numbers_a_person_types_get_a_range_not_an_internal_error(console):
+    for n in ("99999999999999999999", "1000", "-1", "x"):
+        out = console.feed(f"events {n}\n".encode())
+        assert out.startswith("error: usage: events [N], N a number from 0 to 999"), out
+    assert console.feed(b"events 999 --json\n") == "[]\n"
+
+
+def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profile, tmp_path):
+    # The same lines on MicroPython's own ints and str (a huge slice index overflows there).
+    from brewmeter import mp
+    from brewmeter.harness import board_path
+
+    code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+            "from app.profile import parse\n"
+            "from app.device import Device\n"
+            "from app.store import DeviceFS\n"
+            "from app.console import Console\n"
+            f"p = parse(open({str(board_path('emulator'))!r}).read(), 'emulator')\n"
+            f"d = Device(p, DeviceFS(), root={str(tmp_path)!r}); d.boot(1, 0)\n"
+            f"con = Console(d, pin={pin_hash('246810', iterations=50)!r})\n"
+            "for line in (b'refill coffee', b'sync --pin 12', b'events 99999999999999999999',"
+            " b'refill coffee --pin 000000'):\n"
+            "    print(repr(con.feed(line + b'\\n')))\n"
+            "print('FAILS', d.pin_fails)\n")
+    out = mp.run(["-c", code]).splitlines()
+    assert "usage:" in out[0] and "no try spent" in out[0] and "usage:" in out[1], out
+    assert "usage: events [N]" in out[2] and "internal" not in out[2], out
+    assert "wrong PIN (4 tries left)" in out[3] and out[4] == "FAILS [1, 0]", out
+
+
+@pytest.mark.parametrize("fails", [0, 4])
+def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(profile,
+                                                                          monkeypatch, fails):
+    """The try is on flash before the hash says anything: wherever the power fails during
+    a wrong PIN's check (real littlefs, cut at each program/erase), if the PIN was hashed
+    while the device still ran (it could have answered), the reboot still counts the try."""
+    from app import service
+    from brewmeter.emulator import lfs, lfsfs
+    from brewmeter.onboard.norflash import NorFlash
+
+    flash = NorFlash(block_count=64)
+    lfs.format(flash)
+
+    def boot(flash):
+        fs, root = lfsfs.mount(flash)
+        d = Device(profile, fs, root=root)
+        d.boot(1, 0)
+        return d
+
+    d = boot(flash)
+    d.set_service_lock(0, [fails, 0])
+    image = flash.snapshot()
+    rec = pin_hash("246810", iterations=50)
+    hashed_alive = []
+    real = service.pbkdf2
+    monkeypatch.setattr(service, "pbkdf2", lambda *a: hashed_alive.append(not flash.dead)
+                        or real(*a))
+    want = [[fails + 1, 0], 0] if fails < 4 else [[0, 1], 300]
+    k = 0
+    while True:
+        k += 1
+        flash = NorFlash.from_bytes(image)
+        d = boot(flash)
+        hashed_alive.clear()
+        flash.cut_after = k
+        with pytest.raises(ValueError, match="wrong PIN"):
+            service.PinGuard(d, rec).check("135790", 1000)
+        if not flash.dead:  # the check did fewer than k flash operations: all cut
+            assert k > 1 and [boot(flash).pin_fails, d.service_lock] == want
+            break
+        flash.power_on()
+        after = boot(flash)
+        assert hashed_alive == [True] or after.pin_fails == [fails, 0], k
+        if hashed_alive == [True]:
+            assert [after.pin_fails, after.service_lock] == want, k

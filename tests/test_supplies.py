@@ -279,7 +279,7 @@ def test_console_lists_consumables_and_refills_need_the_pin(machine):
     assert d["coffee"]["used"] == 30 and d["coffee"]["capacity"] == 100
     assert d["coffee"]["pct"] == 70 and d["coffee"]["order"] == "none"
     assert d["coffee"]["days"] == pytest.approx(7.0, abs=0.5)  # 70 left at 10 a day
-    assert "wrong PIN" in m.console("refill coffee --pin 0000")
+    assert "wrong PIN" in m.console("refill coffee --pin 000000")
     assert "refill ITEM" in m.console("refill beans --pin 246810")
     assert "coffee refilled" in m.console("refill coffee --pin 246810")
     assert json.loads(m.console("consumables --json"))["coffee"]["used"] == 0

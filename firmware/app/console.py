@@ -227,8 +227,8 @@ def _supply(v):
 def _events(con, args, wall):
     n = 16
     if args:
-        if not args[0].isdigit():
-            raise ValueError("events N: N is a number")
+        if not args[0].isdigit() or len(args[0]) > 3:  # (a long one: OverflowError in a slice)
+            raise ValueError("usage: events [N], N a number from 0 to 999")
         n = int(args[0])
     return con.device.outbox.events[-n:] if n else []
 

@@ -93,7 +93,10 @@ class PinGuard:
         return left
 
     def check(self, given, now):
-        """Raise ValueError unless `given` is the PIN and actions are not locked."""
+        """Raise ValueError unless `given` is the PIN and actions are not locked. A PIN that
+        is missing or not 6-8 digits is a usage error and costs no try."""
+        if not (given and given.isdigit() and 6 <= len(given) <= 8):
+            raise ValueError("usage: ... --pin PIN, the service PIN (6-8 digits): no try spent")
         left = self._lock_left_s(now)
         if left:
             raise Locked("service actions locked for %d s after %d wrong PINs" % (left, _TRIES))
@@ -102,18 +105,22 @@ class PinGuard:
                              "service actions are off" if self.bad_pin else
                              "no service PIN provisioned: service actions are off")
         dev = self.device
+        # The try is saved as a wrong one (the fifth with its lock) before the hash can tell
+        # anything, so a power cut during the check cannot take it back; a right PIN clears it.
         fails, locks = dev.pin_fails
-        if not pin_matches(given, self.pin):
-            fails += 1
-            if fails >= _TRIES:
-                s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
-                self.locked_at = now
-                dev.set_service_lock(s, [0, locks + 1])
-                raise Locked("wrong PIN: service actions locked for %d s" % s)
-            dev.set_service_lock(0, [fails, locks])
-            raise ValueError("wrong PIN (%d tries left)" % (_TRIES - fails))
-        if fails or locks:
+        fails += 1
+        s = 0
+        if fails >= _TRIES:
+            s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
+            fails, locks = 0, locks + 1
+        dev.set_service_lock(s, [fails, locks])
+        if pin_matches(given, self.pin):
             dev.set_service_lock(0, [0, 0])
+            return
+        if s:
+            self.locked_at = now
+            raise Locked("wrong PIN: service actions locked for %d s" % s)
+        raise ValueError("wrong PIN (%d tries left)" % (_TRIES - fails))
 
 
 def act(device, words, wall, now):
