@@ -23,10 +23,16 @@ class NoBrewmeter(ports.PortError):
 
 
 def _exchange(port: str, asked: bytes, timeout: float,
-              answer: Callable[[bytes], Any], silent: str) -> Any:
+              answer: Callable[[bytes], Any], silent: str, secret: str = "") -> Any:
     """Type `asked` on the service console and give each whole line after its echo (prompt
     stripped) to `answer` until it returns something; `error: ...` lines raise NoBrewmeter.
-    Nothing in `timeout`: NoBrewmeter saying why (the REPL, silence, or `silent`)."""
+    Nothing in `timeout`: NoBrewmeter saying why (the REPL, silence, or `silent`). No error
+    quotes `secret` (the PIN in `asked`) or the echo of `asked`, whatever the port sends."""
+
+    def said(b: bytes) -> str:
+        text = b.decode(errors="replace")
+        return text.replace(secret, "*" * len(secret)) if secret else text
+
     seen = b""
     try:
         with ports.open_port(port, timeout=0.05) as s:
@@ -43,7 +49,7 @@ def _exchange(port: str, asked: bytes, timeout: float,
                     if got is not None:
                         return got
                     if line.startswith(b"error: "):
-                        raise NoBrewmeter(f"{port}: not done: {line[7:].decode()}")
+                        raise NoBrewmeter(f"{port}: not done: {said(line[7:])}")
     except serial.SerialException as e:
         raise ports.PortError(f"{port}: disconnected in the middle of the reply ({e})") from e
     text = seen.decode(errors="replace")
@@ -54,7 +60,8 @@ def _exchange(port: str, asked: bytes, timeout: float,
                           "brings it back now)")
     if not seen.strip():
         raise NoBrewmeter(f"{port}: no answer within {timeout:.0f} s (is the machine on?)")
-    raise NoBrewmeter(f"{port}: {silent}: {text[:80]!r}")
+    reply = said(seen.split(asked, 1)[-1]).strip()  # what came back, our line's echo left out
+    raise NoBrewmeter(f"{port}: {silent}" + (f": {reply[:80]!r}" if reply else ""))
 
 
 def _json(line: bytes) -> dict | list | None:
@@ -92,7 +99,7 @@ def act(port: str, line: str, pin: str, done: tuple[bytes, ...], timeout: float 
         return None
 
     return _exchange(port, (line + " --pin " + pin).encode(), timeout, finished,
-                     f"no answer to '{line}' within {timeout:.0f} s")
+                     f"no answer to '{line}' within {timeout:.0f} s", secret=pin)
 
 
 def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
