@@ -161,7 +161,11 @@ got = orders.apply_status(s, {"coffee-3": "cancelled", "filter-3": "shipped",
 print(json.dumps([got[0], got[1], [list(x) for x in got[2]], s.items["coffee"][2],
                   s.items["filter"][2], sync.refusal(400, b'{"error":"no fw"}'),
                   sync.refusal(403, b"\\xff\\xfe denied"), sync.refusal(401, b"x" * 300),
-                  [protocol.refused(x) for x in (200, 301, 400, 409, 429, 503)]]))
+                  [protocol.refused(x) for x in (200, 301, 400, 409, 429, 503)],
+                  [sync.after_conflict(b, 5) for b in (
+                      b'{"seq":4503599627370495}', b'{"seq":4503599627370496}',
+                      b'{"seq":9007199254740991}', b'{"seq":-1}', b'{"seq":3}', b"<html>",
+                      b'{"seq":"7"}')]]))
 """
 
 
@@ -180,3 +184,73 @@ def test_the_decisions_match_under_micropython():
     assert on_cpython[5] == "400 no fw" and on_cpython[6] == "403 "
     assert len(on_cpython[7]) == protocol.MAX_TEXT
     assert on_cpython[8] == [False, True, True, False, False, False]
+    # a 409's seq: up to 2**52-1 the device goes past it (or its own); more, or none an
+    # integer, it refuses
+    assert on_cpython[9] == [2**32, None, None, None, 1, 1, None]
+
+
+@pytest.mark.parametrize("named", [protocol.MAX_INT, protocol.MAX_NAMED_SEQ + 1, 10 ** 30, -1,
+                                   "12", 1.5, True])
+async def test_a_409_naming_a_seq_no_backend_may_changes_nothing(device, clock, tmp_path,
+                                                                 named):
+    """Obeying it would leave the device no seq the cloud accepts, for good (a 409 naming
+    2**53-1 put every later report above the protocol's integers)."""
+    from brewmeter.cloud import CloudServer
+
+    server, url = await _cloud(409, json.dumps({"error": "seq conflict", "seq": named}).encode(),
+                               [])
+    async with server:
+        s = _syncer(device, url)
+        era = s.era
+        result = await s.sync_once()
+    async with CloudServer(tmp_path / "ledger.db", devices=[("bm-c1", "ab" * 32)]) as cloud:
+        s.url = cloud.url  # the next report, to a backend that keeps the protocol
+        assert await s.sync_once() == "ok"
+        again = Device(device.profile, device.store.fs)  # and after a reboot
+        again.boot(1, 0)
+        assert await _syncer(again, cloud.url).sync_once() == "ok"
+    assert result != "seq conflict" and (s.era, device.seq_era, again.seq_era) == (era, 0, 0)
+
+
+async def test_409s_naming_a_bad_seq_for_a_day_are_a_refusal(device, clock):
+    server, url = await _cloud(409, json.dumps({"error": "seq conflict",
+                                                "seq": protocol.MAX_INT}).encode(), [])
+    async with server:
+        s = _syncer(device, url)
+        while clock.ms < 26 * HOUR_MS:
+            await s.sync_once()
+            clock.advance(max(s.schedule.ms_until_due(clock.ticks_ms()), 1))
+    assert [f for f in device.faults if f[0] == "sync_refused"] == [
+        ("sync_refused", "409 seq conflict")]
+    assert device.seq_era == 0
+
+
+async def test_a_409_naming_the_highest_seq_a_backend_may_leaves_room_for_every_boot(
+        device, clock, tmp_path):
+    from brewmeter.cloud import CloudServer
+
+    top = protocol.MAX_NAMED_SEQ
+    server, url = await _cloud(409, json.dumps({"error": "x", "seq": top}).encode(), [])
+    async with server:
+        s = _syncer(device, url)
+        assert await s.sync_once() == "seq conflict"
+    assert protocol.seq(s.era, 0) > top
+    async with CloudServer(tmp_path / "ledger.db", devices=[("bm-c1", "ab" * 32)]) as cloud:
+        s = _syncer(device, cloud.url)
+        assert await s.sync_once() == "ok"
+        assert cloud.ledger.device("bm-c1")["last_seq"] > top
+    # The boot counter is 32 bits: whatever it reaches, every seq stays a protocol integer.
+    assert protocol.seq(s.era + 0xFFFFFFFF, protocol.SEQ_PER_BOOT - 1) <= protocol.MAX_INT
+
+
+async def test_a_floor_saved_past_any_a_backend_may_name_is_dropped(profile, tmp_path, clock):
+    """A device that obeyed such a 409 before this firmware syncs again after the update."""
+    from brewmeter.cloud import CloudServer
+
+    old = Device(profile, DirFS(tmp_path))
+    old.boot(1, 0)
+    old.seq_floor(protocol.era_after(protocol.MAX_INT))  # as the old firmware saved it
+    dev = Device(profile, DirFS(tmp_path))
+    dev.boot(1, 0)
+    async with CloudServer(tmp_path / "ledger.db", devices=[("bm-c1", "ab" * 32)]) as cloud:
+        assert await _syncer(dev, cloud.url).sync_once() == "ok"

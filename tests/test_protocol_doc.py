@@ -57,6 +57,8 @@ def test_the_documents_limits_are_the_protocols():
     assert report["supplies"]["maxProperties"] == P.MAX_SUPPLIES
     assert report["fw"]["maxLength"] == P.MAX_FW
     assert SCHEMAS["Count"]["maximum"] == P.MAX_INT
+    conflict = SCHEMAS["SeqConflict"]["allOf"][1]["properties"]["seq"]
+    assert (conflict["minimum"], conflict["maximum"]) == (0, P.MAX_NAMED_SEQ) == (0, 2**52 - 1)
     assert {"const": 0} in report["clock"]["anyOf"]
     assert {"minimum": P.CLOCK_MIN} in report["clock"]["anyOf"]
     rejected = SCHEMAS["ConfigState"]["properties"]["rejected"]["properties"]
@@ -72,6 +74,7 @@ def test_the_documents_limits_are_the_protocols():
               P.MAX_SUPPLIES, P.MAX_TEXT, P.MAX_REPLY):
         assert re.search(rf"\b{n}\b", TEXT), n
     assert "[0, 2^53-1]" in TEXT and f"{{1,{P.MAX_NAME}}}" in TEXT
+    assert f"never one above {P.MAX_NAMED_SEQ} (2^52-1)" in " ".join(TEXT.split())
 
 
 def test_the_documents_settings_are_the_protocols():

@@ -12,7 +12,7 @@ from app.counting import BREW, RINSE, STUCK, Meter
 from app.days import Days
 from app.forecast import Forecast
 from app.outbox import Outbox
-from app.protocol import cut
+from app.protocol import MAX_NAMED_SEQ, cut, era_after
 from app.store import NewerFormat, Store
 from app.supplies import Supplies
 
@@ -82,6 +82,8 @@ class Device:
         self.service_lock = saved.get("lock", 0)
         self.pin_fails = saved.get("pin") or [0, 0]
         self.seq_era = saved.get("sq", 0)
+        if self.seq_era > era_after(MAX_NAMED_SEQ):
+            self.seq_era = 0  # a floor no backend may name (saved by earlier firmware)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
         self.meter = Meter(self.profile, c)

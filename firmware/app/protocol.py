@@ -75,6 +75,13 @@ def seq(era, n):
     return era * SEQ_PER_BOOT + n
 
 
+# A 409 names the highest seq the backend accepted from the device (one it sent), and the
+# device goes on in era_after() of it: so a backend names at most MAX_NAMED_SEQ. From the era
+# after it, any count the 32-bit boot counter reaches still keeps every seq within MAX_INT.
+# The device refuses a 409 naming more, as a refusal of its reports.
+MAX_NAMED_SEQ = 4503599627370495  # 2**52 - 1
+
+
 def era_after(s):
     """The first era whose seqs are all above seq `s`."""
     return s // SEQ_PER_BOOT + 1

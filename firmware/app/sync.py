@@ -108,13 +108,15 @@ def report(device, seq, wall, uptime_ms, days, counters, rejected=None, supplies
 
 def after_conflict(body, seq):
     """The era to go on in after a 409 to report `seq` (docs/protocol.yaml): past the
-    reply's `seq`, the highest the cloud has from this device, and past our own."""
+    reply's `seq`, the highest the cloud has from this device, and past our own. None if
+    the reply names a seq no backend may (protocol.MAX_NAMED_SEQ): going past that could
+    leave no seq the cloud accepts."""
     try:
         s = json.loads(body)["seq"]
     except (ValueError, KeyError, TypeError, IndexError):
-        s = seq
-    if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= protocol.MAX_INT:
-        s = seq
+        s = seq  # none named: past our own
+    if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= protocol.MAX_NAMED_SEQ:
+        return None
     return protocol.era_after(max(s, seq))
 
 

@@ -97,13 +97,14 @@ class Syncer:
                 if full:
                     self.full_day = wall // 86400
                 result = "ok"
-            elif status == 409:  # the cloud has that seq, or higher ones (lost state): go past
-                self.era, self.n = sync.after_conflict(reply, seq), 0
-                device.seq_floor(self.era)
+            elif status == 409 and (era := sync.after_conflict(reply, seq)):
+                # the cloud has that seq, or higher ones (lost state): go past
+                self.era, self.n = era, 0
+                device.seq_floor(era)
                 result = "seq conflict"
-            else:
-                result = "HTTP %d" % status
-                if protocol.refused(status):
+            else:  # (a 409 naming a seq no backend may: refused, a refusal of our reports)
+                result = "HTTP %d" % status if status != 409 else "409 names a bad seq"
+                if protocol.refused(status) or status == 409:
                     retry_after = self._refused(status, reply, retry_after)
         except (http.HttpError, sync.BadReply, OSError, ValueError) as e:
             result, retry_after = str(e) or e.__class__.__name__, 0

@@ -26,7 +26,8 @@ RULES = {
     "report_schema": "every report the device sends is a valid Report (the document)",
     "reply_shape": "a reply the device can read: Content-Length, at most 32 header lines "
                    "of 512 bytes, a body of at most 4096 bytes, within 10 s (Replies)",
-    "reply_body": "a 200's body: ack list, config null or with an integer version (Replies)",
+    "reply_body": "a 200's body: ack list, config null or with an integer version; a 409's "
+                  "seq at most 2^52-1 (Replies, Sequence numbers)",
     "refusals": "no report is refused again and again (Replies: refusals)",
     "counters": "counters merge per field by maximum, partial reports included "
                 "(Sync model: partial counters)",
