@@ -24,7 +24,8 @@ def partitions() -> list[dict[str, str | int]]:
     text = (BOARD / "partitions-brewmeter.csv").read_text()
     rows = [r for r in csv.reader(x for x in text.splitlines() if x and not x.startswith("#"))]
     return [{"name": r[0].strip(), "type": r[1].strip(), "subtype": r[2].strip(),
-             "offset": int(r[3], 0), "size": int(r[4], 0)} for r in rows]
+             "offset": int(r[3], 0), "size": int(r[4], 0),
+             "flags": ":".join(sorted(f.strip() for f in r[5:] if f.strip()))} for r in rows]
 
 
 def test_partitions_fit_the_flash_without_overlap():
@@ -45,6 +46,19 @@ def test_partitions_fit_the_flash_without_overlap():
     assert names["vfs"]["size"] == NorFlash(in_ram=True).size
     # Room for the port's firmware: MicroPython's own 4 MiB ROMFS table gives it 0x1D0000.
     assert names["factory"]["size"] >= 0x1D0000
+
+
+def test_flash_encryption_covers_the_provisioning_the_counts_and_the_app():
+    """ESP-IDF encrypts app partitions and the data partitions flagged `encrypted`, nothing
+    else: "vfs" (littlefs: /provision.json with the device's key, the counts) must be, and
+    "romfs" (the app's bytecode: the port memory-maps it, and mapped flash is decrypted on
+    every read, so left unencrypted it would read as garbage). NVS and phy_init are not
+    flagged (NVS has an encryption of its own; neither holds anything of ours)."""
+    flags = {p["name"]: p["flags"] for p in partitions()}
+    assert flags["vfs"] == "encrypted"
+    assert flags["romfs"] == "encrypted"
+    assert flags["nvs"] == flags["phy_init"] == ""
+    assert all(f in ("", "encrypted") for f in flags.values())  # ESP-IDF's flags: no typo
 
 
 def test_board_definition_enables_romfs_and_names_its_files():
