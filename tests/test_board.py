@@ -14,14 +14,13 @@ import pytest
 import serial
 from brewmeter import mp
 from brewmeter.emulator.board import (
-    HARNESS_HEAP,
     PWRON_RESET,
     RAW_BANNER,
     SOFT_REBOOT,
     Board,
     BoardControl,
     BoardError,
-    rom_heap,
+    heap_reserve,
 )
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
@@ -239,12 +238,52 @@ def test_armed_power_cut_tears_a_write_and_the_board_recovers(board):
                                                                              "new contents")
 
 
-def test_harness_heap_fits_its_allowance(board):
-    status = board.command({"cmd": "status"})
-    assert status["heap"] == board.profile["heap_bytes"]  # the profile's budget for firmware
-    assert 0 < status["harness_heap"] <= HARNESS_HEAP
-    # The ROM partition's buffer (flash on a chip) is counted apart, within its allowance.
-    assert status["rom_bytes"] < status["rom_heap"] <= rom_heap(status["rom_bytes"])
+# Says the heap's pool (what gc can hand out) and the heap it holds before firmware.
+POOL_PY = """\
+import gc
+gc.collect()
+print("POOL %d" % (gc.mem_free() + gc.mem_alloc()))
+"""
+
+
+@pytest.mark.parametrize("rom", [None, 0], ids=["rom", "no-rom"])
+def test_firmware_gets_its_heap_whatever_the_harness_takes(tmp_path, rom):
+    """The board adds the harness's share and the ROM's buffer, measured on the interpreter
+    in use, to -X heapsize: firmware's pool is what `micropython -X heapsize=HEAP` has."""
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "main.py").write_text(POOL_PY)
+    with Board(tmp_path / "flash.img", firmware_dir=fw, board_profile="emulator",
+               rom=rom) as b:
+        end = b.wait_output(b"POOL ", timeout=10)
+        b.wait_output(b"\n", start=end, timeout=5)
+        pool = int(b.transcript(end).split()[0])
+        st = b.command({"cmd": "status"})
+    alone = int(mp.run(["-X", f"heapsize={st['heap']}", "-c", POOL_PY]).split()[1])
+    assert st["heap"] == b.profile["heap_bytes"]  # the profile's budget for firmware
+    assert abs(pool - st["harness_heap"] - st["rom_heap"] - alone) <= 256
+    probe = heap_reserve(mp.micropython(), st["rom_bytes"])
+    assert st["heapsize"] == st["heap"] + probe["reserve"]
+    # This boot's own figures, measured: within a few names' length of the probe's.
+    assert abs(st["harness_heap"] - probe["harness_heap"]) <= 256
+    assert abs(st["rom_heap"] - probe["rom_heap"]) <= 256
+    assert st["rom_bytes"] < st["rom_heap"]  # the bytes, with the modules that serve them
+
+
+def test_status_names_the_interpreter_brewmeter_micropython_gives(tmp_path, monkeypatch):
+    link = tmp_path / "my-micropython"  # a developer's build: here the wheel's, renamed
+    link.symlink_to(mp.tool("micropython"))
+    monkeypatch.setenv(mp.ENV, str(link))
+    with Board(tmp_path / "flash.img") as b:
+        st = b.command({"cmd": "status"})
+        pid = st["pid"]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            # (a script's interpreter comes first: the wheel's is a Python script)
+            assert str(link).encode() in f.read().split(b"\0")[:2]  # what the board runs
+    who = st["interpreter"]
+    assert who["path"] == str(link) and who["pointer_bits"] in (32, 64)
+    assert who["version"] == mp.interpreter()["version"]
+    assert who["version"].startswith("1.") and "MicroPython" in who["version"]
 
 
 def test_blank_image_gets_initial_setup_and_stop_leaves_nothing(tmp_path):

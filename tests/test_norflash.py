@@ -20,11 +20,12 @@ BS = 4096
 
 
 def micropython() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
+    from brewmeter import mp
+
+    try:
+        return mp.micropython()
+    except FileNotFoundError:
         pytest.skip("the micropython command is not installed")
-    return found
 
 
 def mp_run(code: str, *args: str, timeout: float = 30) -> str:

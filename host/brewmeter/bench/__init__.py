@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from brewmeter import mp
 from brewmeter.harness import board_path, load_profile
@@ -196,9 +197,22 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
 ]
 
 
-def run(only: str | None = None) -> dict[str, float]:
-    """Measure every figure, or those whose name starts with `only`."""
-    figures: dict[str, float] = {}
+def interpreter() -> dict[str, Any]:
+    """Which MicroPython the figures are of ($BREWMETER_MICROPYTHON or the wheel's: path,
+    version, pointer size) and the harness's share of its heap on the emulated board
+    (emulator profile), measured on it: the board adds it to -X heapsize, so no heap
+    figure counts it."""
+    from brewmeter.emulator import board
+
+    rom = board.load_profile("emulator")[0].get("rom_bytes", board.DEFAULT_ROM)
+    return {"interpreter": mp.interpreter(),
+            "harness_heap_bytes": board.heap_reserve(mp.micropython(), rom)["harness_heap"]}
+
+
+def run(only: str | None = None) -> dict[str, Any]:
+    """Measure every figure, or those whose name starts with `only`; then say which
+    interpreter measured them (interpreter())."""
+    figures: dict[str, Any] = {}
     for measure, names in MEASURES:
         if not only or any(n.startswith(only) for n in names):
             figures.update(measure())
@@ -207,12 +221,16 @@ def run(only: str | None = None) -> dict[str, float]:
         if not figures:
             known = ", ".join(n for _, names in MEASURES for n in names)
             raise ValueError(f"no figure named {only!r} (known: {known})")
-    return figures
+    return figures | interpreter()
 
 
-def table(figures: dict[str, float]) -> str:
+def table(figures: dict[str, Any]) -> str:
     rows = []
     for name, value in figures.items():
+        if isinstance(value, dict):  # the interpreter
+            rows.append(f"{name:<32} {value['path']} {value['version']}, "
+                        f"{value['pointer_bits']}-bit")
+            continue
         target = TARGETS.get(name)
         if target:
             limit, kind = target

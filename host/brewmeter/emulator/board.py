@@ -26,26 +26,24 @@ from brewmeter.emulator.common import (
     CAUSES,
     DEFAULT_HEAP,
     DEFAULT_ROM,
-    HARNESS_HEAP,
     RAW_BANNER,
     ROM_BLOCK,
     SOFT_REBOOT,
     BoardError,
     load_profile,
     parse_size,
-    rom_heap,
 )
 from brewmeter.emulator.control import BoardControl, Control
 from brewmeter.emulator.lfs import install
 from brewmeter.emulator.serialport import Serial
-from brewmeter.emulator.supervisor import Supervisor
-from brewmeter.mp import tool
+from brewmeter.emulator.supervisor import Supervisor, heap_reserve
+from brewmeter.mp import InterpreterError, interpreter
 from brewmeter.onboard.board_machine.machineconsts import PWRON_RESET
 
 # What users of the board import from here (the parts live in the modules above).
-__all__ = ["BOOT_TIMEOUT_S", "CAUSES", "DEFAULT_HEAP", "DEFAULT_ROM", "HARNESS_HEAP",
-           "PWRON_RESET", "RAW_BANNER", "SOFT_REBOOT", "Board", "BoardControl", "BoardError",
-           "emulate_main", "install", "load_profile", "parse_size", "rom_heap"]
+__all__ = ["BOOT_TIMEOUT_S", "CAUSES", "DEFAULT_HEAP", "DEFAULT_ROM", "PWRON_RESET",
+           "RAW_BANNER", "SOFT_REBOOT", "Board", "BoardControl", "BoardError", "emulate_main",
+           "heap_reserve", "install", "load_profile", "parse_size"]
 
 _live: weakref.WeakSet[Board] = weakref.WeakSet()
 
@@ -90,7 +88,9 @@ class Board(Serial, Supervisor, Bus, Control):
         self.rom_image = self.image.with_name(self.image.name + ".rom")
         self.unique_id = unique_id or (
             b"\x24\x0a\xc4" + hashlib.sha256(str(self.image).encode()).digest()[:3])
-        self._mp = micropython or tool("micropython")
+        self.interpreter = interpreter(micropython)  # $BREWMETER_MICROPYTHON or the wheel's
+        self._mp = str(self.interpreter["path"])
+        self.heapsize = 0  # -X heapsize: `heap` and what the harness and the ROM take, measured
         self._control_bind = (control_host, control_port)
         self._bus_port = 0
         self.serial_port = ""
@@ -175,6 +175,7 @@ class Board(Serial, Supervisor, Bus, Control):
         self._hold, self._held = True, bytearray()
         self._raw, self._override, self._rtc_offset = False, None, 0
         self._wdt_ms = self._wdt_timer = None
+        self.heapsize = self.heap + heap_reserve(self._mp, self.rom)["reserve"]
         if self.firmware_dir is not None:
             install(self.image, self.firmware_dir, self._profile_text)
         if self.rom and (not self.rom_image.exists()
@@ -383,7 +384,7 @@ def emulate_main(argv: list[str] | None = None) -> int:
         board = Board(args.image, firmware_dir=args.firmware, board_profile=args.board,
                       heap=args.heap, control_port=args.control_port, rom=args.rom)
         board.start_sync()
-    except (OSError, ValueError, TimeoutError, BoardError) as e:
+    except (OSError, ValueError, TimeoutError, BoardError, InterpreterError) as e:
         print(f"brewmeter emulate: {e}", file=sys.stderr)
         return 1
     host, port = board.control_address

@@ -22,11 +22,6 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"  # ports/esp32/main.c, soft_reset_exit
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"  # shared/runtime/pyexec.c
 FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'  # pyexec.c, friendly REPL
 DEFAULT_HEAP = 56 * 1024
-# What the harness itself keeps on the board's heap (norflash, the machine module with its
-# constants and timers, the launcher: 36,384 bytes measured), which on an ESP32 is C code or
-# frozen: added to -X heapsize so firmware gets `heap` bytes as on the device. status()
-# reports the measured figure ("harness_heap").
-HARNESS_HEAP = 37 * 1024
 # The ROM partition's size when the profile gives none: the "romfs" partition of MicroPython's
 # ports/esp32/partitions-4MiB-romfs.csv. On the unix port its bytes sit in one heap buffer
 # (on a chip: memory-mapped flash); the board adds that buffer, with the GC's tables for it,
@@ -34,12 +29,6 @@ HARNESS_HEAP = 37 * 1024
 DEFAULT_ROM = 128 * 1024
 ROM_BLOCK = 4096
 
-
-def rom_heap(rom: int) -> int:
-    """Heap the ROM partition takes on the unix port (board_machine/romvfs.py and its
-    NorFlash: the bytes, one erased block), with the GC's allocation tables (3 bits per
-    16-byte block); status() reports the measured figure ("rom_heap")."""
-    return (rom + ROM_BLOCK) * 131 // 128 + 2048 if rom else 2048
 CTRL_C = 0x03
 # A raw write to sys.stdout.buffer on the board (board_machine/rawsys.py): RAW_FRAME, its
 # length in 4 hex digits, then the bytes, passed on uncooked.

@@ -143,7 +143,9 @@ class Control:
                 "blocks_erased": len(erases)}
 
     def _cmd_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """running or not, boots, reset cause, serial port, heap, image"""
+        """running or not, boots, reset cause, serial port, heap (the firmware's; the harness's
+        share and the ROM's buffer, measured; the interpreter's -X heapsize, which holds all
+        three), image, the interpreter (path, version, pointer size)"""
         proc = self._proc
         alive = proc is not None and proc.poll() is None
         return {"state": "running" if alive and self._booted else "booting" if alive else "off",
@@ -151,7 +153,8 @@ class Control:
                 "reset_cause": CAUSES[self._cause], "raw_repl": self._raw,
                 "serial_port": self.serial_port, "client_connected": self._client,
                 "heap": self.heap, "harness_heap": self.harness_heap, "rom_bytes": self.rom,
-                "rom_heap": self.rom_heap,
+                "rom_heap": self.rom_heap, "heapsize": self.heapsize,
+                "interpreter": self.interpreter,
                 "image": str(self.image), "wdt_ms": self._wdt_ms,
                 "last_exit": self.last_exit, "unique_id": self.unique_id.hex()}
 

@@ -5,19 +5,23 @@ its output read without blocking, and the watchdog the firmware starts."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import signal
+import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from brewmeter.emulator.common import (
     BOOT_TIMEOUT_S,
     CAUSES,
-    HARNESS_HEAP,
     LAUNCHER,
     SOFT_REBOOT,
+    BoardError,
     _die_with_parent,
-    rom_heap,
 )
 from brewmeter.onboard.board_machine.machineconsts import (
     DEEPSLEEP_RESET,
@@ -26,6 +30,57 @@ from brewmeter.onboard.board_machine.machineconsts import (
     SOFT_RESET,
     WDT_RESET,
 )
+
+_EMPTY_ROMFS = b"\xd2\xcd\x31\x00"  # extmod/vfs_rom.c: the filesystem record, no entries
+
+
+def heap_reserve(micropython: str, rom: int) -> dict[str, int]:
+    """What the board adds to the firmware's heap for `-X heapsize` on `micropython`, measured
+    on it (pointers are half the size on a 32-bit build): the harness's own share (on a chip,
+    C code or frozen) and the ROM partition's buffer (on a chip, mapped flash). One boot of
+    the launcher on a scratch flash, an empty ROMFS image in a ROM of `rom` bytes (mounted:
+    the mount is the harness's, as when the app is there), ended once it has reported them
+    ("M" on the bus). {"harness_heap", "rom_heap": bytes held, "reserve": the -X heapsize
+    bytes that hold both, the GC's tables included}."""
+    st = os.stat(micropython)
+    return dict(_probe(micropython, rom, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(micropython: str, rom: int, mtime_ns: int) -> tuple[tuple[str, int], ...]:
+    heapsize = 256 * 1024 + 2 * rom
+    with tempfile.TemporaryDirectory() as d, socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(BOOT_TIMEOUT_S)
+        if rom:
+            Path(d, "probe.img.rom").write_bytes(_EMPTY_ROMFS.ljust(rom, b"\xff"))
+        args = [micropython, "-X", f"heapsize={heapsize}", str(LAUNCHER),
+                str(Path(d) / "probe.img"), str(srv.getsockname()[1]), "1", str(PWRON_RESET),
+                "1", "240ac4000001", "0", str(rom)]
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        got = None
+        try:
+            conn, _ = srv.accept()
+            with conn, conn.makefile("rb") as bus:
+                conn.settimeout(BOOT_TIMEOUT_S)
+                bus.readline()  # the hello
+                conn.sendall(b"K\n")
+                for line in bus:
+                    f = line.split()
+                    if f[:1] == [b"M"] and len(f) == 4:
+                        got = [int(x) for x in f[1:]]
+                        break
+        except OSError:  # (a timeout included)
+            pass
+        finally:
+            proc.kill()
+            out = proc.communicate(timeout=10)[0]
+    if got is None:
+        raise BoardError(f"{micropython} did not boot the board's launcher: {out[-2000:]!r}")
+    harness, rom_heap, pool = got
+    return (("harness_heap", harness), ("rom_heap", rom_heap),
+            ("reserve", math.ceil((harness + rom_heap) * heapsize / pool)))
 
 
 class Supervisor:
@@ -51,8 +106,7 @@ class Supervisor:
         self._last_cr = False
         self._frame, self._raw_left = b"", 0
         self._last_sigint = 0.0
-        heap = self.heap + HARNESS_HEAP + rom_heap(self.rom)
-        args = [self._mp, "-X", f"heapsize={heap}", "-i", str(LAUNCHER),
+        args = [self._mp, "-X", f"heapsize={self.heapsize}", "-i", str(LAUNCHER),
                 str(self.image), str(self._bus_port), str(self._boot_no), str(cause),
                 "1" if raw else "0", self.unique_id.hex(), str(self._rtc_offset), str(self.rom)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, not the board.

@@ -246,8 +246,10 @@ def _boot(g):
     # The device's sys.path; '.frozen' keeps the unix port's frozen asyncio importable.
     sys.path[:] = ["", ".frozen"] + rom_path + ["/lib"]
     gc.collect()
-    # The harness's own share of the heap; the ROM's buffer is counted apart (flash on a chip).
-    machine._send(b"M %d %d\n" % (gc.mem_alloc() - rom_heap, rom_heap))
+    # The harness's own share of the heap; the ROM's buffer is counted apart (flash on a chip);
+    # then the heap's whole pool, for the -X heapsize these take (the GC's tables included).
+    used = gc.mem_alloc()
+    machine._send(b"M %d %d %d\n" % (used - rom_heap, rom_heap, used + gc.mem_free()))
     if ok:
         ok = _exec("boot.py", g, me)
         if ok and not raw:

@@ -13,8 +13,8 @@
 # Board -> supervisor: "H boot" (hello), "R" (REPL starts), "i" (the Ctrl-C was raised),
 # "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep), "Z" (flash power died),
 # "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed), "p nbytes" / "e block" (a
-# flash program / erase), "M bytes rom" (heap the harness holds, and apart, the ROM
-# partition), "T offset" (RTC set), "H bytes" (the heap in use, collected).
+# flash program / erase), "M bytes rom pool" (heap the harness holds, and apart, the ROM
+# partition; the heap's pool), "T offset" (RTC set), "H bytes" (the heap in use, collected).
 import _thread
 import gc
 import select
