@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from brewmeter import cli, mp
+from brewmeter import bench, cli, mp
 from brewmeter.emulator.board import load_profile
 
 
@@ -64,3 +64,12 @@ def test_bench_json_gives_the_figures(capsys):
     figures = json.loads(capsys.readouterr().out)
     assert 0 < figures["core_heap_bytes"] < 65536
 
+
+def test_bench_table_shows_the_bands_and_the_interpreter():
+    who = {"path": "/opt/mp/micropython", "version": "1.29.0-preview (x)", "pointer_bits": 32}
+    out = bench.table({"app_peak_heap_bytes": 61440,
+                       "app_peak_heap_bytes_band": [57344, 61440], "interpreter": who})
+    peak, band, interp = out.splitlines()
+    assert "61440" in peak and "<= 65536  ok" in peak
+    assert band.split()[1:4] == ["57344", "-", "61440"]
+    assert "/opt/mp/micropython" in interp and "32-bit" in interp
