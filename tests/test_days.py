@@ -97,6 +97,26 @@ def test_a_power_cut_at_boot_leaves_no_brew_without_its_day_bucket(profile, tmp_
     assert d3.days.buckets() == [{"boot": 1, "at_ms": 0, "brews_total": 3}]
 
 
+def test_a_clock_correction_moves_what_that_clock_dated_and_nothing_else():
+    from app.device import redated
+    from app.orders import month_of
+    from app.supplies import MONTH_S
+
+    ahead = T + 3 * 365 * DAY  # a wrong NTP answer, three years ahead
+    fit = ahead - 7200  # a filter fitted two powered hours before that clock was set
+    got = redated(ahead, T, [
+        (fit, 0, 1),  # dated this boot (at boot: never): moves
+        (T - 30 * DAY, T - 30 * DAY, 1),  # an earlier boot's, as at boot: stays
+        (0, 0, 1),  # never dated: stays
+        (ahead // DAY, T // DAY - 1, DAY),  # the forecast's day, rolled by that clock
+        (month_of(ahead), month_of(T), MONTH_S),  # the orders' month
+    ])
+    assert got == [T - 7200, T - 30 * DAY, 0, T // DAY, month_of(T)]
+    # A small correction moves seconds, not days: (value, at boot) 10 minutes either way
+    assert redated(T, T - 600, [(T + 5, 0, 1), (T // DAY, 1, DAY)]) == [T - 595, T // DAY]
+    assert redated(T, T + 600, [(T + 5, 0, 1), (T // DAY, 1, DAY)]) == [T + 605, T // DAY]
+
+
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
     from datetime import date
 

@@ -109,6 +109,79 @@ def test_the_clouds_date_corrects_a_clock_far_off():
         wallclock.synced = False
 
 
+async def test_the_clouds_date_moves_what_the_wrong_clock_dated(profile, tmp_path):
+    import time
+
+    from app import filters
+    from app.device import Device
+    from app.syncer import wire
+    from brewmeter.cloud import CloudServer
+    from brewmeter.standins.hostfs import DirFS
+
+    class Up:
+        async def up(self) -> None:
+            return None
+
+    key = "cd" * 32
+    real = int(time.time())  # the emulated cloud's Date is the real time
+    ahead = 3 * 365 * 86400
+    fs = DirFS(tmp_path)
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    d.meter.powered(7200)  # the filter fitted two powered hours ago, the clock unknown
+    try:
+        wallclock.synced = False
+        async with CloudServer(tmp_path / "ledger.db", devices=[("bm-date1", key)]) as cloud:
+            s = wire(d, {"device_id": "bm-date1", "key": key, "cloud_url": cloud.url,
+                         "ntp": ""}, Up())
+            wallclock.set_unix(real + ahead)  # a wrong NTP answer, three years ahead
+            d.day_tick(0)  # dates the filter, and rolls the forecast to that clock's day
+            c = d.meter.c
+            assert abs(c.filter_fit_wall - (real + ahead - 7200)) <= 2
+            assert await s.sync_once() == "ok"  # the cloud's Date takes the clock back
+            assert abs(c.filter_fit_wall - (real - 7200)) <= 2  # and the fit date with it
+            assert abs(filters.age_s(c, wallclock.now()) - 7200) <= 2
+            assert d.forecast.day == real // 86400
+            fit = c.filter_fit_wall
+            assert await s.sync_once() == "ok"  # the clocks agree now: nothing moves again
+            assert c.filter_fit_wall == fit
+    finally:
+        wallclock.synced = False
+    d2 = Device(profile, fs)  # it was saved: a reboot keeps it, and moves nothing
+    d2.boot(1, 0)
+    assert d2.meter.c.filter_fit_wall == fit and d2.forecast.day == real // 86400
+
+
+def test_a_correction_moves_only_what_this_boots_clock_dated(profile, tmp_path):
+    from app.device import Device
+    from brewmeter.standins.hostfs import DirFS
+
+    t = 1_800_000_000
+    wall = [t]
+    fs = DirFS(tmp_path)
+    d = Device(profile, fs)
+    d.wall = lambda: wall[0]
+    d.boot(1, 0)
+    d.day_tick(0)  # a right clock dates the filter
+    d.save(0)  # (saved with the next brew)
+    first = d.refill("coffee", "console")  # an event of this boot, not sent yet
+    d2 = Device(profile, fs)  # the next boot's NTP answer is a year ahead
+    wall[0] = t + 365 * 86400
+    d2.wall = lambda: wall[0]
+    d2.boot(1, 0)
+    d2.day_tick(0)
+    second = d2.refill("descaler", "console")
+    d2.clock_set(wall[0], t + 60, 0)  # the cloud's Date
+    walls = {e["id"]: e.get("wall") for e in d2.outbox.events}
+    assert walls[first["id"]] == t  # dated by the earlier boot's clock: kept
+    assert walls[second["id"]] == t + 60  # dated by the wrong one: moved
+    assert d2.meter.c.filter_fit_wall == t  # fitted under the earlier boot's clock: kept
+    assert d2.forecast.day == t // 86400
+    d3 = Device(profile, fs)
+    d3.boot(1, 0)
+    assert {e["id"]: e.get("wall") for e in d3.outbox.events} == walls
+
+
 async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,
                                                                      monkeypatch):
     # The radio has no stand-in here but the emulated board's; use that one.

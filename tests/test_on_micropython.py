@@ -23,6 +23,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_days.py::test_clock_years_ahead_then_right_folds_onto_the_real_day",
     "test_days.py::test_a_small_step_back_keeps_counting_on_the_day",
     "test_days.py::test_a_step_back_before_a_day_the_cloud_confirmed_is_the_wrong_clock",
+    "test_days.py::test_a_clock_correction_moves_what_that_clock_dated_and_nothing_else",
     "test_supervisor.py::test_backoff_doubles_from_a_second_to_five_minutes",
     "test_supervisor.py::test_detail_names_the_task_and_cuts_the_message",
     "test_sync.py::test_schedule_coalesces_usage_reports_daily_and_backs_off",

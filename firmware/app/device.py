@@ -14,7 +14,7 @@ from app.forecast import Forecast
 from app.outbox import Outbox
 from app.protocol import MAX_NAMED_SEQ, cut, era_after
 from app.store import NewerFormat, Store
-from app.supplies import Supplies
+from app.supplies import MONTH_S, Supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
@@ -27,6 +27,7 @@ _RATES_SAVE_DAYS = const(7)
 _POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
 _WDT_RESET = const(3)  # machine.WDT_RESET
+_UNITS = (1, 86400, 86400, MONTH_S)  # of Device._dates(), in seconds
 
 
 class Device:
@@ -123,6 +124,31 @@ class Device:
         self.forecast = Forecast(n + 1, fc)
         self.brew_times = BrewTimes(n, bt)
         self._rates_saved = self.forecast.day
+        self._dated = self._dates()  # as at boot: dated by earlier boots' clocks, or never
+
+    def _dates(self):
+        # What the wall clock dates (in _UNITS): the filter's fit, the forecast's day and
+        # last day of use, the orders' month; then the outbox's next event id (events from
+        # it on were added this boot).
+        c, fc = self.meter.c, self.forecast
+        return (c.filter_fit_wall, fc.day, fc.used, self.supplies.month[0],
+                self.outbox.next_id)
+
+    def clock_set(self, old, new, now):
+        """The cloud's Date moved the clock from `old` to `new` (unix seconds): what this
+        boot dated by it moves with it (redated), saved at once."""
+        c, fc, sup = self.meter.c, self.forecast, self.supplies
+        boot = self._dated
+        evs = [e for e in self.outbox.events if e.get("wall")]  # order and refill times
+        v = redated(old, new, list(zip(self._dates(), boot, _UNITS)) + [
+            (e["wall"], e["id"] < boot[4] and e["wall"], 1) for e in evs])
+        c.filter_fit_wall, fc.day, fc.used, sup.month[0] = v[:4]
+        for e, w in zip(evs, v[4:]):
+            e["wall"] = w
+        self.save(now)
+        self.save_supplies()
+        if evs:
+            self._save_state()
 
     def _load_state(self):
         # One file holds the outbox and the configuration: one lookup at boot.
@@ -390,6 +416,14 @@ def _json(data):
         except ValueError:
             pass
     return {}
+
+
+def redated(old, new, dated):
+    """What a clock dated, corrected with it from `old` to `new` (unix seconds). `dated`:
+    (value, its value at boot, its unit in seconds) each, 0 for never dated. A value that
+    changed since boot was dated by this boot's clock: it moves by the same step, in whole
+    units (a day by a step of more than half a day); the others stay."""
+    return [v + (new - old + u // 2) // u if v and v != b else v for v, b, u in dated]
 
 
 def _no_clock() -> int:  # (annotated: pyright types self.wall from it)

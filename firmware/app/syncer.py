@@ -88,7 +88,10 @@ class Syncer:
                 self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
             if status == 200:
                 date = wallclock.http_date(http.date)
-                if date and not wallclock.cross_check(date) and wallclock.synced:
+                old = wallclock.now()
+                if wallclock.cross_check(date):  # what the wrong clock dated moves with it
+                    device.clock_set(old, date, ticks_ms())
+                elif date and wallclock.synced:
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
                 self.rejected = sync.apply_reply(device, reply, sent)
