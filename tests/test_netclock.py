@@ -171,7 +171,7 @@ def test_a_correction_moves_only_what_this_boots_clock_dated(profile, tmp_path):
     d2.boot(1, 0)
     d2.day_tick(0)
     second = d2.refill("descaler", "console")
-    d2.clock_set(wall[0], t + 60, 0)  # the cloud's Date
+    d2.clock_corrected(wall[0], t + 60, 0)  # the cloud's Date
     walls = {e["id"]: e.get("wall") for e in d2.outbox.events}
     assert walls[first["id"]] == t  # dated by the earlier boot's clock: kept
     assert walls[second["id"]] == t + 60  # dated by the wrong one: moved

@@ -134,7 +134,7 @@ class Device:
         return (c.filter_fit_wall, fc.day, fc.used, self.supplies.month[0],
                 self.outbox.next_id)
 
-    def clock_set(self, old, new, now):
+    def clock_corrected(self, old, new, now):
         """The cloud's Date moved the clock from `old` to `new` (unix seconds): what this
         boot dated by it moves with it (redated), saved at once."""
         c, fc, sup = self.meter.c, self.forecast, self.supplies

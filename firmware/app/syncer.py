@@ -90,7 +90,7 @@ class Syncer:
                 date = wallclock.http_date(http.date)
                 old = wallclock.now()
                 if wallclock.cross_check(date):  # what the wrong clock dated moves with it
-                    device.clock_set(old, date, ticks_ms())
+                    device.clock_corrected(old, date, ticks_ms())
                 elif date and wallclock.synced:
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
