@@ -172,6 +172,8 @@ async def test_a_new_token_or_a_revoke_ends_every_session_of_the_old_one(cloud):
             assert r.status == 303  # her session ended with her token
         async with op.post("/console/owners/nobody/revoke", data={"csrf": csrf}) as r:
             assert r.status == 404
+        async with op.get("/console/owners?done=revoked&name=bob") as r:
+            assert "token is revoked" not in await r.text()  # a link cannot say it of bob
     (entry, *_) = cloud.ledger.audit_log(None)
     assert (entry["who"], entry["action"], entry["detail"]) == (
         "operator", "owner", "token revoked for owner alice")

@@ -25,7 +25,7 @@ def keep_private(path: Path, siblings: tuple[str, ...] = ()) -> None:
     """Make sure `path` exists and is its owner's alone: created 0600 if missing, narrowed to
     its owner's bits if wider (a file from before), and so are the `siblings` that exist
     (`path` + suffix). For a SQLite database, call it before sqlite opens the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, MODE)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, MODE)  # opened only to create or narrow it
     try:
         mode = os.fstat(fd).st_mode & 0o777
         if mode & 0o077:

@@ -77,7 +77,7 @@ def _session(request: web.Request) -> Session | None:
     if s is None or s.until < time.monotonic():
         return None
     if not holds(request.app, s.who, s.token):
-        del request.app[SESSIONS][sid]
+        request.app[SESSIONS].pop(sid, None)
         return None
     return s
 
@@ -174,21 +174,22 @@ async def machine_page(request: web.Request) -> web.Response:
                  notice=NOTICES.get(request.query.get("done", "")), m=data)
 
 
-def _operator(request: web.Request) -> Session:
-    s = _signed_in(request)
+def _operator(s: Session) -> Session:
     if s.who != OPERATOR:
         raise web.HTTPForbidden(text="the operator's page: an owner's token may not use it")
     return s
 
 
 async def owners_page(request: web.Request) -> web.Response:
-    _operator(request)
+    _operator(_signed_in(request))
     ledger = request.app[LEDGER]
     owners = await request.app[CALL](ledger.owners)
     log = await request.app[CALL](ledger.audit_log, None)
-    done = request.query.get("done", "")
+    name = request.query.get("name")  # said only of an owner whose token is revoked
+    done = request.query.get("done") == "revoked" and any(
+        o["name"] == name and o["revoked"] for o in owners)
     return _page(request, "owners.html", owners=owners, audit=log,
-                 notice=NOTICES.get(done, "").format(name=request.query.get("name", "")))
+                 notice=NOTICES["revoked"].format(name=name) if done else None)
 
 
 async def invoice_page(request: web.Request) -> web.Response:
@@ -269,8 +270,7 @@ async def set_rules(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     s, _ = await _form(request)
     assert s is not None
-    if s.who != OPERATOR:
-        raise web.HTTPForbidden(text="the operator's page: an owner's token may not use it")
+    _operator(s)
     name = request.match_info["name"]
     try:
         await request.app[CALL](request.app[LEDGER].revoke_owner, name, s.who)
