@@ -1,6 +1,7 @@
 """The issue's reproductions, each a device life against the emulated cloud (brewmeter.runs.lives):
 a machine offline past its history, a desired setting with a 250-character name, a 409 after
-the device lost its flash, and one boot with the clock three years ahead."""
+the device lost its flash, one boot with the clock three years ahead, and the consumables'
+state lost after an order was delivered."""
 
 from __future__ import annotations
 
@@ -91,6 +92,45 @@ async def test_a_409_after_a_lost_flash_goes_on_past_the_clouds_seq(tmp_path):
         await life.day(2)
         assert "seq conflict" not in life.results[n:]
         assert life.cloud_device()["last_seq"] > got["last_seq"]
+
+
+def _coffee_orders(life: Life) -> list[tuple[str, str]]:
+    return [(o["order"], o["status"]) for o in life.ledger.orders(DEVICE) or []
+            if o["item"] == "coffee"]
+
+
+async def test_orders_go_on_under_new_ids_after_the_supplies_state_is_lost(tmp_path):
+    """A lost `sup` file restarted every cycle at 0: the next coffee request was coffee-0
+    again, answered with the old order's `delivered`, and nothing more was ever ordered."""
+    from brewmeter.cloud import CloudServer
+    from tests.test_console_web import signed_in
+
+    async with Life(tmp_path) as life:
+        for _ in range(9):  # a pack of 100 at 12 a day: ordered, shipped, delivered
+            await life.day(12)
+        assert _coffee_orders(life) == [("coffee-0", "delivered")]
+        assert life.device.supplies.items["coffee"][2] == "delivered"
+        for i in (0, 1):  # both copies of the consumables' record gone
+            del life.fs.files[f"/state/sup.{i}"]
+        life.reboot()
+        assert life.device.meter.c.total_brews() == 9 * 12  # the counts are untouched
+        for _ in range(9):
+            await life.day(12)
+        got = _coffee_orders(life)
+        assert len(got) == 2, got  # (before: [("coffee-0", "delivered")], nothing more)
+        first, second = got
+        assert first == ("coffee-0", "delivered") and second[0] != "coffee-0"
+        assert second[1] in ("placed", "shipped", "delivered")  # ordered, not taken as done
+        assert life.device.supplies.items["coffee"][2] == second[1]
+        # The owner is told: on the service console, and in the cloud.
+        assert [f for f in life.device.faults if f[0] == "supplies_reset"]
+        said = [e for e in life.ledger.events(DEVICE) or [] if e.get("code") == "supplies_reset"]
+        assert len(said) == 1 and said[0]["kind"] == "fault"
+        assert isinstance(life.cloud, CloudServer)
+        http, _ = await signed_in(life.cloud, life.ledger.add_owner("olga"))
+        life.ledger.assign(DEVICE, "olga")
+        async with http, http.get(f"/console/machines/{DEVICE}") as r:
+            assert r.status == 200 and "supplies_reset" in await r.text()
 
 
 @pytest.mark.parametrize("online", [False, True])

@@ -269,7 +269,9 @@ def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, p
     assert c.water_ml == 250 and c.pump_ms == 123_456_789
     assert c.boots == 5 and c.resets[1] == 4  # this boot counted on top
     assert c.filter_ml == 900 and c.filter_fit_wall == 1_800_000_000
-    assert d.store.formats["counters"] == 1 and d.faults == []
+    # No storage fault; the first firmware kept no consumables: their cycles start now
+    assert d.store.formats["counters"] == 1 and d.faults == [("supplies_reset",
+                                                              "cycles from 327680")]
     d2 = Device(profile, fs)
     d2.recover()
     assert d2.store.formats["counters"] == FORMAT == 3

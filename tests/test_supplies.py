@@ -329,6 +329,14 @@ out = {"orders": [e["order"] for e in d.outbox.events if e["kind"] == "order_req
 print("RESULT " + json.dumps(out))
 """
 
+_LOST = """
+import os
+for i in (0, 1):
+    os.remove(ROOT + "/state/sup.%d" % i)  # the consumables' record lost: a new era
+r = boot()
+print("RESULT " + json.dumps({"reset": [boot().supplies.items["coffee"][0], r.faults]}))
+"""
+
 
 def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
     """The same week of brews and two reboots, on the MicroPython unix port and under CPython:
@@ -339,14 +347,17 @@ def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
     def code(root):
         root.mkdir()
         return (f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {WALL0}\n"
-                f"ROOT = {str(root)!r}\n" + _ON_BOTH)
+                f"ROOT = {str(root)!r}\n" + _ON_BOTH + _LOST)
 
     printed = {}
     exec(code(tmp_path / "cpython"), {"print": lambda s: printed.update(json.loads(s[7:]))})
     out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
                   + code(tmp_path / "micropython")])
-    on_mp = json.loads(out.split("RESULT ", 1)[1])
+    on_mp = {}
+    for line in out.split("RESULT ")[1:]:
+        on_mp.update(json.loads(line))
     assert on_mp["orders"] == ["coffee-0"] and on_mp["status"] == "requested"
+    assert on_mp["reset"] == [4 << 16, [["supplies_reset", f"cycles from {4 << 16}"]]]
     assert on_mp == printed
 
 
@@ -413,9 +424,55 @@ def test_the_supplies_record_round_trips_and_stays_inline(machine):
 def test_a_lost_supplies_file_starts_fresh_cycles_and_keeps_counting(machine):
     m = machine
     m.days(3, 10)
+    m.console("refill coffee --pin 246810")
+    m.console("refill tablets --pin 246810")
+    before = {n: it[0] for n, it in m.dev.supplies.items.items()}
+    assert before == {"coffee": 1, "filter": 0, "descaler": 0, "tablets": 1}
     for i in (0, 1):
         (m.fs.root / "state" / f"sup.{i}").unlink()
     m.boot()
     assert m.dev.supplies.level("coffee", {}, m.profile, m.wall, None)[0] == 0
     assert m.dev.meter.c.total_brews() == 30
     assert (m.fs.root / "state" / "sup.0").exists()  # the fresh cycles are saved
+    # A new era (this boot, the 2nd): no order id of before can come again; the filter's
+    # cycle is the counters' own. The owner is told.
+    era = 2 << 16
+    assert {n: it[0] for n, it in m.dev.supplies.items.items()} == {
+        "coffee": era, "filter": 0, "descaler": era, "tablets": era}
+    assert m.faults() == ["supplies_reset"]
+    assert ("supplies_reset", f"cycles from {era}") in m.dev.faults
+    assert "supplies_reset" in m.console("faults")
+    m.console("refill coffee --pin 246810")
+    m.boot()  # the era is kept with the cycles; no reset, no fault this time
+    assert m.dev.supplies.cycle("coffee") == era + 1 and m.dev.supplies.cycle("descaler") == era
+    assert m.dev.faults == []
+
+
+def test_another_number_of_brew_kinds_starts_a_new_era(machine, profile):
+    from app.profile import parse
+    from brewmeter.harness import board_path
+
+    m = machine
+    m.days(2, 10)
+    text = json.loads(board_path("emulator").read_text())
+    del text["inputs"]["hot_water"]
+    m.profile = parse(json.dumps(text), "two-kinds.json")
+    m.boot()
+    assert m.dev.supplies.cycle("coffee") == 2 << 16
+    assert m.faults() == ["supplies_reset"]
+
+
+def test_a_supplies_record_from_before_the_era_reads_as_era_0(machine):
+    from app import supplystore
+
+    m = machine
+    m.days(6, 12)
+    m.console("refill coffee --pin 246810")
+    dev = m.dev
+    data = supplystore.pack(dev.supplies, dev.forecast, dev.brew_times)
+    old = supplystore.unpack(data[:-4], 3)  # the same record as the firmware before wrote it
+    assert old == supplystore.unpack(data, 3) and old is not None
+    assert old[0]["it"]["coffee"][0] == 1
+    dev.supplies.items["coffee"][0] = (7 << 16) + 3
+    back = supplystore.unpack(supplystore.pack(dev.supplies, dev.forecast, dev.brew_times), 3)
+    assert back is not None and back[0]["it"]["coffee"][0] == (7 << 16) + 3

@@ -105,7 +105,9 @@ class Device:
         self.save_days()
         self.save(now)
         self.load_supplies()
-        if self.supplies.fresh:  # first boot (of this firmware): the cycles start now
+        if self.supplies.fresh:  # the cycles start now: the first boot, or the state lost
+            if self.meter.c.boots > 1:  # (or never kept) in a new era (app/supplies.py): said
+                self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
             self.supplies.fresh = not self.save_supplies()
         if cause == _WDT_RESET:  # the event loop stalled, or the counting died
             self.fault("watchdog_reset", "")

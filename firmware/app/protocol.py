@@ -92,7 +92,9 @@ def message(method, path, s, body):
     return b"%s\n%s\n%d\n" % (method.encode(), path.encode(), s) + body
 
 
-# Orders: one per consumable and depletion cycle, id "<item>-<cycle>". Statuses: "requested"
+# Orders: one per consumable and depletion cycle, id "<item>-<cycle>": a device never uses one
+# twice (its cycles only grow; after its consumables' state was lost they go on from the boot
+# count x 2**16, app/supplies.py, and a fault "supplies_reset" says so). Statuses: "requested"
 # until the cloud answers, then the cloud's word; "unknown": the cloud never received it.
 # (The order of STATUSES is stored on the device: append only.)
 OPEN = ("requested", "placed", "needs_approval", "shipped")

@@ -10,6 +10,11 @@ from micropython import const
 from app import filters, settings
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
+# A cycle is era << ERA_BITS plus the refills since the era began. The era is 0 from the
+# first boot, and the boot count when this state was lost (or kept for another number of
+# brew kinds) and started afresh: boots only grow, so an order id "<item>-<cycle>" is never
+# used twice. (The filter's cycle is the counters' own: it survives.)
+ERA_BITS = const(16)
 MONTH_S = const(2629746)  # average Gregorian month, as filters.py counts the filter's age
 UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
 
@@ -39,8 +44,9 @@ class Supplies:
             self.month = saved["mo"]
             self.fresh = False
         except (KeyError, TypeError, ValueError):
+            era = c.boots << ERA_BITS if c.boots > 1 else 0
             for name in ITEMS:
-                self.items[name] = [0, self._total(name), "", 0]
+                self.items[name] = [era, self._total(name), "", 0]
             self.fresh = True  # app.device saves these marks at once
         self._sync_filter()
 
