@@ -103,6 +103,7 @@ async def test_orders_go_on_under_new_ids_after_the_supplies_state_is_lost(tmp_p
     """A lost `sup` file restarted every cycle at 0: the next coffee request was coffee-0
     again, answered with the old order's `delivered`, and nothing more was ever ordered."""
     from brewmeter.cloud import CloudServer
+
     from tests.test_console_web import signed_in
 
     async with Life(tmp_path) as life:

@@ -108,7 +108,8 @@ def test_the_documents_contract_rules_are_the_protocols():
               P.REFUSED_RETRY_S, P.MAX_TEXT):
         assert re.search(rf"\b{n}\b", flat), n
     for words in ("Content-Length", "chunked", "Redirects are not followed", "Retry-After",
-                  "`sync_refused`", "`order_status`", "`supplies_reset`", f"as `{P.OTHER}` after a reboot",
+                  "`sync_refused`", "`order_status`", "`supplies_reset`",
+                  f"as `{P.OTHER}` after a reboot",
                   f"`{P.KEY_HEADER}: <key_id>`", f'`"{P.RESTORED}": true`',
                   "Versions only move forward", "Partial counters", "never take a report as a "
                   "snapshot", "a report without `fw` keeps the one stored",
