@@ -86,6 +86,7 @@ class Syncer:
                 head[protocol.KEY_HEADER] = self.key_id
             status, retry_after, reply = await http.post(
                 self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
+            body = head = None  # sent: its heap goes back before the reply is applied
             if status == 200:
                 date = wallclock.http_date(http.date)
                 old = wallclock.now()
