@@ -177,8 +177,9 @@ class Store:
         seq, last = self._seq.get(name, (0, 1))
         seq = (seq + 1) & 0xFFFF
         i = 1 - last
-        body = struct.pack(_HEAD, FORMAT, seq) + payload
-        data = body + struct.pack("<I", crc32(body))
+        # Written in three parts: no copy of the payload joined to its header and CRC (heap).
+        head = struct.pack(_HEAD, FORMAT, seq)
+        crc = struct.pack("<I", crc32(payload, crc32(head)))
         try:
             f = self.fs.open(self._path(name, i), "wb")
         except OSError as e:
@@ -187,7 +188,9 @@ class Store:
             self._mkdirs()  # first write ever: make the directory (not at every boot)
             f = self.fs.open(self._path(name, i), "wb")
         with f:
-            f.write(data)
+            f.write(head)
+            f.write(payload)
+            f.write(crc)
         self._seq[name] = (seq, i)
 
     def load_counters(self):
