@@ -53,6 +53,34 @@ def test_schedule_coalesces_usage_reports_daily_and_backs_off():
     assert s.is_due(200_000 + 60_000)  # the usage the failed reports carried is still owed
 
 
+def test_jitter_is_the_devices_own_and_spreads_a_fleets_retries():
+    # Seeded from the id: the same device draws the same, the next id something else.
+    a, b = sync.seed("bm-000001"), sync.seed("bm-000002")
+    assert a == sync.seed("bm-000001") and a != b
+    assert sync.jitter(a) == sync.jitter(a) and sync.jitter(a) != sync.jitter(b)
+    cfg = {"report_delay_s": 60, "sync_interval_s": 86400, "backoff_max_s": 3600}
+    # A thousand devices numbered in a row, each after a long outage (12 failures): their
+    # next tries spread over the backoff's hour, no minute taking more than a few.
+    per_minute = [0] * 60
+    daily = []
+    for i in range(1000):
+        x = sync.seed(f"bm-{i:06d}")
+        s = sync.Schedule(0)
+        for _ in range(12):
+            x = sync.jitter(x)
+            assert 0 < x < 4294967296
+            s.failed(0, cfg, x / 4294967296)
+        per_minute[min(59, s.ms_until_due(0) // 60000)] += 1
+        x = sync.jitter(x)
+        s.sent()  # the retry that gets through
+        s.succeeded(0, cfg, False, x / 4294967296)
+        daily.append(s.ms_until_due(0))
+    assert max(per_minute) <= 40 and min(per_minute) >= 5, per_minute
+    # The daily report comes up to a tenth sooner, so those who came back together drift apart.
+    assert 0.9 * 86_400_000 <= min(daily) and max(daily) <= 86_400_000
+    assert len(set(d // 60000 for d in daily)) > 100
+
+
 def test_report_is_cumulative_and_carries_events_and_config(device):
     device.meter.c.brews[0] = 3
     device.add_event({"kind": "filter_changed", "cycle": 0})

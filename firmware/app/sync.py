@@ -11,8 +11,9 @@ from app.supplies import ITEMS
 
 class Schedule:
     """When the next report is due: `report_delay_s` after the first unreported usage
-    (coalesced), at least every `sync_interval_s`, and after a failure an exponential backoff
-    with full jitter up to `backoff_max_s`, never sooner than a Retry-After."""
+    (coalesced), at least every `sync_interval_s` (up to a tenth sooner: jitter), and after a
+    failure an exponential backoff with full jitter up to `backoff_max_s`, never sooner than
+    a Retry-After. The jitter (`rand`) keeps a fleet's reports from moving in step."""
 
     def __init__(self, now):
         self.due = now  # report once at boot
@@ -38,10 +39,11 @@ class Schedule:
         """A report is being built: usage from now on needs another one."""
         self.pending_since = None
 
-    def succeeded(self, now, cfg, more=False):
+    def succeeded(self, now, cfg, more=False, rand=0.0):
         """`more`: the report was one page of several: the next one is due now."""
         self.failures = 0
-        self.due = now if more else ticks_add(now, settings.get(cfg, "sync_interval_s") * 1000)
+        every = settings.get(cfg, "sync_interval_s") * 1000
+        self.due = now if more else ticks_add(now, every - int(rand * every) // 10)
         if self.pending_since is not None:  # usage arrived while the report was in flight
             self.usage(now, cfg)
 
@@ -55,6 +57,21 @@ class Schedule:
         self.due = ticks_add(now, delay)
         if self.pending_since is None:
             self.pending_since = now  # the failed report's usage is still unreported
+
+
+def jitter(x):
+    """The next state of a device's jitter (xorshift32; seed() makes the first from its id,
+    so a run replays the same and two devices' differ). rand = state / 2**32."""
+    x ^= x << 13 & 0xFFFFFFFF
+    x ^= x >> 17
+    return x ^ (x << 5 & 0xFFFFFFFF)
+
+
+def seed(device_id):
+    x = 2166136261  # FNV-1a of the id: ids a digit apart seed far apart
+    for c in device_id:
+        x = (x ^ ord(c)) * 16777619 & 0xFFFFFFFF
+    return jitter(x | 1)
 
 
 def usage(device):

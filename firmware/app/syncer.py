@@ -1,6 +1,5 @@
 # The sync task: Wi-Fi, clock and reports to the cloud, around the pure decisions in sync.py.
 import asyncio
-import random
 from time import ticks_diff, ticks_ms
 
 from micropython import const
@@ -40,6 +39,7 @@ class Syncer:
         self.refused_at = None  # ticks of the first refusal since the last 200
         self.refused_said = False  # the sync_refused fault is raised
         self._ntp_tried = None
+        self.jitter = sync.seed(self.id)
 
     def usage(self, now):
         """The device counted something: report it soon."""
@@ -113,11 +113,13 @@ class Syncer:
         except (http.HttpError, sync.BadReply, OSError, ValueError) as e:
             result, retry_after = str(e) or e.__class__.__name__, 0
         now = ticks_ms()
+        self.jitter = sync.jitter(self.jitter)
+        j = self.jitter / 4294967296
         if result == "ok":
             self.refused_at, self.refused_said = None, False
-            self.schedule.succeeded(now, cfg, device.days.more)
+            self.schedule.succeeded(now, cfg, device.days.more, j)
         else:
-            self.schedule.failed(now, cfg, random.random(), retry_after,
+            self.schedule.failed(now, cfg, j, retry_after,
                                  protocol.REFUSED_RETRY_S if self.refused_at is not None
                                  else 86400)
         self.last = (device.uptime_ms(now), result)
