@@ -124,6 +124,19 @@ def test_config_versions_only_move_forward_unless_restored(device):
     assert sync.apply_reply(device, _reply(4), []) is None and device.config_version == 4
 
 
+def test_a_rejection_the_cloud_took_is_kept_until_a_new_config(device):
+    assert sync.apply_reply(device, _reply(5), []) is None
+    rejected = sync.apply_reply(device, _reply(3), [])
+    assert rejected is not None and rejected[0] == 3
+    # The cloud took it (no config in its reply): the next reports say it again, else the
+    # cloud would take it back and send version 3 again, and so on every other report.
+    took = b'{"ack":[],"config":null}'
+    assert sync.apply_reply(device, took, [], rejected) == rejected
+    assert sync.apply_reply(device, b'{"ack":[]}', [], rejected) == rejected
+    assert sync.apply_reply(device, _reply(6), [], rejected) is None  # a new one, applied
+    assert device.config_version == 6
+
+
 def test_an_unknown_order_status_is_kept_shown_and_said(device, profile):
     from app.console import Console
 

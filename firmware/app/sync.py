@@ -153,11 +153,12 @@ class BadReply(ValueError):
     pass
 
 
-def apply_reply(device, body, sent_ids):
+def apply_reply(device, body, sent_ids, rejected=None):
     """Apply a 200 reply: acknowledged events leave the outbox; a new desired configuration
     is checked and applied (persisted) or rejected. Returns None, or (version, reason) of a
-    rejected configuration to report next time. Raises BadReply, changing nothing, if the
-    reply is not one of ours."""
+    rejected configuration to report next time: `rejected`, the one reported so far, while
+    the reply has no configuration (the cloud took the rejection; a report without it would
+    take it back). Raises BadReply, changing nothing, if the reply is not one of ours."""
     try:
         d = json.loads(body)
     except ValueError:
@@ -181,7 +182,9 @@ def apply_reply(device, body, sent_ids):
     for name, cycle in refill.items():  # the owner refilled it, said in the cloud
         if name in ITEMS and device.supplies.cycle(name) == cycle:
             device.refill(name, "cloud")
-    if cfg is None or cfg["version"] == device.config_version:
+    if cfg is None:
+        return rejected
+    if cfg["version"] == device.config_version:
         return None
     if cfg["version"] < device.config_version and cfg.get(protocol.RESTORED) is not True:
         return (cfg["version"], "version %d is older than the applied %d" % (

@@ -95,7 +95,7 @@ class Syncer:
                 elif date and wallclock.synced:
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
-                self.rejected = sync.apply_reply(device, reply, sent)
+                self.rejected = sync.apply_reply(device, reply, sent, self.rejected)
                 device.save_days()
                 self.acked, self.acked_sup = now_usage, sup
                 if full:
