@@ -4,6 +4,7 @@ pseudo-terminal, and the control address. Every wait has a timeout; the file tak
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -350,3 +351,64 @@ def test_the_watchdog_behaves_as_the_esp32s(main_py_board):
         assert b.command({"cmd": "status"})["wdt_ms"] is None  # a hard reset stopped it
         time.sleep(2.5)
         assert b.boots == 3  # and nothing started it again
+
+
+# A main.py that reads the flow counter every 10 ms, as the sensor loop does, and while the
+# espresso input is on looks up an IP literal and a host name, in the loop (so a lookup
+# that blocks is a gap between two reads).
+LOOKUP_PY = """\
+import machine, socket, time
+flow = machine.Counter(0, machine.Pin(10, machine.Pin.IN), edge=machine.Counter.RISING)
+btn = machine.Pin(1, machine.Pin.IN)
+print("ready")
+while True:
+    flow.value(0)
+    if btn.value():
+        for host in ("127.0.0.1", "localhost"):
+            t = time.ticks_ms()
+            try:
+                socket.getaddrinfo(host, 80)
+                r = "answered"
+            except OSError as e:
+                r = "failed %d" % e.errno
+            print("%s %s after %d ms" % (host, r, time.ticks_diff(time.ticks_ms(), t)))
+        while btn.value():
+            time.sleep_ms(10)
+    time.sleep_ms(10)
+"""
+
+
+def test_poll_gap_and_a_dns_that_never_answers(main_py_board):
+    def lookups(ctl: BoardControl, port: serial.Serial) -> bytes:
+        ctl.press("espresso")
+        try:
+            seen = b""
+            deadline = time.monotonic() + 10
+            while not re.search(rb"localhost [^\r]* ms\r\n", seen):
+                assert time.monotonic() < deadline, seen
+                seen += port.read(port.in_waiting or 1)
+            return seen
+        finally:
+            ctl.release("espresso")
+            time.sleep(0.2)  # seen released before the next press
+
+    b = main_py_board(LOOKUP_PY)
+    with b, b.control() as ctl, serial.Serial(b.serial_port, timeout=0.1) as port:
+        read_until(port, b"ready")
+        seen = lookups(ctl, port)
+        assert b"127.0.0.1 answered" in seen and b"localhost answered" in seen
+        assert ctl.dns(False, hang_ms=500)["hang_ms"] == 500
+        ctl.poll_gap()
+        seen = lookups(ctl, port)
+        assert b"127.0.0.1 answered" in seen  # a literal needs no DNS server
+        m = re.search(rb"localhost failed -202 after (\d+) ms", seen)
+        assert m and int(m[1]) >= 500, seen  # as lwIP fails on an ESP32, after the wait
+        time.sleep(0.1)
+        assert ctl.poll_gap() >= 500  # the lookup blocked the loop between two reads
+        ctl.reset()  # the DNS stays silent through a reset
+        read_until(port, b"ready")
+        assert b"localhost failed -202" in lookups(ctl, port)
+        ctl.dns(True)
+        assert b"localhost answered" in lookups(ctl, port)
+        with pytest.raises(BoardError, match="answer must be"):
+            ctl.call("dns", answer="no")

@@ -1,6 +1,7 @@
 """The emulated board's bus: the loopback socket to onboard/board_machine/machine.py, which
 carries pin levels and flow pulses to the board and brings back outputs, flash wear, the
-watchdog, the heap the harness holds and the REPL's activity."""
+watchdog, the heap (the harness's and the app's), the sensor loop's poll gap and the REPL's
+activity."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ class Bus:
             if len(hello) != 2 or hello[0] != b"H" or int(hello[1]) != self._boot_no:
                 return  # a process that is already gone
             self._bus = writer
-            writer.write(b"".join(b"L %d %d\n" % kv for kv in self._levels.items()) + b"K\n")
+            writer.write(b"".join(b"L %d %d\n" % kv for kv in self._levels.items())
+                         + (b"N %d\n" % self._dns_hang_ms if self._dns_hang_ms else b"")
+                         + b"K\n")
             self._hello()
             while True:
                 line = await reader.readline()
@@ -89,6 +92,9 @@ class Bus:
                 if not w.done():
                     w.set_result(int(f[1]))
             self._heap_waiters.clear()
+        elif k == b"G":
+            if self._gap_asked is not None and not self._gap_asked.done():
+                self._gap_asked.set_result((int(f[1]), int(f[2])))
         elif k == b"F":
             self._feed_wdt()
         elif k == b"W":

@@ -1,5 +1,6 @@
 """The emulated board's control address: JSON lines on 127.0.0.1 (press, release, pulses,
-pins, power_cut, reset, wait_boot, wear, status, heap, help), and BoardControl, its client."""
+pins, power_cut, reset, wait_boot, wear, status, heap, poll_gap, dns, help), and
+BoardControl, its client."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from brewmeter.onboard.board_machine.machineconsts import HARD_RESET, PWRON_RESE
 
 class Control:
     """Board's control side (a mixin: the state is Board's, set in Board.__init__)."""
+
+    _dns_hang_ms = 0  # how long the board's DNS lookups block (`dns`); 0: they answer
+    _gap_asked: asyncio.Future[tuple[int, int]] | None = None  # a `poll_gap` awaiting "G"
 
     async def _control_client(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter) -> None:
@@ -133,6 +137,34 @@ class Control:
         used = await asyncio.wait_for(fut, float(cmd.get("timeout", 10)))
         return {"app_heap": used - (self.harness_heap or 0) - (self.rom_heap or 0)}
 
+    async def _cmd_poll_gap(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """the longest gap (ms) between two of the sensor loop's polls since the last
+        poll_gap (timed by the board's machine module, where the loop reads the flow counter
+        once a poll), and the polls; taken at the board's next pin read"""
+        assert self._loop is not None
+        fut = self._gap_asked
+        if fut is None or fut.done():  # (two asking at once share the answer)
+            fut = self._gap_asked = self._loop.create_future()
+        if not self._bus_send(b"G\n"):
+            raise BoardError("the board is not running")
+        gap, polls = await asyncio.wait_for(fut, float(cmd.get("timeout", 10)))
+        return {"max_ms": gap, "polls": polls}
+
+    def _cmd_dns(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """{"answer": false, "hang_ms": MS}: the DNS server stops answering: from now on (and
+        after resets) each lookup of a host name blocks the thread asking for MS (10000 if
+        not given), then fails, as lwIP's does on an ESP32; IP literals still resolve;
+        {"answer": true}: it answers again"""
+        answer = cmd.get("answer")
+        if not isinstance(answer, bool):
+            raise ValueError("answer must be true or false")
+        hang = cmd.get("hang_ms", 10000)
+        if isinstance(hang, bool) or not isinstance(hang, int) or not 1 <= hang <= 600000:
+            raise ValueError("hang_ms must be a whole number of ms from 1 to 600000")
+        self._dns_hang_ms = 0 if answer else hang
+        self._bus_send(b"N %d\n" % self._dns_hang_ms)
+        return {"answer": answer, "hang_ms": self._dns_hang_ms}
+
     def _cmd_wear(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """the flash's programs and erases so far"""
         # Counted by the supervisor from the board's reports, so they span resets and cuts.
@@ -210,6 +242,13 @@ class BoardControl:
     def heap(self) -> int:
         """The heap the app holds now (the `heap` command)."""
         return int(self.call("heap")["app_heap"])
+
+    def poll_gap(self) -> int:
+        """The longest gap (ms) between two sensor polls since the last call."""
+        return int(self.call("poll_gap")["max_ms"])
+
+    def dns(self, answer: bool, hang_ms: int = 10000) -> dict[str, Any]:
+        return self.call("dns", answer=answer, hang_ms=hang_ms)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

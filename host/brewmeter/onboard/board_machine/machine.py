@@ -9,12 +9,14 @@
 #
 # Bus lines, supervisor -> board: "L gpio level", "P gpio n" (pulses), "C n tear" (arm a flash
 # power cut after n program/erase operations), "A" (the serial port showed output: dupterm),
-# "H" (report the heap), "K" (ack), "I" / "U" (a Ctrl-C to raise / no longer to raise).
+# "H" (report the heap), "K" (ack), "I" / "U" (a Ctrl-C to raise / no longer to raise),
+# "G" (report the poll gap), "N ms" (host-name lookups block ms, then fail; 0: they answer).
 # Board -> supervisor: "H boot" (hello), "R" (REPL starts), "i" (the Ctrl-C was raised),
 # "X" (soft reset), "B" (machine.reset), "D ms" (deepsleep), "Z" (flash power died),
 # "O gpio v" (output pin), "W ms" / "F" (watchdog start / feed), "p nbytes" / "e block" (a
 # flash program / erase), "M bytes rom pool" (heap the harness holds, and apart, the ROM
-# partition; the heap's pool), "T offset" (RTC set), "H bytes" (the heap in use, collected).
+# partition; the heap's pool), "T offset" (RTC set), "H bytes" (the heap in use, collected),
+# "G ms polls" (the longest gap between two sensor polls, and the polls, since the last "G").
 import _thread
 import gc
 import select
@@ -128,6 +130,10 @@ def _apply(line):
             _term.write(b"A")
     elif k == b"H":  # the heap in use, collected (the control address's `heap`)
         _heap()
+    elif k == b"G":
+        machine_counter.gap_report()
+    elif k == b"N":
+        socket._hang_ms = int(f[1])
     elif k == b"I" or k == b"U":
         _intr_due = k == b"I"
     elif k == b"C" and _flash is not None:
@@ -251,51 +257,6 @@ class Pin(_c.Pin):
         return "Pin(%d)" % self._id
 
 
-class Counter(_c.Counter):
-    # machine.Counter as the ESP32 port has it since MicroPython 1.26
-    # (ports/esp32/modules/machine.py): a singleton per PCNT unit, value([value]).
-    _INSTANCES = {}
-
-    def __new__(cls, unit_id, *args, **kwargs):
-        self = cls._INSTANCES.get(unit_id)
-        if self is None:
-            self = object.__new__(cls)
-            cls._INSTANCES[unit_id] = self
-        return self
-
-    def __init__(self, unit_id, *args, filter_ns=0, **kwargs):
-        self._unit_id = unit_id
-        if getattr(self, "_gpio", None) is not None and not (args or kwargs):
-            return  # the existing singleton, unchanged
-        self._configure(*args, **kwargs)
-
-    def _configure(self, src, edge=_c.Counter.RISING, direction=_c.Counter.UP):
-        self.deinit()
-        self._gpio = src._id if isinstance(src, Pin) else src
-        edges = (1 if edge & Counter.RISING else 0) + (1 if edge & Counter.FALLING else 0)
-        self._per_pulse = -edges if direction == Counter.DOWN else edges
-        self._v = 0
-        _counters.setdefault(self._gpio, []).append(self)
-
-    def init(self, *args, **kwargs):
-        self.__init__(self._unit_id, *args, **kwargs)
-
-    def deinit(self):
-        g = getattr(self, "_gpio", None)
-        if g is not None:
-            _counters[g].remove(self)
-            self._gpio = None
-
-    def value(self, value=None):
-        if getattr(self, "_gpio", None) is None:
-            raise RuntimeError("not initialised")
-        _poll()
-        v = self._v
-        if value is not None:
-            self._v = value
-        return v
-
-
 def dupterm(stream=None, index=0):
     # os.dupterm, which the unix port lacks: `stream`.write() is called whenever the serial
     # port shows output (the supervisor says so over the bus, "A"), as the ESP32's REPL
@@ -395,6 +356,8 @@ def _halt(msg):
         time.sleep(1)
 
 
-# The watchdog and the timers live beside this file (machine_timers.py); imported last, as
-# they call back into this module.
+# The watchdog, the timers and the pulse counter live beside this file (machine_timers.py,
+# machine_counter.py); imported last, as they call back into this module.
+import machine_counter  # noqa: E402
+from machine_counter import Counter  # noqa: E402, F401
 from machine_timers import RTC, WDT, Timer  # noqa: E402, F401
