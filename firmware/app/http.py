@@ -5,6 +5,7 @@
 import asyncio
 import sys
 
+from app.link import resolve
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
 date = b""  # the Date header of the last reply (app.wallclock.cross_check)
@@ -99,11 +100,12 @@ class _Head:
 async def _exchange(host, port, ssl, head, body, bufs, max_body):
     global date
     date = b""
+    ip = await resolve(host)  # (asyncio's own lookup would block the event loop)
     if ssl is not None:
-        reader, writer = await asyncio.open_connection(host, port, ssl=ssl,
+        reader, writer = await asyncio.open_connection(ip, port, ssl=ssl,
                                                        server_hostname=host)
     else:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(ip, port)
     try:
         # Each part drained before the next: a write while the TLS handshake or a full
         # socket holds the stream back is queued, and the next one is joined to it (a copy).

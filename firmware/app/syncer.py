@@ -5,6 +5,7 @@ from time import ticks_diff, ticks_ms
 from micropython import const
 
 from app import http, protocol, sync, wallclock
+from app.link import resolve
 from app.signing import signature
 
 _NTP_RETRY_MS = const(60000)
@@ -56,7 +57,7 @@ class Syncer:
         self._ntp_tried = now
         host, _, port = self.ntp.partition(":")
         try:
-            wallclock.set_unix(await wallclock.ntp_query(host, int(port or 123)),
+            wallclock.set_unix(await wallclock.ntp_query(await resolve(host), int(port or 123)),
                                wallclock.STEP_MAX)
         except (OSError, ValueError):
             pass  # reports carry uptime until it works; the cloud places them later

@@ -80,9 +80,10 @@ def ntp_time(data, sent):
 
 
 async def ntp_query(host, port=123, timeout_ms=2000):
-    """Ask an NTP server for the time, without blocking the event loop (the stock ntptime
-    module blocks for up to a second). Returns unix seconds; raises OSError on failure or
-    on an answer that is not sound (ntp_time)."""
+    """Ask an NTP server at `host` (an IP address: app.link.resolve looks a name up) for the
+    time, without blocking the event loop (the stock ntptime module blocks for up to a
+    second). Returns unix seconds; raises OSError on failure or on an answer that is not
+    sound (ntp_time)."""
     addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
