@@ -32,6 +32,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "app_peak_heap_bytes": (65536, "max"),  # the app in ROMFS; the goal beyond: 32768
     "app_peak_heap_fs_bytes": (98304, "max"),
     "poll_alloc_bytes": (0, "max"),
+    "poll_gap_max_ms": (100, "max"),  # on the emulated board
 }
 
 
@@ -150,6 +151,12 @@ def _wire() -> dict[str, float]:
     return wire_bytes_per_day()
 
 
+def _poll_gap() -> dict[str, float]:
+    from brewmeter.bench.pollgap import poll_gap
+
+    return poll_gap()
+
+
 def _board(name: str) -> Callable[[], dict[str, float]]:
     def measure() -> dict[str, float]:
         from brewmeter.bench import board as boardbench
@@ -195,6 +202,8 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_board("console_roundtrip_ms"), ("console_roundtrip_ms",)),
     (_board("console_heap_bytes"), ("console_heap_bytes",)),
     (poll_alloc_bytes, ("poll_alloc_bytes",)),
+    (_poll_gap, ("poll_gap_pin_ms", "poll_gap_dns_ms", "poll_gap_tls_ms",
+                          "poll_gap_max_ms")),
 ]
 
 
