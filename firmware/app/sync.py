@@ -131,7 +131,7 @@ def after_conflict(body, seq):
     try:
         s = json.loads(body)["seq"]
     except (ValueError, KeyError, TypeError, IndexError):
-        s = seq  # none named: past our own
+        return protocol.era_after(seq)  # none named: past our own
     if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= protocol.MAX_NAMED_SEQ:
         return None
     return protocol.era_after(max(s, seq))
