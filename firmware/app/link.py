@@ -51,8 +51,7 @@ async def resolve(host, timeout_ms=5000):
     One lookup at a time: a lookup still blocked is waited for, never doubled. An IP
     literal is its own address."""
     global _dns
-    p = host.split(".")
-    if len(p) == 4 and all(x.isdigit() for x in p):
+    if host.replace(".", "").isdigit():  # (no top-level domain is all digits)
         return host
     import _thread
 
