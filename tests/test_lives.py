@@ -136,6 +136,26 @@ async def test_orders_go_on_under_new_ids_after_the_supplies_state_is_lost(tmp_p
         assert r.status == 200 and "supplies_reset" in page
 
 
+async def test_orders_go_on_under_new_ids_after_the_whole_flash_is_lost(tmp_path):
+    """A replaced flash starts the boot count again, so the first era's ids come again: the
+    409 that tells the device it lost its state moves its consumables to a new era too."""
+    async with Life(tmp_path) as life:
+        for _ in range(9):
+            await life.day(12)
+        assert _coffee_orders(life) == [("coffee-0", "delivered")]
+        life.lose_flash()
+        await life.heal()
+        assert "seq conflict" in life.results
+        for _ in range(9):
+            await life.day(12)
+        got = _coffee_orders(life)
+        assert len(got) == 2 and got[1][0] != "coffee-0", got
+        assert got[1][1] in ("placed", "shipped", "delivered")
+        # Said on the console. (The cloud files it under its event id, which the new flash
+        # numbered again from the start: `event_conflict` flags that.)
+        assert [f for f in life.device.faults if f[0] == "supplies_reset"]
+
+
 @pytest.mark.parametrize("online", [False, True])
 async def test_one_boot_with_the_clock_3_years_ahead_bills_every_brew_to_its_day(tmp_path,
                                                                                 online):

@@ -448,6 +448,26 @@ def test_a_lost_supplies_file_starts_fresh_cycles_and_keeps_counting(machine):
     assert m.dev.faults == []
 
 
+def test_a_409_moves_the_first_eras_cycles_on_and_later_eras_follow_the_seq_era(machine):
+    """A 409 to a device still in the first era: its flash was lost and its boot count began
+    again, so the ids of before would come again; later eras start from the seq era."""
+    m = machine
+    m.days(6, 12)
+    assert m.orders() and m.orders()[0]["order"] == "coffee-0"
+    m.dev.seq_floor(100)  # the cloud had seqs up to era 99
+    assert m.dev.supplies.cycle("coffee") == 100 << 16
+    assert m.dev.supplies.cycle("filter") == 0  # the counters' own
+    assert m.dev.supplies.items["coffee"][2] == "requested"  # the request goes on, renamed
+    assert sync.open_orders(m.dev.supplies) == {f"coffee-{100 << 16}": "requested"}
+    assert m.faults() == ["supplies_reset"]
+    m.dev.seq_floor(200)  # a later 409: the cycles are no longer the first era's
+    assert m.dev.supplies.cycle("coffee") == 100 << 16
+    for i in (0, 1):
+        (m.fs.root / "state" / f"sup.{i}").unlink()
+    m.boot()  # boot 2 with the floor: seq era 2 + 199
+    assert m.dev.supplies.cycle("coffee") == 201 << 16
+
+
 def test_another_number_of_brew_kinds_starts_a_new_era(machine, profile):
     from app.profile import parse
     from brewmeter.harness import board_path

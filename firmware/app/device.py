@@ -14,7 +14,7 @@ from app.forecast import Forecast
 from app.outbox import Outbox
 from app.protocol import MAX_NAMED_SEQ, cut, era_after
 from app.store import NewerFormat, Store
-from app.supplies import MONTH_S, Supplies
+from app.supplies import ERA_BITS, MONTH_S, Supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
@@ -106,9 +106,7 @@ class Device:
         self.save(now)
         self.load_supplies()
         if self.supplies.fresh:  # the cycles start now: the first boot, or the state lost
-            if self.meter.c.boots > 1:  # (or never kept) in a new era (app/supplies.py): said
-                self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
-            self.supplies.fresh = not self.save_supplies()
+            self._new_era()  # (or never kept)
         if cause == _WDT_RESET:  # the event loop stalled, or the counting died
             self.fault("watchdog_reset", "")
 
@@ -122,7 +120,7 @@ class Device:
             except NewerFormat:
                 self.store.read_only = self.state.read_only = True
         sup, fc, bt = sup or (None, None, None)
-        self.supplies = Supplies(self.meter.c, self.profile.kinds, sup)
+        self.supplies = Supplies(self.meter.c, self.profile.kinds, sup, self.seq_era)
         self.forecast = Forecast(n + 1, fc)
         self.brew_times = BrewTimes(n, bt)
         self._rates_saved = self.forecast.day
@@ -203,6 +201,17 @@ class Device:
         seen higher ones). Kept in flash, with the state."""
         self.seq_era = era - self.meter.c.boots
         self._save_state()
+        items = self.supplies.items
+        if not items["coffee"][0] >> ERA_BITS:  # the first era, and a 409: the flash was lost,
+            for name in ("coffee", "descaler", "tablets"):  # its boot count began again
+                items[name][0] += min(era, 0xFFFFFFFF) << ERA_BITS
+            self._new_era()
+
+    def _new_era(self):
+        # The consumables' cycles begin an era (app/supplies.py): unless the first, said.
+        if self.supplies.cycle("coffee"):
+            self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
+        self.supplies.fresh = not self.save_supplies()
 
     def set_service_lock(self, seconds, fails=None):
         """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts

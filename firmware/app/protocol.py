@@ -93,8 +93,8 @@ def message(method, path, s, body):
 
 
 # Orders: one per consumable and depletion cycle, id "<item>-<cycle>": a device never uses one
-# twice (its cycles only grow; after its consumables' state was lost they go on from the boot
-# count x 2**16, app/supplies.py, and a fault "supplies_reset" says so). Statuses: "requested"
+# twice (its cycles only grow; after its consumables' state was lost they go on from the seq
+# era x 2**16, app/supplies.py, and a fault "supplies_reset" says so). Statuses: "requested"
 # until the cloud answers, then the cloud's word; "unknown": the cloud never received it.
 # (The order of STATUSES is stored on the device: append only.)
 OPEN = ("requested", "placed", "needs_approval", "shipped")

@@ -11,9 +11,11 @@ from app import filters, settings
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
 # A cycle is era << ERA_BITS plus the refills since the era began. The era is 0 from the
-# first boot, and the boot count when this state was lost (or kept for another number of
-# brew kinds) and started afresh: boots only grow, so an order id "<item>-<cycle>" is never
-# used twice. (The filter's cycle is the counters' own: it survives.)
+# first boot; when this state was lost (or kept for another number of brew kinds) and starts
+# afresh, the seq era (app/protocol.py: the boot count plus the floor a 409 set), which only
+# grows: so an order id "<item>-<cycle>" is never used twice. After a lost flash (the boot
+# count began again) the 409 moves the first era's cycles on (Device.seq_floor). (The
+# filter's cycle is the counters' own: it survives.)
 ERA_BITS = const(16)
 MONTH_S = const(2629746)  # average Gregorian month, as filters.py counts the filter's age
 UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
@@ -25,10 +27,10 @@ def filter_capacity_ml(profile, dh):
 
 
 class Supplies:
-    def __init__(self, c, kinds, saved=None):
+    def __init__(self, c, kinds, saved=None, floor=0):
         """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
         supplystore.unpack() read back ({"it": items, "mo": month}; None: every cycle
-        starts now)."""
+        starts now, in era c.boots + `floor`, the seq floor)."""
         self.c = c
         self.kinds = kinds
         # name -> [cycle, mark, order status ("" none), overdue alert raised this cycle]
@@ -44,7 +46,8 @@ class Supplies:
             self.month = saved["mo"]
             self.fresh = False
         except (KeyError, TypeError, ValueError):
-            era = c.boots << ERA_BITS if c.boots > 1 else 0
+            era = min(c.boots + floor, 0xFFFFFFFF)  # (stored in 32 bits)
+            era = era << ERA_BITS if era > 1 else 0
             for name in ITEMS:
                 self.items[name] = [era, self._total(name), "", 0]
             self.fresh = True  # app.device saves these marks at once
