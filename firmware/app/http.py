@@ -1,6 +1,6 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
-# timeout, replies read into buffers made once (never more than they hold), the socket
-# always closed. TLS when the URL is https:
+# timeout, the status line and headers read through a buffer made once, the body into one of
+# its checked length (never more than a bound), the socket always closed. TLS when the URL is https:
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
 import sys
@@ -33,18 +33,12 @@ def parse_url(url):
     return scheme, host, port, "/" + path.rstrip("/") if path else ""
 
 
-class _Buffers:
-    """Made once, when the sync is loaded at boot (while the heap is still in one piece):
-    one buffer of the reply limit for the body, whose last 512 bytes first hold the status
-    line and the headers, one line at a time. A reply never needs more: anything over a
-    bound is refused before it is read."""
-
-    def __init__(self, max_body):
-        self.body = bytearray(max_body)
-        self.lock = asyncio.Lock()  # one request at a time (the sync task, the console's sync)
-
-
-_bufs = _Buffers(MAX_REPLY) if _MP else None
+# Made once, when the sync is loaded at boot: the buffer the status line and the headers
+# pass through, one line at a time, and the lock that keeps to one request at a time (the
+# sync task, the console's sync). The body gets a buffer of its Content-Length, once that is
+# checked against the bound, for as long as the caller reads it: the reply limit is not held
+# between reports.
+_line, _lock = (bytearray(MAX_LINE), asyncio.Lock()) if _MP else (None, None)
 
 
 async def _into(reader, mv):
@@ -61,14 +55,14 @@ async def _into(reader, mv):
 
 
 class _Head:
-    """Lines from the reply, each through the last MAX_LINE bytes of `buf`: a line longer
-    than that is refused as soon as they are full, never buffered whole."""
+    """Lines from the reply, each through `buf` (MAX_LINE bytes): a line longer than that
+    is refused as soon as it is full, never buffered whole."""
 
     def __init__(self, reader, buf):
         self.reader = reader
         self.buf = buf
         self.mv = memoryview(buf)
-        self.lo = self.start = self.end = len(buf) - MAX_LINE  # unread: buf[start:end]
+        self.start = self.end = 0  # unread: buf[start:end]
 
     async def line(self):
         """The next line (without its end) as bytes."""
@@ -79,11 +73,10 @@ class _Head:
                 line = bytes(self.mv[self.start:i])
                 self.start = i + 1
                 return line[:-1] if line.endswith(b"\r") else line
-            lo = self.lo
-            if self.start > lo:  # move what is left to the front
+            if self.start:  # move what is left to the front
                 n = self.end - self.start
-                self.mv[lo:lo + n] = self.mv[self.start:self.end]
-                self.start, self.end = lo, lo + n
+                self.mv[:n] = self.mv[self.start:self.end]
+                self.start, self.end = 0, n
             if self.end == len(buf):
                 raise HttpError("reply line too long")
             n = await _into(self.reader, self.mv[self.end:])
@@ -92,12 +85,11 @@ class _Head:
             self.end += n
 
     def rest(self):
-        """What was read past the headers: the start of the body (at most MAX_LINE bytes,
-        so moving it to the front of the buffer never overlaps)."""
+        """What was read past the headers: the start of the body."""
         return self.mv[self.start:self.end]
 
 
-async def _exchange(host, port, ssl, head, body, bufs, max_body):
+async def _exchange(host, port, ssl, head, body, line, max_body):
     global date
     date = b""
     ip = await resolve(host)  # (asyncio's own lookup would block the event loop)
@@ -113,7 +105,7 @@ async def _exchange(host, port, ssl, head, body, bufs, max_body):
         await writer.drain()
         writer.write(body)
         await writer.drain()
-        head = _Head(reader, bufs.body)
+        head = _Head(reader, line)
         parts = (await head.line()).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
@@ -141,20 +133,20 @@ async def _exchange(host, port, ssl, head, body, bufs, max_body):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        body = memoryview(bufs.body)
         got = head.rest()
         n = len(got)
         if n > length:
             raise HttpError("reply longer than its Content-Length")
+        buf = bytearray(length)  # within the bound, checked above
+        body = memoryview(buf)
         body[:n] = got
         while n < length:
-            k = await _into(reader, body[n:length])
+            k = await _into(reader, body[n:])
             if not k:
                 raise HttpError("bad reply: closed after %d of %d bytes" % (n, length))
             n += k
-        # The body stays in the shared buffer: the caller reads it before the next request.
-        # (CPython's json takes no memoryview: the harness gets a copy.)
-        return status, retry_after, body[:n] if _MP else bytes(body[:n])
+        # (CPython's json takes no memoryview: the harness gets bytes.)
+        return status, retry_after, body if _MP else bytes(buf)
     finally:
         writer.close()
         try:
@@ -176,11 +168,11 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     head = (head + "\r\n").encode()
     # On the device one set of buffers, one request at a time; the harness runs many devices
     # in one process (each on its own clock), so each of its requests gets its own.
-    bufs = _bufs if _MP else _Buffers(MAX_REPLY)
-    await bufs.lock.acquire()
+    line, lock = (_line, _lock) if _MP else (bytearray(MAX_LINE), asyncio.Lock())
+    await lock.acquire()
     try:
         return await asyncio.wait_for(
-            _exchange(host, port, ssl if scheme == "https" else None, head, body, bufs,
+            _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
                       min(max_body, MAX_REPLY)),
             timeout_ms / 1000)
     except asyncio.TimeoutError:
@@ -188,4 +180,4 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     except ValueError as e:  # int() of a bad number
         raise HttpError("bad reply: %s" % e)
     finally:
-        bufs.lock.release()
+        lock.release()
