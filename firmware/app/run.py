@@ -77,7 +77,9 @@ def start_sync(device, prov, ssl):
     from app.syncer import wire
 
     wifi = prov["wifi"]
-    return wire(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
+    s = wire(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
+    del prov["key"], prov["wifi"]  # the Syncer and the link keep them: no second copy held
+    return s
 
 
 _device = None  # for run(): what to save when Ctrl-C stops the app
