@@ -60,7 +60,7 @@ def _serve(listener: socket.socket) -> None:
                 conn.sendall(reply)
 
 
-def test_replies_are_read_into_the_preallocated_buffer(tmp_path):
+def test_replies_are_read_within_their_bound(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     threading.Thread(target=_serve, args=(listener,), daemon=True).start()
@@ -71,7 +71,7 @@ def test_replies_are_read_into_the_preallocated_buffer(tmp_path):
     finally:
         listener.close()
     assert out[0] == "OK /big 200 4096 {}"
-    assert out[1] == 'OK /small 200 11 {"ack": []}'  # the same buffer, the new reply only
+    assert out[1] == 'OK /small 200 11 {"ack": []}'  # the new reply only
     assert out[2] == "OK /drip 200 8 [1, 2, 3]"
     assert out[3] == "ERR /cut bad reply: closed after 6 of 50 bytes"
     assert out[4] == "ERR /over reply of 4097 bytes is over 4096"

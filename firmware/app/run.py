@@ -60,7 +60,7 @@ def load_provision(path=PROVISION_PATH):
 
 
 def load_sync(prov):
-    """The sync stack (its modules, the HTTP client's reply buffers, the TLS context), loaded
+    """The sync stack (its modules, the HTTP client's line buffer, the TLS context), loaded
     before recovery while the heap is whole: after it the heap may hold no free run of 3-4
     KiB for them. Returns the TLS context (None for a plain-http emulator cloud)."""
     from app import syncer, tls  # noqa: F401
