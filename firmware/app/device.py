@@ -198,7 +198,8 @@ class Device:
 
     def seq_floor(self, era):
         """Seqs from now on (and after reboots) start at era `era` (a 409: the cloud has
-        seen higher ones). Kept in flash, with the state."""
+        seen higher ones). Kept in flash, with the state. Consumables' cycles still in the
+        first era move to this one (app/supplies.py)."""
         self.seq_era = era - self.meter.c.boots
         self._save_state()
         items = self.supplies.items
