@@ -143,7 +143,7 @@ SCHEMA = {
     # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
     "sync_interval_s": (300, 86400, 86400),  # report at least this often, even with no usage
     "report_delay_s": (5, 14400, 7200),  # after usage, wait this long to batch more into one
-    "backoff_max_s": (60, 86400, 3600),  # the longest wait between failed attempts
+    "backoff_max_s": (60, 86400, 14400),  # the longest wait between failed attempts
     # Consumables (app/supplies.py). Coffee comes in packs of coffee_pack units (pods, or
     # grams of beans); a brew of each kind uses coffee_use.KIND units.
     "coffee_pack": (1, 100000, 100),

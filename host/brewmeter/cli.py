@@ -50,6 +50,22 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from brewmeter.runs import fleet
+
+    try:
+        plan = fleet.Plan(devices=args.devices, days=args.days, seed=args.seed,
+                          outage=None if args.outage is None else fleet.parse_outage(args.outage),
+                          board=args.board)
+        fleet.check_plan(plan)
+    except ValueError as e:
+        print(f"brewmeter fleet: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = fleet.run(plan, fleet.main_progress)
+    print(json.dumps(out.json(), sort_keys=True) if args.json else fleet.table(out))
+    return 0 if out.checks["ok"] else 1
+
+
 def _bench(args: argparse.Namespace) -> int:
     from brewmeter import bench
     from brewmeter.mp import InterpreterError
@@ -202,6 +218,19 @@ def parser() -> argparse.ArgumentParser:
                    "deliveries and stock-outs marked (needs matplotlib: the plot extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("fleet", help="many machines (each its firmware and its household) "
+                       "reporting to one emulated cloud, which may be down for hours: rates, "
+                       "latency, the backlog after the outage, and the ledger checked")
+    p.add_argument("--devices", type=int, default=100, help="how many machines")
+    p.add_argument("--days", type=int, default=30, help="how many days")
+    p.add_argument("--outage", metavar="DAY+HOURS", help="the cloud down for HOURS from the "
+                   "start of day DAY (e.g. 10+6), its connections refused")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of the households' use (same seed, same run)")
+    p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_fleet)
 
     p = sub.add_parser("bench", help="measure the benchmark figures")
     p.add_argument("--json", action="store_true", help="print one JSON object")

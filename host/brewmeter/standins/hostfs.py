@@ -30,6 +30,20 @@ class DirFS:
         os.mkdir(self._p(path))
 
 
+class _Writer(io.BytesIO):
+    """A MemFS file being written: there once closed (one class, not one per open: a fleet
+    of machines opens millions)."""
+
+    def __init__(self, files: dict[str, bytes], path: str) -> None:
+        super().__init__()
+        self.files, self.path = files, path
+
+    def close(self) -> None:
+        if not self.closed:
+            self.files[self.path] = self.getvalue()
+        super().close()
+
+
 class MemFS:
     """The same interface in memory, for long simulations: a file is replaced whole when
     the writer closes it, as littlefs commits a file on close."""
@@ -45,15 +59,7 @@ class MemFS:
             return io.BytesIO(self.files[path])
         if path.rpartition("/")[0] not in self.dirs:
             raise OSError(errno.ENOENT, path)
-        files = self.files
-
-        class Writer(io.BytesIO):
-            def close(self) -> None:
-                if not self.closed:
-                    files[path] = self.getvalue()
-                super().close()
-
-        return Writer()
+        return _Writer(self.files, path)
 
     def mkdir(self, path: str) -> None:
         if path in self.dirs:

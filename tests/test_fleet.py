@@ -1,0 +1,88 @@
+"""`brewmeter fleet`: many machines, each the firmware's Device and Syncer with its own
+household, reporting over HTTP to one emulated cloud (its own process) that goes down for
+hours; then the ledger checked against the machines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from brewmeter.cloud.ledger import Ledger
+from brewmeter.runs import fleet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> fleet.Outcome:
+    db = tmp_path_factory.mktemp("fleet") / "ledger.db"
+    return fleet.run(fleet.Plan(devices=20, days=5, outage=(2, 6), seed=3, db=db))
+
+
+@pytest.mark.slow
+def test_a_small_fleet_through_an_outage_loses_and_doubles_nothing(small):
+    d = small.json()
+    assert d["ok"] and d["lost_brews"] == d["doubled_brews"] == 0
+    assert d["counters_mismatched"] == d["invoice_months_wrong"] == 0
+    assert d["invoice_months"] >= 20  # every machine billed
+    brews = sum(c["brews_total"] for c in small.machines.values())
+    assert brews > 20 * 5 * 3  # the households did use their machines
+    # The outage happened: reports refused in its hours, none answered, and after it the
+    # backlog drained.
+    assert d["failures"] > 0 and d["drain_s"] is not None and d["drain_s"] > 0
+    outage_hours = range(2 * 24, 2 * 24 + 6)
+    assert sum(small.per_hour[h] for h in outage_hours) > 0
+    assert d["reports"] + d["failures"] == d["requests"]
+    assert d["steady_requests_per_h"] > 0 and d["post_outage_peak_ratio"] is not None
+    assert d["latency_p50_ms"] <= d["latency_p99_ms"]
+
+
+@pytest.mark.slow
+def test_the_checks_catch_a_brew_lost_doubled_or_a_counter_off(small):
+    assert small.period is not None and small.db is not None
+    dev = fleet.device_id(0)
+    ledger = Ledger(small.db, synchronous="NORMAL")
+    try:
+        assert fleet.check(ledger, small.machines, *small.period)["ok"]
+        with ledger._tx() as db:  # a day's brews of one machine lost
+            (day,) = db.execute("SELECT max(day) FROM day_usage WHERE device=? AND "
+                                "field='brews_total' AND value>0", (dev,)).fetchone()
+            db.execute("DELETE FROM day_usage WHERE device=? AND day=?", (dev, day))
+        got = fleet.check(ledger, small.machines, *small.period)
+        assert got["lost_brews"] > 0 and not got["ok"]
+        other = fleet.device_id(1)
+        with ledger._tx() as db:  # another's billed twice on one day
+            db.execute("UPDATE day_usage SET value=value*2 WHERE device=? AND "
+                       "field='brews_total' AND day=(SELECT max(day) FROM day_usage WHERE "
+                       "device=? AND field='brews_total' AND value>0)", (other, other))
+            db.execute("UPDATE counters SET value=value+1 WHERE device=? AND "
+                       "field='brews_total'", (other,))
+        got = fleet.check(ledger, small.machines, *small.period)
+        assert got["doubled_brews"] > 0 and got["counters_mismatched"] == 1
+    finally:
+        ledger.close()
+
+
+def test_bad_outage_and_sizes_are_refused_clearly():
+    for args, said in ((["--outage", "10x6"], "expected DAY+HOURS"),
+                       (["--outage", "4+30", "--days", "5"], "ends after the 5 days"),
+                       (["--devices", "0"], "--devices must be at least 1")):
+        p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "fleet", *args],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert p.returncode == 2 and said in p.stderr, p.stderr
+
+
+@pytest.mark.slow
+def test_the_command_prints_json_and_progress(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "fleet", "--devices", "5",
+                        "--days", "2", "--outage", "1+3", "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["ok"] and d["devices"] == 5 and d["outage"] == {"day": 1, "hours": 3}
+    assert {"lost_brews", "doubled_brews", "reports_per_s", "latency_p99_ms",
+            "post_outage_peak_ratio", "drain_s"} <= set(d)
+    assert "day 2/2" in p.stderr
