@@ -51,7 +51,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from brewmeter.runs import fleet
+    from brewmeter.runs import fleet, fleetcheck
 
     try:
         plan = fleet.Plan(devices=args.devices, days=args.days, seed=args.seed,
@@ -62,7 +62,7 @@ def _fleet(args: argparse.Namespace) -> int:
         print(f"brewmeter fleet: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out = fleet.run(plan, fleet.main_progress)
-    print(json.dumps(out.json(), sort_keys=True) if args.json else fleet.table(out))
+    print(json.dumps(out.json(), sort_keys=True) if args.json else fleetcheck.table(out))
     return 0 if out.checks["ok"] else 1
 
 

@@ -17,15 +17,11 @@ import asyncio
 import hashlib
 import heapq
 import random
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +30,8 @@ from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.harness import load_profile
 from brewmeter.onboard import replay
+from brewmeter.runs.fleetcheck import PRICE_CENTS, Outcome, check
+from brewmeter.runs.fleetnet import Cloud, Pool
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import DAY_MS, START_WALL, _day
 from brewmeter.scenario import Script
@@ -43,13 +41,10 @@ if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harnes
     from app.device import Device
     from app.syncer import Syncer
 
-    from brewmeter.cloud.ledger import Ledger
 
 HOUR_MS = 3_600_000
 STEP_MS = 300_000  # the virtual clock's step: reports due within it go out together
-PRICE_PER_BREW = 0.35
-PRICE_CENTS = 35
-CONCURRENCY = 64  # requests in flight at once, over as many keep-alive connections
+PRICE_PER_BREW = PRICE_CENTS / 100
 HEAL_ROUNDS = 40  # at the end: syncs a minute apart until every machine is caught up
 SEND_YIELDS = 4  # loop turns for a step's requests to be written (aiohttp awaits before)
 
@@ -81,136 +76,12 @@ def check_plan(plan: Plan) -> None:
                          f"{plan.days} days")
 
 
-@dataclass
-class Outcome:
-    devices: int
-    days: int
-    seconds: float = 0.0  # real time of the run (the days, not the checks)
-    reports: int = 0  # answered 200
-    requests: int = 0  # every attempt, refused ones too
-    failures: int = 0
-    latencies: list[float] = field(default_factory=list)  # of each 200, seconds
-    per_hour: Counter[int] = field(default_factory=Counter)  # requests per virtual hour
-    outage: tuple[int, int] | None = None
-    drain_s: float | None = None  # from the outage's end until no machine owes a failed report
-    checks: dict[str, Any] = field(default_factory=dict)
-    machines: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> its counters
-    period: tuple[date, date] | None = None  # the days billed
-    db: Path | None = None  # the ledger, when kept (Plan.db)
-
-    def rates(self) -> dict[str, Any]:
-        """The steady request rate (per hour, the days before the outage less the first, or
-        every day but the first), the hour after the outage and the peak of the day after."""
-        first = 24  # day 0: every machine's boot report
-        if self.outage is None:
-            hours = range(first, self.days * 24)
-            after = peak = None
-        else:
-            start = self.outage[0] * 24
-            end = start + self.outage[1]
-            hours = range(first, start) if start > first + 24 else range(end + 24, self.days * 24)
-            after = self.per_hour[end]
-            peak = max(self.per_hour[h] for h in range(end, min(end + 24, self.days * 24 + 1)))
-        steady = sum(self.per_hour[h] for h in hours) / max(1, len(hours))
-        out: dict[str, Any] = {"steady_requests_per_h": round(steady, 1)}
-        if after is not None and peak is not None:
-            out["post_outage_requests_per_h"] = after
-            out["post_outage_peak_per_h"] = peak
-            out["post_outage_peak_ratio"] = round(peak / steady, 2) if steady else None
-        return out
-
-    def json(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
-
-        return {
-            "devices": self.devices, "days": self.days, "seconds": round(self.seconds, 2),
-            "device_days_per_s": round(self.devices * self.days / self.seconds, 1),
-            "reports": self.reports, "requests": self.requests, "failures": self.failures,
-            "reports_per_s": round(self.reports / self.seconds, 1),
-            "latency_p50_ms": pct(0.5), "latency_p99_ms": pct(0.99),
-            "outage": None if self.outage is None else
-            {"day": self.outage[0], "hours": self.outage[1]},
-            **self.rates(),
-            "drain_s": self.drain_s,
-            **self.checks,
-        }
-
-
 def device_id(i: int) -> str:
     return f"bm-fleet{i:06d}"
 
 
 def _key(seed: int, i: int) -> str:
     return hashlib.sha256(f"fleet {seed} {i}".encode()).hexdigest()
-
-
-# -- the cloud, in its own process -----------------------------------------------------------
-
-def _serve(db: str, port: int, clock_file: str) -> None:
-    """The cloud's process: the ledger file on 127.0.0.1:port, its clock the fleet's
-    virtual one (a double in `clock_file`, mapped into both processes). Says "ready" on
-    stdout once it listens; runs until terminated."""
-    import mmap
-
-    from brewmeter.cloud import CloudServer
-    from brewmeter.cloud.ledger import Ledger
-
-    with open(clock_file, "r+b") as f:
-        wall = mmap.mmap(f.fileno(), 8)
-
-    async def main() -> None:
-        ledger = Ledger(db, synchronous="NORMAL", now=lambda: struct.unpack("d", wall)[0])
-        async with CloudServer(ledger, port=port):
-            print("ready", flush=True)
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-class Cloud:
-    """The cloud's process: started, stopped (an outage: connections refused), started
-    again on the same port and ledger."""
-
-    def __init__(self, db: Path, clock: VirtualClock) -> None:
-        import mmap
-
-        self.db = db
-        self.clock = clock
-        self.clock_file = db.with_name(db.name + ".clock")
-        self.clock_file.write_bytes(bytes(8))
-        with open(self.clock_file, "r+b") as f:
-            self.wall = mmap.mmap(f.fileno(), 8)
-        with socket.socket() as s:  # a free port, kept across restarts
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def tick(self) -> None:
-        self.wall[:] = struct.pack("d", START_WALL + self.clock.ms / 1000)
-
-    def start(self) -> None:
-        self.tick()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from brewmeter.runs.fleet import _serve; "
-             "_serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])",
-             str(self.db), str(self.port), str(self.clock_file)],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.wait(10)
-            raise RuntimeError(f"the cloud did not start (exit {self.proc.returncode})")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            if self.proc.stdout:
-                self.proc.stdout.close()
-            self.proc = None
 
 
 # -- the machines ----------------------------------------------------------------------------
@@ -283,42 +154,6 @@ class Machine:
         from brewmeter.clock import ticks_diff
 
         return clock_ms + ticks_diff(self.syncer.schedule.due, replay.ticks(clock_ms))
-
-
-class Pool:
-    """The fleet's HTTP: one aiohttp session (keep-alive, CONCURRENCY connections) standing
-    in for app.http.post, counting each request by the virtual hour and timing each 200."""
-
-    def __init__(self, out: Outcome, clock: VirtualClock) -> None:
-        import aiohttp
-
-        self.out, self.clock = out, clock
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY),
-            timeout=aiohttp.ClientTimeout(total=30))
-
-    async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes,
-                   timeout_ms: int = 10000, ssl: Any = None, max_body: int = 0
-                   ) -> tuple[int, int, bytes]:
-        import aiohttp
-        from app import http
-
-        self.out.requests += 1
-        self.out.per_hour[self.clock.ms // HOUR_MS] += 1
-        t0 = time.perf_counter()
-        try:
-            async with self.session.post(
-                    url + path, data=body,
-                    headers={"Content-Type": "application/json",
-                             **{k: str(v) for k, v in headers.items()}}) as r:
-                data = await r.read()
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise http.HttpError(str(e) or e.__class__.__name__) from None
-        if r.status == 200:
-            self.out.latencies.append(time.perf_counter() - t0)
-        http.date = r.headers.get("Date", "").encode()
-        retry = r.headers.get("Retry-After", "")
-        return r.status, int(retry) if retry.isdigit() else 0, data
 
 
 class Fleet:
@@ -458,35 +293,6 @@ def _usage(device: Device) -> dict[str, Any]:
     return sync.usage(device)
 
 
-def check(ledger: Ledger, machines: dict[str, dict[str, Any]], first: date, last: date
-          ) -> dict[str, Any]:
-    """The ledger against the machines (id -> its counters as a report carries them):
-    counters that differ, brews billed that no machine counted (doubled) or counted but not
-    billed (lost), and each month's invoice line against its brews and the price."""
-    mismatched = lost = doubled = bad_months = months = 0
-    for dev, counters in machines.items():
-        got = (ledger.device(dev) or {}).get("counters", {})
-        if any(got.get(k) != v for k, v in counters.items()):
-            mismatched += 1
-        inv = ledger.invoice(dev, first, last) or {}
-        billed = 0
-        for line in inv.get("months", []):
-            months += 1
-            days = ledger.days(dev, date.fromisoformat(line["from"]),
-                               date.fromisoformat(line["to"])) or {}
-            day_brews = sum(d["brews_total"] for d in days.get("days", []))
-            if line["brews"] != day_brews or line["amount_cents"] != PRICE_CENTS * day_brews:
-                bad_months += 1
-            billed += line["brews"]
-        billed += sum(a["brews"] for a in inv.get("adjustments", []))
-        have = counters.get("brews_total", 0)
-        lost += max(0, have - billed)
-        doubled += max(0, billed - have)
-    return {"counters_mismatched": mismatched, "lost_brews": lost, "doubled_brews": doubled,
-            "invoice_months": months, "invoice_months_wrong": bad_months,
-            "ok": mismatched == lost == doubled == bad_months == 0}
-
-
 def _date(wall: float) -> date:
     return datetime.fromtimestamp(wall, UTC).date()
 
@@ -535,27 +341,6 @@ def run(plan: Plan, progress: Callable[[str], None] | None = None) -> Outcome:
         return asyncio.run(_run(plan, plan.db, progress))
     with tempfile.TemporaryDirectory() as tmp:
         return asyncio.run(_run(plan, Path(tmp) / "ledger.db", progress))
-
-
-def table(o: Outcome) -> str:
-    d = o.json()
-    rows = [f"{o.devices} machines, {o.days} days: {d['device_days_per_s']} device-days/s "
-            f"({d['seconds']} s)",
-            f"reports: {o.reports} ({d['reports_per_s']}/s), {o.failures} failed; latency "
-            f"p50 {d['latency_p50_ms']} ms, p99 {d['latency_p99_ms']} ms",
-            f"steady: {d['steady_requests_per_h']} requests per virtual hour"]
-    if o.outage:
-        rows.append(f"outage: day {o.outage[0]}, {o.outage[1]} h; the hour after: "
-                    f"{d['post_outage_requests_per_h']} requests, the day's peak hour "
-                    f"{d['post_outage_peak_per_h']} ({d['post_outage_peak_ratio']}x steady); "
-                    f"backlog drained in "
-                    + ("-" if o.drain_s is None else f"{o.drain_s / 60:.0f} min"))
-    c = o.checks
-    rows.append(f"checks: counters differ on {c['counters_mismatched']} machines, "
-                f"{c['lost_brews']} brews lost, {c['doubled_brews']} doubled, "
-                f"{c['invoice_months_wrong']} of {c['invoice_months']} invoice months wrong")
-    rows.append("PASS" if c["ok"] else "FAIL")
-    return "\n".join(rows)
 
 
 def main_progress(msg: str) -> None:
