@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import signal
@@ -22,6 +23,7 @@ from brewmeter.cloud import CloudServer, Faults, Ledger, auth
 from brewmeter.cloud.ledger import day_number
 from brewmeter.cloud.server import FAULT_KINDS, make_app
 from brewmeter.cloud.shared import protocol as P
+from brewmeter.flashfiles import emulator_provision
 
 DEV = "bm-240ac4000001"
 KEY = "11" * 32
@@ -600,10 +602,12 @@ def test_cloud_thread_serves_synchronous_code():
 
 def test_cloud_command(tmp_path):
     db = tmp_path / "ledger.db"
+    prov = tmp_path / "dev.json"  # a provisioning file: the cloud takes its id and key
+    prov.write_text(json.dumps(emulator_provision() | {"device_id": DEV, "key": KEY}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db),
-         "--admin-token", "tok", "--device", f"{DEV}:{KEY}"],
-        stdout=subprocess.PIPE, text=True)
+         "--device-file", str(prov)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "BREWMETER_ADMIN_TOKEN": "tok"})
     try:
         url = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline()).group(0)
 
@@ -625,9 +629,18 @@ def test_cloud_command(tmp_path):
     ledger = Ledger(db)  # the device and its report were kept in the file
     assert ledger.device(DEV)["reports"] == 1
     ledger.close()
-    bad = subprocess.run([sys.executable, "-m", "brewmeter.cloud", "--device", "bm-x:zz"],
+    prov.write_text(json.dumps(emulator_provision() | {"device_id": DEV, "key": KEY[:-1] + "z"}))
+    bad = subprocess.run([sys.executable, "-m", "brewmeter.cloud", "--device-file", str(prov)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "brewmeter cloud" in bad.stderr
+    assert "field 'key': 32 random bytes as 64 hex digits" in bad.stderr
+    assert KEY[:-1] not in bad.stderr
+    # A key or a token on the command line, where ps shows it: refused, not repeated.
+    for flag, secret in (("--device", f"{DEV}:{KEY}"), ("--admin-token", "tok-on-cmdline")):
+        bad = subprocess.run([sys.executable, "-m", "brewmeter.cloud", flag, secret],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and "not taken on the command line" in bad.stderr
+        assert secret not in bad.stderr and KEY not in bad.stderr
 
 
 def test_protocol_document_lists_every_route():

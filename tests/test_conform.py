@@ -40,7 +40,7 @@ async def test_the_reference_cloud_conforms():
 
 
 @pytest.mark.slow
-def test_the_command_over_tls(tmp_path, capsys):
+def test_the_command_over_tls(tmp_path, capsys, monkeypatch):
     """`brewmeter conform --url https://... --ca PEM --json`: one JSON object, exit 0."""
     import trustme
 
@@ -48,22 +48,26 @@ def test_the_command_over_tls(tmp_path, capsys):
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "token").write_text("tok\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", ":memory:",
-         "--admin-token", "tok", "--tls-cert", str(tmp_path / "cert.pem"),
+         "--admin-token-file", str(tmp_path / "token"), "--tls-cert", str(tmp_path / "cert.pem"),
          "--tls-key", str(tmp_path / "cert.pem")], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         m = re.search(r"https://127\.0\.0\.1:\d+", line)
         assert m, line
-        code = cli.main(["conform", "--url", m.group(0), "--admin-token", "tok",
+        code = cli.main(["conform", "--url", m.group(0), "--admin-token-file",
+                         str(tmp_path / "token"),
                          "--ca", str(tmp_path / "ca.pem"), "--seed", "9", "--json"])
         out = capsys.readouterr().out.strip()
         v = json.loads(out)
         assert code == 0 and v["ok"] and v["seed"] == 9, v["violations"]
-        assert cli.main(["conform", "--url", m.group(0), "--admin-token", "wrong",
-                         "--ca", str(tmp_path / "ca.pem"), "--seed", "9"]) == 1
-        assert "admin" in capsys.readouterr().out
+        monkeypatch.setenv("BREWMETER_ADMIN_TOKEN", "wr0ng-t0ken")
+        assert cli.main(["conform", "--url", m.group(0), "--ca", str(tmp_path / "ca.pem"),
+                         "--seed", "9"]) == 1
+        out, err = capsys.readouterr()
+        assert "admin" in out and "wr0ng-t0ken" not in out + err
     finally:
         proc.kill()
         proc.wait()

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import tempfile
@@ -301,14 +302,46 @@ def test_mpy_version_mismatch_is_refused(board, monkeypatch):
 
 @pytest.mark.slow
 def test_flash_sh_emulator_shows_it_counting():
-    out = subprocess.run([str(ROOT / "flash.sh"), "--emulator"], capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "all counted, saved and synced" in out.stdout
-    assert "brews_total" in out.stdout
-    # The web console's address and the flashed machine owner's token to sign in with.
-    assert re.search(r"^web console: http://127\.0\.0\.1:\d+/console/ \(sign in with the "
-                     r"owner token [\w-]{32}: machine bm-[\w-]+;", out.stdout, re.M), out.stdout
+    """The quickstart, at a terminal: it counts, then keeps the board and the cloud up for
+    the web console until Enter, its tokens in files of their own (never printed)."""
+    import urllib.request
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([str(ROOT / "flash.sh"), "--emulator"], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    try:
+        assert proc.stdout is not None
+        out, end = "", time.monotonic() + 300
+        while "Enter stops them" not in out:  # input()'s prompt: no newline after it
+            assert proc.poll() is None and time.monotonic() < end, out
+            if select.select([proc.stdout], [], [], 1)[0]:
+                out += os.read(proc.stdout.fileno(), 4096).decode()
+        assert "all counted, saved and synced" in out and "brews_total" in out
+        # The web console's address, and where the machine owner's token is to sign in with.
+        m = re.search(r"^web console: (http://127\.0\.0\.1:\d+)/console/ \(sign in with the "
+                      r"owner token in (\S+): machine (bm-[\w-]+); the operator's token is in "
+                      r"(\S+);", out, re.M)
+        assert m, out
+        url, owner_file, dev, operator_file = m.groups()
+        tokens = [Path(owner_file).read_text().strip(), Path(operator_file).read_text().strip()]
+        for f in (owner_file, operator_file):
+            assert Path(f).stat().st_mode & 0o777 == 0o600
+        assert not any(t in out for t in tokens)
+        req = urllib.request.Request(f"{url}/v1/devices/{dev}",
+                                     headers={"Authorization": f"Bearer {tokens[0]}"})
+        with urllib.request.urlopen(req, timeout=10) as r:  # the owner sees the machine
+            assert json.loads(r.read())["counters"]["brews_total"] >= 3
+        os.write(master, b"\n")
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + rest + err
+        assert not any(t in rest + err for t in tokens)
+        assert not Path(owner_file).exists()  # gone with the cloud
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
 
 
 @pytest.mark.slow

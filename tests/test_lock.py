@@ -1,10 +1,12 @@
 """A provisioned machine's serial port is locked: on the emulated board, with unmodified
 mpremote and pyserial, as somebody with a USB cable meets it, and as a field tech opens it
-with the service PIN (`brewmeter unlock`, `flash.sh --pin`)."""
+with the service PIN (`brewmeter unlock`, `flash.sh`: from --pin-file, $BREWMETER_PIN or a
+prompt without echo, never the command line)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -49,6 +51,12 @@ def _mpremote(port: str, *args: str) -> tuple[subprocess.CompletedProcess, float
     p = subprocess.run([tool("mpremote"), "connect", port, *args], capture_output=True,
                        text=True, timeout=60)
     return p, time.monotonic() - t
+
+
+def _unlock(port: str, pin: str, monkeypatch) -> int:  # noqa: ANN001
+    """`brewmeter unlock`, the PIN in $BREWMETER_PIN."""
+    monkeypatch.setenv("BREWMETER_PIN", pin)
+    return cli.main(["unlock", "--port", port])
 
 
 def _answers_locked(port: str, timeout: float = 3.0) -> bool:
@@ -98,20 +106,23 @@ def test_flash_sh_on_a_locked_machine_without_pin_says_so_and_changes_nothing(lo
     image = (d / "flash.img").read_bytes()
     assert flashsh.main(["--port", port, "--board", prof, "--provision",
                          str(d / "prov.json")]) == 2
-    assert "locked: unlock with --pin" in capsys.readouterr().err
+    assert "locked: give its service PIN with --pin-file FILE or $BREWMETER_PIN" in \
+        capsys.readouterr().err
     assert fieldtech.ask(port, "counters") == before  # no restart (boots), nothing else
     assert (d / "flash.img").read_bytes() == image
-    with pytest.raises(fieldtech.NoBrewmeter, match="locked: unlock with --pin"):
+    with pytest.raises(fieldtech.NoBrewmeter, match="locked: open it with `brewmeter unlock`"):
         fieldtech.restart(port, timeout=3)  # `brewmeter restart`: Ctrl-C, Ctrl-D ignored
 
 
 @pytest.mark.slow
-def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys):
+def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(locked, capsys,
+                                                                             tmp_path):
     board, prov, prof, d = locked
     port = board.serial_port
     _brew(board, "lungo", 10.3)
     before = fieldtech.ask(port, "counters")
-    assert cli.main(["unlock", "--port", port, "--pin", PIN]) == 0
+    (tmp_path / "pin").write_text(PIN + "\n")
+    assert cli.main(["unlock", "--port", port, "--pin-file", str(tmp_path / "pin")]) == 0
     assert "open for 8 s" in capsys.readouterr().out
     mark = board.transcript_end()
     p, _ = _mpremote(port, "fs", "ls", ":")  # Ctrl-C works now: the app stops for the REPL
@@ -125,9 +136,9 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     assert _answers_locked(port)
     events = fieldtech.ask(port, "events")
     assert any(e.get("action") == "service unlock" for e in events), events
-    # flash.sh --pin: unlocks, re-flashes, restarts locked; the counters are kept.
+    # flash.sh --pin-file: unlocks, re-flashes, restarts locked; the counters are kept.
     assert flashsh.main(["--port", port, "--board", prof, "--provision", str(d / "prov.json"),
-                         "--pin", PIN]) == 0, capsys.readouterr()
+                         "--pin-file", str(tmp_path / "pin")]) == 0, capsys.readouterr()
     kept = fieldtech.ask(port, "counters")
     unlocks = [e for e in fieldtech.ask(port, "events") if e.get("action") == "service unlock"]
     assert len(unlocks) == 2  # flash.sh's own unlock, recorded (and kept over the re-flash)
@@ -146,57 +157,70 @@ def test_the_window_ends_by_itself_and_the_port_locks_again(locked):
     assert _answers_locked(port)
 
 
-def test_wrong_pins_are_refused_and_the_lock_survives_a_reset(tmp_path, capsys):
+def test_wrong_pins_are_refused_and_the_lock_survives_a_reset(tmp_path, capsys, monkeypatch):
     prof, prov = _setup(tmp_path)
     with Board(tmp_path / "flash.img", board_profile=prof) as board:
         Flasher(board.serial_port).flash(prof, prov)
         port = board.serial_port
         for i in range(4):
-            assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+            assert _unlock(port, "135790", monkeypatch) == 1
             assert f"wrong PIN ({4 - i} tries left)" in capsys.readouterr().err
-        assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+        assert _unlock(port, "135790", monkeypatch) == 1
         assert "locked for 300 s" in capsys.readouterr().err
         mark = board.transcript_end()
         board.control().reset()
         board.wait_output(b"brewmeter ready", timeout=30, start=mark)
-        assert cli.main(["unlock", "--port", port, "--pin", PIN]) == 1  # even the right one
+        assert _unlock(port, PIN, monkeypatch) == 1  # even the right one
         assert "service actions locked" in capsys.readouterr().err
         assert _answers_locked(port)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, pin: str | None = None) -> subprocess.CompletedProcess:
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "BREWMETER_PIN"}
     return subprocess.run([sys.executable, "-m", "brewmeter.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env | ({} if pin is None else
+                                                           {"BREWMETER_PIN": pin}))
 
 
 @pytest.mark.board
 @pytest.mark.slow
-def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(locked, capsys):
+def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(locked, capsys,
+                                                                        monkeypatch, tmp_path):
     board, prov, prof, d = locked
     port = board.serial_port
-    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    assert _unlock(port, "135790", monkeypatch) == 1
     tries = int(re.search(r"wrong PIN \((\d) tries left\)", capsys.readouterr().err)[1])
     mark = board.transcript_end()
-    for args in (["unlock"], ["sync"], ["refill", "filter"], ["sync", "--pin", "12"],
-                 ["refill", "coffee", "--pin", "12345x"], ["unlock", "--pin", ""]):
-        p = _cli(*args, "--port", port)
+    (tmp_path / "short").write_text("12\n")
+    (tmp_path / "empty").write_text("")
+    for args, pin, says in (
+            (["unlock"], None, "service PIN (6-8 digits) is needed: give it with --pin-file "
+             "FILE or $BREWMETER_PIN, or type it when asked at a terminal"),
+            (["sync"], None, "is needed"), (["refill", "filter"], None, "is needed"),
+            (["sync"], "12", "$BREWMETER_PIN: a service PIN is 6-8 digits"),
+            (["refill", "coffee"], "12345x", "6-8 digits"),
+            (["unlock", "--pin-file", str(tmp_path / "short")], None, "short: a service PIN"),
+            (["unlock", "--pin-file", str(tmp_path / "empty")], None, "empty"),
+            (["unlock", "--pin-file", str(tmp_path / "none")], None, "cannot read"),
+            (["unlock", "--pin", PIN], None, "--pin is not taken on the command line")):
+        p = _cli(*args, "--port", port, pin=pin)
         assert p.returncode == 2, (args, p.stdout, p.stderr)
-        assert "usage: brewmeter" in p.stderr and "--pin" in p.stderr, p.stderr
-    p = subprocess.run(["./flash.sh", "--port", port, "--provision", str(d / "prov.json"),
-                        "--pin", "abc"], capture_output=True, text=True, timeout=60,
-                       cwd=BOARDS.parent)
+        assert says in p.stderr and PIN not in p.stdout + p.stderr, (args, p.stderr)
+    p = subprocess.run(["./flash.sh", "--port", port, "--provision", str(d / "prov.json")],
+                       capture_output=True, text=True, timeout=60, cwd=BOARDS.parent,
+                       env=os.environ | {"BREWMETER_PIN": "abc"})
     assert p.returncode == 2 and "6-8 digits" in p.stderr, p.stderr
     time.sleep(0.5)
     assert b"--pin" not in board.transcript(mark)  # nothing reached the machine
     # The try count, as the next wrong PIN tells it: unchanged by the slips.
-    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    assert _unlock(port, "135790", monkeypatch) == 1
     assert f"wrong PIN ({tries - 1} tries left)" in capsys.readouterr().err
     # The right one works from the laptop's own service commands (and clears the count).
-    p = _cli("refill", "coffee", "--port", port, "--pin", PIN)
+    p = _cli("refill", "coffee", "--port", port, pin=PIN)
     assert p.returncode == 0 and "coffee refilled" in p.stdout, p.stdout + p.stderr
-    p = _cli("sync", "--port", port, "--pin", PIN)
+    p = _cli("sync", "--port", port, pin=PIN)
     assert p.stdout.startswith(f"{port}: sync: "), p.stdout + p.stderr
-    assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+    assert _unlock(port, "135790", monkeypatch) == 1
     assert "wrong PIN (4 tries left)" in capsys.readouterr().err

@@ -59,14 +59,19 @@ async def test_bad_token_missing_token_and_bad_ca_file_are_clear_errors(tmp_path
         env = {"BREWMETER_ADMIN_TOKEN": ""}
         rc, _, err = await brewmeter(*base, env=env)
         assert rc == 2 and "--admin-token-file" in err and "Traceback" not in err
-        rc, _, err = await brewmeter(*base, "--admin-token", "wrong", env=env)
-        assert rc == 2 and "refused the admin token" in err
-        rc, _, err = await brewmeter(*base, "--admin-token", cloud.admin_token, "--ca-cert",
-                                     str(pem), env=env)
+        rc, _, err = await brewmeter(*base, env={"BREWMETER_ADMIN_TOKEN": "wrong"})
+        assert rc == 2 and "refused the admin token" in err and "wrong" not in err
+        # The token on the command line, where ps shows it: refused, and not repeated.
+        rc, _, err = await brewmeter(*base, "--admin-token", cloud.admin_token, env=env)
+        assert rc == 2 and "not taken on the command line" in err
+        assert "--admin-token-file FILE or $BREWMETER_ADMIN_TOKEN" in err
+        assert cloud.admin_token not in err
+        env = {"BREWMETER_ADMIN_TOKEN": cloud.admin_token}
+        rc, _, err = await brewmeter(*base, "--ca-cert", str(pem), env=env)
         assert rc == 2 and "no PEM certificate" in err
-        rc, _, err = await brewmeter(*base, "--admin-token", cloud.admin_token, "--ca-cert",
-                                     str(tmp_path / "missing.pem"), env=env)
+        rc, _, err = await brewmeter(*base, "--ca-cert", str(tmp_path / "missing.pem"), env=env)
         assert rc == 2 and "cannot read" in err
+        assert cloud.admin_token not in err
         assert not (tmp_path / "o").exists()
         async with aiohttp.ClientSession(cloud.url) as s, \
                 s.get("/v1/devices/x1-001", headers=cloud.admin_headers) as r:
@@ -87,9 +92,10 @@ async def test_provisioning_files_are_0600_from_their_first_byte(tmp_path, no_na
     out = tmp_path / "out"
     async with CloudServer(":memory:") as cloud:
         args = argparse.Namespace(count=2, prefix="sec", start=1, out=str(out),
-                                  admin_token=cloud.admin_token, admin_token_file=None,
-                                  ca_cert=None, wifi_ssid="shop", ntp=None, cloud=cloud.url)
-        files = await asyncio.to_thread(provision.new, args, {"BREWMETER_WIFI_PASSWORD": "pw"})
+                                  admin_token_file=None, ca_cert=None, wifi_ssid="shop",
+                                  ntp=None, cloud=cloud.url)
+        files = await asyncio.to_thread(provision.new, args, {
+            "BREWMETER_WIFI_PASSWORD": "pw", "BREWMETER_ADMIN_TOKEN": cloud.admin_token})
     assert [f.name for f in files] == ["sec-001.json", "sec-002.json"]
     for f in files:
         assert f.stat().st_mode & 0o777 == 0o600, f
@@ -105,9 +111,10 @@ async def test_a_link_where_a_file_goes_is_refused_and_nothing_written_through_i
     (out / "ln-001.json").symlink_to(stolen)  # dangling: exists() says no
     async with CloudServer(":memory:") as cloud:
         args = argparse.Namespace(count=1, prefix="ln", start=1, out=str(out),
-                                  admin_token=cloud.admin_token, admin_token_file=None,
-                                  ca_cert=None, wifi_ssid="shop", ntp=None, cloud=cloud.url)
+                                  admin_token_file=None, ca_cert=None, wifi_ssid="shop",
+                                  ntp=None, cloud=cloud.url)
         with pytest.raises(provision.ProvisionError, match="already exists"):
-            await asyncio.to_thread(provision.new, args, {})
+            await asyncio.to_thread(provision.new, args,
+                                    {"BREWMETER_ADMIN_TOKEN": cloud.admin_token})
         assert cloud.ledger.device("ln-001") is None  # refused before registering
     assert not stolen.exists()

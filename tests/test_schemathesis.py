@@ -40,10 +40,15 @@ def order_waiting(url: str) -> None:
 @pytest.mark.slow
 def test_the_document_and_the_server_agree(tmp_path):
     db = tmp_path / "ledger.db"
+    from brewmeter.flashfiles import emulator_provision
+
+    (tmp_path / "dev.json").write_text(json.dumps(emulator_provision() | {"device_id": DEV,
+                                                                          "key": KEY}))
     cloud = subprocess.Popen(
         [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db),
-         "--admin-token", TOKEN, "--device", f"{DEV}:{KEY}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+         "--device-file", str(tmp_path / "dev.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "BREWMETER_ADMIN_TOKEN": TOKEN})
     try:
         assert cloud.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+", cloud.stdout.readline()).group(0)

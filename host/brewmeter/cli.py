@@ -99,8 +99,9 @@ def _powercut(args: argparse.Namespace) -> int:
 
 def _conform(args: argparse.Namespace) -> int:
     from brewmeter.runs import conform
+    from brewmeter.secretargs import ADMIN_TOKEN, need
 
-    r = conform.main(args.url, args.admin_token, args.ca, args.seed)
+    r = conform.main(args.url, need(args, ADMIN_TOKEN), args.ca, args.seed)
     if args.json:
         print(json.dumps(r, sort_keys=True))
     else:
@@ -121,19 +122,21 @@ def _chaos(args: argparse.Namespace) -> int:
 
 def _serial(args: argparse.Namespace) -> int:
     from brewmeter import fieldtech, ports
+    from brewmeter.secretargs import PIN, need
 
+    pin = need(args, PIN) if args.command in ("unlock", "sync", "refill") else ""
     try:
         port = ports.pick(args.port)
         if args.command == "console":
             return fieldtech.interactive(port)
         if args.command == "unlock":
-            print(f"{port}: {fieldtech.unlock(port, args.pin)}")
+            print(f"{port}: {fieldtech.unlock(port, pin)}")
             return 0
         if args.command in ("sync", "refill"):
             line = "sync" if args.command == "sync" else f"refill {args.item}"
             done = (b"sync: ",) if args.command == "sync" else (
                 b"filter changed", b"descale recorded", f"{args.item} refilled".encode())
-            said = fieldtech.act(port, line, args.pin, done,
+            said = fieldtech.act(port, line, pin, done,
                                  timeout=60 if args.command == "sync" else 5)
             print(f"{port}: {said}")
             return 0 if said in ("sync: ok",) or args.command == "refill" else 1
@@ -243,9 +246,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_powercut)
 
-    from brewmeter import cloud
+    from brewmeter import cloud, secretargs
 
-    p = sub.add_parser("cloud", help="run the emulated cloud (HTTP(S) + SQLite ledger)")
+    # No abbreviations where a secret was once taken: `--pi=1234` would be quoted whole.
+    p = sub.add_parser("cloud", help="run the emulated cloud (HTTP(S) + SQLite ledger)",
+                       allow_abbrev=False)
     cloud.add_arguments(p)
     p.set_defaults(func=cloud.run)
 
@@ -260,15 +265,13 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_chaos)
 
     p = sub.add_parser("conform", help="check a backend against docs/protocol.yaml, with the "
-                       "firmware's own sync code through a fault proxy")
+                       "firmware's own sync code through a fault proxy", allow_abbrev=False)
     p.add_argument("--url", required=True, help="the backend's base URL (as cloud_url)")
-    p.add_argument("--admin-token", required=True, help="its admin API's bearer token")
+    secretargs.add(p, secretargs.ADMIN_TOKEN, ". The backend's admin API's bearer token")
     p.add_argument("--ca", help="PEM of the CA its TLS certificate chains to (https)")
     p.add_argument("--seed", type=int, default=0, help="the fault proxy's and the lives' seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_conform)
-
-    from brewmeter import fieldtech
 
     for name, text in (("counters", "read the counters over the serial port"),
                        ("status", "read the device's status over the serial port"),
@@ -283,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
                        ("refill", "record a new pack or a filter change, descale done "
                         "(needs the service PIN)"),
                        ("report", "everything for a visit report, into a JSON file")):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
         p.add_argument("--port", help="serial port (default: the only ESP32 adapter)")
         if name == "report":
             p.add_argument("--out", help="the JSON file to write (default: "
@@ -294,9 +297,8 @@ def parser() -> argparse.ArgumentParser:
             if name == "refill":
                 p.add_argument("item", choices=("coffee", "filter", "descaler", "tablets"),
                                help="what is new")
-            p.add_argument("--pin", required=True, type=fieldtech.pin,
-                           help="the machine's service PIN (6-8 digits); without it nothing "
-                           "is sent and no try is spent")
+            secretargs.add(p, secretargs.PIN, ". Without one nothing is sent and no try is "
+                           "spent")
         elif name not in ("console", "restart"):
             p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_serial)
@@ -320,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("profiles", nargs="+", help="profile names in boards/ or paths")
     p.set_defaults(func=_check_board)
     _help_everywhere(ap)
+    secretargs.mask_values(ap)
     return ap
 
 
@@ -350,11 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         print("brewmeter: --days must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     from brewmeter.harness import ProfileError
+    from brewmeter.secretargs import SecretError
 
     try:
         return args.func(args)
     except ProfileError as e:
         print(f"brewmeter: bad board profile: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SecretError as e:
+        print(f"brewmeter {args.command}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

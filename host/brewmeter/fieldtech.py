@@ -3,7 +3,6 @@ serial port (pyserial), open an interactive console, and file a visit report."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -79,15 +78,6 @@ def ask(port: str, command: str, timeout: float = 3.0) -> dict | list:
                      "something other than brewmeter answers")
 
 
-def pin(text: str) -> str:
-    """argparse type of --pin: a PIN is 6-8 digits, as provisioned. Anything else is refused
-    here, before the device is asked: a slip costs no PIN try."""
-    if not (text.isascii() and text.isdigit() and 6 <= len(text) <= 8):
-        raise argparse.ArgumentTypeError("a service PIN is 6-8 digits (as in the machine's "
-                                         "provisioning file)")
-    return text
-
-
 def act(port: str, line: str, pin: str, done: tuple[bytes, ...], timeout: float = 5.0) -> str:
     """A service action, `LINE --pin PIN` on the console: the first answer line starting
     with one of `done`. Raises NoBrewmeter if the console refuses it (a wrong PIN, the PIN
@@ -138,7 +128,7 @@ def restart(port: str, timeout: float = 15.0) -> str:
         time.sleep(1)
         s.write(b"\x02")
         if b"locked: unlock with --pin" in seen + s.read(4096):
-            raise NoBrewmeter(f"{port}: locked: unlock with --pin")
+            raise NoBrewmeter(f"{port}: locked: open it with `brewmeter unlock` first")
     tail = seen[-300:].decode(errors="replace")
     raise NoBrewmeter(f"{port}: no ready line within {timeout:.0f} s; it said: {tail}")
 

@@ -46,6 +46,10 @@ for p in %s:
 """
 
 
+class Locked(FlashError):
+    """The device's port is locked: it needs its service PIN first."""
+
+
 def _locked(text: str) -> bool:
     return "locked: unlock with --pin" in text  # the app's answer to mpremote's Ctrl-A
 
@@ -86,7 +90,8 @@ class Flasher:
             if "No space" in text or "ENOSPC" in text or "Errno 28" in text:
                 raise FlashError(f"{self.port}: the device's flash is full")
             if _locked(text):
-                raise FlashError(f"{self.port}: locked: unlock with --pin")
+                raise Locked(f"{self.port}: locked: give its service PIN with --pin-file "
+                             "FILE or $BREWMETER_PIN (at a terminal flash.sh asks for it)")
             if _no_repl(text):
                 said = [x for x in p.stdout.splitlines()  # mpremote prints what it got
                         if x.startswith(("b'", 'b"')) and len(x) > 3]

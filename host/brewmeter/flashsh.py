@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from brewmeter.flasher import Flasher
+from brewmeter.flasher import Flasher, Locked
 from brewmeter.flashfiles import FlashError, chip_matches, load_provision
 from brewmeter.harness import BOARDS, load_profile
 
@@ -75,7 +75,8 @@ def _prepare(f: Flasher, args: argparse.Namespace, tmp: Path) -> tuple[str, dict
 def arg_parser() -> argparse.ArgumentParser:
     from brewmeter import Help
 
-    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__, formatter_class=Help)
+    ap = argparse.ArgumentParser(prog="flash.sh", description=__doc__, formatter_class=Help,
+                                 allow_abbrev=False)  # `--pi=1234` would be quoted whole
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="the board's serial port, e.g. /dev/ttyUSB0")
     where.add_argument("--emulator", action="store_true",
@@ -91,10 +92,12 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--yes", action="store_true", help="do not ask before --erase-data")
     ap.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     ap.add_argument("--image", help="with --emulator: keep the flash image in this file")
-    from brewmeter.fieldtech import pin
+    from brewmeter import secretargs
 
-    ap.add_argument("--pin", type=pin, help="a locked machine's service PIN (6-8 digits): "
-                    "unlock its serial port before flashing (the restart after locks it again)")
+    secretargs.mask_values(ap)
+    secretargs.add(ap, secretargs.PIN, ". A locked machine's serial port is unlocked with "
+                   "it before flashing (the restart after locks it again)",
+                   asked="at a terminal, asked without echo once the device says it is locked")
     return ap
 
 
@@ -103,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     standins.install()  # the firmware's profile checks run here under CPython
     from brewmeter.harness import ProfileError
+    from brewmeter.secretargs import PIN, SecretError, get, prompt
 
     args = arg_parser().parse_args(argv)
     try:
+        pin = get(args, PIN, ask=False)  # a prompt only if the device turns out locked
         if args.emulator:
             from brewmeter.runs import demo
 
@@ -117,21 +122,29 @@ def main(argv: list[str] | None = None) -> int:
             if not args.board:
                 raise FlashError("--dry-run does not read the device: give --board")
             provision = load_provision(args.provision, load_profile(args.board).board)
-            Flasher(args.port, True, pin=args.pin).flash(args.board, provision, args.erase_data)
+            Flasher(args.port, True, pin=pin).flash(args.board, provision, args.erase_data)
             return 0
-        f = Flasher(args.port, pin=args.pin)
+        f = Flasher(args.port, pin=pin)
         f.check_port()
         if f.pin is not None:  # a locked machine: open it before reading what it has
             f.unlock()
             f.pin = None
         with tempfile.TemporaryDirectory() as d:
-            board, provision = _prepare(f, args, Path(d))
+            try:
+                board, provision = _prepare(f, args, Path(d))
+            except Locked:
+                if pin is not None or not sys.stdin.isatty():
+                    raise
+                f.pin = prompt(PIN)  # someone is there to ask: then on as with a PIN given
+                f.unlock()
+                f.pin = None
+                board, provision = _prepare(f, args, Path(d))
             mode = f.flash(board, provision, args.erase_data)
             print(f"flashed {args.port}: {load_profile(board).board}, device "
                   f"{provision['device_id']}, app in "
                   f"{'ROMFS' if mode == 'romfs' else 'the filesystem'}")
         return 0
-    except (FlashError, ProfileError) as e:
+    except (FlashError, ProfileError, SecretError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)
         return 2
     except subprocess.TimeoutExpired:

@@ -1,8 +1,8 @@
 """`brewmeter provision new`: a batch of machines made ready for flash.sh. For each one it
 generates a device id (PREFIX-NNN) and a random key, registers the key with the cloud's admin
 API, and writes PREFIX-NNN.json (the provisioning file flash.sh --provision takes) into the
-output folder. No key is ever on a command line; the admin token can come from a file or the
-environment instead of one too."""
+output folder. No key, token or password is ever on a command line: the admin token comes from
+a file, the environment or a prompt (secretargs.py), the Wi-Fi password from the environment."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from brewmeter import secretargs
 from brewmeter.flashfiles import FlashError, check_provision
 from brewmeter.private import write_new
 
-TOKEN_ENV = "BREWMETER_ADMIN_TOKEN"
 WIFI_ENV = "BREWMETER_WIFI_PASSWORD"
 
 
@@ -30,25 +30,6 @@ def device_ids(prefix: str, count: int, start: int) -> list[str]:
     """PREFIX-001 ... : as many digits as the largest number needs, at least three."""
     width = max(3, len(str(start + count - 1)))
     return [f"{prefix}-{n:0{width}d}" for n in range(start, start + count)]
-
-
-def read_token(token: str | None, token_file: str | None, env: dict[str, str]) -> str:
-    if token:
-        return token
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise ProvisionError(f"--admin-token-file {token_file}: cannot read: "
-                                 f"{e.strerror}") from None
-        if not token:
-            raise ProvisionError(f"--admin-token-file {token_file}: the file is empty")
-        return token
-    token = env.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise ProvisionError(f"the cloud's admin token is needed: put it in a file and pass "
-                             f"--admin-token-file FILE, or set {TOKEN_ENV}")
-    return token
 
 
 def read_ca(path: str | None) -> str | None:
@@ -117,7 +98,10 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
     if there:
         raise ProvisionError(f"{there[0]} already exists: its key would be lost; choose "
                              f"another --out, --prefix or --start")
-    token = read_token(args.admin_token, args.admin_token_file, env)
+    try:
+        token = secretargs.need(args, secretargs.ADMIN_TOKEN, env)
+    except secretargs.SecretError as e:
+        raise ProvisionError(str(e)) from None
     ca = read_ca(args.ca_cert)
     wifi = {"ssid": args.wifi_ssid, "password": env.get(WIFI_ENV, "")}
     provs = []
@@ -155,7 +139,7 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     sub = ap.add_subparsers(dest="action", required=True)
     p = sub.add_parser("new", help="generate, register and write N provisioning files",
-                       description=__doc__,
+                       description=__doc__, allow_abbrev=False,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--count", type=int, required=True, help="how many machines")
     p.add_argument("--prefix", required=True,
@@ -163,11 +147,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=int, default=1, help="the first machine's number")
     p.add_argument("--cloud", required=True,
                    help="the cloud's base URL (https://...; http:// only for the emulator)")
-    p.add_argument("--admin-token", metavar="T",
-                   help=f"the cloud's admin token (shows in `ps`: prefer --admin-token-file "
-                   f"or ${TOKEN_ENV})")
-    p.add_argument("--admin-token-file", metavar="FILE",
-                   help=f"file holding the cloud's admin token (else ${TOKEN_ENV})")
+    secretargs.add(p, secretargs.ADMIN_TOKEN)
     p.add_argument("--ca-cert", metavar="FILE",
                    help="PEM file of the CA the cloud's TLS certificate chains to (https)")
     p.add_argument("--wifi-ssid", required=True,

@@ -6,6 +6,7 @@ number of requests in flight), from many devices at once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import subprocess
@@ -79,8 +80,9 @@ def cloud_reports_per_s(devices: int = 50, reports: int = 5000,
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "ledger.db"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db),
-             "--admin-token", token], stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db)],
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "BREWMETER_ADMIN_TOKEN": token})
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()  # the URL line, once it listens

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from brewmeter import secretargs
+
 
 def _fault(s: str) -> tuple[str, float]:
     kind, _, p = s.partition("=")
@@ -21,10 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=":memory:", help="SQLite ledger file (default: in memory)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
     p.add_argument("--tls-key", help="... and this private key (PEM)")
-    p.add_argument("--admin-token", help="bearer token for admin and query endpoints "
-                   "(default: a random one, printed)")
-    p.add_argument("--device", action="append", metavar="ID:KEYHEX",
-                   help="provision a device (repeatable; kept in the ledger)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="file holding the operator's bearer token for the admin and query "
+                   "endpoints and the web console (else $BREWMETER_ADMIN_TOKEN); a FILE that "
+                   "does not exist yet gets a new random token, made readable by you alone. "
+                   "Neither: a new token in such a file, its path printed. Never on the "
+                   "command line, where ps and shell history show it")
+    secretargs.refuse(p, "admin-token", "--admin-token-file FILE or $BREWMETER_ADMIN_TOKEN")
+    p.add_argument("--device-file", action="append", metavar="FILE",
+                   help="register the device of this provisioning file (its device_id and "
+                   "key, as `provision new` writes it; repeatable; kept in the ledger)")
+    secretargs.refuse(p, "device", "--device-file FILE (a provisioning file with its "
+                      "device_id and key)")
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                    help="SQLite synchronous mode (FULL: an acknowledged report survives "
                    "power loss)")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import signal
 import ssl
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,7 +22,8 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from brewmeter.cloud import auth, quota, roles
+from brewmeter import secretargs
+from brewmeter.cloud import quota, roles
 from brewmeter.cloud.api import (  # noqa: F401 - re-exported
     BUSY_RETRY_S,
     EVENTS_MAX,
@@ -61,6 +64,7 @@ from brewmeter.cloud.roles import ADMIN_TOKEN, LEDGER
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.cloud.web import add_routes as _console_routes
 from brewmeter.cloud.worker import Worker  # noqa: F401 - re-exported
+from brewmeter.private import write_new
 
 
 def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
@@ -121,7 +125,7 @@ class CloudServer:
     def __init__(self, db: str | Path | Ledger = ":memory:", *, host: str = "127.0.0.1",
                  port: int = 0, admin_token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, faults: Faults | None = None,
-                 devices: Iterable[tuple[str, str]] = (), synchronous: str = "FULL",
+                 devices: Iterable[tuple[str, ...]] = (), synchronous: str = "FULL",
                  merchant: Merchant | None = None, quota: quota.Quota | None = None) -> None:
         self._owns_ledger = not isinstance(db, Ledger)
         if isinstance(db, Ledger):
@@ -130,8 +134,8 @@ class CloudServer:
             self.ledger = db
         else:
             self.ledger = Ledger(db, synchronous=synchronous, merchant=merchant)
-        for dev, key in devices:
-            self.ledger.add_device(dev, key)
+        for dev, key, *key_id in devices:
+            self.ledger.add_device(dev, key, *key_id)
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.faults = faults
         self.host, self.port, self.ssl_context = host, port, ssl_context
@@ -193,7 +197,7 @@ def cloud_thread(db: str | Path | Ledger = ":memory:", **kwargs: Any) -> Iterato
         loop.close()
 
 
-async def _serve(cloud: CloudServer, out: TextIO, token_given: bool) -> None:
+async def _serve(cloud: CloudServer, out: TextIO, token_note: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,8 +205,8 @@ async def _serve(cloud: CloudServer, out: TextIO, token_given: bool) -> None:
     async with cloud:
         print(f"brewmeter cloud listening on {cloud.url} (ledger {cloud.ledger.path})",
               file=out, flush=True)
-        if not token_given:
-            print(f"admin token: {cloud.admin_token}", file=out, flush=True)
+        if token_note:
+            print(token_note, file=out, flush=True)
         print(f"web console: {cloud.url}/console/ (sign in with the operator's (admin) token "
               "or an owner's)", file=out, flush=True)
         await stop.wait()
@@ -210,15 +214,22 @@ async def _serve(cloud: CloudServer, out: TextIO, token_given: bool) -> None:
 
 def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path = ":memory:",
               ssl_context: ssl.SSLContext | None = None, *, admin_token: str | None = None,
-              devices: Iterable[tuple[str, str]] = (), faults: Faults | None = None,
+              devices: Iterable[tuple[str, ...]] = (), faults: Faults | None = None,
               synchronous: str = "FULL", merchant: Merchant | None = None,
-              out: TextIO = sys.stdout) -> int:
-    """Serve until SIGINT or SIGTERM; print the URL first (and the admin token if it was
-    generated). Returns 0."""
-    cloud = CloudServer(db, host=host, port=port, admin_token=admin_token,
-                        ssl_context=ssl_context, faults=faults, devices=devices,
-                        synchronous=synchronous, merchant=merchant)
-    asyncio.run(_serve(cloud, out, admin_token is not None))
+              out: TextIO = sys.stdout, token_note: str | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; print the URL first, then `token_note`. Without an
+    `admin_token` a new one is made, written to a file of its own (its path printed, never
+    the token: terminals and logs keep what is printed) and removed at the end. Returns 0."""
+    with tempfile.TemporaryDirectory(prefix="brewmeter-cloud-") as d:  # yours alone (0700)
+        if admin_token is None:
+            admin_token = secrets.token_urlsafe(18)
+            write_new(Path(d) / "admin.token", admin_token + "\n")
+            token_note = (f"admin token: in {Path(d) / 'admin.token'} (readable by you alone; "
+                          "removed when the cloud stops)")
+        cloud = CloudServer(db, host=host, port=port, admin_token=admin_token,
+                            ssl_context=ssl_context, faults=faults, devices=devices,
+                            synchronous=synchronous, merchant=merchant)
+        asyncio.run(_serve(cloud, out, token_note))
     return 0
 
 
@@ -228,20 +239,41 @@ def server_ssl_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     return ctx
 
 
-def parse_device(s: str) -> tuple[str, str]:
-    """ "ID:KEYHEX" -> (id, keyhex), checked."""
-    dev, sep, key = s.partition(":")
-    if not sep:
-        raise ValueError(f"expected ID:KEYHEX, got {s!r}")
-    auth.check_device_id(dev)
-    auth.parse_key(key)
-    return dev, key
+def read_device(path: str) -> tuple[str, ...]:
+    """(device_id, key[, key_id]) of provisioning file `path`, checked as flash.sh checks it
+    (its errors name the file and the field, never the key)."""
+    from brewmeter.flashfiles import FlashError, load_provision
+
+    try:
+        p = load_provision(path)
+    except FlashError as e:
+        raise ValueError(f"--device-file {e}") from None
+    return (p["device_id"], p["key"], *([p["key_id"]] if "key_id" in p else []))
+
+
+def admin_token(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the operator's token, what to print about it) from --admin-token-file (made with a
+    new token when the file does not exist) or $BREWMETER_ADMIN_TOKEN; (None, None): neither,
+    run_cloud makes one."""
+    path = args.admin_token_file
+    if path and not os.path.lexists(path):
+        token = secrets.token_urlsafe(18)
+        try:
+            write_new(Path(path), token + "\n")
+        except OSError as e:
+            raise ValueError(f"--admin-token-file {path}: cannot write: {e.strerror}") from None
+        return token, f"admin token: new, written to {path} (readable by you alone)"
+    try:
+        return secretargs.get(args, secretargs.ADMIN_TOKEN, ask=False), None
+    except secretargs.SecretError as e:
+        raise ValueError(str(e)) from None
 
 
 def run_args(args: argparse.Namespace) -> int:
     """Run from arguments made by brewmeter.cloud.options.add_arguments."""
     try:
-        devices = [parse_device(s) for s in args.device or ()]
+        token, note = admin_token(args)
+        devices = [read_device(s) for s in args.device_file or ()]
         faults = Faults(seed=args.fault_seed, rates=dict(args.fault or ()))
         ctx = None
         if args.tls_cert or args.tls_key:
@@ -253,15 +285,16 @@ def run_args(args: argparse.Namespace) -> int:
         return 2
     merchant = Merchant(args.ship_after_s, args.deliver_after_s,
                         frozenset(args.out_of_stock or ()))
-    return run_cloud(args.host, args.port, args.db, ctx, admin_token=args.admin_token,
+    return run_cloud(args.host, args.port, args.db, ctx, admin_token=token,
                      devices=devices, faults=faults if faults.rates else None,
-                     synchronous=args.synchronous, merchant=merchant)
+                     synchronous=args.synchronous, merchant=merchant, token_note=note)
 
 
 def cloud_main(argv: list[str] | None = None) -> int:
     """`brewmeter cloud [--port P] [--host H] [--db PATH] [--tls-cert F --tls-key F]
-    [--admin-token T] [--device ID:KEYHEX ...]`."""
-    ap = argparse.ArgumentParser(prog="brewmeter cloud",
+    [--admin-token-file F] [--device-file PROVISION.json ...]`."""
+    ap = argparse.ArgumentParser(prog="brewmeter cloud", allow_abbrev=False,
                                  description="Run the emulated brewmeter cloud.")
     add_arguments(ap)
+    secretargs.mask_values(ap)
     return run_args(ap.parse_args(argv))

@@ -21,6 +21,7 @@ from brewmeter import mp
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, emulator_provision
+from brewmeter.private import write_new
 
 if TYPE_CHECKING:  # the cloud: imported where used (see harness.py)
     from brewmeter.cloud.server import CloudServer, Faults
@@ -84,8 +85,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"flashed: device {prov['device_id']}; firmware up")
         owner = cloud.ledger.add_owner("owner")  # the machine's owner, for the web console
         cloud.ledger.assign(prov["device_id"], "owner")
-        print(f"web console: {cloud.url}/console/ (sign in with the owner token {owner}: "
-              f"machine {prov['device_id']}; the operator's token is {cloud.admin_token})")
+        # The tokens go into files of their own, never onto the terminal (its scrollback, a
+        # log or a screen share would keep them); they go when the demo ends, as the cloud.
+        keep = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="brewmeter-demo-")))
+        write_new(keep / "owner.token", owner + "\n")
+        write_new(keep / "operator.token", cloud.admin_token + "\n")
+        print(f"web console: {cloud.url}/console/ (sign in with the owner token in "
+              f"{keep / 'owner.token'}: machine {prov['device_id']}; the operator's token is "
+              f"in {keep / 'operator.token'}; readable by you alone, removed at the end)")
         kinds = sorted(board.profile["inputs"]) if board.profile else []
         before = read_counters(board.serial_port, kinds)
         flasher.restart()
