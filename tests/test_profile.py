@@ -105,3 +105,22 @@ def test_old_service_pin_name_is_accepted_as_button_pin_with_a_message(tmp_path)
     data["button_pin"] = 13
     with pytest.raises(ProfileError, match="keep only that"):
         validate(data, "x")
+
+
+@pytest.mark.board
+def test_a_bad_profile_on_the_board_says_which_field_and_starts_nothing(tmp_path):
+    """Under MicroPython too: an exception class has no __init__ attribute there, so
+    ProfileError calling ValueError.__init__ raised AttributeError instead of itself."""
+    from brewmeter.emulator.board import Board, install
+    from brewmeter.flashfiles import build
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    build(tree, "emulator", None)
+    data = json.loads((tree / "board.json").read_text())
+    (tree / "board.json").write_text(json.dumps(data | {"flow_pin": 99}))
+    install(tmp_path / "flash.img", tree)
+    with Board(tmp_path / "flash.img", heap="192K", rom=0) as b:  # the app on the fs: room
+        b.wait_output(b"brewmeter: not started: /board.json: field 'flow_pin'", timeout=30)
+        b.wait_output(b">>> ", timeout=10)  # the REPL, for re-flashing
+        assert b"Traceback" not in b.transcript()

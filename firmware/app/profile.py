@@ -5,7 +5,7 @@ from app.counters import MAX_INPUTS
 
 class ProfileError(ValueError):
     def __init__(self, source, field, problem):
-        ValueError.__init__(self, "%s: field '%s': %s" % (source, field, problem))
+        super().__init__("%s: field '%s': %s" % (source, field, problem))
         self.source = source
         self.field = field
 
