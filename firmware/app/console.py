@@ -174,16 +174,22 @@ def _fmt(v):
     return str(v)
 
 
+# Command|what it does|...: one constant, not 26 (each string constant is an object on
+# the heap while the console is loaded).
+_HELP = ("counters|what the machine has used|filter|the water filter|"
+         "consumables|coffee, filter, descaler, tablets: left, days, order|"
+         "refill ITEM --pin P|a new pack, filter (filter change), descale (descale done)|"
+         "config set K V --pin P|change a setting|sync --pin P|sync now|"
+         "reboot --pin P|restart the machine|"
+         "service unlock --pin P|open a locked port (REPL, mpremote) for a while|"
+         "events [N]|events waiting for the cloud|faults|faults since boot|"
+         "config|settings in force|status|device, Wi-Fi, sync, memory|"
+         "(any) --json|one line of JSON")
+
+
 def _help(con, args, wall):
-    return {"counters": "what the machine has used", "filter": "the water filter",
-            "consumables": "coffee, filter, descaler, tablets: left, days, order",
-            "refill ITEM --pin P": "a new pack, filter (filter change), descale (descale done)",
-            "config set K V --pin P": "change a setting", "sync --pin P": "sync now",
-            "reboot --pin P": "restart the machine",
-            "service unlock --pin P": "open a locked port (REPL, mpremote) for a while",
-            "events [N]": "events waiting for the cloud", "faults": "faults since boot",
-            "config": "settings in force", "status": "device, Wi-Fi, sync, memory",
-            "(any) --json": "one line of JSON"}
+    h = _HELP.split("|")
+    return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
 
 
 def _counters(con, args, wall):
