@@ -13,7 +13,12 @@ from app.console import MAX_LINE, Console, LineReader
 from app.counting import BREW
 from app.device import Device
 from brewmeter.flashfiles import pin_hash
+from brewmeter.standins import settle
 from brewmeter.standins.hostfs import DirFS
+
+
+def feed(con, data, wall=0, now=None):
+    return settle(con.feed(data, wall, now))
 
 
 @pytest.fixture
@@ -41,9 +46,9 @@ def test_an_over_long_line_is_dropped_whole():
 def test_counters_as_table_and_as_one_line_of_json(console):
     console.device.meter.c.brews[0] = 4
     console.device.event(BREW, 0, 0)
-    table = console.feed(b"counters\r\n")
+    table = feed(console, b"counters\r\n")
     assert "brews_total" in table and "espresso 4" in table
-    line = console.feed(b"counters --json\n")
+    line = feed(console, b"counters --json\n")
     assert line.count("\n") == 1
     assert json.loads(line)["brews"]["espresso"] == 4
 
@@ -56,7 +61,7 @@ def test_every_read_command_answers_json(console):
     d.change_filter(0, "button", 5)
 
     def read(cmd):
-        out = console.feed(cmd.encode() + b" --json\n")
+        out = feed(console, cmd.encode() + b" --json\n")
         assert out.count("\n") == 1, cmd  # one line each
         return json.loads(out)
 
@@ -76,19 +81,19 @@ def test_every_read_command_answers_json(console):
 
 def test_config_never_shows_secrets(console):
     console.device.apply_config(2, {"sync_interval_s": 900})
-    out = console.feed(b"config --json\n")
+    out = feed(console, b"config --json\n")
     assert json.loads(out) == {"version": 2, "settings": {"sync_interval_s": 900}}
     assert "key" not in out and "password" not in out and "pin" not in out
 
 
 def test_random_garbage_changes_nothing(console):
-    before = json.loads(console.feed(b"counters --json\n"))
+    before = json.loads(feed(console, b"counters --json\n"))
     rng = random.Random(1)
     for _ in range(2000):
-        console.feed(os.urandom(rng.randrange(1, 64)))
-    console.feed(b"\x03\x04\x1b[A\n")
-    assert json.loads(console.feed(b"\ncounters --json\n")) == before
-    assert "unknown command" in console.feed(b"rm -rf /\n")
+        feed(console, os.urandom(rng.randrange(1, 64)))
+    feed(console, b"\x03\x04\x1b[A\n")
+    assert json.loads(feed(console, b"\ncounters --json\n")) == before
+    assert "unknown command" in feed(console, b"rm -rf /\n")
 
 
 def test_line_discipline_survives_random_bytes_under_micropython():
@@ -113,16 +118,16 @@ def _console(profile, tmp_path, pin="246810"):
 
 def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
     con = _console(profile, tmp_path)
-    assert "wrong PIN" in con.feed(b"filter change --pin 111111\n")
+    assert "wrong PIN" in feed(con, b"filter change --pin 111111\n")
     assert con.device.meter.c.filters == 0
-    assert "filter changed" in con.feed(b"filter change --pin 246810\n")
+    assert "filter changed" in feed(con, b"filter change --pin 246810\n")
     assert con.device.meter.c.filters == 1
-    assert "descale recorded" in con.feed(b"descale done --pin 246810\n")
-    assert "sync_interval_s = 900" in con.feed(b"config set sync_interval_s 900 --pin 246810\n")
+    assert "descale recorded" in feed(con, b"descale done --pin 246810\n")
+    assert "sync_interval_s = 900" in feed(con, b"config set sync_interval_s 900 --pin 246810\n")
     assert con.device.config["sync_interval_s"] == 900
-    assert "300..86400" in con.feed(b"config set sync_interval_s 5 --pin 246810\n")
-    assert "unknown setting" in con.feed(b"config set key 5 --pin 246810\n")
-    assert "sync: started" in con.feed(b"sync --pin 246810\n") and con.pending == ("sync",)
+    assert "300..86400" in feed(con, b"config set sync_interval_s 5 --pin 246810\n")
+    assert "unknown setting" in feed(con, b"config set key 5 --pin 246810\n")
+    assert "sync: started" in feed(con, b"sync --pin 246810\n") and con.pending == ("sync",)
     kinds = [e["kind"] for e in con.device.outbox.events]
     assert kinds == ["filter_changed", "descaled", "service", "service"]
     assert [e.get("action") for e in con.device.outbox.events[2:]] == [
@@ -132,19 +137,19 @@ def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
 def test_five_wrong_pins_lock_for_five_minutes_across_a_reboot(profile, tmp_path):
     con = _console(profile, tmp_path)
     for _ in range(4):
-        assert "tries left" in con.feed(b"filter change --pin 000000\n", now=1000)
-    assert "locked for 300 s" in con.feed(b"filter change --pin 000000\n", now=2000)
-    assert "locked" in con.feed(b"filter change --pin 246810\n", now=3000)  # even the right one
+        assert "tries left" in feed(con, b"filter change --pin 000000\n", now=1000)
+    assert "locked for 300 s" in feed(con, b"filter change --pin 000000\n", now=2000)
+    assert "locked" in feed(con, b"filter change --pin 246810\n", now=3000)  # even the right one
     con2 = _console(profile, tmp_path)  # a reboot
-    assert "locked" in con2.feed(b"filter change --pin 246810\n", now=0)
-    assert "locked" in con2.feed(b"filter change --pin 246810\n", now=299_000)
-    assert "filter changed" in con2.feed(b"filter change --pin 246810\n", now=301_000)
+    assert "locked" in feed(con2, b"filter change --pin 246810\n", now=0)
+    assert "locked" in feed(con2, b"filter change --pin 246810\n", now=299_000)
+    assert "filter changed" in feed(con2, b"filter change --pin 246810\n", now=301_000)
     assert con2.device.meter.c.filters == 1
 
 
 def test_no_pin_provisioned_means_no_service_actions(profile, tmp_path):
     con = _console(profile, tmp_path, pin=None)
-    assert "no service PIN" in con.feed(b"filter change --pin 246810\n")
+    assert "no service PIN" in feed(con, b"filter change --pin 246810\n")
 
 
 def test_wrong_pins_count_across_reboots_and_each_lock_doubles(profile, tmp_path):
@@ -153,28 +158,28 @@ def test_wrong_pins_count_across_reboots_and_each_lock_doubles(profile, tmp_path
     replies = []
     for _ in range(3):
         con = _console(profile, tmp_path)  # each a reboot: only the flash carries over
-        replies += [con.feed(b"filter change --pin 000000\n", now=1000) for _ in range(4)]
+        replies += [feed(con, b"filter change --pin 000000\n", now=1000) for _ in range(4)]
     assert "locked for 300 s" in replies[4]  # the fifth wrong PIN, in the second boot
     con = _console(profile, tmp_path)
-    assert "locked" in con.feed(b"filter change --pin 246810\n", now=0)
+    assert "locked" in feed(con, b"filter change --pin 246810\n", now=0)
     waits = []
     t = 0
     for _ in range(4):  # wait each lock out, then five more wrong PINs
         t += 100_000_000
         for _ in range(4):
-            assert "tries left" in con.feed(b"filter change --pin 000000\n", now=t)
-        waits.append(con.feed(b"filter change --pin 000000\n", now=t))
+            assert "tries left" in feed(con, b"filter change --pin 000000\n", now=t)
+        waits.append(feed(con, b"filter change --pin 000000\n", now=t))
     want = [f"locked for {s} s" for s in (600, 1200, 2400, 4800)]
     assert all(w in got for w, got in zip(want, waits, strict=True)), waits
     t += 100_000_000
-    assert "filter changed" in con.feed(b"filter change --pin 246810\n", now=t)
+    assert "filter changed" in feed(con, b"filter change --pin 246810\n", now=t)
     assert con.device.pin_fails == [0, 0]  # a right PIN: the next lock is 5 minutes again
 
 
 def test_locks_stop_doubling_at_a_day(profile, tmp_path):
     con = _console(profile, tmp_path)
     con.device.pin_fails = [4, 20]
-    assert "locked for 86400 s" in con.feed(b"filter change --pin 000000\n", now=0)
+    assert "locked for 86400 s" in feed(con, b"filter change --pin 000000\n", now=0)
 
 
 def test_constant_time_comparison():
@@ -186,13 +191,14 @@ def test_constant_time_comparison():
 
 
 @pytest.mark.parametrize("rec", [246810, "246810", "pbkdf2-sha256$x$00$00",
-                                 "sha1$10$00$" + "0" * 64, "pbkdf2-sha256$10$zz$" + "0" * 64])
+                                 "sha1$10$00$" + "0" * 64, "pbkdf2-sha256$10$zz$" + "0" * 64,
+                                 "pbkdf2-sha256$10001$00$" + "0" * 64])  # past the cap
 def test_a_malformed_pin_hash_in_provisioning_turns_service_actions_off(profile, tmp_path,
                                                                         rec):
     d = Device(profile, DirFS(tmp_path))
     d.boot(1, 0)
     con = Console(d, pin=rec)
-    assert "service PIN hash is not pbkdf2-sha256" in con.feed(b"filter change --pin 246810\n")
+    assert "service PIN hash is not pbkdf2-sha256" in feed(con, b"filter change --pin 246810\n")
     assert con.device.meter.c.filters == 0
 
 
@@ -202,27 +208,28 @@ def test_the_pin_hash_is_pbkdf2_as_hashlib_computes_it():
     from app.service import parse_hash, pbkdf2, pin_matches
 
     for pin, salt, n in (("246810", b"salt", 1), ("12345678", bytes(16), 3000)):
-        assert pbkdf2(pin, salt, n) == hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, n)
+        assert settle(pbkdf2(pin, salt, n)) == hashlib.pbkdf2_hmac("sha256", pin.encode(),
+                                                                   salt, n)
     rec = parse_hash(pin_hash("246810"))
     assert rec is not None and rec[0] == 3000 and len(rec[1]) == 16
-    assert pin_matches("246810", rec)
-    assert not any(pin_matches(g, rec) for g in ("246811", "24681", "", None))
+    assert settle(pin_matches("246810", rec))
+    assert not any(settle(pin_matches(g, rec)) for g in ("246811", "24681", "", None))
 
 
 def test_service_unlock_needs_the_pin_and_is_recorded(profile, tmp_path):
     con = _console(profile, tmp_path)
-    assert "wrong PIN" in con.feed(b"service unlock --pin 111111\n") and con.pending is None
-    assert "unlock: started" in con.feed(b"service unlock --pin 246810\n")
+    assert "wrong PIN" in feed(con, b"service unlock --pin 111111\n") and con.pending is None
+    assert "unlock: started" in feed(con, b"service unlock --pin 246810\n")
     assert con.pending == ("unlock",)
     assert con.device.outbox.events[-1]["action"] == "service unlock"
-    assert "unknown service action" in con.feed(b"service open --pin 246810\n")
+    assert "unknown service action" in feed(con, b"service open --pin 246810\n")
 
 
 def test_filter_shows_its_limits_which_hard_water_brings_closer(console, profile):
-    out = console.feed(b"filter\n")
+    out = feed(console, b"filter\n")
     assert f"due at {profile.filter_litres:g} L or {profile.filter_months} months" in out
     console.device.apply_config(2, {"water_hardness_dh": 20})
-    f = json.loads(console.feed(b"filter --json\n"))
+    f = json.loads(feed(console, b"filter --json\n"))
     assert f["due_at_litres"] == profile.filter_litres / 2
     assert f["due_at_months"] == profile.filter_months
 
@@ -232,18 +239,18 @@ def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(profile,
     for line in ("refill coffee", "refill coffee --pin", "config set sync_interval_s 900",
                  "sync --pin 12", "refill filter --pin 12345x", "reboot --pin 123456789",
                  "service unlock --pin -123456"):
-        out = con.feed(line.encode() + b"\n")
+        out = feed(con, line.encode() + b"\n")
         assert "usage:" in out and "6-8 digits" in out and "no try spent" in out, (line, out)
     assert con.device.pin_fails == [0, 0] and con.device.meter.c.filters == 0
     assert con.device.config == {}
-    assert "wrong PIN (4 tries left)" in con.feed(b"refill coffee --pin 000000\n")
+    assert "wrong PIN (4 tries left)" in feed(con, b"refill coffee --pin 000000\n")
 
 
 def test_numbers_a_person_types_get_a_range_not_an_internal_error(console):
     for n in ("99999999999999999999", "1000", "-1", "x"):
-        out = console.feed(f"events {n}\n".encode())
+        out = feed(console, f"events {n}\n".encode())
         assert out.startswith("error: usage: events [N], N a number from 0 to 999"), out
-    assert console.feed(b"events 999 --json\n") == "[]\n"
+    assert feed(console, b"events 999 --json\n") == "[]\n"
 
 
 def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profile, tmp_path):
@@ -251,7 +258,7 @@ def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profi
     from brewmeter import mp
     from brewmeter.harness import board_path
 
-    code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+    code = (f"import asyncio, sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
             "from app.profile import parse\n"
             "from app.device import Device\n"
             "from app.store import DeviceFS\n"
@@ -261,7 +268,7 @@ def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profi
             f"con = Console(d, pin={pin_hash('246810', iterations=50)!r})\n"
             "for line in (b'refill coffee', b'sync --pin 12', b'events 99999999999999999999',"
             " b'refill coffee --pin 000000'):\n"
-            "    print(repr(con.feed(line + b'\\n')))\n"
+            "    print(repr(asyncio.run(con.feed(line + b'\\n'))))\n"
             "print('FAILS', d.pin_fails)\n")
     out = mp.run(["-c", code]).splitlines()
     assert "usage:" in out[0] and "no try spent" in out[0] and "usage:" in out[1], out
@@ -295,7 +302,7 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
     hashed_alive = []
     real = service.pbkdf2
     monkeypatch.setattr(service, "pbkdf2", lambda *a: hashed_alive.append(not flash.dead)
-                        or real(*a))
+                        or real(*a))  # (a coroutine: made, and flash.dead read, as it starts)
     want = [[fails + 1, 0], 0] if fails < 4 else [[0, 1], 300]
     k = 0
     while True:
@@ -305,7 +312,7 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
         hashed_alive.clear()
         flash.cut_after = k
         with pytest.raises(ValueError, match="wrong PIN"):
-            service.PinGuard(d, rec).check("135790", 1000)
+            settle(service.PinGuard(d, rec).check("135790", 1000))
         if not flash.dead:  # the check did fewer than k flash operations: all cut
             assert k > 1 and [boot(flash).pin_fails, d.service_lock] == want
             break
@@ -314,3 +321,64 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
         assert hashed_alive == [True] or after.pin_fails == [fails, 0], k
         if hashed_alive == [True]:
             assert [after.pin_fails, after.service_lock] == want, k
+
+
+@pytest.mark.slow
+def test_a_brew_entirely_during_a_pin_check_is_counted_under_micropython():
+    """The hash yields to the event loop every few iterations: a sensor task polling every
+    10 ms, as app/sensors.py, sees a whole brew (1.3 s, a profile's shortest brew is 1 s)
+    that starts and ends while one PIN is being checked (one made to last 2.5 s here)."""
+    from brewmeter import mp
+    from brewmeter.harness import board_path
+
+    code = f"""
+import asyncio, json, sys
+sys.path.insert(0, {str(mp.FIRMWARE)!r})
+from time import ticks_ms, ticks_diff
+from app import service
+from app.counting import BREW, Meter
+from app.profile import parse
+p = json.loads(open({str(board_path('emulator'))!r}).read())
+p["min_brew_s"] = 1
+m = Meter(parse(json.dumps(p), "test"))
+m.boot(1)
+t = ticks_ms()
+asyncio.run(service.pbkdf2("000000", b"salt", 2000))
+n = 2000 * 2500 // max(1, ticks_diff(ticks_ms(), t))  # iterations for 2.5 s here
+s = {{"t0": None, "done": False, "brews": 0, "polls": 0, "gap": 0}}
+
+def level(now):
+    d = ticks_diff(now, s["t0"])
+    return 1 if 300 <= d < 1600 else 0
+
+async def sensors():
+    last = ticks_ms()
+    while not s["done"]:
+        now = ticks_ms()
+        s["gap"] = max(s["gap"], ticks_diff(now, last))
+        last = now
+        if m.sample(0, level(now), now) == BREW:
+            s["brews"] += 1
+            s["brew_at"] = ticks_diff(now, s["t0"])
+        m.poll(now)
+        s["polls"] += 1
+        await asyncio.sleep_ms(10)
+
+async def check():
+    s["t0"] = ticks_ms()
+    s["ok"] = await service.pin_matches("246810", (n, b"salt", bytes(32)))
+    s["took"] = ticks_diff(ticks_ms(), s["t0"])
+    s["done"] = True
+
+async def main():
+    asyncio.create_task(sensors())
+    await check()
+
+asyncio.run(main())
+print("RESULT", json.dumps(s))
+"""
+    out = mp.run(["-c", code], timeout=120)
+    s = json.loads(out.split("RESULT", 1)[1])
+    assert s["ok"] is False and s["took"] >= 2000, s
+    assert s["brews"] == 1 and 1600 <= s["brew_at"] < s["took"], s  # counted inside the check
+

@@ -16,6 +16,7 @@ from app.counting import BREW
 from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
 from brewmeter.flashfiles import pin_hash
+from brewmeter.standins import settle
 from brewmeter.standins.hostfs import DirFS
 
 WALL0 = calendar.timegm((2026, 3, 2, 8, 0, 0))  # a Monday morning
@@ -68,7 +69,7 @@ class Machine:
 
     def console(self, line, pin="246810"):
         con = Console(self.dev, pin=pin_hash(pin, iterations=50))  # as flash.sh provisions it
-        return con.feed(line.encode() + b"\n", self.wall, self.t)
+        return settle(con.feed(line.encode() + b"\n", self.wall, self.t))
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ class Console:
         self.guard = None  # service.PinGuard, made on the first service action
         self.pending = None  # ("sync",) or ("reboot",): for the shell to carry out
 
-    def feed(self, data, wall=0, now=None):
+    async def feed(self, data, wall=0, now=None):
         """Bytes in; the text to write back (str): answers, each followed by a prompt."""
         out = []
         for line in self.lines.feed(data):
@@ -87,22 +87,22 @@ class Console:
                 out.append("error: line too long (max %d)" % MAX_LINE)
             elif line.strip():
                 try:
-                    out.append(self.command(line, wall, now))
+                    out.append(await self.command(line, wall, now))
                 except Exception as e:  # a bug in one command must not end the console
                     out.append("error: internal: %s failed (%s)" % (
                         line.split()[0][:20], e.__class__.__name__))
         return "".join(x + "\n" for x in out)
 
-    def serve(self, data, wall=0, now=None):
+    async def serve(self, data, wall=0, now=None):
         """What the serial port gets back for `data`: the echo of the typing, then any
         answers, each followed by a fresh prompt."""
-        answers = self.feed(data, wall, now)
+        answers = await self.feed(data, wall, now)
         echo = self.lines.take_echo()
         if not answers:
             return echo
         return echo + answers.replace("\n", "\r\n").encode() + PROMPT
 
-    def command(self, line, wall=0, now=None):
+    async def command(self, line, wall=0, now=None):
         words = line.split()
         as_json = "--json" in words
         words = [w for w in words if w != "--json"]
@@ -110,7 +110,7 @@ class Console:
             return "error: --json goes after a command; try help"
         name = words[0].lower()
         if name in _ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
-            return self._action(words, wall, now)
+            return await self._action(words, wall, now)
         handler = _READS.get(name)
         if handler is None:
             return "error: unknown command %r; try help" % name[:20]
@@ -122,7 +122,7 @@ class Console:
             return json.dumps(data, separators=(",", ":"))
         return human(name, data)
 
-    def _action(self, words, wall, now):
+    async def _action(self, words, wall, now):
         pin = None
         if "--pin" in words:
             i = words.index("--pin")
@@ -134,7 +134,7 @@ class Console:
         if self.guard is None:
             self.guard = service.PinGuard(self.device, self.pin)
         try:
-            self.guard.check(pin, now)
+            await self.guard.check(pin, now)
             r = service.act(self.device, words, wall, now)
         except ValueError as e:
             return "error: %s" % e

@@ -193,7 +193,7 @@ async def serve_console(device, prov):
         if n and con is None:
             con, line = _console(device, prov, line), None
         if n and con is not None:
-            reply = con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
+            reply = await con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
             if reply:
                 out.write(reply)
             action, con.pending = con.pending, None

@@ -4,7 +4,9 @@
 # them for five minutes, each further lock twice the last (at most a day) until a right
 # PIN; the wrong tries, the lock and the count of locks are saved, so a reboot lifts
 # nothing. Every action is recorded as an event (it reaches the cloud with the next sync).
-# Pure: the console passes `now` (ticks_ms), `wall`.
+# Pure: the console passes `now` (ticks_ms), `wall`. The hash yields to the event loop every
+# _SLICE iterations, so the counting polls on while a PIN is checked.
+import asyncio
 from time import ticks_diff
 
 from micropython import const
@@ -14,6 +16,8 @@ from app import settings
 _TRIES = const(5)
 LOCK_S = const(300)
 LOCK_MAX_S = const(86400)
+_SLICE = const(50)  # iterations between two yields: about 10 ms on an ESP32 (README)
+MAX_ITERATIONS = const(10000)  # a stored hash naming more is refused, as a malformed one
 
 
 def same(given, pin):
@@ -26,9 +30,10 @@ def same(given, pin):
     return d == 0
 
 
-def pbkdf2(pin, salt, n):
+async def pbkdf2(pin, salt, n):
     """PBKDF2-HMAC-SHA256 of `pin` (str), one 32-byte block (RFC 8018), as hashlib's
-    pbkdf2_hmac: the HMAC's padded keys made once, the XOR of the rounds done on an int."""
+    pbkdf2_hmac: the HMAC's padded keys made once, the XOR of the rounds done on an int;
+    in slices of _SLICE iterations, between which the event loop runs."""
     from hashlib import sha256
 
     from app.signing import pads
@@ -36,7 +41,9 @@ def pbkdf2(pin, salt, n):
     ipad, opad = pads(pin.encode())
     u = salt + b"\x00\x00\x00\x01"
     acc = 0
-    for _ in range(n):
+    for i in range(n):
+        if i % _SLICE == _SLICE - 1:
+            await asyncio.sleep_ms(0)
         h = sha256(ipad)
         h.update(u)
         h2 = sha256(opad)
@@ -53,19 +60,19 @@ def parse_hash(rec):
     try:
         algo, n, salt, h = rec.split("$")
         n = int(n)
-        if algo == "pbkdf2-sha256" and 1 <= n <= 100000 and len(h) == 64:
+        if algo == "pbkdf2-sha256" and 1 <= n <= MAX_ITERATIONS and len(h) == 64:
             return n, unhexlify(salt), unhexlify(h)
     except (AttributeError, ValueError):
         pass
     return None
 
 
-def pin_matches(given, rec):
+async def pin_matches(given, rec):
     """Does `given` (None: no PIN) hash to the provisioned hash `rec` (parse_hash's)?"""
     from binascii import hexlify
 
     n, salt, want = rec
-    return same(hexlify(pbkdf2(given or "", salt, n)).decode(), hexlify(want).decode())
+    return same(hexlify(await pbkdf2(given or "", salt, n)).decode(), hexlify(want).decode())
 
 
 class Locked(ValueError):
@@ -92,7 +99,7 @@ class PinGuard:
             return 0
         return left
 
-    def check(self, given, now):
+    async def check(self, given, now):
         """Raise ValueError unless `given` is the PIN and actions are not locked. A PIN that
         is missing or not 6-8 digits is a usage error and costs no try."""
         if not (given and given.isdigit() and 6 <= len(given) <= 8):
@@ -114,7 +121,7 @@ class PinGuard:
             s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
             fails, locks = 0, locks + 1
         dev.set_service_lock(s, [fails, locks])
-        if pin_matches(given, self.pin):
+        if await pin_matches(given, self.pin):
             dev.set_service_lock(0, [0, 0])
             return
         if s:

@@ -103,6 +103,7 @@ def fuzz_core(n: int = 3000, seed: int = 11, pin: str | None = "2468") -> list[t
     from app.console import Console
     from app.device import Device
 
+    from brewmeter.standins import settle
     from brewmeter.standins.hostfs import DirFS
 
     failures = []
@@ -112,7 +113,7 @@ def fuzz_core(n: int = 3000, seed: int = 11, pin: str | None = "2468") -> list[t
         con = Console(dev, status=lambda: {"fw": "x"}, pin=pin)
         for data in inputs(seed, n):
             try:
-                out = con.serve(data, 0, 0)
+                out = settle(con.serve(data, 0, 0))
                 if b"error: internal:" in out:  # caught by the console's last resort
                     failures.append((data, out.decode(errors="replace")))
             except Exception as e:  # noqa: BLE001 - what the fuzz is looking for

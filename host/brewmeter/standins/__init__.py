@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from brewmeter.clock import VirtualClock, ticks_add, ticks_diff
 
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 FIRMWARE = REPO / "firmware"
 
 clock = VirtualClock()
+T = TypeVar("T")
 
 
 def _ticks_ms() -> int:
@@ -25,6 +27,16 @@ def _ticks_ms() -> int:
 
 async def _sleep_ms(ms: int) -> None:
     await asyncio.sleep(ms / 1000)
+
+
+def settle(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a firmware coroutine that awaits nothing but asyncio.sleep_ms(0) (the
+    console's, a PIN check's slices), run to its end here, without an event loop."""
+    try:
+        while True:
+            coro.send(None)
+    except StopIteration as e:
+        return e.value
 
 
 _saved: list[tuple[object, str, object]] | None = None  # what install() replaced
