@@ -1,5 +1,23 @@
-# Runs first on every boot; keep it minimal so a bad app can never stop the REPL coming up.
-import gc
+# Runs first on every boot; keep it minimal: a bad app must never stop it.
+import micropython
+
+# A provisioned machine's port is locked (app/run.py): Ctrl-C is off before anything else, as
+# main.py does again (each file runs with Ctrl-C on). One that came before kbd_intr(-1) is
+# raised at the next branch, inside this try. Only an unprovisioned board turns it back on
+# here; the app decides for a provisioning that says "lock": false.
+while True:
+    try:
+        micropython.kbd_intr(-1)
+        import os
+
+        try:
+            os.stat("/provision.json")
+        except OSError:
+            micropython.kbd_intr(3)
+        break
+    except KeyboardInterrupt:
+        pass
+import gc  # noqa: E402
 
 # Whatever runs next (the app, or the REPL for mpremote), the machine never stays at an idle
 # REPL: app/replwatch.py resets it back into the app once the port is quiet (the app, when

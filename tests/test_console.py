@@ -382,3 +382,14 @@ print("RESULT", json.dumps(s))
     assert s["ok"] is False and s["took"] >= 2000, s
     assert s["brews"] == 1 and 1600 <= s["brew_at"] < s["took"], s  # counted inside the check
 
+
+def test_only_no_provisioning_or_lock_false_leaves_the_port_open(tmp_path):
+    from app.run import load_provision, locks
+
+    p = tmp_path / "provision.json"
+    assert load_provision(str(p)) is None and not locks(None)  # unprovisioned: no secrets
+    for text, locked in (('{"device_id": "a"}', True), ('{"lock": true}', True),
+                         ('{"lock": false}', False), ('{"lock": 0}', True),
+                         ('{"device_id": "a", "key": "0', True), ("[1]", True), ("", True)):
+        p.write_text(text)
+        assert locks(load_provision(str(p))) is locked, text  # unreadable: it may hold secrets

@@ -130,6 +130,7 @@ def test_right_pin_opens_mpremote_and_flash_sh_and_the_app_comes_back_locked(loc
     # Left alone, the REPL watch restarts the app after repl_idle_s (5 s): it counts again,
     # and the port is locked again.
     board.wait_output(b"brewmeter ready", timeout=30, start=mark)
+    time.sleep(0.5)  # past the sensors' first poll: an input on before it is never a brew
     _brew(board, "hot_water")
     after = fieldtech.ask(port, "counters")
     assert after["brews"]["hot_water"] == before["brews"]["hot_water"] + 1
@@ -224,3 +225,88 @@ def test_a_missing_or_malformed_pin_is_a_usage_error_that_spends_no_try(locked, 
     assert p.stdout.startswith(f"{port}: sync: "), p.stdout + p.stderr
     assert _unlock(port, "135790", monkeypatch) == 1
     assert "wrong PIN (4 tries left)" in capsys.readouterr().err
+
+
+REPL_LEAK = b"print(open('/provision.json').read())\r"
+
+
+def _storm(board, resets: int, secrets: list[bytes]) -> bytes:
+    """Ctrl-C every few milliseconds from before each reset on, each followed by a line that
+    would print the provisioning at a REPL, while the board is reset `resets` times at
+    varied points of its boot. Returns what the port showed meanwhile."""
+    import random
+    import threading
+
+    stop = threading.Event()
+
+    def hammer():
+        with ports.open_port(board.serial_port, timeout=0) as s:
+            while not stop.is_set():
+                s.write(b"\x03" + REPL_LEAK)
+                s.read(4096)
+                time.sleep(0.003)
+
+    mark = board.transcript_end()
+    t = threading.Thread(target=hammer)
+    t.start()
+    rng = random.Random(25)
+    try:
+        with board.control() as ctl:
+            for _ in range(resets):
+                time.sleep(rng.uniform(0.05, 1.2))  # from early in a boot to a running app
+                ctl.reset()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join()
+    end, quiet = time.monotonic() + 30, board.transcript_end()
+    while time.monotonic() < end:  # until the console has answered the whole backlog
+        time.sleep(0.5)
+        quiet, was = board.transcript_end(), quiet
+        if quiet == was:
+            break
+    seen = board.transcript(mark)
+    assert seen.count(b"MPY: soft reboot") == 0  # (resets, not soft ones: each a fresh boot)
+    for s in filter(None, secrets):
+        assert s not in seen
+    assert b">>> " not in seen and b"raw REPL" not in seen and b"Traceback" not in seen
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_path,
+                                                                           capsys):
+    """Somebody with a USB cable resets the machine at will (DTR/RTS) and sends Ctrl-C all
+    along, from the reset on: the REPL never comes up, not during boot.py, main.py or the
+    app's start, nor on a machine whose board profile is bad, which waits, locked, for a
+    service unlock."""
+    prof, prov = _setup(tmp_path)
+    secrets = [prov["key"].encode(), prov["wifi"]["password"].encode(), b"pbkdf2-sha256$"]
+    with Board(tmp_path / "flash.img", board_profile=prof) as board:
+        Flasher(board.serial_port).flash(prof, prov)
+        port = board.serial_port
+        seen = _storm(board, 16, secrets)
+        assert seen.count(b"brewmeter ready") >= 10  # the app came up after most resets
+        boots = fieldtech.ask(port, "counters")["boots"]
+        assert boots >= 17
+        # A bad profile (written through the opened port) on the locked machine.
+        assert "open for" in fieldtech.unlock(port, PIN)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(json.loads((tmp_path / "board.json").read_text())
+                                  | {"min_brew_s": "8"}))
+        p, _ = _mpremote(port, "fs", "cp", str(bad), ":board.json")
+        assert p.returncode == 0, p.stdout + p.stderr
+        mark = board.transcript_end()
+        board.control().reset()
+        board.wait_output(b"brewmeter: not started: /board.json: field 'min_brew_s'",
+                          timeout=30, start=mark)
+        assert _answers_locked(port)
+        seen = _storm(board, 10, secrets)
+        assert seen.count(b"not started") >= 6 and b"brewmeter ready" not in seen
+        # It waits for the service PIN, counting the tries as ever; then flash.sh mends it.
+        assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+        assert "wrong PIN (4 tries left)" in capsys.readouterr().err
+        assert flashsh.main(["--port", port, "--board", prof, "--provision",
+                             str(tmp_path / "prov.json"), "--pin", PIN]) == 0
+        assert fieldtech.ask(port, "counters")["boots"] > boots  # (none while it waited)
+        assert _answers_locked(port)

@@ -87,7 +87,7 @@ class Device:
             self.seq_era = 0  # a floor no backend may name (saved by earlier firmware)
         cfg = saved.get("cfg") or {}
         self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
-        self.meter = Meter(self.profile, c)
+        self.meter = Meter(self.profile, c) if self.profile else None  # (None: run.py's wait)
         if newer:
             self.fault("storage_newer", newer)
         recovered = store.recovered + self.state.recovered

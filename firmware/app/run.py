@@ -51,12 +51,16 @@ def _unload(name):
 
 
 def load_provision(path=PROVISION_PATH):
-    """The provisioning flash.sh wrote (device id, key, Wi-Fi, cloud), or None."""
+    """The provisioning flash.sh wrote (device id, key, Wi-Fi, cloud); None if there is none,
+    {} if it is unreadable (it may hold secrets all the same: locked, see locks())."""
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            p = json.load(f)
+    except OSError:
         return None
+    except ValueError:
+        p = None
+    return p if isinstance(p, dict) else {}
 
 
 def load_sync(prov):
@@ -92,31 +96,27 @@ LOCKED_MSG = b"\r\nlocked: unlock with --pin (service unlock --pin PIN)\r\n"
 def locks(prov):
     """Is the port locked? A provisioned machine is, unless its provisioning says "lock":
     false (the emulator's demo); an unprovisioned one holds no secrets."""
-    return bool(prov) and prov.get("lock", True) is not False
+    return prov is not None and prov.get("lock", True) is not False
 
 
 def window_over(now, until):
     return until is not None and time.ticks_diff(now, until) >= 0
 
 
-async def main(profile):
-    global _device, _syncer, _locked
+async def main(profile, prov):
+    global _device, _syncer
     # Collect after every 4 KiB allocated, not only when the heap is full: short-lived objects
     # then go while they are still packed together, and what lives on is not scattered over
     # the whole heap. Fragmentation was most of the worst moment's need (brewmeter bench:
     # app_peak_heap_bytes); the counting allocates nothing per poll, so an idle machine
     # seldom collects.
     gc.threshold(_GC_EVERY)
-    prov = load_provision()
     sync = ssl = None
     if prov:
         try:
             ssl = load_sync(prov)
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
-    if locks(prov):  # Ctrl-C (0x03) reaches the console as a byte, which ignores it
-        micropython.kbd_intr(-1)
-        _locked = True
     device = _device = Device(profile, DeviceFS())
     device.wall = wallclock.now  # 0 until NTP answers: brews are undated until then
     device.boot(hw.reset_cause(), ticks_ms())
@@ -241,7 +241,7 @@ async def _carry_out(action, device):
     if action[0] == "unlock":
         if not _locked:
             return b"unlock: the port is not locked\r\n"
-        s = device.profile.unlock_s
+        s = getattr(device.profile, "unlock_s", 900)  # (no profile: a bad one, see run())
         micropython.kbd_intr(3)
         _open_until = time.ticks_add(ticks_ms(), s * 1000)
         return ("unlock: the port is open for %d s (Ctrl-C stops the app)\r\n" % s).encode()
@@ -294,30 +294,45 @@ def status(device, prov):
 
 
 def run():
+    global _locked
     try:
-        profile = load_profile()
-    except ValueError as e:  # ProfileError
-        # Stay at the REPL so the board can be re-flashed with a good profile (boot.py's
-        # REPL watch stays armed: the watchdog is fed while the port is in use).
-        print("brewmeter: not started:", e)
-        return
-    watch = sys.modules.get("app.replwatch")
-    if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
-        watch.disarm()
-        watch = None
-        _unload("replwatch")
-    try:
-        asyncio.run(main(profile))
+        # boot.py and main.py turned Ctrl-C off on a provisioned machine: no REPL before this.
+        prov = load_provision()
+        _locked = locks(prov)  # then Ctrl-C (0x03) is a byte for the console, which ignores it
+        if not _locked:
+            micropython.kbd_intr(3)
+        profile = None
+        try:
+            profile = load_profile()
+        except ValueError as e:  # ProfileError
+            print("brewmeter: not started:", e)
+            if not _locked:
+                # Stay at the REPL so the board can be re-flashed with a good profile (boot.py's
+                # REPL watch stays armed: the watchdog is fed while the port is in use).
+                return
+            # Locked: the console waits for a service unlock (the tries saved as ever), then
+            # Ctrl-C stops it into the REPL, to re-flash.
+            device = Device(None, DeviceFS())
+            device.recover()
+            asyncio.run(serve_console(device, prov))
+        watch = sys.modules.get("app.replwatch")
+        if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
+            watch.disarm()
+            watch = None
+            _unload("replwatch")
+        asyncio.run(main(profile, prov))
     except KeyboardInterrupt:
+        _save()
+        if _locked and _open_until is None:  # one that came before the lock: never the REPL
+            hw.reset()
         # Ctrl-C drops to the REPL (mpremote and flash.sh rely on it): save what is not yet
         # saved (a rinse, the last seconds of water) first. The REPL watch brings the app
         # back once the port has been quiet for repl_idle_s.
-        _save()
         try:
             from app import replwatch
 
             replwatch.stopped(time.time())
-            replwatch.arm(profile.repl_idle_s, profile.wdt_s)
+            replwatch.arm()
         except Exception as e:  # noqa: BLE001 - the REPL comes up whatever fails here
             print("brewmeter: REPL watch not armed:", e)
         raise

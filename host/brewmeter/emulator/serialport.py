@@ -226,6 +226,9 @@ class Serial:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
+        if proc.stdin.closed:  # the interpreter is gone, the next not yet started
+            self._stdin_buf.clear()
+            return
         fd = proc.stdin.fileno()
         while self._stdin_buf:
             try:
