@@ -58,7 +58,7 @@ def interpreter(path: str | None = None) -> dict[str, str | int]:
         raise InterpreterError(f"{label}: no such file") from None
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise InterpreterError(f"{label}: not an executable file")
-    return _identify(path, label, st.st_mtime_ns, st.st_size)
+    return dict(_identify(path, label, st.st_mtime_ns, st.st_size))  # (a copy: cached)
 
 
 @functools.lru_cache(maxsize=8)
