@@ -66,10 +66,29 @@ def test_the_checks_catch_a_brew_lost_doubled_or_a_counter_off(small):
         ledger.close()
 
 
+@pytest.mark.slow
+def test_a_ledger_restored_from_a_day_old_backup_is_brought_back_by_the_machines(tmp_path):
+    db = tmp_path / "ledger.db"
+    o = fleet.run(fleet.Plan(devices=10, days=4, restore_at=2, db=db))
+    d = o.json()
+    assert d["restore_at_day"] == 2 and d["ok"]
+    assert d["lost_brews"] == d["doubled_brews"] == d["counters_mismatched"] == 0
+    # The restore did go back: the ledger holds a day's reports fewer than were answered.
+    ledger = Ledger(db, synchronous="NORMAL")
+    try:
+        stored = sum((ledger.device(dev) or {})["reports"] for dev in o.machines)
+    finally:
+        ledger.close()
+    assert stored < o.reports
+    assert (tmp_path / "ledger.db.before-restore").exists()
+
+
 def test_bad_outage_and_sizes_are_refused_clearly():
     for args, said in ((["--outage", "10x6"], "expected DAY+HOURS"),
                        (["--outage", "4+30", "--days", "5"], "ends after the 5 days"),
-                       (["--devices", "0"], "--devices must be at least 1")):
+                       (["--devices", "0"], "--devices must be at least 1"),
+                       (["--days", "5", "--restore-at", "5"], "a day from 1"),
+                       (["--restore-at", "3", "--outage", "3+2"], "the cloud is down then")):
         p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "fleet", *args],
                            capture_output=True, text=True, cwd=REPO, timeout=60)
         assert p.returncode == 2 and said in p.stderr, p.stderr

@@ -46,11 +46,14 @@ def test_schedule_coalesces_usage_reports_daily_and_backs_off():
         s.failed(100_000, cfg, 0.999)
         delays.append(s.ms_until_due(100_000))
     assert delays[0] < delays[3] and max(delays) <= 600_000  # exponential, capped
-    s.failed(100_000, cfg, 0.0, retry_after_s=120)
-    assert s.ms_until_due(100_000) == 120_000  # Retry-After honoured even with no jitter
+    s.failed(100_000, cfg, 0.0)
+    assert s.ms_until_due(100_000) == 300_000  # equal jitter: never under half the window
     s.succeeded(200_000, cfg)
     assert s.failures == 0
     assert s.is_due(200_000 + 60_000)  # the usage the failed reports carried is still owed
+    s.sent()
+    s.failed(300_000, cfg, 0.0, retry_after_s=120)
+    assert s.ms_until_due(300_000) == 120_000  # Retry-After honoured over the backoff
 
 
 def test_jitter_is_the_devices_own_and_spreads_a_fleets_retries():
@@ -60,8 +63,8 @@ def test_jitter_is_the_devices_own_and_spreads_a_fleets_retries():
     assert sync.jitter(a) == sync.jitter(a) and sync.jitter(a) != sync.jitter(b)
     cfg = {"report_delay_s": 60, "sync_interval_s": 86400, "backoff_max_s": 3600}
     # A thousand devices numbered in a row, each after a long outage (12 failures): their
-    # next tries spread over the backoff's hour, no minute taking more than a few.
-    per_minute = [0] * 60
+    # next tries spread over the backoff's second half-hour, no minute taking more than a few.
+    per_minute = [0] * 30
     daily = []
     for i in range(1000):
         x = sync.seed(f"bm-{i:06d}")
@@ -70,12 +73,12 @@ def test_jitter_is_the_devices_own_and_spreads_a_fleets_retries():
             x = sync.jitter(x)
             assert 0 < x < 4294967296
             s.failed(0, cfg, x / 4294967296)
-        per_minute[min(59, s.ms_until_due(0) // 60000)] += 1
+        per_minute[min(59, s.ms_until_due(0) // 60000) - 30] += 1
         x = sync.jitter(x)
         s.sent()  # the retry that gets through
         s.succeeded(0, cfg, False, x / 4294967296)
         daily.append(s.ms_until_due(0))
-    assert max(per_minute) <= 40 and min(per_minute) >= 5, per_minute
+    assert max(per_minute) <= 60 and min(per_minute) >= 15, per_minute
     # The daily report comes up to a tenth sooner, so those who came back together drift apart.
     assert 0.9 * 86_400_000 <= min(daily) and max(daily) <= 86_400_000
     assert len(set(d // 60000 for d in daily)) > 100

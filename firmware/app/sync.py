@@ -12,8 +12,10 @@ from app.supplies import ITEMS
 class Schedule:
     """When the next report is due: `report_delay_s` after the first unreported usage
     (coalesced), at least every `sync_interval_s` (up to a tenth sooner: jitter), and after a
-    failure an exponential backoff with full jitter up to `backoff_max_s`, never sooner than
-    a Retry-After. The jitter (`rand`) keeps a fleet's reports from moving in step."""
+    failure an exponential backoff with equal jitter (half the window and a random part of
+    the other half) up to `backoff_max_s`, never sooner than a Retry-After. The jitter
+    (`rand`) keeps a fleet's reports from moving in step; equal rather than full, so fewer
+    of those that failed through an outage come back in its first hour."""
 
     def __init__(self, now):
         self.due = now  # report once at boot
@@ -52,8 +54,8 @@ class Schedule:
         bounds the backoff further (a refusal: protocol.REFUSED_RETRY_S)."""
         self.failures += 1
         cap = min(settings.get(cfg, "backoff_max_s"), cap_s) * 1000
-        delay = int(rand * min(cap, 2000 << min(self.failures, 16)))
-        delay = max(delay, 1000, min(retry_after_s, 86400) * 1000)
+        w = min(cap, 2000 << min(self.failures, 16))
+        delay = max(w // 2 + int(rand * w) // 2, 1000, min(retry_after_s, 86400) * 1000)
         self.due = ticks_add(now, delay)
         if self.pending_since is None:
             self.pending_since = now  # the failed report's usage is still unreported

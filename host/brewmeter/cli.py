@@ -56,7 +56,7 @@ def _fleet(args: argparse.Namespace) -> int:
     try:
         plan = fleet.Plan(devices=args.devices, days=args.days, seed=args.seed,
                           outage=None if args.outage is None else fleet.parse_outage(args.outage),
-                          board=args.board)
+                          board=args.board, restore_at=args.restore_at)
         fleet.check_plan(plan)
     except ValueError as e:
         print(f"brewmeter fleet: {e}", file=sys.stderr)
@@ -229,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30, help="how many days")
     p.add_argument("--outage", metavar="DAY+HOURS", help="the cloud down for HOURS from the "
                    "start of day DAY (e.g. 10+6), its connections refused")
+    p.add_argument("--restore-at", type=int, metavar="DAY", help="at the start of day DAY, "
+                   "restore the cloud's ledger from its backup of a day before")
     p.add_argument("--seed", type=int, default=0,
                    help="the random seed of the households' use (same seed, same run)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")

@@ -24,6 +24,10 @@ TARGETS: dict[str, tuple[float, str]] = {
     "powercut_lost_brews": (0, "max"),
     "powercut_doubled_brews": (0, "max"),
     "cloud_reports_per_s": (1000, "min"),
+    "fleet_speedup_vs_household": (5, "min"),  # fleet_device_days_per_s / household's
+    "fleet_post_outage_peak_ratio": (3.0, "max"),
+    "fleet_lost_brews": (0, "max"),
+    "fleet_doubled_brews": (0, "max"),
     "boot_to_ready_ms": (1000, "max"),
     "wire_bytes_per_day": (4096, "max"),
     "sync_heap_bytes": (24576, "max"),
@@ -58,6 +62,21 @@ def household_days_per_s() -> dict[str, float]:
     t0 = time.perf_counter()
     asyncio.run(household.run(profile, household.Plan(days=365)))
     return {"household_days_per_s": round(365 / (time.perf_counter() - t0), 1)}
+
+
+def fleet() -> dict[str, float]:
+    """`brewmeter fleet --devices 1000 --days 30 --outage 10+6` (SQLite, one cloud process):
+    device-days per second, and that over household_days_per_s measured just before it (the
+    same machine, the same load); the busiest hour after the outage over the steady rate;
+    brews lost and doubled by the end's checks."""
+    from brewmeter.runs import fleet as run
+
+    household = household_days_per_s()["household_days_per_s"]
+    o = run.run(run.Plan(devices=1000, days=30, outage=(10, 6))).json()
+    return {"fleet_device_days_per_s": o["device_days_per_s"],
+            "fleet_speedup_vs_household": round(o["device_days_per_s"] / household, 2),
+            "fleet_post_outage_peak_ratio": o["post_outage_peak_ratio"],
+            "fleet_lost_brews": o["lost_brews"], "fleet_doubled_brews": o["doubled_brews"]}
 
 
 def core_heap_bytes() -> dict[str, float]:
@@ -185,6 +204,8 @@ def poll_alloc_bytes() -> dict[str, float]:
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
     (household_days_per_s, ("household_days_per_s",)),
+    (fleet, ("fleet_device_days_per_s", "fleet_speedup_vs_household",
+             "fleet_post_outage_peak_ratio", "fleet_lost_brews", "fleet_doubled_brews")),
     (core_heap_bytes, ("core_heap_bytes", "heap_at_boot_bytes")),
     (flash_wear, ("flash_bytes_per_brew", "flash_erases_per_brew", "flash_first_day_erases",
                   "recovery_read_bytes",

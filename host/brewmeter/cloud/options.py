@@ -18,6 +18,11 @@ def _fault(s: str) -> tuple[str, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `brewmeter cloud`."""
+    p.add_argument("action", nargs="?", choices=("backup", "restore"),
+                   help="instead of serving: copy the --db ledger to PATH (SQLite's online "
+                   "backup: the cloud may be running), or replace it with the backup at PATH "
+                   "(the cloud stopped; the replaced ledger kept as DB.before-restore)")
+    p.add_argument("path", nargs="?", metavar="PATH", help="the backup file")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     p.add_argument("--db", default=":memory:", help="SQLite ledger file (default: in memory)")

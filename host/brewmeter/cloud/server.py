@@ -271,6 +271,8 @@ def admin_token(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 def run_args(args: argparse.Namespace) -> int:
     """Run from arguments made by brewmeter.cloud.options.add_arguments."""
+    if args.action:
+        return _backup_or_restore(args)
     try:
         token, note = admin_token(args)
         devices = [read_device(s) for s in args.device_file or ()]
@@ -288,6 +290,27 @@ def run_args(args: argparse.Namespace) -> int:
     return run_cloud(args.host, args.port, args.db, ctx, admin_token=token,
                      devices=devices, faults=faults if faults.rates else None,
                      synchronous=args.synchronous, merchant=merchant, token_note=note)
+
+
+def _backup_or_restore(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from brewmeter.cloud import backup
+
+    try:
+        if not args.path:
+            raise backup.BackupError(f"{args.action} needs a PATH")
+        if args.action == "backup":
+            n = backup.backup(args.db, args.path)
+            print(f"{args.db} -> {args.path}: {n} devices")
+        else:
+            n = backup.restore(args.path, args.db)
+            print(f"{args.path} -> {args.db}: {n} devices (the ledger it replaced: "
+                  f"{args.db}{backup.BEFORE_RESTORE})")
+    except (backup.BackupError, OSError, sqlite3.Error) as e:
+        print(f"brewmeter cloud {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cloud_main(argv: list[str] | None = None) -> int:

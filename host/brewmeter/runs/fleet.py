@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import heapq
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -57,6 +58,7 @@ class Plan:
     seed: int = 0
     board: str = "emulator"
     db: Path | None = None  # the ledger file (kept); None: a temporary one
+    restore_at: int | None = None  # that day's 00:00: the ledger restored from a day-old backup
 
 
 def parse_outage(s: str) -> tuple[int, int]:
@@ -74,6 +76,13 @@ def check_plan(plan: Plan) -> None:
     if plan.outage is not None and plan.outage[0] * 24 + plan.outage[1] > plan.days * 24:
         raise ValueError(f"--outage {plan.outage[0]}+{plan.outage[1]} ends after the "
                          f"{plan.days} days")
+    r = plan.restore_at
+    if r is not None:
+        if not 1 <= r < plan.days:
+            raise ValueError(f"--restore-at {r}: a day from 1 (a backup a day old) to "
+                             f"{plan.days - 1}")
+        if plan.outage and plan.outage[0] * 24 <= r * 24 <= plan.outage[0] * 24 + plan.outage[1]:
+            raise ValueError(f"--restore-at {r}: the cloud is down then (--outage)")
 
 
 def device_id(i: int) -> str:
@@ -161,7 +170,8 @@ class Fleet:
         self.plan = plan
         self.profile = load_profile(plan.board)
         self.clock = VirtualClock(ticks_start=replay.ticks(0))
-        self.out = Outcome(plan.devices, plan.days, outage=plan.outage)
+        self.out = Outcome(plan.devices, plan.days, outage=plan.outage,
+                           restore_at=plan.restore_at)
         self.cloud = Cloud(db, self.clock)
         self.link = Link()
         self.machines: list[Machine] = []
@@ -212,6 +222,10 @@ class Fleet:
         if plan.outage:
             down = plan.outage[0] * DAY_MS
             up = down + plan.outage[1] * HOUR_MS
+        restore = backup = None
+        if plan.restore_at is not None:
+            restore = plan.restore_at * DAY_MS
+            backup = restore - DAY_MS
         for i in range(plan.devices):
             self.machines.append(Machine(i, plan, self.profile, self.cloud.url, self.link,
                                          self.wall))
@@ -220,12 +234,12 @@ class Fleet:
         dues = [(0, i) for i in range(plan.devices)]  # (due, machine): checked when popped
         inflight: asyncio.Task[None] | None = None
         day = -1
-        t0 = time.perf_counter()
+        t0, cpu0, cloud0 = time.perf_counter(), time.process_time(), _children_cpu()
         while clock.ms < end:
             step_end = clock.ms + STEP_MS
             if inflight is None:  # nothing to do before the next event or report: skip there
                 nxt = min(events[0][0], dues[0][0] if dues else end)
-                for edge in (down, up):
+                for edge in (down, up, backup, restore):
                     if edge is not None and clock.ms < edge:
                         nxt = min(nxt, edge)
                 step_end = max(step_end, (nxt // STEP_MS + 1) * STEP_MS)
@@ -247,6 +261,12 @@ class Fleet:
             if up is not None and clock.ms >= up and self.cloud.proc is None:
                 self.cloud.start()
                 self.up_at, up = clock.ms, None
+            if backup is not None and clock.ms >= backup:
+                self.backup()
+                backup = None
+            if restore is not None and clock.ms >= restore:
+                self.restore()
+                restore = None
             for i in touched:  # usage may have brought its report forward
                 heapq.heappush(dues, (self.machines[i].due_ms(clock.ms), i))
             due = set()
@@ -271,6 +291,26 @@ class Fleet:
         if inflight is not None:
             await inflight
         self.out.seconds = time.perf_counter() - t0
+        self.out.fleet_cpu_s = time.process_time() - cpu0
+        self.cloud.stop()  # (its time is counted once it has ended; it starts again to heal)
+        self.out.cloud_cpu_s = _children_cpu() - cloud0
+
+    def backup(self) -> None:
+        """The ledger backed up while the cloud serves (SQLite's online backup)."""
+        from brewmeter.cloud import backup
+
+        backup.backup(self.cloud.db, self._backup_file())
+
+    def restore(self) -> None:
+        """The cloud stopped, its ledger replaced with the backup, started again."""
+        from brewmeter.cloud import backup
+
+        self.cloud.stop()
+        backup.restore(self._backup_file(), self.cloud.db)
+        self.cloud.start()
+
+    def _backup_file(self) -> Path:
+        return self.cloud.db.with_name(self.cloud.db.name + ".day-old")
 
     async def heal(self) -> None:
         """Every machine synced (a minute apart) until none owes a page, an event or a
@@ -285,6 +325,11 @@ class Fleet:
                 self.machines[i].syncer.schedule.due = self.clock.ticks_ms()
             await self.sync(behind)
             self.clock.advance(STEP_MS)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _usage(device: Device) -> dict[str, Any]:

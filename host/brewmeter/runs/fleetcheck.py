@@ -20,12 +20,15 @@ class Outcome:
     devices: int
     days: int
     seconds: float = 0.0  # real time of the run (the days, not the checks)
+    fleet_cpu_s: float = 0.0  # CPU time of the machines' process over it
+    cloud_cpu_s: float = 0.0  # ... and of the cloud's
     reports: int = 0  # answered 200
     requests: int = 0  # every attempt, refused ones too
     failures: int = 0
     latencies: list[float] = field(default_factory=list)  # of each 200, seconds
     per_hour: Counter[int] = field(default_factory=Counter)  # requests per virtual hour
     outage: tuple[int, int] | None = None
+    restore_at: int | None = None  # the day the ledger was restored from a day-old backup
     drain_s: float | None = None  # from the outage's end until no machine owes a failed report
     checks: dict[str, Any] = field(default_factory=dict)
     machines: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> its counters
@@ -61,6 +64,7 @@ class Outcome:
 
         return {
             "devices": self.devices, "days": self.days, "seconds": round(self.seconds, 2),
+            "fleet_cpu_s": round(self.fleet_cpu_s, 2), "cloud_cpu_s": round(self.cloud_cpu_s, 2),
             "device_days_per_s": round(self.devices * self.days / self.seconds, 1),
             "reports": self.reports, "requests": self.requests, "failures": self.failures,
             "reports_per_s": round(self.reports / self.seconds, 1),
@@ -69,6 +73,7 @@ class Outcome:
             {"day": self.outage[0], "hours": self.outage[1]},
             **self.rates(),
             "drain_s": self.drain_s,
+            "restore_at_day": self.restore_at,
             **self.checks,
         }
 
@@ -78,7 +83,7 @@ def check(ledger: Ledger, machines: dict[str, dict[str, Any]], first: date, last
     """The ledger against the machines (id -> its counters as a report carries them):
     counters that differ, brews billed that no machine counted (doubled) or counted but not
     billed (lost), and each month's invoice line against its brews and the price."""
-    mismatched = lost = doubled = bad_months = months = 0
+    mismatched = lost = doubled = bad_months = months = estimated = 0
     for dev, counters in machines.items():
         got = (ledger.device(dev) or {}).get("counters", {})
         if any(got.get(k) != v for k, v in counters.items()):
@@ -90,6 +95,7 @@ def check(ledger: Ledger, machines: dict[str, dict[str, Any]], first: date, last
             days = ledger.days(dev, date.fromisoformat(line["from"]),
                                date.fromisoformat(line["to"])) or {}
             day_brews = sum(d["brews_total"] for d in days.get("days", []))
+            estimated += sum(1 for d in days.get("days", []) if d["estimated"])
             if line["brews"] != day_brews or line["amount_cents"] != PRICE_CENTS * day_brews:
                 bad_months += 1
             billed += line["brews"]
@@ -99,13 +105,15 @@ def check(ledger: Ledger, machines: dict[str, dict[str, Any]], first: date, last
         doubled += max(0, billed - have)
     return {"counters_mismatched": mismatched, "lost_brews": lost, "doubled_brews": doubled,
             "invoice_months": months, "invoice_months_wrong": bad_months,
+            "estimated_days": estimated,
             "ok": mismatched == lost == doubled == bad_months == 0}
 
 
 def table(o: Outcome) -> str:
     d = o.json()
     rows = [f"{o.devices} machines, {o.days} days: {d['device_days_per_s']} device-days/s "
-            f"({d['seconds']} s)",
+            f"({d['seconds']} s; CPU: the machines' process {d['fleet_cpu_s']} s, the "
+            f"cloud's {d['cloud_cpu_s']} s)",
             f"reports: {o.reports} ({d['reports_per_s']}/s), {o.failures} failed; latency "
             f"p50 {d['latency_p50_ms']} ms, p99 {d['latency_p99_ms']} ms",
             f"steady: {d['steady_requests_per_h']} requests per virtual hour"]
@@ -115,6 +123,9 @@ def table(o: Outcome) -> str:
                     f"{d['post_outage_peak_per_h']} ({d['post_outage_peak_ratio']}x steady); "
                     f"backlog drained in "
                     + ("-" if o.drain_s is None else f"{o.drain_s / 60:.0f} min"))
+    if o.restore_at is not None:
+        rows.append(f"restored: the ledger from its backup of day {o.restore_at - 1}, at the "
+                    f"start of day {o.restore_at}")
     c = o.checks
     rows.append(f"checks: counters differ on {c['counters_mismatched']} machines, "
                 f"{c['lost_brews']} brews lost, {c['doubled_brews']} doubled, "
