@@ -310,3 +310,54 @@ def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_
                              str(tmp_path / "prov.json"), "--pin", PIN]) == 0
         assert fieldtech.ask(port, "counters")["boots"] > boots  # (none while it waited)
         assert _answers_locked(port)
+
+
+@pytest.mark.slow
+def test_a_power_cut_at_any_flash_op_of_a_pin_check_tells_a_right_pin_from_no_wrong_one(
+        tmp_path):
+    """On MicroPython's littlefs: the power cut (control address, after_ops) at each flash
+    operation of a check, from the first on. Wherever a cut takes a wrong PIN's try back
+    (it was not yet on flash), the right PIN cut at the same operation gets no answer
+    either, so no cut tells a right PIN from a wrong one for free; a wrong PIN answered is
+    counted. (That the try is on flash before the hash starts is checked at every cut
+    point under CPython's littlefs: tests/test_console.py.)"""
+    prof, prov = _setup(tmp_path)
+    with Board(tmp_path / "flash.img", board_profile=prof) as board:
+        Flasher(board.serial_port).flash(prof, prov)
+        port = board.serial_port
+        ctl = board.control()
+
+        def send(pin: str, cut: int | None = None) -> str:
+            """`service unlock --pin PIN`, the power cut at the `cut`-th flash operation
+            from now: the console's answer, or "cut" (then the board is up again)."""
+            mark, boots = board.transcript_end(), board.boots
+            if cut:
+                ctl.power_cut(after_ops=cut)
+            with ports.open_port(port, timeout=0.05) as s:
+                s.write(f"\rservice unlock --pin {pin}\r".encode())
+                end = time.monotonic() + 30
+                while time.monotonic() < end:
+                    s.read(4096)
+                    said = board.transcript(mark)
+                    if board.boots > boots:
+                        board.wait_output(b"brewmeter ready", timeout=30, start=mark)
+                        return "cut"
+                    m = re.search(rb"(wrong PIN[^\r]*|unlock: the port is open)", said)
+                    if m:
+                        if cut:
+                            ctl.power_cut(after_ops=1 << 30)  # disarmed: never reached
+                        return m[1].decode()
+            raise AssertionError(board.transcript(mark))
+
+        for k in range(1, 20):
+            assert send(PIN) == "unlock: the port is open"  # no wrong tries saved
+            wrong = send("135790", cut=k)
+            if wrong != "cut":
+                assert wrong == "wrong PIN (4 tries left)" and k > 1
+                break
+            taken_back = send("135790") == "wrong PIN (4 tries left)"
+            assert send(PIN) == "unlock: the port is open"
+            if taken_back:
+                assert send(PIN, cut=k) == "cut", k
+        else:
+            raise AssertionError("the check's flash operations never ended")
