@@ -94,6 +94,18 @@ def test_a_device_id_that_is_no_device_id_names_no_report_file(flashed, tmp_path
         f.restart()
 
 
+def test_a_read_that_fails_half_way_quotes_none_of_the_devices_files(flashed):
+    from brewmeter.flasher import _READ
+    from brewmeter.flashfiles import FlashError
+
+    _, f = flashed
+    prov = json.loads(f.read_files("provision.json")["provision.json"] or "{}")
+    with pytest.raises(FlashError, match="failed") as e:
+        f.mpremote("exec", _READ % '["provision.json"]' + "raise OSError(5)\n")
+    assert "OSError" in str(e.value) and prov["key"] not in str(e.value)
+    f.restart()
+
+
 @pytest.mark.slow
 def test_garbage_on_the_port_while_brewing_changes_nothing_and_loses_no_brew(tmp_path):
     with Board(tmp_path / "flash.img", board_profile="emulator") as board:

@@ -98,9 +98,12 @@ class Flasher:
                 raise FlashError(f"{self.port}: no MicroPython REPL answers there: is it "
                                  f"running MicroPython?"
                                  + (f" (what it sent: {said[-1][-300:]})" if said else ""))
+            # Quoted without the device's files read so far (_READ's lines: its key, its
+            # Wi-Fi password), should a read fail half-way.
+            text = "\n".join(x for x in text.strip().splitlines() if not x.startswith("F "))
             if "failed to access" in text:
-                raise FlashError(f"{self.port}: mpremote cannot open it: {text.strip()}")
-            raise FlashError(f"mpremote {' '.join(args)} failed: {text.strip()}")
+                raise FlashError(f"{self.port}: mpremote cannot open it: {text}")
+            raise FlashError(f"mpremote {' '.join(args)} failed: {text}")
         return p.stdout
 
     def check_port(self) -> None:
