@@ -304,6 +304,7 @@ def test_provisioning_prints_no_token_key_pin_or_password(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["unlock", "--pin", PIN], ["sync", f"--pin={PIN}"], ["refill", "coffee", f"--pi={PIN}"],
+    ["refill", PIN], ["sync", "--port", "x", PIN],
     ["conform", "--url", "http://x", f"--admin-token={PIN}"],
     ["conform", "--url", "http://x", f"--admin-tok={PIN}"],
     ["provision", "new", "--count", "1", "--prefix", "p", "--cloud", "http://x",

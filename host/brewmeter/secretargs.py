@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,13 +75,19 @@ def refuse(p: argparse.ArgumentParser, flag: str, ways: str) -> None:
     p.add_argument(f"--{flag}", nargs="?", action=_Refused, ways=ways, help=argparse.SUPPRESS)
 
 
+# argparse quotes a value it refuses: `refill 246810` (a PIN where the item goes), `--count PIN`.
+_REFUSED_VALUE = re.compile(r"(invalid (?:choice|[\w.]+ value)): ('[^']*'|\"[^\"]*\")")
+
+
 def mask_values(p: argparse.ArgumentParser) -> None:
-    """`p`'s errors about arguments it does not know name them but not their values: a
-    mistyped secret option (`--pi=1234`, `--pin-fil 1234`) would be quoted whole. (The
-    parsers that take secrets also allow no abbreviations, which argparse quotes alike.)"""
+    """The errors of `p` and of its subcommands name an argument they refuse but not its
+    value: a mistyped secret option (`--pi=1234`, `--pin-fil 1234`) or a secret given in a
+    positional's place would be quoted whole. (The parsers that take secrets also allow no
+    abbreviations, which argparse quotes alike.)"""
     error = p.error
 
     def masked(message: str) -> NoReturn:
+        message = _REFUSED_VALUE.sub(r"\1: ...", message)
         head, sep, rest = message.partition("unrecognized arguments: ")
         if sep:
             message = head + sep + " ".join(
@@ -89,6 +96,10 @@ def mask_values(p: argparse.ArgumentParser) -> None:
         error(message)
 
     p.error = masked  # type: ignore[method-assign]
+    for a in p._actions:  # a subcommand's parser reports its own errors
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                mask_values(sub)
 
 
 def add(p: argparse.ArgumentParser, s: Secret, note: str = "",
