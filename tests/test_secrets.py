@@ -26,8 +26,8 @@ class Foreign:
     """Something other than brewmeter on a serial port (a pty): it echoes what it is sent,
     as the console does, and answers each line with `reply` (garbage, or nothing)."""
 
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
+    def __init__(self, reply: bytes, on: int = 13) -> None:
+        self.reply, self.on = reply, on  # `reply` after each byte `on` (a line's end)
         self.master, self.slave = os.openpty()
         self.port = os.ttyname(self.slave)
         self._stop = threading.Event()
@@ -43,7 +43,7 @@ class Foreign:
             except OSError:
                 return
             for b in data:
-                os.write(self.master, b"\r\n" + self.reply if b == 13 else bytes([b]))
+                os.write(self.master, b"\r\n" + self.reply if b == self.on else bytes([b]))
 
     def close(self) -> None:
         self._stop.set()
@@ -76,6 +76,27 @@ def test_no_pin_in_what_a_sync_says_when_something_else_answers(foreign):
     with pytest.raises(fieldtech.NoBrewmeter) as e:
         fieldtech.act(foreign.port, "sync", PIN, (b"sync: ",), timeout=0.5)
     assert "no answer to 'sync'" in str(e.value) and PIN not in str(e.value), e.value
+
+
+KEY = "9f" * 32
+
+
+@pytest.mark.slow
+def test_no_pin_nor_key_in_what_a_restart_quotes_of_the_device():
+    from brewmeter import fieldtech
+
+    said = (f">>> service unlock --pin {PIN}\r\nSyntaxError: invalid syntax\r\n"
+            f"{{'key': '{KEY}', 'wifi': {{'password': 'w1fi-pw'}}}}\r\n"
+            f"{{\r\n \"key\": \"{KEY}\",\r\n \"service_pin\": \"{PIN}\"\r\n}}\r\n"
+            f"brewmeter: not started: {PIN} {KEY}\r\n>>> ").encode()
+    f = Foreign(said, on=4)  # the soft reset (Ctrl-D) brings it
+    try:
+        with pytest.raises(fieldtech.NoBrewmeter) as e:
+            fieldtech.restart(f.port, timeout=1)
+    finally:
+        f.close()
+    assert "no ready line" in str(e.value) and "brewmeter: not started" in str(e.value)
+    no_secret([PIN, KEY, KEY[:20], "w1fi-pw"], str(e.value))
 
 
 def at_terminal(args: list[str], typed: str, env: dict[str, str] | None = None,

@@ -4,6 +4,7 @@ serial port (pyserial), open an interactive console, and file a visit report."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -105,6 +106,16 @@ def unlock(port: str, pin: str, timeout: float = 5.0) -> str:
 
 
 READY = b"brewmeter ready"  # the app's first line after a boot
+# What a restart quotes of the device's output leaves out the lines that could echo a PIN or
+# the provisioning (a console line typed with --pin, provision.json read at the REPL), and
+# masks what looks like a PIN or a key in the others.
+_SECRET_LINE = re.compile(r"--pin|[\"'](?:key|password|service_pin(?:_hash)?)[\"']", re.I)
+_SECRET_WORD = re.compile(r"\b\d{6,8}\b|[0-9a-f]{32,}", re.I)
+
+
+def _quotable(out: bytes) -> str:
+    lines = out.decode(errors="replace").splitlines()
+    return _SECRET_WORD.sub("...", "\n".join(x for x in lines if not _SECRET_LINE.search(x)))
 
 
 def restart(port: str, timeout: float = 15.0) -> str:
@@ -129,7 +140,7 @@ def restart(port: str, timeout: float = 15.0) -> str:
         s.write(b"\x02")
         if b"locked: unlock with --pin" in seen + s.read(4096):
             raise NoBrewmeter(f"{port}: locked: open it with `brewmeter unlock` first")
-    tail = seen[-300:].decode(errors="replace")
+    tail = _quotable(seen)[-300:]
     raise NoBrewmeter(f"{port}: no ready line within {timeout:.0f} s; it said: {tail}")
 
 
