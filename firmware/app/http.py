@@ -33,12 +33,11 @@ def parse_url(url):
     return scheme, host, port, "/" + path.rstrip("/") if path else ""
 
 
-# Made once, when the sync is loaded at boot: the buffer the status line and the headers
-# pass through, one line at a time, and the lock that keeps to one request at a time (the
-# sync task, the console's sync). The body gets a buffer of its Content-Length, once that is
-# checked against the bound, for as long as the caller reads it: the reply limit is not held
-# between reports.
-_line, _lock = (bytearray(MAX_LINE), asyncio.Lock()) if _MP else (None, None)
+# One request at a time on the device (the sync task, the console's sync). Its buffers are
+# not held between reports: the status line and the headers pass through one of MAX_LINE
+# bytes, one line at a time; the body gets one of its Content-Length, once that is checked
+# against the bound, for as long as the caller reads it.
+_lock = asyncio.Lock() if _MP else None
 
 
 async def _into(reader, mv):
@@ -166,9 +165,9 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     for k, v in headers.items():
         head += "%s: %s\r\n" % (k, v)
     head = (head + "\r\n").encode()
-    # On the device one set of buffers, one request at a time; the harness runs many devices
-    # in one process (each on its own clock), so each of its requests gets its own.
-    line, lock = (_line, _lock) if _MP else (bytearray(MAX_LINE), asyncio.Lock())
+    # On the device one request at a time; the harness runs many devices in one process
+    # (each on its own clock), so each of its requests gets its own lock.
+    line, lock = bytearray(MAX_LINE), _lock if _MP else asyncio.Lock()
     await lock.acquire()
     try:
         return await asyncio.wait_for(
