@@ -115,7 +115,6 @@ class Machine:
         self.device.boot(1, replay.ticks(0))
         self.syncer: Syncer = wire(self.device, {"device_id": self.id, "key": _key(plan.seed, i),
                                                  "cloud_url": url, "ntp": ""}, link, wall=wall)
-        self.failing_since: int | None = None
         self._more_days()
 
     def _more_days(self) -> None:
