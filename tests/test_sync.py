@@ -309,3 +309,30 @@ def test_uptime_in_reports_survives_the_ticks_wrap(device):
     assert device.uptime_ms(now) == 13 * 86_400_000
     body = json.loads(sync.report(device, 1, 0, device.uptime_ms(now), [], {}))
     assert body["uptime_ms"] == 13 * 86_400_000
+
+
+async def test_offline_the_device_tries_hourly_a_cloud_that_is_down_it_spares_for_hours(device):
+    import socket
+    from time import ticks_ms
+
+    from app.syncer import Syncer
+
+    class NoWifi:
+        async def up(self) -> None:
+            raise OSError("no Wi-Fi")
+
+    with socket.socket() as s:  # a port nothing listens on: the cloud down, refusing
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prov = {"device_id": "bm-t1", "key": "00" * 32, "cloud_url": f"http://127.0.0.1:{port}",
+            "ntp": ""}
+    waits = {}
+    for name, link in (("offline", NoWifi()), ("cloud down", Loopback())):
+        syncer = Syncer(device, prov, link)
+        got = []
+        for _ in range(16):  # past the doubling, at the cap
+            assert await syncer.sync_once() != "ok"
+            got.append(syncer.schedule.ms_until_due(ticks_ms()))
+        waits[name] = got[-4:]
+    assert all(w <= 3_600_000 for w in waits["offline"])  # a Wi-Fi window of an hour is caught
+    assert all(7_200_000 <= w <= 14_400_000 for w in waits["cloud down"])  # backoff_max_s, 4 h

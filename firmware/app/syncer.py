@@ -10,6 +10,8 @@ from app.signing import signature
 
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
+_LINK_RETRY_S = const(3600)  # our own network down: tried at least hourly (the backoff's cap,
+# hours by default, spares a cloud that is down; a Wi-Fi window of an hour is not missed)
 
 
 class Syncer:
@@ -66,8 +68,10 @@ class Syncer:
         """One report. Returns "ok" or why it failed; the schedule says when to try next."""
         device = self.device
         cfg = device.config
+        linked = False
         try:
             await self.link.up()
+            linked = True
             await self._clock()
             seq = protocol.seq(self.era, self.n)
             self.n += 1
@@ -122,7 +126,7 @@ class Syncer:
         else:
             self.schedule.failed(now, cfg, j, retry_after,
                                  protocol.REFUSED_RETRY_S if self.refused_at is not None
-                                 else 86400)
+                                 else 86400 if linked else _LINK_RETRY_S)
         self.last = (device.uptime_ms(now), result)
         return result
 
