@@ -16,7 +16,7 @@ from app import settings
 _TRIES = const(5)
 LOCK_S = const(300)
 LOCK_MAX_S = const(86400)
-_SLICE = const(50)  # iterations between two yields: about 10 ms on an ESP32 (README)
+_SLICE = const(50)  # iterations between two yields (what one takes: the README, Secrets)
 MAX_ITERATIONS = const(10000)  # a stored hash naming more is refused, as a malformed one
 
 
