@@ -45,7 +45,7 @@ _FIELDS = {
     "filter_months": ("num", 1, 36, True),
     "heap_bytes": ("int", 16384, 8 * 1024 * 1024, True),
     "wdt_s": ("int", 2, 600, False),  # the watchdog's timeout (default 30)
-    "repl_idle_s": ("int", 5, 86400, False),  # back to counting after the REPL is quiet
+    "repl_idle_s": ("int", 5, 86400, False),  # REPL quiet this long: the app (replwatch.py)
     "unlock_s": ("int", 5, 86400, False),  # a locked port's maintenance window (default 900)
     "rom_bytes": ("int", 0, 16 * 1024 * 1024, False),  # the ROMFS partition (0: none)
 }
@@ -59,7 +59,6 @@ class Profile:
     source = ""
     active_low = True
     wdt_s = 30
-    repl_idle_s = 300
     unlock_s = 900
     kinds = ()
     input_pins = ()
@@ -152,7 +151,6 @@ def validate(data, source):
         setattr(p, key, out.get(key))
     p.active_low = out.get("active_low", True)
     p.wdt_s = out.get("wdt_s") or 30
-    p.repl_idle_s = out.get("repl_idle_s") or 300
     p.unlock_s = out.get("unlock_s") or 900
     p.kinds = tuple(k for k, _ in out["inputs"])
     p.input_pins = tuple(g for _, g in out["inputs"])
