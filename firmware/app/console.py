@@ -111,11 +111,10 @@ class Console:
         name = words[0].lower()
         if name in _ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
             return await self._action(words, wall, now)
-        handler = _READS.get(name)
-        if handler is None:
+        if name not in _READS:
             return "error: unknown command %r; try help" % name[:20]
         try:
-            data = handler(self, words[1:], wall)
+            data = _read(self, name, words[1:], wall)
         except ValueError as e:
             return "error: %s" % e
         if as_json:
@@ -187,40 +186,52 @@ _HELP = ("counters|what the machine has used|filter|the water filter|"
          "(any) --json|one line of JSON")
 
 
-def _help(con, args, wall):
-    h = _HELP.split("|")
-    return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
+# The read commands, in one function rather than one each (each function is objects on the
+# heap while the console is loaded).
+_READS = ("help", "counters", "filter", "events", "consumables", "faults", "config", "status")
 
 
-def _counters(con, args, wall):
+def _read(con, name, args, wall):
     d = con.device
-    return snapshot.usage(d.meter.c, d.profile.kinds)
-
-
-def _filter(con, args, wall):
-    d = con.device
-    c = d.meter.c
-    dh = settings.get(d.config, "water_hardness_dh")
-    return {"litres": c.filter_ml / 1000, "pump_hours": round(c.filter_pump_ms / 3600000, 2),
-            "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
-            "due": filters.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
-            "due_at_litres": round(d.profile.filter_litres * 10 / dh, 1),
-            "due_at_months": d.profile.filter_months}
-
-
-def _consumables(con, args, wall):
-    d = con.device
-    sup = d.supplies
-    per_day = d.per_day(wall)
-    out = {}
-    for name in ITEMS:
-        used, cap, days = sup.level(name, d.config, d.profile, wall, per_day)
-        it = sup.items[name]
-        row = {"pct": sup.pct(name, used, cap, d.profile, wall), "used": used, "capacity": cap,
-               "unit": UNITS[name], "cycle": it[0], "order": it[2] or "none",
-               "days": None if days is None else round(days, 1)}
-        out[name] = row
-    return out
+    if name == "help":
+        h = _HELP.split("|")
+        return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
+    if name == "counters":
+        return snapshot.usage(d.meter.c, d.profile.kinds)
+    if name == "filter":
+        c = d.meter.c
+        dh = settings.get(d.config, "water_hardness_dh")
+        return {"litres": c.filter_ml / 1000,
+                "pump_hours": round(c.filter_pump_ms / 3600000, 2),
+                "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
+                "due": filters.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
+                "due_at_litres": round(d.profile.filter_litres * 10 / dh, 1),
+                "due_at_months": d.profile.filter_months}
+    if name == "consumables":
+        sup = d.supplies
+        per_day = d.per_day(wall)
+        out = {}
+        for item in ITEMS:
+            used, cap, days = sup.level(item, d.config, d.profile, wall, per_day)
+            it = sup.items[item]
+            out[item] = {"pct": sup.pct(item, used, cap, d.profile, wall), "used": used,
+                         "capacity": cap, "unit": UNITS[item], "cycle": it[0],
+                         "order": it[2] or "none",
+                         "days": None if days is None else round(days, 1)}
+        return out
+    if name == "events":
+        n = 16
+        if args:
+            if not args[0].isdigit() or len(args[0]) > 3:  # (long: OverflowError in a slice)
+                raise ValueError("usage: events [N], N a number from 0 to 999")
+            n = int(args[0])
+        return d.outbox.events[-n:] if n else []
+    if name == "faults":
+        return ["%s %s" % f for f in d.faults]
+    if name == "config":
+        # Only the settings in force: secrets (device key, Wi-Fi password, PIN) never appear.
+        return {"version": d.config_version, "settings": d.config}
+    return con.status()
 
 
 def _supply(v):
@@ -228,31 +239,3 @@ def _supply(v):
     return "%d%% left (%d of %d %s used), %s, order %s, cycle %d" % (
         v["pct"], v["used"], v["capacity"], v["unit"],
         "no forecast" if v["days"] is None else "%s days" % v["days"], v["order"], v["cycle"])
-
-
-def _events(con, args, wall):
-    n = 16
-    if args:
-        if not args[0].isdigit() or len(args[0]) > 3:  # (a long one: OverflowError in a slice)
-            raise ValueError("usage: events [N], N a number from 0 to 999")
-        n = int(args[0])
-    return con.device.outbox.events[-n:] if n else []
-
-
-def _faults(con, args, wall):
-    return ["%s %s" % f for f in con.device.faults]
-
-
-def _config(con, args, wall):
-    # Only the settings in force: secrets (device key, Wi-Fi password, PIN) never appear.
-    d = con.device
-    return {"version": d.config_version, "settings": d.config}
-
-
-def _status(con, args, wall):
-    return con.status()
-
-
-_READS = {"help": _help, "counters": _counters, "filter": _filter, "events": _events,
-          "consumables": _consumables,
-          "faults": _faults, "config": _config, "status": _status}
