@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from brewmeter import cli
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.runs import fleet
 
@@ -83,15 +84,14 @@ def test_a_ledger_restored_from_a_day_old_backup_is_brought_back_by_the_machines
     assert (tmp_path / "ledger.db.before-restore").exists()
 
 
-def test_bad_outage_and_sizes_are_refused_clearly():
+def test_bad_outage_and_sizes_are_refused_clearly(capsys):
     for args, said in ((["--outage", "10x6"], "expected DAY+HOURS"),
                        (["--outage", "4+30", "--days", "5"], "ends after the 5 days"),
                        (["--devices", "0"], "--devices must be at least 1"),
                        (["--days", "5", "--restore-at", "5"], "a day from 1"),
                        (["--restore-at", "3", "--outage", "3+2"], "the cloud is down then")):
-        p = subprocess.run([sys.executable, "-m", "brewmeter.cli", "fleet", *args],
-                           capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert p.returncode == 2 and said in p.stderr, p.stderr
+        assert cli.main(["fleet", *args]) == 2
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.slow
