@@ -105,3 +105,16 @@ def test_the_command_prints_json_and_progress(tmp_path):
     assert {"lost_brews", "doubled_brews", "reports_per_s", "latency_p99_ms",
             "post_outage_peak_ratio", "drain_s"} <= set(d)
     assert "day 2/2" in p.stderr
+
+
+def test_the_cloud_process_ends_with_the_fleet(tmp_path):
+    from brewmeter.clock import VirtualClock
+    from brewmeter.runs.fleetnet import Cloud
+
+    cloud = Cloud(tmp_path / "ledger.db", VirtualClock())
+    cloud.start()
+    proc = cloud.proc
+    assert proc is not None and proc.stdin is not None and proc.poll() is None
+    proc.stdin.close()  # as when the fleet's process dies, however
+    assert proc.wait(10) == 0
+    cloud.stop()

@@ -6,10 +6,12 @@ one-connection-per-report client (app.http.post)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,8 @@ def _serve(db: str, port: int, clock_file: str) -> None:
 
     with open(clock_file, "r+b") as f:
         wall = mmap.mmap(f.fileno(), 8)
+    # Gone with the fleet, however it ends: its end of our stdin closes.
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
 
     async def main() -> None:
         ledger = Ledger(db, synchronous="NORMAL", now=lambda: struct.unpack("d", wall)[0])
@@ -73,7 +77,7 @@ class Cloud:
             [sys.executable, "-c", "import sys; from brewmeter.runs.fleetnet import _serve; "
              "_serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])",
              str(self.db), str(self.port), str(self.clock_file)],
-            stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             self.proc.wait(10)
@@ -83,8 +87,9 @@ class Cloud:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
-            if self.proc.stdout:
-                self.proc.stdout.close()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe:
+                    pipe.close()
             self.proc = None
 
 
@@ -96,12 +101,10 @@ class Pool:
         import aiohttp
 
         self.out, self.clock = out, clock
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY),
-            timeout=aiohttp.ClientTimeout(total=30))
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
 
     async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes,
-                   timeout_ms: int = 10000, ssl: Any = None, max_body: int = 0
+                   timeout_ms: int = 10000, ssl: Any = None, max_body: int = 4096
                    ) -> tuple[int, int, bytes]:
         import aiohttp
         from app import http
@@ -110,13 +113,15 @@ class Pool:
         self.out.per_hour[self.clock.ms // HOUR_MS] += 1
         t0 = time.perf_counter()
         try:
-            async with self.session.post(
-                    url + path, data=body,
+            async with self.session.post(  # within the firmware's bounds: time, reply size
+                    url + path, data=body, timeout=aiohttp.ClientTimeout(timeout_ms / 1000),
                     headers={"Content-Type": "application/json",
                              **{k: str(v) for k, v in headers.items()}}) as r:
                 data = await r.read()
         except (aiohttp.ClientError, TimeoutError) as e:
             raise http.HttpError(str(e) or e.__class__.__name__) from None
+        if len(data) > max_body:
+            raise http.HttpError(f"reply over {max_body} bytes")
         if r.status == 200:
             self.out.latencies.append(time.perf_counter() - t0)
         http.date = r.headers.get("Date", "").encode()
