@@ -1,7 +1,8 @@
 """What requirements.lock was made from: the SHA-256 of pyproject.toml's dependency lists (the
 project's dependencies, every extra, the build's requirements), printed for tools/lock.sh to
-write into the lock's header and for tests/test_lock.py to compare. `--build-requires`
-prints the build's requirements instead, one a line. Needs only the standard library."""
+write into the lock's header and for tests/test_requirements_lock.py to compare.
+`--build-requires` prints the build's requirements instead, one a line. Needs only the
+standard library."""
 
 from __future__ import annotations
 
