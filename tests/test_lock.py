@@ -274,8 +274,8 @@ def _storm(board, resets: int, secrets: list[bytes]) -> bytes:
 
 
 @pytest.mark.slow
-def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_path,
-                                                                           capsys):
+def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_path, capsys,
+                                                                           monkeypatch):
     """Somebody with a USB cable resets the machine at will (DTR/RTS) and sends Ctrl-C all
     along, from the reset on: the REPL never comes up, not during boot.py, main.py or the
     app's start, nor on a machine whose board profile is bad, which waits, locked, for a
@@ -304,10 +304,11 @@ def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_
         seen = _storm(board, 10, secrets)
         assert seen.count(b"not started") >= 6 and b"brewmeter ready" not in seen
         # It waits for the service PIN, counting the tries as ever; then flash.sh mends it.
-        assert cli.main(["unlock", "--port", port, "--pin", "135790"]) == 1
+        assert _unlock(port, "135790", monkeypatch) == 1
         assert "wrong PIN (4 tries left)" in capsys.readouterr().err
+        monkeypatch.setenv("BREWMETER_PIN", PIN)
         assert flashsh.main(["--port", port, "--board", prof, "--provision",
-                             str(tmp_path / "prov.json"), "--pin", PIN]) == 0
+                             str(tmp_path / "prov.json")]) == 0
         assert fieldtech.ask(port, "counters")["boots"] > boots  # (none while it waited)
         assert _answers_locked(port)
 

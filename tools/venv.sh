@@ -6,7 +6,13 @@ VENV="$_top/.venv"
 _lock="$_top/requirements.lock"
 _stamp="$VENV/.lock.sha256"
 _want=$(cat "$_top/pyproject.toml" "$_lock" | sha256sum | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
+_stale() { [ ! -x "$VENV/bin/python" ] || [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; }
+if _stale; then
+    # One setup at a time: a command started meanwhile (./brewmeter beside ./test.sh) waits
+    # for it, then finds .venv ready, instead of clearing it under the other's pip.
+    if command -v flock >/dev/null 2>&1; then exec 9>"$_top/.venv-setup.lock"; flock 9; fi
+fi
+if _stale; then
     echo "setting up $VENV (once) ..." >&2
     # --clear: a package the lock no longer names goes too.
     python3 -m venv --clear "$VENV" || { echo "error: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
@@ -18,4 +24,5 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]
     _pip --no-deps --no-build-isolation -e "$_top" || { echo "error: could not install brewmeter" >&2; exit 1; }
     echo "$_want" > "$_stamp"
 fi
+exec 9>&-
 export PATH="$VENV/bin:$PATH"
