@@ -112,14 +112,16 @@ class Flasher:
         except ports.PortError as e:
             raise FlashError(str(e)) from None
 
-    def unlock(self) -> None:
-        """Open a locked port with the service PIN (the restart at the end locks it again)."""
+    def unlock(self, pin: str | None = None) -> None:
+        """Open a locked port with the service PIN, `pin` or the one given (the restart at
+        the end locks it again). Once: flash() then does not unlock again."""
+        pin, self.pin = pin or self.pin or "", None
         if self.dry_run:
-            print(f"(first: service unlock --pin {'*' * len(self.pin or '')} on the console)",
+            print(f"(first: service unlock --pin {'*' * len(pin)} on the console)",
                   file=self.out)
             return
         try:
-            print(f"{self.port}: {fieldtech.unlock(self.port, self.pin or '')}", file=self.out)
+            print(f"{self.port}: {fieldtech.unlock(self.port, pin)}", file=self.out)
         except fieldtech.NoBrewmeter as e:
             raise FlashError(str(e)) from None
 

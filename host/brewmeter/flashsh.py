@@ -126,18 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         f = Flasher(args.port, pin=pin)
         f.check_port()
-        if f.pin is not None:  # a locked machine: open it before reading what it has
+        if pin is not None:  # a locked machine: open it before reading what it has
             f.unlock()
-            f.pin = None
         with tempfile.TemporaryDirectory() as d:
             try:
                 board, provision = _prepare(f, args, Path(d))
             except Locked:
                 if pin is not None or not sys.stdin.isatty():
                     raise
-                f.pin = prompt(PIN)  # someone is there to ask: then on as with a PIN given
-                f.unlock()
-                f.pin = None
+                f.unlock(prompt(PIN))  # someone is there to ask: then on as with a PIN given
                 board, provision = _prepare(f, args, Path(d))
             mode = f.flash(board, provision, args.erase_data)
             print(f"flashed {args.port}: {load_profile(board).board}, device "
