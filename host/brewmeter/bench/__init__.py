@@ -30,9 +30,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "fleet_doubled_brews": (0, "max"),
     "boot_to_ready_ms": (1000, "max"),
     "wire_bytes_per_day": (4096, "max"),
-    "sync_heap_bytes": (24576, "max"),
+    "sync_heap_bytes": (20480, "max"),
     "console_roundtrip_ms": (100, "max"),
-    "console_heap_bytes": (8192, "max"),
+    "console_heap_bytes": (4096, "max"),
     "app_peak_heap_bytes": (65536, "max"),  # the app in ROMFS; the goal beyond: 32768
     "app_peak_heap_fs_bytes": (98304, "max"),
     "poll_alloc_bytes": (0, "max"),
