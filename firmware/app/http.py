@@ -1,6 +1,7 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
-# timeout, the status line and headers read through a buffer made once, the body into one of
-# its checked length (never more than a bound), the socket always closed. TLS when the URL is https:
+# timeout, the reply read through buffers made for it, not held between requests (the status
+# line and headers one line at a time, the body in one of its checked length: never more than
+# a bound), the socket always closed. TLS when the URL is https:
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
 import sys
