@@ -262,12 +262,15 @@ def test_firmware_gets_its_heap_whatever_the_harness_takes(tmp_path, rom):
         st = b.command({"cmd": "status"})
     alone = int(mp.run(["-X", f"heapsize={st['heap']}", "-c", POOL_PY]).split()[1])
     assert st["heap"] == b.profile["heap_bytes"]  # the profile's budget for firmware
-    assert abs(pool - st["harness_heap"] - st["rom_heap"] - alone) <= 256
+    # Within 1 KiB, not exactly: MicroPython's GC scans the C stack conservatively, so what a
+    # collection keeps shifts by a few hundred bytes with the process's stack layout (its
+    # environment and arguments: under pytest 600 bytes more than in a plain run).
+    assert abs(pool - st["harness_heap"] - st["rom_heap"] - alone) <= 1024
     probe = heap_reserve(mp.micropython(), st["rom_bytes"])
     assert st["heapsize"] == st["heap"] + probe["reserve"]
-    # This boot's own figures, measured: within a few names' length of the probe's.
-    assert abs(st["harness_heap"] - probe["harness_heap"]) <= 256
-    assert abs(st["rom_heap"] - probe["rom_heap"]) <= 256
+    # This boot's own figures, measured: within that noise of the probe's.
+    assert abs(st["harness_heap"] - probe["harness_heap"]) <= 1024
+    assert abs(st["rom_heap"] - probe["rom_heap"]) <= 1024
     assert st["rom_bytes"] < st["rom_heap"]  # the bytes, with the modules that serve them
 
 
