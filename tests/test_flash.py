@@ -294,6 +294,17 @@ def test_https_needs_a_ca_certificate():
         check_provision({**p, "ca_cert": "ca.pem"}, "p.json")
 
 
+def test_a_provisioning_over_what_the_device_reads_at_boot_is_refused():
+    from brewmeter.flashfiles import device_file
+
+    p = emulator_provision("https://cloud.example")
+    pem = "-----BEGIN CERTIFICATE-----\n" + "A" * 64 + "\n-----END CERTIFICATE-----\n"
+    chain = pem * 60  # a few KB: a real chain fits
+    assert len(device_file(check_provision({**p, "ca_cert": chain}, "p.json"))) > 4096
+    with pytest.raises(FlashError, match=r"^p\.json: \d+ bytes .*over the 8192 it reads"):
+        check_provision({**p, "ca_cert": pem * 120}, "p.json")
+
+
 def test_mpy_version_mismatch_is_refused(board, monkeypatch):
     monkeypatch.setattr(flasher, "mpy_cross_version", lambda: (5, 0))
     with pytest.raises(FlashError, match="bytecode v6.* mpy-cross makes v5.0"):

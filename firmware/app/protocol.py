@@ -25,6 +25,9 @@ MAX_SUPPLIES = const(16)
 MAX_NAME = const(32)
 MAX_FW = const(32)  # the firmware version string
 MAX_TEXT = const(200)  # any reason or message the device sends (config rejection, fault detail)
+# The provisioning file flash.sh writes (/provision.json), as the device keeps it: read with
+# this bound at boot, refused by flash.sh over it (a CA chain of a few certificates fits).
+MAX_PROVISION = const(8192)
 MAX_INT = 9007199254740991  # 2**53 - 1: what every JSON parser reads exactly
 CLOCK_MIN = const(946684800)  # 2000-01-01: an earlier clock was never set
 DAY_AHEAD = const(1)  # a bucket dated further ahead of the cloud's day is not billed

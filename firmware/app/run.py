@@ -4,6 +4,7 @@
 import asyncio
 import gc
 import json
+import os
 import sys
 import time
 from time import ticks_ms
@@ -13,6 +14,7 @@ from micropython import const
 
 from app import VERSION, hw, wallclock
 from app.device import Device
+from app.protocol import MAX_PROVISION
 from app.sensors import Sensors
 from app.store import DeviceFS
 from app.supervisor import Supervisor, take_hook
@@ -54,6 +56,10 @@ def load_provision(path=PROVISION_PATH):
     """The provisioning flash.sh wrote (device id, key, Wi-Fi, cloud); None if there is none,
     {} if it is unreadable (it may hold secrets all the same: locked, see locks())."""
     try:
+        # Bounded by the file's size, not by a buffer of the bound: json.load streams it, and
+        # boot has no 8 KiB run to spare.
+        if os.stat(path)[6] > MAX_PROVISION:
+            return {}
         with open(path) as f:
             p = json.load(f)
     except OSError:

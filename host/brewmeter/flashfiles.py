@@ -106,7 +106,17 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     if not isinstance(p.get("lock", True), bool):
         raise bad("lock", "true (the default: the serial port opens only with the service "
                   "PIN) or false")
+    size = len(device_file(p))
+    if size > P.MAX_PROVISION:
+        raise FlashError(f"{source}: {size} bytes as the device keeps it, over the "
+                         f"{P.MAX_PROVISION} it reads at boot (a shorter ca_cert: the cloud's "
+                         "own chain only)")
     return p
+
+
+def device_file(p: dict) -> bytes:
+    """/provision.json as flash.sh writes it."""
+    return json.dumps(device_provision(p), indent=1).encode()
 
 
 def load_provision(path: str, board: str = "emulator") -> dict:
@@ -145,7 +155,7 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
     (out / "board.json").write_bytes(board_path(board).read_bytes())
     files["board.json"] = out / "board.json"
     if provision is not None:  # None: a board that counts but never syncs
-        (out / "provision.json").write_text(json.dumps(device_provision(provision), indent=1))
+        (out / "provision.json").write_bytes(device_file(provision))
         files["provision.json"] = out / "provision.json"
     return files
 
