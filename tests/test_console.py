@@ -327,7 +327,7 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
 def test_a_brew_entirely_during_a_pin_check_is_counted_under_micropython():
     """The hash yields to the event loop every few iterations: a sensor task polling every
     10 ms, as app/sensors.py, sees a whole brew (1.3 s, a profile's shortest brew is 1 s)
-    that starts and ends while one PIN is being checked (one made to last 2.5 s here)."""
+    that starts and ends while one PIN is being checked (one made to last 2-3 s here)."""
     from brewmeter import mp
     from brewmeter.harness import board_path
 
@@ -374,7 +374,14 @@ async def main():
     asyncio.create_task(sensors())
     await check()
 
-asyncio.run(main())
+# The calibration is a short sync run: under load, or on a faster machine than it read, the
+# check may end before the brew does; then try again with iterations for 3 s at the pace seen.
+for _ in range(4):
+    s.update(t0=None, done=False, brews=0, polls=0, gap=0)
+    asyncio.run(main())
+    if s["took"] >= 2000:
+        break
+    n = n * 3000 // max(1, s["took"])
 print("RESULT", json.dumps(s))
 """
     out = mp.run(["-c", code], timeout=120)
