@@ -190,3 +190,49 @@ async def test_an_owner_cannot_see_the_owners_page_or_revoke(cloud):
         async with http.post("/console/owners/bob/revoke", data={"csrf": csrf}) as r:
             assert r.status == 403
     assert [o["revoked"] for o in cloud.ledger.owners()] == [False, False]
+
+
+UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+# A value for each path parameter of the app's routes (a route with a new one: add it here).
+SAMPLES = {"id": ALICE_DEV, "order": "coffee-1", "decision": "approve", "name": "alice"}
+
+
+async def test_every_unsafe_route_refuses_a_request_without_session_csrf_or_this_origin(
+        cloud):
+    """Every unsafe route the app has (enumerated, so a route added later is in it) outside
+    the JSON API refuses, before its handler changes anything: no session, a session without
+    its CSRF token or with another, and a request from another site (sign-in: that alone,
+    as it has no session yet). The JSON API takes no cookie: a console session and its CSRF
+    token are no credentials there."""
+    routes = sorted({(r.method, r.resource.canonical) for r in cloud.app.router.routes()
+                     if r.method in UNSAFE and r.resource is not None})
+    console = [(m, p) for m, p in routes if not p.startswith("/v1/")]
+    assert ("POST", "/console/machines/{id}/pause") in console and len(console) >= 6
+    alice = cloud.ledger.add_owner("alice")
+    audit = [cloud.ledger.audit_log(d) for d in (None, ALICE_DEV, BOB_DEV)]
+    op, csrf = await signed_in(cloud, cloud.admin_token)  # the operator may do anything
+    other, other_csrf = await signed_in(cloud, cloud.admin_token)  # a second session
+    anon = aiohttp.ClientSession(cloud.url, headers={"Origin": cloud.url})
+    own, evil = {"Origin": cloud.url}, {"Origin": "http://evil.example"}
+    async with op, other, anon:
+        for method, path in routes:
+            url = path.format_map(SAMPLES)
+            if path.startswith("/v1/"):
+                async with op.request(method, url, data={"csrf": csrf}) as r:
+                    assert r.status == 401, (method, path)
+                continue
+            cases = [(op, evil, {"csrf": csrf}, "another site")]
+            if path != "/console/signin":
+                cases += [(anon, own, {"csrf": csrf}, "not signed in"),
+                          (op, own, {}, "CSRF token"),
+                          (op, own, {"csrf": "guess"}, "CSRF token"),
+                          (op, own, {"csrf": other_csrf}, "CSRF token")]
+            for http, headers, data, why in cases:
+                async with http.request(method, url, data={**data, "paused": "1"},
+                                        headers=headers, allow_redirects=False) as r:
+                    assert r.status == 403 and why in await r.text(), (method, path, why)
+        async with op.get("/console/", allow_redirects=False) as r:
+            assert r.status == 200  # not signed out
+    assert [cloud.ledger.audit_log(d) for d in (None, ALICE_DEV, BOB_DEV)] == audit
+    assert not cloud.ledger.rules(ALICE_DEV)["paused"]
+    assert cloud.ledger.owner_of_token(alice) == "alice"  # not revoked

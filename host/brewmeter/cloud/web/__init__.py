@@ -1,7 +1,9 @@
 """The cloud's web console: server-rendered pages (Jinja2, no script) for the operator and for
 owners, under /console/. Sign in with a token once: the browser gets a session cookie
-(HttpOnly, SameSite=Strict). Every form carries the session's CSRF token, and a POST whose
-Origin (or Referer) is another site is refused (403). Every change goes through the same
+(HttpOnly, SameSite=Strict). One middleware (`guard`) checks every unsafe request (POST,
+PUT, PATCH, DELETE) outside the JSON API before any handler runs: from this site (Origin, else
+Referer), signed in, and carrying the session's CSRF token (sign-in: this site only), else
+403. The JSON API (/v1/) takes bearer tokens, never the cookie. Every change goes through the same
 ledger calls as the JSON API, and to the audit log. Pages refresh themselves every few
 seconds (meta refresh), so a report shows within seconds of arriving."""
 
@@ -99,19 +101,35 @@ def _same_origin(request: web.Request) -> bool:
     return bool(ref.scheme) and f"{ref.scheme}://{ref.netloc}" == own
 
 
-async def _form(request: web.Request, signed_in: bool = True) -> tuple[Session | None, Any]:
-    """A POSTed form, checked: from this site (else 403), with the session's CSRF token."""
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+API = "/v1/"  # the JSON API: bearer tokens only, no cookie, so no CSRF to guard against
+SIGNIN = "/console/signin"  # the one unsafe request without a session: this site's, though
+GUARDED = web.RequestKey("console_session", Session)  # set by `guard` for the handlers
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    """Every unsafe request outside the JSON API, before its handler: posted from this site
+    (else 403), and but for sign-in, by a live session with its CSRF token in the form."""
+    if request.method not in UNSAFE or request.path.startswith(API):
+        return await handler(request)
     if not _same_origin(request):
         raise web.HTTPForbidden(text="refused: a form posted from another site")
-    form = await request.post()
-    if not signed_in:
-        return None, form
+    if request.path == SIGNIN:
+        return await handler(request)
     s = _session(request)
     if s is None:
         raise web.HTTPForbidden(text="refused: not signed in (or the session expired)")
+    form = await request.post()  # kept by aiohttp: the handler reads it again for free
     if not hmac.compare_digest(str(form.get("csrf", "")), s.csrf):
         raise web.HTTPForbidden(text="refused: the form's CSRF token is not this session's")
-    return s, form
+    request[GUARDED] = s
+    return await handler(request)
+
+
+async def _form(request: web.Request) -> tuple[Session, Any]:
+    """The session `guard` checked this request against, and its form."""
+    return request[GUARDED], await request.post()
 
 
 def _machine_id(request: web.Request, s: Session) -> str:
@@ -128,7 +146,7 @@ async def signin_page(request: web.Request) -> web.Response:
 
 
 async def signin(request: web.Request) -> web.Response:
-    _, form = await _form(request, signed_in=False)
+    form = await request.post()
     token = str(form.get("token", "")).strip()
     who = who_is(request.app, token) if token else None
     if who is None:
@@ -147,7 +165,6 @@ async def signin(request: web.Request) -> web.Response:
 
 
 async def signout(request: web.Request) -> web.Response:
-    await _form(request)
     request.app[SESSIONS].pop(request.cookies.get(COOKIE, ""), None)
     resp = web.HTTPSeeOther("/console/signin")
     resp.del_cookie(COOKIE, path="/")
@@ -220,7 +237,6 @@ def _back(dev: str, done: str) -> web.HTTPSeeOther:
 
 async def decide(request: web.Request) -> web.Response:
     s, _ = await _form(request)
-    assert s is not None
     dev = _machine_id(request, s)
     order, yes = request.match_info["order"], request.match_info["decision"] == "approve"
     ledger = request.app[LEDGER]
@@ -236,7 +252,6 @@ async def decide(request: web.Request) -> web.Response:
 
 async def pause(request: web.Request) -> web.Response:
     s, form = await _form(request)
-    assert s is not None
     dev = _machine_id(request, s)
     paused = form.get("paused") == "1"
     await request.app[CALL](request.app[LEDGER].set_rules, dev, None, paused, s.who)
@@ -245,7 +260,6 @@ async def pause(request: web.Request) -> web.Response:
 
 async def set_rules(request: web.Request) -> web.Response:
     s, form = await _form(request)
-    assert s is not None
     dev = _machine_id(request, s)
     rules: dict[str, int] = {}
     for name in RULES:
@@ -269,7 +283,6 @@ async def set_rules(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     s, _ = await _form(request)
-    assert s is not None
     _operator(s)
     name = request.match_info["name"]
     try:
@@ -299,7 +312,7 @@ def add_routes(app: web.Application) -> None:
     """The console's pages on `app` (which has the ledger, and roles.CALL)."""
     app[SESSIONS] = {}
     app[TEMPLATES] = templates()
-    app.middlewares.append(error_pages)
+    app.middlewares.extend((error_pages, guard))  # guard's refusals are pages too
     r = app.router
     r.add_get("/", home)
     r.add_get("/console/signin", signin_page)
