@@ -730,6 +730,10 @@ async def test_a_new_plan_does_not_reprice_the_past(cloud, http, clock):
     async with http.put(f"/v1/admin/devices/{DEV}/plan", headers=cloud.admin_headers,
                         json={"price_per_brew": 0.1, "start": "2026-02-01"}) as r:
         assert r.status == 409  # would reprice February
+    async with http.put(f"/v1/admin/devices/{DEV}/plan", headers=cloud.admin_headers,
+                        json={"price_per_brew": 0.5, "currency": "USD"}) as r:
+        # a plan, but the device is billed in EUR: its state refuses it, not the schema
+        assert r.status == 409 and "billed in EUR" in (await r.json())["error"]
     clock.t = datetime(2026, 4, 5, tzinfo=UTC).timestamp()
     status, _ = await post(http, rep(2, days=[{"day": dn("2026-04-02"), "brews_total": 4}]))
     assert status == 200

@@ -152,7 +152,7 @@ class Devices(Part):
         returns the stored form. The first plan may start at any time (default: from the
         beginning); a later one starts this month or later (default: next month), so the
         past is never repriced (StateConflict otherwise), and replaces plans starting from
-        then on. BadPlan for a plan in another currency."""
+        then on. StateConflict for a plan in another currency than the first plan's."""
         stored = billing.parse_plan(plan)
         with self._tx() as db:
             self._need(db, device_id)
@@ -164,9 +164,9 @@ class Devices(Part):
                 if stored["start"] < billing.month_start(today).isoformat():
                     raise StateConflict("a new plan starts this month or later: the months "
                                         "before are billed under the plan they had")
-                if stored["currency"] != plans[0]["currency"]:
-                    raise billing.BadPlan(f"currency: the device is billed in "
-                                          f"{plans[0]['currency']}")
+                if stored["currency"] != plans[0]["currency"]:  # a plan, not this device's
+                    raise StateConflict(f"currency: the device is billed in "
+                                        f"{plans[0]['currency']}")
                 plans = [p for p in plans
                          if p.get("start") is None or p["start"] < stored["start"]]
             plans.append(stored)
