@@ -5,10 +5,9 @@
 include("$(PORT_DIR)/boards/manifest.py")
 
 package("app", files=(
-    "__init__.py", "alerts.py", "button.py", "console.py", "counters.py", "counting.py",
-    "days.py", "device.py", "filters.py", "forecast.py", "http.py", "hw.py", "link.py",
-    "orders.py", "outbox.py", "profile.py", "protocol.py", "replwatch.py", "run.py",
-    "sensors.py", "service.py", "settings.py", "signing.py", "snapshot.py", "store.py",
-    "supervisor.py", "supplies.py", "supplystore.py", "sync.py", "syncer.py", "tls.py",
-    "wallclock.py",
+    "__init__.py", "alerts.py", "button.py", "console.py", "counters.py", "days.py",
+    "device.py", "forecast.py", "http.py", "hw.py", "journal.py", "link.py", "meter.py",
+    "orders.py", "outbox.py", "profile.py", "protocol.py", "readout.py", "replwatch.py",
+    "run.py", "sensors.py", "service.py", "signing.py", "supervisor.py", "supplies.py",
+    "sync.py", "synctask.py", "tls.py", "wallclock.py", "waterfilter.py",
 ), opt=3)

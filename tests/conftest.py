@@ -27,7 +27,7 @@ def profile():
 
 @pytest.fixture
 def meter(profile):
-    from app.counting import Meter
+    from app.meter import Meter
 
     m = Meter(profile)
     m.boot(1)

@@ -77,7 +77,7 @@ def fixture(name):
         with open(path) as f:
             return parse(f.read(), path)
     if name == "meter":
-        from app.counting import Meter
+        from app.meter import Meter
         m = Meter(fixture("profile"))
         m.boot(1)
         return m

@@ -10,8 +10,8 @@ import random
 
 import pytest
 from app.console import MAX_LINE, Console, LineReader
-from app.counting import BREW
 from app.device import Device
+from app.meter import BREW
 from brewmeter.flashfiles import pin_hash
 from brewmeter.standins import settle
 from brewmeter.standins.hostfs import DirFS
@@ -58,7 +58,7 @@ def test_every_read_command_answers_json(console):
     d.meter.c.brews[0] = 3
     d.event(BREW, 0, 0)
     d.fault("task_failed", "sync")
-    d.change_filter(0, "button", 5)
+    d.refill("filter", "button", 5, 0)
 
     def read(cmd):
         out = feed(console, cmd.encode() + b" --json\n")
@@ -261,7 +261,7 @@ def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profi
     code = (f"import asyncio, sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
             "from app.profile import parse\n"
             "from app.device import Device\n"
-            "from app.store import DeviceFS\n"
+            "from app.journal import DeviceFS\n"
             "from app.console import Console\n"
             f"p = parse(open({str(board_path('emulator'))!r}).read(), 'emulator')\n"
             f"d = Device(p, DeviceFS(), root={str(tmp_path)!r}); d.boot(1, 0)\n"
@@ -336,7 +336,7 @@ import asyncio, json, sys
 sys.path.insert(0, {str(mp.FIRMWARE)!r})
 from time import ticks_ms, ticks_diff
 from app import service
-from app.counting import BREW, Meter
+from app.meter import BREW, Meter
 from app.profile import parse
 p = json.loads(open({str(board_path('emulator'))!r}).read())
 p["min_brew_s"] = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from app import settings, wallclock
+from app import protocol, wallclock
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.cloud import Ledger, Merchant
@@ -205,9 +205,9 @@ def test_an_owner_approves_pauses_and_the_machine_applies_it(month, page, shots)
     page.click("#controls button:has-text('Pause all ordering')")
     page.wait_for_selector(".notice")
     assert page.locator("#config").inner_text().count("applied after the next sync") == 1
-    assert settings.get(month.home.device.config, "orders_month") != 0
+    assert protocol.setting(month.home.device.config, "orders_month") != 0
     assert month.sync() == "ok"  # the machine's next sync brings the desired config
-    assert settings.get(month.home.device.config, "orders_month") == 0
+    assert protocol.setting(month.home.device.config, "orders_month") == 0
     assert month.sync() == "ok"  # ... and the one after tells the cloud it applied it
     page.goto(url + f"/console/machines/{HOME}?live=0")
     assert "in effect" in page.inner_text("#config")

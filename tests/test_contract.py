@@ -8,9 +8,10 @@ import asyncio
 import json
 
 import pytest
-from app import protocol, supplystore, sync
+from app import protocol, sync
 from app.device import Device
-from app.syncer import wire
+from app.supplies import pack_supplies, unpack_supplies
+from app.synctask import wire
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.standins.hostfs import DirFS
@@ -156,8 +157,8 @@ def test_an_unknown_order_status_is_kept_shown_and_said(device, profile):
                      [])
     assert len([f for f in device.faults if f[0] == "order_status"]) == 1  # said once
     # kept over a reboot (as "other": the record keeps a code, not the word)
-    packed = supplystore.pack(device.supplies, device.forecast, device.brew_times)
-    back = supplystore.unpack(packed, len(profile.kinds))
+    packed = pack_supplies(device.supplies, device.forecast, device.brew_times)
+    back = unpack_supplies(packed, len(profile.kinds))
     assert back is not None and back[0]["it"]["coffee"][2] == protocol.OTHER
 
 

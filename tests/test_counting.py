@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from app import filters
-from app.counting import BREW, IGNORED, NOTHING, RINSE, STUCK, Meter
+from app import waterfilter
+from app.meter import BREW, IGNORED, NOTHING, RINSE, STUCK, Meter
 from brewmeter.scenario import Script, play
 
 
@@ -130,7 +130,7 @@ def test_ticks_wrapping_mid_brew_changes_nothing(profile):
 def test_filter_change_closes_the_cycle_and_keeps_lifetime_counters(profile, meter):
     c = run(meter, Script(profile).brew("espresso", 40).brew("lungo", 110, 40).powered(3600))
     before = (c.total_brews(), c.water_ml, c.pump_ms)
-    event = filters.change(c, 1_767_571_200, "console")
+    event = waterfilter.change(c, 1_767_571_200, "console")
     assert event == {
         "kind": "filter_changed", "cycle": 0, "by": "console", "ml": before[1],
         "pump_ms": before[2], "brews": 2, "age_s": 3600, "wall": 1_767_571_200,
@@ -142,36 +142,36 @@ def test_filter_change_closes_the_cycle_and_keeps_lifetime_counters(profile, met
 
 def test_filter_age_uses_powered_time_until_the_wall_clock_is_known(profile, meter):
     c = meter.c
-    filters.change(c, 0, "button")  # fitted before NTP ever answered
+    waterfilter.change(c, 0, "button")  # fitted before NTP ever answered
     meter.powered(7200)
-    assert filters.age_s(c, 0) == 7200
-    filters.set_wall(c, 1_800_000_000)  # clock now known: fitted 2 h ago
+    assert waterfilter.age_s(c, 0) == 7200
+    waterfilter.set_wall(c, 1_800_000_000)  # clock now known: fitted 2 h ago
     assert c.filter_fit_wall == 1_800_000_000 - 7200
-    assert filters.age_s(c, 1_800_000_000 + 86400) == 86400 + 7200
-    filters.set_wall(c, 1_900_000_000)  # later clock updates do not move the fit date
+    assert waterfilter.age_s(c, 1_800_000_000 + 86400) == 86400 + 7200
+    waterfilter.set_wall(c, 1_900_000_000)  # later clock updates do not move the fit date
     assert c.filter_fit_wall == 1_800_000_000 - 7200
 
 
 def test_filter_is_due_by_litres_or_by_age_whichever_first(profile, meter):
     c = meter.c
     wall = 1_800_000_000
-    filters.change(c, wall, "owner")
-    assert filters.due(c, profile, wall) is None
+    waterfilter.change(c, wall, "owner")
+    assert waterfilter.due(c, profile, wall) is None
     c.filter_ml = profile.filter_litres * 1000
-    assert filters.due(c, profile, wall) == "litres"
+    assert waterfilter.due(c, profile, wall) == "litres"
     c.filter_ml = 0
     months = wall + int(profile.filter_months * 30.44 * 86400) + 86400
-    assert filters.due(c, profile, months) == "age"
+    assert waterfilter.due(c, profile, months) == "age"
 
 
 def test_boots_and_reset_causes(profile):
-    from app import snapshot
+    from app import readout
 
     m = Meter(profile)
     for cause in (1, 5, 5, 3, 99):  # power-on, soft, soft, watchdog, something unknown
         m.boot(cause)
     assert m.c.boots == 5 and m.c.last_reset == 0
-    assert snapshot.counters(m.c, profile.kinds)["resets"] == {
+    assert readout.counters(m.c, profile.kinds)["resets"] == {
         "unknown": 1, "power_on": 1, "soft": 2, "watchdog": 1}
 
 

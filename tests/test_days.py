@@ -4,9 +4,9 @@ brews before the clock is known, and the emulated cloud's per-day ledger and inv
 from __future__ import annotations
 
 from app.counters import Counters
-from app.counting import BREW
 from app.days import Days
 from app.device import Device
+from app.meter import BREW
 
 DAY = 86400
 T = 20_000 * DAY  # 2024-10-04 00:00 UTC
@@ -43,6 +43,7 @@ def test_undated_brews_belong_to_their_boot_until_sent():
 
 
 def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path):
+    from brewmeter.onboard.replay import tick
     from brewmeter.standins.hostfs import DirFS
 
     fs = DirFS(tmp_path)
@@ -54,7 +55,7 @@ def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path
         d.meter.c.brews[0] += 1
         d.event(BREW, 0, 0)
     now[0] += 2 * DAY  # two midnights offline; the tick notices
-    d.tick(5000)
+    tick(d, 5000)
     d2 = Device(profile, fs)  # power cut after that
     d2.wall = lambda: now[0]
     d2.boot(1, 0)
@@ -120,8 +121,9 @@ def test_a_clock_correction_moves_what_that_clock_dated_and_nothing_else():
 async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
     from datetime import date
 
-    from app.syncer import wire
+    from app.synctask import wire
     from brewmeter.cloud import CloudServer
+    from brewmeter.onboard.replay import tick
     from brewmeter.standins.hostfs import DirFS
 
     class Up:
@@ -139,7 +141,7 @@ async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
             d.meter.c.brews[1] += 1
             d.event(BREW, 1, 0)
         now[0] += DAY
-        d.tick(1000 * (now[0] - T))
+        tick(d, 1000 * (now[0] - T))
     async with CloudServer(tmp_path / "ledger.db", devices=[("bm-days1", key)]) as cloud:
         cloud.ledger.set_plan("bm-days1", {"price_per_brew": 0.35})
         s = wire(d, {"device_id": "bm-days1", "key": key, "cloud_url": cloud.url, "ntp": ""},

@@ -76,9 +76,9 @@ def test_flash_sh_dry_run_prints_mpremote_commands(tmp_path):
     deploy, fallback = text[rom:fs], text[fs:]
     assert "\nmpremote connect /dev/ttyUSB9 romfs deploy " in deploy
     assert ".romfs + exec" in deploy and ":app/" not in deploy and ":board.json" in deploy
-    assert "/rom/app/counting.mpy" in deploy
+    assert "/rom/app/meter.mpy" in deploy
     # The fallback: today's copy onto the filesystem.
-    assert ":app/counting.mpy" in fallback and "romfs" not in fallback
+    assert ":app/meter.mpy" in fallback and "romfs" not in fallback
     assert not os.path.exists("/dev/ttyUSB9")
     # The commands name files that are there: they can be run.
     built = text.split("# the files these commands copy are in ")[1].split(" ")[0]
@@ -376,7 +376,7 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
 @pytest.mark.slow
 def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     """The same Script that drives the CPython core drives the emulated board."""
-    from app.counting import Meter
+    from app.meter import Meter
     from brewmeter.harness import load_profile
     from brewmeter.scenario import Script, play, play_board
 

@@ -76,11 +76,11 @@ try:
 except RuntimeError as e:
     print("refused:", "install" in str(e))
 with standins.installed():
-    import app.counting
+    import app.meter
     print("inside:", hasattr(time, "ticks_ms"), "machine" in sys.modules,
           load_profile("emulator").board)
 print("after:", hasattr(time, "ticks_ms"), hasattr(asyncio, "sleep_ms"), "machine" in sys.modules,
-      "app.counting" in sys.modules)
+      "app.meter" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd="/")

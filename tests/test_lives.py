@@ -185,11 +185,11 @@ _SYNC_BOTH = """
 import asyncio
 import json
 from app import wallclock
-from app.counting import BREW
+from app.meter import BREW
 from app.device import Device
 from app.profile import parse
-from app.store import DeviceFS
-from app.syncer import wire
+from app.journal import DeviceFS
+from app.synctask import wire
 
 
 class Up:
@@ -217,7 +217,8 @@ for day in range(70):  # offline 70 days, two reboots: past the history's bound
         t += 1000
     W[0] += 86400
     t += 1000
-    d.tick(t)
+    if d.count_tick(t):  # as the sensor and day tasks do
+        d.day_tick(t)
     if day in (20, 50):
         d = boot()
 wallclock.set_unix(W[0])  # as NTP would

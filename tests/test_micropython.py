@@ -7,8 +7,8 @@ import json
 import random
 
 import pytest
-from app import snapshot
-from app.counting import Meter
+from app import readout
+from app.meter import Meter
 from brewmeter import mp
 from brewmeter.harness import board_path
 from brewmeter.scenario import Script, play
@@ -43,7 +43,7 @@ def test_core_matches_under_micropython(board, tmp_path):
     meter = Meter(profile)
     meter.boot(1)
     play(meter, script.events)
-    on_cpython = snapshot.counters(meter.c, profile.kinds)
+    on_cpython = readout.counters(meter.c, profile.kinds)
     on_micropython = json.loads(mp.run(mp.replay_args(board_path(board), events)))
 
     assert on_micropython == on_cpython

@@ -112,9 +112,9 @@ def test_the_clouds_date_corrects_a_clock_far_off():
 async def test_the_clouds_date_moves_what_the_wrong_clock_dated(profile, tmp_path):
     import time
 
-    from app import filters
+    from app import waterfilter
     from app.device import Device
-    from app.syncer import wire
+    from app.synctask import wire
     from brewmeter.cloud import CloudServer
     from brewmeter.standins.hostfs import DirFS
 
@@ -140,7 +140,7 @@ async def test_the_clouds_date_moves_what_the_wrong_clock_dated(profile, tmp_pat
             assert abs(c.filter_fit_wall - (real + ahead - 7200)) <= 2
             assert await s.sync_once() == "ok"  # the cloud's Date takes the clock back
             assert abs(c.filter_fit_wall - (real - 7200)) <= 2  # and the fit date with it
-            assert abs(filters.age_s(c, wallclock.now()) - 7200) <= 2
+            assert abs(waterfilter.age_s(c, wallclock.now()) - 7200) <= 2
             assert d.forecast.day == real // 86400
             fit = c.filter_fit_wall
             assert await s.sync_once() == "ok"  # the clocks agree now: nothing moves again
@@ -195,7 +195,7 @@ async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tm
     monkeypatch.setattr(network.WLAN, "connect", lambda self, ssid=None, key=None: None)
     from app.device import Device
     from app.link import Wifi
-    from app.syncer import Syncer
+    from app.synctask import Syncer
     from brewmeter.standins.hostfs import DirFS
 
     d = Device(profile, DirFS(tmp_path))

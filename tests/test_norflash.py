@@ -403,7 +403,7 @@ f = Logged(block_count=64)
 vfs.VfsLfs2.mkfs(f)
 vfs.mount(vfs.VfsLfs2(f), "/flash")  # as the esp32 port mounts "vfs": the defaults
 os.mkdir("/flash/counts")
-for i in range(200):  # A/B copies of a small record, as app/store.py keeps the counters
+for i in range(200):  # A/B copies of a small record, as app/journal.py keeps the counters
     with open("/flash/counts/counters.%d" % (i % 2), "wb") as fh:
         fh.write(bytes([i % 256]) * 92)
     if i % 50 == 0:

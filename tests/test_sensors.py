@@ -4,7 +4,7 @@ pulses set as hardware would, polled every 10 ms on the virtual clock."""
 from __future__ import annotations
 
 import pytest
-from app.counting import BREW, RINSE, Meter
+from app.meter import BREW, RINSE, Meter
 from app.sensors import POLL_MS, Sensors
 from brewmeter import standins
 from brewmeter.clock import VirtualClock

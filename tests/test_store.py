@@ -7,12 +7,13 @@ import os
 import struct
 
 import pytest
-from app import store as store_mod
+from app import journal as store_mod
 from app.counters import Counters
-from app.counting import BREW
 from app.device import Device
+from app.journal import FORMAT, NewerFormat, Store
+from app.meter import BREW
 from app.outbox import MAX_EVENTS, Outbox
-from app.store import FORMAT, NewerFormat, Store
+from brewmeter.onboard.replay import tick
 from brewmeter.scenario import Script, play
 from brewmeter.standins.hostfs import DirFS
 
@@ -179,7 +180,7 @@ def test_device_saves_brews_at_once_and_water_within_flush_window(profile, fs):
     d.store.save_counters = lambda c: (saved.append(c.pump_ms), real_save(c))[1]
     for t, op, a, b in sorted(s.settle().events):
         replay.step(d.meter, t, op, a, b, on_event=lambda code, i, t=t: d.event(code, i, t))
-        d.tick(t)
+        tick(d, t)
     assert d.meter.c.total_brews() == 1
     assert len(saved) >= 4  # ~every 30 s while pumping, then at the end of the brew
     gaps = [b - a for a, b in zip(saved, saved[1:], strict=False)]
@@ -229,7 +230,7 @@ def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
         d.meter.c.brews[0] += 1
         assert d.save(2 + n)
     # A new outbox file needs a free block: refused, the event kept in RAM, one fault.
-    d.change_filter(1_800_000_000, "console", 100)
+    d.refill("filter", "console", 100, 1_800_000_000)
     d.add_event({"kind": "order_requested", "n": 1})
     assert not d.storage_ok
     assert [f[0] for f in d.faults] == ["storage_full"]

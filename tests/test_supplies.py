@@ -10,12 +10,13 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-from app import orders, settings, sync
+from app import orders, protocol, sync
 from app.console import Console
-from app.counting import BREW
 from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
+from app.meter import BREW
 from brewmeter.flashfiles import pin_hash
+from brewmeter.onboard.replay import tick
 from brewmeter.standins import settle
 from brewmeter.standins.hostfs import DirFS
 
@@ -49,7 +50,7 @@ class Machine:
         m.last_kind, m.last_run_ms = i, ms
         self.dev.event(BREW, i, self.t)
         self.t += 1000
-        self.dev.tick(self.t)  # as the sensor task does after every poll
+        tick(self.dev, self.t)  # as the sensor task does after every poll
 
     def days(self, n, per_day, kind="espresso"):
         """n days of `per_day` brews each; the day rolls at midnight as Device.tick sees it."""
@@ -59,7 +60,7 @@ class Machine:
             if self.wall:  # (0: the clock stays unknown)
                 self.wall = (self.wall // DAY + 1) * DAY + 8 * 3600
             self.t += 1000
-            self.dev.tick(self.t)
+            tick(self.dev, self.t)
 
     def orders(self):
         return [e for e in self.dev.outbox.events if e["kind"] == "order_requested"]
@@ -286,15 +287,15 @@ def test_console_lists_consumables_and_refills_need_the_pin(machine):
     assert json.loads(m.console("consumables --json"))["coffee"]["used"] == 0
     assert m.console("config set coffee_use.lungo 2 --pin 246810").strip() == "coffee_use.lungo = 2"
     assert "no brew kind" in m.console("config set coffee_use.mocha 2 --pin 246810")
-    assert settings.check({"coffee_use": {"lungo": 2}}, m.profile.kinds) is None
+    assert protocol.check_settings({"coffee_use": {"lungo": 2}}, m.profile.kinds) is None
 
 
 _ON_BOTH = """
 import json
-from app.counting import BREW
+from app.meter import BREW
 from app.device import Device
 from app.profile import parse
-from app.store import DeviceFS
+from app.journal import DeviceFS
 
 p = parse(open(BOARD).read(), BOARD)
 W = [WALL0]
@@ -318,10 +319,12 @@ for day in range(9):
         d.meter.last_kind, d.meter.last_run_ms = 0, 25000 + 100 * k
         d.event(BREW, 0, t)
         t += 1000
-        d.tick(t)
+        if d.count_tick(t):  # as the sensor and day tasks do
+            d.day_tick(t)
     W[0] += 86400
     t += 1000
-    d.tick(t)
+    if d.count_tick(t):  # as the sensor and day tasks do
+        d.day_tick(t)
     if day in (3, 6):
         d = boot()  # the state and the rates come back from the files
 out = {"orders": [e["order"] for e in d.outbox.events if e["kind"] == "order_requested"],
@@ -374,7 +377,7 @@ def test_an_order_reaches_the_merchant_from_micropython(tmp_path):
     sync_code = f"""
 import asyncio
 from app import wallclock
-from app.syncer import wire
+from app.synctask import wire
 
 
 class Up:
@@ -401,25 +404,24 @@ print("AFTER", boot().supplies.items["coffee"][2])
 def test_the_supplies_record_round_trips_and_stays_inline(machine):
     """Cycles, marks, orders, the forecast and brew times in one record of at most 128
     bytes with its header (inline in littlefs metadata: a rewrite is no block erase)."""
-    from app import supplystore
     from app.alerts import BrewTimes
-    from app.supplies import Supplies
+    from app.supplies import Supplies, pack_supplies, unpack_supplies
 
     m = machine
     m.days(6, 12)
     m.console("refill tablets --pin 246810")
     dev = m.dev
-    data = supplystore.pack(dev.supplies, dev.forecast, dev.brew_times)
-    sup, fc, bt = supplystore.unpack(data, 3)
+    data = pack_supplies(dev.supplies, dev.forecast, dev.brew_times)
+    sup, fc, bt = unpack_supplies(data, 3)
     assert sup == json.loads(json.dumps({"it": dev.supplies.items, "mo": dev.supplies.month}))
     assert Forecast(4, fc).per_day(fc[0]) == pytest.approx(dev.forecast.per_day(fc[0]),
                                                            rel=1e-3)
     assert BrewTimes(3, bt).state() == dev.brew_times.state()
     assert Supplies(dev.meter.c, m.profile.kinds, sup).items["coffee"][2] == "requested"
     # the largest board (4 kinds): header 3 + CRC 4 bytes around it
-    assert len(supplystore.pack(Supplies(dev.meter.c, ("a", "b", "c", "d")), Forecast(5),
-                                BrewTimes(4))) + 7 <= 128
-    assert supplystore.unpack(data, 4) is None and supplystore.unpack(data[:-1], 3) is None
+    assert len(pack_supplies(Supplies(dev.meter.c, ("a", "b", "c", "d")), Forecast(5),
+                         BrewTimes(4))) + 7 <= 128
+    assert unpack_supplies(data, 4) is None and unpack_supplies(data[:-1], 3) is None
 
 
 def test_a_lost_supplies_file_starts_fresh_cycles_and_keeps_counting(machine):
@@ -484,16 +486,16 @@ def test_another_number_of_brew_kinds_starts_a_new_era(machine, profile):
 
 
 def test_a_supplies_record_from_before_the_era_reads_as_era_0(machine):
-    from app import supplystore
+    from app.supplies import pack_supplies, unpack_supplies
 
     m = machine
     m.days(6, 12)
     m.console("refill coffee --pin 246810")
     dev = m.dev
-    data = supplystore.pack(dev.supplies, dev.forecast, dev.brew_times)
-    old = supplystore.unpack(data[:-4], 3)  # the same record as the firmware before wrote it
-    assert old == supplystore.unpack(data, 3) and old is not None
+    data = pack_supplies(dev.supplies, dev.forecast, dev.brew_times)
+    old = unpack_supplies(data[:-4], 3)  # the same record as the firmware before wrote it
+    assert old == unpack_supplies(data, 3) and old is not None
     assert old[0]["it"]["coffee"][0] == 1
     dev.supplies.items["coffee"][0] = (7 << 16) + 3
-    back = supplystore.unpack(supplystore.pack(dev.supplies, dev.forecast, dev.brew_times), 3)
+    back = unpack_supplies(pack_supplies(dev.supplies, dev.forecast, dev.brew_times), 3)
     assert back is not None and back[0]["it"]["coffee"][0] == (7 << 16) + 3

@@ -224,7 +224,7 @@ class Loopback:
 
 
 async def _syncer(device, cloud, key: str, ssl=None):  # noqa: ANN001
-    from app.syncer import wire
+    from app.synctask import wire
 
     # No NTP server in these tests ("ntp": ""): the clock stays unset.
     prov = {"device_id": "bm-test01", "key": key, "cloud_url": cloud.url, "ntp": ""}
@@ -302,10 +302,12 @@ def test_uptime_in_reports_survives_the_ticks_wrap(device):
     growing past that (the cloud refuses a negative one: found by a simulated year)."""
     from time import ticks_add
 
+    from brewmeter.onboard.replay import tick
+
     now = 0
     for _ in range(13 * 24):  # 13 days, an hour per poll
         now = ticks_add(now, 3_600_000)
-        device.tick(now)
+        tick(device, now)
     assert device.uptime_ms(now) == 13 * 86_400_000
     body = json.loads(sync.report(device, 1, 0, device.uptime_ms(now), [], {}))
     assert body["uptime_ms"] == 13 * 86_400_000
@@ -315,7 +317,7 @@ async def test_offline_the_device_tries_hourly_a_cloud_that_is_down_it_spares_fo
     import socket
     from time import ticks_ms
 
-    from app.syncer import Syncer
+    from app.synctask import Syncer
 
     class NoWifi:
         async def up(self) -> None:

@@ -3,7 +3,8 @@
 # fault events (app.device) and listed by the console's `faults`. Pure.
 from micropython import const
 
-from app import filters, settings
+from app import waterfilter
+from app.protocol import setting
 from app.supplies import MONTH_S, filter_capacity_ml
 
 _OVER_PCT = const(110)  # used past its capacity by this much: the service is overdue ...
@@ -20,9 +21,9 @@ def overdue(sup, cfg, profile, wall):
     it = sup.items["filter"]
     why = None
     if c.filter_ml * 100 >= filter_capacity_ml(
-            profile, settings.get(cfg, "water_hardness_dh")) * _OVER_PCT:
+            profile, setting(cfg, "water_hardness_dh")) * _OVER_PCT:
         why = "litres"
-    elif filters.age_s(c, wall) >= profile.filter_months * MONTH_S + _GRACE_S:
+    elif waterfilter.age_s(c, wall) >= profile.filter_months * MONTH_S + _GRACE_S:
         why = "age"
     if why and not it[3]:
         it[3] = 1

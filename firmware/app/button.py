@@ -4,7 +4,7 @@ from time import ticks_diff
 
 from micropython import const
 
-from app.counting import Input
+from app.meter import Input
 
 LONG_MS = const(3000)  # held this long: a deliberate press, not a brush against the panel
 

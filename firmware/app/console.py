@@ -8,7 +8,8 @@ import json
 
 from micropython import const
 
-from app import filters, settings, snapshot
+from app import readout, waterfilter
+from app.protocol import setting
 from app.supplies import ITEMS, UNITS
 
 # Service actions (app/service.py, loaded only when one is asked for: it costs heap).
@@ -197,14 +198,14 @@ def _read(con, name, args, wall):
         h = _HELP.split("|")
         return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
     if name == "counters":
-        return snapshot.usage(d.meter.c, d.profile.kinds)
+        return readout.usage(d.meter.c, d.profile.kinds)
     if name == "filter":
         c = d.meter.c
-        dh = settings.get(d.config, "water_hardness_dh")
+        dh = setting(d.config, "water_hardness_dh")
         return {"litres": c.filter_ml / 1000,
                 "pump_hours": round(c.filter_pump_ms / 3600000, 2),
-                "brews": c.filter_brews, "age_days": round(filters.age_s(c, wall) / 86400, 1),
-                "due": filters.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
+                "brews": c.filter_brews, "age_days": round(waterfilter.age_s(c, wall) / 86400, 1),
+                "due": waterfilter.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
                 "due_at_litres": round(d.profile.filter_litres * 10 / dh, 1),
                 "due_at_months": d.profile.filter_months}
     if name == "consumables":

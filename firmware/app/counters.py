@@ -1,10 +1,25 @@
-# The counters: everything the machine has consumed, as plain integers.
-# Lifetime counters only grow. The filter_* ones cover the current filter cycle and restart
-# only on an explicit filter change (see filters.py), which records the values it closed.
+# The counters: everything the machine has consumed, as plain integers, and their record on
+# flash (app/journal.py writes it). Lifetime counters only grow. The filter_* ones cover the
+# current filter cycle and restart only on an explicit filter change (see waterfilter.py),
+# which records the values it closed.
+import struct
+
+from micropython import const
+
 MAX_INPUTS = 4  # pump-sense inputs a board profile may have
 
 # machine.reset_cause() values on the ESP32 port (PWRON, HARD, WDT, DEEPSLEEP, SOFT).
 RESET_CAUSES = ("unknown", "power_on", "hard", "watchdog", "deepsleep", "soft")
+
+FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on load
+
+# The counters, in the order they are packed: 92 bytes with header and CRC. Pump times are
+# kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
+# Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
+# buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
+# and reset counts and 64-bit pump times in ms.
+_V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
+_LAYOUTS = {3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
 
 
 class Counters:
@@ -34,3 +49,36 @@ class Counters:
 
     def total_brews(self):
         return sum(self.brews)
+
+
+def pack_counters(c):
+    return struct.pack(
+        _LAYOUTS[FORMAT], *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml,
+        c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
+        c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
+        c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
+        c.undated_boot & 0xFFFF, min(c.undated_brews, 0xFFFF))
+
+
+def unpack_counters(data, fmt=FORMAT):
+    """Counters from a payload of format `fmt` (older formats migrate on the way in)."""
+    v = struct.unpack(_LAYOUTS[fmt], data)
+    c = Counters()
+    n = MAX_INPUTS
+    c.brews = list(v[:n])
+    (c.rinses, c.stuck_runs, c.water_ml, c.idle_ml, c.pump_ms, c.boots) = v[n:n + 6]
+    n += 6
+    c.resets = list(v[n:n + len(RESET_CAUSES)])
+    n += len(RESET_CAUSES)
+    (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
+     c.filter_fit_wall, c.filter_powered_s) = v[n:n + 7]
+    if fmt == 3:
+        (c.day, c.day_brews, c.prev_day, c.prev_brews, c.undated_boot,
+         c.undated_brews) = v[n + 7:]
+    if fmt >= 2:
+        c.pump_ms *= 10
+        c.filter_pump_ms *= 10
+    else:  # v1 kept 32-bit counts where v2 keeps 16 bits: saturate, as Meter.boot does
+        c.stuck_runs = min(c.stuck_runs, 0xFFFF)
+        c.resets = [min(n, 0xFFFF) for n in c.resets]
+    return c

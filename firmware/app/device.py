@@ -5,16 +5,16 @@ from time import ticks_add, ticks_diff
 
 from micropython import const
 
-from app import alerts, filters, orders, settings, supplystore
+from app import alerts, orders, waterfilter
 from app.alerts import BrewTimes
 from app.counters import Counters
-from app.counting import BREW, RINSE, STUCK, Meter
 from app.days import Days
 from app.forecast import Forecast
+from app.journal import NewerFormat, Store
+from app.meter import BREW, RINSE, STUCK, Meter
 from app.outbox import Outbox
-from app.protocol import MAX_NAMED_SEQ, cut, era_after
-from app.store import NewerFormat, Store
-from app.supplies import ERA_BITS, MONTH_S, Supplies
+from app.protocol import MAX_NAMED_SEQ, cut, era_after, setting
+from app.supplies import ERA_BITS, MONTH_S, Supplies, pack_supplies, unpack_supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
@@ -48,7 +48,7 @@ class Device:
         self.up_s = 0  # whole seconds since boot: ticks alone wrap (ESP32: every 12.4 days)
         self.meter = None
         self.outbox = None
-        self.on_usage = None  # called with `now` when there is news for the cloud (app.syncer)
+        self.on_usage = None  # called with `now` when there is news for the cloud (app.synctask)
         self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
         self.days = None
         self._history = None  # offline day buckets read at boot, until Days takes them
@@ -58,7 +58,7 @@ class Device:
         self.service_lock = 0  # seconds service actions stay locked (wrong PINs); saved
         self.pin_fails = [0, 0]  # wrong PINs since the last lock, locks since a right PIN
         self.seq_era = 0  # added to the boot count in seqs (app/protocol.py); raised by a 409
-        # Loaded after the counts and saved together in /state/sup (app/supplystore.py):
+        # Loaded after the counts and saved together in /state/sup (app/supplies.py):
         self.supplies = None  # consumables' cycles and orders (app/supplies.py)
         self.forecast = None  # recent use per day (app/forecast.py)
         self.brew_times = None  # the usual time of each brew kind (app/alerts.py)
@@ -116,7 +116,7 @@ class Device:
         sup = None
         if not self.state.read_only:  # (newer firmware's flash: start afresh in RAM)
             try:
-                sup = supplystore.unpack(self.state.read("sup"), n)
+                sup = unpack_supplies(self.state.read("sup"), n)
             except NewerFormat:
                 self.store.read_only = self.state.read_only = True
         sup, fc, bt = sup or (None, None, None)
@@ -267,19 +267,13 @@ class Device:
         if code == BREW:
             m = self.meter
             usual = self.brew_times.brew(m.last_kind, m.last_run_ms,
-                                         settings.get(self.config, "long_brew_pct"))
+                                         setting(self.config, "long_brew_pct"))
             if usual is not None:
                 self._raise("brew_long", "%s %d ms, usually %d ms" % (
                     self.profile.kinds[m.last_kind], m.last_run_ms, usual))
             self.check_supplies(events=usual is not None)
         if self.on_usage:
             self.on_usage(now)
-
-    def tick(self, now):
-        """Everything there is to do after a poll, in one call (the CPython harness); on the
-        device the sensor task calls count_tick() and the day task day_tick()."""
-        if self.count_tick(now):
-            self.day_tick(now)
 
     def count_tick(self, now):
         """Called every poll: powered time, and the periodic flush while water flows. True
@@ -306,7 +300,7 @@ class Device:
         a new day the forecast and what is running out (orders)."""
         wall = self.wall()
         if wall and not self.meter.c.filter_fit_wall:
-            filters.set_wall(self.meter.c, wall)  # date the filter once the clock is set
+            waterfilter.set_wall(self.meter.c, wall)  # date the filter once the clock is set
         if wall and wall // 86400 != self.meter.c.day:
             # Online, no save of its own: the next one carries it, and a cut before
             # that changes nothing (the next brew rolls the day again from the clock).
@@ -337,7 +331,7 @@ class Device:
     def save_supplies(self):
         self._rates_saved = self.forecast.day
         try:
-            self.state.write("sup", supplystore.pack(
+            self.state.write("sup", pack_supplies(
                 self.supplies, self.forecast, self.brew_times))
         except OSError as e:
             self._storage_failed(e)
@@ -373,7 +367,7 @@ class Device:
         if wall is None:
             wall = self.wall()
         if name == "filter":
-            ev = filters.change(self.meter.c, wall, by)
+            ev = waterfilter.change(self.meter.c, wall, by)
             self.save(now)
             self.supplies.refill(name)
         else:
@@ -383,9 +377,6 @@ class Device:
         self.outbox.add(ev)
         self.check_supplies(True, True)  # the new cycle, then the event
         return ev
-
-    def change_filter(self, wall, source, now):
-        return self.refill("filter", source, now, wall)
 
     def order_status(self, statuses):
         """The cloud's word on our orders ({order id: status}, from a sync reply)."""

@@ -5,8 +5,7 @@
 # a retry, a duplicated report or a reboot that sends the request again can never make a
 # second order (the cloud dedupes on the id). The rules (auto-order per consumable, a monthly
 # cap, ask-first) are checked here, on the device, so they hold offline too.
-from app import settings
-from app.protocol import MAX_NAME, OPEN, STATUSES, UNKNOWN, order_id
+from app.protocol import MAX_NAME, OPEN, STATUSES, UNKNOWN, order_id, setting
 from app.supplies import ITEMS
 
 
@@ -29,16 +28,16 @@ def decide(sup, cfg, profile, wall, per_day):
     month = month_of(wall)
     if sup.month[0] != month:
         sup.month = [month, 0]
-    lead = settings.get(cfg, "lead_days")
+    lead = setting(cfg, "lead_days")
     out = []
     for name in ITEMS:
         it = sup.items[name]
-        if it[2] or not settings.get(cfg, "auto_" + name):
+        if it[2] or not setting(cfg, "auto_" + name):
             continue  # this cycle has its order, or the owner orders this one by hand
         used, cap, days = sup.level(name, cfg, profile, wall, per_day)
         if days is None or days >= lead:
             continue
-        if sup.month[1] >= settings.get(cfg, "orders_month"):
+        if sup.month[1] >= setting(cfg, "orders_month"):
             continue  # the monthly cap: it waits for next month (or a refill by hand)
         sup.month[1] += 1
         it[2] = "requested"
@@ -51,7 +50,7 @@ def request(sup, name, cfg, profile, wall, per_day):
     it = sup.items[name]
     used, cap, days = sup.level(name, cfg, profile, wall, per_day)
     ev = {"kind": "order_requested", "order": order_id(name, it[0]), "item": name,
-          "cycle": it[0], "ask": settings.get(cfg, "ask_first"),
+          "cycle": it[0], "ask": setting(cfg, "ask_first"),
           "pct": sup.pct(name, used, cap, profile, wall), "wall": wall}
     if days is not None:
         ev["days"] = int(days)

@@ -14,9 +14,9 @@ from micropython import const
 
 from app import VERSION, hw, wallclock
 from app.device import Device
+from app.journal import DeviceFS
 from app.protocol import MAX_PROVISION
 from app.sensors import Sensors
-from app.store import DeviceFS
 from app.supervisor import Supervisor, take_hook
 
 _GC_EVERY = const(4096)
@@ -73,7 +73,7 @@ def load_sync(prov):
     """The sync stack (its modules, the HTTP client's line buffer, the TLS context), loaded
     before recovery while the heap is whole: after it the heap may hold no free run of 3-4
     KiB for them. Returns the TLS context (None for a plain-http emulator cloud)."""
-    from app import syncer, tls  # noqa: F401
+    from app import synctask, tls  # noqa: F401
 
     url = prov["cloud_url"]
     try:
@@ -84,7 +84,7 @@ def load_sync(prov):
 
 def start_sync(device, prov, ssl):
     from app.link import Wifi
-    from app.syncer import wire
+    from app.synctask import wire
 
     wifi = prov["wifi"]
     s = wire(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)

@@ -6,7 +6,7 @@ from micropython import const
 
 from app import hw
 from app.button import LongPress
-from app.counting import NOTHING
+from app.meter import NOTHING
 
 POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges date to +-10 ms
 

@@ -11,7 +11,7 @@ from time import ticks_diff
 
 from micropython import const
 
-from app import settings
+from app import protocol
 
 _TRIES = const(5)
 LOCK_S = const(300)
@@ -150,7 +150,7 @@ def act(device, words, wall, now):
     if what == "config set":
         if len(words) != 4 or not words[3].lstrip("-").isdigit():
             raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(
-                sorted(settings.SCHEMA) + [k + ".KIND" for k in settings.PER_KIND]))
+                sorted(protocol.SCHEMA) + [k + ".KIND" for k in protocol.PER_KIND]))
         new = dict(device.config)
         key, _, kind = words[2].partition(".")
         if kind:  # a per-kind setting: coffee_use.espresso 7
@@ -158,7 +158,7 @@ def act(device, words, wall, now):
             per_kind[kind] = int(words[3])
         else:
             new[key] = int(words[3])
-        reason = settings.check(new, device.profile.kinds)
+        reason = protocol.check_settings(new, device.profile.kinds)
         if reason:
             raise ValueError(reason)
         if not device.apply_config(device.config_version, new):

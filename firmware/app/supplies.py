@@ -1,13 +1,20 @@
 # Consumables: how much is left of each, from the counters, and when it runs out. Pure: the
-# counters, settings, forecast and wall time are arguments; app.device persists the state.
+# counters, settings, forecast and wall time are arguments; app.device persists the state,
+# packed here into one binary record (pack_supplies) of at most 126 bytes (4 brew kinds),
+# so that its file stays inline in littlefs metadata: a rewrite costs about 100 bytes of
+# flash, not a block erase (the README's "Storage"). Written after a day of use, an order,
+# a refill or a status change.
 #
 # Each consumable goes through depletion cycles: a cycle starts when it is refilled (a pack
 # inserted, a filter fitted, the machine descaled) and its use is the counters' growth since
 # then, so no extra flash write is needed per brew. The filter's cycle is the counters' own
-# (filters.py); the others keep the counters' totals at the refill as their `mark`.
+# (waterfilter.py); the others keep the counters' totals at the refill as their `mark`.
+import struct
+
 from micropython import const
 
-from app import filters, settings
+from app import waterfilter
+from app.protocol import OTHER, STATUSES, setting
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
 # A cycle is era << ERA_BITS plus the refills since the era began. The era is 0 from the
@@ -17,7 +24,7 @@ ITEMS = ("coffee", "filter", "descaler", "tablets")
 # count began again) the 409 moves the first era's cycles on (Device.seq_floor). (The
 # filter's cycle is the counters' own: it survives.)
 ERA_BITS = const(16)
-MONTH_S = const(2629746)  # average Gregorian month, as filters.py counts the filter's age
+MONTH_S = const(2629746)  # average Gregorian month, as waterfilter.py counts the filter's age
 UNITS = {"coffee": "units", "filter": "ml", "descaler": "ml x dH", "tablets": "brews"}
 
 
@@ -29,7 +36,7 @@ def filter_capacity_ml(profile, dh):
 class Supplies:
     def __init__(self, c, kinds, saved=None, floor=0):
         """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
-        supplystore.unpack() read back ({"it": items, "mo": month}; None: every cycle
+        unpack_supplies() read back ({"it": items, "mo": month}; None: every cycle
         starts now, in era c.boots + `floor`, the seq floor)."""
         self.c = c
         self.kinds = kinds
@@ -72,7 +79,7 @@ class Supplies:
             self.items["filter"] = [self.c.filters, 0, "", 0]
 
     def refill(self, name):
-        """Start a new cycle of `name` (the filter: after filters.change). Returns the cycle
+        """Start a new cycle of `name` (the filter: after waterfilter.change). Returns the cycle
         that closed."""
         it = self.items[name]
         if name == "filter":
@@ -97,12 +104,12 @@ class Supplies:
         self._sync_filter()
         c = self.c
         mark = self.items[name][1]
-        dh = settings.get(cfg, "water_hardness_dh")
+        dh = setting(cfg, "water_hardness_dh")
         n = len(self.kinds)
         if name == "coffee":
             use = self.use(cfg)
             used = sum((c.brews[i] - mark[i]) * use[i] for i in range(n))
-            cap = settings.get(cfg, "coffee_pack")
+            cap = setting(cfg, "coffee_pack")
             rate = sum(per_day[i] * use[i] for i in range(n)) if per_day else 0
         elif name == "filter":
             used = c.filter_ml
@@ -110,17 +117,17 @@ class Supplies:
             rate = per_day[n] if per_day else 0
         elif name == "descaler":
             used = (c.water_ml - mark) * dh
-            cap = settings.get(cfg, "descale_ldh") * 1000
+            cap = setting(cfg, "descale_ldh") * 1000
             rate = per_day[n] * dh if per_day else 0
         else:
             used = c.total_brews() - mark
-            cap = settings.get(cfg, "tablets_pack") * settings.get(cfg, "clean_brews")
+            cap = setting(cfg, "tablets_pack") * setting(cfg, "clean_brews")
             rate = sum(per_day[:n]) if per_day else 0
         days = None
         if rate > 0:
             days = max(0, cap - used) / rate
             if name == "filter":  # due at whichever comes first: litres or age
-                age_left = profile.filter_months * MONTH_S - filters.age_s(c, wall)
+                age_left = profile.filter_months * MONTH_S - waterfilter.age_s(c, wall)
                 days = min(days, max(0, age_left) / 86400)
         return used, cap, days
 
@@ -128,7 +135,7 @@ class Supplies:
         """Percent left (0-100); the filter's is the lower of litres and age."""
         p = 100 - 100 * used // cap if cap else 0
         if name == "filter":
-            p = min(p, 100 - 100 * filters.age_s(self.c, wall) // (
+            p = min(p, 100 - 100 * waterfilter.age_s(self.c, wall) // (
                 profile.filter_months * MONTH_S))
         return max(0, min(100, p))
 
@@ -142,3 +149,59 @@ class Supplies:
                          "pct": self.pct(name, used, cap, profile, wall),
                          "days": None if days is None else int(days)}
         return out
+
+
+def _fmt(n):
+    # per item: cycle in its era, order status (0 none, else STATUSES index + 1, 255 another
+    # word: it reads back as OTHER), overdue alert raised;
+    # marks: coffee per kind, descaler, tablets; month, orders in it; forecast: day, days,
+    # last day of use, totals at the day's start, rates; usual brew ms and count per kind;
+    # the cycles' era (last: a record written before it had none, and reads as era 0).
+    return "<%s%dIIBIHI%dI%df%dI%dBI" % ("HBB" * len(ITEMS), n + 2, n + 1, n + 1, n, n)
+
+
+def pack_supplies(sup, fc, bt):
+    vals = []
+    for name in ITEMS:
+        it = sup.items[name]
+        st = it[2]
+        vals += [it[0] & 0xFFFF,
+                 0 if not st else STATUSES.index(st) + 1 if st in STATUSES else 255, it[3]]
+    it = sup.items
+    vals += it["coffee"][1] + [it["descaler"][1], it["tablets"][1]]
+    vals += sup.month
+    day, days, used, at, rates = fc.state()
+    n = len(rates) - 1
+    vals += [day, min(days, 0xFFFF), used] + (at or [0] * (n + 1)) + rates
+    vals += bt.usual + [min(x, 255) for x in bt.count]
+    vals.append(it["coffee"][0] >> ERA_BITS)
+    return struct.pack(_fmt(n), *vals)
+
+
+def unpack_supplies(data, n):
+    """(supplies state, forecast state, brew times state) from `data` for `n` brew kinds,
+    or None if it is not such a record (another board's, or damaged past its CRC)."""
+    fmt = _fmt(n)
+    size = struct.calcsize(fmt)
+    if data and len(data) == size - 4:  # written before the era
+        data += bytes(4)
+    if not data or len(data) != size:
+        return None
+    v = list(struct.unpack(fmt, data))
+    era = v.pop() << ERA_BITS
+    k = 3 * len(ITEMS)
+    marks = v[k:k + n + 2]
+    rest = v[k + n + 2:]
+    items = {}
+    for i, name in enumerate(ITEMS):
+        cycle, st, alerted = v[3 * i:3 * i + 3]
+        mark = {"coffee": marks[:n], "descaler": marks[n], "tablets": marks[n + 1]}.get(name, 0)
+        status = STATUSES[st - 1] if 0 < st <= len(STATUSES) else OTHER if st == 255 else ""
+        items[name] = [cycle if name == "filter" else era | cycle, mark, status, alerted]
+    month = rest[:2]
+    day, days, used = rest[2:5]
+    at = rest[5:6 + n]
+    rates = rest[6 + n:7 + 2 * n]
+    bt = rest[7 + 2 * n:]
+    fc = [day, days, used, at if day else None, rates]
+    return {"it": items, "mo": month}, fc, [bt[:n], bt[n:]]

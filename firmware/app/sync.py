@@ -1,11 +1,12 @@
 # Sync decisions, pure: when to report, what a report holds, and what a reply changes.
-# The sync task (app/syncer.py) does the I/O around it. Counters are sent cumulative, never as
+# The sync task (app/synctask.py) does the I/O around it. Counters are sent cumulative, never as
 # deltas, so a lost, repeated or reordered report can never lose or double usage.
 import json
 from time import ticks_add, ticks_diff
 
-from app import VERSION, protocol, settings, snapshot
+from app import VERSION, protocol, readout
 from app.orders import open_orders
+from app.protocol import setting
 from app.supplies import ITEMS
 
 
@@ -26,7 +27,7 @@ class Schedule:
         if self.pending_since is None:
             self.pending_since = now
         if self.failures == 0:  # while backing off, the backoff decides
-            due = ticks_add(self.pending_since, settings.get(cfg, "report_delay_s") * 1000)
+            due = ticks_add(self.pending_since, setting(cfg, "report_delay_s") * 1000)
             if ticks_diff(due, self.due) < 0:
                 self.due = due
 
@@ -44,7 +45,7 @@ class Schedule:
     def succeeded(self, now, cfg, more=False, rand=0.0):
         """`more`: the report was one page of several: the next one is due now."""
         self.failures = 0
-        every = settings.get(cfg, "sync_interval_s") * 1000
+        every = setting(cfg, "sync_interval_s") * 1000
         self.due = now if more else ticks_add(now, every - int(rand * every) // 10)
         if self.pending_since is not None:  # usage arrived while the report was in flight
             self.usage(now, cfg)
@@ -53,7 +54,7 @@ class Schedule:
         """`rand` is a random float in [0, 1): the caller's, so this stays pure. `cap_s`
         bounds the backoff further (a refusal: protocol.REFUSED_RETRY_S)."""
         self.failures += 1
-        cap = min(settings.get(cfg, "backoff_max_s"), cap_s) * 1000
+        cap = min(setting(cfg, "backoff_max_s"), cap_s) * 1000
         w = min(cap, 2000 << min(self.failures, 16))
         delay = max(w // 2 + int(rand * w) // 2, 1000, min(retry_after_s, 86400) * 1000)
         self.due = ticks_add(now, delay)
@@ -78,7 +79,7 @@ def seed(device_id):
 
 def usage(device):
     """The cumulative counters a report carries."""
-    return snapshot.usage(device.meter.c, device.profile.kinds)
+    return readout.usage(device.meter.c, device.profile.kinds)
 
 
 def changed(now, acked):
@@ -191,7 +192,7 @@ def apply_reply(device, body, sent_ids, rejected=None):
     if cfg["version"] < device.config_version and cfg.get(protocol.RESTORED) is not True:
         return (cfg["version"], "version %d is older than the applied %d" % (
             cfg["version"], device.config_version))
-    reason = settings.check(cfg.get("settings"), device.profile.kinds)
+    reason = protocol.check_settings(cfg.get("settings"), device.profile.kinds)
     if reason is None:
         if device.apply_config(cfg["version"], cfg["settings"]):
             return None

@@ -170,7 +170,7 @@ class Script:
 
 
 def play(meter, events) -> None:  # noqa: ANN001 - firmware objects carry no type hints
-    """Play a timeline into a counting core (app.counting.Meter) in the harness."""
+    """Play a timeline into a counting core (app.meter.Meter) in the harness."""
     step = replay.step
     for t, op, a, b in sorted(events):
         step(meter, t, op, a, b)

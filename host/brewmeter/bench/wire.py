@@ -47,9 +47,9 @@ class Relay:
 
 async def measure(days: int = 3, brews_per_day: int = 10, seed: int = 0) -> float:
     from app import wallclock
-    from app.counting import BREW
     from app.device import Device
-    from app.syncer import wire
+    from app.meter import BREW
+    from app.synctask import wire
 
     from brewmeter.cloud import CloudServer
 

@@ -17,13 +17,13 @@ import vfs
 
 def _json_baseline(device):
     # What most MicroPython projects do: a JSON file of all counters, rewritten on change.
-    from app import snapshot
+    from app import readout
 
     kinds = device.profile.kinds
 
     def save_counters(c):
         with open("/flash/counters.json", "w") as f:
-            f.write(json.dumps(snapshot.counters(c, kinds)))
+            f.write(json.dumps(readout.counters(c, kinds)))
 
     device.store.save_counters = save_counters
 
@@ -83,7 +83,7 @@ def _mount(flash):
     except OSError:
         pass
     vfs.mount(vfs.VfsLfs2(flash), "/flash")
-    from app.store import DeviceFS  # the device's own: builtin open on the mounted vfs
+    from app.journal import DeviceFS  # the device's own: builtin open on the mounted vfs
 
     return DeviceFS(), "/flash"
 

@@ -11,9 +11,9 @@ sys.path.insert(0, bm)  # the emulated board's machine (no bus: pins at their pu
 sys.path.insert(1, fw)
 import machine  # noqa: E402
 from app.device import Device  # noqa: E402
+from app.journal import DeviceFS  # noqa: E402
 from app.profile import parse  # noqa: E402
 from app.sensors import Sensors  # noqa: E402
-from app.store import DeviceFS  # noqa: E402
 
 with open(prof) as f:
     p = parse(f.read(), prof)

@@ -73,19 +73,19 @@ def _play(device, events, start, flash, levels, mark=None):
             levels[a] = b
         if op == replay.FILTER:
             replay.step(meter, t, replay.POWERED, 0, 0, on_event)  # settle inputs first
-            device.change_filter(b, "script", tw)
-        elif op == replay.POWERED:  # Device.tick counts powered time from the ticks itself
+            device.refill("filter", "script", tw, b)
+        elif op == replay.POWERED:  # replay.tick counts powered time from the ticks itself
             replay.step(meter, t, op, 0, b, on_event)
         else:
             replay.step(meter, t, op, a, b, on_event)
-        device.tick(tw)
+        replay.tick(device, tw)
         if t // SYNC_MS != synced and not flash.dead:
             synced = t // SYNC_MS
             sent = device.days.buckets()
             for bucket in sent:  # the cloud stored them
                 key = _key(bucket)
                 _cloud[key] = max(_cloud.get(key, 0), bucket["brews_total"])
-            device.days_acked(sent, False)  # as app.syncer: one write
+            device.days_acked(sent, False)  # as app.synctask: one write
             device.ack([e["id"] for e in device.outbox.events])
             device.save_days()
         if flash.dead or op == replay.REBOOT:
@@ -183,7 +183,7 @@ def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None, cl
         if events[rest][1] == replay.LEVEL:
             levels[events[rest][2]] = events[rest][3]
         rest += 1
-    from app.counting import Meter
+    from app.meter import Meter
 
     ref = Meter(profile)  # what the rest of the day alone counts, for the ground truth
     for i, level in enumerate(levels):

@@ -27,6 +27,13 @@ def ticks(t):
     return (t + _SHIFT) & _MASK
 
 
+def tick(device, now):
+    """Everything there is to do after a poll, in one call (what the harness drives); on the
+    device the sensor task calls count_tick() and the day task day_tick()."""
+    if device.count_tick(now):
+        device.day_tick(now)
+
+
 def step(meter, t, op, a, b, on_event=None):
     """Feed one event. Pending input changes are settled first, at the moment a poll would
     have seen them, so the result matches the polling shell's."""
@@ -53,9 +60,9 @@ def step(meter, t, op, a, b, on_event=None):
     elif op == POWERED:
         meter.powered(a)
     elif op == FILTER:
-        from app import filters
+        from app import waterfilter
 
-        filters.change(meter.c, b, "script")
+        waterfilter.change(meter.c, b, "script")
 
 
 def main(argv):
@@ -71,8 +78,8 @@ def main(argv):
         profile = parse(f.read(), argv[2])
     if "--profile-only" in argv:
         return
-    from app import filters  # noqa: F401 - part of the core's resident code
-    from app.counting import Meter
+    from app import waterfilter  # noqa: F401 - part of the core's resident code
+    from app.meter import Meter
 
     meter = Meter(profile)
     meter.boot(1)
@@ -80,9 +87,9 @@ def main(argv):
         for line in f:
             t, op, a, b = json.loads(line)
             step(meter, t, op, a, b)
-    from app import snapshot
+    from app import readout
 
-    print(json.dumps(snapshot.counters(meter.c, profile.kinds)))
+    print(json.dumps(readout.counters(meter.c, profile.kinds)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from brewmeter.standins.hostfs import DirFS
 
 if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
     from app.device import Device
-    from app.syncer import Syncer
+    from app.synctask import Syncer
 
 DEVICE = "bm-chaos01"
 KEY = "5a" * 32
@@ -71,7 +71,7 @@ class _Loopback:
 async def run(faults: int = 1000, seed: int = 0) -> Result:
     from app import wallclock
     from app.device import Device
-    from app.syncer import wire
+    from app.synctask import wire
 
     from brewmeter.cloud import CloudServer, Faults
     from brewmeter.cloud.ledger import Ledger
@@ -107,7 +107,7 @@ async def run(faults: int = 1000, seed: int = 0) -> Result:
                     if r < 0.45:  # a brew
                         ticks = _brew(device, rng.randrange(len(profile.kinds)), ticks)
                     elif r < 0.47:
-                        device.change_filter(wall[0], "console", 0)
+                        device.refill("filter", "console", 0, wall[0])
                         events_created += 1
                     elif r < 0.52:  # power cut: RAM is gone, the flash is as it was
                         device, syncer = boot()

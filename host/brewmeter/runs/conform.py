@@ -81,7 +81,7 @@ class Life(lives.Life):
     def boot(self, clock: bool = True) -> None:
         from app import http, wallclock
         from app.device import Device
-        from app.syncer import wire
+        from app.synctask import wire
 
         wallclock.synced = False
         dev = Device(self.profile, self.fs)

@@ -28,11 +28,11 @@ if TYPE_CHECKING:  # the cloud: imported where used (see harness.py)
 
 # Reads the counters with the firmware's own storage code (the service console will replace
 # this): mpremote interrupts the app, which has saved every completed brew already.
-_READ = """from app.store import DeviceFS, Store
-from app import snapshot
+_READ = """from app.journal import DeviceFS, Store
+from app import readout
 import json
 c = Store(DeviceFS(), '/counts').load_counters()
-print('COUNTERS', json.dumps(snapshot.counters(c, %s)))
+print('COUNTERS', json.dumps(readout.counters(c, %s)))
 """
 
 

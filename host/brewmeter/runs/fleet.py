@@ -40,7 +40,7 @@ from brewmeter.standins.hostfs import MemFS
 
 if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
     from app.device import Device
-    from app.syncer import Syncer
+    from app.synctask import Syncer
 
 
 HOUR_MS = 3_600_000
@@ -102,7 +102,7 @@ class Machine:
     def __init__(self, i: int, plan: Plan, profile: Any, url: str, link: Link,
                  wall: Callable[[], int]) -> None:
         from app.device import Device
-        from app.syncer import wire
+        from app.synctask import wire
 
         self.id = device_id(i)
         self.profile = profile
@@ -152,10 +152,10 @@ class Machine:
                 return
             self.k += 1
             tw = replay.ticks(t)
-            if op == replay.POWERED:  # Device.tick counts powered time from the ticks
+            if op == replay.POWERED:  # replay.tick counts powered time from the ticks
                 a = 0
             replay.step(dev.meter, t, op, a, b, lambda code, i, tw=tw: dev.event(code, i, tw))
-            dev.tick(tw)
+            replay.tick(dev, tw)
 
     def due_ms(self, clock_ms: int) -> int:
         """Script time its next report is due."""

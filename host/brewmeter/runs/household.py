@@ -25,7 +25,7 @@ from brewmeter.standins.hostfs import MemFS
 
 if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
     from app.device import Device
-    from app.syncer import Syncer
+    from app.synctask import Syncer
 
     from brewmeter.cloud import CloudServer, Merchant
 
@@ -138,7 +138,7 @@ class _Home:
 
     def boot(self) -> tuple[Device, Syncer]:
         from app.device import Device
-        from app.syncer import wire
+        from app.synctask import wire
 
         dev = Device(self.profile, self.fs)
         dev.boot(1, replay.ticks(self.clock.ms))
@@ -169,12 +169,12 @@ class _Home:
             self.out.refills[name] += 1
 
     def spent(self, name: str, wall: int) -> bool:
-        from app import filters, settings
+        from app import protocol, waterfilter
 
         dev = self.device
         used, cap, _ = dev.supplies.level(name, dev.config, self.profile, wall, None)
-        return used >= cap or (name == "filter" and filters.due(
-            dev.meter.c, self.profile, wall, settings.get(dev.config, "water_hardness_dh"))
+        return used >= cap or (name == "filter" and waterfilter.due(
+            dev.meter.c, self.profile, wall, protocol.setting(dev.config, "water_hardness_dh"))
             is not None)
 
     async def hour(self, day: int, hour: int) -> None:
@@ -207,7 +207,7 @@ class _Home:
             while k < len(events) and events[k][0] < t:
                 self.play(events[k])
                 k += 1
-            self.device.tick(self.at(t))
+            replay.tick(self.device, self.at(t))
             if d * 24 + h in cut_hours:  # power cut: RAM is gone, the flash stays
                 self.device, self.syncer = self.boot()
                 self.out.power_cuts += 1
@@ -216,7 +216,7 @@ class _Home:
             self.play(e)
 
     def play(self, e: tuple[int, int, int, int]) -> None:
-        from app.counting import BREW
+        from app.meter import BREW
 
         t, op, a, b = e
         tw = self.at(t)
@@ -227,14 +227,14 @@ class _Home:
             if code == BREW:
                 self.owner()
 
-        if op == replay.POWERED:  # Device.tick counts powered time from the ticks itself
+        if op == replay.POWERED:  # replay.tick counts powered time from the ticks itself
             op, a = replay.POWERED, 0
         replay.step(dev.meter, t, op, a, b, on_event)
-        dev.tick(tw)
+        replay.tick(dev, tw)
 
 
 async def run(profile: Any, plan: Plan) -> Outcome:
-    from app import settings, wallclock
+    from app import protocol, wallclock
 
     from brewmeter.cloud import CloudServer, Faults
     from brewmeter.cloud.ledger import Ledger
@@ -269,7 +269,7 @@ async def run(profile: Any, plan: Plan) -> Outcome:
                 dev = home.device
                 out.counters = counters_summary(
                     dev.meter.c, profile, plan.days, home.wall(),
-                    settings.get(dev.config, "water_hardness_dh"))
+                    protocol.setting(dev.config, "water_hardness_dh"))
                 out.supplies = dev.supplies.report(dev.config, profile, home.wall(),
                                                    dev.per_day(home.wall()))
                 out.orders = ledger.orders(DEVICE) or []

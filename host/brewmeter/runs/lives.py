@@ -22,7 +22,7 @@ from brewmeter.standins.hostfs import MemFS
 
 if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
     from app.device import Device
-    from app.syncer import Syncer
+    from app.synctask import Syncer
 
     from brewmeter.cloud import CloudServer
     from brewmeter.cloud.ledger import Ledger
@@ -100,7 +100,7 @@ class Life:
         the server's error `skew`."""
         from app import wallclock
         from app.device import Device
-        from app.syncer import wire
+        from app.synctask import wire
 
         wallclock.synced = False
         dev = Device(self.profile, self.fs)
@@ -121,7 +121,7 @@ class Life:
         self.boot()
 
     def brew(self, kind: int = 0) -> None:
-        from app.counting import BREW
+        from app.meter import BREW
 
         dev = self.device
         dev.meter.c.brews[kind] += 1
@@ -137,7 +137,7 @@ class Life:
         self.clock.advance(ms)
         if off is not None:
             wallclock.set_unix(self.wall() + off)
-        self.device.tick(self.ticks())
+        replay.tick(self.device, self.ticks())
 
     async def sync_if_due(self) -> str | None:
         if not self.syncer.schedule.is_due(self.ticks()):

@@ -15,7 +15,7 @@ from brewmeter.scenario import Script, Truth, play
 
 if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
     from app.counters import Counters
-    from app.counting import Meter
+    from app.meter import Meter
     from app.profile import Profile
 
 START_WALL = calendar.timegm((2026, 1, 5, 0, 0, 0))  # a Monday, 00:00 UTC
@@ -61,8 +61,8 @@ def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -
 
 
 def count_days(profile: Profile, days: int, seed: int = 0) -> Result:
-    from app import filters
-    from app.counting import Meter
+    from app import waterfilter
+    from app.meter import Meter
 
     rng = random.Random(seed)
     meter = Meter(profile)
@@ -70,14 +70,14 @@ def count_days(profile: Profile, days: int, seed: int = 0) -> Result:
     c = meter.c
     script = Script(profile)
     changes = 0
-    filters.set_wall(c, START_WALL)
+    waterfilter.set_wall(c, START_WALL)
     for d in range(days):  # a day at a time keeps the timeline small
         _day(script, rng, d % 7)
         play(meter, script.events)  # the first day's timeline starts with power-on
         script.events.clear()
         wall = START_WALL + script.t // 1000
-        if filters.due(c, profile, wall):  # the owner fits a new filter that evening
-            filters.change(c, wall, "owner")
+        if waterfilter.due(c, profile, wall):  # the owner fits a new filter that evening
+            waterfilter.change(c, wall, "owner")
             changes += 1
     play(meter, script.settle().events)
     return Result(profile, meter, script.truth, days, START_WALL + script.t // 1000, changes)
@@ -91,13 +91,13 @@ def counters_summary(c: Counters, profile: Profile, days: int, wall: int,
                      dh: int = 10) -> dict:
     """The counters after `days` at `wall`, with the filter's age and due state (water of
     `dh` degrees)."""
-    from app import filters, snapshot
+    from app import readout, waterfilter
 
-    d = snapshot.counters(c, profile.kinds)
+    d = readout.counters(c, profile.kinds)
     d["days"] = days
     d["board"] = profile.board
-    d["filter_age_days"] = round(filters.age_s(c, wall) / 86400, 1)
-    d["filter_due"] = filters.due(c, profile, wall, dh)
+    d["filter_age_days"] = round(waterfilter.age_s(c, wall) / 86400, 1)
+    d["filter_due"] = waterfilter.due(c, profile, wall, dh)
     return d
 
 

@@ -1,5 +1,5 @@
-# Counters as plain dicts for the console, reports and sync: loaded only by those, so the
-# always-resident counting core stays small.
+# The counters read out as plain dicts, for the console and the reports: loaded only by those,
+# so the always-resident counting core stays small.
 from app.counters import RESET_CAUSES
 
 

@@ -8,9 +8,8 @@ from binascii import crc32
 
 from micropython import const
 
-from app.counters import MAX_INPUTS, RESET_CAUSES, Counters
+from app.counters import FORMAT, Counters, pack_counters, unpack_counters
 
-FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on load
 _ENOENT = const(2)
 _EEXIST = const(17)
 _ENOSPC = const(28)  # littlefs LFS_ERR_NOSPC; MicroPython's errno module lacks ENOSPC
@@ -22,50 +21,9 @@ _OLD_HEAD_LEN = const(5)
 # No copy we write comes near this: a larger file is damage, refused before it is read.
 _MAX_FILE = const(16384)
 
-# The counters, in the order they are packed: 92 bytes with header and CRC. Pump times are
-# kept in 10 ms units (32 bits: 497 days of pumping; a reboot drops under 10 ms of it).
-# Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
-# buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
-# and reset counts and 64-bit pump times in ms.
-_V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-_LAYOUTS = {3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
-
 
 class NewerFormat(Exception):
     """State written by newer firmware: never misread it, never overwrite it."""
-
-
-def pack_counters(c):
-    return struct.pack(
-        _LAYOUTS[FORMAT], *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml,
-        c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
-        c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
-        c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
-        c.undated_boot & 0xFFFF, min(c.undated_brews, 0xFFFF))
-
-
-def unpack_counters(data, fmt=FORMAT):
-    """Counters from a payload of format `fmt` (older formats migrate on the way in)."""
-    v = struct.unpack(_LAYOUTS[fmt], data)
-    c = Counters()
-    n = MAX_INPUTS
-    c.brews = list(v[:n])
-    (c.rinses, c.stuck_runs, c.water_ml, c.idle_ml, c.pump_ms, c.boots) = v[n:n + 6]
-    n += 6
-    c.resets = list(v[n:n + len(RESET_CAUSES)])
-    n += len(RESET_CAUSES)
-    (c.last_reset, c.filters, c.filter_ml, c.filter_pump_ms, c.filter_brews,
-     c.filter_fit_wall, c.filter_powered_s) = v[n:n + 7]
-    if fmt == 3:
-        (c.day, c.day_brews, c.prev_day, c.prev_brews, c.undated_boot,
-         c.undated_brews) = v[n + 7:]
-    if fmt >= 2:
-        c.pump_ms *= 10
-        c.filter_pump_ms *= 10
-    else:  # v1 kept 32-bit counts where v2 keeps 16 bits: saturate, as Meter.boot does
-        c.stuck_runs = min(c.stuck_runs, 0xFFFF)
-        c.resets = [min(n, 0xFFFF) for n in c.resets]
-    return c
 
 
 class DeviceFS:
