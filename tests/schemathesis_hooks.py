@@ -67,14 +67,22 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         kwargs["auth"] = Signer()
 
 
+# The orders test_schemathesis.py leaves waiting for the owner: one for each decision.
+WAITING = {"approve": "coffee-3", "decline": "tablets-2"}
+
+
 @schemathesis.hook
 def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
     """Every valid device id becomes the one provisioned device (another would simply be
-    unknown); an invalid one (a negative case) stays as generated."""
+    unknown), and every valid order id the order waiting for that decision (the first
+    decides it, the rest meet a decided one); an invalid one (a negative case) stays as
+    generated."""
     from brewmeter.cloud.shared import protocol as P
 
     if path_parameters and P.is_device_id(path_parameters.get("id")):
         path_parameters["id"] = DEVICE
+    if path_parameters and P.parse_order(path_parameters.get("order")) is not None:
+        path_parameters["order"] = WAITING[context.operation.path.rsplit("/", 1)[1]]
     return path_parameters
 
 

@@ -28,18 +28,22 @@ def admin_get(url: str, path: str) -> dict:
         return json.loads(r.read())
 
 
-def order_waiting(url: str) -> None:
-    """A signed report whose order waits for the owner's approval."""
+def orders_waiting(url: str) -> None:
+    """A signed report whose two orders wait for the owner: one for approve, one for decline
+    (tests/schemathesis_hooks.py sends each operation's valid order ids to its own)."""
     from brewmeter.cloud import auth
 
     report = {"seq": 1, "boot": 1, "uptime_ms": 1000, "clock": 0, "counters": {},
-              "supplies": {"coffee": {"cycle": 3}},
+              "supplies": {"coffee": {"cycle": 3}, "tablets": {"cycle": 2}},
               "events": [{"id": 1, "kind": "order_requested", "order": "coffee-3",
-                          "item": "coffee", "cycle": 3, "ask": 1}]}
+                          "item": "coffee", "cycle": 3, "ask": 1},
+                         {"id": 2, "kind": "order_requested", "order": "tablets-2",
+                          "item": "tablets", "cycle": 2, "ask": 1}]}
     path, body, headers = auth.signed_report(DEV, KEY, report)
     req = urllib.request.Request(url + path, data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
-        assert json.loads(r.read())["orders"] == {"coffee-3": "needs_approval"}
+        assert json.loads(r.read())["orders"] == {"coffee-3": "needs_approval",
+                                                  "tablets-2": "needs_approval"}
 
 
 @pytest.mark.slow
@@ -57,7 +61,7 @@ def test_the_document_and_the_server_agree(tmp_path):
     try:
         assert cloud.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+", cloud.stdout.readline()).group(0)
-        order_waiting(url)  # so approve and decline meet a real order, through the links
+        orders_waiting(url)  # so approve and decline meet real orders
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                    [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
                "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "BREWMETER_ST_DEVICE": DEV,
@@ -75,12 +79,12 @@ def test_the_document_and_the_server_agree(tmp_path):
         print(out[out.rfind("SUMMARY"):])  # cases, failures, time: pytest -rP shows it
         assert run.returncode == 0, out[-6000:]
         assert "Tested: 20" in out and "20/20" in out  # every operation
-        # Signed reports reached the ledger (signed as the device, accepted), and approve or
-        # decline reached the order.
+        # Signed reports reached the ledger (signed as the device, accepted), and approve
+        # and decline each reached their order.
         device = admin_get(url, f"/v1/devices/{DEV}")
         assert device["reports"] > 1
-        assert {o["order"]: o["status"] for o in device["orders"]}["coffee-3"] in (
-            "placed", "declined")
+        status = {o["order"]: o["status"] for o in device["orders"]}
+        assert (status["coffee-3"], status["tablets-2"]) == ("placed", "declined")
     finally:
         cloud.terminate()
         cloud.wait(10)
