@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from brewmeter.cloud import CloudServer, Faults, Ledger, auth
 from brewmeter.cloud.ledger import day_number
+from brewmeter.cloud.merge import Merge
 from brewmeter.cloud.server import FAULT_KINDS, make_app
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.flashfiles import emulator_provision
@@ -402,7 +403,7 @@ async def test_crash_mid_apply_leaves_nothing(cloud, http, monkeypatch):
     def boom(*args: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Ledger, "_events", boom)  # after counters and days were written
+    monkeypatch.setattr(Merge, "_events", boom)  # after counters and days were written
     report = rep(2, 5, days=[{"day": DAY0, "brews": {"espresso": 5}}],
                  events=[{"id": 1, "kind": "service"}])
     status, err = await post(http, report)

@@ -94,14 +94,14 @@ class FailingCommit:
 async def test_failed_commit_is_rolled_back(cloud, http):
     assert (await post(http, rep(1, 1)))[0] == 200
     before = cloud.ledger.dump()
-    real = cloud.ledger.db
-    cloud.ledger.db = FailingCommit(real)  # type: ignore[assignment]
+    real = cloud.ledger.db.conn
+    cloud.ledger.db.conn = FailingCommit(real)  # type: ignore[assignment]
     try:
         status, err = await post(http, rep(2, 5, events=[{"id": 1, "kind": "service"}]))
         assert status == 500 and "nothing" in err["error"]
         assert not real.in_transaction  # rolled back, not left open for the next report
     finally:
-        cloud.ledger.db = real
+        cloud.ledger.db.conn = real
     assert cloud.ledger.dump() == before
     assert (await post(http, rep(2, 5)))[0] == 200
 

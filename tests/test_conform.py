@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from brewmeter import cli
 from brewmeter.cloud import CloudServer, Ledger
+from brewmeter.cloud.merge import Merge
 from brewmeter.runs.conform import Conform
 
 
@@ -89,7 +90,7 @@ async def test_a_backend_out_of_stock_conforms():
 
 # -- broken backends ---------------------------------------------------------------------------
 
-class Snapshot(Ledger):
+class Snapshot(Merge):
     """Keeps the newest report's counters as they are: fields it does not carry are gone."""
 
     def _counters(self, db, dev, r, newest, now):  # noqa: ANN001
@@ -99,7 +100,7 @@ class Snapshot(Ledger):
                            [(dev, f, v) for f, v in r.counters.items()])
 
 
-class Downgrade(Ledger):
+class Downgrade(Merge):
     """Restored from a backup: once a device runs config v2, it is sent v1 again as if
     new, without saying it was restored."""
 
@@ -111,7 +112,7 @@ class Downgrade(Ledger):
         return out
 
 
-class NoRefill(Ledger):
+class NoRefill(Merge):
     """Takes the owner's refills but never tells the device."""
 
     def _reply(self, *args, **kw):  # noqa: ANN002, ANN003
@@ -186,7 +187,7 @@ def chunked(req: bytes, reply: bytes) -> bytes | None:
     (Downgrade, "config"), (Snapshot, "counters"), (NoRefill, "refill")])
 async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
-        ledger = broken(":memory:")
+        ledger = Ledger(":memory:", merge=broken)
         async with CloudServer(ledger) as cloud:
             v = await _conform(cloud.url, cloud.admin_token, rate=BROKEN_RATE)
         ledger.close()

@@ -48,14 +48,14 @@ def test_the_checks_catch_a_brew_lost_doubled_or_a_counter_off(small):
     ledger = Ledger(small.db, synchronous="NORMAL")
     try:
         assert fleet.check(ledger, small.machines, *small.period)["ok"]
-        with ledger._tx() as db:  # a day's brews of one machine lost
+        with ledger.db.tx() as db:  # a day's brews of one machine lost
             (day,) = db.execute("SELECT max(day) FROM day_usage WHERE device=? AND "
                                 "field='brews_total' AND value>0", (dev,)).fetchone()
             db.execute("DELETE FROM day_usage WHERE device=? AND day=?", (dev, day))
         got = fleet.check(ledger, small.machines, *small.period)
         assert got["lost_brews"] > 0 and not got["ok"]
         other = fleet.device_id(1)
-        with ledger._tx() as db:  # another's billed twice on one day
+        with ledger.db.tx() as db:  # another's billed twice on one day
             db.execute("UPDATE day_usage SET value=value*2 WHERE device=? AND "
                        "field='brews_total' AND day=(SELECT max(day) FROM day_usage WHERE "
                        "device=? AND field='brews_total' AND value>0)", (other, other))

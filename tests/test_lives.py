@@ -55,7 +55,7 @@ async def test_a_250_char_setting_name_is_rejected_with_a_reason_the_cloud_takes
         # Stored as an older cloud did, unchecked (this cloud refuses it at the admin API).
         name = "x" * 250
         assert not life.desire({name: 1})
-        with life.ledger._tx() as db:
+        with life.ledger.db.tx() as db:
             db.execute("UPDATE devices SET desired_version=desired_version+1, "
                        "desired_settings=? WHERE id=?", (json.dumps({name: 1}), DEVICE))
         await life.day(3)
@@ -253,7 +253,7 @@ def test_paging_folding_and_a_rejected_config_alike_under_micropython(tmp_path):
         root.mkdir()
         ledger = Ledger(now=lambda: end)
         with cloud_thread(ledger, devices=[(dev, key)]) as cloud:
-            with ledger._tx() as db:  # an unchecked desired config, as an older cloud kept
+            with ledger.db.tx() as db:  # an unchecked desired config, as an older cloud kept
                 db.execute("UPDATE devices SET desired_version=1, desired_settings=? "
                            "WHERE id=?", (js.dumps({"y" * 250: 1}), dev))
             code = (f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {wall0}\n"

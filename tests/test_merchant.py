@@ -16,6 +16,7 @@ import pytest
 from brewmeter import cloud as cloud_pkg
 from brewmeter.cloud import BadReport, CloudServer, Ledger, Merchant, StateConflict, auth
 from brewmeter.cloud.ledger import UnknownDevice, UnknownOrder
+from brewmeter.cloud.merge import Merge
 
 DEV = "bm-240ac4000001"
 KEY = "11" * 32
@@ -271,7 +272,7 @@ def test_a_failing_report_leaves_no_order_behind(ledger, monkeypatch):
     def boom(*args: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Ledger, "_supplies", boom)  # after the order was written
+    monkeypatch.setattr(Merge, "_supplies", boom)  # after the order was written
     with pytest.raises(RuntimeError):
         send(ledger, 2, events=[order(1)], supplies={"coffee": {"cycle": 3}})
     assert ledger.dump() == before and ledger.orders(DEV) == []

@@ -1,5 +1,6 @@
 """The JSON API's handlers: the device's report (with injected faults), provisioning,
-config, plans, queries and the owner's actions on orders, each in its role's scope."""
+config, plans, queries and the owner's actions on orders, each in its role's scope. What a
+service refuses (errors.Refused) is answered by the `answers` middleware with its status."""
 
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from brewmeter.cloud import auth, billing, quota, roles
+from brewmeter.cloud.db import is_busy
+from brewmeter.cloud.errors import Refused, SeqConflict, UnknownDevice
 from brewmeter.cloud.faults import Faults
-from brewmeter.cloud.ledger import (
-    BadSettings,
-    NotForThisDevice,
-    SeqConflict,
-    StateConflict,
-    UnknownDevice,
-    UnknownOrder,
-    is_busy,
-)
 from brewmeter.cloud.report import MAX_BODY, MAX_INT, NAME, BadReport, loads, parse_report
 from brewmeter.cloud.roles import LEDGER
 from brewmeter.cloud.shared import protocol as P
@@ -44,13 +38,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None,
                              headers=headers)
 
 
-class _Fail(web.HTTPException):
-    """An error reply with a JSON body, raised from deep in a handler."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=json.dumps({"error": P.cut(message)}),
-                         content_type="application/json")
 
 
 def _drop(request: web.Request) -> NoReturn:
@@ -69,21 +56,21 @@ async def _json_body(request: web.Request) -> Any:
     try:
         return loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
-        raise _Fail(413, f"body over {MAX_BODY} bytes") from None
+        raise Refused(413, f"body over {MAX_BODY} bytes") from None
     except ValueError as e:
-        raise _Fail(400, f"not JSON: {e}") from None
+        raise Refused(400, f"not JSON: {e}") from None
 
 
 def _date_param(request: web.Request, name: str, default: date | None) -> date:
     v = request.query.get(name)
     if v is None:
         if default is None:
-            raise _Fail(400, f"query parameter {name}=YYYY-MM-DD is required")
+            raise Refused(400, f"query parameter {name}=YYYY-MM-DD is required")
         return default
     try:
         return billing.parse_date(v)
     except ValueError as e:
-        raise _Fail(400, f"{name}: {e}") from None
+        raise Refused(400, f"{name}: {e}") from None
 
 
 def _range(request: web.Request, required: bool) -> tuple[date, date]:
@@ -172,15 +159,12 @@ async def provision(request: web.Request) -> web.Response:
     dev = request.match_info["id"]
     key = d.get("key") if isinstance(d, dict) else None
     if not isinstance(key, str):
-        raise _Fail(400, 'expected {"key": "<64 hex digits>"}')
+        raise Refused(400, 'expected {"key": "<64 hex digits>"}')
     assert isinstance(d, dict)
     if d.get("key_id", "") is None or not isinstance(d.get("overlap_s", 0), int):
-        raise _Fail(400, "key_id: a name; overlap_s: whole seconds")
-    try:
-        new = await request.app[WORKER].call(request.app[LEDGER].add_device, dev, key,
-                                             d.get("key_id"), d.get("overlap_s", 0))
-    except ValueError as e:
-        raise _Fail(400, str(e)) from None
+        raise Refused(400, "key_id: a name; overlap_s: whole seconds")
+    new = await request.app[WORKER].call(request.app[LEDGER].add_device, dev, key,
+                                         d.get("key_id"), d.get("overlap_s", 0))
     await request.app[WORKER].call(request.app[LEDGER].audit, who, dev,
                                    "provision" if new else "re-key",
                                    f"key id {d.get('key_id')}, overlap {d.get('overlap_s', 0)} s")
@@ -191,16 +175,10 @@ async def put_config(request: web.Request) -> web.Response:
     who = _admin(request, operator=True)
     d = await _json_body(request)
     if not isinstance(d, dict) or not isinstance(d.get("settings"), dict) or len(d) != 1:
-        raise _Fail(400, 'expected {"settings": {...}}')
-    try:
-        out = await request.app[WORKER].call(request.app[LEDGER].set_config,
-                                             request.match_info["id"], d["settings"])
-    except UnknownDevice:
-        raise _Fail(404, "unknown device") from None
-    except NotForThisDevice as e:  # valid settings, but not for this device (its kinds)
-        raise _Fail(409, f"the device would refuse these settings: {e}") from None
-    except BadSettings as e:
-        raise _Fail(400, f"the device would refuse these settings: {e}") from None
+        raise Refused(400, 'expected {"settings": {...}}')
+    # (BadSettings 400; NotForThisDevice 409: valid settings, but not this device's kinds)
+    out = await request.app[WORKER].call(request.app[LEDGER].set_config,
+                                         request.match_info["id"], d["settings"])
     await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
                                    "config",
                                    f"version {out['version']}: {json.dumps(d['settings'])}")
@@ -210,15 +188,8 @@ async def put_config(request: web.Request) -> web.Response:
 async def put_plan(request: web.Request) -> web.Response:
     who = _admin(request, operator=True)
     d = await _json_body(request)
-    try:
-        out = await request.app[WORKER].call(request.app[LEDGER].set_plan,
-                                             request.match_info["id"], d)
-    except UnknownDevice:
-        raise _Fail(404, "unknown device") from None
-    except billing.BadPlan as e:
-        raise _Fail(400, str(e)) from None
-    except StateConflict as e:
-        raise _Fail(409, str(e)) from None
+    out = await request.app[WORKER].call(request.app[LEDGER].set_plan,
+                                         request.match_info["id"], d)
     await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
                                    "plan", json.dumps(d))
     return web.json_response(out)
@@ -228,7 +199,7 @@ async def _query(request: web.Request, fn: Callable[..., Any], *args: Any) -> we
     _admin(request)
     out = await request.app[WORKER].call(fn, request.match_info["id"], *args)
     if out is None:
-        raise _Fail(404, "unknown device")
+        raise UnknownDevice(request.match_info["id"])
     return web.json_response(out)
 
 
@@ -248,9 +219,9 @@ async def get_events(request: web.Request) -> web.Response:
         after = max(-1, min(int(request.query.get("after", -1)), MAX_INT))  # any integer
         limit = int(request.query.get("limit", EVENTS_MAX))
     except ValueError:
-        raise _Fail(400, "after and limit are integers") from None
+        raise Refused(400, "after and limit are integers") from None
     if not 1 <= limit <= EVENTS_MAX:
-        raise _Fail(400, f"limit: 1 to {EVENTS_MAX}")
+        raise Refused(400, f"limit: 1 to {EVENTS_MAX}")
     return await _query(request, request.app[LEDGER].events, after, limit)
 
 
@@ -265,14 +236,7 @@ async def _owner(request: web.Request, fn: Callable[..., Any], *args: Any,
     """An owner's action on the device's orders or supplies: 404 unknown, 409 not now.
     Written to the audit log as `action` (with the order or the item)."""
     who = _admin(request)
-    try:
-        out = await request.app[WORKER].call(fn, request.match_info["id"], *args)
-    except UnknownDevice:
-        raise _Fail(404, "unknown device") from None
-    except UnknownOrder:
-        raise _Fail(404, "unknown order") from None
-    except StateConflict as e:
-        raise _Fail(409, str(e)) from None
+    out = await request.app[WORKER].call(fn, request.match_info["id"], *args)
     await request.app[WORKER].call(request.app[LEDGER].audit, who, request.match_info["id"],
                                    action, str(args[0]))
     return web.json_response(out)
@@ -293,19 +257,25 @@ async def post_refill(request: web.Request) -> web.Response:
     d = await _json_body(request)
     item = d.get("item") if isinstance(d, dict) else None
     if not isinstance(item, str) or not NAME.fullmatch(item) or len(d) != 1:
-        raise _Fail(400, 'expected {"item": "<name>"}')
+        raise Refused(400, 'expected {"item": "<name>"}')
     return await _owner(request, request.app[LEDGER].refill, item, action="refill")
 
 
 async def get_invoice(request: web.Request) -> web.Response:
-    try:
-        return await _query(request, request.app[LEDGER].invoice,
-                            *_range(request, required=True))
-    except billing.BadPlan as e:
-        raise _Fail(409, str(e)) from None
+    # (billing.NoPlan: 409)
+    return await _query(request, request.app[LEDGER].invoice, *_range(request, required=True))
 
 
 BUSY_RETRY_S = 2
+
+
+@web.middleware
+async def answers(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    """What a service refused (errors.Refused), answered with its status and its words."""
+    try:
+        return await handler(request)
+    except Refused as e:
+        return _error(e.status, e.answer, **e.extra)
 
 
 @web.middleware

@@ -19,6 +19,8 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from brewmeter.cloud.errors import Refused
+
 # A month closes CLOSE_DAYS after its last day (the cloud's clock): its invoice line is then
 # kept as it was; usage for it that arrives later is billed as an adjustment line.
 CLOSE_DAYS = 3
@@ -40,8 +42,19 @@ def parse_date(v: Any) -> date:
     return d
 
 
-class BadPlan(ValueError):
-    pass
+class BadPlan(Refused, ValueError):
+    """A plan that cannot be taken (HTTP 400)."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
+class NoPlan(BadPlan):
+    """An invoice asked of a device without a plan (HTTP 409)."""
+
+    status = 409
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,28 @@
 """How a report is applied to the ledger: counters, day buckets, events, orders, supplies
-and the reply (see ledger.py's docstring for the merge rules). A part of the Ledger."""
+and the reply (see ledger.py's docstring for the merge rules). A service over the ledger's
+database.
+
+Exactly once, on either engine and across processes: a batch's devices are locked first
+(PostgreSQL: their rows, in id order; SQLite: the write lock of BEGIN IMMEDIATE), so one
+device's reports apply one at a time; the report's (device, seq) key with its body's hash
+makes a retry a duplicate (nothing applied again) and a replay a 409; events are keyed by
+(device, id) and orders by (device, order id), inserted once; counters and buckets keep
+the maximum, so applying what is already there changes nothing."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from brewmeter.cloud import merchant
-from brewmeter.cloud.records import (
-    Part,
-    Reply,
-    SeqConflict,
-    UnknownDevice,
-    _brews,
-    _without,
-)
+from brewmeter.cloud.db import Conn, Database
+from brewmeter.cloud.errors import SeqConflict, UnknownDevice
+from brewmeter.cloud.invoicing import close_months
+from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.records import Reply, _brews, _without
 from brewmeter.cloud.report import Report, parse_report
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.cloud.tables import (
@@ -28,7 +33,10 @@ from brewmeter.cloud.tables import (
 )
 
 
-class Merge(Part):
+class Merge:
+    def __init__(self, db: Database, now: Callable[[], float] = time.time,
+                 merchant: Merchant | None = None) -> None:
+        self.db, self.now, self.merchant = db, now, merchant or Merchant()
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -46,7 +54,8 @@ class Merge(Part):
         If the commit itself fails, this raises and none of them is stored."""
         results: list[Reply | Exception] = []
         now = self.now()
-        with self._tx() as db:
+        with self.db.tx() as db:
+            self.db.lock_devices(db, (device_id for device_id, _ in items))
             for device_id, report in items:
                 db.execute("SAVEPOINT report")
                 try:
@@ -60,7 +69,7 @@ class Merge(Part):
                 db.execute("RELEASE report")
         return results
 
-    def _apply(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> Reply:
+    def _apply(self, db: Conn, dev: str, r: Report, now: float) -> Reply:
         row = db.execute("SELECT last_seq, max_boot, desired_version, desired_settings, "
                          "applied_version, rejected_version, conflict_seq, "
                          "(SELECT digest FROM reports WHERE device=id AND seq=?) "
@@ -81,7 +90,7 @@ class Merge(Part):
             # reports, so its current state would not show. Flagged for the operator.
             self._flag(db, dev, "seq_backwards", "seq", r.seq, now,
                        {"conflict_seq": conflict_seq, "reported": r.seq})
-        self._close(db, dev, now)  # what arrives from now on is late for closed months
+        close_months(db, dev, now)  # what arrives from now on is late for closed months
         db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
                    (dev, r.seq, r.digest, now))
         newest = last_seq is None or r.seq > last_seq
@@ -112,7 +121,7 @@ class Merge(Part):
                        "WHERE id=?", (now, max(max_boot, r.boot), dev))
         return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected)
 
-    def _counters(self, db: sqlite3.Connection, dev: str, r: Report, newest: bool,
+    def _counters(self, db: Conn, dev: str, r: Report, newest: bool,
                   now: float) -> None:
         stored = dict(db.execute("SELECT field, value FROM counters WHERE device=?", (dev,)))
         # Cycle-scoped counters (filter_ml, ...) restart at each filter change: they keep the
@@ -137,7 +146,7 @@ class Merge(Part):
         up += [(dev, f, v) for f, v in r.counters.items()
                if f not in fresh and v > stored.get(f, -1)]
         db.executemany("INSERT INTO counters (device, field, value) VALUES (?, ?, ?) "
-                       "ON CONFLICT DO UPDATE SET value=excluded.value", up)
+                       "ON CONFLICT (device, field) DO UPDATE SET value=excluded.value", up)
         if not newest:
             return  # an older report arriving late is expected to carry lower values
         for f, v in r.counters.items():
@@ -145,15 +154,16 @@ class Merge(Part):
                 self._flag(db, dev, "counter_regression", f, r.seq, now,
                            {"stored": stored[f], "reported": v})
 
-    def _flag(self, db: sqlite3.Connection, dev: str, kind: str, fld: str, seq: int,
+    def _flag(self, db: Conn, dev: str, kind: str, fld: str, seq: int,
               now: float, detail: dict[str, Any]) -> None:
         db.execute("INSERT INTO flags (device, kind, field, count, first_seq, last_seq, detail, "
                    "first_at, last_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
-                   "ON CONFLICT DO UPDATE SET count=count+1, last_seq=excluded.last_seq, "
+                   "ON CONFLICT (device, kind, field) DO UPDATE SET count=flags.count+1, "
+                   "last_seq=excluded.last_seq, "
                    "detail=excluded.detail, last_at=excluded.last_at",
                    (dev, kind, fld, seq, seq, json.dumps(detail), now, now))
 
-    def _days(self, db: sqlite3.Connection, dev: str, r: Report, max_boot: int,
+    def _days(self, db: Conn, dev: str, r: Report, max_boot: int,
               now: float) -> None:
         """`max_boot`: the highest boot seen before this report."""
         today = int(now // 86400)
@@ -166,26 +176,30 @@ class Merge(Part):
         dated = [(dev, b.day, f, v) for b in r.days
                  if b.fold is None and b.day is not None and b.day <= ahead
                  for f, v in b.fields.items()]
+        greatest = self.db.dialect.greatest
         db.executemany("INSERT INTO day_usage (device, day, field, value) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)", dated)
+                       "ON CONFLICT (device, day, field) DO UPDATE "
+                       f"SET value={greatest}(day_usage.value, excluded.value)", dated)
         folds = [b for b in r.days if b.fold is not None]
         if folds:
             db.executemany("INSERT INTO fold_place (device, fold, day) VALUES (?, ?, ?) "
-                           "ON CONFLICT DO NOTHING",
+                           "ON CONFLICT (device, fold) DO NOTHING",
                            [(dev, b.fold, b.day if b.day and b.day <= ahead else today)
                             for b in folds])
             db.executemany("INSERT INTO fold_usage (device, fold, field, value) "
                            "VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)",
+                           "ON CONFLICT (device, fold, field) DO UPDATE "
+                           f"SET value={greatest}(fold_usage.value, excluded.value)",
                            [(dev, b.fold, f, v) for b in folds for f, v in b.fields.items()])
         loose = [b for b in r.days if b.fold is None and b.day is None]
         if loose:
             db.executemany("INSERT INTO loose_place (device, boot, at_ms, arrived_day) "
-                           "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (device, boot, at_ms) DO NOTHING",
                            [(dev, b.boot, b.at_ms, today) for b in loose])
             db.executemany("INSERT INTO loose_usage (device, boot, at_ms, field, value) "
                            "VALUES (?, ?, ?, ?, ?) "
-                           "ON CONFLICT DO UPDATE SET value=max(value, excluded.value)",
+                           "ON CONFLICT (device, boot, at_ms, field) DO UPDATE "
+                           f"SET value={greatest}(loose_usage.value, excluded.value)",
                            [(dev, b.boot, b.at_ms, f, v) for b in loose
                             for f, v in b.fields.items()])
         anchored = False
@@ -194,23 +208,25 @@ class Merge(Part):
         if r.clock and r.clock // 86400 <= ahead:
             anchored = db.execute(
                 "INSERT INTO boot_anchor (device, boot, epoch_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING", (dev, r.boot, r.clock * 1000 - r.uptime_ms)
+                "ON CONFLICT (device, boot) DO NOTHING",
+                (dev, r.boot, r.clock * 1000 - r.uptime_ms)
             ).rowcount > 0
         # Place exactly what an anchored boot explains (also correcting earlier estimates, if
         # the report with the clock came late), then estimate what a newer boot orphaned.
         # Only when something could move: most reports skip both.
         if loose or anchored:  # (never further ahead than a dated bucket may be)
-            db.execute("UPDATE loose_place SET day=(a.epoch_ms + loose_place.at_ms) / ?1, "
-                       "estimated=0 FROM boot_anchor a WHERE loose_place.device=?2 "
+            db.execute("UPDATE loose_place SET day=(a.epoch_ms + loose_place.at_ms) / ?, "
+                       "estimated=0 FROM boot_anchor a WHERE loose_place.device=? "
                        "AND a.device=loose_place.device AND a.boot=loose_place.boot "
-                       "AND (day IS NULL OR estimated=1) "
-                       "AND (a.epoch_ms + loose_place.at_ms) / ?1 <= ?3", (DAY_MS, dev, ahead))
+                       "AND (loose_place.day IS NULL OR loose_place.estimated=1) "
+                       "AND (a.epoch_ms + loose_place.at_ms) / ? <= ?",
+                       (DAY_MS, dev, DAY_MS, ahead))
         if loose or r.boot > max_boot:
             db.execute("UPDATE loose_place SET day=arrived_day, estimated=1 "
                        "WHERE device=? AND day IS NULL AND boot < ?",
                        (dev, max(max_boot, r.boot)))
 
-    def _reconcile(self, db: sqlite3.Connection, dev: str, today: int) -> None:
+    def _reconcile(self, db: Conn, dev: str, today: int) -> None:
         """Lifetime brews against the buckets: brews in none get an estimated bucket (on
         `today`, the cloud's day the gap is first seen), so invoices stay complete; buckets
         that arrive later (the device pages its history) take them back, newest first."""
@@ -223,15 +239,16 @@ class Merge(Part):
             (n,) = db.execute(
                 f"SELECT sum(b) FROM (SELECT coalesce(sum(CASE WHEN field LIKE 'brews.%' "
                 f"THEN value END), max(CASE WHEN field='brews_total' THEN value END), 0) AS b "
-                f"FROM {table} WHERE device=? GROUP BY {key})", (dev,)).fetchone()
-            bucketed += n or 0
+                f"FROM {table} WHERE device=? GROUP BY {key}) AS t", (dev,)).fetchone()
+            bucketed += int(n or 0)  # (a numeric on PostgreSQL)
         gap = max(0, lifetime - bucketed)
         rows = db.execute("SELECT day, brews FROM gap_usage WHERE device=? ORDER BY day DESC",
                           (dev,)).fetchall()
         have = sum(n for _, n in rows)
         if gap > have:
             db.execute("INSERT INTO gap_usage (device, day, brews) VALUES (?, ?, ?) "
-                       "ON CONFLICT DO UPDATE SET brews=brews+excluded.brews",
+                       "ON CONFLICT (device, day) DO UPDATE "
+                       "SET brews=gap_usage.brews+excluded.brews",
                        (dev, today, gap - have))
         excess = have - gap
         for day, n in rows:
@@ -245,11 +262,11 @@ class Merge(Part):
                 db.execute("UPDATE gap_usage SET brews=brews-? WHERE device=? AND day=?",
                            (take, dev, day))
 
-    def _events(self, db: sqlite3.Connection, dev: str, r: Report, now: float) -> None:
+    def _events(self, db: Conn, dev: str, r: Report, now: float) -> None:
         for ev in r.events:
             body = json.dumps(ev, sort_keys=True, separators=(",", ":"))
             cur = db.execute("INSERT INTO events (device, id, kind, body, seq, received) "
-                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING",
                              (dev, ev["id"], ev["kind"], body, r.seq, now))
             if cur.rowcount == 0:
                 (old,) = db.execute("SELECT body FROM events WHERE device=? AND id=?",
@@ -258,7 +275,7 @@ class Merge(Part):
                     self._flag(db, dev, "event_conflict", str(ev["id"]), r.seq, now,
                                {"stored": json.loads(old), "reported": ev})
 
-    def _new_orders(self, db: sqlite3.Connection, dev: str, r: Report, now: float,
+    def _new_orders(self, db: Conn, dev: str, r: Report, now: float,
                     desired: str) -> None:
         # Every order_requested event, even a repeat under a new event id (a reboot) or one
         # whose event id clashed: the order id dedupes, and the first decision stands. It is
@@ -290,12 +307,13 @@ class Merge(Part):
                         now if st == "placed" else None, now if st == "declined" else None,
                         ship, deliver, reason))
 
-    def _supplies(self, db: sqlite3.Connection, dev: str, r: Report) -> None:
+    def _supplies(self, db: Conn, dev: str, r: Report) -> None:
         if not r.supplies:
             return
         db.executemany("INSERT INTO supplies (device, item, field, value, seq) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value=excluded.value, "
-                       "seq=excluded.seq WHERE excluded.seq > supplies.seq",
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, item, field) DO UPDATE "
+                       "SET value=excluded.value, seq=excluded.seq "
+                       "WHERE excluded.seq > supplies.seq",
                        [(dev, item, f, v, r.seq) for item, fields in r.supplies.items()
                         for f, v in fields.items()])
         # A refill the owner announced is done once the device shows a later cycle.
@@ -303,7 +321,7 @@ class Merge(Part):
                        [(dev, item, fields["cycle"]) for item, fields in r.supplies.items()
                         if fields.get("cycle") is not None])
 
-    def _reply(self, db: sqlite3.Connection, dev: str, r: Report, now: float, last_seq: int,
+    def _reply(self, db: Conn, dev: str, r: Report, now: float, last_seq: int,
                dv: int, ds: str, applied: int | None, rejected: int | None,
                duplicate: bool = False) -> Reply:
         # Send the desired config while the device has not applied it, unless it has already

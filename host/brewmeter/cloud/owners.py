@@ -1,20 +1,22 @@
 """Who may see and steer which machine: owners (each with a token of their own, kept only as
 its hash), the machines assigned to them, an owner's order rules (pause all ordering, the
 settings the device already knows) sent through the config channel, and the audit log of
-every change (who, what, when). A part of the Ledger (mixed in): same database, same lock."""
+every change (who, what, when). A service over the ledger's database."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import secrets
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from brewmeter.cloud.records import Part
+from brewmeter.cloud import audit
+from brewmeter.cloud.db import Conn, Database
+from brewmeter.cloud.devices import Devices, need
+from brewmeter.cloud.errors import BadValue, UnknownOwner
 from brewmeter.cloud.shared import ITEMS
 from brewmeter.cloud.shared import protocol as P
 
@@ -38,10 +40,6 @@ REVOKED = "revoked:"
 RULES = ("lead_days", *("auto_" + i for i in ITEMS), "ask_first", "orders_month")
 
 
-class UnknownOwner(LookupError):
-    pass
-
-
 def token_hash(token: str) -> str:
     """What is stored of a token: its SHA-256 (tokens are 24 random bytes: no dictionary)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -49,47 +47,57 @@ def token_hash(token: str) -> str:
 
 def check_owner_name(name: Any) -> str:
     if not P.is_name(name):
-        raise ValueError(f"an owner's name: 1-{P.MAX_NAME} of letters, digits, _ and -")
+        raise BadValue(f"an owner's name: 1-{P.MAX_NAME} of letters, digits, _ and -")
     return name
 
 
 def check_rules(rules: Any) -> dict[str, int]:
     """`rules` if every key is an order rule with a value the device takes; ValueError."""
     if not isinstance(rules, dict):
-        raise ValueError("rules: expected an object")
+        raise BadValue("rules: expected an object")
     bad = sorted(k for k in rules if k not in RULES)
     if bad:
-        raise ValueError(f"not an owner's rule: {', '.join(map(str, bad))} "
+        raise BadValue(f"not an owner's rule: {', '.join(map(str, bad))} "
                          f"(rules: {', '.join(RULES)})")
     reason = P.check_settings(rules)
     if reason is not None:
-        raise ValueError(reason)
+        raise BadValue(reason)
     return rules
+
+
+TOKENS = f"SELECT token_hash, name FROM owners WHERE token_hash NOT LIKE '{REVOKED}%'"
 
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-class Owners(Part):
-    """The Ledger's owners, assignments, rules and audit log (see the module's docstring)."""
+class Owners:
+    """Owners, assignments and rules (see the module's docstring). On SQLite, which tokens
+    are whose and which machine is whose are kept in memory too (swapped whole: lock-free
+    readers); on PostgreSQL, which other processes write, they are read each time."""
 
-    _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
-    set_config: Callable[[str, dict[str, Any]], dict[str, Any]]
-    _need: Callable[[sqlite3.Connection, str], None]
-    # In memory, swapped whole (lock-free readers): token hash -> owner; device -> owner.
-    _tokens: dict[str, str] = {}
-    _owned: dict[str, str] = {}
+    def __init__(self, db: Database, devices: Devices,
+                 now: Callable[[], float] = time.time) -> None:
+        self.db, self.devices, self.now = db, devices, now
+        self._tokens: dict[str, str] = {}  # token hash -> owner
+        self._owned: dict[str, str] = {}  # device -> owner
+        self.load()
 
-    def _load_owners(self, db: sqlite3.Connection) -> None:
-        db.executescript(SCHEMA)
-        self._load_tokens(db)
-        self._owned = dict(db.execute("SELECT device, owner FROM owner_devices"))
+    def load(self) -> None:
+        """Read the tokens and assignments again (after the database was reopened)."""
+        if not self.db.shared:
+            with self.db.read() as c:
+                self._load_tokens(c)
+                self._load_owned(c)
 
-    def _load_tokens(self, db: sqlite3.Connection) -> None:
-        self._tokens = dict(db.execute("SELECT token_hash, name FROM owners WHERE "
-                                       "substr(token_hash, 1, ?) != ?",
-                                       (len(REVOKED), REVOKED)))
+    def _load_tokens(self, c: Conn) -> None:
+        if not self.db.shared:
+            self._tokens = dict(c.execute(TOKENS))
+
+    def _load_owned(self, c: Conn) -> None:
+        if not self.db.shared:
+            self._owned = dict(c.execute("SELECT device, owner FROM owner_devices"))
 
     def add_owner(self, name: str, who: str = OPERATOR) -> str:
         """Create owner `name`, or give them a new token (the old one stops working).
@@ -97,22 +105,22 @@ class Owners(Part):
         check_owner_name(name)
         token = secrets.token_urlsafe(24)
         h = token_hash(token)
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("INSERT INTO owners (name, token_hash, created) VALUES (?, ?, ?) "
-                       "ON CONFLICT DO UPDATE SET token_hash=excluded.token_hash",
+                       "ON CONFLICT (name) DO UPDATE SET token_hash=excluded.token_hash",
                        (name, h, self.now()))
-            self._audit(db, who, None, "owner", f"token issued for owner {name}")
+            audit.write(db, self.now(), who, None, "owner", f"token issued for owner {name}")
             self._load_tokens(db)
         return token
 
     def revoke_owner(self, name: str, who: str = OPERATOR) -> None:
         """Owner `name`'s token stops working (bearer and console sessions alike); their
         machines stay theirs, and add_owner gives them a new token. UnknownOwner."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             if db.execute("UPDATE owners SET token_hash=? WHERE name=?",
                           (REVOKED + name, name)).rowcount == 0:
                 raise UnknownOwner(name)
-            self._audit(db, who, None, "owner", f"token revoked for owner {name}")
+            audit.write(db, self.now(), who, None, "owner", f"token revoked for owner {name}")
             self._load_tokens(db)
 
     def owner_of_token(self, token: str) -> str | None:
@@ -120,41 +128,51 @@ class Owners(Part):
 
     def owner_of_token_hash(self, h: str) -> str | None:
         """The owner whose current token hashes to `h` (None after a new one, or a revoke)."""
-        return self._tokens.get(h)
+        if not self.db.shared:
+            return self._tokens.get(h)
+        with self.db.lookup() as c:
+            row = c.execute(TOKENS + " AND token_hash=?", (h,)).fetchone()
+        return row and row[1]
 
     def owners(self) -> list[dict[str, Any]]:
         """Every owner: name, since when, whether their token is revoked, their machines."""
-        with self._lock:
-            rows = self.db.execute("SELECT name, created, token_hash FROM owners "
-                                   "ORDER BY name").fetchall()
-            owned = dict(self.db.execute("SELECT owner, count(*) FROM owner_devices "
-                                         "GROUP BY owner"))
+        with self.db.read() as c:
+            rows = c.execute("SELECT name, created, token_hash FROM owners "
+                             "ORDER BY name").fetchall()
+            owned = dict(c.execute("SELECT owner, count(*) FROM owner_devices "
+                                   "GROUP BY owner"))
         return [{"name": n, "since": _iso(t), "revoked": h.startswith(REVOKED),
                  "machines": owned.get(n, 0)} for n, t, h in rows]
 
     def owner_of(self, device_id: str) -> str | None:
-        return self._owned.get(device_id)
+        if not self.db.shared:
+            return self._owned.get(device_id)
+        with self.db.lookup() as c:
+            row = c.execute("SELECT owner FROM owner_devices WHERE device=?",
+                            (device_id,)).fetchone()
+        return row and row[0]
 
     def assign(self, device_id: str, owner: str | None, who: str = OPERATOR) -> None:
         """Give the machine to `owner` (None: to no one). UnknownDevice, UnknownOwner."""
-        with self._tx() as db:
-            self._need(db, device_id)
+        with self.db.tx() as db:
+            need(self.db, db, device_id)
             if owner is None:
                 db.execute("DELETE FROM owner_devices WHERE device=?", (device_id,))
             else:
                 if db.execute("SELECT 1 FROM owners WHERE name=?", (owner,)).fetchone() is None:
                     raise UnknownOwner(owner)
                 db.execute("INSERT INTO owner_devices (device, owner) VALUES (?, ?) "
-                           "ON CONFLICT DO UPDATE SET owner=excluded.owner", (device_id, owner))
-            self._audit(db, who, device_id, "assign", f"owner: {owner or '(none)'}")
-            self._owned = dict(db.execute("SELECT device, owner FROM owner_devices"))
+                           "ON CONFLICT (device) DO UPDATE SET owner=excluded.owner",
+                           (device_id, owner))
+            audit.write(db, self.now(), who, device_id, "assign", f"owner: {owner or '(none)'}")
+            self._load_owned(db)
 
     def device_ids(self, who: str) -> list[str]:
         """The machines `who` may see: every one for the operator, an owner's own else."""
-        with self._lock:
+        with self.db.read() as c:
             if who == OPERATOR:
-                return [d for (d,) in self.db.execute("SELECT id FROM devices ORDER BY id")]
-            return [d for (d,) in self.db.execute(
+                return [d for (d,) in c.execute("SELECT id FROM devices ORDER BY id")]
+            return [d for (d,) in c.execute(
                 "SELECT device FROM owner_devices WHERE owner=? ORDER BY device",
                 (who.removeprefix("owner:"),))]
 
@@ -162,11 +180,15 @@ class Owners(Part):
 
     def rules(self, device_id: str) -> dict[str, Any]:
         """The order rules as desired (defaults where unset) and whether ordering is paused."""
-        with self._lock:
-            row = self.db.execute("SELECT desired_settings FROM devices WHERE id=?",
-                                  (device_id,)).fetchone()
-            paused = self.db.execute("SELECT orders_month FROM paused WHERE device=?",
-                                     (device_id,)).fetchone()
+        with self.db.read() as c:
+            return self._rules(c, device_id)
+
+    @staticmethod
+    def _rules(c: Conn, device_id: str) -> dict[str, Any]:
+        row = c.execute("SELECT desired_settings FROM devices WHERE id=?",
+                        (device_id,)).fetchone()
+        paused = c.execute("SELECT orders_month FROM paused WHERE device=?",
+                           (device_id,)).fetchone()
         settings = json.loads(row[0]) if row else {}
         out = {k: P.setting(settings, k) for k in RULES}
         if paused is not None:
@@ -180,11 +202,11 @@ class Owners(Part):
         The desired config gets a new version: the device applies it after its next sync.
         Returns rules(). ValueError for a rule the device would not take."""
         check_rules(rules or {})
-        with self._lock:  # one change at a time: read, then set_config's own transaction
-            self._need(self.db, device_id)
-            cur = self.rules(device_id)
-            row = self.db.execute("SELECT desired_settings FROM devices WHERE id=?",
-                                  (device_id,)).fetchone()
+        with self.db.tx() as db:  # one change, read and written in one transaction
+            need(self.db, db, device_id)
+            cur = self._rules(db, device_id)
+            row = db.execute("SELECT desired_settings FROM devices WHERE id=?",
+                             (device_id,)).fetchone()
             settings = {**json.loads(row[0]), **(rules or {})}
             now_paused = cur["paused"] if paused is None else paused
             back = (rules or {}).get("orders_month", cur["rules"]["orders_month"])
@@ -192,57 +214,17 @@ class Owners(Part):
                 settings["orders_month"] = 0
             elif cur["paused"]:
                 settings["orders_month"] = back
-            self.set_config(device_id, settings)
-            with self._tx() as db:
-                if now_paused:
-                    db.execute("INSERT INTO paused (device, orders_month) VALUES (?, ?) ON "
-                               "CONFLICT DO UPDATE SET orders_month=excluded.orders_month",
-                               (device_id, back))
-                else:
-                    db.execute("DELETE FROM paused WHERE device=?", (device_id,))
-                what = []
-                if paused is not None and paused != cur["paused"]:
-                    what.append("ordering paused" if paused else "ordering resumed")
-                what += [f"{k}={v}" for k, v in sorted((rules or {}).items())
-                         if cur["rules"][k] != v]
-                self._audit(db, who, device_id, "rules", ", ".join(what) or "no change")
-        return self.rules(device_id)
-
-    # -- the audit log ---------------------------------------------------------------------
-
-    def _audit(self, db: sqlite3.Connection, who: str, device_id: str | None, action: str,
-               detail: str) -> None:
-        db.execute("INSERT INTO audit (at, who, device, action, detail) VALUES (?, ?, ?, ?, ?)",
-                   (self.now(), who, device_id, action, detail))
-
-    def audit(self, who: str, device_id: str | None, action: str, detail: str) -> None:
-        """Write one change to the audit log, at the ledger's time."""
-        with self._tx() as db:
-            self._audit(db, who, device_id, action, detail)
-
-    def audit_log(self, device_id: str | None, limit: int = 100) -> list[dict[str, Any]]:
-        """The device's changes, newest first (None: the owners' tokens, of no device)."""
-        with self._lock:
-            rows = self.db.execute("SELECT id, at, who, action, detail FROM audit WHERE "
-                                   "device IS ? ORDER BY id DESC LIMIT ?",
-                                   (device_id, limit)).fetchall()
-        return [{"id": i, "at": _iso(t), "who": w, "action": a, "detail": d}
-                for i, t, w, a, d in rows]
-
-    def recent_events(self, device_id: str, limit: int = 30,
-                      skip: tuple[str, ...] = ("order_requested",)) -> Iterator[dict[str, Any]]:
-        """The device's newest events (faults, service, refills ...), newest first."""
-        with self._lock:
-            rows = self.db.execute(
-                f"SELECT body, received FROM events WHERE device=? AND kind NOT IN "
-                f"({','.join('?' * len(skip))}) ORDER BY id DESC LIMIT ?",
-                (device_id, *skip, limit)).fetchall()
-        for body, t in rows:
-            yield {**json.loads(body), "received": _iso(t)}
-
-    def fault_count(self, device_id: str, since: float) -> int:
-        """Fault events from the device received since `since`."""
-        with self._lock:
-            return self.db.execute("SELECT count(*) FROM events WHERE device=? AND "
-                                   "kind='fault' AND received>=?", (device_id, since)
-                                   ).fetchone()[0]
+            self.devices.set_config_in(db, device_id, settings)
+            if now_paused:
+                db.execute("INSERT INTO paused (device, orders_month) VALUES (?, ?) ON "
+                           "CONFLICT (device) DO UPDATE SET orders_month=excluded.orders_month",
+                           (device_id, back))
+            else:
+                db.execute("DELETE FROM paused WHERE device=?", (device_id,))
+            what = []
+            if paused is not None and paused != cur["paused"]:
+                what.append("ordering paused" if paused else "ordering resumed")
+            what += [f"{k}={v}" for k, v in sorted((rules or {}).items())
+                     if cur["rules"][k] != v]
+            audit.write(db, self.now(), who, device_id, "rules", ", ".join(what) or "no change")
+            return self._rules(db, device_id)

@@ -1,66 +1,28 @@
-"""What the ledger's parts hand around: its errors, the reply to a report, desired settings
-checked, days and orders as the query API shows them."""
+"""What the ledger's services hand around: the reply to a report, desired settings checked,
+days and orders as the query API shows them. (Their errors: errors.py.)"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from brewmeter.cloud import merchant
-from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.errors import BadSettings
 from brewmeter.cloud.report import Report
 from brewmeter.cloud.shared import protocol as P
-from brewmeter.cloud.tables import (
-    EPOCH,
-    SEQ_KEEP,
-    Keys,
-)
+from brewmeter.cloud.tables import EPOCH, Keys
 
 
 def _without(r: Report, fields: set[str]) -> Report:
     return replace(r, counters={f: v for f, v in r.counters.items() if f not in fields})
 
 
-class UnknownDevice(LookupError):
-    pass
-
-
-class UnknownOrder(LookupError):
-    pass
-
-
 def _keys(key: str, key_id: str | None, old: str | None, old_id: str | None,
           until: float | None) -> Keys:
     cur = ((key_id, bytes.fromhex(key), None),)
     return cur + ((old_id, bytes.fromhex(old), until),) if old else cur
-
-
-def is_busy(e: BaseException) -> bool:
-    """Whether `e` is SQLite saying the database is locked by someone else (try later)."""
-    code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(e, sqlite3.OperationalError) and code is not None and (
-        code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
-
-
-class StateConflict(Exception):
-    """The request does not fit the order's or the item's state (HTTP 409)."""
-
-
-class SeqConflict(Exception):
-    """A seq already accepted with a different body, or one so far below the highest that
-    its hash is pruned (HTTP 409): the reply's `seq` is the highest accepted."""
-
-    def __init__(self, seq: int, highest: int, pruned: bool = False) -> None:
-        super().__init__(
-            f"seq {seq} is more than {SEQ_KEEP} below the highest accepted ({highest}): "
-            "continue above it" if pruned else
-            f"seq {seq} was already accepted with a different body")
-        self.seq, self.highest = seq, highest
 
 
 @dataclass(slots=True)
@@ -110,15 +72,6 @@ ACK_MAX = len(_compact({"ack": [P.MAX_INT] * P.MAX_EVENTS, "seq": P.MAX_INT, "co
 CONFIG_MAX = P.MAX_REPLY - ACK_MAX - 64
 
 
-class BadSettings(ValueError):
-    """Desired settings no device would take, or one could not receive (HTTP 400)."""
-
-
-class NotForThisDevice(BadSettings):
-    """Desired settings valid for some device but not this one: a per-kind setting naming
-    a brew kind it does not have (HTTP 409)."""
-
-
 def check_desired(settings: Any) -> dict[str, Any]:
     """`settings` if a device can take them: the protocol's schema, and a reply that fits
     the device's limit whatever else it carries. Else BadSettings with the reason. (Which
@@ -160,18 +113,3 @@ def _order(row: tuple[Any, ...], now: float) -> dict[str, Any]:
             "shipped_at": _iso(ship) if st == "placed" and ship <= now else None,
             "delivered_at": _iso(deliver) if st == "placed" and deliver <= now else None,
             "declined_at": _iso(declined)}
-
-
-
-class Part:
-    """What every part of the Ledger (devices.py, merge.py, queries.py, owners.py) has: set
-    by Ledger.__init__ (ledger.py); the parts are mixed in beside each other."""
-
-    path: str
-    synchronous: str
-    now: Callable[[], float]
-    busy_timeout_s: float
-    merchant: Merchant
-    _lock: threading.RLock
-    _keys: dict[str, Keys]
-    db: sqlite3.Connection

@@ -4,33 +4,26 @@ owner (a token made by the operator; only the machines assigned to them: their o
 rules, invoices). An owner asking for another owner's machine hears 404, as for a machine
 that does not exist; an owner on an operator's endpoint hears 403. The JSON endpoints for
 owners (a token issued or revoked: the operator's alone), assignments, rules and the audit
-log are here too."""
+log are here too. `require_role` is the one check of a role, for the JSON API (the bearer
+token) and the web console (the session's) alike."""
 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from brewmeter.cloud.ledger import Ledger, UnknownDevice
-from brewmeter.cloud.owners import OPERATOR, UnknownOwner, check_owner_name, token_hash
+from brewmeter.cloud.errors import Refused, UnknownDevice
+from brewmeter.cloud.ledger import Ledger
+from brewmeter.cloud.owners import OPERATOR, check_owner_name, token_hash
 from brewmeter.cloud.report import loads
 
 LEDGER = web.AppKey("ledger", Ledger)  # set by server.make_app
 ADMIN_TOKEN = web.AppKey("admin_token", str)  # the operator's token
 Call = Callable[..., Awaitable[Any]]
 CALL = web.AppKey("ledger_call", Call)  # runs a function in the ledger's worker thread
-
-
-class Refused(web.HTTPException):
-    """An error reply with a JSON body (401, 403, 404)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
 
 
 def who_is(app: web.Application, token: str) -> str | None:
@@ -53,20 +46,27 @@ def may_see(app: web.Application, who: str, device_id: str) -> bool:
     return who == OPERATOR or app[LEDGER].owner_of(device_id) == who[len("owner:"):]
 
 
-def require(request: web.Request, device_id: str | None = None,
-            operator: bool = False) -> str:
-    """The caller (bearer token) if they may do this, else a refusal: 401 no or an unknown
-    token, 403 an owner on an operator's endpoint, 404 an owner on another's machine."""
-    got = request.headers.get("Authorization", "")
-    who = who_is(request.app, got[7:]) if got.startswith("Bearer ") else None
+def require_role(app: web.Application, who: str | None, device_id: str | None = None,
+                 operator: bool = False) -> str:
+    """`who` if their role may do this, else Refused: 401 nobody (no token, or an unknown
+    one), 403 an owner on an operator's endpoint or page, 404 an owner on another's machine
+    (as for one that does not exist)."""
     if who is None:
         raise Refused(401, "this endpoint needs Authorization: Bearer <operator or owner "
                       "token>")
     if operator and who != OPERATOR:
         raise Refused(403, "the operator's endpoint: an owner's token may not use it")
-    if device_id is not None and not may_see(request.app, who, device_id):
-        raise Refused(404, "unknown device")
+    if device_id is not None and not may_see(app, who, device_id):
+        raise UnknownDevice(device_id)
     return who
+
+
+def require(request: web.Request, device_id: str | None = None,
+            operator: bool = False) -> str:
+    """The caller (bearer token) if they may do this, else Refused (see require_role)."""
+    got = request.headers.get("Authorization", "")
+    who = who_is(request.app, got[7:]) if got.startswith("Bearer ") else None
+    return require_role(request.app, who, device_id, operator)
 
 
 async def _body(request: web.Request) -> Any:
@@ -81,10 +81,7 @@ async def post_owner(request: web.Request) -> web.Response:
     who = require(request, operator=True)
     d = await _body(request)
     name = d.get("name") if isinstance(d, dict) else None
-    try:
-        check_owner_name(name)
-    except ValueError as e:
-        raise Refused(400, str(e)) from None
+    check_owner_name(name)
     assert isinstance(name, str)
     token = await request.app[CALL](request.app[LEDGER].add_owner, name, who)
     return web.json_response({"name": name, "token": token}, status=201)
@@ -95,13 +92,8 @@ async def delete_owner_token(request: web.Request) -> web.Response:
     sessions end; their machines stay assigned (POST /v1/admin/owners gives a new token)."""
     who = require(request, operator=True)
     name = request.match_info["name"]
-    try:
-        check_owner_name(name)
-        await request.app[CALL](request.app[LEDGER].revoke_owner, name, who)
-    except ValueError as e:
-        raise Refused(400, str(e)) from None
-    except UnknownOwner:
-        raise Refused(404, "unknown owner") from None
+    check_owner_name(name)
+    await request.app[CALL](request.app[LEDGER].revoke_owner, name, who)
     return web.json_response({"name": name, "revoked": True})
 
 
@@ -113,12 +105,7 @@ async def put_owner(request: web.Request) -> web.Response:
     if not isinstance(d, dict) or set(d) != {"owner"} or not (
             d["owner"] is None or isinstance(d["owner"], str)):
         raise Refused(400, 'expected {"owner": "<name>" or null}')
-    try:
-        await request.app[CALL](request.app[LEDGER].assign, dev, d["owner"], who)
-    except UnknownDevice:
-        raise Refused(404, "unknown device") from None
-    except UnknownOwner:
-        raise Refused(404, "unknown owner") from None
+    await request.app[CALL](request.app[LEDGER].assign, dev, d["owner"], who)
     return web.json_response({"id": dev, "owner": d["owner"]})
 
 
@@ -134,7 +121,7 @@ async def get_audit(request: web.Request) -> web.Response:
     require(request, dev)
     ledger = request.app[LEDGER]
     if ledger.device_key(dev) is None:
-        raise Refused(404, "unknown device")
+        raise UnknownDevice(dev)
     return web.json_response({"audit": await request.app[CALL](ledger.audit_log, dev)})
 
 
@@ -142,7 +129,7 @@ async def get_rules(request: web.Request) -> web.Response:
     dev = request.match_info["id"]
     require(request, dev)
     if request.app[LEDGER].device_key(dev) is None:
-        raise Refused(404, "unknown device")
+        raise UnknownDevice(dev)
     return web.json_response(await request.app[CALL](request.app[LEDGER].rules, dev))
 
 
@@ -157,9 +144,7 @@ async def put_rules(request: web.Request) -> web.Response:
     try:
         out = await request.app[CALL](request.app[LEDGER].set_rules, dev, d.get("rules"),
                                       d.get("paused"), who)
-    except UnknownDevice:
-        raise Refused(404, "unknown device") from None
-    except ValueError as e:
+    except ValueError as e:  # a rule, or the settings with it, the device would not take
         raise Refused(400, str(e)) from None
     return web.json_response(out)
 

@@ -35,11 +35,11 @@ from brewmeter.cloud.api import (  # noqa: F401 - re-exported
     _date_param,
     _drop,
     _error,
-    _Fail,
     _json_body,
     _owner,
     _query,
     _range,
+    answers,
     approve_order,
     busy_is_503,
     decline_order,
@@ -73,7 +73,7 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
     per-device quotas (default: quota.Quota())."""
     if not admin_token:
         raise ValueError("an admin token is required")
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[busy_is_503])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[busy_is_503, answers])
     app[LEDGER] = ledger
     app[WORKER] = worker = Worker(ledger)
     app[ADMIN_TOKEN] = admin_token

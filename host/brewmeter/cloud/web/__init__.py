@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import jinja2
 from aiohttp import web
 
-from brewmeter.cloud.ledger import StateConflict, UnknownDevice, UnknownOrder
-from brewmeter.cloud.owners import OPERATOR, RULES, UnknownOwner, token_hash
-from brewmeter.cloud.roles import CALL, LEDGER, holds, may_see, who_is
+from brewmeter.cloud.errors import Refused, UnknownDevice
+from brewmeter.cloud.owners import OPERATOR, RULES, token_hash
+from brewmeter.cloud.roles import CALL, LEDGER, holds, require_role, who_is
 from brewmeter.cloud.web import views
 
 COOKIE = "brewmeter_session"
@@ -134,8 +134,9 @@ async def _form(request: web.Request) -> tuple[Session, Any]:
 
 def _machine_id(request: web.Request, s: Session) -> str:
     dev = request.match_info["id"]
-    if not may_see(request.app, s.who, dev) or request.app[LEDGER].device_key(dev) is None:
-        raise web.HTTPNotFound(text="unknown machine")
+    require_role(request.app, s.who, dev)
+    if request.app[LEDGER].device_key(dev) is None:
+        raise UnknownDevice(dev)
     return dev
 
 
@@ -191,14 +192,13 @@ async def machine_page(request: web.Request) -> web.Response:
                  notice=NOTICES.get(request.query.get("done", "")), m=data)
 
 
-def _operator(s: Session) -> Session:
-    if s.who != OPERATOR:
-        raise web.HTTPForbidden(text="the operator's page: an owner's token may not use it")
+def _operator(request: web.Request, s: Session) -> Session:
+    require_role(request.app, s.who, operator=True)
     return s
 
 
 async def owners_page(request: web.Request) -> web.Response:
-    _operator(_signed_in(request))
+    _operator(request, _signed_in(request))
     ledger = request.app[LEDGER]
     owners = await request.app[CALL](ledger.owners)
     log = await request.app[CALL](ledger.audit_log, None)
@@ -240,12 +240,7 @@ async def decide(request: web.Request) -> web.Response:
     dev = _machine_id(request, s)
     order, yes = request.match_info["order"], request.match_info["decision"] == "approve"
     ledger = request.app[LEDGER]
-    try:
-        await request.app[CALL](ledger.approve, dev, order, yes)
-    except UnknownOrder:
-        raise web.HTTPNotFound(text="unknown order") from None
-    except StateConflict as e:
-        raise web.HTTPConflict(text=str(e)) from None
+    await request.app[CALL](ledger.approve, dev, order, yes)
     await request.app[CALL](ledger.audit, s.who, dev, "approve" if yes else "decline", order)
     raise _back(dev, "approved" if yes else "declined")
 
@@ -274,8 +269,6 @@ async def set_rules(request: web.Request) -> web.Response:
                                      "nothing changed") from None
     try:
         await request.app[CALL](request.app[LEDGER].set_rules, dev, rules, None, s.who)
-    except UnknownDevice:
-        raise web.HTTPNotFound(text="unknown machine") from None
     except ValueError as e:
         raise web.HTTPBadRequest(text=f"{e}: nothing changed") from None
     raise _back(dev, "rules")
@@ -283,12 +276,9 @@ async def set_rules(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     s, _ = await _form(request)
-    _operator(s)
+    _operator(request, s)
     name = request.match_info["name"]
-    try:
-        await request.app[CALL](request.app[LEDGER].revoke_owner, name, s.who)
-    except UnknownOwner:
-        raise web.HTTPNotFound(text="unknown owner") from None
+    await request.app[CALL](request.app[LEDGER].revoke_owner, name, s.who)
     raise web.HTTPSeeOther(f"/console/owners?done=revoked&name={name}")
 
 
@@ -297,6 +287,10 @@ async def error_pages(request: web.Request, handler: Callable[..., Any]) -> web.
     """A refusal or an error on a console page is a page too (the status kept)."""
     try:
         return await handler(request)
+    except Refused as e:  # what a service or a role check refused
+        if not request.path.startswith("/console/"):
+            raise
+        return _page(request, "error.html", status=e.status, message=e.answer, code=e.status)
     except web.HTTPException as e:
         if e.status < 400 or not request.path.startswith("/console/"):
             raise

