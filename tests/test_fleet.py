@@ -4,6 +4,7 @@ hours; then the ledger checked against the machines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -118,3 +119,61 @@ def test_the_cloud_process_ends_with_the_fleet(tmp_path):
     proc.stdin.close()  # as when the fleet's process dies, however
     assert proc.wait(10) == 0
     cloud.stop()
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_run_whatever_the_clouds_speed(small, tmp_path):
+    again = fleet.run(fleet.Plan(devices=20, days=5, outage=(2, 6), seed=3,
+                                 db=tmp_path / "ledger.db"))
+    assert again.per_hour == small.per_hour
+    assert (again.reports, again.failures) == (small.reports, small.failures)
+    assert again.machines == small.machines
+
+
+async def test_the_pool_keeps_the_firmwares_bounds_and_the_replies_order():
+    """Replies read from a kept-alive connection, each reaching its sender when its batch
+    is released; a reply over the bound, one without a length, and a refused
+    connection are the firmware's HttpError."""
+    from collections import Counter
+
+    from app import http
+    from brewmeter.clock import VirtualClock
+    from brewmeter.runs import fleetnet
+    from brewmeter.runs.fleetcheck import Outcome
+
+    replies = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: D1\r\n\r\nok",
+               b"HTTP/1.1 503 No\r\nContent-Length: 0\r\nRetry-After: 7\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\n\r\nno length"]
+    got: Counter[bytes] = Counter()
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        for reply in replies:
+            head = await r.readuntil(b"\r\n\r\n")
+            n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            got[await r.readexactly(n)] += 1
+            w.write(reply)
+        await w.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = fleetnet.Pool(Outcome(1, 1), VirtualClock())
+    try:
+        fleetnet.BATCH.set(1)
+        a = asyncio.create_task(pool.post(url, "/r", {"X-Seq": 1}, b"one"))
+        await asyncio.sleep(0.2)
+        assert not a.done()  # read, held until its batch is released
+        pool.release(1)
+        assert await a == (200, 0, b"ok") and http.date == b"D1"
+        assert await pool.post(url, "/r", {}, "two") == (503, 7, b"")
+        assert len(pool.conns) == 1  # both on one connection, kept alive
+        with pytest.raises(http.HttpError, match="over 4096 bytes"):
+            await pool.post(url, "/r", {}, b"three")
+        assert not pool.conns  # dropped: what followed on it is not read
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+    assert got == {b"one": 1, b"two": 1, b"three": 1}
+    with pytest.raises(http.HttpError):
+        await pool.post(url, "/r", {}, b"four")  # refused

@@ -32,7 +32,7 @@ from brewmeter.clock import VirtualClock
 from brewmeter.harness import load_profile
 from brewmeter.onboard import replay
 from brewmeter.runs.fleetcheck import PRICE_CENTS, Outcome, check
-from brewmeter.runs.fleetnet import Cloud, Pool
+from brewmeter.runs.fleetnet import BATCH, Cloud, Pool
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import DAY_MS, START_WALL, _day
 from brewmeter.scenario import Script
@@ -47,7 +47,8 @@ HOUR_MS = 3_600_000
 STEP_MS = 300_000  # the virtual clock's step: reports due within it go out together
 PRICE_PER_BREW = PRICE_CENTS / 100
 HEAL_ROUNDS = 40  # at the end: syncs a minute apart until every machine is caught up
-SEND_YIELDS = 4  # loop turns for a step's requests to be written (aiohttp awaits before)
+SEND_TURNS = 100  # loop turns a batch's syncs may take to send their requests
+HEAL_BATCH = 1 << 62  # the end's syncs: their replies reach the machines as they come
 
 
 @dataclass
@@ -164,6 +165,16 @@ class Machine:
         return clock_ms + ticks_diff(self.syncer.schedule.due, replay.ticks(clock_ms))
 
 
+@dataclass
+class Flight:
+    """A batch of reports sent at once: their syncs, the machines, the clock then."""
+
+    task: asyncio.Task[None]
+    batch: int
+    who: set[int]
+    at: int
+
+
 class Fleet:
     def __init__(self, plan: Plan, db: Path) -> None:
         self.plan = plan
@@ -172,10 +183,12 @@ class Fleet:
         self.out = Outcome(plan.devices, plan.days, outage=plan.outage,
                            restore_at=plan.restore_at)
         self.cloud = Cloud(db, self.clock)
+        self.pool = Pool(self.out, self.clock)
         self.link = Link()
         self.machines: list[Machine] = []
         self.failing: set[int] = set()  # machines whose last report failed
         self.up_at: int | None = None  # when the cloud came back
+        self.batch = 0  # the last batch of reports sent
 
     def wall(self) -> int:
         return START_WALL + self.clock.ms // 1000
@@ -191,11 +204,13 @@ class Fleet:
         finally:
             ledger.close()
 
-    async def sync(self, due: list[int], dues: list[tuple[int, int]] | None = None) -> None:
-        """Report from each of the machines `due` at once; then their next reports into
-        `dues`."""
+    async def sync(self, due: list[int], dues: list[tuple[int, int]] | None = None,
+                   batch: int = 0) -> None:
+        """Report from each of the machines `due` at once (their replies held by the pool
+        until `batch` is released); then their next reports into `dues`."""
         from app import wallclock
 
+        BATCH.set(batch)  # the machines' tasks take it with them
         at = self.clock.ms
         wallclock.set_unix(self.wall())
         self.cloud.tick()
@@ -231,12 +246,12 @@ class Fleet:
         events = [(m.next_event(), i) for i, m in enumerate(self.machines)]
         heapq.heapify(events)
         dues = [(0, i) for i in range(plan.devices)]  # (due, machine): checked when popped
-        inflight: asyncio.Task[None] | None = None
+        inflight: list[Flight] = []  # the last step's reports, their replies not applied
         day = -1
         t0, cpu0, cloud0 = time.perf_counter(), time.process_time(), _children_cpu()
         while clock.ms < end:
             step_end = clock.ms + STEP_MS
-            if inflight is None:  # nothing to do before the next event or report: skip there
+            if not inflight:  # nothing to do before the next event or report: skip there
                 nxt = min(events[0][0], dues[0][0] if dues else end)
                 for edge in (down, up, backup, restore):
                     if edge is not None and clock.ms < edge:
@@ -250,10 +265,11 @@ class Fleet:
                 m.play(step_end)
                 heapq.heappush(events, (m.next_event(), i))
                 touched.append(i)
-            if inflight is not None:
-                await inflight
-                inflight = None
             clock.advance(step_end - clock.ms)
+            if any(e is not None and clock.ms >= e for e in (down, up, backup, restore)):
+                for f in inflight:  # nothing in flight across a stop or a backup
+                    await self.settle(f)
+                inflight = []
             if down is not None and clock.ms >= down:
                 self.cloud.stop()
                 down = None
@@ -268,31 +284,61 @@ class Fleet:
                 restore = None
             for i in touched:  # usage may have brought its report forward
                 heapq.heappush(dues, (self.machines[i].due_ms(clock.ms), i))
-            due = set()
-            while dues and dues[0][0] <= clock.ms:
-                _, i = heapq.heappop(dues)
-                if i in due:
-                    continue
-                d = self.machines[i].due_ms(clock.ms)
-                if d <= clock.ms:
-                    due.add(i)
-                else:
-                    heapq.heappush(dues, (d, i))
-            if due:
-                inflight = asyncio.create_task(self.sync(sorted(due), dues))
-                for _ in range(SEND_YIELDS):  # let the requests go out before the next play
-                    await asyncio.sleep(0)
+            # The reports due go out; then the last step's replies are applied (the cloud
+            # answered them while this step played), and those machines due again go out.
+            sent = await self.send(dues, set().union(*(f.who for f in inflight)))
+            for f in inflight:
+                await self.settle(f)
+            inflight = sent + await self.send(dues, set().union(*(f.who for f in sent)))
             if progress and clock.ms // DAY_MS != day:
                 day = clock.ms // DAY_MS
                 progress(f"day {day}/{plan.days}: {self.out.reports} reports, "
                          f"{self.out.failures} failed, {time.perf_counter() - t0:.0f} s"
                          + (" (cloud down)" if self.cloud.proc is None else ""))
-        if inflight is not None:
-            await inflight
+        for f in inflight:
+            await self.settle(f)
         self.out.seconds = time.perf_counter() - t0
         self.out.fleet_cpu_s = time.process_time() - cpu0
         self.cloud.stop()  # (its time is counted once it has ended; it starts again to heal)
         self.out.cloud_cpu_s = _children_cpu() - cloud0
+
+    async def send(self, dues: list[tuple[int, int]], busy: set[int]) -> list[Flight]:
+        """The reports due now, but from none of the machines `busy`, sent at once (their
+        next due into `dues` once their replies are applied): [its Flight], or []."""
+        clock = self.clock
+        due = set()
+        while dues and dues[0][0] <= clock.ms:
+            _, i = heapq.heappop(dues)
+            if i in due or i in busy:  # (a busy one's next is pushed once it is back)
+                continue
+            d = self.machines[i].due_ms(clock.ms)
+            if d <= clock.ms:
+                due.add(i)
+            else:
+                heapq.heappush(dues, (d, i))
+        if not due:
+            return []
+        self.batch += 1
+        task = asyncio.create_task(self.sync(sorted(due), dues, self.batch))
+        # Each machine's sync runs to its request in its first turn: once all are out, no
+        # part of them reads the clock until their replies are applied.
+        for _ in range(SEND_TURNS):
+            if self.pool.posted[self.batch] == len(due) or task.done():
+                break
+            await asyncio.sleep(0)
+        else:
+            raise RuntimeError("a machine's sync did not reach its request")
+        return [Flight(task, self.batch, due, clock.ms)]
+
+    async def settle(self, f: Flight) -> None:
+        """A batch's replies reach its machines, whenever the cloud sent them, at the time
+        the batch went out (the cloud answers within a step): the same in every run."""
+        self.pool.release(f.batch)
+        now, self.clock.ms = self.clock.ms, f.at
+        try:
+            await f.task
+        finally:
+            self.clock.ms = now
 
     def backup(self) -> None:
         """The ledger backed up while the cloud serves (SQLite's online backup)."""
@@ -322,7 +368,8 @@ class Fleet:
                 return
             for i in behind:
                 self.machines[i].syncer.schedule.due = self.clock.ticks_ms()
-            await self.sync(behind)
+            self.pool.release(HEAL_BATCH)
+            await self.sync(behind, batch=HEAL_BATCH)
             self.clock.advance(STEP_MS)
 
 
@@ -352,8 +399,7 @@ async def _run(plan: Plan, db: Path, progress: Callable[[str], None] | None) -> 
     old_clock = standins.clock
     standins.set_clock(fleet.clock)
     fleet.cloud.start()
-    pool = Pool(fleet.out, fleet.clock)
-    http.post = pool.post
+    http.post = fleet.pool.post
     try:
         await fleet.run(progress)
         if fleet.cloud.proc is None:
@@ -361,7 +407,7 @@ async def _run(plan: Plan, db: Path, progress: Callable[[str], None] | None) -> 
         await fleet.heal()
     finally:
         http.post = old_post
-        await pool.session.close()
+        fleet.pool.close()
         fleet.cloud.stop()
         standins.set_clock(old_clock)
         wallclock.synced = False

@@ -6,6 +6,7 @@ one-connection-per-report client (app.http.post)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import struct
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,37 +95,193 @@ class Cloud:
             self.proc = None
 
 
+BATCH: contextvars.ContextVar[int] = contextvars.ContextVar("BATCH", default=0)
+MAX_HEAD = 8192  # a reply's status line and headers, at most
+
+
+class _Req:
+    __slots__ = ("batch", "fut", "sent", "result")
+
+    def __init__(self, fut: asyncio.Future[tuple[int, int, bytes, bytes]], batch: int) -> None:
+        self.fut, self.batch, self.sent = fut, batch, time.perf_counter()
+        self.result: tuple[int, int, bytes, bytes] | BaseException | None = None
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to the cloud: requests written as they come, replies read
+    in their order (HTTP/1.1), each within the bounds the request was sent with."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.waiting: deque[tuple[_Req, int]] = deque()  # (request, its reply bound)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while self.waiting:
+            end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+            if end < 0:
+                if len(self.buf) >= MAX_HEAD:
+                    self._fail(f"reply headers over {MAX_HEAD} bytes")
+                return
+            try:
+                status, length, retry, date, close = _head(self.buf[:end])
+            except ValueError as e:
+                self._fail(str(e))
+                return
+            req, bound = self.waiting[0]
+            if length > bound:
+                self._fail(f"reply over {bound} bytes")
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+            self.waiting.popleft()
+            self.pool.arrived(req, (status, retry, date, body))
+            if close:
+                self._fail("connection closed")
+                return
+
+    def _fail(self, why: str) -> None:
+        """Every request waiting here fails; the connection is dropped."""
+        if self in self.pool.conns:
+            self.pool.conns.remove(self)
+        from app import http
+
+        while self.waiting:
+            self.pool.arrived(self.waiting.popleft()[0], http.HttpError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("connection closed mid-reply")
+
+
+def _head(head: bytes) -> tuple[int, int, int, bytes, bool]:
+    """(status, Content-Length, Retry-After, Date, close) of a reply's head."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ValueError("not an HTTP reply")
+    length, retry, date, close = -1, 0, b"", False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"retry-after" and value.isdigit():
+            retry = int(value)
+        elif name == b"date":
+            date = value
+        elif name == b"connection":
+            close = value.lower() == b"close"
+    if length < 0:
+        raise ValueError("reply without a Content-Length")
+    return int(parts[1]), length, retry, date, close
+
+
 class Pool:
-    """The fleet's HTTP: one aiohttp session (keep-alive, CONCURRENCY connections) standing
-    in for app.http.post, counting each request by the virtual hour and timing each 200."""
+    """The fleet's HTTP in place of app.http.post: up to CONCURRENCY keep-alive connections
+    (a request goes on an idle one, else a new one, else after another's on the least busy),
+    each request counted by the virtual hour and each 200 timed from its sending to its
+    reply read. A reply reaches its sender only once its batch (BATCH, the fleet's step) is
+    released: the fleet applies a step's replies at one point of its clock whatever the
+    cloud's speed, so the same seed gives the same run."""
 
     def __init__(self, out: Outcome, clock: VirtualClock) -> None:
-        import aiohttp
-
         self.out, self.clock = out, clock
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
+        self.conns: list[_Conn] = []
+        self.connecting = 0
+        self.released = 0  # replies of batches up to this reach their senders when read
+        self.held: list[_Req] = []  # read, batch not released yet
+        self.posted: Counter[int] = Counter()  # requests made, by batch
 
-    async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes,
+    def arrived(self, req: _Req, result: tuple[int, int, bytes, bytes] | BaseException
+                ) -> None:
+        if req.result is not None:
+            return
+        req.result = result
+        if not isinstance(result, BaseException) and result[0] == 200:
+            self.out.latencies.append(time.perf_counter() - req.sent)
+        if req.batch <= self.released:
+            _settle(req)
+        else:
+            self.held.append(req)
+
+    def release(self, batch: int) -> None:
+        """Replies of batches up to `batch` reach their senders (now, or when read)."""
+        self.released = max(self.released, batch)
+        held, self.held = self.held, []
+        for req in held:
+            if req.batch <= self.released:
+                _settle(req)
+            else:
+                self.held.append(req)
+
+    async def _conn(self, host: str, port: int) -> _Conn:
+        for c in self.conns:
+            if not c.waiting:
+                return c
+        if len(self.conns) + self.connecting < CONCURRENCY or not self.conns:
+            self.connecting += 1
+            try:
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _Conn(self), host, port)
+            finally:
+                self.connecting -= 1
+            self.conns.append(conn)
+            return conn
+        return min(self.conns, key=lambda c: len(c.waiting))
+
+    async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes | str,
                    timeout_ms: int = 10000, ssl: Any = None, max_body: int = 4096
                    ) -> tuple[int, int, bytes]:
-        import aiohttp
         from app import http
 
         self.out.requests += 1
         self.out.per_hour[self.clock.ms // HOUR_MS] += 1
-        t0 = time.perf_counter()
+        self.posted[BATCH.get()] += 1
+        _, host, port, base = http.parse_url(url)
+        loop = asyncio.get_running_loop()
+        req = _Req(loop.create_future(), BATCH.get())
+        timer = None
         try:
-            async with self.session.post(  # within the firmware's bounds: time, reply size
-                    url + path, data=body, timeout=aiohttp.ClientTimeout(timeout_ms / 1000),
-                    headers={"Content-Type": "application/json",
-                             **{k: str(v) for k, v in headers.items()}}) as r:
-                data = await r.read()
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise http.HttpError(str(e) or e.__class__.__name__) from None
-        if len(data) > max_body:
-            raise http.HttpError(f"reply over {max_body} bytes")
-        if r.status == 200:
-            self.out.latencies.append(time.perf_counter() - t0)
-        http.date = r.headers.get("Date", "").encode()
-        retry = r.headers.get("Retry-After", "")
-        return r.status, int(retry) if retry.isdigit() else 0, data
+            conn = await self._conn(host, port)
+        except OSError as e:  # (refused: it too reaches the sender when its batch does)
+            self.arrived(req, http.HttpError(str(e) or e.__class__.__name__))
+        else:
+            data = body.encode() if isinstance(body, str) else body
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            assert conn.transport is not None
+            conn.transport.write(
+                f"POST {base}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                f"{head}\r\n".encode() + data)
+            conn.waiting.append((req, max_body))
+            timer = loop.call_later(timeout_ms / 1000, conn._fail, "timed out")
+        try:
+            status, retry, date, reply = await req.fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+        http.date = date
+        return status, retry, reply
+
+    def close(self) -> None:
+        for c in list(self.conns):
+            c._fail("closed")
+
+
+def _settle(req: _Req) -> None:
+    if req.fut.done():
+        return
+    if isinstance(req.result, BaseException):
+        req.fut.set_exception(req.result)
+    else:
+        assert req.result is not None
+        req.fut.set_result(req.result)
