@@ -14,9 +14,7 @@ the ledger is checked against the machines: counters, brews lost or doubled, inv
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
-import random
 import resource
 import sys
 import tempfile
@@ -32,19 +30,16 @@ from brewmeter.clock import VirtualClock
 from brewmeter.harness import load_profile
 from brewmeter.onboard import replay
 from brewmeter.runs.fleetcheck import PRICE_CENTS, Outcome, check
+from brewmeter.runs.fleetmachine import STEP_MS, Machine, device_id, key
 from brewmeter.runs.fleetnet import BATCH, Cloud, Pool
 from brewmeter.runs.household import Link
-from brewmeter.runs.usage import DAY_MS, START_WALL, _day
-from brewmeter.scenario import Script
-from brewmeter.standins.hostfs import MemFS
+from brewmeter.runs.usage import DAY_MS, START_WALL
 
 if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
     from app.device import Device
-    from app.synctask import Syncer
 
 
 HOUR_MS = 3_600_000
-STEP_MS = 300_000  # the virtual clock's step: reports due within it go out together
 PRICE_PER_BREW = PRICE_CENTS / 100
 HEAL_ROUNDS = 40  # at the end: syncs a minute apart until every machine is caught up
 SEND_TURNS = 100  # loop turns a batch's syncs may take to send their requests
@@ -86,85 +81,6 @@ def check_plan(plan: Plan) -> None:
             raise ValueError(f"--restore-at {r}: the cloud is down then (--outage)")
 
 
-def device_id(i: int) -> str:
-    return f"bm-fleet{i:06d}"
-
-
-def _key(seed: int, i: int) -> str:
-    return hashlib.sha256(f"fleet {seed} {i}".encode()).hexdigest()
-
-
-# -- the machines ----------------------------------------------------------------------------
-
-class Machine:
-    """One machine: its Device and Syncer, its household's days (from its own seed, shifted
-    by its time zone) and where it is in them."""
-
-    def __init__(self, i: int, plan: Plan, profile: Any, url: str, link: Link,
-                 wall: Callable[[], int]) -> None:
-        from app.device import Device
-        from app.synctask import wire
-
-        self.id = device_id(i)
-        self.profile = profile
-        self.rng = random.Random(plan.seed * 1_000_003 + i)
-        self.offset = self.rng.randrange(DAY_MS // STEP_MS) * STEP_MS  # its midnight, UTC
-        self.day = -1  # its local days, from the one the run starts in
-        self.events: list[tuple[int, int, int, int]] = []
-        self.k = 0
-        self.device: Device = Device(profile, MemFS())
-        self.device.boot(1, replay.ticks(0))
-        self.syncer: Syncer = wire(self.device, {"device_id": self.id, "key": _key(plan.seed, i),
-                                                 "cloud_url": url, "ntp": ""}, link, wall=wall)
-        self._more_days()
-
-    def _more_days(self) -> None:
-        self.day += 1
-        script = Script(self.profile, start_ms=self.offset + (self.day - 1) * DAY_MS)
-        _day(script, self.rng, (self.day - 1) % 7)
-        # The flow meter's pulses in one event per run (or per stretch of water with no
-        # pump) rather than one every PULSE_CHUNK_MS: the same water, a quarter the events.
-        self.events = []
-        for e in sorted(script.events):
-            if e[0] < 0:
-                continue
-            last = self.events[-1] if self.events else None
-            if last and last[1] == e[1] == replay.PULSES:
-                self.events[-1] = (last[0], last[1], last[2] + e[2], last[3])
-            else:
-                self.events.append(e)
-        self.k = 0
-
-    def next_event(self) -> int:
-        return self.events[self.k][0] if self.k < len(self.events) else \
-            self.offset + self.day * DAY_MS
-
-    def play(self, until: int) -> None:
-        """Its usage up to script time `until` (not included)."""
-        dev = self.device
-        while True:
-            if self.k >= len(self.events):
-                if self.offset + self.day * DAY_MS >= until:
-                    return
-                self._more_days()
-                continue
-            t, op, a, b = self.events[self.k]
-            if t >= until:
-                return
-            self.k += 1
-            tw = replay.ticks(t)
-            if op == replay.POWERED:  # replay.tick counts powered time from the ticks
-                a = 0
-            replay.step(dev.meter, t, op, a, b, lambda code, i, tw=tw: dev.event(code, i, tw))
-            replay.tick(dev, tw)
-
-    def due_ms(self, clock_ms: int) -> int:
-        """Script time its next report is due."""
-        from brewmeter.clock import ticks_diff
-
-        return clock_ms + ticks_diff(self.syncer.schedule.due, replay.ticks(clock_ms))
-
-
 @dataclass
 class Flight:
     """A batch of reports sent at once: their syncs, the machines, the clock then."""
@@ -199,7 +115,7 @@ class Fleet:
         ledger = Ledger(self.cloud.db, synchronous="NORMAL", now=lambda: START_WALL)
         try:
             for i in range(self.plan.devices):
-                ledger.add_device(device_id(i), _key(self.plan.seed, i))
+                ledger.add_device(device_id(i), key(self.plan.seed, i))
                 ledger.set_plan(device_id(i), {"price_per_brew": PRICE_PER_BREW})
         finally:
             ledger.close()
@@ -241,7 +157,7 @@ class Fleet:
             restore = plan.restore_at * DAY_MS
             backup = restore - DAY_MS
         for i in range(plan.devices):
-            self.machines.append(Machine(i, plan, self.profile, self.cloud.url, self.link,
+            self.machines.append(Machine(i, plan.seed, self.profile, self.cloud.url, self.link,
                                          self.wall))
         events = [(m.next_event(), i) for i, m in enumerate(self.machines)]
         heapq.heapify(events)
