@@ -62,8 +62,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def cloud(clock: Clock, tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.db", now=clock)
+async def cloud(clock: Clock, ledger_at):
+    ledger = Ledger(ledger_at, now=clock)
     ledger.add_device(DEV, KEY)
     async with CloudServer(ledger, faults=Faults(seed=1)) as c:
         yield c

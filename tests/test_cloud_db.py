@@ -84,3 +84,78 @@ def test_migrations_make_the_same_tables_on_both_engines(ledger_at, tmp_path):
             assert ledger.db.columns(c, t) == reference.db.columns(r, t), t
     ledger.close()
     reference.close()
+
+
+# -- exactly once, from the database: several writers race the same reports ----------------------
+
+RACE_T = 1_773_000_000.0
+RACE_DAY = int(RACE_T // 86400)
+
+
+def _race_report(seq: int) -> bytes:
+    """A device's seq-th report: cumulative counters, today's bucket, an event, and from the
+    3rd on an order for coffee's cycle 3 under a new event id (as after a reboot)."""
+    events: list[dict] = [{"id": seq, "kind": "service", "at": seq}]
+    if seq >= 3:
+        events.append({"id": 100 + seq, "kind": "order_requested", "order": "coffee-3",
+                       "item": "coffee", "cycle": 3, "ask": 0, "pct": 9, "days": 4,
+                       "wall": 1767600000})
+    return auth.encode_report({
+        "seq": seq, "boot": 1, "uptime_ms": 1000 * seq, "clock": int(RACE_T) - 100 + seq,
+        "counters": {"brews": {"espresso": 2 * seq}, "brews_total": 2 * seq},
+        "days": [{"day": RACE_DAY, "brews": {"espresso": 2 * seq}}], "events": events,
+        "supplies": {"coffee": {"cycle": 3, "pct": 10}}, "config": {"applied": 0}})
+
+
+@pytest.mark.slow
+def test_the_same_reports_raced_by_several_writers_merge_once(ledger_at):
+    """Four writers, each its own connection (as the cloud's worker processes are), apply
+    every report of five devices at once, each in its own order and batches: every report
+    is applied by exactly one of them (the others hear a duplicate), every event stored once,
+    the order placed once, the counters and the invoice those of the reports."""
+    import random
+    import threading
+
+    from brewmeter.cloud.report import parse_report as parse
+
+
+    devices, seqs = [f"bm-race{i}" for i in range(5)], range(1, 9)
+    first = Ledger(ledger_at, now=lambda: RACE_T, busy_timeout_s=30)
+    for dev in devices:
+        first.add_device(dev, "ab" * 32)
+        first.set_plan(dev, {"price_per_brew": 0.35})
+    writers = [first] + [Ledger(ledger_at, now=lambda: RACE_T, busy_timeout_s=30)
+                         for _ in range(3)]
+    work = [(dev, seq) for dev in devices for seq in seqs]
+    applied: list[tuple[str, int]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(writers))
+
+    def race(ledger: Ledger, seed: int) -> None:
+        mine = work[:]
+        random.Random(seed).shuffle(mine)
+        start.wait()
+        while mine:
+            batch, mine = mine[:seed + 1], mine[seed + 1:]
+            results = ledger.apply_batch([(d, parse(_race_report(s))) for d, s in batch])
+            for (dev, seq), r in zip(batch, results, strict=True):
+                if isinstance(r, BaseException):
+                    errors.append(r)
+                elif not r.duplicate:
+                    applied.append((dev, seq))
+
+    threads = [threading.Thread(target=race, args=(w, i)) for i, w in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(applied) == sorted(work)  # each report applied once, by one writer
+    for dev in devices:
+        d = first.device(dev)
+        assert d["counters"]["brews_total"] == 16 and d["reports"] == 8 and d["events"] == 14
+        assert [o["order"] for o in first.orders(dev) or []] == ["coffee-3"]
+        inv = first.invoice(dev, date(2026, 3, 1), date(2026, 3, 31))
+        assert inv["brews"] == 16 and inv["total_cents"] == 16 * 35
+    for w in writers:
+        w.close()

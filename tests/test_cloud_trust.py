@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import pytest
 from brewmeter.cloud import CloudServer, Ledger, auth
+from brewmeter.cloud.db import PostgresDatabase, SqliteDatabase
 from brewmeter.cloud.ledger import SEQ_KEEP, SeqConflict
 from brewmeter.cloud.quota import Quota, take
 from brewmeter.cloud.shared import protocol
@@ -26,8 +28,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def cloud(clock: Clock, tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.db", now=clock, busy_timeout_s=0.2)
+async def cloud(clock: Clock, ledger_at):
+    ledger = Ledger(ledger_at, now=clock, busy_timeout_s=0.2)
     ledger.add_device(DEV, KEY)
     async with CloudServer(ledger) as c:
         yield c
@@ -55,10 +57,35 @@ async def test_non_ascii_seq_header_is_401(cloud, http):
 
 # -- a locked or failing ledger ----------------------------------------------------------------
 
-async def test_locked_ledger_is_503_with_retry_after(cloud, http):
-    other = sqlite3.connect(cloud.ledger.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+@contextmanager
+def held(ledger: Ledger) -> Iterator[None]:
+    """Another process holds the ledger's write lock (SQLite), or the device's row
+    (PostgreSQL: what every write to the device locks first), until the end."""
+    db = ledger.db
+    if isinstance(db, PostgresDatabase):
+        import psycopg
+
+        other: Any = psycopg.connect(db.url, autocommit=True)
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM devices WHERE id=%s FOR UPDATE", (DEV,))
+    else:
+        other = sqlite3.connect(ledger.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
     try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def in_transaction(conn: Any) -> bool:
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    return conn.info.transaction_status != 0  # psycopg: not idle
+
+
+async def test_locked_ledger_is_503_with_retry_after(cloud, http):
+    with held(cloud.ledger):
         status_headers = []
         path, body, headers = auth.signed_report(DEV, KEY, rep(1, 3))
         async with http.post(path, data=body, headers=headers) as r:
@@ -68,9 +95,6 @@ async def test_locked_ledger_is_503_with_retry_after(cloud, http):
                             headers=cloud.admin_headers) as r:
             status_headers.append((r.status, r.headers.get("Retry-After")))
         assert status_headers == [(503, "2"), (503, "2")]
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert (await post(http, rep(1, 3)))[0] == 200  # the device's retry goes through
     assert cloud.ledger.device(DEV)["counters"]["brews_total"] == 3
 
@@ -78,7 +102,7 @@ async def test_locked_ledger_is_503_with_retry_after(cloud, http):
 class FailingCommit:
     """The ledger's connection, whose next COMMIT fails (a full disk, an I/O error)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self.db, self.fail = db, True
 
     def execute(self, sql: str, *args: Any) -> Any:
@@ -94,14 +118,17 @@ class FailingCommit:
 async def test_failed_commit_is_rolled_back(cloud, http):
     assert (await post(http, rep(1, 1)))[0] == 200
     before = cloud.ledger.dump()
-    real = cloud.ledger.db.conn
-    cloud.ledger.db.conn = FailingCommit(real)  # type: ignore[assignment]
+    # The connection: SQLite's own, or the psycopg one the PostgreSQL layer wraps.
+    holder = cloud.ledger.db if isinstance(cloud.ledger.db, SqliteDatabase) \
+        else cloud.ledger.db.conn
+    real = holder.conn
+    holder.conn = FailingCommit(real)  # type: ignore[assignment]
     try:
         status, err = await post(http, rep(2, 5, events=[{"id": 1, "kind": "service"}]))
         assert status == 500 and "nothing" in err["error"]
-        assert not real.in_transaction  # rolled back, not left open for the next report
+        assert not in_transaction(real)  # rolled back, not left open for the next report
     finally:
-        cloud.ledger.db.conn = real
+        holder.conn = real
     assert cloud.ledger.dump() == before
     assert (await post(http, rep(2, 5)))[0] == 200
 

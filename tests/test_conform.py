@@ -29,8 +29,8 @@ BROKEN_RATE = 0.05  # a broken backend fails with few faults too: fewer held rep
 
 
 @pytest.mark.slow
-async def test_the_reference_cloud_conforms():
-    async with CloudServer(":memory:") as cloud:
+async def test_the_reference_cloud_conforms(memory_at):
+    async with CloudServer(memory_at) as cloud:
         v = await _conform(cloud.url, cloud.admin_token)
     assert v["violations"] == [] and v["broken"] == [] and v["ok"]
     assert v["seed"] == 5 and sum(v["faults"].values()) > 10  # the proxy spoilt some

@@ -5,7 +5,6 @@ change made from a page is in the audit log. The browser tests are test_console_
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,8 +15,8 @@ KEY = "33" * 32
 
 
 @pytest.fixture
-async def cloud(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.db", now=lambda: 1_773_000_000.0)
+async def cloud(ledger_at):
+    ledger = Ledger(ledger_at, now=lambda: 1_773_000_000.0)
     for dev, owner in ((ALICE_DEV, "alice"), (BOB_DEV, "bob")):
         ledger.add_device(dev, KEY)
         ledger.add_owner(owner)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -65,8 +64,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ledger(clock: Clock):
-    led = Ledger(now=clock)
+def ledger(clock: Clock, memory_at):
+    led = Ledger(memory_at, now=clock)
     led.add_device(DEV, KEY)
     yield led
     led.close()
@@ -283,8 +282,8 @@ def test_a_failing_report_leaves_no_order_behind(ledger, monkeypatch):
 # -- over HTTP ---------------------------------------------------------------------------------
 
 @pytest.fixture
-async def cloud(clock: Clock, tmp_path: Path):
-    led = Ledger(tmp_path / "ledger.db", now=clock, merchant=Merchant(out_of_stock={"descaler"}))
+async def cloud(clock: Clock, ledger_at):
+    led = Ledger(ledger_at, now=clock, merchant=Merchant(out_of_stock={"descaler"}))
     led.add_device(DEV, KEY)
     async with CloudServer(led) as c:
         yield c

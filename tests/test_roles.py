@@ -5,7 +5,6 @@ rules reach the device through the desired config."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,8 +17,8 @@ T0 = 1_773_000_000.0
 
 
 @pytest.fixture
-async def cloud(tmp_path: Path):
-    ledger = Ledger(tmp_path / "ledger.db", now=lambda: T0)
+async def cloud(ledger_at):
+    ledger = Ledger(ledger_at, now=lambda: T0)
     for dev in (ALICE_DEV, BOB_DEV):
         ledger.add_device(dev, KEY)
     async with CloudServer(ledger) as c:

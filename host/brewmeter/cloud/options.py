@@ -20,12 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `brewmeter cloud`."""
     p.add_argument("action", nargs="?", choices=("backup", "restore"),
                    help="instead of serving: copy the --db ledger to PATH (SQLite's online "
-                   "backup: the cloud may be running), or replace it with the backup at PATH "
-                   "(the cloud stopped; the replaced ledger kept as DB.before-restore)")
+                   "backup, or pg_dump: the cloud may be running), or replace it with the "
+                   "backup at PATH (the cloud stopped; the replaced ledger kept as "
+                   "DB.before-restore, on PostgreSQL PATH.before-restore)")
     p.add_argument("path", nargs="?", metavar="PATH", help="the backup file")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    p.add_argument("--db", default=":memory:", help="SQLite ledger file (default: in memory)")
+    p.add_argument("--db", default=":memory:",
+                   help="the ledger: a SQLite file (default: in memory), or PostgreSQL: "
+                   "postgresql://USER@HOST[:PORT]/DATABASE (its password in ~/.pgpass or "
+                   "$PGPASSWORD, never in the URL)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
     p.add_argument("--tls-key", help="... and this private key (PEM)")
     p.add_argument("--admin-token-file", metavar="FILE",
@@ -42,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "device_id and key)")
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                    help="SQLite synchronous mode (FULL: an acknowledged report survives "
-                   "power loss)")
+                   "power loss; PostgreSQL: the server's synchronous_commit)")
     p.add_argument("--fault", action="append", type=_fault, metavar="KIND=P",
                    help="inject a fault into this fraction of reports (repeatable)")
     p.add_argument("--fault-seed", type=int, default=0,

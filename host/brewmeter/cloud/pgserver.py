@@ -91,7 +91,7 @@ class TempPostgres:
                 self._run(bindir / "pg_ctl", "-D", data, "-l", self.dir / "log", "-w",
                           "-t", "60", "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
                           "-c unix_socket_directories='' -c fsync=off "
-                          "-c max_connections=200", "start")
+                          "-c max_connections=300", "start")
                 break
             except RuntimeError:
                 if attempt == 2:

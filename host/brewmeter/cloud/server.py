@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -55,6 +56,7 @@ from brewmeter.cloud.api import (  # noqa: F401 - re-exported
     put_plan,
     report,
 )
+from brewmeter.cloud.db import is_url, shown
 from brewmeter.cloud.faults import FAULT_KINDS, Faults  # noqa: F401 - re-exported
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.merchant import Merchant
@@ -212,7 +214,7 @@ async def _serve(cloud: CloudServer, out: TextIO, token_note: str | None) -> Non
         await stop.wait()
 
 
-def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path = ":memory:",
+def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path | Ledger = ":memory:",
               ssl_context: ssl.SSLContext | None = None, *, admin_token: str | None = None,
               devices: Iterable[tuple[str, ...]] = (), faults: Faults | None = None,
               synchronous: str = "FULL", merchant: Merchant | None = None,
@@ -271,6 +273,10 @@ def admin_token(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 def run_args(args: argparse.Namespace) -> int:
     """Run from arguments made by brewmeter.cloud.options.add_arguments."""
+    if is_url(args.db) and urlsplit(args.db).password is not None:
+        print("brewmeter cloud: --db: a password in the URL shows in ps and the shell's "
+              "history: give it in ~/.pgpass or $PGPASSWORD", file=sys.stderr)
+        return 2
     if args.action:
         return _backup_or_restore(args)
     try:
@@ -287,9 +293,18 @@ def run_args(args: argparse.Namespace) -> int:
         return 2
     merchant = Merchant(args.ship_after_s, args.deliver_after_s,
                         frozenset(args.out_of_stock or ()))
-    return run_cloud(args.host, args.port, args.db, ctx, admin_token=token,
-                     devices=devices, faults=faults if faults.rates else None,
-                     synchronous=args.synchronous, merchant=merchant, token_note=note)
+    try:
+        ledger = Ledger(args.db, synchronous=args.synchronous, merchant=merchant)
+    except Exception as e:  # no server, no such database, a newer schema: a line, no trace
+        print(f"brewmeter cloud: the ledger {shown(args.db)}: {str(e).strip()}",
+              file=sys.stderr)
+        return 2
+    try:
+        return run_cloud(args.host, args.port, ledger, ctx, admin_token=token,
+                         devices=devices, faults=faults if faults.rates else None,
+                         token_note=note)
+    finally:
+        ledger.close()
 
 
 def _backup_or_restore(args: argparse.Namespace) -> int:
@@ -302,11 +317,11 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
             raise backup.BackupError(f"{args.action} needs a PATH")
         if args.action == "backup":
             n = backup.backup(args.db, args.path)
-            print(f"{args.db} -> {args.path}: {n} devices")
+            print(f"{shown(args.db)} -> {args.path}: {n} devices")
         else:
             n = backup.restore(args.path, args.db)
-            print(f"{args.path} -> {args.db}: {n} devices (the ledger it replaced: "
-                  f"{args.db}{backup.BEFORE_RESTORE})")
+            print(f"{args.path} -> {shown(args.db)}: {n} devices (the ledger it replaced: "
+                  f"{backup.replaced(args.path, args.db)})")
     except (backup.BackupError, OSError, sqlite3.Error) as e:
         print(f"brewmeter cloud {args.action}: {e}", file=sys.stderr)
         return 2
