@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from brewmeter import standins
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,4 +1,4 @@
-"""The bench's smallest-heap search (brewmeter.bench.board._smallest): the heap it reports ran
+"""The bench's smallest-heap search (brewmeter.bench.boot_heap._smallest): the heap it reports ran
 the workload three times in a row and the step below failed at least once, with the band
 from the smallest heap seen to run it once. The workload here is a scripted stand-in: the
 real one is the emulated board's worst moment (`brewmeter bench --only app_peak`)."""
@@ -6,7 +6,7 @@ real one is the emulated board's worst moment (`brewmeter bench --only app_peak`
 from __future__ import annotations
 
 import pytest
-from brewmeter.bench.board import _smallest
+from brewmeter.bench.boot_heap import _smallest
 
 K = 1024
 

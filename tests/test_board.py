@@ -13,16 +13,12 @@ from pathlib import Path
 
 import pytest
 import serial
-from brewmeter import mp
-from brewmeter.emulator.board import (
-    PWRON_RESET,
-    RAW_BANNER,
-    SOFT_REBOOT,
-    Board,
-    BoardControl,
-    BoardError,
-    heap_reserve,
-)
+from brewmeter import unixport
+from brewmeter.emulator.board import Board
+from brewmeter.emulator.common import RAW_BANNER, SOFT_REBOOT, BoardError
+from brewmeter.emulator.control import BoardControl
+from brewmeter.emulator.process import heap_reserve
+from brewmeter.onmicropython.esp32.machineconsts import PWRON_RESET
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 
@@ -61,7 +57,7 @@ def board(main_py_board):
 
 
 def mpremote(board: Board, *args: str, timeout: float = 20) -> str:
-    p = subprocess.run([mp.tool("mpremote"), "connect", board.serial_port, *args],
+    p = subprocess.run([unixport.tool("mpremote"), "connect", board.serial_port, *args],
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"mpremote {args}: {p.stdout}{p.stderr}"
     return p.stdout
@@ -260,13 +256,13 @@ def test_firmware_gets_its_heap_whatever_the_harness_takes(tmp_path, rom):
         b.wait_output(b"\n", start=end, timeout=5)
         pool = int(b.transcript(end).split()[0])
         st = b.command({"cmd": "status"})
-    alone = int(mp.run(["-X", f"heapsize={st['heap']}", "-c", POOL_PY]).split()[1])
+    alone = int(unixport.run(["-X", f"heapsize={st['heap']}", "-c", POOL_PY]).split()[1])
     assert st["heap"] == b.profile["heap_bytes"]  # the profile's budget for firmware
     # Within 1 KiB, not exactly: MicroPython's GC scans the C stack conservatively, so what a
     # collection keeps shifts by a few hundred bytes with the process's stack layout (its
     # environment and arguments: under pytest 600 bytes more than in a plain run).
     assert abs(pool - st["harness_heap"] - st["rom_heap"] - alone) <= 1024
-    probe = heap_reserve(mp.micropython(), st["rom_bytes"])
+    probe = heap_reserve(unixport.micropython(), st["rom_bytes"])
     assert st["heapsize"] == st["heap"] + probe["reserve"]
     # This boot's own figures, measured: within that noise of the probe's.
     assert abs(st["harness_heap"] - probe["harness_heap"]) <= 1024
@@ -276,8 +272,8 @@ def test_firmware_gets_its_heap_whatever_the_harness_takes(tmp_path, rom):
 
 def test_status_names_the_interpreter_brewmeter_micropython_gives(tmp_path, monkeypatch):
     link = tmp_path / "my-micropython"  # a developer's build: here the wheel's, renamed
-    link.symlink_to(mp.tool("micropython"))
-    monkeypatch.setenv(mp.ENV, str(link))
+    link.symlink_to(unixport.tool("micropython"))
+    monkeypatch.setenv(unixport.ENV, str(link))
     with Board(tmp_path / "flash.img") as b:
         st = b.command({"cmd": "status"})
         pid = st["pid"]
@@ -286,7 +282,7 @@ def test_status_names_the_interpreter_brewmeter_micropython_gives(tmp_path, monk
             assert str(link).encode() in f.read().split(b"\0")[:2]  # what the board runs
     who = st["interpreter"]
     assert who["path"] == str(link) and who["pointer_bits"] in (32, 64)
-    assert who["version"] == mp.interpreter()["version"]
+    assert who["version"] == unixport.interpreter()["version"]
     assert who["version"].startswith("1.") and "MicroPython" in who["version"]
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from brewmeter import bench, cli, mp
-from brewmeter.emulator.board import load_profile
+from brewmeter import bench, cli, unixport
+from brewmeter.emulator.common import read_profile
 
 
 def brewmeter(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,8 +58,8 @@ def test_bench_json_gives_the_figures(capsys):
     # The figure asked for, and which MicroPython the run is of, with the harness's share.
     assert sorted(figures) == ["harness_heap_bytes", "interpreter", "sim_days_per_s"]
     assert figures["sim_days_per_s"] > 0
-    assert figures["interpreter"] == mp.interpreter()
-    assert 0 < figures["harness_heap_bytes"] < load_profile("emulator")[0]["heap_bytes"]
+    assert figures["interpreter"] == unixport.interpreter()
+    assert 0 < figures["harness_heap_bytes"] < read_profile("emulator")[0]["heap_bytes"]
     assert cli.main(["bench", "--json", "--only", "core_heap_bytes"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert 0 < figures["core_heap_bytes"] < 65536

@@ -13,7 +13,7 @@ from app.console import MAX_LINE, Console, LineReader
 from app.device import Device
 from app.meter import BREW
 from brewmeter.flashfiles import pin_hash
-from brewmeter.standins import settle
+from brewmeter.standins import FIRMWARE, settle
 from brewmeter.standins.hostfs import DirFS
 
 
@@ -97,15 +97,15 @@ def test_random_garbage_changes_nothing(console):
 
 
 def test_line_discipline_survives_random_bytes_under_micropython():
-    from brewmeter import mp
+    from brewmeter import unixport
 
-    code = (f"import sys, os; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+    code = (f"import sys, os; sys.path.insert(0, {str(FIRMWARE)!r})\n"
             "from app.console import LineReader\n"
             "r = LineReader(); n = 0\n"
             "for i in range(3000):\n"
             "    n += len(r.feed(os.urandom(40)))\n"
             "print('LINES', n, len(r.buf) <= 120, r.feed(b'\\ncounters\\r\\n')[-1:])\n")
-    out = mp.run(["-c", code])
+    out = unixport.run(["-c", code])
     assert "LINES" in out and "True ['counters']" in out
 
 
@@ -255,10 +255,10 @@ def test_numbers_a_person_types_get_a_range_not_an_internal_error(console):
 
 def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profile, tmp_path):
     # The same lines on MicroPython's own ints and str (a huge slice index overflows there).
-    from brewmeter import mp
-    from brewmeter.harness import board_path
+    from brewmeter import unixport
+    from brewmeter.profiles import board_path
 
-    code = (f"import asyncio, sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+    code = (f"import asyncio, sys; sys.path.insert(0, {str(FIRMWARE)!r})\n"
             "from app.profile import parse\n"
             "from app.device import Device\n"
             "from app.journal import DeviceFS\n"
@@ -270,7 +270,7 @@ def test_the_console_under_micropython_refuses_a_bad_pin_and_a_huge_number(profi
             " b'refill coffee --pin 000000'):\n"
             "    print(repr(asyncio.run(con.feed(line + b'\\n'))))\n"
             "print('FAILS', d.pin_fails)\n")
-    out = mp.run(["-c", code]).splitlines()
+    out = unixport.run(["-c", code]).splitlines()
     assert "usage:" in out[0] and "no try spent" in out[0] and "usage:" in out[1], out
     assert "usage: events [N]" in out[2] and "internal" not in out[2], out
     assert "wrong PIN (4 tries left)" in out[3] and out[4] == "FAILS [1, 0]", out
@@ -284,7 +284,7 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
     while the device still ran (it could have answered), the reboot still counts the try."""
     from app import service
     from brewmeter.emulator import lfs, lfsfs
-    from brewmeter.onboard.norflash import NorFlash
+    from brewmeter.onmicropython.norflash import NorFlash
 
     flash = NorFlash(block_count=64)
     lfs.format(flash)
@@ -328,12 +328,12 @@ def test_a_brew_entirely_during_a_pin_check_is_counted_under_micropython():
     """The hash yields to the event loop every few iterations: a sensor task polling every
     10 ms, as app/sensors.py, sees a whole brew (1.3 s, a profile's shortest brew is 1 s)
     that starts and ends while one PIN is being checked (one made to last 2-3 s here)."""
-    from brewmeter import mp
-    from brewmeter.harness import board_path
+    from brewmeter import unixport
+    from brewmeter.profiles import board_path
 
     code = f"""
 import asyncio, json, sys
-sys.path.insert(0, {str(mp.FIRMWARE)!r})
+sys.path.insert(0, {str(FIRMWARE)!r})
 from time import ticks_ms, ticks_diff
 from app import service
 from app.meter import BREW, Meter
@@ -384,7 +384,7 @@ for _ in range(4):
     n = n * 3000 // max(1, s["took"])
 print("RESULT", json.dumps(s))
 """
-    out = mp.run(["-c", code], timeout=120)
+    out = unixport.run(["-c", code], timeout=120)
     s = json.loads(out.split("RESULT", 1)[1])
     assert s["ok"] is False and s["took"] >= 2000, s
     assert s["brews"] == 1 and 1600 <= s["brew_at"] < s["took"], s  # counted inside the check

@@ -27,8 +27,8 @@ from brewmeter import standins
 from brewmeter.clock import VirtualClock
 from brewmeter.cloud import Ledger, Merchant
 from brewmeter.cloud.server import CloudServer, cloud_thread
-from brewmeter.harness import load_profile
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
+from brewmeter.profiles import load_profile
 from brewmeter.runs import household
 from brewmeter.standins.hostfs import MemFS
 

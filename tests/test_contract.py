@@ -14,6 +14,7 @@ from app.supplies import pack_supplies, unpack_supplies
 from app.synctask import wire
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
+from brewmeter.standins import FIRMWARE
 from brewmeter.standins.hostfs import DirFS
 
 HOUR_MS = 3_600_000
@@ -187,12 +188,12 @@ print(json.dumps([got[0], got[1], [list(x) for x in got[2]], s.items["coffee"][2
 def test_the_decisions_match_under_micropython():
     """Unknown order statuses, the refusal's detail and the status classes: the same on the
     MicroPython unix port as under CPython."""
-    from brewmeter import mp
+    from brewmeter import unixport
 
     printed: list[str] = []
     exec(_DECIDE, {"print": printed.append})
     on_cpython = json.loads(printed[0])
-    out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n" + _DECIDE])
+    out = unixport.run(["-c", f"import sys; sys.path.insert(0, {str(FIRMWARE)!r})\n" + _DECIDE])
     assert json.loads(out) == on_cpython
     assert on_cpython[:5] == [True, ["tablets"], [["coffee-3", "cancelled"]], "cancelled",
                               "shipped"]

@@ -98,7 +98,7 @@ def test_stuck_pump_is_a_fault_not_a_brew_and_still_wears_the_pump(profile, mete
     events = []
     s = Script(profile).run("espresso", 3 * 3600)  # stuck on for three hours
     play_events = s.settle().events
-    from brewmeter.onboard import replay
+    from brewmeter.onmicropython import replay
 
     for ev in sorted(play_events):
         replay.step(meter, *ev, on_event=lambda r, i: events.append(r))

@@ -43,7 +43,7 @@ def test_undated_brews_belong_to_their_boot_until_sent():
 
 
 def test_device_keeps_days_across_reboot_and_offline_midnights(profile, tmp_path):
-    from brewmeter.onboard.replay import tick
+    from brewmeter.onmicropython.replay import tick
     from brewmeter.standins.hostfs import DirFS
 
     fs = DirFS(tmp_path)
@@ -123,7 +123,7 @@ async def test_offline_days_are_billed_to_their_days(profile, tmp_path):
 
     from app.synctask import wire
     from brewmeter.cloud import CloudServer
-    from brewmeter.onboard.replay import tick
+    from brewmeter.onmicropython.replay import tick
     from brewmeter.standins.hostfs import DirFS
 
     class Up:

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from brewmeter.emulator.board import BoardControl
+from brewmeter.emulator.control import BoardControl
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
 from brewmeter.runs.demo import read_counters
@@ -80,7 +80,8 @@ def test_control_address_answers_help(emulate):
 def test_an_image_in_use_is_refused(emulate, image):
     out = brewmeter("emulate", "--image", str(image), env={})
     assert out.returncode == 1 and "is in use by another emulated board" in out.stderr
-    from brewmeter.emulator.board import Board, BoardError
+    from brewmeter.emulator.board import Board
+    from brewmeter.emulator.common import BoardError
 
     with pytest.raises(BoardError, match="in use"):
         Board(image).start_sync()

@@ -9,10 +9,9 @@ import re
 
 import pytest
 from brewmeter import flashfiles
-from brewmeter.emulator.board import DEFAULT_ROM, load_profile
-from brewmeter.harness import BOARDS, ProfileError
-from brewmeter.harness import load_profile as load_checked
-from brewmeter.onboard.norflash import NorFlash
+from brewmeter.emulator.common import DEFAULT_ROM, read_profile
+from brewmeter.onmicropython.norflash import NorFlash
+from brewmeter.profiles import BOARDS, ProfileError, load_profile
 from brewmeter.standins import FIRMWARE
 
 BOARD = BOARDS / "BREWMETER_ESP32"
@@ -42,7 +41,7 @@ def test_partitions_fit_the_flash_without_overlap():
     # What the firmware looks for: vfs.rom_ioctl finds "romfs", flashbdev.py "vfs".
     assert names["romfs"]["type"] == "data" and names["factory"]["type"] == "app"
     # The same as the emulated board: its ROM partition and its 2 MiB littlefs image.
-    assert names["romfs"]["size"] == load_profile("emulator")[0]["rom_bytes"] == DEFAULT_ROM
+    assert names["romfs"]["size"] == read_profile("emulator")[0]["rom_bytes"] == DEFAULT_ROM
     assert names["vfs"]["size"] == NorFlash(in_ram=True).size
     # Room for the port's firmware: MicroPython's own 4 MiB ROMFS table gives it 0x1D0000.
     assert names["factory"]["size"] >= 0x1D0000
@@ -115,8 +114,8 @@ def test_the_board_directory_is_not_a_profile():
     assert "BREWMETER_ESP32" not in names and "emulator" in names
     known = r"cannot read.*\(boards: emulator, esp32-generic, esp32-s3-devkitc\)"
     with pytest.raises(ProfileError, match=known):
-        load_checked("BREWMETER_ESP32")
-    with pytest.raises(FileNotFoundError):
         load_profile("BREWMETER_ESP32")
+    with pytest.raises(FileNotFoundError):
+        read_profile("BREWMETER_ESP32")
     with pytest.raises(ProfileError):
-        load_checked(str(BOARD))
+        load_profile(str(BOARD))

@@ -15,8 +15,8 @@ from brewmeter import cli, fieldtech, ports
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
-from brewmeter.mp import tool
 from brewmeter.runs.demo import read_counters
+from brewmeter.unixport import tool
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from brewmeter import flasher
+from brewmeter import flasher, unixport
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
@@ -199,7 +199,7 @@ def test_erase_data_under_a_new_id_then_syncs_cleanly(board, tmp_path):
 
 
 def _app_file(board: Board) -> str:
-    out = subprocess.run([flasher.mp.tool("mpremote"), "connect", board.serial_port, "exec",
+    out = subprocess.run([unixport.tool("mpremote"), "connect", board.serial_port, "exec",
                           "import os, app.run; print(app.run.__file__, 'app' in os.listdir())"],
                          capture_output=True, text=True, timeout=60)
     return out.stdout.strip()
@@ -377,7 +377,7 @@ def test_board_reports_to_the_cloud_over_tls_with_the_provisioned_ca(board):
 def test_a_scripted_scenario_plays_on_the_board_as_in_the_harness(board):
     """The same Script that drives the CPython core drives the emulated board."""
     from app.meter import Meter
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
     from brewmeter.scenario import Script, play, play_board
 
     profile = load_profile("emulator")

@@ -45,11 +45,11 @@ def test_the_code_figure_loads_every_module_within_the_boards_heap():
     """bench's app_code_heap_bytes: every firmware module imported from the ROM; what they
     hold fits the emulator profile's heap with room for data, and the qstr pools they grew
     hold at least every module's own name."""
-    from brewmeter.bench.board import app_code_heap_bytes
-    from brewmeter.emulator.board import load_profile
-    from brewmeter.mp import FIRMWARE
+    from brewmeter.bench.boot_heap import app_code_heap_bytes
+    from brewmeter.emulator.common import read_profile
+    from brewmeter.unixport import FIRMWARE
 
     got = app_code_heap_bytes()
     names = [p.stem for p in (FIRMWARE / "app").glob("*.py")]
     assert sum(len(n) for n in names) < got["app_qstr_heap_bytes"] < got["app_code_heap_bytes"]
-    assert got["app_code_heap_bytes"] < 0.8 * load_profile("emulator")[0]["heap_bytes"]
+    assert got["app_code_heap_bytes"] < 0.8 * read_profile("emulator")[0]["heap_bytes"]

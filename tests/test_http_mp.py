@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.standins import FIRMWARE
 
 REPLIES = {
@@ -67,7 +67,7 @@ def test_replies_are_read_within_their_bound(tmp_path):
     try:
         script = tmp_path / "client.py"
         script.write_text(CLIENT % (str(FIRMWARE), url))
-        out = mp.run([str(script)], heap="64K").splitlines()
+        out = unixport.run([str(script)], heap="64K").splitlines()
     finally:
         listener.close()
     assert out[0] == "OK /big 200 4096 {}"

@@ -1,7 +1,7 @@
 """host/ as a newcomer meets it: every module imports alone in a fresh interpreter and
 patches nothing on import (the stand-ins come only by an explicit install, which undoes
 itself), no import cycle, no module over 400 lines, and what runs inside MicroPython
-(onboard/) is valid MicroPython."""
+(onmicropython/) is valid MicroPython."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from brewmeter import mp
+from brewmeter import unixport
 
-HOST = Path(mp.HOST)
+HOST = Path(unixport.HOST)
 
 # Imports one module in a fresh interpreter; says what it found patched, or its error.
 PROBE = """
@@ -38,11 +38,12 @@ print(json.dumps({"patched": patched}))
 
 
 def modules() -> dict[str, Path]:
-    """Every CPython module of host/brewmeter by dotted name (onboard/ runs in MicroPython)."""
+    """Every CPython module of host/brewmeter by dotted name (onmicropython/ runs in
+    MicroPython)."""
     out = {}
     for p in sorted(HOST.rglob("*.py")):
         rel = p.relative_to(HOST.parent).with_suffix("")
-        if "onboard" in rel.parts[:2] and p.name != "__init__.py" or p.name == "__main__.py":
+        if "onmicropython" in rel.parts[:2] and p.name != "__init__.py" or p.name == "__main__.py":
             continue  # (a __main__ runs when imported: that is its job)
         parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
         out[".".join(parts)] = p
@@ -70,7 +71,7 @@ def test_the_stand_ins_come_by_an_explicit_install_and_go_with_it():
     code = """
 import asyncio, sys, time
 from brewmeter import standins
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 try:
     load_profile("emulator")
 except RuntimeError as e:
@@ -132,8 +133,9 @@ def test_no_module_over_400_lines():
 
 
 def test_what_runs_inside_micropython_is_micropython(tmp_path):
-    onboard = sorted((HOST / "onboard").rglob("*.py"))
-    assert {p.name for p in onboard} >= {"board_launch.py", "machine.py", "machineconsts.py",
-                                         "norflash.py", "replay.py", "flashrun.py"}
-    for p in onboard:
-        mp.cross_compile(p, tmp_path / (p.stem + ".mpy"))  # raises with mpy-cross's error
+    onmicropython = sorted((HOST / "onmicropython").rglob("*.py"))
+    assert {p.name for p in onmicropython} >= {"board_launch.py", "machine.py",
+                                               "machineconsts.py", "norflash.py", "replay.py",
+                                               "flashrun.py"}
+    for p in onmicropython:
+        unixport.cross_compile(p, tmp_path / (p.stem + ".mpy"))  # raises with mpy-cross's error

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from app import protocol
 from brewmeter.runs.lives import DEVICE, PRICE_CENTS, Life
+from brewmeter.standins import FIRMWARE
 
 
 def _brews(days: list[dict]) -> dict[int, int]:
@@ -240,10 +241,10 @@ def test_paging_folding_and_a_rejected_config_alike_under_micropython(tmp_path):
     import json as js
 
     from app import wallclock
-    from brewmeter import mp
+    from brewmeter import unixport
     from brewmeter.cloud import cloud_thread
     from brewmeter.cloud.ledger import Ledger
-    from brewmeter.harness import board_path
+    from brewmeter.profiles import board_path
 
     dev, key, wall0 = "bm-mplife", "7c" * 32, 1_772_438_400  # 2026-03-02
     end = wall0 + 70 * 86400 + 60
@@ -266,7 +267,7 @@ def test_paging_folding_and_a_rejected_config_alike_under_micropython(tmp_path):
                 finally:
                     wallclock.synced = False
             else:
-                out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+                out = unixport.run(["-c", f"import sys; sys.path.insert(0, {str(FIRMWARE)!r})\n"
                               + code], timeout=120)
                 printed = js.loads(out.split("RESULT ", 1)[1])
             got = ledger.device(dev)

@@ -16,8 +16,8 @@ from brewmeter import cli, fieldtech, flashsh, ports
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
-from brewmeter.harness import BOARDS
-from brewmeter.mp import tool
+from brewmeter.profiles import BOARDS
+from brewmeter.unixport import tool
 from test_flash import _brew
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board

@@ -9,15 +9,15 @@ import random
 import pytest
 from app import readout
 from app.meter import Meter
-from brewmeter import mp
-from brewmeter.harness import board_path
+from brewmeter import unixport
+from brewmeter.profiles import board_path
 from brewmeter.scenario import Script, play
 from brewmeter.standins import FIRMWARE
 
 
 @pytest.mark.parametrize("src", sorted(FIRMWARE.rglob("*.py")), ids=lambda p: p.name)
 def test_every_firmware_file_compiles_with_mpy_cross(src, tmp_path):
-    mp.cross_compile(src, tmp_path / "out.mpy")
+    unixport.cross_compile(src, tmp_path / "out.mpy")
     assert (tmp_path / "out.mpy").read_bytes()[:1] == b"M"  # an .mpy header
 
 
@@ -33,7 +33,7 @@ def _scenario(profile, seed):
 
 @pytest.mark.parametrize("board", ["emulator", "esp32-generic"])
 def test_core_matches_under_micropython(board, tmp_path):
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
 
     profile = load_profile(board)
     script = _scenario(profile, seed=len(board))
@@ -44,7 +44,7 @@ def test_core_matches_under_micropython(board, tmp_path):
     meter.boot(1)
     play(meter, script.events)
     on_cpython = readout.counters(meter.c, profile.kinds)
-    on_micropython = json.loads(mp.run(mp.replay_args(board_path(board), events)))
+    on_micropython = json.loads(unixport.run(unixport.replay_args(board_path(board), events)))
 
     assert on_micropython == on_cpython
     assert on_cpython["brews_total"] == script.truth.total_brews > 20
@@ -53,9 +53,9 @@ def test_core_matches_under_micropython(board, tmp_path):
 
 def test_the_sensor_loop_allocates_nothing_per_poll(tmp_path):
     """The heap in use does not grow over 10,000 polls (the gc off, so nothing hides it)."""
-    from brewmeter.harness import board_path
+    from brewmeter.profiles import board_path
 
-    host = mp.ONBOARD
-    out = mp.run([str(host / "pollheap.py"), str(FIRMWARE), str(host / "board_machine"),
+    host = unixport.ONMICROPYTHON
+    out = unixport.run([str(host / "pollheap.py"), str(FIRMWARE), str(host / "esp32"),
                   str(board_path("emulator")), str(tmp_path)])
     assert "POLLS 10000 GROWTH 0" in out, out

@@ -16,7 +16,7 @@ import tty
 from pathlib import Path
 
 import pytest
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def mpremote(board: Board, *args: str, ok: bool = True, cwd: Path | None = None,
              timeout: float = 60) -> str:
-    p = subprocess.run([mp.tool("mpremote"), "connect", board.serial_port, *args],
+    p = subprocess.run([unixport.tool("mpremote"), "connect", board.serial_port, *args],
                        capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if ok:
         assert p.returncode == 0, f"mpremote {args}: {p.stdout}{p.stderr}"
@@ -92,7 +92,7 @@ def test_romfs_build_query_deploy(board, tmp_path):
     src.mkdir()
     (src / "inrom.py").write_text("WHERE = 'rom'\n")
     image = tmp_path / "app.romfs"
-    subprocess.run([mp.tool("mpremote"), "romfs", "-o", str(image), "build", str(src)],
+    subprocess.run([unixport.tool("mpremote"), "romfs", "-o", str(image), "build", str(src)],
                    check=True, capture_output=True)
     assert image.read_bytes()[:3] == b"\xd2\xcd\x31"
     assert "ROMFS image deployed" in mpremote(board, "romfs", "deploy", str(image))
@@ -139,7 +139,7 @@ def test_repl(board):
     pid, fd = pty.fork()
     if pid == 0:  # a raw terminal from the start: Ctrl-C is a byte, even before mpremote
         tty.setraw(0)  # sets raw mode itself
-        os.execv(mp.tool("mpremote"), ["mpremote", "connect", board.serial_port, "repl"])
+        os.execv(unixport.tool("mpremote"), ["mpremote", "connect", board.serial_port, "repl"])
     seen = b""
 
     def until(pattern: bytes, timeout: float = 15) -> None:

@@ -185,9 +185,9 @@ def test_a_correction_moves_only_what_this_boots_clock_dated(profile, tmp_path):
 async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,
                                                                      monkeypatch):
     # The radio has no stand-in here but the emulated board's; use that one.
-    from brewmeter import mp
+    from brewmeter import unixport
 
-    sys.path.insert(0, str(mp.ONBOARD / "board_machine"))
+    sys.path.insert(0, str(unixport.ONMICROPYTHON / "esp32"))
     try:
         import network
     finally:

@@ -1,4 +1,4 @@
-"""The emulated NOR flash (host/brewmeter/onboard/norflash.py) and littlefs on it under both
+"""The emulated NOR flash (host/brewmeter/onmicropython/norflash.py) and littlefs on it under both
 interpreters: NOR rules, write-through, power cuts, MicroPython <-> CPython images, wear."""
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 from brewmeter.emulator import lfs
-from brewmeter.onboard.norflash import NorError, NorFlash, PowerCut
+from brewmeter.onmicropython.norflash import NorError, NorFlash, PowerCut
 from littlefs import LittleFSError
 
-HOST = Path(sys.modules[NorFlash.__module__].__file__ or "").resolve().parent  # onboard/
+HOST = Path(sys.modules[NorFlash.__module__].__file__ or "").resolve().parent  # onmicropython/
 BS = 4096
 
 
 def micropython() -> str:
-    from brewmeter import mp
+    from brewmeter import unixport
 
     try:
-        return mp.micropython()
+        return unixport.micropython()
     except FileNotFoundError:
         pytest.skip("the micropython command is not installed")
 

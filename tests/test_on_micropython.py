@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from brewmeter import mp
+from brewmeter import unixport
 
 TESTS = Path(__file__).parent
 PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
@@ -41,7 +41,7 @@ def _names(lines: list[str]) -> Counter[str]:
 @pytest.mark.slow
 def test_pure_firmware_tests_pass_under_micropython():
     specs = [str(TESTS / s) for s in PURE]
-    p = subprocess.run([mp.micropython(), str(TESTS / "mprunner.py"), *specs],
+    p = subprocess.run([unixport.micropython(), str(TESTS / "mprunner.py"), *specs],
                        capture_output=True, text=True, timeout=120)
     out = p.stdout + p.stderr
     ran = re.findall(r"^(PASSED|FAILED) (\S+)$", p.stdout, re.M)

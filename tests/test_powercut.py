@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 from app.device import FLUSH_S
-from brewmeter.harness import board_path
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
+from brewmeter.profiles import board_path
 from brewmeter.runs import sweep
 
 WINDOW_MS = FLUSH_S * 1000 + 2500
@@ -26,7 +26,7 @@ def noclock_events(profile_module):
 
 @pytest.fixture(scope="module")
 def profile_module():
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
 
     return load_profile("emulator")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from brewmeter import cli
-from brewmeter.harness import BOARDS, ProfileError, load_profile, validate
+from brewmeter.profiles import BOARDS, ProfileError, load_profile, validate
 
 
 def test_shipped_boards_are_valid():
@@ -111,7 +111,8 @@ def test_old_service_pin_name_is_accepted_as_button_pin_with_a_message(tmp_path)
 def test_a_bad_profile_on_the_board_says_which_field_and_starts_nothing(tmp_path):
     """Under MicroPython too: an exception class has no __init__ attribute there, so
     ProfileError calling ValueError.__init__ raised AttributeError instead of itself."""
-    from brewmeter.emulator.board import Board, install
+    from brewmeter.emulator.board import Board
+    from brewmeter.emulator.lfs import install
     from brewmeter.flashfiles import build
 
     tree = tmp_path / "tree"

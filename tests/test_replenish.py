@@ -11,7 +11,7 @@ from statistics import mean
 import pytest
 from app.orders import month_of
 from app.supplies import ITEMS
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 from brewmeter.runs import household
 from brewmeter.runs.household import Outcome, Plan
 from brewmeter.runs.usage import START_WALL

@@ -13,7 +13,7 @@ from brewmeter import fieldtech, ports
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import emulator_provision
-from brewmeter.harness import BOARDS
+from brewmeter.profiles import BOARDS
 from brewmeter.runs import consolefuzz
 
 # Short brews (min_brew_s 1) so a test can brew after every step.
@@ -81,7 +81,7 @@ def _hook(board: Board, word: str) -> None:
     """A test's request for the next boot (app/supervisor.py take_hook), then that boot."""
     import subprocess
 
-    from brewmeter.mp import tool
+    from brewmeter.unixport import tool
 
     subprocess.run([tool("mpremote"), "connect", board.serial_port, "exec",
                     f"open('/hook', 'w').write({word!r})"], check=True, capture_output=True,
@@ -123,7 +123,7 @@ def quick(tmp_path_factory):
 def _mpremote(board: Board, *args: str, timeout: float = 60) -> str:
     import subprocess
 
-    from brewmeter.mp import tool
+    from brewmeter.unixport import tool
 
     p = subprocess.run([tool("mpremote"), "connect", board.serial_port, *args],
                        capture_output=True, text=True, timeout=timeout)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.emulator.board import Board
 
 pytestmark = pytest.mark.board  # every test here runs the emulated board
 
 
 def mpremote(board: Board, *args: str, ok: bool = True, timeout: float = 60) -> str:
-    p = subprocess.run([mp.tool("mpremote"), "connect", board.serial_port, *args],
+    p = subprocess.run([unixport.tool("mpremote"), "connect", board.serial_port, *args],
                        capture_output=True, text=True, timeout=timeout)
     if ok:
         assert p.returncode == 0, f"mpremote {args}: {p.stdout}{p.stderr}"
@@ -82,7 +82,7 @@ def test_an_image_too_big_for_the_partition_is_refused(tmp_path):
         src = tmp_path / "src"
         src.mkdir()
         (src / "blob.bin").write_bytes(bytes(range(256)) * 64)
-        subprocess.run([mp.tool("mpremote"), "romfs", "-o", str(img), "build", str(src)],
+        subprocess.run([unixport.tool("mpremote"), "romfs", "-o", str(img), "build", str(src)],
                        check=True, capture_output=True)
         out = mpremote(b, "romfs", "deploy", str(img), ok=False)
         assert "too big" in out

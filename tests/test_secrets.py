@@ -164,7 +164,7 @@ def site(tmp_path_factory) -> Iterator[tuple]:
     from brewmeter.emulator.board import Board
     from brewmeter.flasher import Flasher
     from brewmeter.flashfiles import emulator_provision
-    from brewmeter.harness import BOARDS
+    from brewmeter.profiles import BOARDS
     from brewmeter.runs.demo import cloud_for
 
     d = tmp_path_factory.mktemp("secrets")

@@ -84,7 +84,7 @@ def test_irq_fallback_loses_no_pulse(profile, board, monkeypatch):
 
 
 def test_active_low_board(board):
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
 
     profile = load_profile("esp32-generic")
     machine.reset_pins()

@@ -1,5 +1,5 @@
 """The two `machine` stand-ins (the CPython harness's, brewmeter/standins/machine.py, and the
-emulated board's, board_machine/machine.py, inside MicroPython) against the ESP32 port as
+emulated board's, esp32/machine.py, inside MicroPython) against the ESP32 port as
 micropython-esp32-stubs describes it: every constant either defines has the stubs' name
 and value, and both define the same ones."""
 
@@ -11,7 +11,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.standins import machine as harness_machine
 
 CLASSES = ("Pin", "Counter", "Timer")
@@ -63,9 +63,9 @@ print(json.dumps(out))
 
 
 def board_constants() -> dict[str, int]:
-    code = (f"import sys; sys.path.insert(0, {str(mp.ONBOARD / 'board_machine')!r})\n"
+    code = (f"import sys; sys.path.insert(0, {str(unixport.ONMICROPYTHON / 'esp32')!r})\n"
             f"CLASSES = {CLASSES!r}\n" + BOARD_DUMP)
-    return json.loads(mp.run(["-c", code]))
+    return json.loads(unixport.run(["-c", code]))
 
 
 def test_the_stubs_say_what_the_firmware_relies_on():
@@ -92,7 +92,7 @@ def test_both_stand_ins_define_the_same_constants():
 
 
 def test_the_boards_reset_cause_names_are_machines():
-    from brewmeter.emulator.board import CAUSES
+    from brewmeter.emulator.common import CAUSES
 
     stubs = stub_constants()
     assert {stubs[name]: name for name in CAUSES.values()} == CAUSES

@@ -13,7 +13,7 @@ from app.device import Device
 from app.journal import FORMAT, NewerFormat, Store
 from app.meter import BREW
 from app.outbox import MAX_EVENTS, Outbox
-from brewmeter.onboard.replay import tick
+from brewmeter.onmicropython.replay import tick
 from brewmeter.scenario import Script, play
 from brewmeter.standins.hostfs import DirFS
 
@@ -98,7 +98,7 @@ def test_full_flash_keeps_counting_in_ram_and_raises_a_fault(profile, fs):
     s = Script(profile)
     for _ in range(5):
         s.brew("espresso", 40)
-    from brewmeter.onboard import replay
+    from brewmeter.onmicropython import replay
 
     for ev in sorted(s.settle().events):
         replay.step(d.meter, *ev, on_event=lambda code, i, t=ev[0]: d.event(code, i, t))
@@ -173,7 +173,7 @@ def test_device_saves_brews_at_once_and_water_within_flush_window(profile, fs):
     d = Device(profile, fs, flush_s=30)
     d.boot(1, 0)
     s = Script(profile).brew("lungo", 300, 100)  # a 100 s run: flushed while it runs
-    from brewmeter.onboard import replay
+    from brewmeter.onmicropython import replay
 
     saved = []
     real_save = d.store.save_counters
@@ -211,7 +211,7 @@ def test_play_helper_still_counts(profile, meter):
 def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
     # Real littlefs on the emulated NOR flash, every block taken by other files.
     from brewmeter.emulator import lfs, lfsfs
-    from brewmeter.onboard.norflash import NorFlash
+    from brewmeter.onmicropython.norflash import NorFlash
 
     flash = NorFlash(block_count=16)
     lfs.format(flash)

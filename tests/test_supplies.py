@@ -16,8 +16,8 @@ from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
 from app.meter import BREW
 from brewmeter.flashfiles import pin_hash
-from brewmeter.onboard.replay import tick
-from brewmeter.standins import settle
+from brewmeter.onmicropython.replay import tick
+from brewmeter.standins import FIRMWARE, settle
 from brewmeter.standins.hostfs import DirFS
 
 WALL0 = calendar.timegm((2026, 3, 2, 8, 0, 0))  # a Monday morning
@@ -345,8 +345,8 @@ print("RESULT " + json.dumps({"reset": [boot().supplies.items["coffee"][0], r.fa
 def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
     """The same week of brews and two reboots, on the MicroPython unix port and under CPython:
     one order, the same forecast, the same levels."""
-    from brewmeter import mp
-    from brewmeter.harness import board_path
+    from brewmeter import unixport
+    from brewmeter.profiles import board_path
 
     def code(root):
         root.mkdir()
@@ -355,7 +355,7 @@ def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
 
     printed = {}
     exec(code(tmp_path / "cpython"), {"print": lambda s: printed.update(json.loads(s[7:]))})
-    out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+    out = unixport.run(["-c", f"import sys; sys.path.insert(0, {str(FIRMWARE)!r})\n"
                   + code(tmp_path / "micropython")])
     on_mp = {}
     for line in out.split("RESULT ")[1:]:
@@ -368,9 +368,9 @@ def test_orders_and_rates_persist_alike_under_micropython(tmp_path):
 def test_an_order_reaches_the_merchant_from_micropython(tmp_path):
     """The firmware on the MicroPython unix port requests its order over a real socket; the
     cloud places it, and the device hears so in the reply and keeps it across a reboot."""
-    from brewmeter import mp
+    from brewmeter import unixport
     from brewmeter.cloud import cloud_thread
-    from brewmeter.harness import board_path
+    from brewmeter.profiles import board_path
 
     dev, key = "bm-mporder", "7c" * 32
     (tmp_path / "fs").mkdir()
@@ -392,7 +392,7 @@ print("SYNC", asyncio.run(s.sync_once()), d.supplies.items["coffee"][2])
 print("AFTER", boot().supplies.items["coffee"][2])
 """
     with cloud_thread(devices=[(dev, key)]) as cloud:
-        out = mp.run(["-c", f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r})\n"
+        out = unixport.run(["-c", f"import sys; sys.path.insert(0, {str(FIRMWARE)!r})\n"
                       f"BOARD = {str(board_path('emulator'))!r}\nWALL0 = {WALL0}\n"
                       f"ROOT = {str(tmp_path / 'fs')!r}\nURL = {cloud.url!r}\n"
                       + _ON_BOTH + sync_code])
@@ -473,7 +473,7 @@ def test_a_409_moves_the_first_eras_cycles_on_and_later_eras_follow_the_seq_era(
 
 def test_another_number_of_brew_kinds_starts_a_new_era(machine, profile):
     from app.profile import parse
-    from brewmeter.harness import board_path
+    from brewmeter.profiles import board_path
 
     m = machine
     m.days(2, 10)

@@ -302,7 +302,7 @@ def test_uptime_in_reports_survives_the_ticks_wrap(device):
     growing past that (the cloud refuses a negative one: found by a simulated year)."""
     from time import ticks_add
 
-    from brewmeter.onboard.replay import tick
+    from brewmeter.onmicropython.replay import tick
 
     now = 0
     for _ in range(13 * 24):  # 13 days, an hour per poll

@@ -12,7 +12,7 @@ import ssl
 import threading
 
 import trustme
-from brewmeter import mp
+from brewmeter import unixport
 
 CLIENT = """
 import gc, ssl, socket
@@ -51,7 +51,7 @@ def test_mbedtls_allocates_outside_the_micropython_heap(tmp_path):
     try:
         script = tmp_path / "client.py"
         script.write_text(CLIENT % (str(tmp_path / "ca.der"), port))
-        out = mp.run([str(script)], heap="16K")
+        out = unixport.run([str(script)], heap="16K")
     finally:
         listener.close()
     _, n, held = out.split()

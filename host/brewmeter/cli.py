@@ -16,7 +16,7 @@ EXIT_BAD_INPUT = 2
 def _simulate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
     from brewmeter.runs import household
     from brewmeter.runs.usage import table
 
@@ -68,7 +68,7 @@ def _fleet(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from brewmeter import bench
-    from brewmeter.mp import InterpreterError
+    from brewmeter.unixport import InterpreterError
 
     try:
         figures = bench.run(args.only)
@@ -183,17 +183,18 @@ def _ports(args: argparse.Namespace) -> int:
 
 
 def _drive(args: argparse.Namespace) -> int:
-    from brewmeter import drive
+    from brewmeter.emulator import handdrive
+    from brewmeter.emulator.common import BoardError
 
     try:
-        return drive.run(args)
-    except (drive.DriveError, drive.BoardError) as e:
+        return handdrive.run(args)
+    except (handdrive.DriveError, BoardError) as e:
         print(f"brewmeter {args.command}: {e}", file=sys.stderr)
         return 1
 
 
 def _check_board(args: argparse.Namespace) -> int:
-    from brewmeter.harness import load_profile
+    from brewmeter.profiles import load_profile
 
     for name in args.profiles:
         p = load_profile(name)
@@ -312,9 +313,9 @@ def parser() -> argparse.ArgumentParser:
     provision.add_arguments(p)
     p.set_defaults(func=_provision)
 
-    from brewmeter import drive
+    from brewmeter.emulator import handdrive
 
-    drive.add_commands(sub, _drive)
+    handdrive.add_commands(sub, _drive)
 
     p = sub.add_parser("ports", help="list the serial ports with their USB ids, ESP32 "
                        "adapters marked")
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "days", 1) < 1:
         print("brewmeter: --days must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from brewmeter.harness import ProfileError
+    from brewmeter.profiles import ProfileError
     from brewmeter.secretargs import SecretError
 
     try:

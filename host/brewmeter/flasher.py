@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from brewmeter import fieldtech, mp, ports
+from brewmeter import fieldtech, ports, unixport
 from brewmeter.fieldtech import READY
 from brewmeter.flashfiles import (
     FlashError,
@@ -67,7 +67,7 @@ class Flasher:
         self.pin = pin  # a locked machine's service PIN: unlock before flashing
 
     def mpremote(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        cmd = [mp.tool("mpremote"), "connect", self.port, *args]
+        cmd = [unixport.tool("mpremote"), "connect", self.port, *args]
         if self.dry_run:
             print(shlex.join(["mpremote", "connect", self.port, *args]), file=self.out)
             return ""

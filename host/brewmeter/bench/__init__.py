@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from brewmeter import mp
-from brewmeter.harness import board_path, load_profile
+from brewmeter import unixport
+from brewmeter.profiles import board_path, load_profile
 from brewmeter.runs.usage import count_days
+from brewmeter.standins import FIRMWARE
 
 # figure -> (target, "max" or "min"): what the issues ask for.
 TARGETS: dict[str, tuple[float, str]] = {
@@ -99,13 +100,13 @@ def core_heap_bytes() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         # Compiled, as on the device: importing .py would count MicroPython's compiler.
         fw = Path(d) / "fw"
-        mp.compile_tree(mp.FIRMWARE / "app", fw / "app")
-        mp.cross_compile(mp.ONBOARD / "replay.py", fw / "replay.mpy")
+        unixport.compile_tree(FIRMWARE / "app", fw / "app")
+        unixport.cross_compile(unixport.ONMICROPYTHON / "replay.py", fw / "replay.mpy")
         events = Path(d) / "events.jsonl"
         events.write_text(s.settle().jsonl())
         board = board_path("emulator")
-        base = mp.min_heap(mp.replay_args(board, events, fw, "--profile-only"))
-        core = mp.min_heap(mp.replay_args(board, events, fw))
+        base = unixport.min_heap(unixport.replay_args(board, events, fw, "--profile-only"))
+        core = unixport.min_heap(unixport.replay_args(board, events, fw))
     return {"core_heap_bytes": core - base, "heap_at_boot_bytes": base}
 
 
@@ -158,8 +159,8 @@ def powercut() -> dict[str, float]:
 
 def cloud_reports_per_s() -> dict[str, float]:
     """Signed reports per second into the emulated cloud (SQLite, fsync per commit) from 50
-    devices over aiohttp keep-alive, 32 in flight: see brewmeter/cloud/bench.py."""
-    from brewmeter.cloud.bench import cloud_reports_per_s as measure
+    devices over aiohttp keep-alive, 32 in flight: see bench/cloud_throughput.py."""
+    from brewmeter.bench.cloud_throughput import cloud_reports_per_s as measure
 
     return measure()
 
@@ -178,7 +179,7 @@ def _poll_gap() -> dict[str, float]:
 
 def _board(name: str) -> Callable[[], dict[str, float]]:
     def measure() -> dict[str, float]:
-        from brewmeter.bench import board as boardbench
+        from brewmeter.bench import boot_heap as boardbench
 
         return getattr(boardbench, name)()
 
@@ -188,12 +189,12 @@ def _board(name: str) -> Callable[[], dict[str, float]]:
 
 def poll_alloc_bytes() -> dict[str, float]:
     """Heap the sensor loop's steady state allocates over 10,000 polls (and watchdog feeds)
-    under the MicroPython unix port, the garbage collector off (onboard/pollheap.py)."""
+    under the MicroPython unix port, the garbage collector off (onmicropython/pollheap.py)."""
     import re
 
     with tempfile.TemporaryDirectory() as d:
-        out = mp.run([str(mp.ONBOARD / "pollheap.py"), str(mp.FIRMWARE),
-                      str(mp.ONBOARD / "board_machine"), str(board_path("emulator")), d])
+        out = unixport.run([str(unixport.ONMICROPYTHON / "pollheap.py"), str(FIRMWARE),
+                      str(unixport.ONMICROPYTHON / "esp32"), str(board_path("emulator")), d])
     m = re.search(r"GROWTH (-?\d+)", out)
     if not m:
         raise RuntimeError(f"pollheap.py said: {out!r}")
@@ -233,11 +234,12 @@ def interpreter() -> dict[str, Any]:
     version, pointer size) and the harness's share of its heap on the emulated board
     (emulator profile), measured on it: the board adds it to -X heapsize, so no heap
     figure counts it."""
-    from brewmeter.emulator import board
+    from brewmeter.emulator.common import DEFAULT_ROM, read_profile
+    from brewmeter.emulator.process import heap_reserve
 
-    rom = board.load_profile("emulator")[0].get("rom_bytes", board.DEFAULT_ROM)
-    return {"interpreter": mp.interpreter(),
-            "harness_heap_bytes": board.heap_reserve(mp.micropython(), rom)["harness_heap"]}
+    rom = read_profile("emulator")[0].get("rom_bytes", DEFAULT_ROM)
+    return {"interpreter": unixport.interpreter(),
+            "harness_heap_bytes": heap_reserve(unixport.micropython(), rom)["harness_heap"]}
 
 
 def run(only: str | None = None) -> dict[str, Any]:

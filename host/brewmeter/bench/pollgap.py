@@ -8,9 +8,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from brewmeter.bench.board import _image
+from brewmeter.bench.boot_heap import _image
 from brewmeter.cloud.server import CloudServer
-from brewmeter.emulator.board import Board, load_profile
+from brewmeter.emulator.board import Board
+from brewmeter.emulator.common import read_profile
 from brewmeter.emulator.control import BoardControl
 from brewmeter.flasher import READY
 from brewmeter.flashfiles import emulator_provision
@@ -111,6 +112,6 @@ def poll_gap(runs: int = 3) -> dict[str, float]:
 def _brew(ctl: BoardControl) -> None:
     """An espresso of the emulator's min_brew_s and a half: a brew, so a report is due."""
     ctl.press("espresso")
-    time.sleep(load_profile("emulator")[0]["min_brew_s"] + 0.5)
+    time.sleep(read_profile("emulator")[0]["min_brew_s"] + 0.5)
     ctl.release("espresso")
     time.sleep(0.5)  # debounced, counted and saved

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from brewmeter import standins
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 from brewmeter.standins.hostfs import DirFS
 
 DEVICE, KEY = "bm-wire01", "77" * 32

@@ -1,6 +1,7 @@
-"""The emulated ESP32 board: a MicroPython unix-port process behind a pseudo-terminal, so
-unmodified `mpremote connect PORT ...` and pyserial talk to it as to a real board; its
-littlefs on an emulated NOR flash image (lfs.py, lfsfs.py).
+"""The emulated ESP32 board, run from outside (CPython): a MicroPython unix-port process
+behind a pseudo-terminal, so unmodified `mpremote connect PORT ...` and pyserial talk to it as
+to a real board; its littlefs on an emulated NOR flash image (lfs.py, lfsfs.py). What runs
+inside its interpreter is in onmicropython/.
 
 `Board` (board.py: one background thread running an asyncio loop) owns, each part in a
 module of its own:
@@ -11,7 +12,7 @@ module of its own:
   that stays silent (a locked port) would hang it, where it gives up after its 10 s timeout
   on a real adapter. Output written while no program has the port open is dropped, as a
   UART's is.
-- the interpreter (supervisor.py): `micropython -X heapsize=N -i board_launch.py ...` on
+- the interpreter (process.py): `micropython -X heapsize=N -i board_launch.py ...` on
   plain pipes, not a tty. On a tty the unix port's REPL flushes pending input (tcsetattr
   TCSAFLUSH) every time it returns to a prompt, which loses what mpremote sends right after
   its Ctrl-C; on pipes nothing is lost and the REPL, raw REPL and raw-paste behave as pyexec
@@ -27,9 +28,10 @@ module of its own:
   runs boot.py only and comes back to "raw REPL; CTRL-B to exit\\r\\n>" (pyexec.c), which is
   what mpremote's default soft reset expects. reset, power_cut and an unfed WDT kill it
   (SIGKILL) and boot with HARD_RESET, PWRON_RESET, WDT_RESET.
-- the bus (bus.py): a loopback socket to onboard/board_machine/machine.py (pin levels,
+- the bus (bus.py): a loopback socket to onmicropython/esp32/machine_bus.py (pin levels,
   pulses, wear, WDT).
-- the control address (control.py): JSON lines on 127.0.0.1 (`BoardControl` is a client).
+- the control address (control.py): JSON lines on 127.0.0.1 (`BoardControl` is a client;
+  handdrive.py drives it by hand: `brewmeter press`, `flow`, `power-cut`).
 
 Not emulated: the REPL banner and sys.platform are the unix port's ("linux"), `time` is the
 host's clock, and the "\n" cooking also applies to bytes written to sys.stdout.buffer.

@@ -23,27 +23,19 @@ from typing import Any
 from brewmeter.emulator.bus import Bus
 from brewmeter.emulator.common import (
     BOOT_TIMEOUT_S,
-    CAUSES,
     DEFAULT_HEAP,
     DEFAULT_ROM,
-    RAW_BANNER,
     ROM_BLOCK,
-    SOFT_REBOOT,
     BoardError,
-    load_profile,
     parse_size,
+    read_profile,
 )
 from brewmeter.emulator.control import BoardControl, Control
 from brewmeter.emulator.lfs import install
+from brewmeter.emulator.process import Supervisor, heap_reserve
 from brewmeter.emulator.serialport import Serial
-from brewmeter.emulator.supervisor import Supervisor, heap_reserve
-from brewmeter.mp import InterpreterError, interpreter
-from brewmeter.onboard.board_machine.machineconsts import PWRON_RESET
-
-# What users of the board import from here (the parts live in the modules above).
-__all__ = ["BOOT_TIMEOUT_S", "CAUSES", "DEFAULT_HEAP", "DEFAULT_ROM", "PWRON_RESET",
-           "RAW_BANNER", "SOFT_REBOOT", "Board", "BoardControl", "BoardError", "emulate_main",
-           "heap_reserve", "install", "load_profile", "parse_size"]
+from brewmeter.onmicropython.esp32.machineconsts import PWRON_RESET
+from brewmeter.unixport import InterpreterError, interpreter
 
 _live: weakref.WeakSet[Board] = weakref.WeakSet()
 
@@ -76,7 +68,7 @@ class Board(Serial, Supervisor, Bus, Control):
         self.profile: dict[str, Any] | None = None
         self._profile_text = None
         if board_profile is not None:
-            self.profile, self._profile_text = load_profile(str(board_profile))
+            self.profile, self._profile_text = read_profile(str(board_profile))
         profile_heap = self.profile.get("heap_bytes") if self.profile else None
         self.heap = parse_size(heap) or profile_heap or DEFAULT_HEAP
         # The ROM partition: its bytes in IMAGE.rom, beside the vfs partition's image.

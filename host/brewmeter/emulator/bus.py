@@ -1,4 +1,4 @@
-"""The emulated board's bus: the loopback socket to onboard/board_machine/machine.py, which
+"""The emulated board's bus: the loopback socket to onmicropython/esp32/machine_bus.py, which
 carries pin levels and flow pulses to the board and brings back outputs, flash wear, the
 watchdog, the heap (the harness's and the app's), the sensor loop's poll gap and the REPL's
 activity."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from brewmeter.onboard.board_machine.machineconsts import HARD_RESET, PWRON_RESET, SOFT_RESET
+from brewmeter.onmicropython.esp32.machineconsts import HARD_RESET, PWRON_RESET, SOFT_RESET
 
 
 class Bus:

@@ -10,12 +10,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from brewmeter.onboard.board_machine import machineconsts
+from brewmeter.onmicropython.esp32 import machineconsts
+from brewmeter.profiles import board_path
 
-HERE = Path(__file__).resolve().parent
-LAUNCHER = HERE.parent / "onboard" / "board_launch.py"
-REPO = HERE.parents[2]
-BOARDS = REPO / "boards"
+LAUNCHER = Path(__file__).resolve().parents[1] / "onmicropython" / "board_launch.py"
 
 CAUSES = dict(enumerate(machineconsts.CAUSES, 1))  # reset cause -> its name in `machine`
 SOFT_REBOOT = b"MPY: soft reboot\r\n"  # ports/esp32/main.c, soft_reset_exit
@@ -30,7 +28,7 @@ DEFAULT_ROM = 128 * 1024
 ROM_BLOCK = 4096
 
 CTRL_C = 0x03
-# A raw write to sys.stdout.buffer on the board (board_machine/rawsys.py): RAW_FRAME, its
+# A raw write to sys.stdout.buffer on the board (esp32/rawsys.py): RAW_FRAME, its
 # length in 4 hex digits, then the bytes, passed on uncooked.
 RAW_FRAME = b"\x00\x1b"
 RAW_HEAD = len(RAW_FRAME) + 4
@@ -59,12 +57,10 @@ def parse_size(text: str | int | None) -> int | None:
     return int(t[:-1] if mult > 1 else t) * mult
 
 
-def load_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
-    """A board profile (boards/NAME.json or a path): its data and its text."""
-    p = Path(name_or_path)
-    if p.suffix != ".json" and not p.is_file():  # boards/BREWMETER_ESP32/ is no profile
-        p = BOARDS / f"{name_or_path}.json"
-    text = p.read_text()
+def read_profile(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """A board profile (boards/NAME.json or a path) as the board reads it, unchecked (the
+    firmware checks it at boot): its data and its text."""
+    text = board_path(name_or_path).read_text()
     return json.loads(text), text
 
 

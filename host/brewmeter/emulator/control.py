@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brewmeter.emulator.common import BOOT_TIMEOUT_S, CAUSES, BoardError
-from brewmeter.onboard.board_machine.machineconsts import HARD_RESET, PWRON_RESET
+from brewmeter.onmicropython.esp32.machineconsts import HARD_RESET, PWRON_RESET
 
 
 class Control:

@@ -24,7 +24,7 @@ from pathlib import Path
 from littlefs import LittleFS, LittleFSError, UserContext
 from littlefs import lfs as lfs_api
 
-from brewmeter.onboard.norflash import NorFlash
+from brewmeter.onmicropython.norflash import NorFlash
 
 READ_SIZE = 32
 PROG_SIZE = 32

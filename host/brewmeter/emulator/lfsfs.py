@@ -8,7 +8,7 @@ import errno
 from littlefs import LittleFS, LittleFSError
 
 from brewmeter.emulator import lfs
-from brewmeter.onboard.norflash import NorFlash
+from brewmeter.onmicropython.norflash import NorFlash
 
 
 def _oserror(fs: LittleFS, e: LittleFSError) -> OSError:

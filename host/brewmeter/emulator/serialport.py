@@ -261,7 +261,7 @@ class Serial:
 
     def _child_output(self, data: bytes) -> None:
         # Cooked, except what firmware wrote to sys.stdout.buffer (raw on the ESP32): it comes
-        # framed by board_machine/rawsys.py, RAW_FRAME and 4 hex digits of length.
+        # framed by esp32/rawsys.py, RAW_FRAME and 4 hex digits of length.
         buf, out = self._frame + data, bytearray()
         self._frame = b""
         i = 0

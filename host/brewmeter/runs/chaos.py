@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 from brewmeter.standins.hostfs import DirFS
 
-if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware: imported where used (see profiles.py)
     from app.device import Device
     from app.synctask import Syncer
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from brewmeter.harness import load_profile
+from brewmeter.profiles import load_profile
 
 # The grammar (app/console.py and app/service.py): words, then flags.
 READS = [["help"], ["status"], ["counters"], ["filter"], ["events"], ["events", "3"],

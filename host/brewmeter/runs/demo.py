@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.emulator.board import Board
 from brewmeter.flasher import Flasher
 from brewmeter.flashfiles import FlashError, emulator_provision
 from brewmeter.private import write_new
 
-if TYPE_CHECKING:  # the cloud: imported where used (see harness.py)
+if TYPE_CHECKING:  # the cloud: imported where used (see profiles.py)
     from brewmeter.cloud.server import CloudServer, Faults
 
 # Reads the counters with the firmware's own storage code (the service console will replace
@@ -63,7 +63,7 @@ def cloud_for(prov: dict, tls: bool = False, faults: Faults | None = None,
 
 
 def read_counters(port: str, kinds: list[str]) -> dict:
-    out = subprocess.run([mp.tool("mpremote"), "connect", port, "exec", _READ % kinds],
+    out = subprocess.run([unixport.tool("mpremote"), "connect", port, "exec", _READ % kinds],
                          capture_output=True, text=True, timeout=60)
     m = re.search(r"^COUNTERS (.*)$", out.stdout, re.M)
     if not m:

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.harness import load_profile
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
+from brewmeter.profiles import load_profile
 from brewmeter.runs.fleetcheck import PRICE_CENTS, Outcome, check
 from brewmeter.runs.fleetmachine import STEP_MS, Machine, device_id, key
 from brewmeter.runs.fleetnet import BATCH, Cloud, Pool
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import DAY_MS, START_WALL
 
-if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see profiles.py)
     from app.device import Device
 
 

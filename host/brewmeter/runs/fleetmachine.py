@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import DAY_MS, _day
 from brewmeter.scenario import Script

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
 from brewmeter.runs.usage import DAY_MS, START_WALL, _day, counters_summary
 from brewmeter.scenario import Script
 from brewmeter.standins.hostfs import MemFS
 
-if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see profiles.py)
     from app.device import Device
     from app.synctask import Syncer
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from brewmeter import standins
 from brewmeter.clock import VirtualClock
-from brewmeter.harness import load_profile
-from brewmeter.onboard import replay
+from brewmeter.onmicropython import replay
+from brewmeter.profiles import load_profile
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import START_WALL
 from brewmeter.standins.hostfs import MemFS
 
-if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware and the cloud: imported where used (see profiles.py)
     from app.device import Device
     from app.synctask import Syncer
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brewmeter import mp
+from brewmeter import unixport
 from brewmeter.emulator import lfs, lfsfs
-from brewmeter.onboard.norflash import NorFlash
+from brewmeter.onmicropython.norflash import NorFlash
 from brewmeter.scenario import Script
+from brewmeter.standins import FIRMWARE
 
-if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware: imported where used (see profiles.py)
     from app.profile import Profile
 
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
@@ -117,7 +118,7 @@ def check(r: dict, window_ms: int, summary: Summary) -> None:
 def count_ops(profile: Profile, events: list, blocks: int = SWEEP_BLOCKS,
               clock: bool = True) -> tuple[int, bytes]:
     """Program/erase operations in the uncut day, and the formatted image the runs start from."""
-    from brewmeter.onboard import powercut  # the firmware's Device: once the stand-ins are in
+    from brewmeter.onmicropython import powercut  # the firmware's Device: once the stand-ins are in
 
     flash = NorFlash(block_count=blocks)
     lfs.format(flash)
@@ -130,7 +131,7 @@ def sweep_cpython(profile: Profile, events: list, window_ms: int,
                   cuts: Iterable[int] | None = None, clock: bool = True) -> Summary:
     """Cut at every operation (or at `cuts`), torn and not, under CPython's littlefs; with
     `clock` False, NTP never answers."""
-    from brewmeter.onboard import powercut
+    from brewmeter.onmicropython import powercut
 
     ops, image = count_ops(profile, events, clock=clock)
     summary = Summary()
@@ -145,21 +146,22 @@ def sweep_cpython(profile: Profile, events: list, window_ms: int,
 
 def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Iterable[str] = (),
              timeout: float = 600, mark_ms: int | None = None, clock: bool = True) -> list[dict]:
-    """Run onboard/flashrun.py under the MicroPython unix port: the firmware's storage on
+    """Run onmicropython/flashrun.py under the MicroPython unix port: the firmware's storage on
     MicroPython's own littlefs. One JSON result per run; without `cuts`, `mark_ms` adds the
     flash's erases, bytes programmed and the brews at that script time ("mark"); with
     `clock` False, NTP never answers."""
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d) / "events.jsonl"
         ev.write_text("".join(json.dumps(list(e)) + "\n" for e in events))
-        argv = ["", str(mp.FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
+        argv = ["", str(FIRMWARE), str(profile_path), str(ev), mode, str(blocks), *cuts]
         if mark_ms is not None:
             argv.append(f"mark:{mark_ms}")
         if not clock:
             argv.append("noclock")
-        code = (f"import sys; sys.path.insert(0, {str(mp.FIRMWARE)!r}); "
-                f"sys.path.append({str(mp.ONBOARD)!r}); import flashrun; flashrun.main({argv!r})")
-        out = mp.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
+        code = (f"import sys; sys.path.insert(0, {str(FIRMWARE)!r}); "
+                f"sys.path.append({str(unixport.ONMICROPYTHON)!r}); import flashrun; "
+                f"flashrun.main({argv!r})")
+        out = unixport.run(["-X", "heapsize=8M", "-c", code], timeout=timeout)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -184,7 +186,7 @@ def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
     clock known (NTP answered) and, as "..._noclock", never known."""
     from app.device import FLUSH_S
 
-    from brewmeter.harness import board_path, load_profile
+    from brewmeter.profiles import board_path, load_profile
 
     window_ms = FLUSH_S * 1000 + 2500  # + the scripted flow's 2 s reporting granularity
     boards = ["emulator", "esp32-generic"] if exhaustive else ["emulator"]

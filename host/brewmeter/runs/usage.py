@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from brewmeter.scenario import Script, Truth, play
 
-if TYPE_CHECKING:  # the firmware: imported where used (see harness.py)
+if TYPE_CHECKING:  # the firmware: imported where used (see profiles.py)
     from app.counters import Counters
     from app.meter import Meter
     from app.profile import Profile

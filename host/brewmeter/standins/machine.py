@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from brewmeter.onboard.board_machine import machineconsts as _c
-from brewmeter.onboard.board_machine.machineconsts import (  # noqa: F401 - machine's own names
+from brewmeter.onmicropython.esp32 import machineconsts as _c
+from brewmeter.onmicropython.esp32.machineconsts import (  # noqa: F401 - machine's own names
     DEEPSLEEP_RESET,
     HARD_RESET,
     PWRON_RESET,

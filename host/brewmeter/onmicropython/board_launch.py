@@ -1,5 +1,5 @@
 # One boot of the emulated ESP32, inside the MicroPython unix port, started by
-# host/brewmeter/board.py as
+# host/brewmeter/emulator/process.py as
 #   micropython -X heapsize=N -i board_launch.py IMAGE BUS_PORT BOOT_NO CAUSE RAW UID RTC ROM
 # It does what ports/esp32/main.c and modules/_boot.py do: mount the ROM partition (ROM bytes,
 # kept in IMAGE.rom; 0: none) at /rom when it holds a ROMFS image (py/runtime.c), mount the
@@ -68,9 +68,9 @@ def _mount(bdev):
 
 def _rom(path, size, norflash):
     # The ROM partition (extmod/vfs.c, mp_vfs_mount_romfs_protected): `vfs.rom_ioctl` through
-    # board_machine/romvfs.py, mounted at /rom when it holds a ROMFS image; the sys.path
+    # esp32/romvfs.py, mounted at /rom when it holds a ROMFS image; the sys.path
     # entries it adds. Its buffer is allocated first, in one piece, before anything else.
-    # (board_machine/rawsys.py, the board's `sys`, is counted with it: a few hundred bytes.)
+    # (esp32/rawsys.py, the board's `sys`, is counted with it: a few hundred bytes.)
     # Returns the heap it took (counted apart from the harness) and the sys.path entries.
     gc.collect()
     before = gc.mem_alloc()
@@ -135,13 +135,14 @@ def _boot(g):
     rom_size = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     raw = raw == "1"
     here = me.rsplit("/", 1)[0] if "/" in me else "."
-    sys.path.insert(0, here + "/board_machine")
+    sys.path.insert(0, here + "/esp32")
     sys.path.insert(1, here)
-    import machine
+    import machine  # noqa: F401 - the board's `machine`: imported now, it stays importable
+    import machine_bus
     import network  # noqa: F401 - the radio stand-in: imported now, it stays importable
     import norflash
 
-    machine._boot(int(port), int(boot_no), int(cause), bytes.fromhex(uid), int(rtc))
+    machine_bus._boot(int(port), int(boot_no), int(cause), bytes.fromhex(uid), int(rtc))
     rom_heap, rom_path = _rom(image + ".rom", rom_size, norflash)
 
     class NoCount:
@@ -159,7 +160,7 @@ def _boot(g):
         # a soft reset; NorFlash's own methods allocate. Same NOR rules and cut semantics.
         # No method uses a variable of _boot: a closure call allocates its arguments.
         _nor = norflash
-        _machine = machine
+        _bus = machine_bus
 
         def reset_stats(self):
             self._nor.NorFlash.reset_stats(self)
@@ -170,7 +171,7 @@ def _boot(g):
         def _poll(self):
             # An armed cut applies from the next operation on; not while the heap is locked.
             try:
-                self._machine._poll()
+                self._bus._poll()
             except MemoryError:
                 pass
 
@@ -193,7 +194,7 @@ def _boot(g):
                 try:
                     self._nor.NorFlash.program(self, addr, data)
                 except self._nor.PowerCut:
-                    self._machine._halt(b"Z\n")
+                    self._bus._halt(b"Z\n")
             else:
                 self._alive()
                 self._check(addr, n)
@@ -210,19 +211,19 @@ def _boot(g):
                 if self._start():
                     if self.tear:  # a torn program: the first half of the bytes landed
                         f.write(new, n // 2)
-                    self._machine._halt(b"Z\n")
+                    self._bus._halt(b"Z\n")
                 f.write(new, n)
                 self.programs += 1
                 self.bytes_programmed += n
-            self._machine._report(0x70, n)  # "p"
+            self._bus._report(0x70, n)  # "p"
 
         def erase(self, block):
             self._poll()
             try:
                 self._nor.NorFlash.erase(self, block)
             except self._nor.PowerCut:
-                self._machine._halt(b"Z\n")
-            self._machine._report(0x65, block)  # "e"
+                self._bus._halt(b"Z\n")
+            self._bus._report(0x65, block)  # "e"
 
     collect = gc.collect
     modules = sys.modules
@@ -237,7 +238,7 @@ def _boot(g):
     ok = True
     try:
         bdev = Flash(path=image)
-        machine._flash = bdev
+        machine_bus._flash = bdev
         g["bdev"] = bdev
         _mount(bdev)
     except Exception as e:
@@ -249,18 +250,18 @@ def _boot(g):
     # The harness's own share of the heap; the ROM's buffer is counted apart (flash on a chip);
     # then the heap's whole pool, for the -X heapsize these take (the GC's tables included).
     used = gc.mem_alloc()
-    machine._send(b"M %d %d %d\n" % (used - rom_heap, rom_heap, used + gc.mem_free()))
+    machine_bus._send(b"M %d %d %d\n" % (used - rom_heap, rom_heap, used + gc.mem_free()))
     if ok:
         ok = _exec("boot.py", g, me)
         if ok and not raw:
             ok = _exec("main.py", g, me)
         if ok is None:
             sweep()
-            machine._halt(b"X\n")
+            machine_bus._halt(b"X\n")
     sys.atexit(sweep)  # the REPL's own exits (Ctrl-D, SystemExit) are soft resets too
     if g.get("__file__") == me:
         del g["__file__"]
-    machine._request(b"R\n")  # the supervisor now starts the raw REPL if that was the mode
+    machine_bus._request(b"R\n")  # the supervisor now starts the raw REPL if that was the mode
 
 
 _boot(globals())

@@ -7,7 +7,8 @@ import argparse
 import os
 import time
 
-from brewmeter.emulator.board import BoardControl, BoardError
+from brewmeter.emulator.common import BoardError
+from brewmeter.emulator.control import BoardControl
 
 CONTROL_ENV = "BREWMETER_CONTROL"
 

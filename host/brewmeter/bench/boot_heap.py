@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from brewmeter import mp
 from brewmeter.cloud.server import Faults
-from brewmeter.emulator.board import DEFAULT_ROM, Board, install, load_profile
+from brewmeter.emulator.board import Board
+from brewmeter.emulator.common import DEFAULT_ROM, read_profile
+from brewmeter.emulator.lfs import install
 from brewmeter.flasher import READY
 from brewmeter.flashfiles import build, build_rom, emulator_provision
 from brewmeter.runs.demo import cloud_for
+from brewmeter.standins import FIRMWARE
 
 
 def _image(d: Path, prov: dict | None, rom: bool = True, main: str | None = None) -> Path:
@@ -32,7 +34,7 @@ def _image(d: Path, prov: dict | None, rom: bool = True, main: str | None = None
     image = d / "flash.img"
     if rom:
         romfs = build_rom(d, files).read_bytes()
-        size = load_profile("emulator")[0].get("rom_bytes", DEFAULT_ROM)
+        size = read_profile("emulator")[0].get("rom_bytes", DEFAULT_ROM)
         (d / "flash.img.rom").write_bytes(romfs + b"\xff" * (size - len(romfs)))
         shutil.rmtree(tree / "app")
     install(image, tree)
@@ -122,7 +124,7 @@ class _LargestReply(Faults):
         from app.outbox import MAX_EVENTS
         from app.protocol import MAX_REPLY
 
-        from brewmeter import harness  # noqa: F401 - the firmware's modules, importable
+        from brewmeter import profiles  # noqa: F401 - the firmware's modules, importable
 
         body = json.dumps({"ack": list(range(10**6, 10**6 + MAX_EVENTS)), "orders": {},
                            "refill": {}, "config": {"version": 1, "settings": CONFIG}
@@ -184,7 +186,7 @@ def app_peak_heap_bytes() -> dict[str, float]:
     the app deployed to ROMFS as flash.sh does when the firmware has a ROM partition (its
     bytes are flash, not heap: the board leaves them out), and with the filesystem
     deployment stock firmware gets. The board adds its own harness's heap on top, measured
-    on the interpreter in use (brewmeter.emulator.supervisor.heap_reserve), so these are
+    on the interpreter in use (brewmeter.emulator.process.heap_reserve), so these are
     the app's. Each with its band (_smallest): from the smallest heap seen to run it once to
     the figure, which ran it three times in a row."""
     rom, rom_band = _smallest(lambda h: _peak_fits(h, True))
@@ -252,7 +254,7 @@ def app_code_heap_bytes() -> dict[str, float]:
     names and short strings, kept for good: unloading a module does not give them back; the
     text stays in the ROM). The floor under app_peak_heap_bytes."""
     with tempfile.TemporaryDirectory() as d:
-        mods = sorted("app." + p.stem for p in (mp.FIRMWARE / "app").glob("*.py")
+        mods = sorted("app." + p.stem for p in (FIRMWARE / "app").glob("*.py")
                       if p.stem != "__init__")
         image = _image(Path(d), None, main=_IMPORT_ALL % mods)
         with Board(image, board_profile="emulator", heap=192 * 1024) as board:

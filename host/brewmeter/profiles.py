@@ -35,8 +35,7 @@ def firmware(name: str) -> Any:
     return importlib.import_module("app." + name)
 
 
-REPO = standins.REPO
-BOARDS = REPO / "boards"
+BOARDS = standins.REPO / "boards"
 
 
 def board_path(name_or_path: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from brewmeter.standins import FIRMWARE, REPO
 
 HOST = REPO / "host" / "brewmeter"
-ONBOARD = HOST / "onboard"  # what runs inside MicroPython, loaded by path
+ONMICROPYTHON = HOST / "onmicropython"  # what runs inside MicroPython, loaded by path
 
 
 def tool(name: str) -> str:
@@ -94,10 +94,11 @@ def run(args: list[str], heap: str | None = None, timeout: float = 60) -> str:
 def replay_args(profile_path: str | Path, events_path: Path, firmware: Path = FIRMWARE,
                 *flags: str) -> list[str]:
     """micropython arguments that replay a sensor timeline into the counting core
-    (host/brewmeter/onboard/replay.py); `firmware` is a tree of .py or .mpy files (compile_tree).
+    (onmicropython/replay.py); `firmware` is a tree of .py or .mpy files (compile_tree).
     replay itself is imported from `firmware` first, so a compiled copy there is used."""
     argv = ["", str(firmware), str(profile_path), str(events_path), *flags]
-    code = f"import sys; sys.path.insert(0, {str(firmware)!r}); sys.path.append({str(ONBOARD)!r})"
+    code = (f"import sys; sys.path.insert(0, {str(firmware)!r}); "
+            f"sys.path.append({str(ONMICROPYTHON)!r})")
     return ["-c", code + f"; import replay; replay.main({argv!r})"]
 
 

@@ -1,11 +1,9 @@
-# `machine` for the emulated ESP32 (host/brewmeter/emulator/). It runs inside the MicroPython
-# unix port and shadows the built-in `machine` by coming earlier on sys.path (the ESP32 port
-# itself does the same: its frozen machine.py wraps the C module to add Counter).
-#
-# Fake hardware lives here, never in firmware/: pin levels and flow pulses come from the
-# supervisor over a loopback TCP socket (the "bus"), drained without blocking whenever
+# The emulated ESP32's bus, inside the MicroPython unix port beside machine.py: the loopback
+# TCP socket to the supervisor (host/brewmeter/emulator/), drained without blocking whenever
 # firmware reads the hardware (Pin.value(), Counter.value(), disable_irq(), idle()); pin IRQ
 # handlers run inside that drain (the PulseCounter fallback calls disable_irq() per take()).
+# machine.py, machine_counter.py, machine_timers.py and the launcher (board_launch.py) share
+# its state here, so none of them imports another back.
 #
 # Bus lines, supervisor -> board: "L gpio level", "P gpio n" (pulses), "C n tear" (arm a flash
 # power cut after n program/erase operations), "A" (the serial port showed output: dupterm),
@@ -24,13 +22,7 @@ import socket
 import time
 
 import machineconsts as _c
-from machineconsts import (  # noqa: F401 - machine's own names
-    DEEPSLEEP_RESET,
-    HARD_RESET,
-    PWRON_RESET,
-    SOFT_RESET,
-    WDT_RESET,
-)
+from machineconsts import PWRON_RESET
 
 _sock = None
 _poller = None
@@ -38,7 +30,6 @@ _buf = b""
 _acked = False
 _cause = PWRON_RESET
 _uid = b"\x24\x0a\xc4\x00\x00\x01"
-_freq = 160000000  # MicroPython's default CPU clock on the ESP32
 _rtc_offset = 0
 _flash = None  # the launcher's NorFlash, for armed power cuts
 _levels = {}  # gpio -> level the supervisor drives (missing: the pull decides)
@@ -131,7 +122,7 @@ def _apply(line):
     elif k == b"H":  # the heap in use, collected (the control address's `heap`)
         _heap()
     elif k == b"G":
-        machine_counter.gap_report()
+        gap_report()
     elif k == b"N":
         socket._hang_ms = int(f[1])
     elif k == b"I" or k == b"U":
@@ -174,7 +165,7 @@ def _request(msg):
 def _level(gpio):
     v = _levels.get(gpio)
     if v is None:  # nothing drives it: an input floats to its pull
-        return 1 if _pulls.get(gpio) == Pin.PULL_UP else 0
+        return 1 if _pulls.get(gpio) == _c.Pin.PULL_UP else 0
     return v
 
 
@@ -182,7 +173,7 @@ def _set_level(gpio, v):
     old = _level(gpio)
     _levels[gpio] = v
     irq = _irqs.get(gpio)
-    if irq is not None and v != old and irq[2] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
+    if irq is not None and v != old and irq[2] & (_c.Pin.IRQ_RISING if v else _c.Pin.IRQ_FALLING):
         irq[1](irq[0])
 
 
@@ -194,131 +185,35 @@ def _pulses(gpio, n):
         return
     pin, handler, trig = irq
     # A pulse leaves the pin where it was: a rising and a falling edge (or the reverse).
-    calls = (1 if trig & Pin.IRQ_RISING else 0) + (1 if trig & Pin.IRQ_FALLING else 0)
+    calls = (1 if trig & _c.Pin.IRQ_RISING else 0) + (1 if trig & _c.Pin.IRQ_FALLING else 0)
     for _ in range(n * calls):
         handler(pin)
 
 
-class Pin(_c.Pin):
-
-    def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
-        self._id = id
-        self._mode = Pin.IN
-        self.init(mode, pull, value=value)
-
-    def init(self, mode=-1, pull=-1, *, value=None, **kw):
-        if mode != -1:
-            self._mode = mode
-        if pull != -1:
-            _pulls[self._id] = pull
-        if value is not None:
-            self.value(value)
-
-    def value(self, x=None):
-        if x is None:
-            _poll()
-            if self._mode == Pin.OUT:
-                return _outs.get(self._id, 0)
-            return _level(self._id)
-        x = 1 if x else 0
-        if _outs.get(self._id) != x:
-            _outs[self._id] = x
-            _send(b"O %d %d\n" % (self._id, x))
-        return None
-
-    __call__ = value
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
-
-    def toggle(self):
-        self.value(1 - _outs.get(self._id, 0))
-
-    def mode(self, mode=None):
-        if mode is None:
-            return self._mode
-        self._mode = mode
-
-    def pull(self, pull=None):
-        if pull is None:
-            return _pulls.get(self._id)
-        _pulls[self._id] = pull
-
-    def irq(self, handler=None, trigger=3, *, wake=None, hard=False):
-        if handler is None:
-            _irqs.pop(self._id, None)
-        else:
-            _irqs[self._id] = (self, handler, trigger)
-
-    def __repr__(self):
-        return "Pin(%d)" % self._id
+_gap_last = None
+_gap_max = 0
+_gap_polls = 0
 
 
-def dupterm(stream=None, index=0):
-    # os.dupterm, which the unix port lacks: `stream`.write() is called whenever the serial
-    # port shows output (the supervisor says so over the bus, "A"), as the ESP32's REPL
-    # writes its output to every dupterm stream. Returns the previous stream.
-    global _term
-    prev, _term = _term, stream
-    return prev
+def gap_report():
+    global _gap_max, _gap_polls
+    _send(b"G %d %d\n" % (_gap_max, _gap_polls))
+    _gap_max = _gap_polls = 0
 
 
-def reset_cause():
-    return _cause
+def _gap_tick():
+    # Allocates nothing (small ints only): poll_alloc_bytes runs through here too.
+    global _gap_last, _gap_max, _gap_polls
+    now = time.ticks_ms()
+    if _gap_last is not None:
+        g = time.ticks_diff(now, _gap_last)
+        if g > _gap_max:
+            _gap_max = g
+    _gap_last = now
+    _gap_polls += 1
 
 
-def reset():
-    _halt(b"B\n")
-
-
-def soft_reset():
-    # As on the ESP32: a SystemExit, which main.py or the REPL turns into a soft reboot.
-    raise SystemExit
-
-
-def deepsleep(time_ms=0):
-    _halt(b"D %d\n" % time_ms)
-
-
-def lightsleep(time_ms=None):
-    if time_ms is not None:
-        time.sleep_ms(time_ms)
-    _poll()
-
-
-sleep = lightsleep
-
-
-def unique_id():
-    return _uid
-
-
-def freq(hz=None):
-    global _freq
-    if hz is None:
-        return _freq
-    if hz // 1000000 not in (20, 40, 80, 160, 240):
-        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
-    _freq = hz
-
-
-def idle():
-    _poll()
-
-
-def disable_irq():
-    _poll()  # an edge that came before the critical section runs its handler first
-    return 0
-
-
-def enable_irq(state=0):
-    pass
-
-
-# -- for the launcher (host/brewmeter/board_launch.py)
+# -- for the launcher (board_launch.py)
 
 
 def _boot(port, boot_no, cause, uid, rtc_offset):
@@ -354,10 +249,3 @@ def _halt(msg):
     _send(msg)
     while True:
         time.sleep(1)
-
-
-# The watchdog, the timers and the pulse counter live beside this file (machine_timers.py,
-# machine_counter.py); imported last, as they call back into this module.
-import machine_counter  # noqa: E402
-from machine_counter import Counter  # noqa: E402, F401
-from machine_timers import RTC, WDT, Timer  # noqa: E402, F401

@@ -5,9 +5,9 @@
 # caller passes `mount(flash) -> (fs, root)` for its interpreter. The wall clock is either
 # known from the start (NTP answered) or never (every brew in an undated bucket of its boot).
 try:
-    from brewmeter.onboard import replay  # CPython
+    from brewmeter.onmicropython import replay  # CPython
 except ImportError:
-    import replay  # MicroPython, with host/brewmeter/onboard on sys.path
+    import replay  # MicroPython, with host/brewmeter/onmicropython on sys.path
 
 from app.device import Device
 

@@ -3,7 +3,7 @@
 import _thread
 import time
 
-import machine
+import machine_bus as _bus
 import machineconsts as _c
 
 
@@ -16,13 +16,13 @@ class WDT:
     def __init__(self, id=0, timeout=5000):
         if timeout < 1:
             raise ValueError("timeout")
-        machine._send(b"W %d\n" % timeout)
+        _bus._send(b"W %d\n" % timeout)
 
     def feed(self):
         now = time.ticks_ms()
         if time.ticks_diff(now, WDT._fed) >= 100:
             WDT._fed = now
-            machine._send(b"F\n")
+            _bus._send(b"F\n")
 
 
 class Timer(_c.Timer):
@@ -47,7 +47,7 @@ class Timer(_c.Timer):
             time.sleep_ms(period)
             if gen != self._gen:
                 return
-            machine._poll()
+            _bus._poll()
             if callback is not None:
                 callback(self)
             if mode == Timer.ONE_SHOT:
@@ -58,18 +58,18 @@ class Timer(_c.Timer):
 
 
 class RTC:
-    # The host clock plus an offset (machine._rtc_offset, set at boot) that survives soft and
+    # The host clock plus an offset (_bus._rtc_offset, set at boot) that survives soft and
     # hard resets, not a power cut.
     def __init__(self, id=0):
         pass
 
     def datetime(self, dt=None):
         if dt is None:
-            t = time.localtime(int(time.time()) + machine._rtc_offset)
+            t = time.localtime(int(time.time()) + _bus._rtc_offset)
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
         t = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
-        machine._rtc_offset = t - int(time.time())
-        machine._send(b"T %d\n" % machine._rtc_offset)
+        _bus._rtc_offset = t - int(time.time())
+        _bus._send(b"T %d\n" % _bus._rtc_offset)
 
     def init(self, dt):
         self.datetime(dt)

@@ -1,10 +1,10 @@
 # `sys` for the emulated ESP32: the unix port's own, except that bytes written to
-# sys.stdout.buffer reach the serial port as written. The supervisor (board.py) turns every
-# "\n" the interpreter writes into "\r\n", as the ESP32's cooked stdout does for print() and
-# the REPL; but on the chip sys.stdout.buffer is raw, and binary protocols over the port rely
-# on it (`mpremote mount`: its file contents, lengths and offsets). The launcher puts this
-# module in sys.modules as "sys", as it does for vfs; each raw write goes out framed as
-# \x00 ESC, four hex digits of its length, then the bytes, which the supervisor passes on
+# sys.stdout.buffer reach the serial port as written. The serial port (emulator/serialport.py)
+# turns every "\n" the interpreter writes into "\r\n", as the ESP32's cooked stdout does for
+# print() and the REPL; but on the chip sys.stdout.buffer is raw, and binary protocols over the
+# port rely on it (`mpremote mount`: its file contents, lengths and offsets). The launcher puts
+# this module in sys.modules as "sys", as it does for vfs; each raw write goes out framed as
+# \x00 ESC, four hex digits of its length, then the bytes, which the serial port passes on
 # uncooked.
 import sys as _sys
 

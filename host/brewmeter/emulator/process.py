@@ -23,7 +23,7 @@ from brewmeter.emulator.common import (
     BoardError,
     _die_with_parent,
 )
-from brewmeter.onboard.board_machine.machineconsts import (
+from brewmeter.onmicropython.esp32.machineconsts import (
     DEEPSLEEP_RESET,
     HARD_RESET,
     PWRON_RESET,
