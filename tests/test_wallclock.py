@@ -1,13 +1,11 @@
-"""The device's clock and link: NTP over real UDP on 127.0.0.1 (the firmware's own
-non-blocking query), a clock never trusted before it is set, and Wi-Fi that fails."""
+"""The device's clock (app/wallclock.py): NTP over real UDP on 127.0.0.1 (the firmware's own
+non-blocking query), and a clock never trusted before it is set."""
 
 from __future__ import annotations
 
 import asyncio
 import calendar
-import json
 import struct
-import sys
 
 import pytest
 from app import wallclock
@@ -180,30 +178,3 @@ def test_a_correction_moves_only_what_this_boots_clock_dated(profile, tmp_path):
     d3 = Device(profile, fs)
     d3.boot(1, 0)
     assert {e["id"]: e.get("wall") for e in d3.outbox.events} == walls
-
-
-async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,
-                                                                     monkeypatch):
-    # The radio has no stand-in here but the emulated board's; use that one.
-    from brewmeter import unixport
-
-    sys.path.insert(0, str(unixport.ONMICROPYTHON / "esp32"))
-    try:
-        import network
-    finally:
-        sys.path.pop(0)
-    monkeypatch.setattr(network.WLAN, "connect", lambda self, ssid=None, key=None: None)
-    from app.device import Device
-    from app.link import Wifi
-    from app.synctask import Syncer
-    from brewmeter.standins.hostfs import DirFS
-
-    d = Device(profile, DirFS(tmp_path))
-    d.boot(1, 0)
-    wifi = Wifi("office", "secret", timeout_ms=0)
-    s = Syncer(d, {"device_id": "bm-x", "key": "00" * 32, "cloud_url": "http://127.0.0.1:9"},
-               wifi)
-    result = await s.sync_once()
-    assert "Wi-Fi" in result and s.schedule.failures == 1
-    assert wifi.state() == "down"
-    assert json.dumps(s.last[1])  # the console can show why

@@ -1,11 +1,14 @@
-"""Nothing the network does stops the counting: a host name is looked up off the event loop
-(app.link.resolve), so a DNS that never answers costs the sync, never a poll."""
+"""The device's link (app/link.py): nothing the network does stops the counting. A host name
+is looked up off the event loop (app.link.resolve), so a DNS that never answers costs the
+sync, never a poll; Wi-Fi that never connects fails and the sync backs off."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -106,3 +109,30 @@ def test_a_brew_while_the_dns_never_answers_is_counted_and_sent_once_it_does(tmp
         while (said := _sync(board, prov["service_pin"])) != "ok":  # once the stalled
             assert time.monotonic() < end, said  # lookup is over, a new one answers
         assert cloud.ledger.device(prov["device_id"])["counters"]["brews_total"] == 1
+
+
+async def test_wifi_that_never_connects_fails_and_the_sync_backs_off(profile, tmp_path,
+                                                                     monkeypatch):
+    # The radio has no stand-in here but the emulated board's; use that one.
+    from brewmeter import unixport
+
+    sys.path.insert(0, str(unixport.ONMICROPYTHON / "esp32"))
+    try:
+        import network
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(network.WLAN, "connect", lambda self, ssid=None, key=None: None)
+    from app.device import Device
+    from app.link import Wifi
+    from app.synctask import Syncer
+    from brewmeter.standins.hostfs import DirFS
+
+    d = Device(profile, DirFS(tmp_path))
+    d.boot(1, 0)
+    wifi = Wifi("office", "secret", timeout_ms=0)
+    s = Syncer(d, {"device_id": "bm-x", "key": "00" * 32, "cloud_url": "http://127.0.0.1:9"},
+               wifi)
+    result = await s.sync_once()
+    assert "Wi-Fi" in result and s.schedule.failures == 1
+    assert wifi.state() == "down"
+    assert json.dumps(s.last[1])  # the console can show why
