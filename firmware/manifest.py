@@ -1,6 +1,6 @@
 # MicroPython manifest: freezes the brewmeter app into the firmware, so its bytecode runs
 # from flash like a ROMFS deployment but without a romfs partition. Built by MicroPython's
-# esp32 port with boards/BREWMETER_ESP32 and BOARD_VARIANT=FROZEN (README.md). boot.py,
+# esp32 port with boards/BREWMETER_ESP32 and BOARD_VARIANT=FROZEN (docs/flashing.md). boot.py,
 # main.py and the JSON files stay on the filesystem, where flash.sh writes them.
 include("$(PORT_DIR)/boards/manifest.py")
 

@@ -1,5 +1,6 @@
 """--help as a person reads it: every option says what it does and its default; nothing
-promised for "later"; the README's commands are the ones that run from a checkout."""
+promised for "later"; the commands of the README and docs/ are the ones that run from a
+checkout."""
 
 from __future__ import annotations
 
@@ -76,11 +77,12 @@ def test_help_says_nothing_is_for_later_and_runs_from_a_checkout():
 
 @pytest.mark.slow
 def test_readme_commands_are_written_as_they_run_from_a_checkout():
-    readme = (ROOT / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.md",
+                                                 *sorted((ROOT / "docs").glob("*.md"))])
     names = "|".join(cli.commands(cli.parser()))
     bare = [line for line in readme.splitlines()
             if re.search(rf"(?<![./\w-])brewmeter ({names})\b", line)]
-    assert not bare, "README writes `brewmeter ...` (use ./brewmeter):\n" + "\n".join(bare)
+    assert not bare, "README or docs/ writes `brewmeter ...` (use ./brewmeter):\n" + "\n".join(bare)
     for sub in sorted(set(re.findall(r"\./brewmeter ([a-z][a-z-]+)", readme))):
         p = subprocess.run([sys.executable, "-m", "brewmeter.cli", sub, "--help"],
                            capture_output=True, text=True, timeout=60)

@@ -73,7 +73,7 @@ def test_the_pin_is_nowhere_in_the_flash_image(locked):
     _, prov, _, d = locked
     image = (d / "flash.img").read_bytes() + (d / "flash.img.rom").read_bytes()
     assert b"pbkdf2-sha256$3000$" in image  # the provisioning is there, with the PIN's hash
-    assert prov["key"].encode() in image  # (the key is: flash encryption's job, see README)
+    assert prov["key"].encode() in image  # (the key is: flash encryption's job, docs/flashing.md)
     assert PIN.encode() not in image
 
 

@@ -289,7 +289,7 @@ def test_cpython_writes_micropython_reads(tmp_path):
         b"from micropython")
 
 
-# -- wear: the README's figures ("Storage"), as MicroPython's littlefs produces them
+# -- wear: the figures of docs/storage.md, as MicroPython's littlefs produces them
 
 MP_WEAR = """
 import vfs

@@ -1,6 +1,6 @@
 // brewmeter on a stock ESP32 module (4 MiB flash, no PSRAM), built out of tree with
 // MicroPython's esp32 port: the ESP32_GENERIC configuration plus a ROMFS partition, so
-// flash.sh deploys the app as a ROMFS image that runs in place from flash (README.md,
+// flash.sh deploys the app as a ROMFS image that runs in place from flash (docs/flashing.md,
 // "Building the ESP32 firmware").
 
 #define MICROPY_HW_BOARD_NAME "brewmeter ESP32"

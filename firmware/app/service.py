@@ -16,7 +16,7 @@ from app import protocol
 _TRIES = const(5)
 LOCK_S = const(300)
 LOCK_MAX_S = const(86400)
-_SLICE = const(50)  # iterations between two yields (what one takes: the README, Secrets)
+_SLICE = const(50)  # iterations between two yields (what one takes: docs/flashing.md, Secrets)
 MAX_ITERATIONS = const(10000)  # a stored hash naming more is refused, as a malformed one
 
 

@@ -2,7 +2,7 @@
 # counters, settings, forecast and wall time are arguments; app.device persists the state,
 # packed here into one binary record (pack_supplies) of at most 126 bytes (4 brew kinds),
 # so that its file stays inline in littlefs metadata: a rewrite costs about 100 bytes of
-# flash, not a block erase (the README's "Storage"). Written after a day of use, an order,
+# flash, not a block erase (docs/storage.md). Written after a day of use, an order,
 # a refill or a status change.
 #
 # Each consumable goes through depletion cycles: a cycle starts when it is refilled (a pack

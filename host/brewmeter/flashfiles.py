@@ -20,8 +20,8 @@ MANIFEST = "manifest.py"
 
 
 # The service PIN reaches the device only as a salted PBKDF2-HMAC-SHA256 hash (the firmware's
-# app/service.py checks it). 3000 iterations: an unlock costs about 0.5 s on an ESP32
-# (README, "Secrets at rest").
+# app/service.py checks it). 3000 iterations keep an unlock short on an ESP32 (docs/flashing.md,
+# "Secrets at rest", works out what one costs).
 PIN_ITERATIONS = 3000
 
 
