@@ -278,9 +278,9 @@ def status(device, prov):
     except OSError:
         used = total = None
         blocks = 512
-    # Wear, estimated from the measured cost of a brew in use (flash_erases_per_brew,
-    # brewmeter bench: 0.0386 erases) spread by littlefs's wear levelling over the
-    # partition's blocks, against NOR flash's 100,000 erase cycles.
+    # Wear, estimated from the erases a brew costs in use (flash_erases_per_brew, as
+    # `./brewmeter bench` measured it when this was written) spread by littlefs's wear
+    # levelling over the partition's blocks, against NOR flash's 100,000 erase cycles.
     wear = c.total_brews() * 0.0386 / blocks / 100000 * 100
     s = {"fw": VERSION, "board": device.profile.board,
          "flash_used_kib": used, "flash_total_kib": total,
