@@ -7,7 +7,6 @@ import argparse
 import os
 import time
 
-from brewmeter.emulator.common import BoardError
 from brewmeter.emulator.control import BoardControl
 
 CONTROL_ENV = "BREWMETER_CONTROL"
@@ -84,6 +83,3 @@ def add_commands(sub: argparse._SubParsersAction, func) -> None:
                        "for it to boot again")
     p.add_argument("--control", help=ctl_help)
     p.set_defaults(func=func)
-
-
-__all__ = ["BoardError", "DriveError", "add_commands", "run"]
