@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the ledger: a SQLite file (default: in memory), or PostgreSQL: "
                    "postgresql://USER@HOST[:PORT]/DATABASE (its password in ~/.pgpass or "
                    "$PGPASSWORD, never in the URL)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="serve the port from N processes (SO_REUSEPORT), all on the --db "
+                   "PostgreSQL database (a SQLite ledger takes one)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
     p.add_argument("--tls-key", help="... and this private key (PEM)")
     p.add_argument("--admin-token-file", metavar="FILE",

@@ -128,7 +128,8 @@ class CloudServer:
                  port: int = 0, admin_token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, faults: Faults | None = None,
                  devices: Iterable[tuple[str, ...]] = (), synchronous: str = "FULL",
-                 merchant: Merchant | None = None, quota: quota.Quota | None = None) -> None:
+                 merchant: Merchant | None = None, quota: quota.Quota | None = None,
+                 reuse_port: bool = False) -> None:
         self._owns_ledger = not isinstance(db, Ledger)
         if isinstance(db, Ledger):
             if merchant is not None:
@@ -141,6 +142,7 @@ class CloudServer:
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.faults = faults
         self.host, self.port, self.ssl_context = host, port, ssl_context
+        self.reuse_port = reuse_port  # beside other processes on the port (--workers)
         self.app = make_app(self.ledger, self.admin_token, faults, quota)
         self._runner: web.AppRunner | None = None
 
@@ -158,7 +160,8 @@ class CloudServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                      shutdown_timeout=5.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -224,15 +227,21 @@ def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path | Ledger
     the token: terminals and logs keep what is printed) and removed at the end. Returns 0."""
     with tempfile.TemporaryDirectory(prefix="brewmeter-cloud-") as d:  # yours alone (0700)
         if admin_token is None:
-            admin_token = secrets.token_urlsafe(18)
-            write_new(Path(d) / "admin.token", admin_token + "\n")
-            token_note = (f"admin token: in {Path(d) / 'admin.token'} (readable by you alone; "
-                          "removed when the cloud stops)")
+            admin_token, token_note = new_token(Path(d))
         cloud = CloudServer(db, host=host, port=port, admin_token=admin_token,
                             ssl_context=ssl_context, faults=faults, devices=devices,
                             synchronous=synchronous, merchant=merchant)
         asyncio.run(_serve(cloud, out, token_note))
     return 0
+
+
+def new_token(folder: Path) -> tuple[str, str]:
+    """(a new operator's token, what to print about it): written to a file of its own in
+    `folder` (yours alone), never printed: terminals and logs keep what is printed."""
+    token = secrets.token_urlsafe(18)
+    write_new(folder / "admin.token", token + "\n")
+    return token, (f"admin token: in {folder / 'admin.token'} (readable by you alone; "
+                   "removed when the cloud stops)")
 
 
 def server_ssl_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
@@ -293,6 +302,14 @@ def run_args(args: argparse.Namespace) -> int:
         return 2
     merchant = Merchant(args.ship_after_s, args.deliver_after_s,
                         frozenset(args.out_of_stock or ()))
+    if args.workers != 1:
+        from brewmeter.cloud import processes
+
+        try:
+            processes.check_workers(args.workers, args.db)
+        except ValueError as e:
+            print(f"brewmeter cloud: {e}", file=sys.stderr)
+            return 2
     try:
         ledger = Ledger(args.db, synchronous=args.synchronous, merchant=merchant)
     except Exception as e:  # no server, no such database, a newer schema: a line, no trace
@@ -300,6 +317,13 @@ def run_args(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        if args.workers != 1:
+            for dev, key, *key_id in devices:  # (once, before the workers start)
+                ledger.add_device(dev, key, *key_id)
+            return processes.serve(
+                args.workers, args.host, args.port, args.db,
+                (args.tls_cert, args.tls_key) if ctx else None, admin_token=token,
+                faults=faults if faults.rates else None, merchant=merchant, token_note=note)
         return run_cloud(args.host, args.port, ledger, ctx, admin_token=token,
                          devices=devices, faults=faults if faults.rates else None,
                          token_note=note)
