@@ -10,21 +10,16 @@ than one worker on it is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import signal
 import socket
 import sys
-import tempfile
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from brewmeter.cloud.db import is_url
-
-if TYPE_CHECKING:
-    from brewmeter.cloud.faults import Faults
-    from brewmeter.cloud.merchant import Merchant
 
 START_TIMEOUT_S = 60
 
@@ -47,45 +42,12 @@ def hold_port(host: str, port: int) -> socket.socket:
     return s
 
 
-def _worker(host: str, port: int, db: str, tls: tuple[str, str] | None, token: str,
-            faults: Faults | None, merchant: Merchant | None, ready: Any) -> None:
-    """One worker: the cloud on host:port beside the others, until SIGTERM."""
-    from brewmeter.cloud.server import CloudServer, server_ssl_context
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C reaches all)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        ctx = server_ssl_context(*tls) if tls else None
-        async with CloudServer(db, host=host, port=port, admin_token=token, ssl_context=ctx,
-                               faults=faults, merchant=merchant, reuse_port=True):
-            ready.send(True)
-            await stop.wait()
-
-    asyncio.run(main())
-
-
-def serve(workers: int, host: str, port: int, db: str, tls: tuple[str, str] | None, *,
-          admin_token: str | None, faults: Faults | None, merchant: Merchant | None,
-          out: TextIO = sys.stdout, token_note: str | None = None) -> int:
-    """Serve from `workers` processes until SIGINT or SIGTERM (or a worker's death: then
-    1), the database's schema already made (the caller opened it once). Without an
-    `admin_token`, a new one in a file (server.new_token)."""
-    from brewmeter.cloud.server import new_token
-
-    with tempfile.TemporaryDirectory(prefix="brewmeter-cloud-") as d:  # yours alone (0700)
-        if admin_token is None:
-            admin_token, token_note = new_token(Path(d))
-        return _serve(workers, host, port, db, tls, admin_token, faults, merchant, out,
-                      token_note)
-
-
-def _serve(workers: int, host: str, port: int, db: str, tls: tuple[str, str] | None,
-           admin_token: str, faults: Faults | None, merchant: Merchant | None, out: TextIO,
-           token_note: str | None) -> int:
-    from brewmeter.cloud.db import shown
-
+def serve(workers: int, host: str, port: int, target: Callable[..., None],
+          args: tuple[Any, ...], banner: Callable[[int], str], out: TextIO = sys.stdout
+          ) -> int:
+    """Serve from `workers` processes, each `target(host, port, *args, ready)` (it sends
+    True on `ready` once it listens: cloud.server.serve_worker), until SIGINT or SIGTERM
+    (or a worker's death: then 1). Prints `banner(port)` once all listen."""
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -99,21 +61,16 @@ def _serve(workers: int, host: str, port: int, db: str, tls: tuple[str, str] | N
         with hold_port(host, port) as held:
             port = held.getsockname()[1]
             for _ in range(workers):
-                theirs, ours = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_worker, daemon=True, args=(
-                    host, port, db, tls, admin_token, faults, merchant, ours))
+                said, say = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=target, daemon=True, args=(host, port, *args, say))
                 p.start()
-                procs.append((p, theirs))
-            for p, theirs in procs:
-                if not theirs.poll(START_TIMEOUT_S) or not theirs.recv():
+                procs.append((p, said))
+            for p, said in procs:
+                if not said.poll(START_TIMEOUT_S) or not said.recv():
                     print(f"brewmeter cloud: a worker did not start (exit {p.exitcode})",
                           file=sys.stderr)
                     return 1
-        url = f"{'https' if tls else 'http'}://{host}:{port}"
-        print(f"brewmeter cloud listening on {url} (ledger {shown(db)}, {workers} workers)",
-              file=out, flush=True)
-        if token_note:
-            print(token_note, file=out, flush=True)
+        print(banner(port), file=out, flush=True)
         while not stop:
             if wait([p.sentinel for p, _ in procs], timeout=0.5):
                 print("brewmeter cloud: a worker ended; stopping the others", file=sys.stderr)

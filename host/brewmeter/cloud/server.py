@@ -235,6 +235,42 @@ def run_cloud(host: str = "127.0.0.1", port: int = 8080, db: str | Path | Ledger
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, token: str | None, note: str | None,
+                   faults: Faults | None, merchant: Merchant, tls: bool) -> int:
+    from brewmeter.cloud import processes
+
+    with tempfile.TemporaryDirectory(prefix="brewmeter-cloud-") as d:  # yours alone (0700)
+        if token is None:
+            token, note = new_token(Path(d))
+
+        def banner(port: int) -> str:
+            url = f"{'https' if tls else 'http'}://{args.host}:{port}"
+            return (f"brewmeter cloud listening on {url} (ledger {shown(args.db)}, "
+                    f"{args.workers} workers)" + (f"\n{note}" if note else ""))
+
+        return processes.serve(args.workers, args.host, args.port, serve_worker,
+                               (args.db, (args.tls_cert, args.tls_key) if tls else None,
+                                token, faults, merchant), banner)
+
+
+def serve_worker(host: str, port: int, db: str, tls: tuple[str, str] | None, token: str,
+                 faults: Faults | None, merchant: Merchant, ready: Any) -> None:
+    """One of --workers: the cloud on host:port beside the others, until SIGTERM; True
+    on `ready` once it listens."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C reaches all)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ctx = server_ssl_context(*tls) if tls else None
+        async with CloudServer(db, host=host, port=port, admin_token=token, ssl_context=ctx,
+                               faults=faults, merchant=merchant, reuse_port=True):
+            ready.send(True)
+            await stop.wait()
+
+    asyncio.run(main())
+
+
 def new_token(folder: Path) -> tuple[str, str]:
     """(a new operator's token, what to print about it): written to a file of its own in
     `folder` (yours alone), never printed: terminals and logs keep what is printed."""
@@ -320,10 +356,8 @@ def run_args(args: argparse.Namespace) -> int:
         if args.workers != 1:
             for dev, key, *key_id in devices:  # (once, before the workers start)
                 ledger.add_device(dev, key, *key_id)
-            return processes.serve(
-                args.workers, args.host, args.port, args.db,
-                (args.tls_cert, args.tls_key) if ctx else None, admin_token=token,
-                faults=faults if faults.rates else None, merchant=merchant, token_note=note)
+            return _serve_workers(args, token, note, faults if faults.rates else None,
+                                  merchant, ctx is not None)
         return run_cloud(args.host, args.port, ledger, ctx, admin_token=token,
                          devices=devices, faults=faults if faults.rates else None,
                          token_note=note)
