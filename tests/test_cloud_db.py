@@ -112,7 +112,8 @@ def test_the_same_reports_raced_by_several_writers_merge_once(ledger_at):
     """Four writers, each its own connection (as the cloud's worker processes are), apply
     every report of five devices at once, each in its own order and batches: every report
     is applied by exactly one of them (the others hear a duplicate), every event stored once,
-    the order placed once, the counters and the invoice those of the reports."""
+    the order placed once, the counters and the invoice those of the reports; a device
+    they all provision at once is created by one."""
     import random
     import threading
 
@@ -131,10 +132,13 @@ def test_the_same_reports_raced_by_several_writers_merge_once(ledger_at):
     errors: list[BaseException] = []
     start = threading.Barrier(len(writers))
 
+    created: list[bool] = []
+
     def race(ledger: Ledger, seed: int) -> None:
         mine = work[:]
         random.Random(seed).shuffle(mine)
         start.wait()
+        created.append(ledger.add_device("bm-race-new", "cd" * 32))  # provisioned at once
         while mine:
             batch, mine = mine[:seed + 1], mine[seed + 1:]
             results = ledger.apply_batch([(d, parse(_race_report(s))) for d, s in batch])
@@ -149,7 +153,7 @@ def test_the_same_reports_raced_by_several_writers_merge_once(ledger_at):
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert errors == [] and sorted(created) == [False, False, False, True]
     assert sorted(applied) == sorted(work)  # each report applied once, by one writer
     for dev in devices:
         d = first.device(dev)

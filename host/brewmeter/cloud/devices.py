@@ -81,12 +81,14 @@ class Devices:
         if type(overlap_s) is not int or not 0 <= overlap_s <= MAX_OVERLAP_S:
             raise BadValue(f"overlap_s: expected whole seconds in 0..{MAX_OVERLAP_S}")
         with self.db.tx() as db:
-            old = db.execute("SELECT key, key_id FROM devices WHERE id=?" +
-                             self.db.dialect.for_update, (device_id,)).fetchone()
-            if old is None:  # (a race with another process: its insert wins, ours fails)
-                db.execute("INSERT INTO devices (id, key, key_id, created) VALUES (?, ?, ?, ?)",
-                           (device_id, key.hex(), key_id, self.now()))
-            elif old != (key.hex(), key_id):
+            locked = "SELECT key, key_id FROM devices WHERE id=?" + self.db.dialect.for_update
+            old = db.execute(locked, (device_id,)).fetchone()
+            if old is None and db.execute(
+                    "INSERT INTO devices (id, key, key_id, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (device_id, key.hex(), key_id, self.now())).rowcount == 0:
+                old = db.execute(locked, (device_id,)).fetchone()  # another process's, just now
+            if old is not None and tuple(old) != (key.hex(), key_id):
                 keep = overlap_s > 0
                 db.execute("UPDATE devices SET key=?, key_id=?, old_key=?, old_key_id=?, "
                            "old_until=? WHERE id=?",
