@@ -90,7 +90,8 @@ def test_bad_outage_and_sizes_are_refused_clearly(capsys):
                        (["--outage", "4+30", "--days", "5"], "ends after the 5 days"),
                        (["--devices", "0"], "--devices must be at least 1"),
                        (["--days", "5", "--restore-at", "5"], "a day from 1"),
-                       (["--restore-at", "3", "--outage", "3+2"], "the cloud is down then")):
+                       (["--restore-at", "3", "--outage", "3+2"], "the cloud is down then"),
+                       (["--workers", "2"], "--workers 2 needs --db postgresql://")):
         assert cli.main(["fleet", *args]) == 2
         assert said in capsys.readouterr().err
 
@@ -112,9 +113,9 @@ def test_the_cloud_process_ends_with_the_fleet(tmp_path):
     from brewmeter.clock import VirtualClock
     from brewmeter.runs.fleetnet import Cloud
 
-    cloud = Cloud(tmp_path / "ledger.db", VirtualClock())
+    cloud = Cloud(tmp_path / "ledger.db", VirtualClock(), tmp_path)
     cloud.start()
-    proc = cloud.proc
+    (proc,) = cloud.procs
     assert proc is not None and proc.stdin is not None and proc.poll() is None
     proc.stdin.close()  # as when the fleet's process dies, however
     assert proc.wait(10) == 0
@@ -177,3 +178,12 @@ async def test_the_pool_keeps_the_firmwares_bounds_and_the_replies_order():
     assert got == {b"one": 1, b"two": 1, b"three": 1}
     with pytest.raises(http.HttpError):
         await pool.post(url, "/r", {}, b"four")  # refused
+
+
+@pytest.mark.slow
+def test_a_fleet_on_postgresql_with_two_workers_loses_and_doubles_nothing(postgres):
+    o = fleet.run(fleet.Plan(devices=12, days=4, outage=(1, 4), restore_at=3, workers=2,
+                             db=postgres.new_schema()))
+    d = o.json()
+    assert d["ok"] and d["lost_brews"] == d["doubled_brews"] == d["counters_mismatched"] == 0
+    assert d["failures"] > 0 and d["reports"] > 12 * 4

@@ -56,7 +56,8 @@ def _fleet(args: argparse.Namespace) -> int:
     try:
         plan = fleet.Plan(devices=args.devices, days=args.days, seed=args.seed,
                           outage=None if args.outage is None else fleet.parse_outage(args.outage),
-                          board=args.board, restore_at=args.restore_at)
+                          board=args.board, restore_at=args.restore_at, db=args.db,
+                          workers=args.workers)
         fleet.check_plan(plan)
     except ValueError as e:
         print(f"brewmeter fleet: {e}", file=sys.stderr)
@@ -234,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
                    "restore the cloud's ledger from its backup of a day before")
     p.add_argument("--seed", type=int, default=0,
                    help="the random seed of the households' use (same seed, same run)")
+    p.add_argument("--db", help="the cloud's ledger, kept: a SQLite file, or a PostgreSQL "
+                   "URL (as `brewmeter cloud --db`); default: a temporary file")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="the cloud's processes on its port (more than one: on PostgreSQL)")
     p.add_argument("--board", default="emulator", help="profile name in boards/ or a path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_fleet)

@@ -53,7 +53,9 @@ class Plan:
     outage: tuple[int, int] | None = None  # (day, hours): the cloud down from that day's 00:00
     seed: int = 0
     board: str = "emulator"
-    db: Path | None = None  # the ledger file (kept); None: a temporary one
+    db: str | Path | None = None  # the ledger, kept: a SQLite file or a PostgreSQL URL;
+    # None: a temporary file
+    workers: int = 1  # the cloud's processes (more than one: on PostgreSQL)
     restore_at: int | None = None  # that day's 00:00: the ledger restored from a day-old backup
 
 
@@ -67,8 +69,11 @@ def parse_outage(s: str) -> tuple[int, int]:
 
 def check_plan(plan: Plan) -> None:
     """ValueError, saying what, for a plan that cannot run."""
+    from brewmeter.cloud.processes import check_workers
+
     if plan.devices < 1:
         raise ValueError("--devices must be at least 1")
+    check_workers(plan.workers, plan.db or "")
     if plan.outage is not None and plan.outage[0] * 24 + plan.outage[1] > plan.days * 24:
         raise ValueError(f"--outage {plan.outage[0]}+{plan.outage[1]} ends after the "
                          f"{plan.days} days")
@@ -92,13 +97,14 @@ class Flight:
 
 
 class Fleet:
-    def __init__(self, plan: Plan, db: Path) -> None:
+    def __init__(self, plan: Plan, db: str | Path, files: Path) -> None:
         self.plan = plan
         self.profile = load_profile(plan.board)
         self.clock = VirtualClock(ticks_start=replay.ticks(0))
         self.out = Outcome(plan.devices, plan.days, outage=plan.outage,
                            restore_at=plan.restore_at)
-        self.cloud = Cloud(db, self.clock)
+        self.cloud = Cloud(db, self.clock, files, plan.workers)
+        self.files = files
         self.pool = Pool(self.out, self.clock)
         self.link = Link()
         self.machines: list[Machine] = []
@@ -189,7 +195,7 @@ class Fleet:
             if down is not None and clock.ms >= down:
                 self.cloud.stop()
                 down = None
-            if up is not None and clock.ms >= up and self.cloud.proc is None:
+            if up is not None and clock.ms >= up and not self.cloud.running:
                 self.cloud.start()
                 self.up_at, up = clock.ms, None
             if backup is not None and clock.ms >= backup:
@@ -210,7 +216,7 @@ class Fleet:
                 day = clock.ms // DAY_MS
                 progress(f"day {day}/{plan.days}: {self.out.reports} reports, "
                          f"{self.out.failures} failed, {time.perf_counter() - t0:.0f} s"
-                         + (" (cloud down)" if self.cloud.proc is None else ""))
+                         + (" (cloud down)" if not self.cloud.running else ""))
         for f in inflight:
             await self.settle(f)
         self.out.seconds = time.perf_counter() - t0
@@ -271,7 +277,7 @@ class Fleet:
         self.cloud.start()
 
     def _backup_file(self) -> Path:
-        return self.cloud.db.with_name(self.cloud.db.name + ".day-old")
+        return self.files / "ledger.day-old"
 
     async def heal(self) -> None:
         """Every machine synced (a minute apart) until none owes a page, an event or a
@@ -304,12 +310,13 @@ def _date(wall: float) -> date:
     return datetime.fromtimestamp(wall, UTC).date()
 
 
-async def _run(plan: Plan, db: Path, progress: Callable[[str], None] | None) -> Outcome:
+async def _run(plan: Plan, db: str | Path, files: Path,
+               progress: Callable[[str], None] | None) -> Outcome:
     from app import http, wallclock
 
     from brewmeter.cloud.ledger import Ledger
 
-    fleet = Fleet(plan, db)
+    fleet = Fleet(plan, db, files)
     fleet.provision()
     old_post = http.post
     old_clock = standins.clock
@@ -318,7 +325,7 @@ async def _run(plan: Plan, db: Path, progress: Callable[[str], None] | None) -> 
     http.post = fleet.pool.post
     try:
         await fleet.run(progress)
-        if fleet.cloud.proc is None:
+        if not fleet.cloud.running:
             fleet.cloud.start()
         await fleet.heal()
     finally:
@@ -343,10 +350,9 @@ def run(plan: Plan, progress: Callable[[str], None] | None = None) -> Outcome:
     """The fleet's days, then the checks (in Outcome.checks). The ledger is kept at plan.db
     when given."""
     check_plan(plan)
-    if plan.db is not None:
-        return asyncio.run(_run(plan, plan.db, progress))
     with tempfile.TemporaryDirectory() as tmp:
-        return asyncio.run(_run(plan, Path(tmp) / "ledger.db", progress))
+        db = Path(tmp) / "ledger.db" if plan.db is None else plan.db
+        return asyncio.run(_run(plan, db, Path(tmp), progress))
 
 
 def main_progress(msg: str) -> None:

@@ -33,7 +33,7 @@ class Outcome:
     checks: dict[str, Any] = field(default_factory=dict)
     machines: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> its counters
     period: tuple[date, date] | None = None  # the days billed
-    db: Path | None = None  # the ledger, when kept (Plan.db)
+    db: str | Path | None = None  # the ledger, when kept (Plan.db)
 
     def rates(self) -> dict[str, Any]:
         """The steady request rate (per hour, the days before the outage less the first, or

@@ -28,10 +28,11 @@ HOUR_MS = 3_600_000
 CONCURRENCY = 64  # requests in flight at once, over as many keep-alive connections
 
 
-def _serve(db: str, port: int, clock_file: str) -> None:
-    """The cloud's process: the ledger file on 127.0.0.1:port, its clock the fleet's
-    virtual one (a double in `clock_file`, mapped into both processes). Says "ready" on
-    stdout once it listens; runs until terminated."""
+def _serve(db: str, port: int, clock_file: str, workers: int) -> None:
+    """A cloud process: the ledger (a SQLite file or a PostgreSQL URL) on 127.0.0.1:port,
+    beside the others of `workers` (SO_REUSEPORT), its clock the fleet's virtual one (a
+    double in `clock_file`, mapped into every process). Says "ready" on stdout once it
+    listens; runs until terminated."""
     import mmap
 
     from brewmeter.cloud import CloudServer
@@ -44,7 +45,7 @@ def _serve(db: str, port: int, clock_file: str) -> None:
 
     async def main() -> None:
         ledger = Ledger(db, synchronous="NORMAL", now=lambda: struct.unpack("d", wall)[0])
-        async with CloudServer(ledger, port=port):
+        async with CloudServer(ledger, port=port, reuse_port=workers > 1):
             print("ready", flush=True)
             await asyncio.Event().wait()
 
@@ -52,15 +53,16 @@ def _serve(db: str, port: int, clock_file: str) -> None:
 
 
 class Cloud:
-    """The cloud's process: started, stopped (an outage: connections refused), started
-    again on the same port and ledger."""
+    """The cloud's processes (`workers` of them on one port): started, stopped (an outage:
+    connections refused), started again on the same port and ledger. `files`: a folder for
+    the clock's file."""
 
-    def __init__(self, db: Path, clock: VirtualClock) -> None:
+    def __init__(self, db: str | Path, clock: VirtualClock, files: Path,
+                 workers: int = 1) -> None:
         import mmap
 
-        self.db = db
-        self.clock = clock
-        self.clock_file = db.with_name(db.name + ".clock")
+        self.db, self.clock, self.workers = db, clock, workers
+        self.clock_file = files / "cloud.clock"
         self.clock_file.write_bytes(bytes(8))
         with open(self.clock_file, "r+b") as f:
             self.wall = mmap.mmap(f.fileno(), 8)
@@ -68,31 +70,40 @@ class Cloud:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
+        self.procs: list[subprocess.Popen[str]] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self.procs)
 
     def tick(self) -> None:
         self.wall[:] = struct.pack("d", START_WALL + self.clock.ms / 1000)
 
     def start(self) -> None:
         self.tick()
-        self.proc = subprocess.Popen(
+        self.procs = [subprocess.Popen(
             [sys.executable, "-c", "import sys; from brewmeter.runs.fleetnet import _serve; "
-             "_serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])",
-             str(self.db), str(self.port), str(self.clock_file)],
+             "_serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))",
+             str(self.db), str(self.port), str(self.clock_file), str(self.workers)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.wait(10)
-            raise RuntimeError(f"the cloud did not start (exit {self.proc.returncode})")
+            for _ in range(self.workers)]
+        for p in self.procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                p.wait(10)
+                code = p.returncode
+                self.stop()
+                raise RuntimeError(f"the cloud did not start (exit {code})")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            for pipe in (self.proc.stdin, self.proc.stdout):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+            for pipe in (p.stdin, p.stdout):
                 if pipe:
                     pipe.close()
-            self.proc = None
+        self.procs = []
 
 
 BATCH: contextvars.ContextVar[int] = contextvars.ContextVar("BATCH", default=0)
