@@ -159,10 +159,12 @@ def powercut() -> dict[str, float]:
 
 def cloud_reports_per_s() -> dict[str, float]:
     """Signed reports per second into the emulated cloud (SQLite, fsync per commit) from 50
-    devices over aiohttp keep-alive, 32 in flight: see bench/cloud_throughput.py."""
+    devices over aiohttp keep-alive, 32 in flight; then the same on PostgreSQL with one
+    worker and with two, one after the other: see bench/cloud_throughput.py."""
     from brewmeter.bench.cloud_throughput import cloud_reports_per_s as measure
+    from brewmeter.bench.cloud_throughput import on_postgresql
 
-    return measure()
+    return {**measure(), **on_postgresql()}
 
 
 def _wire() -> dict[str, float]:
@@ -214,7 +216,8 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
                   "baseline_json_bytes_per_brew", "baseline_json_erases_per_brew",
                   "baseline_log_bytes_per_brew", "baseline_log_erases_per_brew")),
     (powercut, ("powercut_cuts", "powercut_lost_brews", "powercut_doubled_brews")),
-    (cloud_reports_per_s, ("cloud_reports_per_s",)),
+    (cloud_reports_per_s, ("cloud_reports_per_s", "cloud_reports_per_s_postgresql_1_worker",
+                           "cloud_reports_per_s_postgresql_2_workers")),
     (_wire, ("wire_bytes_per_day",)),
     (_board("boot_to_ready_ms"), ("boot_to_ready_ms",)),
     (_board("app_peak_heap_bytes"), ("app_peak_heap_bytes", "app_peak_heap_bytes_band",

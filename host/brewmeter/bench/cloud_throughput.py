@@ -74,13 +74,15 @@ async def _drive(url: str, token: str, devices: int, reports: int,
     return done / elapsed
 
 
-def cloud_reports_per_s(devices: int = 50, reports: int = 5000,
-                        concurrency: int = 32) -> dict[str, float]:
+def cloud_reports_per_s(devices: int = 50, reports: int = 5000, concurrency: int = 32,
+                        db: str | None = None, workers: int = 1) -> dict[str, float]:
+    """The rate, on a SQLite file (`db` None) or the database at `db` (a PostgreSQL URL),
+    served by `workers` processes."""
     token = secrets.token_urlsafe(18)
     with tempfile.TemporaryDirectory() as d:
-        db = Path(d) / "ledger.db"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db)],
+            [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db",
+             db or str(Path(d) / "ledger.db"), "--workers", str(workers)],
             stdout=subprocess.PIPE, text=True,
             env={**os.environ, "BREWMETER_ADMIN_TOKEN": token})
         try:
@@ -98,6 +100,28 @@ def cloud_reports_per_s(devices: int = 50, reports: int = 5000,
                 proc.kill()
                 proc.wait()
     return {"cloud_reports_per_s": round(rate, 1)}
+
+
+def on_postgresql(workers: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+    """The same on PostgreSQL (a cluster of its own from the machine's packages, fsync on as
+    SQLite's FULL: each commit durable), served by each number of `workers`:
+    cloud_reports_per_s_postgresql_N_workers. Nothing where PostgreSQL is not installed."""
+    import psycopg
+
+    from brewmeter.cloud import pgserver
+
+    if pgserver.why_missing() is not None:
+        return {}
+    pg = pgserver.TempPostgres().start()
+    try:
+        with psycopg.connect(pg.url, autocommit=True) as c:  # (the tests' cluster has it off)
+            c.execute("ALTER SYSTEM SET fsync = on")
+            c.execute("SELECT pg_reload_conf()")
+        return {f"cloud_reports_per_s_postgresql_{n}_worker{'s' * (n > 1)}":
+                cloud_reports_per_s(db=pg.new_schema(), workers=n)["cloud_reports_per_s"]
+                for n in workers}
+    finally:
+        pg.stop()
 
 
 if __name__ == "__main__":
