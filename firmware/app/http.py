@@ -105,6 +105,7 @@ async def _exchange(host, port, ssl, head, body, line, max_body):
         await writer.drain()
         writer.write(body)
         await writer.drain()
+        body = None  # sent: its heap goes back before the reply's buffer is made
         head = _Head(reader, line)
         parts = (await head.line()).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
@@ -171,10 +172,10 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     line, lock = bytearray(MAX_LINE), _lock if _MP else asyncio.Lock()
     await lock.acquire()
     try:
-        return await asyncio.wait_for(
-            _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
-                      min(max_body, MAX_REPLY)),
-            timeout_ms / 1000)
+        ex = _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
+                       min(max_body, MAX_REPLY))
+        body = head = None  # the exchange's alone: it lets go of them once they are sent
+        return await asyncio.wait_for(ex, timeout_ms / 1000)
     except asyncio.TimeoutError:
         raise HttpError("no reply within %d ms" % timeout_ms)
     except ValueError as e:  # int() of a bad number

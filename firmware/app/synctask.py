@@ -89,9 +89,11 @@ class Syncer:
                     protocol.SIG_HEADER: signature(self.key, "POST", self.path, seq, body)}
             if self.key_id:
                 head[protocol.KEY_HEADER] = self.key_id
-            status, retry_after, reply = await http.post(
+            req = http.post(
                 self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
-            body = head = None  # sent: its heap goes back before the reply is applied
+            body = head = None  # the request holds them until they are sent, no longer
+            status, retry_after, reply = await req
+            req = None  # (a finished coroutine keeps its locals: the reply's line buffer)
             if status == 200:
                 date = wallclock.http_date(http.date)
                 old = wallclock.now()
