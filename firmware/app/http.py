@@ -34,11 +34,12 @@ def parse_url(url):
     return scheme, host, port, "/" + path.rstrip("/") if path else ""
 
 
-# One request at a time on the device (the sync task, the console's sync). Its buffers are
-# not held between reports: the status line and the headers pass through one of MAX_LINE
-# bytes, one line at a time; the body gets one of its Content-Length, once that is checked
-# against the bound, for as long as the caller reads it.
-_lock = asyncio.Lock() if _MP else None
+# One request at a time on the device (the sync task, the console's sync): a flag, not an
+# asyncio.Lock (its module costs heap). Its buffers are not held between reports: the status
+# line and the headers pass through one of MAX_LINE bytes, one line at a time; the body gets
+# one of its Content-Length, once that is checked against the bound, for as long as the
+# caller reads it.
+_busy = False
 
 
 async def _into(reader, mv):
@@ -54,39 +55,27 @@ async def _into(reader, mv):
     return len(data)
 
 
-class _Head:
-    """Lines from the reply, each through `buf` (MAX_LINE bytes): a line longer than that
-    is refused as soon as it is full, never buffered whole."""
-
-    def __init__(self, reader, buf):
-        self.reader = reader
-        self.buf = buf
-        self.mv = memoryview(buf)
-        self.start = self.end = 0  # unread: buf[start:end]
-
-    async def line(self):
-        """The next line (without its end) as bytes."""
-        buf = self.buf
-        while True:
-            i = buf.find(b"\n", self.start, self.end)
-            if i >= 0:
-                line = bytes(self.mv[self.start:i])
-                self.start = i + 1
-                return line[:-1] if line.endswith(b"\r") else line
-            if self.start:  # move what is left to the front
-                n = self.end - self.start
-                self.mv[:n] = self.mv[self.start:self.end]
-                self.start, self.end = 0, n
-            if self.end == len(buf):
-                raise HttpError("reply line too long")
-            n = await _into(self.reader, self.mv[self.end:])
-            if not n:
-                raise HttpError("connection closed mid-reply")
-            self.end += n
-
-    def rest(self):
-        """What was read past the headers: the start of the body."""
-        return self.mv[self.start:self.end]
+async def _line(reader, buf, mv, at):
+    """The reply's next line (without its end) as bytes, through `buf` (MAX_LINE bytes, `mv`
+    its memoryview; `at`: [start, end] of what is unread in it): a line longer than that is
+    refused as soon as it is full, never buffered whole. (No class: a class costs heap.)"""
+    while True:
+        start, end = at
+        i = buf.find(b"\n", start, end)
+        if i >= 0:
+            at[0] = i + 1
+            line = bytes(mv[start:i])
+            return line[:-1] if line.endswith(b"\r") else line
+        if start:  # move what is left to the front
+            end -= start
+            mv[:end] = mv[start:start + end]
+            at[0] = 0
+        if end == len(buf):
+            raise HttpError("reply line too long")
+        n = await _into(reader, mv[end:])
+        if not n:
+            raise HttpError("connection closed mid-reply")
+        at[1] = end + n
 
 
 async def _exchange(host, port, ssl, head, body, line, max_body):
@@ -106,15 +95,15 @@ async def _exchange(host, port, ssl, head, body, line, max_body):
         writer.write(body)
         await writer.drain()
         body = None  # sent: its heap goes back before the reply's buffer is made
-        head = _Head(reader, line)
-        parts = (await head.line()).split(None, 2)
+        head = line, memoryview(line), [0, 0]  # the reply's lines pass through `line`
+        parts = (await _line(reader, *head)).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
         status = int(parts[1])
         length = None
         retry_after = 0
         for _ in range(MAX_HEADERS):
-            line = await head.line()
+            line = await _line(reader, *head)
             if not line:
                 break
             name, _, value = line.partition(b":")
@@ -134,7 +123,7 @@ async def _exchange(host, port, ssl, head, body, line, max_body):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        got = head.rest()
+        got = head[1][head[2][0]:head[2][1]]  # what was read past the headers
         n = len(got)
         if n > length:
             raise HttpError("reply longer than its Content-Length")
@@ -168,9 +157,12 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
         head += "%s: %s\r\n" % (k, v)
     head = (head + "\r\n").encode()
     # On the device one request at a time; the harness runs many devices in one process
-    # (each on its own clock), so each of its requests gets its own lock.
-    line, lock = bytearray(MAX_LINE), _lock if _MP else asyncio.Lock()
-    await lock.acquire()
+    # (each on its own clock), so its requests never wait for each other.
+    global _busy
+    while _busy:
+        await asyncio.sleep_ms(20)
+    _busy = _MP
+    line = bytearray(MAX_LINE)
     try:
         ex = _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
                        min(max_body, MAX_REPLY))
@@ -181,4 +173,4 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     except ValueError as e:  # int() of a bad number
         raise HttpError("bad reply: %s" % e)
     finally:
-        lock.release()
+        _busy = False
