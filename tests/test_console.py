@@ -391,7 +391,7 @@ print("RESULT", json.dumps(s))
 
 
 def test_only_no_provisioning_or_lock_false_leaves_the_port_open(tmp_path):
-    from app.run import load_provision, locks
+    from app.startup import load_provision, locks
 
     p = tmp_path / "provision.json"
     assert load_provision(str(p)) is None and not locks(None)  # unprovisioned: no secrets

@@ -80,7 +80,7 @@ def test_cli_rejects_bad_profile_with_exit_2(tmp_path, capsys):
 
 
 def test_an_oversized_profile_file_is_refused_unread(tmp_path):
-    from app.run import load_profile
+    from app.startup import load_profile
 
     p = tmp_path / "board.json"
     p.write_text('{"board": "x",' + " " * 5000 + "}")

@@ -3,8 +3,6 @@
 # work and the service button, all but the counting kept running by app/supervisor.py.
 import asyncio
 import gc
-import json
-import os
 import sys
 import time
 from time import ticks_ms
@@ -12,85 +10,13 @@ from time import ticks_ms
 import micropython
 from micropython import const
 
-from app import VERSION, hw, wallclock
+from app import VERSION, hw, unload, wallclock
 from app.device import Device
 from app.journal import DeviceFS
-from app.protocol import MAX_PROVISION
 from app.sensors import Sensors
 from app.supervisor import Supervisor, take_hook
 
 _GC_EVERY = const(4096)
-PROFILE_PATH = "/board.json"
-_MAX_PROFILE = const(4096)  # a profile is well under 1 KB
-PROVISION_PATH = "/provision.json"
-
-
-def load_profile(path=PROFILE_PATH):
-    """The validated board profile. The validator is needed once, at boot: it is unloaded
-    afterwards (about 10 KB of heap on the unix port, 6 KB on an ESP32)."""
-    from app.profile import ProfileError, parse
-
-    try:
-        with open(path) as f:
-            text = f.read(_MAX_PROFILE + 1)  # a bounded read, as every read
-    except OSError:
-        raise ProfileError(path, "(file)", "missing: flash.sh writes it with --board")
-    if len(text) > _MAX_PROFILE:
-        raise ProfileError(path, "(file)", "over %d bytes: not a board profile" % _MAX_PROFILE)
-    try:
-        return parse(text, path)
-    finally:
-        _unload("profile")
-
-
-def _unload(name):
-    """Drop module app.NAME, so its heap is freed."""
-    import app
-
-    sys.modules.pop("app." + name, None)
-    if hasattr(app, name):
-        delattr(app, name)
-
-
-def load_provision(path=PROVISION_PATH):
-    """The provisioning flash.sh wrote (device id, key, Wi-Fi, cloud); None if there is none,
-    {} if it is unreadable (it may hold secrets all the same: locked, see locks())."""
-    try:
-        # Bounded by the file's size, not by a buffer of the bound: json.load streams it, and
-        # boot has no 8 KiB run to spare.
-        if os.stat(path)[6] > MAX_PROVISION:
-            return {}
-        with open(path) as f:
-            p = json.load(f)
-    except OSError:
-        return None
-    except ValueError:
-        p = None
-    return p if isinstance(p, dict) else {}
-
-
-def load_sync(prov):
-    """The sync stack (its modules, the HTTP client's line buffer, the TLS context), loaded
-    before recovery while the heap is whole: after it the heap may hold no free run of 3-4
-    KiB for them. Returns the TLS context (None for a plain-http emulator cloud)."""
-    from app import synctask, tls  # noqa: F401
-
-    url = prov["cloud_url"]
-    try:
-        return tls.context(prov.pop("ca_cert")) if url.startswith("https://") else None
-    finally:
-        _unload("tls")  # needed once, for the context, as is the CA certificate
-
-
-def start_sync(device, prov, ssl):
-    from app.link import Wifi
-    from app.synctask import wire
-
-    wifi = prov["wifi"]
-    s = wire(device, prov, Wifi(wifi["ssid"], wifi.get("password", "")), ssl)
-    del prov["key"], prov["wifi"]  # the Syncer and the link keep them: no second copy held
-    return s
-
 
 _device = None  # for run(): what to save when Ctrl-C stops the app
 _syncer = None  # for the service console: the last sync's time and result
@@ -98,11 +24,6 @@ _locked = False  # the serial port is locked: Ctrl-C and the raw REPL do nothing
 _open_until = None  # ticks_ms when a PIN-opened maintenance window closes
 LOCKED_MSG = b"\r\nlocked: unlock with --pin (service unlock --pin PIN)\r\n"
 
-
-def locks(prov):
-    """Is the port locked? A provisioned machine is, unless its provisioning says "lock":
-    false (the emulator's demo); an unprovisioned one holds no secrets."""
-    return prov is not None and prov.get("lock", True) is not False
 
 
 def window_over(now, until):
@@ -117,10 +38,12 @@ async def main(profile, prov):
     # app_peak_heap_bytes); the counting allocates nothing per poll, so an idle machine
     # seldom collects.
     gc.threshold(_GC_EVERY)
+    from app import startup  # (loaded by run()) needed until the tasks run, then unloaded
+
     sync = ssl = None
     if prov:
         try:
-            ssl = load_sync(prov)
+            ssl = startup.load_sync(prov)
         except (ImportError, KeyError, ValueError) as e:  # no radio, or a bad provisioning
             sync = "off (%s)" % e
     device = _device = Device(profile, DeviceFS())
@@ -132,17 +55,19 @@ async def main(profile, prov):
     if was is not None:  # stopped into the REPL (Ctrl-C, mpremote) until this boot
         device.fault("app_stopped", "%d s at the REPL" % was if was >= 0 else "unknown time")
     del replwatch
-    _unload("replwatch")
+    unload("replwatch")
     sup = Supervisor(device, take_hook())
     sensors = Sensors(profile, device)
     keep = sup.keep
     if prov and sync is None:
         try:
-            _syncer = start_sync(device, prov, ssl)
+            _syncer = startup.start_sync(device, prov, ssl)
             asyncio.create_task(keep("sync", _syncer.run))
             sync = "on"
         except (ImportError, KeyError, ValueError) as e:
             sync = "off (%s)" % e
+    del startup
+    unload("startup")
     sync = sync or "off (not provisioned)"
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
     asyncio.create_task(keep("console", lambda: serve_console(device, prov)))
@@ -209,8 +134,8 @@ async def serve_console(device, prov):
                 # was right, so its guard holds nothing a new one would not read from flash.
                 line = con.lines.buf, con.lines.overflow, con.lines._cr
                 con = None
-                _unload("console")
-                _unload("service")
+                unload("console")
+                unload("service")
                 gc.collect()
             if action:
                 out.write(await _carry_out(action, device))
@@ -303,13 +228,16 @@ def run():
     global _locked
     try:
         # boot.py and main.py turned Ctrl-C off on a provisioned machine: no REPL before this.
-        prov = load_provision()
-        _locked = locks(prov)  # then Ctrl-C (0x03) is a byte for the console, which ignores it
+        from app import startup  # what boot needs once (main() unloads it)
+
+        prov = startup.load_provision()
+        # Locked: Ctrl-C (0x03) is a byte for the console, which ignores it.
+        _locked = startup.locks(prov)
         if not _locked:
             micropython.kbd_intr(3)
         profile = None
         try:
-            profile = load_profile()
+            profile = startup.load_profile()
         except ValueError as e:  # ProfileError
             print("brewmeter: not started:", e)
             if not _locked:
@@ -325,7 +253,8 @@ def run():
         if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
             watch.disarm()
             watch = None
-            _unload("replwatch")
+            unload("replwatch")
+        startup = None  # (this frame lives on: it would hold the module)
         asyncio.run(main(profile, prov))
     except KeyboardInterrupt:
         _save()
