@@ -1,15 +1,18 @@
 """A maker's fleet: many machines, each the firmware's own Device and Syncer with its own
 household (usage.py's days of use, its own seed, its own hours: the fleet spans time zones),
 in one process on the virtual clock, reporting over real HTTP on 127.0.0.1 to the emulated
-cloud, which runs in a process of its own on a SQLite ledger file and may be down for some
-hours (stopped: connections refused). This is `brewmeter fleet`.
+cloud, which runs in processes of its own (one, or several on PostgreSQL) on a SQLite file
+or a PostgreSQL database and may be down for some hours (stopped: connections refused).
+This is `brewmeter fleet`.
 
 A fleet pays no process, socket or event loop per machine: the clock moves in steps
 (STEP_MS), each machine plays its usage up to the step's end, and every report due then is
-sent at once, concurrently, over one keep-alive connection pool (aiohttp in place of the
-firmware's one-connection-per-report client: the decisions, what a report holds and what a
-reply changes, stay the firmware's). At the end every machine is synced until caught up and
-the ledger is checked against the machines: counters, brews lost or doubled, invoices."""
+sent at once, concurrently, over one keep-alive connection pool (fleetnet.Pool in place of
+the firmware's one-connection-per-report client: the decisions, what a report holds and
+what a reply changes, stay the firmware's); its replies are applied a step later, once the
+next step's reports are out, at the clock they were sent at (Fleet.settle). At the end
+every machine is synced until caught up and the ledger is checked against the machines:
+counters, brews lost or doubled, invoices."""
 
 from __future__ import annotations
 

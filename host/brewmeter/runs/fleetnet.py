@@ -1,7 +1,8 @@
-"""The fleet run's network: the cloud in a process of its own (on the ledger file, its clock
-the fleet's virtual one, stopped for an outage and started again on the same port) and the
-machines' HTTP, one pool of keep-alive connections standing in for the firmware's
-one-connection-per-report client (app.http.post)."""
+"""The fleet run's network: the cloud in processes of its own (one, or --workers on one
+port; on the ledger, its clock the fleet's virtual one, stopped for an outage and started
+again on the same port) and the machines' HTTP, one pool of keep-alive connections standing
+in for the firmware's one-connection-per-report client (app.http.post), its replies handed
+to the machines a batch at a time."""
 
 from __future__ import annotations
 
