@@ -78,14 +78,17 @@ def off_the_loop(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return out[0]
 
 
-@pytest.fixture(scope="module")
-def month() -> Iterator[Month]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def month(request: pytest.FixtureRequest) -> Iterator[Month]:
+    """The month, on either engine (conftest.py's postgres: a real PostgreSQL)."""
+    db = ":memory:" if request.param == "sqlite" else request.getfixturevalue(
+        "postgres").new_schema()
     clock = VirtualClock(ticks_start=replay.ticks(0))
     old = standins.clock
     standins.set_clock(clock)
     plan = household.Plan(days=DAYS, seed=1, settings={"ask_first": 1}, approve_after_h=6,
                           merchant=Merchant(ship_after_s=86400, deliver_after_s=86400))
-    ledger = Ledger(":memory:", now=lambda: household.START_WALL + clock.ms / 1000,
+    ledger = Ledger(db, now=lambda: household.START_WALL + clock.ms / 1000,
                     merchant=plan.merchant)
     try:
         with cloud_thread(ledger, devices=[(HOME, household.KEY), (BOB, household.KEY)]

@@ -1,8 +1,9 @@
 """docs/protocol.yaml and the server agree: Schemathesis (`st run`) against a running
-`brewmeter cloud` with the admin token, every operation, the signed report too (a hook signs
-as the device: tests/schemathesis_hooks.py), all its checks and phases, stateful included,
-200 examples an operation (about 6,000 cases, a few minutes): 0 failures. Derandomized, so
-a run is repeatable; BREWMETER_ST_EXAMPLES=25 makes a quick one, 500 a longer one."""
+`brewmeter cloud` (on SQLite and on PostgreSQL) with the admin token, every operation, the
+signed report too (a hook signs as the device: tests/schemathesis_hooks.py), all its checks
+and phases, stateful included, 200 examples an operation (about 6,400 cases, a few minutes
+each): 0 failures. Derandomized, so a run is repeatable; BREWMETER_ST_EXAMPLES=25 makes a
+quick one, 500 a longer one."""
 
 from __future__ import annotations
 
@@ -47,14 +48,13 @@ def orders_waiting(url: str) -> None:
 
 
 @pytest.mark.slow
-def test_the_document_and_the_server_agree(tmp_path):
-    db = tmp_path / "ledger.db"
+def test_the_document_and_the_server_agree(tmp_path, ledger_at):
     from brewmeter.flashfiles import emulator_provision
 
     (tmp_path / "dev.json").write_text(json.dumps(emulator_provision() | {"device_id": DEV,
                                                                           "key": KEY}))
     cloud = subprocess.Popen(
-        [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(db),
+        [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(ledger_at),
          "--device-file", str(tmp_path / "dev.json")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "BREWMETER_ADMIN_TOKEN": TOKEN})
