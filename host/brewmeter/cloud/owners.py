@@ -58,7 +58,7 @@ def check_rules(rules: Any) -> dict[str, int]:
     bad = sorted(k for k in rules if k not in RULES)
     if bad:
         raise BadValue(f"not an owner's rule: {', '.join(map(str, bad))} "
-                         f"(rules: {', '.join(RULES)})")
+                       f"(rules: {', '.join(RULES)})")
     reason = P.check_settings(rules)
     if reason is not None:
         raise BadValue(reason)
