@@ -4,7 +4,7 @@ PostgreSQL (psycopg 3, `postgresql://...`).
 
 The services write SQL once, with `?` placeholders and what both engines take (ON CONFLICT
 with its target, UPDATE ... FROM, no INSERT OR IGNORE); the dialect holds the few words
-that differ (`greatest`, row locks). A write is `with db.tx() as c:` (one transaction:
+that differ (the write lock, row locks). A write is `with db.tx() as c:` (one transaction:
 committed at the end, rolled back whole if the body or the COMMIT fails); a read is `with
 db.read() as c:`. On SQLite `c` is the sqlite3 connection itself; on PostgreSQL a thin
 wrapper that turns `?` into psycopg's placeholders.
@@ -53,12 +53,11 @@ class Conn(Protocol):
 class Dialect:
     name: str
     begin: str  # starts a write transaction
-    greatest: str  # the larger of two values
     for_update: str  # after a SELECT: lock the rows read until the transaction ends
 
 
-SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "max", "")
-POSTGRES = Dialect("postgresql", "BEGIN", "greatest", " FOR UPDATE")
+SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "")
+POSTGRES = Dialect("postgresql", "BEGIN", " FOR UPDATE")
 
 
 def is_url(db: str | Path) -> bool:

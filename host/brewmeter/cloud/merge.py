@@ -32,6 +32,14 @@ from brewmeter.cloud.tables import (
     SEQ_KEEP,
 )
 
+# The brews in a device's buckets, by kind of bucket (one statement: one round trip).
+_BUCKETED = "SELECT " + ", ".join(
+    f"(SELECT sum(b) FROM (SELECT coalesce(sum(CASE WHEN field LIKE 'brews.%' THEN value END), "
+    f"max(CASE WHEN field='brews_total' THEN value END), 0) AS b "
+    f"FROM {table} WHERE device=? GROUP BY {key}) AS t)"
+    for table, key in (("day_usage", "day"), ("loose_usage", "boot, at_ms"),
+                       ("fold_usage", "fold")))
+
 
 class Merge:
     def __init__(self, db: Database, now: Callable[[], float] = time.time,
@@ -176,10 +184,11 @@ class Merge:
         dated = [(dev, b.day, f, v) for b in r.days
                  if b.fold is None and b.day is not None and b.day <= ahead
                  for f, v in b.fields.items()]
-        greatest = self.db.dialect.greatest
+        # Buckets keep the maximum; where the stored value is as high (yesterday's bucket, a
+        # retry) the row is left unwritten.
         db.executemany("INSERT INTO day_usage (device, day, field, value) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (device, day, field) DO UPDATE "
-                       f"SET value={greatest}(day_usage.value, excluded.value)", dated)
+                       "SET value=excluded.value WHERE excluded.value > day_usage.value", dated)
         folds = [b for b in r.days if b.fold is not None]
         if folds:
             db.executemany("INSERT INTO fold_place (device, fold, day) VALUES (?, ?, ?) "
@@ -189,7 +198,7 @@ class Merge:
             db.executemany("INSERT INTO fold_usage (device, fold, field, value) "
                            "VALUES (?, ?, ?, ?) "
                            "ON CONFLICT (device, fold, field) DO UPDATE "
-                           f"SET value={greatest}(fold_usage.value, excluded.value)",
+                           "SET value=excluded.value WHERE excluded.value > fold_usage.value",
                            [(dev, b.fold, f, v) for b in folds for f, v in b.fields.items()])
         loose = [b for b in r.days if b.fold is None and b.day is None]
         if loose:
@@ -199,7 +208,7 @@ class Merge:
             db.executemany("INSERT INTO loose_usage (device, boot, at_ms, field, value) "
                            "VALUES (?, ?, ?, ?, ?) "
                            "ON CONFLICT (device, boot, at_ms, field) DO UPDATE "
-                           f"SET value={greatest}(loose_usage.value, excluded.value)",
+                           "SET value=excluded.value WHERE excluded.value > loose_usage.value",
                            [(dev, b.boot, b.at_ms, f, v) for b in loose
                             for f, v in b.fields.items()])
         anchored = False
@@ -233,14 +242,8 @@ class Merge:
         lifetime = _brews(dict(db.execute(
             "SELECT field, value FROM counters WHERE device=? AND (field='brews_total' OR "
             "field LIKE 'brews.%')", (dev,))))
-        bucketed = 0
-        for table, key in (("day_usage", "day"), ("loose_usage", "boot, at_ms"),
-                           ("fold_usage", "fold")):
-            (n,) = db.execute(
-                f"SELECT sum(b) FROM (SELECT coalesce(sum(CASE WHEN field LIKE 'brews.%' "
-                f"THEN value END), max(CASE WHEN field='brews_total' THEN value END), 0) AS b "
-                f"FROM {table} WHERE device=? GROUP BY {key}) AS t", (dev,)).fetchone()
-            bucketed += int(n or 0)  # (a numeric on PostgreSQL)
+        bucketed = sum(int(n or 0)  # (a numeric on PostgreSQL)
+                       for n in db.execute(_BUCKETED, (dev, dev, dev)).fetchone())
         gap = max(0, lifetime - bucketed)
         rows = db.execute("SELECT day, brews FROM gap_usage WHERE device=? ORDER BY day DESC",
                           (dev,)).fetchall()

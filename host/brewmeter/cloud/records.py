@@ -39,13 +39,21 @@ class Reply:
         `config` always (bounded by the protocol's limits and by set_config); then as many
         orders and refills as fit. The rest follow in later replies: the device names its
         open orders again, and a refill is sent until the device shows a later cycle."""
+        return self._fitted(limit)[0]
+
+    def encode(self, limit: int = P.MAX_REPLY) -> bytes:
+        return self._fitted(limit)[1]
+
+    def _fitted(self, limit: int) -> tuple[dict[str, Any], bytes]:
+        """json() and its encoding (encoded once when it all fits: every reply but a few)."""
         out: dict[str, Any] = {"ack": self.ack, "seq": self.seq, "config": self.config}
         if self.orders:
             out["orders"] = self.orders
         if self.refill:
             out["refill"] = self.refill
-        if len(_compact(out)) <= limit:
-            return out
+        data = _compact(out)
+        if len(data) <= limit:
+            return out, data
         out = {"ack": self.ack, "seq": self.seq, "config": self.config}
         for key, entries in (("orders", self.orders), ("refill", self.refill)):
             part: dict[str, Any] = {}
@@ -56,10 +64,7 @@ class Reply:
                     break
             if part:
                 out[key] = part
-        return out
-
-    def encode(self, limit: int = P.MAX_REPLY) -> bytes:
-        return _compact(self.json(limit))
+        return out, _compact(out)
 
 
 def _compact(d: Any) -> bytes:

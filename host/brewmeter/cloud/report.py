@@ -215,10 +215,18 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every body: json.loads with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(parse_float=_number, parse_constant=_constant)
+
+
 def loads(body: bytes | str) -> Any:
     """JSON as the cloud reads it: a number with an integral value is an integer (as JSON
-    Schema says), NaN and Infinity are not JSON."""
-    return json.loads(body, parse_float=_number, parse_constant=_constant)
+    Schema says), NaN and Infinity are not JSON. Bytes are decoded as json.loads does."""
+    if isinstance(body, bytes | bytearray):
+        body = body.decode(json.detect_encoding(body), "surrogatepass")
+    elif body.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", body, 0)
+    return _DECODER.decode(body)
 
 
 def parse_seq(header: str | None) -> int:

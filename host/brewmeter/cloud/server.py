@@ -89,10 +89,14 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
 
     app.on_cleanup.append(close_worker)
 
+    shown: list[Any] = [None, ""]  # (second, its Date): formatted once a second, not per reply
+
     async def date_header(_: web.Request, resp: web.StreamResponse) -> None:
         # The Date devices cross-check their clock against: the ledger's clock (the
         # harness runs it virtual), not the host's.
-        resp.headers["Date"] = formatdate(ledger.now(), usegmt=True)
+        if shown[0] != (second := int(ledger.now() // 1)):
+            shown[:] = second, formatdate(second, usegmt=True)
+        resp.headers["Date"] = shown[1]
 
     app.on_response_prepare.append(date_header)
     r = app.router
