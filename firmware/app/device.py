@@ -262,8 +262,10 @@ class Device:
             self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
         elif code == BREW:
             self.days.brew(self.wall())  # in the same write as the brew itself
-        self.save(now)
+        # The history first, as at boot and midnight: a brew that rolled the day moved
+        # yesterday into it, and a cut between the two writes must not lose that bucket.
         self.save_days()
+        self.save(now)
         if code == BREW:
             m = self.meter
             usual = self.brew_times.brew(m.last_kind, m.last_run_ms,

@@ -13,6 +13,7 @@ from app.device import Device
 
 REBOOT_MS = 1000  # power comes back a second after the cut
 SYNC_MS = 3600000  # the cloud acknowledges what the device reported, hourly (online)
+OFFLINE_MS = 79200000  # from 22:00 on the first day the cloud is unreachable (sweep.day)
 WALL0 = 1767571200  # script time 0 on the wall clock (a Monday, 00:00 UTC): NTP has answered
 _wall = [WALL0]
 _clock = [True]  # False: NTP never answers, the wall clock stays unknown (0)
@@ -54,7 +55,8 @@ def _outbox(device):
 def _play(device, events, start, flash, levels, mark=None):
     """Feed events[start:] to the device until the flash dies. Returns the index of the
     event during which it died, or None. `levels` follows the script's input levels. The
-    device is online: every SYNC_MS of script time the cloud acknowledges its report.
+    device is online until OFFLINE_MS: every SYNC_MS of script time the cloud acknowledges
+    its report.
     `mark`: [t] gets the flash's erases, bytes programmed and the brews appended at the
     first event at or after script time t."""
     meter = device.meter
@@ -79,7 +81,7 @@ def _play(device, events, start, flash, levels, mark=None):
         else:
             replay.step(meter, t, op, a, b, on_event)
         replay.tick(device, tw)
-        if t // SYNC_MS != synced and not flash.dead:
+        if t // SYNC_MS != synced and t < OFFLINE_MS and not flash.dead:
             synced = t // SYNC_MS
             sent = device.days.buckets()
             for bucket in sent:  # the cloud stored them

@@ -23,11 +23,13 @@ if TYPE_CHECKING:  # the firmware: imported where used (see profiles.py)
     from app.profile import Profile
 
 SWEEP_BLOCKS = 64  # a 256 KiB partition: the same littlefs behaviour, a faster sweep
+DAY_MS = 86_400_000
 
 
 def day(profile: Profile, seed: int = 0, brews: int = 24, clock: bool = True) -> Script:
     """A busy day: brews of every kind, rinses, contact bounce, idle flow, a long hot-water
-    run (flushed mid-run), and a filter change at noon. With `clock` False (NTP never
+    run (flushed mid-run), a filter change at noon, a brew far too long and a pump stuck on;
+    then offline, a brew on each of the next two days. With `clock` False (NTP never
     answers), the filter change is undated and the machine is switched off and on in the
     afternoon: that boot moves the morning's undated brews into the history."""
     rng = random.Random(seed)
@@ -49,6 +51,16 @@ def day(profile: Profile, seed: int = 0, brews: int = 24, clock: bool = True) ->
         if not clock and i == brews * 2 // 3:
             s.wait(60_000).reboot()
         s.wait(rng.randrange(30_000, 1_500_000))
+    # A brew far longer than its kind's usual and a pump stuck on: each a fault written with
+    # the counters it explains (brew_long, pump_stuck).
+    s.brew(profile.kinds[0], rng.uniform(30, 220), profile.min_brew_s * 15).wait(600_000)
+    s.run(profile.kinds[1], profile.max_run_s + 30, ml=1500).wait(600_000)
+    # Then offline (the cloud unreachable from powercut.OFFLINE_MS on), a brew past each of
+    # two midnights: the second moves the first day's brews into the history, written with
+    # the counters (with the clock unknown, nothing rolls).
+    for _ in range(2):
+        s.wait(DAY_MS - s.t % DAY_MS + 3_600_000)
+        s.brew(profile.kinds[2], rng.uniform(30, 220), rng.uniform(profile.min_brew_s, 45))
     return s.settle()
 
 
