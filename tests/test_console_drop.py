@@ -46,6 +46,7 @@ def test_a_console_sync_frees_the_console_and_keeps_the_line_being_typed(tmp_pat
                 assert time.monotonic() < end, seen
                 seen += s.read(512)
     # The console's and the service actions' module objects are freed (their names stay
-    # interned): 2.6 KiB when measured; kept, the service actions would add 2 KiB instead.
-    assert in_use - dropped > 2048, (in_use, dropped)
+    # interned); kept, the service actions would add about 2 KiB instead. What is freed
+    # shrinks as the console does (2,016-2,600 bytes seen), so the line is drawn at 1 KiB.
+    assert in_use - dropped > 1024, (in_use, dropped)
     assert b"brews_total" in seen and b"error" not in seen
