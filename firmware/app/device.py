@@ -1,20 +1,19 @@
-# The device's bookkeeping: counts from the Meter, when they are persisted, and the faults
-# and events that go to the outbox. No clock reads: `now` (ticks_ms) is always passed in.
-import json
+# The device's bookkeeping: counts from the Meter, when they are persisted (what changed goes
+# to the journal, which writes it in its order: app/journal.py), and the faults and events
+# that go to the outbox. No clock reads: `now` (ticks_ms) is always passed in.
 from time import ticks_add, ticks_diff
 
 from micropython import const
 
 from app import alerts, orders, waterfilter
 from app.alerts import BrewTimes
-from app.counters import Counters
 from app.days import Days
 from app.forecast import Forecast
-from app.journal import NewerFormat, Store
+from app.journal import COUNTS, STATE, SUP, Journal
 from app.meter import BREW, RINSE, STUCK, Meter
 from app.outbox import Outbox
 from app.protocol import MAX_NAMED_SEQ, cut, era_after, setting
-from app.supplies import ERA_BITS, MONTH_S, Supplies, pack_supplies, unpack_supplies
+from app.supplies import ERA_BITS, MONTH_S, Supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
 # power cut can lose. Brews are saved when they end; 60 s keeps common drinks to one write.
@@ -28,17 +27,14 @@ _POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
 _WDT_RESET = const(3)  # machine.WDT_RESET
 _UNITS = (1, 86400, 86400, MONTH_S)  # of Device._dates(), in seconds
+_ORDERED = const(8)  # with the journal's bits in a `what`: an order was placed
 
 
 class Device:
     def __init__(self, profile, fs, flush_s=FLUSH_S, root=""):
         """`root` is the mount point: "" on the device (littlefs at /)."""
         self.profile = profile
-        # Two sibling directories: littlefs scans a directory's whole metadata log on every
-        # lookup, and the counters' log grows with every save; the bigger, rarely written
-        # state (outbox, config, offline days) gets a short log of its own.
-        self.store = Store(fs, root + "/counts")
-        self.state = Store(fs, root + "/state")  # outbox and applied configuration
+        self.journal = Journal(fs, root)  # the files, and the order of every write
         self.flush_ms = flush_s * 1000
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True
@@ -66,17 +62,8 @@ class Device:
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
         that boot reads."""
-        store = self.store
-        saved = {}
-        newer = None
-        try:
-            c = store.load_counters()
-            saved = self._load_state()
-        except NewerFormat as e:
-            # Written by newer firmware: count on in RAM and leave the flash untouched.
-            store.read_only = self.state.read_only = True
-            c = Counters()
-            newer = str(e)
+        j = self.journal
+        c, saved, newer = j.load()
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
         self._confirmed = saved.get("cd", 0)
@@ -90,7 +77,7 @@ class Device:
         self.meter = Meter(self.profile, c) if self.profile else None  # (None: run.py's wait)
         if newer:
             self.fault("storage_newer", newer)
-        recovered = store.recovered + self.state.recovered
+        recovered = j.counts.recovered + j.state.recovered
         if recovered:
             self.fault("storage_recovered", ",".join(recovered))
 
@@ -100,10 +87,9 @@ class Device:
         self.meter.boot(cause)
         self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._confirmed)
         self._second = now
-        # The history first, as day_tick: Days took an earlier boot's undated brews out of
-        # the counters, and a cut between the two writes must not lose their bucket.
-        self.save_days()
-        self.save(now)
+        # The history with the counters (the journal writes it first): Days took an earlier
+        # boot's undated brews out of the counters, and a cut between must not lose them.
+        self._commit(COUNTS | self._history_changed())
         self.load_supplies()
         if self.supplies.fresh:  # the cycles start now: the first boot, or the state lost
             self._new_era()  # (or never kept)
@@ -113,13 +99,7 @@ class Device:
     def load_supplies(self):
         """The consumables' state, after the counts (counting does not wait for it)."""
         n = len(self.profile.kinds)
-        sup = None
-        if not self.state.read_only:  # (newer firmware's flash: start afresh in RAM)
-            try:
-                sup = unpack_supplies(self.state.read("sup"), n)
-            except NewerFormat:
-                self.store.read_only = self.state.read_only = True
-        sup, fc, bt = sup or (None, None, None)
+        sup, fc, bt = self.journal.load_supplies(n) or (None, None, None)
         self.supplies = Supplies(self.meter.c, self.profile.kinds, sup, self.seq_era)
         self.forecast = Forecast(n + 1, fc)
         self.brew_times = BrewTimes(n, bt)
@@ -145,14 +125,7 @@ class Device:
         c.filter_fit_wall, fc.day, fc.used, sup.month[0] = v[:4]
         for e, w in zip(evs, v[4:]):
             e["wall"] = w
-        self.save(now)
-        self.save_supplies()
-        if evs:
-            self._save_state()
-
-    def _load_state(self):
-        # One file holds the outbox and the configuration: one lookup at boot.
-        return _json(self.state.read("state"))
+        self._commit(SUP | COUNTS | (STATE if evs else 0))
 
     def days_acked(self, sent, save=True):
         """The cloud stored a report with these day buckets. What changed is saved at once,
@@ -164,36 +137,40 @@ class Device:
     def save_days(self):
         """Save the history if it changed (only when buckets the cloud lacks would
         otherwise live in RAM alone, offline; or the cloud confirmed a new day)."""
-        if self.days.unsaved:
-            self._save_state()
+        self._commit(self._history_changed())
 
-    def _save_state(self, config=None):
-        d = {"ob": self.outbox.state(),
-             "cfg": config or {"v": self.config_version, "s": self.config},
-             "days": self.days.history if self.days else (self._history or []),
-             "lock": self.service_lock}
-        # Rare ones only when set: the file stays small (inline in littlefs's metadata).
-        cd = self.days.confirmed if self.days else self._confirmed
-        for k, v in (("cd", cd), ("pin", self.pin_fails != [0, 0] and self.pin_fails),
-                     ("sq", self.seq_era)):
-            if v:
-                d[k] = v
-        try:
-            self.state.write("state", json.dumps(d, separators=(",", ":")).encode())
-        except OSError as e:
-            self._storage_failed(e)
-            return False
-        if self.days:
+    def _history_changed(self):
+        return STATE if self.days.unsaved else 0
+
+    def _commit(self, what):
+        """Have the journal write what changed (its bits of `what`). Returns the bits
+        written."""
+        if what & SUP:
+            self._rates_saved = self.forecast.day
+        if what & COUNTS:
+            self._dirty_since = None
+        done = self.journal.commit(self, what)
+        if done & STATE and self.days:
             self.days.unsaved = False
-        return True
+        if done & COUNTS:
+            c = self.meter.c
+            self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
+        what &= SUP | STATE | COUNTS
+        if done != what:
+            self._storage_failed(self.journal.error)
+        elif what & COUNTS:
+            self.storage_ok = True
+        return done
 
     def apply_config(self, version, values):
         """Persist settings (validated by the caller) as applied, then use them. False if
         the flash refused: the previous settings stay in force."""
-        if not self._save_state(config={"v": version, "s": values}):
-            return False
+        was = self.config_version, self.config
         self.config_version, self.config = version, values
-        self.check_supplies()  # the rules or the capacities may have changed
+        if not self._commit(STATE):
+            self.config_version, self.config = was
+            return False
+        self._commit(self._check())  # the rules or the capacities may have changed
         return True
 
     def seq_floor(self, era):
@@ -201,7 +178,7 @@ class Device:
         seen higher ones). Kept in flash, with the state. Consumables' cycles still in the
         first era move to this one (app/supplies.py)."""
         self.seq_era = era - self.meter.c.boots
-        self._save_state()
+        self._commit(STATE)
         items = self.supplies.items
         if not items["coffee"][0] >> ERA_BITS:  # the first era, and a 409: the flash was lost,
             for name in ("coffee", "descaler", "tablets"):  # its boot count began again
@@ -214,22 +191,25 @@ class Device:
             self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
         self.supplies.fresh = not self.save_supplies()
 
+    def save_supplies(self):
+        return self._commit(SUP)
+
     def set_service_lock(self, seconds, fails=None):
         """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts
         (service.PinGuard); saved so a reboot does not lift or reset them."""
         self.service_lock = seconds
         if fails is not None:
             self.pin_fails = fails
-        self._save_state()
+        self._commit(STATE)
 
     def ack(self, ids):
         """The cloud has stored these events."""
         if self.outbox.ack(ids):
-            self._save_state()
+            self._commit(STATE)
 
     def fault(self, code, detail=""):
         self._raise(code, detail)
-        self._save_state()
+        self._commit(STATE)
 
     def _raise(self, code, detail):
         # A fault in RAM and the outbox; the caller saves the state.
@@ -242,10 +222,10 @@ class Device:
         """Put `ev` in the outbox: in RAM at once, on flash if the flash takes it (else with
         the next state write that succeeds)."""
         self.outbox.add(ev)
-        self._save_state()
+        self._commit(STATE)
 
     def _storage_failed(self, e):
-        if self.store.read_only:
+        if self.journal.counts.read_only:
             return  # refused on purpose: the storage_newer fault says why
         if self.storage_ok:  # one fault per episode; counting goes on in RAM
             self.storage_ok = False
@@ -258,22 +238,22 @@ class Device:
         the flush window, which usually merges it with the brew it preceded."""
         if code == RINSE:
             return
+        what = COUNTS
         if code == STUCK:
-            self.fault("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
+            self._raise("pump_stuck", self.profile.kinds[i] if i >= 0 else "")
+            what |= STATE
         elif code == BREW:
             self.days.brew(self.wall())  # in the same write as the brew itself
-        # The history first, as at boot and midnight: a brew that rolled the day moved
-        # yesterday into it, and a cut between the two writes must not lose that bucket.
-        self.save_days()
-        self.save(now)
-        if code == BREW:
             m = self.meter
             usual = self.brew_times.brew(m.last_kind, m.last_run_ms,
                                          setting(self.config, "long_brew_pct"))
             if usual is not None:
                 self._raise("brew_long", "%s %d ms, usually %d ms" % (
                     self.profile.kinds[m.last_kind], m.last_run_ms, usual))
-            self.check_supplies(events=usual is not None)
+                what |= STATE
+            what = self._check(what)
+        # One commit: the supplies, the events and the history, then the brew they explain.
+        self._commit(what | self._history_changed())
         if self.on_usage:
             self.on_usage(now)
 
@@ -311,8 +291,7 @@ class Device:
             # after it may have been folded.
             self.days.roll(wall)
             if self.days.unsaved:
-                self.save_days()
-                self.save(now)
+                self._commit(STATE | COUNTS)
         if wall and wall // 86400 != self.forecast.day:
             self.new_day(wall // 86400, now)
 
@@ -327,28 +306,18 @@ class Device:
         first = fc.at is None
         rolled = fc.roll(day, c.brews[:len(self.profile.kinds)] + [c.water_ml])
         save = rolled and (first or day - self._rates_saved >= _RATES_SAVE_DAYS)
-        if self.check_supplies(save) and self.on_usage:
+        what = self._check(SUP if save else 0)
+        self._commit(what)
+        if what & _ORDERED and self.on_usage:
             self.on_usage(now)  # an order: the cloud should hear of it soon
-
-    def save_supplies(self):
-        self._rates_saved = self.forecast.day
-        try:
-            self.state.write("sup", pack_supplies(
-                self.supplies, self.forecast, self.brew_times))
-        except OSError as e:
-            self._storage_failed(e)
-            return False
-        return True
 
     def per_day(self, wall):
         return self.forecast.per_day(wall // 86400) if wall else None
 
-    def check_supplies(self, dirty=False, events=False):
+    def _check(self, what=0):
         """Order what the forecast says runs out within the lead time (within the owner's
-        rules), and raise what service is overdue. Saves the supplies if they or `dirty`
-        changed, then the outbox if it or `events` did. (Supplies first: a cut between the
-        two leaves an order the cloud will call unknown, which the device then requests
-        again; never an event for a change that was not saved.)"""
+        rules), and raise what service is overdue: `what` with the files that changed
+        (SUP and STATE: the journal writes the supplies first) and _ORDERED."""
         wall = self.wall()
         sup, cfg, profile = self.supplies, self.config, self.profile
         evs = orders.decide(sup, cfg, profile, wall, self.per_day(wall))
@@ -357,70 +326,47 @@ class Device:
         raised = alerts.overdue(sup, cfg, profile, wall)
         for code, detail in raised:
             self._raise(code, detail)
-        if evs or raised or dirty:
-            self.save_supplies()
-        if evs or raised or events:
-            self._save_state()
-        return evs
+        if evs:
+            what |= _ORDERED
+        return what | (SUP | STATE if evs or raised else 0)
 
     def refill(self, name, by, now=0, wall=None):
         """`name` refilled (a pack inserted, a filter fitted, descaled) by `by` (console,
         button, cloud): a new cycle, recorded as an event. Returns the event."""
         if wall is None:
             wall = self.wall()
+        what = SUP | STATE  # the new cycle, then the event
         if name == "filter":
             ev = waterfilter.change(self.meter.c, wall, by)
-            self.save(now)
             self.supplies.refill(name)
+            what |= COUNTS  # after the event that explains it
         else:
             cycle = self.supplies.refill(name)
             ev = {"kind": "descaled" if name == "descaler" else "refilled", "item": name,
                   "cycle": cycle, "by": by, "wall": wall}
         self.outbox.add(ev)
-        self.check_supplies(True, True)  # the new cycle, then the event
+        self._commit(self._check(what))
         return ev
 
     def order_status(self, statuses):
         """The cloud's word on our orders ({order id: status}, from a sync reply)."""
         changed, lost, other = orders.apply_status(self.supplies, statuses)
-        if changed:
-            self.save_supplies()
+        what = SUP if changed else 0
         for oid, st in other:  # a status we do not know: kept, and said (app/protocol.py)
-            self.fault("order_status", "%s %s" % (oid, st))
+            self._raise("order_status", "%s %s" % (oid, st))
+            what |= STATE
         wall = self.wall()
-        asked = False
         for name in lost:  # the cloud never got the request (dropped from a full outbox)
             oid = orders.order_id(name, self.supplies.items[name][0])
             if not [e for e in self.outbox.events if e.get("order") == oid]:
                 self.outbox.add(orders.request(self.supplies, name, self.config,
                                                self.profile, wall, self.per_day(wall)))
-                asked = True
-        if asked:
-            self._save_state()
+                what |= STATE
+        self._commit(what)  # the statuses, then the faults and requests
 
     def save(self, now):
-        c = self.meter.c
-        self._dirty_since = None
-        try:
-            self.store.save_counters(c)
-        except OSError as e:
-            self._storage_failed(e)
-            return False
-        self.storage_ok = True
-        self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
-        return True
-
-
-def _json(data):
-    # A saved dict, or {} (none, or CRC-good but unreadable: start empty).
-    if data:
-        try:
-            d = json.loads(data)
-            if isinstance(d, dict):
-                return d
-        except ValueError:
-            pass
-    return {}
+        """Save the counters (the periodic flush, and before a reboot)."""
+        return self._commit(COUNTS) == COUNTS
 
 
 def redated(old, new, dated):

@@ -1,14 +1,27 @@
-# Where the counts are persisted. Every file is kept twice (name.0 / name.1) and written
-# alternately, whole, each copy stamped with a format byte, a sequence number and a CRC32, so
-# a power cut or a damaged copy always leaves the other, last good copy to fall back to.
+# The device's files, and the order of every commit that spans them (Journal): the device
+# says what changed, only the journal writes. Every file is kept twice (name.0 / name.1) and
+# written alternately, whole, each copy stamped with a format byte, a sequence number and a
+# CRC32, so a power cut or a damaged copy always leaves the other, last good copy to fall
+# back to.
 # Files stay small enough to live inline in littlefs metadata (<= 128 bytes for the hot
 # counters file): a rewrite then costs ~100-200 bytes programmed and no whole-block erase.
+import json
 import struct
 from binascii import crc32
 
 from micropython import const
 
 from app.counters import FORMAT, Counters, pack_counters, unpack_counters
+from app.supplies import pack_supplies, unpack_supplies
+
+# What a commit changed, a bit per file, in the order the journal writes them: the supplies
+# before the event that tells of them (an order: a cut between leaves one the device asks
+# again, never an event for an unsaved change), the events and the day history before the
+# counters they explain (a cut between leaves the bucket in both, counted once, never in
+# neither). Other bits of a commit's `what` are the caller's (Device._ORDERED).
+SUP = const(1)  # /state/sup: the consumables, the forecast, the usual brew times
+STATE = const(2)  # /state/state: the outbox, configuration, day history, PIN lock, seq era
+COUNTS = const(4)  # /counts/counters: the counters and today's and yesterday's brews
 
 _ENOENT = const(2)
 _EEXIST = const(17)
@@ -164,3 +177,79 @@ class Store:
 
     def save_counters(self, c):
         self.write("counters", pack_counters(c))
+
+
+class Journal:
+    """The device's files, in two sibling directories: littlefs scans a directory's whole
+    metadata log on every lookup, and the counters' log grows with every save; the bigger,
+    rarely written state gets a short log of its own."""
+
+    def __init__(self, fs, root=""):
+        """`root` is the mount point: "" on the device (littlefs at /)."""
+        self.counts = Store(fs, root + "/counts")
+        self.state = Store(fs, root + "/state")
+        self.error = None  # why the last write that failed did
+
+    def load(self):
+        """(counters, the state file's dict, why the flash is left alone or None): all that
+        boot reads."""
+        try:
+            return self.counts.load_counters(), _json(self.state.read("state")), None
+        except NewerFormat as e:
+            # Written by newer firmware: count on in RAM and leave the flash untouched.
+            self.counts.read_only = self.state.read_only = True
+            return Counters(), {}, str(e)
+
+    def load_supplies(self, n):
+        """The consumables' state for `n` brew kinds (unpack_supplies), or None."""
+        if self.state.read_only:  # (newer firmware's flash: start afresh in RAM)
+            return None
+        try:
+            return unpack_supplies(self.state.read("sup"), n)
+        except NewerFormat:
+            self.counts.read_only = self.state.read_only = True
+
+    def commit(self, dev, what):
+        """Write the files `what` names (SUP, STATE, COUNTS) from Device `dev`, in that
+        order. Returns the bits written; a refused write leaves the last good copy, and
+        its error in self.error."""
+        done = 0
+        for bit in (SUP, STATE, COUNTS):
+            if what & bit:
+                try:
+                    if bit == COUNTS:
+                        self.counts.save_counters(dev.meter.c)
+                    elif bit == SUP:
+                        self.state.write("sup", pack_supplies(
+                            dev.supplies, dev.forecast, dev.brew_times))
+                    else:
+                        self.state.write("state", _state(dev))
+                    done |= bit
+                except OSError as e:
+                    self.error = e
+        return done
+
+
+def _state(dev):
+    # One file holds the outbox, the configuration and the history: one lookup at boot.
+    days = dev.days
+    d = {"ob": dev.outbox.state(), "cfg": {"v": dev.config_version, "s": dev.config},
+         "days": days.history if days else (dev._history or []), "lock": dev.service_lock}
+    # Rare ones only when set: the file stays small (inline in littlefs's metadata).
+    for k, v in (("cd", days.confirmed if days else dev._confirmed),
+                 ("pin", dev.pin_fails != [0, 0] and dev.pin_fails), ("sq", dev.seq_era)):
+        if v:
+            d[k] = v
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def _json(data):
+    # A saved dict, or {} (none, or CRC-good but unreadable: start empty).
+    if data:
+        try:
+            d = json.loads(data)
+            if isinstance(d, dict):
+                return d
+        except ValueError:
+            pass
+    return {}
