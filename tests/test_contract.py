@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from app import protocol, sync
+from app import protocol, synctask
 from app.device import Device
 from app.supplies import pack_supplies, unpack_supplies
 from app.synctask import wire
@@ -115,27 +115,27 @@ def _reply(version, restored=None):
 
 
 def test_config_versions_only_move_forward_unless_restored(device):
-    assert sync.apply_reply(device, _reply(5), []) is None
+    assert synctask.apply_reply(device, _reply(5), []) is None
     assert device.config_version == 5
-    rejected = sync.apply_reply(device, _reply(3), [])
+    rejected = synctask.apply_reply(device, _reply(3), [])
     assert rejected is not None and rejected[0] == 3 and "older" in rejected[1]
     assert device.config_version == 5 and device.config == {"lead_days": 5}
-    assert sync.apply_reply(device, _reply(3, restored=1), []) is not None  # true, not 1
-    assert sync.apply_reply(device, _reply(3, restored=True), []) is None
+    assert synctask.apply_reply(device, _reply(3, restored=1), []) is not None  # true, not 1
+    assert synctask.apply_reply(device, _reply(3, restored=True), []) is None
     assert device.config_version == 3 and device.config == {"lead_days": 3}
-    assert sync.apply_reply(device, _reply(4), []) is None and device.config_version == 4
+    assert synctask.apply_reply(device, _reply(4), []) is None and device.config_version == 4
 
 
 def test_a_rejection_the_cloud_took_is_kept_until_a_new_config(device):
-    assert sync.apply_reply(device, _reply(5), []) is None
-    rejected = sync.apply_reply(device, _reply(3), [])
+    assert synctask.apply_reply(device, _reply(5), []) is None
+    rejected = synctask.apply_reply(device, _reply(3), [])
     assert rejected is not None and rejected[0] == 3
     # The cloud took it (no config in its reply): the next reports say it again, else the
     # cloud would take it back and send version 3 again, and so on every other report.
     took = b'{"ack":[],"config":null}'
-    assert sync.apply_reply(device, took, [], rejected) == rejected
-    assert sync.apply_reply(device, b'{"ack":[]}', [], rejected) == rejected
-    assert sync.apply_reply(device, _reply(6), [], rejected) is None  # a new one, applied
+    assert synctask.apply_reply(device, took, [], rejected) == rejected
+    assert synctask.apply_reply(device, b'{"ack":[]}', [], rejected) == rejected
+    assert synctask.apply_reply(device, _reply(6), [], rejected) is None  # a new one, applied
     assert device.config_version == 6
 
 
@@ -146,16 +146,16 @@ def test_an_unknown_order_status_is_kept_shown_and_said(device, profile):
     it = device.supplies.items["coffee"]
     it[2] = "placed"
     oid = protocol.order_id("coffee", it[0])
-    sync.apply_reply(device, json.dumps({"ack": [], "orders": {oid: "cancelled"}}).encode(),
-                     [])
+    synctask.apply_reply(device, json.dumps({"ack": [], "orders": {oid: "cancelled"}}).encode(),
+                         [])
     assert it[2] == "cancelled"
     con = Console(device)
     assert "order cancelled" in settle(con.command("consumables"))
     assert f"order_status {oid} cancelled" in settle(con.command("faults"))
     assert [e for e in device.outbox.events if e.get("code") == "order_status"]
-    assert oid not in sync.open_orders(device.supplies)  # no longer open: no order again
-    sync.apply_reply(device, json.dumps({"ack": [], "orders": {oid: "cancelled"}}).encode(),
-                     [])
+    assert oid not in synctask.open_orders(device.supplies)  # no longer open: no order again
+    synctask.apply_reply(device, json.dumps({"ack": [], "orders": {oid: "cancelled"}}).encode(),
+                         [])
     assert len([f for f in device.faults if f[0] == "order_status"]) == 1  # said once
     # kept over a reboot (as "other": the record keeps a code, not the word)
     packed = pack_supplies(device.supplies, device.forecast, device.brew_times)

@@ -161,11 +161,12 @@ async def test_the_pool_keeps_the_firmwares_bounds_and_the_replies_order():
     pool = fleetnet.Pool(Outcome(1, 1), VirtualClock())
     try:
         fleetnet.BATCH.set(1)
-        a = asyncio.create_task(pool.post(url, "/r", {"X-Seq": 1}, b"one"))
+        date = [b""]  # gets the reply's Date header, as app.http.post's
+        a = asyncio.create_task(pool.post(url, "/r", {"X-Seq": 1}, b"one", date=date))
         await asyncio.sleep(0.2)
         assert not a.done()  # read, held until its batch is released
         pool.release(1)
-        assert await a == (200, 0, b"ok") and http.date == b"D1"
+        assert await a == (200, 0, b"ok") and date[0] == b"D1"
         assert await pool.post(url, "/r", {}, "two") == (503, 7, b"")
         assert len(pool.conns) == 1  # both on one connection, kept alive
         with pytest.raises(http.HttpError, match="over 4096 bytes"):

@@ -28,6 +28,8 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_supervisor.py::test_detail_names_the_task_and_cuts_the_message",
     "test_sync.py::test_schedule_coalesces_usage_reports_daily_and_backs_off",
     "test_sync.py::test_jitter_is_the_devices_own_and_spreads_a_fleets_retries",
+    "test_sync.py::test_a_report_is_built_from_a_snapshot_alone",
+    "test_sync.py::test_a_reply_becomes_the_actions_to_apply",
     "test_sync.py::test_parse_url",
     "test_sync.py::test_device_id_rule",
 ]

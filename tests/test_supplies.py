@@ -10,7 +10,7 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-from app import orders, protocol, sync
+from app import orders, protocol, sync, synctask
 from app.console import Console
 from app.device import Device
 from app.forecast import IDLE_DAYS, Forecast
@@ -198,21 +198,21 @@ def test_cloud_statuses_and_refills_reach_the_device(machine):
     m.days(5, 12)
     [ev] = m.orders()
     sent = [e["id"] for e in m.dev.outbox.events]
-    body = json.loads(sync.report(m.dev, 1, m.wall, 0, [], {}))
+    body = json.loads(sync.report(synctask.snapshot(m.dev), 1, m.wall, 0, [], {}))
     assert body["orders"] == {"coffee-0": "requested"}
-    sync.apply_reply(m.dev, json.dumps({"ack": sent, "orders": {"coffee-0": "shipped"}}),
-                     sent)
+    synctask.apply_reply(m.dev, json.dumps({"ack": sent, "orders": {"coffee-0": "shipped"}}),
+                         sent)
     assert m.orders() == [] and m.dev.supplies.items["coffee"][2] == "shipped"
     assert "coffee" in m.console("consumables") and "shipped" in m.console("consumables")
     # The cloud lost the request: the device asks again, under the same order id.
-    sync.apply_reply(m.dev, b'{"ack": [], "orders": {"coffee-0": "unknown"}}', [])
+    synctask.apply_reply(m.dev, b'{"ack": [], "orders": {"coffee-0": "unknown"}}', [])
     assert [e["order"] for e in m.orders()] == ["coffee-0"]
     m.boot()
     assert m.dev.supplies.items["coffee"][2] == "shipped"  # saved
     # The owner says in the cloud that the filter was changed; a retried reply changes
     # nothing more.
     for _ in range(2):
-        sync.apply_reply(m.dev, b'{"ack": [], "refill": {"filter": 0}}', [])
+        synctask.apply_reply(m.dev, b'{"ack": [], "refill": {"filter": 0}}', [])
     assert m.dev.meter.c.filters == 1
     assert [e["by"] for e in m.dev.outbox.events if e["kind"] == "filter_changed"] == ["cloud"]
 
@@ -224,7 +224,7 @@ def test_replies_without_orders_are_fine(machine, orders):
     sent = [e["id"] for e in machine.dev.outbox.events]
     before = machine.console("consumables")
     reply = '{"ack": ' + json.dumps(sent) + orders + "}"
-    assert sync.apply_reply(machine.dev, reply, sent) is None
+    assert synctask.apply_reply(machine.dev, reply, sent) is None
     assert machine.dev.outbox.events == []  # what was sent is acknowledged
     assert machine.dev.supplies.items["coffee"][2] == "requested"  # the order stands
     assert machine.console("consumables") == before
@@ -236,7 +236,7 @@ def test_replies_without_orders_are_fine(machine, orders):
 def test_garbled_order_replies_change_nothing(machine, reply):
     before = json.dumps(machine.dev.supplies.items)
     with pytest.raises(sync.BadReply):
-        sync.apply_reply(machine.dev, reply, [])
+        synctask.apply_reply(machine.dev, reply, [])
     assert json.dumps(machine.dev.supplies.items) == before
 
 
@@ -461,7 +461,7 @@ def test_a_409_moves_the_first_eras_cycles_on_and_later_eras_follow_the_seq_era(
     assert m.dev.supplies.cycle("coffee") == 100 << 16
     assert m.dev.supplies.cycle("filter") == 0  # the counters' own
     assert m.dev.supplies.items["coffee"][2] == "requested"  # the request goes on, renamed
-    assert sync.open_orders(m.dev.supplies) == {f"coffee-{100 << 16}": "requested"}
+    assert synctask.open_orders(m.dev.supplies) == {f"coffee-{100 << 16}": "requested"}
     assert m.faults() == ["supplies_reset"]
     m.dev.seq_floor(200)  # a later 409: the cycles are no longer the first era's
     assert m.dev.supplies.cycle("coffee") == 100 << 16

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from app import http, protocol, sync
+from app import VERSION, http, protocol, sync, synctask
 from app.device import Device
 from app.signing import signature
 
@@ -87,8 +87,8 @@ def test_jitter_is_the_devices_own_and_spreads_a_fleets_retries():
 def test_report_is_cumulative_and_carries_events_and_config(device):
     device.meter.c.brews[0] = 3
     device.add_event({"kind": "filter_changed", "cycle": 0})
-    body = sync.report(device, protocol.seq(device.meter.c.boots, 2), 1_800_000_000, 5000,
-                       device.days.buckets(), sync.usage(device))
+    body = sync.report(synctask.snapshot(device), protocol.seq(device.meter.c.boots, 2),
+                       1_800_000_000, 5000, device.days.buckets(), synctask.usage(device))
     d = json.loads(body)
     assert d["seq"] == (1 << 20) + 2 and d["clock"] == 1_800_000_000 and d["boot"] == 1
     assert d["counters"]["brews"]["espresso"] == 3 and d["counters"]["brews_total"] == 3
@@ -97,19 +97,56 @@ def test_report_is_cumulative_and_carries_events_and_config(device):
 
 
 def test_only_changed_counters_travel_after_the_first_report(device):
-    first = sync.usage(device)
+    first = synctask.usage(device)
     assert sync.changed(first, None) == first
     device.meter.c.brews[2] += 1
     device.meter.c.water_ml += 110
-    assert sync.changed(sync.usage(device), first) == {
+    assert sync.changed(synctask.usage(device), first) == {
         "brews": {"lungo": 1}, "brews_total": 1, "water_ml": 110}
+
+
+def test_a_report_is_built_from_a_snapshot_alone():
+    # (boot, applied config version, outbox events, open orders): no device, flash nor socket
+    snap = (3, 2, ({"id": 7, "kind": "fault", "code": "x"},), {"coffee-1": "requested"})
+    body = sync.report(snap, 9, 1_800_000_000, 5000, [{"day": 20_000, "brews_total": 4}],
+                       {"boots": 3, "brews_total": 4}, (5, "no such setting"),
+                       {"coffee": {"pct": 40}})
+    assert json.loads(body) == {
+        "seq": 9, "boot": 3, "uptime_ms": 5000, "clock": 1_800_000_000,
+        "counters": {"boots": 3, "brews_total": 4},
+        "days": [{"day": 20_000, "brews_total": 4}],
+        "events": [{"id": 7, "kind": "fault", "code": "x"}],
+        "config": {"applied": 2, "rejected": {"version": 5, "reason": "no such setting"}},
+        "fw": VERSION, "supplies": {"coffee": {"pct": 40}}, "orders": {"coffee-1": "requested"}}
+    assert "fw" not in json.loads(sync.report(snap, 10, 0, 6000, [], {"brews_total": 5}))
+
+
+def test_a_reply_becomes_the_actions_to_apply():
+    reply = {"ack": [1, 2, 99], "orders": {"coffee-0": "shipped"},
+             "refill": {"filter": 0, "coffee": 5, "nothing": 1},
+             "config": {"version": 4, "settings": {"sync_interval_s": 900}}}
+    todo, rejected = sync.actions(json.dumps(reply).encode(), [1, 2], 3, ("espresso",),
+                                  {"filter": 0, "coffee": 1})
+    assert todo == [("ack", [1, 2]), ("orders", {"coffee-0": "shipped"}), ("refill", "filter"),
+                    ("config", 4, {"sync_interval_s": 900})]
+    assert rejected is None
+    # An older configuration is refused; a reply without one keeps the rejection reported.
+    reply["config"] = {"version": 2, "settings": {}}
+    todo, rejected = sync.actions(json.dumps(reply).encode(), [], 3, ("espresso",), {})
+    assert todo == [("ack", []), ("orders", {"coffee-0": "shipped"})]
+    assert rejected == (2, "version 2 is older than the applied 3")
+    assert sync.actions(b'{"ack": []}', [], 3, (), {}, rejected) == ([("ack", [])], rejected)
+    assert sync.actions(b'{"ack": [], "config": {"version": 5, "settings": {"x": 1}}}', [], 3,
+                        (), {})[1] == (5, "unknown setting 'x'")
+    with pytest.raises(sync.BadReply):
+        sync.actions(b'{"ack": [true]}', [], 3, (), {})
 
 
 def test_reply_acks_only_what_was_sent_and_applies_config(device):
     device.add_event({"kind": "filter_changed"})
     device.add_event({"kind": "fault", "code": "x"})
     reply = {"ack": [1, 2, 99], "config": {"version": 4, "settings": {"sync_interval_s": 900}}}
-    assert sync.apply_reply(device, json.dumps(reply).encode(), sent_ids=[1]) is None
+    assert synctask.apply_reply(device, json.dumps(reply).encode(), sent_ids=[1]) is None
     assert [e["id"] for e in device.outbox.events] == [2]
     assert device.config_version == 4 and device.config == {"sync_interval_s": 900}
 
@@ -122,7 +159,7 @@ def test_reply_acks_only_what_was_sent_and_applies_config(device):
 def test_invalid_desired_config_is_rejected_and_the_last_good_kept(device, settings, words):
     device.apply_config(2, {"sync_interval_s": 600})
     reply = json.dumps({"ack": [], "config": {"version": 3, "settings": settings}}).encode()
-    version, reason = sync.apply_reply(device, reply, [])
+    version, reason = synctask.apply_reply(device, reply, [])
     assert version == 3 and words in reason
     assert device.config_version == 2 and device.config == {"sync_interval_s": 600}
 
@@ -135,7 +172,7 @@ def test_garbled_reply_changes_nothing(device, body):
     device.add_event({"kind": "filter_changed"})
     before = (list(device.outbox.events), device.config_version)
     with pytest.raises(sync.BadReply):
-        sync.apply_reply(device, body, [1])
+        synctask.apply_reply(device, body, [1])
     assert (device.outbox.events, device.config_version) == before
 
 
@@ -309,7 +346,7 @@ def test_uptime_in_reports_survives_the_ticks_wrap(device):
         now = ticks_add(now, 3_600_000)
         tick(device, now)
     assert device.uptime_ms(now) == 13 * 86_400_000
-    body = json.loads(sync.report(device, 1, 0, device.uptime_ms(now), [], {}))
+    body = json.loads(sync.report(synctask.snapshot(device), 1, 0, device.uptime_ms(now), [], {}))
     assert body["uptime_ms"] == 13 * 86_400_000
 
 

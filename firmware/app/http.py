@@ -9,7 +9,6 @@ import sys
 from app.link import resolve
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
 
-date = b""  # the Date header of the last reply (app.wallclock.cross_check)
 _MP = sys.implementation.name == "micropython"
 
 
@@ -78,9 +77,7 @@ async def _line(reader, buf, mv, at):
         at[1] = end + n
 
 
-async def _exchange(host, port, ssl, head, body, line, max_body):
-    global date
-    date = b""
+async def _exchange(host, port, ssl, head, body, line, max_body, date):
     ip = await resolve(host)  # (asyncio's own lookup would block the event loop)
     if ssl is not None:
         reader, writer = await asyncio.open_connection(ip, port, ssl=ssl,
@@ -115,8 +112,8 @@ async def _exchange(host, port, ssl, head, body, line, max_body):
                 length = int(value)
             elif name == b"retry-after" and value.isdigit() and len(value) < 9:
                 retry_after = int(value)
-            elif name == b"date":
-                date = value
+            elif name == b"date" and date:
+                date[0] = value
         else:
             raise HttpError("too many headers")
         if length is None:
@@ -145,8 +142,10 @@ async def _exchange(host, port, ssl, head, body, line, max_body):
             pass
 
 
-async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MAX_REPLY):
-    """POST `body` to `path` on the server of `url`. Returns (status, retry_after_s, body).
+async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MAX_REPLY,
+               date=None):
+    """POST `body` to `path` on the server of `url`. Returns (status, retry_after_s, body);
+    `date`, a list, gets the reply's Date header as its first item (app.wallclock).
     Raises HttpError (or OSError) on any failure, never hangs past `timeout_ms`."""
     scheme, host, port, _ = parse_url(url)
     if scheme == "https" and ssl is None:
@@ -165,7 +164,7 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     line = bytearray(MAX_LINE)
     try:
         ex = _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
-                       min(max_body, MAX_REPLY))
+                       min(max_body, MAX_REPLY), date)
         body = head = None  # the exchange's alone: it lets go of them once they are sent
         return await asyncio.wait_for(ex, timeout_ms / 1000)
     except asyncio.TimeoutError:

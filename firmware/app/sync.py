@@ -1,11 +1,12 @@
-# Sync decisions, pure: when to report, what a report holds, and what a reply changes.
-# The sync task (app/synctask.py) does the I/O around it. Counters are sent cumulative, never as
-# deltas, so a lost, repeated or reordered report can never lose or double usage.
+# Sync decisions, pure: when to report, what a report holds (built from a snapshot of the
+# device the sync task takes), and what a reply asks (a list of actions the sync task applies
+# through the device, and so its journal). The sync task (app/synctask.py) does the I/O
+# around it. Counters are sent cumulative, never as deltas, so a lost, repeated or reordered
+# report can never lose or double usage.
 import json
 from time import ticks_add, ticks_diff
 
-from app import VERSION, protocol, readout
-from app.orders import open_orders
+from app import VERSION, protocol
 from app.protocol import setting
 from app.supplies import ITEMS
 
@@ -77,11 +78,6 @@ def seed(device_id):
     return jitter(x | 1)
 
 
-def usage(device):
-    """The cumulative counters a report carries."""
-    return readout.usage(device.meter.c, device.profile.kinds)
-
-
 def changed(now, acked):
     """The counters in `now` that differ from `acked` (what the cloud has stored): the
     cloud keeps the maximum of each, so the rest need not travel again."""
@@ -99,28 +95,23 @@ def changed(now, acked):
     return out
 
 
-def supplies(device, wall):
-    """The consumables' levels a report carries (send changed() of them)."""
-    return device.supplies.report(device.config, device.profile, wall, device.per_day(wall))
-
-
-def report(device, seq, wall, uptime_ms, days, counters, rejected=None, supplies=None):
-    """The report body (bytes): `counters` (cumulative; changed() of usage()), `days`
-    (Days.buckets()), outbox events, config state, the consumables that changed and the
-    open orders."""
-    c = device.meter.c
-    cfg = {"applied": device.config_version}
+def report(snap, seq, wall, uptime_ms, days, counters, rejected=None, supplies=None):
+    """The report body (bytes) from `snap`, the device as the report saw it (boot, applied
+    configuration version, outbox events, open orders: app.synctask.snapshot), `counters`
+    (cumulative; changed() of synctask.usage()), `days` (Days.buckets()), the config state
+    and the consumables that changed."""
+    boot, applied, events, orders = snap
+    cfg = {"applied": applied}
     if rejected:
         cfg["rejected"] = {"version": rejected[0], "reason": protocol.cut(rejected[1])}
     body = {
-        "seq": seq, "boot": c.boots, "uptime_ms": uptime_ms, "clock": wall,
-        "counters": counters, "days": days, "events": device.outbox.events, "config": cfg,
+        "seq": seq, "boot": boot, "uptime_ms": uptime_ms, "clock": wall,
+        "counters": counters, "days": days, "events": events, "config": cfg,
     }
     if "boots" in counters:  # the boot's first report (or a new boot): say what runs
         body["fw"] = VERSION
     if supplies:
         body["supplies"] = supplies
-    orders = open_orders(device.supplies)
     if orders:
         body["orders"] = orders
     return json.dumps(body, separators=(",", ":")).encode()
@@ -156,12 +147,15 @@ class BadReply(ValueError):
     pass
 
 
-def apply_reply(device, body, sent_ids, rejected=None):
-    """Apply a 200 reply: acknowledged events leave the outbox; a new desired configuration
-    is checked and applied (persisted) or rejected. Returns None, or (version, reason) of a
-    rejected configuration to report next time: `rejected`, the one reported so far, while
+def actions(body, sent_ids, applied, kinds, cycles, rejected=None):
+    """What a 200 reply asks of a device whose applied configuration is version `applied`,
+    for brew `kinds`, with consumables' `cycles` ({name: cycle}): (actions, rejected).
+    Actions, in the order to apply them: ("ack", event ids; those in `sent_ids` alone),
+    ("orders", {order id: status}), ("refill", name) where the owner refilled the cycle that
+    runs, ("config", version, settings) checked. `rejected`: None, or (version, reason) of a
+    configuration refused, to report next time; the one reported so far (the argument) while
     the reply has no configuration (the cloud took the rejection; a report without it would
-    take it back). Raises BadReply, changing nothing, if the reply is not one of ours."""
+    take it back). Raises BadReply, asking nothing, if the reply is not one of ours."""
     try:
         d = json.loads(body)
     except ValueError:
@@ -179,25 +173,24 @@ def apply_reply(device, body, sent_ids, rejected=None):
         raise BadReply("config has no version")
     orders = _names_to(d, "orders", str)
     refill = _names_to(d, "refill", int)
-    device.ack(acks)
+    todo: list = [("ack", acks)]  # (annotated: pyright would type it by its first action)
     if orders:
-        device.order_status(orders)
+        todo.append(("orders", orders))
     for name, cycle in refill.items():  # the owner refilled it, said in the cloud
-        if name in ITEMS and device.supplies.cycle(name) == cycle:
-            device.refill(name, "cloud")
+        if name in ITEMS and cycles.get(name) == cycle:
+            todo.append(("refill", name))
     if cfg is None:
-        return rejected
-    if cfg["version"] == device.config_version:
-        return None
-    if cfg["version"] < device.config_version and cfg.get(protocol.RESTORED) is not True:
-        return (cfg["version"], "version %d is older than the applied %d" % (
-            cfg["version"], device.config_version))
-    reason = protocol.check_settings(cfg.get("settings"), device.profile.kinds)
+        return todo, rejected
+    v = cfg["version"]
+    if v == applied:
+        return todo, None
+    if v < applied and cfg.get(protocol.RESTORED) is not True:
+        return todo, (v, "version %d is older than the applied %d" % (v, applied))
+    reason = protocol.check_settings(cfg.get("settings"), kinds)
     if reason is None:
-        if device.apply_config(cfg["version"], cfg["settings"]):
-            return None
-        reason = "could not save"
-    return (cfg["version"], reason)
+        todo.append(("config", v, cfg["settings"]))
+        return todo, None
+    return todo, (v, reason)
 
 
 def _names_to(d, key, typ):

@@ -1,12 +1,16 @@
-# The sync task: Wi-Fi, clock and reports to the cloud, around the pure decisions in sync.py.
+# The sync task: Wi-Fi, clock and reports to the cloud, around the pure decisions in sync.py:
+# it takes the snapshot a report is built from, and applies what a reply asks through the
+# device (whose journal writes it).
 import asyncio
 from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from app import http, protocol, sync, wallclock
+from app import http, protocol, readout, sync, wallclock
 from app.link import resolve
+from app.orders import open_orders
 from app.signing import signature
+from app.supplies import ITEMS
 
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
@@ -76,33 +80,37 @@ class Syncer:
             seq = protocol.seq(self.era, self.n)
             self.n += 1
             days = device.days.buckets()
-            now_usage = sync.usage(device)
+            now_usage = usage(device)
             wall = wallclock.now()
-            sup = sync.supplies(device, wall)
+            sup = supplies(device, wall)
             full = wall // 86400 != self.full_day
-            body = sync.report(device, seq, wall, self.uptime_ms(), days,
+            snap = snapshot(device)
+            body = sync.report(snap, seq, wall, self.uptime_ms(), days,
                                sync.changed(now_usage, None if full else self.acked),
                                self.rejected, sync.changed(sup, None if full else self.acked_sup))
-            sent = [e["id"] for e in device.outbox.events]
+            sent = [e["id"] for e in snap[2]]
+            snap = None
             self.schedule.sent()
             head = {protocol.SEQ_HEADER: seq,
                     protocol.SIG_HEADER: signature(self.key, "POST", self.path, seq, body)}
             if self.key_id:
                 head[protocol.KEY_HEADER] = self.key_id
+            date = [b""]  # the reply's Date header (app.wallclock.cross_check)
             req = http.post(
-                self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY)
+                self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY,
+                date)
             body = head = None  # the request holds them until they are sent, no longer
             status, retry_after, reply = await req
             req = None  # (a finished coroutine keeps its locals: the reply's line buffer)
             if status == 200:
-                date = wallclock.http_date(http.date)
+                date = wallclock.http_date(date[0])
                 old = wallclock.now()
                 if wallclock.cross_check(date):  # what the wrong clock dated moves with it
                     device.clock_corrected(old, date, ticks_ms())
                 elif date and wallclock.synced:
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
-                self.rejected = sync.apply_reply(device, reply, sent, self.rejected)
+                self.rejected = apply_reply(device, reply, sent, self.rejected)
                 device.save_days()
                 self.acked, self.acked_sup = now_usage, sup
                 if full:
@@ -151,6 +159,42 @@ class Syncer:
                 await self.sync_once()
             else:
                 await asyncio.sleep_ms(min(self.schedule.ms_until_due(now), 1000))
+
+
+def snapshot(device):
+    """What a report reads of the device, taken at once: (boot, the applied configuration's
+    version, the outbox's events, the open orders)."""
+    return (device.meter.c.boots, device.config_version, tuple(device.outbox.events),
+            open_orders(device.supplies))
+
+
+def usage(device):
+    """The cumulative counters a report carries."""
+    return readout.usage(device.meter.c, device.profile.kinds)
+
+
+def supplies(device, wall):
+    """The consumables' levels a report carries (send sync.changed() of them)."""
+    return device.supplies.report(device.config, device.profile, wall, device.per_day(wall))
+
+
+def apply_reply(device, body, sent_ids, rejected=None):
+    """Apply a 200 reply (sync.actions) to the device: acknowledged events leave the outbox,
+    order statuses and the owner's refills are taken, a new desired configuration applied
+    (persisted) or rejected. Returns the rejected configuration to report next time, as
+    sync.actions; raises BadReply, changing nothing, if the reply is not one of ours."""
+    todo, rejected = sync.actions(body, sent_ids, device.config_version, device.profile.kinds,
+                                  {n: device.supplies.cycle(n) for n in ITEMS}, rejected)
+    for a in todo:
+        if a[0] == "ack":
+            device.ack(a[1])
+        elif a[0] == "orders":
+            device.order_status(a[1])
+        elif a[0] == "refill":
+            device.refill(a[1], "cloud")
+        elif not device.apply_config(a[1], a[2]):
+            rejected = (a[1], "could not save")
+    return rejected
 
 
 def wire(device, prov, link, ssl=None, wall=wallclock.now):

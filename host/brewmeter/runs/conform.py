@@ -268,7 +268,7 @@ class Conform:
     # -- the checks -------------------------------------------------------------------------
 
     async def check(self, life: Life) -> None:
-        from app import protocol, sync
+        from app import protocol, synctask
 
         self._life = life.name
         a, dev_id = self.admin, life.id
@@ -282,7 +282,7 @@ class Conform:
         if st != 200 or not isinstance(got, dict):
             self.note("admin", f"GET device answered {st}")
             return
-        mine = sync.usage(life.device)
+        mine = synctask.usage(life.device)
         theirs = got.get("counters") or {}
         for k, v in mine.items():
             t = theirs.get(k)

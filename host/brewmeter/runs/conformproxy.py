@@ -88,16 +88,17 @@ class Proxy:
         from app import http, protocol
 
         try:
+            date = [b""]
             status, retry, reply = await http.post(self.upstream, path, head, body,
                                                    protocol.REPLY_MS, self.ssl,
-                                                   protocol.MAX_REPLY)
+                                                   protocol.MAX_REPLY, date)
         except http.HttpError as e:
             self.note("reply_shape", f"{path}: {e}")
             return None
         except OSError as e:
             self.note("reply_shape", f"{path}: no connection ({e})")
             return None
-        return status, retry, reply, http.date
+        return status, retry, reply, date[0]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

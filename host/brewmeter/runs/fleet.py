@@ -304,9 +304,9 @@ def _children_cpu() -> float:
 
 
 def _usage(device: Device) -> dict[str, Any]:
-    from app import sync
+    from app import synctask
 
-    return sync.usage(device)
+    return synctask.usage(device)
 
 
 def _date(wall: float) -> date:

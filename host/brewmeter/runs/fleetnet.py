@@ -251,8 +251,8 @@ class Pool:
         return min(self.conns, key=lambda c: len(c.waiting))
 
     async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes | str,
-                   timeout_ms: int = 10000, ssl: Any = None, max_body: int = 4096
-                   ) -> tuple[int, int, bytes]:
+                   timeout_ms: int = 10000, ssl: Any = None, max_body: int = 4096,
+                   date: list[bytes] | None = None) -> tuple[int, int, bytes]:
         from app import http
 
         self.out.requests += 1
@@ -277,11 +277,12 @@ class Pool:
             conn.waiting.append((req, max_body))
             timer = loop.call_later(timeout_ms / 1000, conn._fail, "timed out")
         try:
-            status, retry, date, reply = await req.fut
+            status, retry, got, reply = await req.fut
         finally:
             if timer is not None:
                 timer.cancel()
-        http.date = date
+        if date is not None:
+            date[0] = got
         return status, retry, reply
 
     def close(self) -> None:

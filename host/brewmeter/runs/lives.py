@@ -204,9 +204,9 @@ class Life:
         return got
 
     def device_counters(self) -> dict[str, Any]:
-        from app import sync
+        from app import synctask
 
-        return sync.usage(self.device)
+        return synctask.usage(self.device)
 
     def cloud_days(self) -> list[dict[str, Any]]:
         """Every day with usage, as the cloud bills it."""
