@@ -222,7 +222,7 @@ async def test_a_409_naming_a_seq_no_backend_may_changes_nothing(device, clock, 
     async with CloudServer(tmp_path / "ledger.db", devices=[("bm-c1", "ab" * 32)]) as cloud:
         s.url = cloud.url  # the next report, to a backend that keeps the protocol
         assert await s.sync_once() == "ok"
-        again = Device(device.profile, device.journal.counts.fs)  # and after a reboot
+        again = Device(device.profile, device.store.fs)  # and after a reboot
         again.boot(1, 0)
         assert await _syncer(again, cloud.url).sync_once() == "ok"
     assert result != "seq conflict" and (s.era, device.seq_era, again.seq_era) == (era, 0, 0)

@@ -82,7 +82,7 @@ def test_a_power_cut_at_boot_leaves_no_brew_without_its_day_bucket(profile, tmp_
 
     d2 = Device(profile, fs)  # the next boot moves them into the history: two writes
     writes = []
-    for store in (d2.journal.counts, d2.journal.state):
+    for store in (d2.store, d2.state):
         def write(name, payload, write=store.write):
             writes.append(name)
             if len(writes) > 1:

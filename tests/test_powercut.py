@@ -67,6 +67,7 @@ def test_the_sweep_sees_a_brew_in_no_day_bucket_as_lost(profile_module, noclock_
     # clock-unknown day's afternoon boot moves the morning's brews: the sweep must see it.
     from app.days import Days
     from app.device import Device
+    from app.journal import SUP
 
     def old_boot(self, cause, now):
         self.recover()
@@ -77,7 +78,7 @@ def test_the_sweep_sees_a_brew_in_no_day_bucket_as_lost(profile_module, noclock_
         self.save_days()
         self.load_supplies()
         if self.supplies.fresh:
-            self.supplies.fresh = not self.save_supplies()
+            self.supplies.fresh = not self._commit(SUP)
 
     monkeypatch.setattr(Device, "boot", old_boot)
     k = next(i for i, e in enumerate(noclock_events) if e[1] == replay.REBOOT)

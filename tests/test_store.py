@@ -65,7 +65,7 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
     for n in range(3):
         d.meter.c.brews[0] += 1
         d.event(BREW, 0, 1000 * n)
-    seq, idx = d.journal.counts._seq["counters"]
+    seq, idx = d.store._seq["counters"]
     victim = fs.root / "counts" / f"counters.{idx}"
     if damage == "flip":
         b = bytearray(victim.read_bytes())
@@ -118,7 +118,7 @@ def test_newer_format_is_refused_and_left_untouched(profile, fs):
     d.meter.c.brews[1] = 42
     d.save(0)
     # Firmware from the future rewrites the file in format FORMAT+1.
-    path = fs.root / "counts" / f"counters.{d.journal.counts._seq['counters'][1]}"
+    path = fs.root / "counts" / f"counters.{d.store._seq['counters'][1]}"
     body = struct.pack("<BI", FORMAT + 1, 99) + b"future layout"
     future = body + struct.pack("<I", store_mod.crc32(body))
     path.write_bytes(future)
@@ -126,7 +126,7 @@ def test_newer_format_is_refused_and_left_untouched(profile, fs):
         Store(fs, "/counts").load_counters()
     d2 = Device(profile, fs)
     d2.boot(1, 0)
-    assert d2.faults[0][0] == "storage_newer" and d2.journal.counts.read_only
+    assert d2.faults[0][0] == "storage_newer" and d2.store.read_only
     d2.meter.c.brews[0] += 1
     d2.event(BREW, 0, 100)  # counts on in RAM ...
     assert d2.meter.c.brews[0] == 1
@@ -176,8 +176,8 @@ def test_device_saves_brews_at_once_and_water_within_flush_window(profile, fs):
     from brewmeter.onmicropython import replay
 
     saved = []
-    real_save = d.journal.counts.save_counters
-    d.journal.counts.save_counters = lambda c: (saved.append(c.pump_ms), real_save(c))[1]
+    real_save = d.store.save_counters
+    d.store.save_counters = lambda c: (saved.append(c.pump_ms), real_save(c))[1]
     for t, op, a, b in sorted(s.settle().events):
         replay.step(d.meter, t, op, a, b, on_event=lambda code, i, t=t: d.event(code, i, t))
         tick(d, t)
@@ -271,11 +271,11 @@ def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, p
     assert c.boots == 5 and c.resets[1] == 4  # this boot counted on top
     assert c.filter_ml == 900 and c.filter_fit_wall == 1_800_000_000
     # No storage fault; the first firmware kept no consumables: their cycles start now
-    assert d.journal.counts.formats["counters"] == 1 and d.faults == [("supplies_reset",
+    assert d.store.formats["counters"] == 1 and d.faults == [("supplies_reset",
                                                               "cycles from 327680")]
     d2 = Device(profile, fs)
     d2.recover()
-    assert d2.journal.counts.formats["counters"] == FORMAT == 3
+    assert d2.store.formats["counters"] == FORMAT == 3
     assert d2.meter.c.pump_ms == 123_456_780  # formats 2+ keep it in 10 ms units
     c.pump_ms, c.filter_pump_ms = 123_456_780, 45_670
     assert d2.meter.c.__dict__ == c.__dict__

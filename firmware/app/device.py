@@ -5,11 +5,11 @@ from time import ticks_add, ticks_diff
 
 from micropython import const
 
-from app import alerts, orders, waterfilter
+from app import alerts, journal, orders, waterfilter
 from app.alerts import BrewTimes
 from app.days import Days
 from app.forecast import Forecast
-from app.journal import COUNTS, STATE, SUP, Journal
+from app.journal import COUNTS, STATE, SUP, Store
 from app.meter import BREW, RINSE, STUCK, Meter
 from app.outbox import Outbox
 from app.protocol import MAX_NAMED_SEQ, cut, era_after, setting
@@ -34,7 +34,9 @@ class Device:
     def __init__(self, profile, fs, flush_s=FLUSH_S, root=""):
         """`root` is the mount point: "" on the device (littlefs at /)."""
         self.profile = profile
-        self.journal = Journal(fs, root)  # the files, and the order of every write
+        # The files, read and written by the journal alone (app/journal.py), in its order:
+        self.store = Store(fs, root + "/counts")  # the counters
+        self.state = Store(fs, root + "/state")  # the outbox, configuration, supplies
         self.flush_ms = flush_s * 1000
         self.faults = []  # (code, detail) raised since boot, newest last
         self.storage_ok = True
@@ -62,8 +64,7 @@ class Device:
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
         that boot reads."""
-        j = self.journal
-        c, saved, newer = j.load()
+        c, saved, newer = journal.load(self)
         self.outbox = Outbox(saved.get("ob"))
         self._history = saved.get("days")
         self._confirmed = saved.get("cd", 0)
@@ -77,7 +78,7 @@ class Device:
         self.meter = Meter(self.profile, c) if self.profile else None  # (None: run.py's wait)
         if newer:
             self.fault("storage_newer", newer)
-        recovered = j.counts.recovered + j.state.recovered
+        recovered = self.store.recovered + self.state.recovered
         if recovered:
             self.fault("storage_recovered", ",".join(recovered))
 
@@ -89,7 +90,7 @@ class Device:
         self._second = now
         # The history with the counters (the journal writes it first): Days took an earlier
         # boot's undated brews out of the counters, and a cut between must not lose them.
-        self._commit(COUNTS | self._history_changed())
+        self._commit(COUNTS | (STATE if self.days.unsaved else 0))
         self.load_supplies()
         if self.supplies.fresh:  # the cycles start now: the first boot, or the state lost
             self._new_era()  # (or never kept)
@@ -99,7 +100,7 @@ class Device:
     def load_supplies(self):
         """The consumables' state, after the counts (counting does not wait for it)."""
         n = len(self.profile.kinds)
-        sup, fc, bt = self.journal.load_supplies(n) or (None, None, None)
+        sup, fc, bt = journal.load_supplies(self, n) or (None, None, None)
         self.supplies = Supplies(self.meter.c, self.profile.kinds, sup, self.seq_era)
         self.forecast = Forecast(n + 1, fc)
         self.brew_times = BrewTimes(n, bt)
@@ -137,10 +138,8 @@ class Device:
     def save_days(self):
         """Save the history if it changed (only when buckets the cloud lacks would
         otherwise live in RAM alone, offline; or the cloud confirmed a new day)."""
-        self._commit(self._history_changed())
-
-    def _history_changed(self):
-        return STATE if self.days.unsaved else 0
+        if self.days.unsaved:
+            self._commit(STATE)
 
     def _commit(self, what):
         """Have the journal write what changed (its bits of `what`). Returns the bits
@@ -149,17 +148,14 @@ class Device:
             self._rates_saved = self.forecast.day
         if what & COUNTS:
             self._dirty_since = None
-        done = self.journal.commit(self, what)
+        done = journal.commit(self, what)
         if done & STATE and self.days:
             self.days.unsaved = False
         if done & COUNTS:
             c = self.meter.c
             self._saved = (c.water_ml, c.pump_ms, c.filter_powered_s)
-        what &= SUP | STATE | COUNTS
-        if done != what:
-            self._storage_failed(self.journal.error)
-        elif what & COUNTS:
-            self.storage_ok = True
+        if done == what & (SUP | STATE | COUNTS) and done & COUNTS:
+            self.storage_ok = True  # (a failed write said so: _storage_failed)
         return done
 
     def apply_config(self, version, values):
@@ -189,10 +185,7 @@ class Device:
         # The consumables' cycles begin an era (app/supplies.py): unless the first, said.
         if self.supplies.cycle("coffee"):
             self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
-        self.supplies.fresh = not self.save_supplies()
-
-    def save_supplies(self):
-        return self._commit(SUP)
+        self.supplies.fresh = not self._commit(SUP)
 
     def set_service_lock(self, seconds, fails=None):
         """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts
@@ -225,7 +218,7 @@ class Device:
         self._commit(STATE)
 
     def _storage_failed(self, e):
-        if self.journal.counts.read_only:
+        if self.store.read_only:
             return  # refused on purpose: the storage_newer fault says why
         if self.storage_ok:  # one fault per episode; counting goes on in RAM
             self.storage_ok = False
@@ -253,7 +246,7 @@ class Device:
                 what |= STATE
             what = self._check(what)
         # One commit: the supplies, the events and the history, then the brew they explain.
-        self._commit(what | self._history_changed())
+        self._commit(what | (STATE if self.days.unsaved else 0))
         if self.on_usage:
             self.on_usage(now)
 

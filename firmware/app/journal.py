@@ -1,10 +1,10 @@
-# The device's files, and the order of every commit that spans them (Journal): the device
-# says what changed, only the journal writes. Every file is kept twice (name.0 / name.1) and
-# written alternately, whole, each copy stamped with a format byte, a sequence number and a
-# CRC32, so a power cut or a damaged copy always leaves the other, last good copy to fall
-# back to.
-# Files stay small enough to live inline in littlefs metadata (<= 128 bytes for the hot
-# counters file): a rewrite then costs ~100-200 bytes programmed and no whole-block erase.
+# The device's files, and the order of every commit that spans them: the device says what
+# changed, only the journal reads and writes them. Every file is kept twice (name.0 /
+# name.1) and written alternately, whole, each copy stamped with a format byte, a sequence
+# number and a CRC32, so a power cut or a damaged copy always leaves the other, last good
+# copy to fall back to. Files stay small enough to live inline in littlefs metadata (<= 128
+# bytes for the hot counters file): a rewrite then costs ~100-200 bytes programmed and no
+# whole-block erase.
 import json
 import struct
 from binascii import crc32
@@ -179,77 +179,70 @@ class Store:
         self.write("counters", pack_counters(c))
 
 
-class Journal:
-    """The device's files, in two sibling directories: littlefs scans a directory's whole
-    metadata log on every lookup, and the counters' log grows with every save; the bigger,
-    rarely written state gets a short log of its own."""
-
-    def __init__(self, fs, root=""):
-        """`root` is the mount point: "" on the device (littlefs at /)."""
-        self.counts = Store(fs, root + "/counts")
-        self.state = Store(fs, root + "/state")
-        self.error = None  # why the last write that failed did
-
-    def load(self):
-        """(counters, the state file's dict, why the flash is left alone or None): all that
-        boot reads."""
-        try:
-            return self.counts.load_counters(), _json(self.state.read("state")), None
-        except NewerFormat as e:
-            # Written by newer firmware: count on in RAM and leave the flash untouched.
-            self.counts.read_only = self.state.read_only = True
-            return Counters(), {}, str(e)
-
-    def load_supplies(self, n):
-        """The consumables' state for `n` brew kinds (unpack_supplies), or None."""
-        if self.state.read_only:  # (newer firmware's flash: start afresh in RAM)
-            return None
-        try:
-            return unpack_supplies(self.state.read("sup"), n)
-        except NewerFormat:
-            self.counts.read_only = self.state.read_only = True
-
-    def commit(self, dev, what):
-        """Write the files `what` names (SUP, STATE, COUNTS) from Device `dev`, in that
-        order. Returns the bits written; a refused write leaves the last good copy, and
-        its error in self.error."""
-        done = 0
-        for bit in (SUP, STATE, COUNTS):
-            if what & bit:
-                try:
-                    if bit == COUNTS:
-                        self.counts.save_counters(dev.meter.c)
-                    elif bit == SUP:
-                        self.state.write("sup", pack_supplies(
-                            dev.supplies, dev.forecast, dev.brew_times))
-                    else:
-                        self.state.write("state", _state(dev))
-                    done |= bit
-                except OSError as e:
-                    self.error = e
-        return done
+# The device's files are Device.store (/counts) and Device.state (/state), two sibling
+# directories: littlefs scans a directory's whole metadata log on every lookup, and the
+# counters' log grows with every save; the bigger, rarely written state gets a short log of
+# its own. Plain functions, not a class: a class costs the chip's heap more.
 
 
-def _state(dev):
-    # One file holds the outbox, the configuration and the history: one lookup at boot.
-    days = dev.days
-    d = {"ob": dev.outbox.state(), "cfg": {"v": dev.config_version, "s": dev.config},
-         "days": days.history if days else (dev._history or []), "lock": dev.service_lock}
-    # Rare ones only when set: the file stays small (inline in littlefs's metadata).
-    for k, v in (("cd", days.confirmed if days else dev._confirmed),
-                 ("pin", dev.pin_fails != [0, 0] and dev.pin_fails), ("sq", dev.seq_era)):
-        if v:
-            d[k] = v
-    return json.dumps(d, separators=(",", ":")).encode()
-
-
-def _json(data):
-    # A saved dict, or {} (none, or CRC-good but unreadable: start empty).
-    if data:
+def load(dev):
+    """(counters, the state file's dict, why the flash is left alone or None): all that
+    boot reads of Device `dev`'s files."""
+    try:
+        c, data = dev.store.load_counters(), dev.state.read("state")
+    except NewerFormat as e:
+        # Written by newer firmware: count on in RAM and leave the flash untouched.
+        dev.store.read_only = dev.state.read_only = True
+        return Counters(), {}, str(e)
+    if data:  # (one file: the outbox, configuration and history in one lookup at boot)
         try:
             d = json.loads(data)
             if isinstance(d, dict):
-                return d
+                return c, d, None
         except ValueError:
             pass
-    return {}
+    return c, {}, None  # none, or CRC-good but unreadable: start empty
+
+
+def load_supplies(dev, n):
+    """The consumables' state for `n` brew kinds (unpack_supplies), or None."""
+    if dev.state.read_only:  # (newer firmware's flash: start afresh in RAM)
+        return None
+    try:
+        return unpack_supplies(dev.state.read("sup"), n)
+    except NewerFormat:
+        dev.store.read_only = dev.state.read_only = True
+
+
+def commit(dev, what):
+    """Write the files `what` names (SUP, STATE, COUNTS) from Device `dev`, in that order.
+    Returns the bits written; a refused write leaves the last good copy and goes to
+    dev._storage_failed."""
+    done = 0
+    for bit in (SUP, STATE, COUNTS):
+        if not what & bit:
+            continue
+        try:
+            if bit == SUP:
+                dev.state.write("sup", pack_supplies(dev.supplies, dev.forecast,
+                                                     dev.brew_times))
+            elif bit == COUNTS:
+                dev.store.save_counters(dev.meter.c)
+            else:
+                days = dev.days
+                d = {"ob": dev.outbox.state(),
+                     "cfg": {"v": dev.config_version, "s": dev.config},
+                     "days": days.history if days else (dev._history or []),
+                     "lock": dev.service_lock}
+                # Rare ones only when set: the file stays small (inline in littlefs's
+                # metadata).
+                for k, v in (("cd", days.confirmed if days else dev._confirmed),
+                             ("pin", dev.pin_fails != [0, 0] and dev.pin_fails),
+                             ("sq", dev.seq_era)):
+                    if v:
+                        d[k] = v
+                dev.state.write("state", json.dumps(d, separators=(",", ":")).encode())
+            done |= bit
+        except OSError as e:
+            dev._storage_failed(e)
+    return done

@@ -82,7 +82,8 @@ class Syncer:
             days = device.days.buckets()
             now_usage = usage(device)
             wall = wallclock.now()
-            sup = supplies(device, wall)
+            sup = device.supplies.report(device.config, device.profile, wall,
+                                         device.per_day(wall))
             full = wall // 86400 != self.full_day
             snap = snapshot(device)
             body = sync.report(snap, seq, wall, self.uptime_ms(), days,
@@ -171,11 +172,6 @@ def snapshot(device):
 def usage(device):
     """The cumulative counters a report carries."""
     return readout.usage(device.meter.c, device.profile.kinds)
-
-
-def supplies(device, wall):
-    """The consumables' levels a report carries (send sync.changed() of them)."""
-    return device.supplies.report(device.config, device.profile, wall, device.per_day(wall))
 
 
 def apply_reply(device, body, sent_ids, rejected=None):

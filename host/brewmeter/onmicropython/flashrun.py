@@ -25,7 +25,7 @@ def _json_baseline(device):
         with open("/flash/counters.json", "w") as f:
             f.write(json.dumps(readout.counters(c, kinds)))
 
-    device.journal.counts.save_counters = save_counters
+    device.store.save_counters = save_counters
 
 
 def _log_baseline(device):
@@ -39,7 +39,7 @@ def _log_baseline(device):
                             c.rinses))
         f.flush()
 
-    device.journal.counts.save_counters = save_counters
+    device.store.save_counters = save_counters
 
 
 def _recovery_read(profile, flash, t):

@@ -116,7 +116,7 @@ def boot(profile, fs, root, now, durable, patch=None, levels=()):
     device.wall = _now
     if patch:
         patch(device)
-    for store in (device.journal.counts, device.journal.state):
+    for store in (device.store, device.state):
         _record(device, store, durable)
     device.boot(1, now)
     for i, level in enumerate(levels):
