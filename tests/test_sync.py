@@ -126,20 +126,20 @@ def test_a_reply_becomes_the_actions_to_apply():
              "refill": {"filter": 0, "coffee": 5, "nothing": 1},
              "config": {"version": 4, "settings": {"sync_interval_s": 900}}}
     todo, rejected = sync.actions(json.dumps(reply).encode(), [1, 2], 3, ("espresso",),
-                                  {"filter": 0, "coffee": 1})
+                                  {"filter": 0, "coffee": 1}.get)
     assert todo == [("ack", [1, 2]), ("orders", {"coffee-0": "shipped"}), ("refill", "filter"),
                     ("config", 4, {"sync_interval_s": 900})]
     assert rejected is None
     # An older configuration is refused; a reply without one keeps the rejection reported.
     reply["config"] = {"version": 2, "settings": {}}
-    todo, rejected = sync.actions(json.dumps(reply).encode(), [], 3, ("espresso",), {})
+    todo, rejected = sync.actions(json.dumps(reply).encode(), [], 3, ("espresso",), {}.get)
     assert todo == [("ack", []), ("orders", {"coffee-0": "shipped"})]
     assert rejected == (2, "version 2 is older than the applied 3")
-    assert sync.actions(b'{"ack": []}', [], 3, (), {}, rejected) == ([("ack", [])], rejected)
+    assert sync.actions(b'{"ack": []}', [], 3, (), {}.get, rejected) == ([("ack", [])], rejected)
     assert sync.actions(b'{"ack": [], "config": {"version": 5, "settings": {"x": 1}}}', [], 3,
-                        (), {})[1] == (5, "unknown setting 'x'")
+                        (), {}.get)[1] == (5, "unknown setting 'x'")
     with pytest.raises(sync.BadReply):
-        sync.actions(b'{"ack": [true]}', [], 3, (), {})
+        sync.actions(b'{"ack": [true]}', [], 3, (), {}.get)
 
 
 def test_reply_acks_only_what_was_sent_and_applies_config(device):

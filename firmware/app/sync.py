@@ -147,9 +147,9 @@ class BadReply(ValueError):
     pass
 
 
-def actions(body, sent_ids, applied, kinds, cycles, rejected=None):
+def actions(body, sent_ids, applied, kinds, cycle, rejected=None):
     """What a 200 reply asks of a device whose applied configuration is version `applied`,
-    for brew `kinds`, with consumables' `cycles` ({name: cycle}): (actions, rejected).
+    for brew `kinds`, whose consumable `name` runs cycle `cycle(name)`: (actions, rejected).
     Actions, in the order to apply them: ("ack", event ids; those in `sent_ids` alone),
     ("orders", {order id: status}), ("refill", name) where the owner refilled the cycle that
     runs, ("config", version, settings) checked. `rejected`: None, or (version, reason) of a
@@ -176,8 +176,8 @@ def actions(body, sent_ids, applied, kinds, cycles, rejected=None):
     todo: list = [("ack", acks)]  # (annotated: pyright would type it by its first action)
     if orders:
         todo.append(("orders", orders))
-    for name, cycle in refill.items():  # the owner refilled it, said in the cloud
-        if name in ITEMS and cycles.get(name) == cycle:
+    for name, n in refill.items():  # the owner refilled it, said in the cloud
+        if name in ITEMS and cycle(name) == n:
             todo.append(("refill", name))
     if cfg is None:
         return todo, rejected

@@ -10,7 +10,6 @@ from app import http, protocol, readout, sync, wallclock
 from app.link import resolve
 from app.orders import open_orders
 from app.signing import signature
-from app.supplies import ITEMS
 
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(86400000)  # once set, asked again daily (a step over STEP_MAX refused)
@@ -46,6 +45,7 @@ class Syncer:
         self.refused_at = None  # ticks of the first refusal since the last 200
         self.refused_said = False  # the sync_refused fault is raised
         self._ntp_tried = None
+        self._date = [b""]  # the last reply's Date header, filled by http.post
         self.jitter = sync.seed(self.id)
 
     def usage(self, now):
@@ -96,15 +96,16 @@ class Syncer:
                     protocol.SIG_HEADER: signature(self.key, "POST", self.path, seq, body)}
             if self.key_id:
                 head[protocol.KEY_HEADER] = self.key_id
-            date = [b""]  # the reply's Date header (app.wallclock.cross_check)
+            got = self._date  # gets the reply's Date header (app.wallclock.cross_check)
+            got[0] = b""
             req = http.post(
                 self.url, self.path, head, body, self.timeout_ms, self.ssl, protocol.MAX_REPLY,
-                date)
+                got)
             body = head = None  # the request holds them until they are sent, no longer
             status, retry_after, reply = await req
             req = None  # (a finished coroutine keeps its locals: the reply's line buffer)
             if status == 200:
-                date = wallclock.http_date(date[0])
+                date = wallclock.http_date(got[0])
                 old = wallclock.now()
                 if wallclock.cross_check(date):  # what the wrong clock dated moves with it
                     device.clock_corrected(old, date, ticks_ms())
@@ -164,8 +165,9 @@ class Syncer:
 
 def snapshot(device):
     """What a report reads of the device, taken at once: (boot, the applied configuration's
-    version, the outbox's events, the open orders)."""
-    return (device.meter.c.boots, device.config_version, tuple(device.outbox.events),
+    version, the outbox's events, the open orders). Not copied (heap): the report is built
+    from it before anything can change the device (no await between)."""
+    return (device.meter.c.boots, device.config_version, device.outbox.events,
             open_orders(device.supplies))
 
 
@@ -180,7 +182,7 @@ def apply_reply(device, body, sent_ids, rejected=None):
     (persisted) or rejected. Returns the rejected configuration to report next time, as
     sync.actions; raises BadReply, changing nothing, if the reply is not one of ours."""
     todo, rejected = sync.actions(body, sent_ids, device.config_version, device.profile.kinds,
-                                  {n: device.supplies.cycle(n) for n in ITEMS}, rejected)
+                                  device.supplies.cycle, rejected)
     for a in todo:
         if a[0] == "ack":
             device.ack(a[1])
