@@ -19,12 +19,15 @@ def load_profile(path=PROFILE_PATH):
     from app.profile import ProfileError, parse
 
     try:
+        # Bounded by the file's size, not by a buffer of the bound: at boot the heap may
+        # hold no free run of 4 KiB.
+        n = os.stat(path)[6]
+        if n > _MAX_PROFILE:
+            raise ProfileError(path, "(file)", "over %d bytes: not a board profile" % _MAX_PROFILE)
         with open(path) as f:
-            text = f.read(_MAX_PROFILE + 1)  # a bounded read, as every read
+            text = f.read(n)
     except OSError:
         raise ProfileError(path, "(file)", "missing: flash.sh writes it with --board")
-    if len(text) > _MAX_PROFILE:
-        raise ProfileError(path, "(file)", "over %d bytes: not a board profile" % _MAX_PROFILE)
     try:
         return parse(text, path)
     finally:
