@@ -28,39 +28,32 @@ class Refused(Exception):
         return str(self)
 
 
-class UnknownDevice(Refused, LookupError):
-    """No such device (the JSON API: 404; a report: 401, as for a bad signature)."""
+class Unknown(Refused, LookupError):
+    """No such `what` (HTTP 404); the exception's text is the name asked for."""
 
     status = 404
-
-    def __init__(self, device_id: str) -> None:
-        super().__init__(None, device_id)
-
-    @property
-    def answer(self) -> str:
-        return "unknown device"
-
-
-class UnknownOrder(Refused, LookupError):
-    status = 404
-
-    def __init__(self, order: str) -> None:
-        super().__init__(None, order)
-
-    @property
-    def answer(self) -> str:
-        return "unknown order"
-
-
-class UnknownOwner(Refused, LookupError):
-    status = 404
+    what = "thing"
 
     def __init__(self, name: str | None) -> None:
         super().__init__(None, str(name))
 
     @property
     def answer(self) -> str:
-        return "unknown owner"
+        return f"unknown {self.what}"
+
+
+class UnknownDevice(Unknown):
+    """No such device (the JSON API: 404; a report: 401, as for a bad signature)."""
+
+    what = "device"
+
+
+class UnknownOrder(Unknown):
+    what = "order"
+
+
+class UnknownOwner(Unknown):
+    what = "owner"
 
 
 class StateConflict(Refused):
