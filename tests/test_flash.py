@@ -221,8 +221,10 @@ def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
         _brew(b)
         assert read_counters(b.serial_port, KINDS)["brews"]["espresso"] == 1
     # Firmware with one: the app is deployed as a ROMFS image and imported from /rom, the
-    # filesystem's copy (which would come first on sys.path) removed, the counters kept.
-    with Board(image, board_profile="emulator") as b:
+    # filesystem's copy (which would come first on sys.path) removed, the counters kept. The
+    # same heap: the filesystem's app must start (and be stopped by mpremote) first; in the
+    # emulator profile's budget it runs out at boot, at a point that moves with the code.
+    with Board(image, board_profile="emulator", heap=160 * 1024) as b:
         out = io.StringIO()
         f = Flasher(b.serial_port, out=out)
         assert f.flash("emulator", prov) == "romfs"

@@ -150,7 +150,7 @@ def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
         else:
             dest = out / rel.with_suffix(".mpy")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            unixport.cross_compile(src, dest)
+            unixport.cross_compile(src, dest, rel.as_posix())
         files[dest.relative_to(out).as_posix()] = dest
     (out / "board.json").write_bytes(board_path(board).read_bytes())
     files["board.json"] = out / "board.json"

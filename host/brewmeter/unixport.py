@@ -123,9 +123,12 @@ def min_heap(args: list[str], lo: int = 2048, hi: int = 512 * 1024, step: int = 
     return hi
 
 
-def cross_compile(src: Path, out: Path) -> None:
-    p = subprocess.run([tool("mpy-cross"), "-o", str(out), str(src)], capture_output=True,
-                       text=True, timeout=60)
+def cross_compile(src: Path, out: Path, name: str | None = None) -> None:
+    """`name`: the source file's name the bytecode keeps (tracebacks show it), such as
+    "app/run.py": not the build machine's path, whose length would change the heap's figures
+    with the directory a checkout is in."""
+    p = subprocess.run([tool("mpy-cross"), "-s", name or src.name, "-o", str(out), str(src)],
+                       capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         raise RuntimeError(f"mpy-cross {src}: {p.stderr or p.stdout}")
 
@@ -138,6 +141,6 @@ def compile_tree(src: Path, out: Path) -> list[Path]:
         rel = py.relative_to(src)
         dest = out / rel.with_suffix(".mpy")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        cross_compile(py, dest)
+        cross_compile(py, dest, f"{src.name}/{rel.as_posix()}")
         done.append(dest)
     return done
