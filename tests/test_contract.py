@@ -172,9 +172,12 @@ class Sup:
     items = {n: [3, 0, "placed", 0] for n in ITEMS}
 
 s = Sup()
-got = orders.apply_status(s, {"coffee-3": "cancelled", "filter-3": "shipped",
-                                          "tablets-3": "unknown"})
-print(json.dumps([got[0], got[1], [list(x) for x in got[2]], s.items["coffee"][2],
+reply = {"coffee-3": "cancelled", "filter-3": "shipped", "tablets-3": "unknown"}
+todo = sync.actions(json.dumps({"ack": [], "orders": reply}), [], 0, (), {}.get, None,
+                    orders.open_orders(s))[0]
+got = orders.apply_status(s, reply)
+print(json.dumps([got[0], got[1], [a[2].split(" ") for a in todo if a[0] == "fault"],
+                  s.items["coffee"][2],
                   s.items["filter"][2], sync.refusal(400, b'{"error":"no fw"}'),
                   sync.refusal(403, b"\\xff\\xfe denied"), sync.refusal(401, b"x" * 300),
                   [protocol.refused(x) for x in (200, 301, 400, 409, 429, 503)],

@@ -30,6 +30,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_sync.py::test_jitter_is_the_devices_own_and_spreads_a_fleets_retries",
     "test_sync.py::test_a_report_is_built_from_a_snapshot_alone",
     "test_sync.py::test_a_reply_becomes_the_actions_to_apply",
+    "test_sync.py::test_an_open_orders_status_the_protocol_does_not_know_becomes_a_fault",
     "test_sync.py::test_parse_url",
     "test_sync.py::test_device_id_rule",
 ]

@@ -142,6 +142,21 @@ def test_a_reply_becomes_the_actions_to_apply():
         sync.actions(b'{"ack": [true]}', [], 3, (), {}.get)
 
 
+def test_an_open_orders_status_the_protocol_does_not_know_becomes_a_fault():
+    # Said once: only while the order is open (adopting the status closes it).
+    reply = json.dumps({"ack": [], "orders": {"coffee-3": "cancelled", "filter-3": "shipped",
+                                              "tablets-3": "unknown", "descaler-2": "lost",
+                                              "coffee-2": "x" * 40}}).encode()
+    opened = {"coffee-3": "placed", "filter-3": "placed", "tablets-3": "requested",
+              "coffee-2": "placed"}
+    todo = sync.actions(reply, [], 0, (), {}.get, None, opened)[0]
+    assert sorted(a for a in todo if a[0] == "fault") == [  # (MicroPython's dicts: unordered)
+        ("fault", "order_status", "coffee-2 " + "x" * 32),
+        ("fault", "order_status", "coffee-3 cancelled")]
+    assert todo.index(("fault", "order_status", "coffee-3 cancelled")) > 1  # after "orders"
+    assert not [a for a in sync.actions(reply, [], 0, (), {}.get)[0] if a[0] == "fault"]
+
+
 def test_reply_acks_only_what_was_sent_and_applies_config(device):
     device.add_event({"kind": "filter_changed"})
     device.add_event({"kind": "fault", "code": "x"})

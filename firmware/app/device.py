@@ -342,12 +342,10 @@ class Device:
         return ev
 
     def order_status(self, statuses):
-        """The cloud's word on our orders ({order id: status}, from a sync reply)."""
-        changed, lost, other = orders.apply_status(self.supplies, statuses)
+        """The cloud's word on our orders ({order id: status}, from a sync reply; a status
+        the protocol does not know is kept here, and said by the reply's fault action)."""
+        changed, lost = orders.apply_status(self.supplies, statuses)
         what = SUP if changed else 0
-        for oid, st in other:  # a status we do not know: kept, and said (app/protocol.py)
-            self._raise("order_status", "%s %s" % (oid, st))
-            what |= STATE
         wall = self.wall()
         for name in lost:  # the cloud never got the request (dropped from a full outbox)
             oid = orders.order_id(name, self.supplies.items[name][0])
@@ -355,7 +353,7 @@ class Device:
                 self.outbox.add(orders.request(self.supplies, name, self.config,
                                                self.profile, wall, self.per_day(wall)))
                 what |= STATE
-        self._commit(what)  # the statuses, then the faults and requests
+        self._commit(what)  # the statuses, then the requests
 
     def save(self, now):
         """Save the counters (the periodic flush, and before a reboot)."""

@@ -64,11 +64,10 @@ def open_orders(sup):
 
 def apply_status(sup, statuses):
     """The cloud's `orders` reply ({order id: status}). Returns (changed, names whose
-    order the cloud has never received: to request again, [(order id, status)] of statuses
-    the protocol does not know: kept, ending the cycle's ordering, for a fault)."""
+    order the cloud has never received: to request again). A status the protocol does not
+    know is kept, ending the cycle's ordering (sync.actions says it in a fault)."""
     changed = False
     lost = []
-    other = []
     for name, it in sup.items.items():
         oid = order_id(name, it[0])
         st = statuses.get(oid)
@@ -79,6 +78,5 @@ def apply_status(sup, statuses):
             changed = True
         elif st and st != UNKNOWN and st not in STATUSES and it[2] in OPEN:
             it[2] = st[:MAX_NAME]
-            other.append((oid, it[2]))
             changed = True
-    return changed, lost, other
+    return changed, lost

@@ -147,12 +147,15 @@ class BadReply(ValueError):
     pass
 
 
-def actions(body, sent_ids, applied, kinds, cycle, rejected=None):
+def actions(body, sent_ids, applied, kinds, cycle, rejected=None, opened=()):
     """What a 200 reply asks of a device whose applied configuration is version `applied`,
-    for brew `kinds`, whose consumable `name` runs cycle `cycle(name)`: (actions, rejected).
-    Actions, in the order to apply them: ("ack", event ids; those in `sent_ids` alone),
-    ("orders", {order id: status}), ("refill", name) where the owner refilled the cycle that
-    runs, ("config", version, settings) checked. `rejected`: None, or (version, reason) of a
+    for brew `kinds`, whose consumable `name` runs cycle `cycle(name)`, whose orders
+    `opened` ({order id: status}) are open: (actions, rejected). Actions, in the order to
+    apply them: ("ack", event ids; those in `sent_ids` alone), ("orders", {order id:
+    status}), ("fault", code, detail) where an open order has a status the protocol does
+    not know (kept, ending the cycle's ordering: orders.apply_status), ("refill", name)
+    where the owner refilled the cycle that runs, ("config", version, settings) checked.
+    `rejected`: None, or (version, reason) of a
     configuration refused, to report next time; the one reported so far (the argument) while
     the reply has no configuration (the cloud took the rejection; a report without it would
     take it back). Raises BadReply, asking nothing, if the reply is not one of ours."""
@@ -176,6 +179,9 @@ def actions(body, sent_ids, applied, kinds, cycle, rejected=None):
     todo: list = [("ack", acks)]  # (annotated: pyright would type it by its first action)
     if orders:
         todo.append(("orders", orders))
+    for oid, st in orders.items():
+        if oid in opened and st and st != protocol.UNKNOWN and st not in protocol.STATUSES:
+            todo.append(("fault", "order_status", "%s %s" % (oid, st[:protocol.MAX_NAME])))
     for name, n in refill.items():  # the owner refilled it, said in the cloud
         if name in ITEMS and cycle(name) == n:
             todo.append(("refill", name))

@@ -178,16 +178,19 @@ def usage(device):
 
 def apply_reply(device, body, sent_ids, rejected=None):
     """Apply a 200 reply (sync.actions) to the device: acknowledged events leave the outbox,
-    order statuses and the owner's refills are taken, a new desired configuration applied
+    order statuses and the owner's refills are taken, faults raised, a new desired
+    configuration applied
     (persisted) or rejected. Returns the rejected configuration to report next time, as
     sync.actions; raises BadReply, changing nothing, if the reply is not one of ours."""
     todo, rejected = sync.actions(body, sent_ids, device.config_version, device.profile.kinds,
-                                  device.supplies.cycle, rejected)
+                                  device.supplies.cycle, rejected, open_orders(device.supplies))
     for a in todo:
         if a[0] == "ack":
             device.ack(a[1])
         elif a[0] == "orders":
             device.order_status(a[1])
+        elif a[0] == "fault":
+            device.fault(a[1], a[2])
         elif a[0] == "refill":
             device.refill(a[1], "cloud")
         elif not device.apply_config(a[1], a[2]):
