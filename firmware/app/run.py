@@ -18,8 +18,8 @@ from app.supervisor import Supervisor, take_hook
 
 _GC_EVERY = const(4096)
 
+# The shell's own state, read by this module alone:
 _device = None  # for run(): what to save when Ctrl-C stops the app
-_syncer = None  # for the service console: the last sync's time and result
 _locked = False  # the serial port is locked: Ctrl-C and the raw REPL do nothing
 _open_until = None  # ticks_ms when a PIN-opened maintenance window closes
 LOCKED_MSG = b"\r\nlocked: unlock with --pin (service unlock --pin PIN)\r\n"
@@ -31,7 +31,7 @@ def window_over(now, until):
 
 
 async def main(profile, prov):
-    global _device, _syncer
+    global _device
     # Collect after every 4 KiB allocated, not only when the heap is full: short-lived objects
     # then go while they are still packed together, and what lives on is not scattered over
     # the whole heap. Fragmentation was most of the worst moment's need (brewmeter bench:
@@ -40,7 +40,7 @@ async def main(profile, prov):
     gc.threshold(_GC_EVERY)
     from app import startup  # (loaded by run()) needed until the tasks run, then unloaded
 
-    sync = ssl = None
+    sync = ssl = syncer = None
     if prov:
         try:
             ssl = startup.load_sync(prov)
@@ -61,8 +61,8 @@ async def main(profile, prov):
     keep = sup.keep
     if prov and sync is None:
         try:
-            _syncer = startup.start_sync(device, prov, ssl)
-            asyncio.create_task(keep("sync", _syncer.run))
+            syncer = startup.start_sync(device, prov, ssl)
+            asyncio.create_task(keep("sync", syncer.run))
             sync = "on"
         except (ImportError, KeyError, ValueError) as e:
             sync = "off (%s)" % e
@@ -70,7 +70,7 @@ async def main(profile, prov):
     unload("startup")
     sync = sync or "off (not provisioned)"
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
-    asyncio.create_task(keep("console", lambda: serve_console(device, prov)))
+    asyncio.create_task(keep("console", lambda: serve_console(device, prov, syncer)))
     asyncio.create_task(keep("day", lambda: _days(device)))
     asyncio.create_task(keep("button", sensors.run_button))
     if sup.hook == "stall":  # tests only: the event loop stalls (a task stuck in a call)
@@ -96,9 +96,10 @@ async def _stall():
         time.sleep_ms(100)
 
 
-async def serve_console(device, prov):
+async def serve_console(device, prov, syncer):
     """The service console on the USB serial port, beside the REPL's Ctrl-C: it reads
-    stdin without blocking the counting, and answers on stdout."""
+    stdin without blocking the counting, and answers on stdout. `syncer`: the sync task's
+    (app.synctask), None while the sync is off."""
     import select
     import sys
 
@@ -122,9 +123,9 @@ async def serve_console(device, prov):
         if n and _locked and _open_until is None and buf.find(b"\x01", 0, n) >= 0:  # Ctrl-A
             out.write(LOCKED_MSG)  # what mpremote prints when it gives up
         if n and con is None:
-            con, line = _console(device, prov, line), None
+            con, line = _console(device, prov, syncer, line), None
         if n and con is not None:
-            reply = await con.serve(memoryview(buf)[:n], wallclock.now(), ticks_ms())
+            reply = await con.serve(memoryview(buf)[:n], device.wall(), ticks_ms())
             if reply:
                 out.write(reply)
             action, con.pending = con.pending, None
@@ -138,7 +139,7 @@ async def serve_console(device, prov):
                 unload("service")
                 gc.collect()
             if action:
-                out.write(await _carry_out(action, device))
+                out.write(await _carry_out(action, device, syncer))
         if window_over(ticks_ms(), _open_until):
             _lock_again(out)
         # Yield even with more input waiting: a flood on the port must never starve the
@@ -146,13 +147,13 @@ async def serve_console(device, prov):
         await asyncio.sleep_ms(0 if n else 20)
 
 
-def _console(device, prov, line):
+def _console(device, prov, syncer, line):
     """The console, loaded (its class held by nothing else, so dropping it frees its
     module); `line`: the line being typed when it was last dropped."""
     gc.collect()
     from app.console import Console
 
-    con = Console(device, status=lambda: status(device, prov),
+    con = Console(device, status=lambda: status(device, prov, syncer),
                   pin=prov.get("service_pin_hash") if prov else None)
     if line is not None:
         con.lines.buf, con.lines.overflow, con.lines._cr = line
@@ -166,7 +167,7 @@ def _lock_again(out):
     out.write(b"service: maintenance window over: the port is locked\r\n")
 
 
-async def _carry_out(action, device):
+async def _carry_out(action, device, syncer):
     """The service actions that need the shell: sync now, reboot, open the port."""
     global _open_until
     if action[0] == "unlock":
@@ -177,10 +178,10 @@ async def _carry_out(action, device):
         _open_until = time.ticks_add(ticks_ms(), s * 1000)
         return ("unlock: the port is open for %d s (Ctrl-C stops the app)\r\n" % s).encode()
     if action[0] == "sync":
-        if _syncer is None:
+        if syncer is None:
             return b"sync: off (not provisioned)\r\n"
         try:
-            result = await _syncer.sync_once()
+            result = await syncer.sync_once()
         except MemoryError:  # the answer at least; the sync task tries again on its own
             gc.collect()
             result = "out of memory"
@@ -190,7 +191,7 @@ async def _carry_out(action, device):
     return b""
 
 
-def status(device, prov):
+def status(device, prov, syncer):
     import os
 
     from app.counters import RESET_CAUSES
@@ -213,11 +214,11 @@ def status(device, prov):
          "device_id": prov.get("device_id") if prov else None,
          "uptime_s": device.uptime_ms(ticks_ms()) // 1000,
          "reset_cause": RESET_CAUSES[c.last_reset], "boots": c.boots,
-         "clock": "set" if wallclock.synced else "not set", "heap_free": gc.mem_free(),
+         "clock": "set" if device.wall() else "not set", "heap_free": gc.mem_free(),
          "storage": "ok" if device.storage_ok else "failing"}
-    if _syncer is not None:
-        s["wifi"] = _syncer.link.state() if hasattr(_syncer.link, "state") else "?"
-        last = _syncer.last
+    if syncer is not None:
+        s["wifi"] = syncer.link.state() if hasattr(syncer.link, "state") else "?"
+        last = syncer.last
         s["last_sync"] = "never" if last is None else last[1]
         s["last_sync_age_s"] = None if last is None else (
             device.uptime_ms(ticks_ms()) - last[0]) // 1000
@@ -248,7 +249,7 @@ def run():
             # Ctrl-C stops it into the REPL, to re-flash.
             device = Device(None, DeviceFS())
             device.recover()
-            asyncio.run(serve_console(device, prov))
+            asyncio.run(serve_console(device, prov, None))
         watch = sys.modules.get("app.replwatch")
         if watch is not None:  # armed by boot.py: the app feeds the watchdog from now on
             watch.disarm()

@@ -58,7 +58,7 @@ class Syncer:
     async def _clock(self):
         now = ticks_ms()
         if not self.ntp or self._ntp_tried is not None and ticks_diff(now, self._ntp_tried) < (
-                _NTP_EVERY_MS if wallclock.synced else _NTP_RETRY_MS):
+                _NTP_EVERY_MS if wallclock.now() else _NTP_RETRY_MS):
             return
         self._ntp_tried = now
         host, _, port = self.ntp.partition(":")
@@ -109,7 +109,7 @@ class Syncer:
                 old = wallclock.now()
                 if wallclock.cross_check(date):  # what the wrong clock dated moves with it
                     device.clock_corrected(old, date, ticks_ms())
-                elif date and wallclock.synced:
+                elif date and old:  # (0: the clock not set)
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
                 self.rejected = apply_reply(device, reply, sent, self.rejected)
