@@ -60,6 +60,85 @@ def test_sampled_cut_points_under_micropython_littlefs(profile_module, events, n
     assert s.failures == []
 
 
+@pytest.fixture(scope="module")
+def orders_events(profile_module):
+    return sorted(sweep.orders_day(profile_module).events)
+
+
+def test_the_orders_day_reaches_the_commits_the_busy_day_does_not(profile_module, orders_events,
+                                                                  monkeypatch):
+    # Which commit each of the Device's entry points asked of the journal, on the uncut run.
+    from app import journal
+    from app.device import Device
+    from app.journal import COUNTS, STATE, SUP
+    from brewmeter.emulator import lfs, lfsfs
+    from brewmeter.onmicropython import powercut
+    from brewmeter.onmicropython.norflash import NorFlash
+
+    seen: list[tuple[str, int]] = []
+    within: list[str] = []
+    commit = journal.commit
+    monkeypatch.setattr(journal, "commit", lambda dev, what: (
+        seen.append((within[-1] if within else "", what)), commit(dev, what))[1])
+
+    def entry(name: str, f):  # noqa: ANN001, ANN202 - a Device method, wrapped
+        def entered(self, *a):  # noqa: ANN001, ANN002, ANN202
+            within.append(name)
+            try:
+                return f(self, *a)
+            finally:
+                within.pop()
+        return entered
+
+    for name in ("event", "day_tick", "clock_corrected"):
+        monkeypatch.setattr(Device, name, entry(name, getattr(Device, name)))
+    flash = NorFlash(block_count=sweep.SWEEP_BLOCKS)
+    lfs.format(flash)
+    r = powercut.run(profile_module, orders_events, flash, lfsfs.mount)
+    assert r["final"][0] == r["final_billed"] == 23
+    everything = SUP | STATE | COUNTS
+    assert [w & everything for c, w in seen if c == "event" and w & 8] == [everything]  # order
+    assert STATE | COUNTS in [w & everything for c, w in seen if c == "day_tick"]  # the roll
+    assert [w & everything for c, w in seen if c == "clock_corrected"] == [everything]
+
+
+@pytest.mark.slow
+def test_every_cut_of_the_orders_day_under_cpython_and_micropython_littlefs(profile_module,
+                                                                            orders_events):
+    ops, _ = sweep.count_ops(profile_module, orders_events)
+    s = sweep.sweep_cpython(profile_module, orders_events, WINDOW_MS)
+    assert s.cuts == 2 * ops
+    assert s.outbox_checked > 0
+    assert (s.lost, s.doubled, s.failures) == (0, 0, []) and s.ok
+    s = sweep.sweep_micropython(board_path("emulator"), profile_module, orders_events, WINDOW_MS,
+                                sample=0)
+    assert s.cuts == 2 * ops  # every cut, torn and not
+    assert (s.lost, s.doubled, s.failures) == (0, 0, []) and s.ok
+
+
+@pytest.mark.slow
+def test_the_orders_day_sees_a_midnight_roll_that_saves_the_counters_first(
+        profile_module, orders_events, monkeypatch):
+    # The day task's roll writing the counters before the history: a cut between leaves the
+    # first day's brews the cloud never heard of (after its last report) in no day bucket.
+    from app.device import Device
+    from app.journal import COUNTS, STATE
+
+    def counters_first(self, now):
+        wall = self.wall()
+        if wall and wall // 86400 != self.meter.c.day:
+            self.days.roll(wall)
+            if self.days.unsaved:
+                self._commit(COUNTS)
+                self._commit(STATE)
+        if wall and wall // 86400 != self.forecast.day:
+            self.new_day(wall // 86400, now)
+
+    monkeypatch.setattr(Device, "day_tick", counters_first)
+    s = sweep.sweep_cpython(profile_module, orders_events, WINDOW_MS)
+    assert s.lost > 0 and not s.ok
+
+
 def test_the_sweep_sees_a_brew_in_no_day_bucket_as_lost(profile_module, noclock_events,
                                                         monkeypatch):
     # Boot saving the counters before the history (as 742a6e5 did): a cut between the two

@@ -134,6 +134,12 @@ class Script:
         self._emit(replay.FILTER, 0, wall)
         return self.wait(10)
 
+    def date_corrects(self, error_s: int) -> Script:
+        """The cloud's Date corrects the device's wall clock, `error_s` seconds off until
+        now (NTP answered wrong)."""
+        self._emit(replay.CLOCK, error_s)
+        return self
+
     def reboot(self) -> Script:
         """The machine switched off and on again (a clean power cycle, no cut)."""
         self._emit(replay.REBOOT, 0)

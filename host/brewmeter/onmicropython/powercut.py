@@ -17,11 +17,12 @@ OFFLINE_MS = 79200000  # from 22:00 on the first day the cloud is unreachable (s
 WALL0 = 1767571200  # script time 0 on the wall clock (a Monday, 00:00 UTC): NTP has answered
 _wall = [WALL0]
 _clock = [True]  # False: NTP never answers, the wall clock stays unknown (0)
+_error = [0]  # seconds the device's clock is off, until the cloud's Date corrects it
 _cloud = {}  # the day buckets the cloud has stored: key -> brews (it keeps the highest)
 
 
 def _now():
-    return _wall[0] if _clock[0] else 0
+    return _wall[0] + _error[0] if _clock[0] else 0
 
 
 def _key(b):
@@ -78,6 +79,12 @@ def _play(device, events, start, flash, levels, mark=None):
             device.refill("filter", "script", tw, b)
         elif op == replay.POWERED:  # replay.tick counts powered time from the ticks itself
             replay.step(meter, t, op, 0, b, on_event)
+        elif op == replay.CLOCK:  # as app.synctask, on a reply whose Date the clock is off
+            replay.step(meter, t, op, a, b, on_event)
+            old = _now()
+            _error[0] = 0
+            if old:
+                device.clock_corrected(old, _now(), tw)
         else:
             replay.step(meter, t, op, a, b, on_event)
         replay.tick(device, tw)
@@ -148,6 +155,8 @@ def run(profile, events, flash, mount, cut_at=None, patch=None, mark_ms=None, cl
     dict of what the checks need; with `mark_ms`, also "mark": the flash's erases, bytes
     programmed and the brews at that script time."""
     _clock[0] = clock
+    # A clock the cloud's Date corrects in the day was that far off from its start.
+    _error[0] = ([e[2] for e in events if e[1] == replay.CLOCK] or [0])[0]
     _cloud.clear()
     flash.reset_stats()
     flash.cut_after = cut_at

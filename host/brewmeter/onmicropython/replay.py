@@ -3,7 +3,8 @@
 #     micropython replay.py FIRMWARE_DIR PROFILE.json EVENTS.jsonl
 # An event is [t_ms, op, a, b] (t unwrapped): op 0 = input a goes to level b; op 1 = a flow
 # pulses; op 2 = a seconds of powered time; op 3 = filter change at wall clock b; op 4 = the
-# power switched off and on (every write done: no cut), which the counting core alone ignores.
+# power switched off and on (every write done: no cut); op 5 = the cloud's Date corrects a
+# wall clock that was a seconds off until then. The counting core alone ignores the last two.
 try:
     from time import ticks_add, ticks_diff  # MicroPython's, or the installed stand-ins'
 except ImportError:  # CPython without the stand-ins: the same arithmetic
@@ -14,6 +15,7 @@ PULSES = 1
 POWERED = 2
 FILTER = 3
 REBOOT = 4
+CLOCK = 5
 
 # ticks_ms wrap at 2**30 ms on the ESP32 (31-bit small ints) but at 2**62 on the 64-bit unix
 # port. Script time t maps to ticks so that both wrap at the same script time, 2**30 ms.

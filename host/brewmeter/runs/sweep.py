@@ -64,6 +64,34 @@ def day(profile: Profile, seed: int = 0, brews: int = 24, clock: bool = True) ->
     return s.settle()
 
 
+def orders_day(profile: Profile, seed: int = 0) -> Script:
+    """Three days that reach the commits spanning files that day() does not: the cloud's Date
+    correcting a clock NTP set two hours fast (just after a filter change, whose event it
+    redates), a brew that places an order (the first day's brews taught the forecast; the
+    fifth brew of the second day brings the coffee within the lead time), and offline, the
+    day task's roll at the second midnight alone, moving the first day's brews into the
+    history with no brew near it."""
+    rng = random.Random(seed)
+    coffee = [k for k in profile.kinds if "water" not in k]
+    s = Script(profile)
+    s.wait(14 * 3_600_000)
+    for i in range(16):  # 16 coffees: at 100 a pack, 5.25 days left at midnight; the last
+        # ones after the last report (the cloud is unreachable from 22:00)
+        s.brew(coffee[i % len(coffee)], rng.uniform(30, 120), rng.uniform(profile.min_brew_s, 30))
+        if i == 10:
+            s.filter_change(1_800_000_000 + s.t // 1000).wait(60_000).date_corrects(7200)
+        s.wait(rng.randrange(1_680_000, 1_920_000))
+    s.wait(DAY_MS - s.t % DAY_MS + 8 * 3_600_000)
+    for i in range(6):  # the fifth: 21 of 100 used at 16 a day, under the 5 days' lead
+        s.brew(coffee[i % len(coffee)], rng.uniform(30, 120), rng.uniform(profile.min_brew_s, 30))
+        s.wait(rng.randrange(600_000, 1_200_000))
+    s.powered(0)  # a poll: the last brew ends (a replay settles inputs at the next event)
+    s.wait(DAY_MS - s.t % DAY_MS + 60_000).powered(0)
+    s.wait(3_600_000)
+    s.brew(coffee[0], rng.uniform(30, 120), rng.uniform(profile.min_brew_s, 30))
+    return s.settle()
+
+
 @dataclass
 class Summary:
     cuts: int = 0
@@ -181,11 +209,15 @@ def flashrun(profile_path: Path, events: list, mode: str, blocks: int, cuts: Ite
 
 def sweep_micropython(profile_path: Path, profile: Profile, events: list, window_ms: int,
                       sample: int, seed: int = 0, clock: bool = True) -> Summary:
-    """A sample of cut points, torn and not, under the MicroPython unix port's own littlefs."""
+    """A sample of cut points, torn and not, under the MicroPython unix port's own littlefs;
+    with `sample` 0, every cut point, each torn and not."""
     ops = flashrun(profile_path, events, "store", SWEEP_BLOCKS, clock=clock)[0]["ops"]
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, ops + 1), min(sample, ops)))
-    args = [f"{k}:tear" if i % 2 else str(k) for i, k in enumerate(cuts)]
+    if sample:
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, ops + 1), min(sample, ops)))
+        args = [f"{k}:tear" if i % 2 else str(k) for i, k in enumerate(cuts)]
+    else:
+        args = [f"{k}{tear}" for k in range(1, ops + 1) for tear in ("", ":tear")]
     summary = Summary()
     for r in flashrun(profile_path, events, "store", SWEEP_BLOCKS, args, clock=clock):
         check(r, window_ms, summary)
@@ -193,7 +225,8 @@ def sweep_micropython(profile_path: Path, profile: Profile, events: list, window
 
 
 def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
-    """The sweep as CI runs it (one busy day, every cut, plus a MicroPython sample), or with
+    """The sweep as CI runs it (one busy day, every cut, plus a MicroPython sample; the
+    orders day, every cut under both), or with
     `exhaustive` several days and boards, every cut under both interpreters; each with the
     clock known (NTP answered) and, as "..._noclock", never known."""
     from app.device import FLUSH_S
@@ -215,6 +248,12 @@ def run(exhaustive: bool = False, mp_sample: int = 24) -> dict:
                 _merge(out["micropython" + tail],
                        sweep_micropython(board_path(board), profile, events, window_ms, sample,
                                          seed, clock))
+            # The commits the busy day does not reach (an order placed by a brew, the
+            # midnight roll alone, the cloud's Date correcting the clock): every cut, both.
+            events = sorted(orders_day(profile, seed).events)
+            _merge(out["cpython"], sweep_cpython(profile, events, window_ms))
+            _merge(out["micropython"],
+                   sweep_micropython(board_path(board), profile, events, window_ms, 0))
     return out
 
 
