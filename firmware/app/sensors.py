@@ -6,6 +6,7 @@ from micropython import const
 
 from app import hw
 from app.button import LongPress
+from app.device import Device
 from app.meter import NOTHING
 
 POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges date to +-10 ms
@@ -14,9 +15,10 @@ POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges dat
 class Sensors:
     """`device` has the Meter as .meter, .event(code, input, now) for what the Meter reports
     (BREW, RINSE, STUCK, IGNORED), .count_tick(now) after every poll and .refill() for the
-    button (app.device)."""
+    button. (Annotated: pyright checks those calls against the Device; MicroPython ignores
+    annotations.)"""
 
-    def __init__(self, profile, device):
+    def __init__(self, profile, device: Device):
         self.device = device
         self.meter = device.meter
         self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
