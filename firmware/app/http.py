@@ -5,6 +5,7 @@
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
 import sys
+from time import ticks_add, ticks_diff, ticks_ms
 
 from app.link import resolve
 from app.protocol import MAX_HEADERS, MAX_LINE, MAX_REPLY
@@ -41,20 +42,78 @@ def parse_url(url):
 _busy = False
 
 
-async def _into(reader, mv):
-    # Up to len(mv) bytes into mv; 0 at the end of the stream. MicroPython's Stream reads
+async def _wait(deadline):
+    # Not ready yet: let the event loop run, unless the request's time is up.
+    if ticks_diff(ticks_ms(), deadline) >= 0:
+        raise asyncio.TimeoutError
+    await asyncio.sleep_ms(10)
+
+
+async def _connect(host, port, ssl, deadline):
+    """The connection to `host`: on MicroPython its non-blocking socket (TLS over it when
+    `ssl`), polled: no asyncio stream or wait_for (their modules cost heap at the worst
+    moment); on CPython (the harness) asyncio's (reader, writer)."""
+    ip = await resolve(host)  # (asyncio's own lookup would block the event loop)
+    if not _MP:
+        if ssl is not None:
+            return await asyncio.open_connection(ip, port, ssl=ssl, server_hostname=host)
+        return await asyncio.open_connection(ip, port)
+    import select
+    import socket
+    from errno import EINPROGRESS
+
+    ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], ai[1], ai[2])
+    try:
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != EINPROGRESS:
+                raise
+        p = select.poll()
+        p.register(s, select.POLLOUT)
+        while not p.poll(0):  # connected (or refused: the first write raises)
+            await _wait(deadline)
+        if ssl is not None:  # the handshake runs as the request is written
+            s = ssl.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
+            s.setblocking(False)
+        return s
+    except BaseException:
+        s.close()
+        raise
+
+
+async def _send(c, data, deadline):
+    if not _MP:
+        c[1].write(data)
+        await c[1].drain()
+        return
+    mv = memoryview(data)
+    i = 0
+    while i < len(mv):
+        n = c.write(mv[i:])
+        if n:
+            i += n
+        else:  # None: not writable yet (or the TLS handshake waits for the server)
+            await _wait(deadline)
+
+
+async def _into(c, mv, deadline):
+    # Up to len(mv) bytes into mv; 0 at the end of the stream. MicroPython's socket reads
     # straight into the buffer; CPython's StreamReader (the harness) has only read(n).
     if _MP:
         while True:
-            n = await reader.readinto(mv)
-            if n is not None:  # None: readable, but no whole TLS record yet
+            n = c.readinto(mv)
+            if n is not None:  # None: nothing yet, or no whole TLS record yet
                 return n
-    data = await reader.read(len(mv))
+            await _wait(deadline)
+    data = await c[0].read(len(mv))
     mv[:len(data)] = data
     return len(data)
 
 
-async def _line(reader, buf, mv, at):
+async def _line(c, deadline, buf, mv, at):
     """The reply's next line (without its end) as bytes, through `buf` (MAX_LINE bytes, `mv`
     its memoryview; `at`: [start, end] of what is unread in it): a line longer than that is
     refused as soon as it is full, never buffered whole. (No class: a class costs heap.)"""
@@ -71,36 +130,29 @@ async def _line(reader, buf, mv, at):
             at[0] = 0
         if end == len(buf):
             raise HttpError("reply line too long")
-        n = await _into(reader, mv[end:])
+        n = await _into(c, mv[end:], deadline)
         if not n:
             raise HttpError("connection closed mid-reply")
         at[1] = end + n
 
 
-async def _exchange(host, port, ssl, head, body, line, max_body, date):
-    ip = await resolve(host)  # (asyncio's own lookup would block the event loop)
-    if ssl is not None:
-        reader, writer = await asyncio.open_connection(ip, port, ssl=ssl,
-                                                       server_hostname=host)
-    else:
-        reader, writer = await asyncio.open_connection(ip, port)
+async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline):
+    c = await _connect(host, port, ssl, deadline)
     try:
-        # Each part drained before the next: a write while the TLS handshake or a full
-        # socket holds the stream back is queued, and the next one is joined to it (a copy).
-        writer.write(head)
-        await writer.drain()
-        writer.write(body)
-        await writer.drain()
+        # Each part sent whole before the next (asyncio's streams would join a write queued
+        # behind another into a copy).
+        await _send(c, head, deadline)
+        await _send(c, body, deadline)
         body = None  # sent: its heap goes back before the reply's buffer is made
-        head = line, memoryview(line), [0, 0]  # the reply's lines pass through `line`
-        parts = (await _line(reader, *head)).split(None, 2)
+        head = c, deadline, line, memoryview(line), [0, 0]  # the reply's lines pass through `line`
+        parts = (await _line(*head)).split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("not an HTTP reply")
         status = int(parts[1])
         length = None
         retry_after = 0
         for _ in range(MAX_HEADERS):
-            line = await _line(reader, *head)
+            line = await _line(*head)
             if not line:
                 break
             name, _, value = line.partition(b":")
@@ -120,7 +172,7 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date):
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        got = head[1][head[2][0]:head[2][1]]  # what was read past the headers
+        got = head[3][head[4][0]:head[4][1]]  # what was read past the headers
         n = len(got)
         if n > length:
             raise HttpError("reply longer than its Content-Length")
@@ -128,18 +180,25 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date):
         body = memoryview(buf)
         body[:n] = got
         while n < length:
-            k = await _into(reader, body[n:])
+            k = await _into(c, body[n:], deadline)
             if not k:
                 raise HttpError("bad reply: closed after %d of %d bytes" % (n, length))
             n += k
         # (CPython's json takes no memoryview: the harness gets bytes.)
         return status, retry_after, body if _MP else bytes(buf)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
-            pass
+        await _close(c)
+
+
+async def _close(c):
+    if _MP:
+        c.close()
+        return
+    c[1].close()
+    try:
+        await c[1].wait_closed()
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
+        pass
 
 
 async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MAX_REPLY,
@@ -164,9 +223,10 @@ async def post(url, path, headers, body, timeout_ms=10000, ssl=None, max_body=MA
     line = bytearray(MAX_LINE)
     try:
         ex = _exchange(host, port, ssl if scheme == "https" else None, head, body, line,
-                       min(max_body, MAX_REPLY), date)
+                       min(max_body, MAX_REPLY), date, ticks_add(ticks_ms(), timeout_ms))
         body = head = None  # the exchange's alone: it lets go of them once they are sent
-        return await asyncio.wait_for(ex, timeout_ms / 1000)
+        # (MicroPython: the exchange keeps its own deadline; CPython's streams need wait_for)
+        return await (ex if _MP else asyncio.wait_for(ex, timeout_ms / 1000))
     except asyncio.TimeoutError:
         raise HttpError("no reply within %d ms" % timeout_ms)
     except ValueError as e:  # int() of a bad number
