@@ -100,7 +100,8 @@ def flatten(d: Any, what: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
         _name(k, what)
         if type(v) is dict:
             for k2, v2 in v.items():
-                _name(k2, f"{what}.{k}")
+                if k2 not in _known:  # (the message's f-string only for a new name)
+                    _name(k2, f"{what}.{k}")
                 if type(v2) is not int or not 0 <= v2 <= MAX_INT:
                     _int(v2, f"{what}.{k}.{k2}")  # raises with the message
                 out[f"{k}.{k2}"] = v2
@@ -183,8 +184,9 @@ def _supplies(d: Any) -> dict[str, dict[str, int | None]]:
         if not isinstance(v, dict) or not v.keys() <= SUPPLY_FIELDS.keys():
             raise BadReport(f"supplies.{k}: expected an object of {sorted(SUPPLY_FIELDS)}")
         for f, x in v.items():
-            if not (f == "days" and x is None):
-                _int(x, f"supplies.{k}.{f}", 0, SUPPLY_FIELDS[f])
+            if type(x) is not int or not 0 <= x <= SUPPLY_FIELDS[f]:
+                if not (f == "days" and x is None):
+                    _int(x, f"supplies.{k}.{f}", 0, SUPPLY_FIELDS[f])
     return d
 
 
