@@ -43,9 +43,12 @@ class Truth:
 class Script:
     """A timeline of sensor events, built in order. Times are ms since the script start."""
 
-    def __init__(self, profile: Profile, start_ms: int = 0, held: tuple[str, ...] = ()) -> None:
-        """The script starts at power-on: every input is off, except those `held` on."""
+    def __init__(self, profile: Profile, start_ms: int = 0, held: tuple[str, ...] = (),
+                 pulse_chunk_ms: int = PULSE_CHUNK_MS) -> None:
+        """The script starts at power-on: every input is off, except those `held` on.
+        `pulse_chunk_ms`: how far apart flow pulses arrive while water runs."""
         self.profile = profile
+        self.pulse_chunk_ms = pulse_chunk_ms
         self.t = start_ms
         self.events: list[tuple[int, int, int, int]] = []
         self.truth = Truth(profile.pulses_per_litre)
@@ -73,7 +76,7 @@ class Script:
         milli = self._milli_rem + round(ml * ppl)  # pulses * 1000, as the core keeps them
         pulses, self._milli_rem = divmod(milli, 1000)
         self.truth.pulses += pulses
-        chunks = max(1, over_ms // PULSE_CHUNK_MS)
+        chunks = max(1, over_ms // self.pulse_chunk_ms)
         for k in range(chunks):
             n = pulses * (k + 1) // chunks - pulses * k // chunks
             if n:

@@ -46,6 +46,7 @@ class Machine:
         self.day = -1  # its local days, from the one the run starts in
         self.events: list[tuple[int, int, int, int]] = []
         self.k = 0
+        self.tw = 0  # the ticks of the event being played
         self.device: Device = Device(profile, MemFS())
         self.device.boot(1, replay.ticks(0))
         self.syncer: Syncer = wire(self.device, {"device_id": self.id, "key": key(seed, i),
@@ -54,19 +55,13 @@ class Machine:
 
     def _more_days(self) -> None:
         self.day += 1
-        script = Script(self.profile, start_ms=self.offset + (self.day - 1) * DAY_MS)
+        # The flow meter's pulses in one event at the end of each run (or stretch of water
+        # with no pump) rather than one every PULSE_CHUNK_MS: the same water, the pump still
+        # on (its release is debounced), and no chunks to make, sort and merge.
+        script = Script(self.profile, start_ms=self.offset + (self.day - 1) * DAY_MS,
+                        pulse_chunk_ms=DAY_MS)
         _day(script, self.rng, (self.day - 1) % 7)
-        # The flow meter's pulses in one event per run (or per stretch of water with no
-        # pump) rather than one every PULSE_CHUNK_MS: the same water, a quarter the events.
-        self.events = []
-        for e in sorted(script.events):
-            if e[0] < 0:
-                continue
-            last = self.events[-1] if self.events else None
-            if last and last[1] == e[1] == replay.PULSES:
-                self.events[-1] = (last[0], last[1], last[2] + e[2], last[3])
-            else:
-                self.events.append(e)
+        self.events = sorted(e for e in script.events if e[0] >= 0)
         self.k = 0
 
     def next_event(self) -> int:
@@ -75,22 +70,27 @@ class Machine:
 
     def play(self, until: int) -> None:
         """Its usage up to script time `until` (not included)."""
-        dev = self.device
+        dev, events, step, tick, ticks = self.device, self.events, replay.step, replay.tick, \
+            replay.ticks
         while True:
-            if self.k >= len(self.events):
+            if self.k >= len(events):
                 if self.offset + self.day * DAY_MS >= until:
                     return
                 self._more_days()
+                events = self.events
                 continue
-            t, op, a, b = self.events[self.k]
+            t, op, a, b = events[self.k]
             if t >= until:
                 return
             self.k += 1
-            tw = replay.ticks(t)
+            self.tw = tw = ticks(t)
             if op == replay.POWERED:  # replay.tick counts powered time from the ticks
                 a = 0
-            replay.step(dev.meter, t, op, a, b, lambda code, i, tw=tw: dev.event(code, i, tw))
-            replay.tick(dev, tw)
+            step(dev.meter, t, op, a, b, self._event)
+            tick(dev, tw)
+
+    def _event(self, code: int, i: int) -> None:
+        self.device.event(code, i, self.tw)
 
     def due_ms(self, clock_ms: int) -> int:
         """Script time its next report is due."""
