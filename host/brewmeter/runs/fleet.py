@@ -46,6 +46,7 @@ HOUR_MS = 3_600_000
 PRICE_PER_BREW = PRICE_CENTS / 100
 HEAL_ROUNDS = 40  # at the end: syncs a minute apart until every machine is caught up
 SEND_TURNS = 100  # loop turns a batch's syncs may take to send their requests
+NOT_QUEUED = 1 << 62  # a machine with no entry in the dues
 HEAL_BATCH = 1 << 62  # the end's syncs: their replies reach the machines as they come
 
 
@@ -114,6 +115,7 @@ class Fleet:
         self.failing: set[int] = set()  # machines whose last report failed
         self.up_at: int | None = None  # when the cloud came back
         self.batch = 0  # the last batch of reports sent
+        self.queued: list[int] = []  # each machine's soonest entry in the dues (or NOT_QUEUED)
 
     def wall(self) -> int:
         return START_WALL + self.clock.ms // 1000
@@ -148,7 +150,7 @@ class Fleet:
                 self.out.failures += 1
                 self.failing.add(i)
             if dues is not None:
-                heapq.heappush(dues, (self.machines[i].due_ms(at), i))
+                self.queue(dues, i, self.machines[i].due_ms(at))
         if self.up_at is not None and self.out.drain_s is None and not self.failing:
             self.out.drain_s = (at - self.up_at) / 1000
 
@@ -171,6 +173,7 @@ class Fleet:
         events = [(m.next_event(), i) for i, m in enumerate(self.machines)]
         heapq.heapify(events)
         dues = [(0, i) for i in range(plan.devices)]  # (due, machine): checked when popped
+        self.queued = [0] * plan.devices
         inflight: list[Flight] = []  # the last step's reports, their replies not applied
         day = -1
         t0, cpu0, cloud0 = time.perf_counter(), time.process_time(), _children_cpu()
@@ -208,7 +211,7 @@ class Fleet:
                 self.restore()
                 restore = None
             for i in touched:  # usage may have brought its report forward
-                heapq.heappush(dues, (self.machines[i].due_ms(clock.ms), i))
+                self.queue(dues, i, self.machines[i].due_ms(clock.ms))
             # The reports due go out; then the last step's replies are applied (the cloud
             # answered them while this step played), and those machines due again go out.
             sent = await self.send(dues, set().union(*(f.who for f in inflight)))
@@ -233,14 +236,17 @@ class Fleet:
         clock = self.clock
         due = set()
         while dues and dues[0][0] <= clock.ms:
-            _, i = heapq.heappop(dues)
-            if i in due or i in busy:  # (a busy one's next is pushed once it is back)
+            d, i = heapq.heappop(dues)
+            if d != self.queued[i]:
+                continue  # a later one of its entries: the sooner one was taken
+            self.queued[i] = NOT_QUEUED
+            if i in busy:  # (a busy one's next is queued once it is back)
                 continue
             d = self.machines[i].due_ms(clock.ms)
             if d <= clock.ms:
                 due.add(i)
             else:
-                heapq.heappush(dues, (d, i))
+                self.queue(dues, i, d)
         if not due:
             return []
         self.batch += 1
@@ -254,6 +260,13 @@ class Fleet:
         else:
             raise RuntimeError("a machine's sync did not reach its request")
         return [Flight(task, self.batch, due, clock.ms)]
+
+    def queue(self, dues: list[tuple[int, int]], i: int, d: int) -> None:
+        """Machine i's report due at `d` into `dues`, unless it has a sooner entry there
+        (which, when taken, finds its due anew)."""
+        if d < self.queued[i]:
+            self.queued[i] = d
+            heapq.heappush(dues, (d, i))
 
     async def settle(self, f: Flight) -> None:
         """A batch's replies reach its machines, whenever the cloud sent them, at the time
