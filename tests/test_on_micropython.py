@@ -33,6 +33,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_sync.py::test_an_open_orders_status_the_protocol_does_not_know_becomes_a_fault",
     "test_sync.py::test_parse_url",
     "test_sync.py::test_device_id_rule",
+    "test_release_pure.py",
 ]
 
 

@@ -48,7 +48,10 @@ def load_provision(path=PROVISION_PATH):
         return None
     except ValueError:
         p = None
-    return p if isinstance(p, dict) else {}
+    if not isinstance(p, dict):
+        return {}
+    p.pop("release_key", None)  # not held while the app runs: read again for an update
+    return p
 
 
 def load_sync(prov):

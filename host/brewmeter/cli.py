@@ -169,6 +169,9 @@ def _provision(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for f in files:
         print(f"registered and wrote {f}")
+    if not args.release_key:
+        print("no --release-key: these machines will accept no update over the air (a "
+              "provisioning with a release key, flashed again, enables them)")
     print(f"{len(files)} machines ready: ./flash.sh --port PORT --board BOARD "
           f"--provision {files[0]}")
     return 0
@@ -317,6 +320,13 @@ def parser() -> argparse.ArgumentParser:
                        "with the cloud, one provisioning file each")
     provision.add_arguments(p)
     p.set_defaults(func=_provision)
+
+    from brewmeter import release
+
+    p = sub.add_parser("release", help="a release for updates over the air: build the app's "
+                       "image and manifest, sign it, make the release key")
+    release.add_arguments(p)
+    p.set_defaults(func=release.run)
 
     from brewmeter.emulator import handdrive
 

@@ -71,7 +71,7 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     if not isinstance(p, dict):
         raise bad("(top)", "must be a JSON object")
     known = {"device_id", "key", "key_id", "wifi", "cloud_url", "ca_cert", "ntp",
-             "service_pin", "lock"}
+             "service_pin", "lock", "release_key"}
     for k in p:
         if k not in known:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
@@ -103,6 +103,9 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     pin = p.get("service_pin")
     if not (isinstance(pin, str) and re.fullmatch(r"[0-9]{6,8}", pin)):
         raise bad("service_pin", 'a string of 6-8 digits, e.g. "204815"')
+    if "release_key" in p and not re.fullmatch(r"[89a-f][0-9a-f]{511}", str(p["release_key"])):
+        raise bad("release_key", "the release public key's 2048-bit modulus as 512 lowercase "
+                  "hex digits (`brewmeter provision new --release-key FILE.pub` writes it)")
     if not isinstance(p.get("lock", True), bool):
         raise bad("lock", "true (the default: the serial port opens only with the service "
                   "PIN) or false")

@@ -2,7 +2,8 @@
 generates a device id (PREFIX-NNN) and a random key, registers the key with the cloud's admin
 API, and writes PREFIX-NNN.json (the provisioning file flash.sh --provision takes) into the
 output folder. No key, token or password is ever on a command line: the admin token comes from
-a file, the environment or a prompt (secretargs.py), the Wi-Fi password from the environment."""
+a file, the environment or a prompt (secretargs.py), the Wi-Fi password from the environment.
+With --release-key each file also holds the release public key (docs/updates.md)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def read_ca(path: str | None) -> str | None:
         raise ProvisionError(f"--ca-cert {path}: no PEM certificate in it "
                              f"(expected -----BEGIN CERTIFICATE-----)")
     return pem
+
+
+def read_release_key(path: str | None) -> str | None:
+    """The provisioning's release_key (the modulus, hex) from the release public key's PEM."""
+    if path is None:
+        return None
+    from brewmeter import release
+
+    try:
+        return release.public_hex(Path(path))
+    except release.ReleaseError as e:
+        raise ProvisionError(f"--release-key {e}") from None
 
 
 class Admin:
@@ -103,6 +116,7 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
     except secretargs.SecretError as e:
         raise ProvisionError(str(e)) from None
     ca = read_ca(args.ca_cert)
+    release_key = read_release_key(getattr(args, "release_key", None))
     wifi = {"ssid": args.wifi_ssid, "password": env.get(WIFI_ENV, "")}
     provs = []
     for i in ids:
@@ -112,6 +126,8 @@ def new(args: argparse.Namespace, env: dict[str, str] | None = None) -> list[Pat
             p["ca_cert"] = ca
         if args.ntp:
             p["ntp"] = args.ntp
+        if release_key:
+            p["release_key"] = release_key
         try:
             check_provision(p, i, "emulator" if args.cloud.startswith("http://") else "")
         except FlashError as e:
@@ -152,6 +168,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                    help="PEM file of the CA the cloud's TLS certificate chains to (https)")
     p.add_argument("--wifi-ssid", required=True,
                    help=f"the Wi-Fi network the machines join (password: ${WIFI_ENV})")
+    p.add_argument("--release-key", metavar="PUBFILE",
+                   help="the maker's release public key (`brewmeter release keygen` writes it "
+                   "as FILE.pub): the machines install only releases it signed; without one "
+                   "they accept no update over the air")
     p.add_argument("--ntp", default=None, help="NTP server, host or host:port")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the provisioning files (one PREFIX-NNN.json each)")

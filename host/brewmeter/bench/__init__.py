@@ -203,6 +203,12 @@ def poll_alloc_bytes() -> dict[str, float]:
     return {"poll_alloc_bytes": int(m[1])}
 
 
+def _release() -> dict[str, float]:
+    from brewmeter.releasecheck import verify_figures
+
+    return verify_figures()
+
+
 # Each measure with the figures it gives, so --only runs just what it needs.
 MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (sim_days_per_s, ("sim_days_per_s",)),
@@ -227,6 +233,8 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_board("console_roundtrip_ms"), ("console_roundtrip_ms",)),
     (_board("console_heap_bytes"), ("console_heap_bytes",)),
     (poll_alloc_bytes, ("poll_alloc_bytes",)),
+    (_release, ("release_signature_ms", "release_hash_128k_ms", "release_verify_ms",
+                "release_verify_heap_bytes")),
     (_poll_gap, ("poll_gap_pin_ms", "poll_gap_dns_ms", "poll_gap_tls_ms",
                           "poll_gap_max_ms")),
 ]
