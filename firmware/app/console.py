@@ -8,12 +8,12 @@ import json
 
 from micropython import const
 
-from app import readout, waterfilter
-from app.protocol import setting
-from app.supplies import ITEMS, UNITS
+from app import unload
 
 # Service actions (app/service.py, loaded only when one is asked for: it costs heap).
 _ACTIONS = ("filter", "descale", "refill", "config", "sync", "reboot", "service")
+# Read commands (app/reads.py, loaded for each one and unloaded after it).
+READS = ("help", "counters", "filter", "events", "consumables", "faults", "config", "status")
 
 MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffered
 PROMPT = b"brewmeter> "
@@ -64,11 +64,6 @@ class LineReader:
         return e
 
 
-def _table(rows):
-    w = max(len(k) for k, _ in rows) if rows else 0
-    return "\n".join("%s  %s" % (k + " " * (w - len(k)), v) for k, v in rows)
-
-
 class Console:
     def __init__(self, device, status=None, pin=None):
         """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...); `pin`
@@ -112,15 +107,19 @@ class Console:
         name = words[0].lower()
         if name in _ACTIONS and (len(words) > 1 or name in ("sync", "reboot")):
             return await self._action(words, wall, now)
-        if name not in _READS:
+        if name not in READS:
             return "error: unknown command %r; try help" % name[:20]
+        from app import reads
+
         try:
-            data = _read(self, name, words[1:], wall)
+            data = reads.read(self, name, words[1:], wall)
+            if as_json:
+                return json.dumps(data, separators=(",", ":"))
+            return reads.human(name, data)
         except ValueError as e:
             return "error: %s" % e
-        if as_json:
-            return json.dumps(data, separators=(",", ":"))
-        return human(name, data)
+        finally:
+            unload("reads")
 
     async def _action(self, words, wall, now):
         pin = None
@@ -144,99 +143,3 @@ class Console:
         return r
 
 
-def human(name, data):
-    """A read command's words for a person, from its JSON (`brewmeter` prints the same)."""
-    if name == "consumables":
-        data = {k: _supply(v) for k, v in data.items()}
-    elif name == "filter" and "due_at_litres" in data:
-        data = dict(data)
-        data["limits"] = "due at %g L or %d months" % (data.pop("due_at_litres"),
-                                                      data.pop("due_at_months"))
-    elif name == "status":
-        data = dict(data)
-        u, n = data.pop("flash_used_kib", None), data.pop("flash_total_kib", None)
-        data["flash_used"] = "?" if u is None else "%d of %d KiB" % (u, n)
-        w = data.pop("flash_wear_est_pct", None)
-        data["flash_wear"] = "?" if w is None else "%.4f%% (estimate)" % w
-        a = data.pop("last_sync_age_s", None)
-        if a is not None:
-            data["last_sync"] = "%s (%d s ago)" % (data["last_sync"], a)
-    if isinstance(data, dict):
-        return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
-    if not data:
-        return "(none)"
-    return "\n".join([_fmt(x) for x in list(data)])
-
-
-def _fmt(v):
-    if isinstance(v, dict):
-        return ", ".join("%s %s" % (k, v[k]) for k in sorted(v))
-    return str(v)
-
-
-# Command|what it does|...: one constant, not 26 (each string constant is an object on
-# the heap while the console is loaded).
-_HELP = ("counters|what the machine has used|filter|the water filter|"
-         "consumables|coffee, filter, descaler, tablets: left, days, order|"
-         "refill ITEM --pin P|a new pack, filter (filter change), descale (descale done)|"
-         "config set K V --pin P|change a setting|sync --pin P|sync now|"
-         "reboot --pin P|restart the machine|"
-         "service unlock --pin P|open a locked port (REPL, mpremote) for a while|"
-         "events [N]|events waiting for the cloud|faults|faults since boot|"
-         "config|settings in force|status|device, Wi-Fi, sync, memory|"
-         "(any) --json|one line of JSON")
-
-
-# The read commands, in one function rather than one each (each function is objects on the
-# heap while the console is loaded).
-_READS = ("help", "counters", "filter", "events", "consumables", "faults", "config", "status")
-
-
-def _read(con, name, args, wall):
-    d = con.device
-    if name == "help":
-        h = _HELP.split("|")
-        return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
-    if name == "counters":
-        return readout.usage(d.meter.c, d.profile.kinds)
-    if name == "filter":
-        c = d.meter.c
-        dh = setting(d.config, "water_hardness_dh")
-        return {"litres": c.filter_ml / 1000,
-                "pump_hours": round(c.filter_pump_ms / 3600000, 2),
-                "brews": c.filter_brews, "age_days": round(waterfilter.age_s(c, wall) / 86400, 1),
-                "due": waterfilter.due(c, d.profile, wall, dh) or "no", "cycle": c.filters,
-                "due_at_litres": round(d.profile.filter_litres * 10 / dh, 1),
-                "due_at_months": d.profile.filter_months}
-    if name == "consumables":
-        sup = d.supplies
-        per_day = d.per_day(wall)
-        out = {}
-        for item in ITEMS:
-            used, cap, days = sup.level(item, d.config, d.profile, wall, per_day)
-            it = sup.items[item]
-            out[item] = {"pct": sup.pct(item, used, cap, d.profile, wall), "used": used,
-                         "capacity": cap, "unit": UNITS[item], "cycle": it[0],
-                         "order": it[2] or "none",
-                         "days": None if days is None else round(days, 1)}
-        return out
-    if name == "events":
-        n = 16
-        if args:
-            if not args[0].isdigit() or len(args[0]) > 3:  # (long: OverflowError in a slice)
-                raise ValueError("usage: events [N], N a number from 0 to 999")
-            n = int(args[0])
-        return d.outbox.events[-n:] if n else []
-    if name == "faults":
-        return ["%s %s" % f for f in d.faults]
-    if name == "config":
-        # Only the settings in force: secrets (device key, Wi-Fi password, PIN) never appear.
-        return {"version": d.config_version, "settings": d.config}
-    return con.status()
-
-
-def _supply(v):
-    # "70% left (30 of 100 units used), 7.0 days, order placed, cycle 3"
-    return "%d%% left (%d of %d %s used), %s, order %s, cycle %d" % (
-        v["pct"], v["used"], v["capacity"], v["unit"],
-        "no forecast" if v["days"] is None else "%s days" % v["days"], v["order"], v["cycle"])

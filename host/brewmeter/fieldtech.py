@@ -149,7 +149,7 @@ def show(command: str, data: dict | list) -> str:
     from brewmeter import standins
 
     standins.install()
-    from app.console import human
+    from app.reads import human
 
     return human(command, data)
 
