@@ -1,15 +1,15 @@
 # The sensor shell: polls the pump-sense inputs and the flow counter and feeds the Meter.
 import asyncio
-from time import ticks_ms
+from time import ticks_diff, ticks_ms
 
 from micropython import const
 
 from app import hw
-from app.button import LongPress
 from app.device import Device
-from app.meter import NOTHING
+from app.meter import NOTHING, Input
 
 POLL_MS = const(10)  # well under any debounce_ms a profile allows, so edges date to +-10 ms
+LONG_MS = const(3000)  # the button held this long: a deliberate press, not a brush against it
 
 
 class Sensors:
@@ -27,7 +27,8 @@ class Sensors:
         gpio = getattr(profile, "button_pin", None)
         # The button pulls its pin low against the pull-up, whatever the pump inputs do.
         self.button = hw.input_pin(gpio, True) if gpio is not None else None
-        self.long_press = LongPress(profile.debounce_ms)
+        self.pressed = Input(profile.debounce_ms)
+        self.armed = False  # pressed since power-on: a button held at boot never fires
 
     def poll(self, now):
         meter = self.meter
@@ -45,8 +46,17 @@ class Sensors:
 
     def press(self, now):
         """The service button (its own task: a filter change saves and may order, which the
-        counting must not wait for)."""
-        if self.button and self.long_press.sample(1 - self.button.value(), now):
+        counting must not wait for): a long press means "a new filter is fitted" (a tech's
+        hands are busy with the filter, not a laptop); once per press, LONG_MS into it."""
+        if not self.button:
+            return
+        inp = self.pressed
+        t = inp.sample(1 - self.button.value(), now)
+        if t is not None:
+            inp.start = t
+            self.armed = bool(inp.on)
+        if self.armed and ticks_diff(now, inp.start) >= LONG_MS:
+            self.armed = False
             self.device.refill("filter", "button", now)
 
     async def run(self, wdt=None):
