@@ -45,13 +45,15 @@ def usage(c: Conn, device_id: str, first: int, last: int) -> dict[int, dict[str,
     return out
 
 
-def close_months(c: Conn, dev: str, now: float) -> None:
+def close_months(c: Conn, dev: str, now: float,
+                 device: tuple[str | None, float] | None = None) -> None:
     """Close the months whose time has come (billing.CLOSE_DAYS after their end): keep
     their invoice lines as they are, before this report's usage lands. A month closes once:
-    its line's key is (device, month), and a second close of it keeps the first."""
+    its line's key is (device, month), and a second close of it keeps the first. `device`:
+    its (closed_through, created), when the caller has read them in this transaction."""
     upto = billing.closable(datetime.fromtimestamp(now, UTC).date())
-    through, created = c.execute("SELECT closed_through, created FROM devices WHERE id=?",
-                                 (dev,)).fetchone()
+    through, created = device or c.execute(
+        "SELECT closed_through, created FROM devices WHERE id=?", (dev,)).fetchone()
     if through is not None and through >= upto.isoformat():
         return
     had = plans(c, dev)

@@ -79,12 +79,12 @@ class Merge:
 
     def _apply(self, db: Conn, dev: str, r: Report, now: float) -> Reply:
         row = db.execute("SELECT last_seq, max_boot, desired_version, desired_settings, "
-                         "applied_version, rejected_version, conflict_seq, "
-                         "(SELECT digest FROM reports WHERE device=id AND seq=?) "
+                         "applied_version, rejected_version, conflict_seq, closed_through, "
+                         "created, (SELECT digest FROM reports WHERE device=id AND seq=?) "
                          "FROM devices WHERE id=?", (r.seq, dev)).fetchone()
         if row is None:
             raise UnknownDevice(dev)
-        last_seq, max_boot, dv, ds, applied, rejected, conflict_seq, prev = row
+        last_seq, max_boot, dv, ds, applied, rejected, conflict_seq, through, created, prev = row
         if prev is not None:
             if prev != r.digest:
                 raise SeqConflict(r.seq, last_seq)
@@ -98,19 +98,20 @@ class Merge:
             # reports, so its current state would not show. Flagged for the operator.
             self._flag(db, dev, "seq_backwards", "seq", r.seq, now,
                        {"conflict_seq": conflict_seq, "reported": r.seq})
-        close_months(db, dev, now)  # what arrives from now on is late for closed months
+        # What arrives from now on is late for closed months.
+        close_months(db, dev, now, (through, created))
         db.execute("INSERT INTO reports (device, seq, digest, received) VALUES (?, ?, ?, ?)",
                    (dev, r.seq, r.digest, now))
         newest = last_seq is None or r.seq > last_seq
         if newest:  # prune the hashes below the floor
             db.execute("DELETE FROM reports WHERE device=? AND seq<=?", (dev, r.seq - SEQ_KEEP))
-        self._counters(db, dev, r, newest, now)
+        lifetime = self._counters(db, dev, r, newest, now)
         self._days(db, dev, r, max_boot, now)
         self._events(db, dev, r, now)
         self._new_orders(db, dev, r, now, ds)
         self._supplies(db, dev, r)
         if newest or r.days:
-            self._reconcile(db, dev, int(now // 86400))
+            self._reconcile(db, dev, int(now // 86400), lifetime)
         if newest and dv and r.applied is not None and r.applied > dv:
             # The device runs a later version than ours: our data went back (restored from
             # a backup). Versions only move forward: ours goes on above the device's.
@@ -130,7 +131,8 @@ class Merge:
         return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected)
 
     def _counters(self, db: Conn, dev: str, r: Report, newest: bool,
-                  now: float) -> None:
+                  now: float) -> int:
+        """Merge the report's counters; returns the device's lifetime brews as stored now."""
         stored = dict(db.execute("SELECT field, value FROM counters WHERE device=?", (dev,)))
         # Cycle-scoped counters (filter_ml, ...) restart at each filter change: they keep the
         # maximum within one value of their scope counter, and start over when it grows.
@@ -155,12 +157,14 @@ class Merge:
                if f not in fresh and v > stored.get(f, -1)]
         db.executemany("INSERT INTO counters (device, field, value) VALUES (?, ?, ?) "
                        "ON CONFLICT (device, field) DO UPDATE SET value=excluded.value", up)
-        if not newest:
-            return  # an older report arriving late is expected to carry lower values
-        for f, v in r.counters.items():
-            if f not in fresh and v < stored.get(f, v):  # went down: a replaced flash?
-                self._flag(db, dev, "counter_regression", f, r.seq, now,
-                           {"stored": stored[f], "reported": v})
+        if newest:  # (an older report arriving late is expected to carry lower values)
+            for f, v in r.counters.items():
+                if f not in fresh and v < stored.get(f, v):  # went down: a replaced flash?
+                    self._flag(db, dev, "counter_regression", f, r.seq, now,
+                               {"stored": stored[f], "reported": v})
+        merged = stored | {f: v for _, f, v in up}  # the rows as the upsert left them
+        return _brews({f: v for f, v in merged.items()
+                       if f == "brews_total" or f.startswith("brews.")})
 
     def _flag(self, db: Conn, dev: str, kind: str, fld: str, seq: int,
               now: float, detail: dict[str, Any]) -> None:
@@ -235,13 +239,10 @@ class Merge:
                        "WHERE device=? AND day IS NULL AND boot < ?",
                        (dev, max(max_boot, r.boot)))
 
-    def _reconcile(self, db: Conn, dev: str, today: int) -> None:
-        """Lifetime brews against the buckets: brews in none get an estimated bucket (on
+    def _reconcile(self, db: Conn, dev: str, today: int, lifetime: int) -> None:
+        """`lifetime` brews against the buckets: brews in none get an estimated bucket (on
         `today`, the cloud's day the gap is first seen), so invoices stay complete; buckets
         that arrive later (the device pages its history) take them back, newest first."""
-        lifetime = _brews(dict(db.execute(
-            "SELECT field, value FROM counters WHERE device=? AND (field='brews_total' OR "
-            "field LIKE 'brews.%')", (dev,))))
         bucketed = sum(int(n or 0)  # (a numeric on PostgreSQL)
                        for n in db.execute(_BUCKETED, (dev, dev, dev)).fetchone())
         gap = max(0, lifetime - bucketed)
