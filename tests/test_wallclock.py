@@ -178,3 +178,36 @@ def test_a_correction_moves_only_what_this_boots_clock_dated(profile, tmp_path):
     d3 = Device(profile, fs)
     d3.boot(1, 0)
     assert {e["id"]: e.get("wall") for e in d3.outbox.events} == walls
+
+
+@pytest.mark.slow
+@pytest.mark.board
+def test_the_console_says_the_clock_is_set_once_ntp_answered(tmp_path):
+    """On the emulated board: the service console's status asks the clock the app wired to
+    the device (app.run), which NTP sets."""
+    import threading
+    import time
+
+    from brewmeter import fieldtech
+    from brewmeter.emulator.board import Board
+    from brewmeter.flasher import Flasher
+    from brewmeter.flashfiles import emulator_provision
+
+    loop = asyncio.new_event_loop()
+    transport, port = loop.run_until_complete(_serve(NtpServer(int(time.time()))))
+    server = threading.Thread(target=loop.run_forever, daemon=True)
+    server.start()
+    try:
+        prov = emulator_provision("http://127.0.0.1:9")  # no cloud: NTP comes first
+        prov["ntp"] = f"127.0.0.1:{port}"
+        with Board(tmp_path / "flash.img", board_profile="emulator") as board:
+            Flasher(board.serial_port).flash("emulator", prov)
+            end = time.monotonic() + 30
+            while (clock := fieldtech.ask(board.serial_port, "status")["clock"]) != "set":
+                assert clock == "not set" and time.monotonic() < end, clock
+                time.sleep(0.5)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(5)
+        transport.close()
+        loop.close()
