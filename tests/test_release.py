@@ -194,8 +194,18 @@ def test_the_provisioning_holds_the_release_key_and_the_device_does_not_keep_it(
         check_provision({**emulator_provision(), "release_key": hexkey[:-2]}, "f")
     with pytest.raises(provision.ProvisionError, match="--release-key .*not a PEM public key"):
         provision.read_release_key(str(tmp_path / "rk"))  # the private key's file
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    for name, key in (("ed", ed25519.Ed25519PrivateKey.generate()),
+                      ("rsa3072", rsa.generate_private_key(public_exponent=65537, key_size=3072))):
+        (tmp_path / name).write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        with pytest.raises(provision.ProvisionError, match="--release-key .*(not an RSA key|"
+                           "RSA-3072 .*verifies RSA-2048 with e=65537 only)"):
+            provision.read_release_key(str(tmp_path / name))
 
 
+@pytest.mark.slow
 async def test_provision_new_writes_the_release_key_and_says_when_there_is_none(tmp_path):
     import asyncio
 

@@ -14,7 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -86,7 +86,9 @@ def build(out: Path, boards: list[str] | None = None, trial_s: int = TRIAL_S) ->
             raise ReleaseError(f"the {len(image)}-byte image does not fit board {b}'s "
                                f"{rom}-byte ROM partition")
     text = manifest(image, boards, trial_s)
-    assert len(text) <= MAX_MANIFEST, "the device would refuse it"
+    if len(text) > MAX_MANIFEST:
+        raise ReleaseError(f"the manifest would be {len(text)} bytes, over the {MAX_MANIFEST} "
+                           "a device reads: name fewer --board")
     out.mkdir(parents=True, exist_ok=True)
     (out / IMAGE).write_bytes(image)
     (out / MANIFEST).write_bytes(text)
@@ -124,7 +126,7 @@ def load_public(path: Path) -> rsa.RSAPublicKey:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as e:
         raise ReleaseError(f"{path}: cannot read: {e.strerror}") from None
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise ReleaseError(f"{path}: not a PEM public key (keygen writes one as "
                            "KEYFILE.pub)") from None
     _rsa(key, path)
@@ -143,7 +145,7 @@ def sign(key_path: Path, manifest_path: Path) -> Path:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except OSError as e:
         raise ReleaseError(f"{key_path}: cannot read: {e.strerror}") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ReleaseError(f"{key_path}: not an unencrypted PEM private key "
                            "(`brewmeter release keygen` makes one)") from None
     _rsa(key, key_path)
