@@ -212,3 +212,23 @@ def test_sample_results_tell_the_shell_what_to_persist(profile):
     m.sample(1, 1, 30_000 + profile.debounce_ms)
     m.sample(1, 0, 31_000)
     assert m.sample(1, 0, 31_000 + profile.debounce_ms) == RINSE
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_days_water_in_one_flow_event_per_run_counts_as_in_2_s_chunks(profile, seed):
+    """The fleet scripts each run's pulses as one event at its end (Script pulse_chunk_ms):
+    the pump's release is still being debounced then, so the same water, brews and pump
+    time are counted as with a chunk every 2 s."""
+    from brewmeter.runs.usage import DAY_MS, _day
+    from brewmeter.scenario import PULSE_CHUNK_MS
+
+    counted = []
+    for chunk in (PULSE_CHUNK_MS, DAY_MS):
+        m = Meter(profile)
+        s = Script(profile, pulse_chunk_ms=chunk)
+        _day(s, random.Random(seed), seed)
+        play(m, s.settle().events)
+        c = m.c
+        counted.append((list(c.brews), c.rinses, c.water_ml, c.idle_ml, c.filter_ml, c.pump_ms))
+    assert counted[0] == counted[1]
+    assert sum(counted[0][0]) > 0 and counted[0][2] > 0 and counted[0][3] == 0
