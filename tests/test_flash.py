@@ -210,7 +210,7 @@ def test_flash_to_romfs_then_a_board_without_a_rom_partition(tmp_path):
     image, prov = tmp_path / "flash.img", emulator_provision()
     # Stock firmware (no ROM partition): the app goes onto the filesystem, and its bytecode
     # into the heap: more than the emulator profile's budget, so this board gets the
-    # worst moment's measured need (app_peak_heap_fs_bytes, 132 KiB) and some room.
+    # worst moment's measured need (app_peak_heap_fs_bytes) and some room.
     with Board(image, board_profile="emulator", rom=0, heap=160 * 1024) as b:
         out = io.StringIO()
         assert Flasher(b.serial_port, out=out).flash("emulator", prov) == "filesystem"
