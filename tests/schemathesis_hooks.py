@@ -69,6 +69,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
 
 # The orders test_schemathesis.py leaves waiting for the owner: one for each decision.
 WAITING = {"approve": "coffee-3", "decline": "tablets-2"}
+RELEASE, ROLLOUT = "r-st", "ro-st"  # the release and the rollout test_schemathesis.py made
 
 
 @schemathesis.hook
@@ -83,6 +84,11 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[s
         path_parameters["id"] = DEVICE
     if path_parameters and P.parse_order(path_parameters.get("order")) is not None:
         path_parameters["order"] = WAITING[context.operation.path.rsplit("/", 1)[1]]
+    # The rollout test_schemathesis.py made, for every operation on one but the one that
+    # makes one (a new id there).
+    if (path_parameters and P.is_name(path_parameters.get("rollout"))
+            and context.operation.method.upper() != "PUT"):
+        path_parameters["rollout"] = ROLLOUT
     return path_parameters
 
 
@@ -93,5 +99,10 @@ def map_body(context: Any, body: Any) -> Any:
             and isinstance(body.get("key"), str) and re.fullmatch(r"[0-9a-fA-F]{64}",
                                                                    body["key"])):
         body["key"] = KEY
+    # A new rollout names the release test_schemathesis.py uploaded.
+    if (context.operation.path == "/v1/admin/rollouts/{rollout}" and isinstance(body, dict)
+            and isinstance(body.get("release"), str) and re.fullmatch(r"[A-Za-z0-9_-]{1,32}",
+                                                                       body["release"])):
+        body["release"] = RELEASE
     return body
 

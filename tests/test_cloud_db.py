@@ -5,6 +5,7 @@ processes write at once."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -40,9 +41,12 @@ def test_a_ledger_from_before_versions_is_migrated_in_place(tmp_path):
     db = tmp_path / "ledger.db"
     before = _unversioned(db)
     ledger = Ledger(db, now=lambda: OLD_T)
-    assert version(ledger.db) == len(MIGRATIONS) == 1
-    # Every table and row as it was; only schema_version is new.
-    assert [x for x in _dump(db) if "schema_version" not in x] == before
+    assert version(ledger.db) == len(MIGRATIONS) == 2
+    # Every table and row as it was; only schema_version and the later migrations' tables
+    # (2: releases and rollouts) are new.
+    new = ("schema_version", "releases", "rollouts", "rollout_machines", "update_status")
+    table = re.compile(r'(?:CREATE TABLE|INSERT INTO) "?(\w+)')
+    assert [x for x in _dump(db) if not ((m := table.match(x)) and m[1] in new)] == before
     assert ledger.device(OLD_DEV)["counters"]["brews_total"] == 7
     assert ledger.invoice(OLD_DEV, date(2026, 3, 1), date(2026, 3, 31))["total_cents"] == 7 * 35
     assert ledger.owner_of(OLD_DEV) == "alice" and ledger.rules(OLD_DEV)["paused"]
@@ -56,9 +60,9 @@ def test_a_ledger_from_before_versions_is_migrated_in_place(tmp_path):
     assert ledger.events(OLD_DEV) and len(ledger.events(OLD_DEV) or []) == 1
     ledger.close()
     again = Ledger(db)  # migrated once: opening it again applies nothing
-    assert version(again.db) == 1
+    assert version(again.db) == 2
     (n,) = again.db.execute("SELECT count(*) FROM schema_version").fetchone()
-    assert n == 1 and again.device(OLD_DEV)["counters"]["brews_total"] == 8
+    assert n == 2 and again.device(OLD_DEV)["counters"]["brews_total"] == 8
     again.close()
 
 
@@ -67,7 +71,7 @@ def test_a_ledger_from_a_newer_cloud_is_refused_unchanged(ledger_at):
     ledger.db.execute("INSERT INTO schema_version (version, applied) VALUES (99, 0)")
     before = ledger.dump()
     ledger.close()
-    with pytest.raises(SchemaTooNew, match="version 99, this cloud knows up to 1"):
+    with pytest.raises(SchemaTooNew, match="version 99, this cloud knows up to 2"):
         Ledger(ledger_at)
     # Read without migrating: the raw database.
     raw = PostgresDatabase(str(ledger_at)) if is_url(ledger_at) else SqliteDatabase(ledger_at)

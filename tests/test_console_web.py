@@ -193,7 +193,8 @@ async def test_an_owner_cannot_see_the_owners_page_or_revoke(cloud):
 
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 # A value for each path parameter of the app's routes (a route with a new one: add it here).
-SAMPLES = {"id": ALICE_DEV, "order": "coffee-1", "decision": "approve", "name": "alice"}
+SAMPLES = {"id": ALICE_DEV, "order": "coffee-1", "decision": "approve", "name": "alice",
+           "release": "r-1", "rollout": "ro-1"}
 
 
 async def test_every_unsafe_route_refuses_a_request_without_session_csrf_or_this_origin(

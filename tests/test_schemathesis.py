@@ -7,6 +7,7 @@ quick one, 500 a longer one."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -47,6 +48,25 @@ def orders_waiting(url: str) -> None:
                                                   "tablets-2": "needs_approval"}
 
 
+def release_and_rollout(url: str) -> None:
+    """A release and a rollout of it to the device, so the rollouts' operations meet one
+    (tests/schemathesis_hooks.py names them). The signature is 256 random bytes: the cloud
+    checks its length alone (devices check the rest)."""
+    from brewmeter import release
+
+    image = os.urandom(3000)
+    body = {"manifest": release.manifest(image, ["emulator"], version="9.0", mpy=6).decode(),
+            "signature": base64.b64encode(os.urandom(256)).decode(),
+            "image": base64.b64encode(image).decode()}
+    for path, doc in (("/v1/admin/releases/r-st", body),
+                      ("/v1/admin/rollouts/ro-st", {"release": "r-st",
+                                                    "machines": {"devices": [DEV]}})):
+        req = urllib.request.Request(url + path, data=json.dumps(doc).encode(), method="PUT",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201
+
+
 @pytest.mark.slow
 def test_the_document_and_the_server_agree(tmp_path, ledger_at):
     from brewmeter.flashfiles import emulator_provision
@@ -62,6 +82,7 @@ def test_the_document_and_the_server_agree(tmp_path, ledger_at):
         assert cloud.stdout is not None
         url = re.search(r"http://127\.0\.0\.1:\d+", cloud.stdout.readline()).group(0)
         orders_waiting(url)  # so approve and decline meet real orders
+        release_and_rollout(url)  # so the rollouts' operations meet one
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                    [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
                "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "BREWMETER_ST_DEVICE": DEV,
@@ -78,13 +99,15 @@ def test_the_document_and_the_server_agree(tmp_path, ledger_at):
         out = run.stdout + run.stderr
         print(out[out.rfind("SUMMARY"):])  # cases, failures, time: pytest -rP shows it
         assert run.returncode == 0, out[-6000:]
-        assert "Tested: 20" in out and "20/20" in out  # every operation
+        assert "Tested: 29" in out and "29/29" in out  # every operation
         # Signed reports reached the ledger (signed as the device, accepted), and approve
         # and decline each reached their order.
         device = admin_get(url, f"/v1/devices/{DEV}")
         assert device["reports"] > 1
         status = {o["order"]: o["status"] for o in device["orders"]}
         assert (status["coffee-3"], status["tablets-2"]) == ("placed", "declined")
+        # The rollout's controls reached it: stopped once, refused after.
+        assert admin_get(url, "/v1/admin/rollouts/ro-st")["state"] == "stopped"
     finally:
         cloud.terminate()
         cloud.wait(10)

@@ -52,6 +52,7 @@ from brewmeter.cloud.records import (  # noqa: F401 - re-exported
     day_date,
     day_number,
 )
+from brewmeter.cloud.releases import Releases
 from brewmeter.cloud.tables import (  # noqa: F401 - re-exported
     DAY_MS,
     EPOCH,
@@ -81,6 +82,7 @@ class Ledger:
         self.ownership = Owners(self.db, self.devices, now)
         self.auditing = Audit(self.db, now)
         self.queries = Queries(self.db, self.devices, now)
+        self.releasing = Releases(self.db, now)  # releases, rollouts, update states
         # What the API, the console and the tests call, service by service.
         self.add_device = self.devices.add_device
         self.device_key = self.devices.device_key

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from brewmeter.cloud import owners, tables
+from brewmeter.cloud import owners, releases, tables
 from brewmeter.cloud.db import Conn, Database, PostgresDatabase, SqliteDatabase, is_url
 
 LOCK_KEY = 0x62726577  # pg_advisory_xact_lock's key for migrating ("brew")
@@ -54,7 +54,12 @@ def _v1(db: Database, c: Conn) -> None:
             _run(db, c, f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
 
 
-MIGRATIONS: tuple[Callable[[Database, Conn], None], ...] = (_v1,)
+def _v2(db: Database, c: Conn) -> None:
+    """Releases, rollouts and the machines' update states (releases.py)."""
+    _run(db, c, releases.SCHEMA)
+
+
+MIGRATIONS: tuple[Callable[[Database, Conn], None], ...] = (_v1, _v2)
 
 
 class SchemaTooNew(RuntimeError):

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from brewmeter import secretargs
-from brewmeter.cloud import quota, roles
+from brewmeter.cloud import quota, releases_api, roles
 from brewmeter.cloud.api import (  # noqa: F401 - re-exported
     BUSY_RETRY_S,
     EVENTS_MAX,
@@ -114,8 +114,8 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
     r.add_post("/v1/admin/devices/{id}/orders/{order}/decline", decline_order)
     r.add_post("/v1/admin/devices/{id}/refill", post_refill)
     app[roles.CALL] = worker.call
-    roles.add_routes(app)
-    _console_routes(app)
+    for add_routes in (roles.add_routes, releases_api.add_routes, _console_routes):
+        add_routes(app)
     return app
 
 

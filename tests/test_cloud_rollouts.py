@@ -1,0 +1,252 @@
+"""The cloud's releases and staged rollouts over the JSON API (releases.py, releases_api.py),
+on SQLite and PostgreSQL: an operator uploads a signed release (its manifest checked against
+the image), rolls it out to a percentage of the fleet, a list or an owner's machines, in
+stages that advance as the machines report done, halted by itself over the failure rate,
+paused, resumed and stopped; every action in the audit log; owners read their machines'
+versions and nothing of the operator's. The machines' update states are recorded the way a
+report's merge will record them (the devices do not send them yet)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from brewmeter import release
+from brewmeter.cloud import CloudServer, Ledger
+from brewmeter.cloud.releases_api import MAX_UPLOAD
+
+KEY = "44" * 32
+T0 = 1_773_000_000.0
+FLEET = [f"bm-ro{i:04d}" for i in range(20)]
+IMAGE = bytes(range(256)) * 240 + b"the new app"  # over a report's body limit in base64
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory) -> dict[str, str]:
+    """A release as `brewmeter release` makes one: manifest, signature (the maker's key),
+    image; as the upload's JSON body."""
+    d = tmp_path_factory.mktemp("release")
+    release.keygen(d / "release.key")
+    (d / release.IMAGE).write_bytes(IMAGE)
+    (d / release.MANIFEST).write_bytes(release.manifest(IMAGE, ["emulator"], version="0.2.0",
+                                                        mpy=6))
+    sig = release.sign(d / "release.key", d / release.MANIFEST).read_bytes()
+    return {"manifest": (d / release.MANIFEST).read_text(),
+            "signature": base64.b64encode(sig).decode(),
+            "image": base64.b64encode(IMAGE).decode()}
+
+
+@pytest.fixture
+async def cloud(ledger_at):
+    ledger = Ledger(ledger_at, now=lambda: T0)
+    for dev in FLEET:
+        ledger.add_device(dev, KEY)
+    async with CloudServer(ledger) as c:
+        yield c
+    ledger.close()
+
+
+async def call(http: aiohttp.ClientSession, method: str, path: str, token: str | None,
+               body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, path, json=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+def report(cloud: CloudServer, dev: str, release_id: str, state: str,
+           reason: str | None = None) -> None:
+    """The device's UpdateStatus, recorded as the report's merge will."""
+    rel = cloud.ledger.releasing
+    with cloud.ledger.db.tx() as c:
+        rel.record_status(c, dev, {"release": release_id, "state": state,
+                                   **({"reason": reason} if reason else {})})
+
+
+async def upload(http, cloud, signed, rid: str = "r-v020") -> None:
+    st, out = await call(http, "PUT", f"/v1/admin/releases/{rid}", cloud.admin_token, signed)
+    assert st == 201, out
+
+
+async def test_an_operator_uploads_a_signed_release_checked_against_its_image(
+        cloud, http, signed):
+    admin = cloud.admin_token
+    st, out = await call(http, "PUT", "/v1/admin/releases/r-v020", admin, signed)
+    assert st == 201
+    m = json.loads(signed["manifest"])
+    assert out | {"created": None} == {"id": "r-v020", "version": "0.2.0", "size": len(IMAGE),
+                                       "sha256": m["sha256"], "created": None}
+    assert (await call(http, "PUT", "/v1/admin/releases/r-v020", admin, signed))[0] == 200
+    other = {**signed, "signature": base64.b64encode(b"\1" * 256).decode()}
+    st, out = await call(http, "PUT", "/v1/admin/releases/r-v020", admin, other)
+    assert st == 409 and "new id" in out["error"]
+    tampered = bytearray(IMAGE)
+    tampered[100] ^= 1
+    for body, why in (({**signed, "image": base64.b64encode(bytes(tampered)).decode()},
+                       "SHA-256"),
+                      ({**signed, "image": base64.b64encode(IMAGE[:-1]).decode()}, "bytes"),
+                      ({**signed, "signature": base64.b64encode(b"\1" * 255).decode()},
+                       "255 bytes"),
+                      ({**signed, "manifest": signed["manifest"].replace('"format":1',
+                                                                        '"format":2')},
+                       "format"),
+                      ({**signed, "manifest": "x" * 1025}, "1024 bytes")):
+        st, out = await call(http, "PUT", "/v1/admin/releases/r-bad", admin, body)
+        assert st == 422 and why in out["error"], out
+    big = {**signed, "image": "A" * MAX_UPLOAD}
+    st, out = await call(http, "PUT", "/v1/admin/releases/r-big", admin, big)
+    assert st == 413, out
+    st, out = await call(http, "GET", "/v1/admin/releases", admin)
+    assert [r["id"] for r in out["releases"]] == ["r-v020"]  # none of the bad ones kept
+    # the image is kept whole
+    with cloud.ledger.db.read() as c:
+        (img,) = c.execute("SELECT image FROM releases WHERE id='r-v020'").fetchone()
+    assert bytes(img) == IMAGE
+    log = cloud.ledger.audit_log(None)
+    assert [(e["who"], e["action"]) for e in log] == [("operator", "release")]
+    assert "r-v020: version 0.2.0" in log[0]["detail"]
+
+
+async def test_a_percentage_rolls_out_in_stages_and_halts_by_itself(cloud, http, signed):
+    await upload(http, cloud, signed)
+    admin = cloud.admin_token
+    st, out = await call(http, "PUT", "/v1/admin/rollouts/ro-1", admin, {
+        "release": "r-v020", "machines": {"percent": 50}, "stages": [0.2, 0.6, 1.0],
+        "max_failure_rate": 0.25})
+    assert st == 201 and out["targets"] == 10 and out["stage_machines"] == [2, 6, 10]
+    assert (out["state"], out["stage"], out["offered"]) == ("running", 1, 2)
+    order = [m["id"] for m in out["devices"]]
+    first = [m["id"] for m in out["devices"] if m["offered"]]
+    assert first == order[:2]
+    # stable: the same rollout of the same fleet names the same machines
+    again = await call(http, "GET", "/v1/admin/rollouts/ro-1", admin)
+    assert [m["id"] for m in again[1]["devices"]] == order
+    rel = cloud.ledger.releasing
+    assert rel.offer_for(first[0])["rollout"] == "ro-1"
+    assert rel.offer_for(first[0])["manifest"] == signed["manifest"]
+    assert rel.offer_for(order[2]) is None  # stage 2's: not yet
+    for dev in first:
+        report(cloud, dev, "r-v020", "downloading")
+    assert (await call(http, "GET", "/v1/admin/rollouts/ro-1", admin))[1]["stage"] == 1
+    for dev in first:
+        report(cloud, dev, "r-v020", "done")
+    out = (await call(http, "GET", "/v1/admin/rollouts/ro-1", admin))[1]
+    assert out["stage"] == 2 and [m["id"] for m in out["devices"] if m["offered"]] == order[2:6]
+    assert rel.offer_for(first[0]) is None  # done: offered no more
+    # stage 2: one fails (1 of 3 finished: 33 % > 25 %): halted, nothing offered
+    report(cloud, order[3], "r-v020", "failed", "update_trial_failed")
+    out = (await call(http, "GET", "/v1/admin/rollouts/ro-1", admin))[1]
+    assert (out["state"], out["offered"], out["failed"], out["done"]) == ("halted", 0, 1, 2)
+    # halted it stays, though the next done brings the rate to 1 of 4 (not over 25 %)
+    report(cloud, order[2], "r-v020", "done")
+    out = (await call(http, "GET", "/v1/admin/rollouts/ro-1", admin))[1]
+    assert (out["state"], out["failure_rate"], out["done"]) == ("halted", 0.25, 3)
+    assert {m["id"]: m["reason"] for m in out["devices"]}[order[3]] == "update_trial_failed"
+    assert all(rel.offer_for(d) is None for d in FLEET)
+    log = cloud.ledger.audit_log(None)
+    assert (log[0]["who"], log[0]["action"]) == ("cloud", "rollout")
+    assert log[0]["detail"].startswith("ro-1: halted by itself: 1 of 3 machines failed")
+    # resuming a halted rollout is refused: a new rollout, once the cause is known
+    st, out = await call(http, "POST", "/v1/admin/rollouts/ro-1/resume", admin)
+    assert st == 409 and "halted" in out["error"]
+
+
+async def test_pause_resume_and_stop_each_in_the_audit_log(cloud, http, signed):
+    await upload(http, cloud, signed)
+    admin = cloud.admin_token
+    devices = FLEET[:4]
+    st, out = await call(http, "PUT", "/v1/admin/rollouts/ro-list", admin, {
+        "release": "r-v020", "machines": {"devices": devices}, "stages": [0.5, 1.0]})
+    assert st == 201 and sorted(m["id"] for m in out["devices"]) == sorted(devices)
+    rel = cloud.ledger.releasing
+    offered = [m["id"] for m in out["devices"] if m["offered"]]
+    assert len(offered) == 2
+    st, out = await call(http, "POST", "/v1/admin/rollouts/ro-list/pause", admin)
+    assert (st, out["state"], out["offered"]) == (200, "paused", 0)
+    assert rel.offer_for(offered[0]) is None
+    assert (await call(http, "POST", "/v1/admin/rollouts/ro-list/pause", admin))[0] == 409
+    # a machine in a paused rollout is not taken by another
+    st, out = await call(http, "PUT", "/v1/admin/rollouts/ro-2", admin, {
+        "release": "r-v020", "machines": {"devices": [devices[0]]}})
+    assert st == 409 and "ro-list" in out["error"]
+    st, out = await call(http, "POST", "/v1/admin/rollouts/ro-list/resume", admin)
+    assert (st, out["state"], out["offered"]) == (200, "running", 2)
+    st, out = await call(http, "POST", "/v1/admin/rollouts/ro-list/stop", admin)
+    assert (st, out["state"], out["offered"]) == (200, "stopped", 0)
+    assert (await call(http, "POST", "/v1/admin/rollouts/ro-list/resume", admin))[0] == 409
+    st, _ = await call(http, "PUT", "/v1/admin/rollouts/ro-2", admin, {
+        "release": "r-v020", "machines": {"devices": [devices[0]]}})
+    assert st == 201  # stopped: its machines are free
+    assert (await call(http, "PUT", "/v1/admin/rollouts/ro-2", admin, {
+        "release": "r-v020", "machines": {"devices": [devices[1]]}}))[0] == 409  # id in use
+    details = [e["detail"] for e in reversed(cloud.ledger.audit_log(None))
+               if e["action"] == "rollout"]
+    assert [d.split(" ", 1)[1].split(" ")[0] for d in details] == [
+        "release", "pause", "resume", "stop", "release"]
+    st, out = await call(http, "GET", "/v1/admin/rollouts", admin)
+    assert [(r["id"], r["state"]) for r in out["rollouts"]] == [("ro-2", "running"),
+                                                               ("ro-list", "stopped")] or [
+        (r["id"], r["state"]) for r in out["rollouts"]] == [("ro-list", "stopped"),
+                                                            ("ro-2", "running")]
+    assert "devices" not in out["rollouts"][0]  # the list: progress only
+
+
+async def test_an_owners_machines_and_what_an_owner_may_read(cloud, http, signed):
+    await upload(http, cloud, signed)
+    admin = cloud.admin_token
+    st, out = await call(http, "POST", "/v1/admin/owners", admin, {"name": "alice"})
+    alice = out["token"]
+    for dev in FLEET[:3]:
+        await call(http, "PUT", f"/v1/admin/devices/{dev}/owner", admin, {"owner": "alice"})
+    # a machine already on the release's version is done: nothing to offer it
+    with cloud.ledger.db.tx() as c:
+        c.execute("UPDATE devices SET fw='0.2.0' WHERE id=?", (FLEET[2],))
+    st, out = await call(http, "PUT", "/v1/admin/rollouts/ro-alice", admin, {
+        "release": "r-v020", "machines": {"owner": "alice"}, "stages": [1.0],
+        "max_failure_rate": 0})
+    assert st == 201 and sorted(m["id"] for m in out["devices"]) == FLEET[:3]
+    assert {m["id"]: m["state"] for m in out["devices"]}[FLEET[2]] == "done"
+    assert sorted(m["id"] for m in out["devices"] if m["offered"]) == FLEET[:2]
+    for dev in FLEET[:2]:
+        report(cloud, dev, "r-v020", "done")
+    out = (await call(http, "GET", "/v1/admin/rollouts/ro-alice", admin))[1]
+    assert (out["state"], out["done"]) == ("complete", 3)
+    # the owner reads their machine's version and update state, not another's, nor rollouts
+    report(cloud, FLEET[1], "r-v020", "trial")
+    st, out = await call(http, "GET", f"/v1/devices/{FLEET[1]}/update", alice)
+    assert st == 200 and out["fw"] is None and out["update"]["state"] == "trial"
+    assert out["update"]["version"] == "0.2.0"
+    assert (await call(http, "GET", f"/v1/devices/{FLEET[5]}/update", alice))[0] == 404
+    assert (await call(http, "GET", f"/v1/devices/{FLEET[5]}/update", admin))[1]["update"] \
+        is None
+    for method, path, body in (("GET", "/v1/admin/rollouts", None),
+                               ("GET", "/v1/admin/rollouts/ro-alice", None),
+                               ("POST", "/v1/admin/rollouts/ro-alice/stop", None),
+                               ("GET", "/v1/admin/releases", None),
+                               ("PUT", "/v1/admin/releases/r-x", signed),
+                               ("PUT", "/v1/admin/rollouts/ro-x",
+                                {"release": "r-v020", "machines": {"owner": "alice"}})):
+        assert (await call(http, method, path, alice, body))[0] == 403, path
+        assert (await call(http, method, path, None, body))[0] == 401, path
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"release": "r-none", "machines": {"percent": 10}}, 404),
+    ({"release": "r-v020", "machines": {"devices": ["bm-nobody"]}}, 404),
+    ({"release": "r-v020", "machines": {"owner": "nobody"}}, 404),
+    ({"release": "r-v020", "machines": {"percent": 10}, "stages": [0.5, 0.2, 1.0]}, 422),
+    ({"release": "r-v020", "machines": {"percent": 10}, "stages": [0.5]}, 422),
+    ({"release": "r-v020", "machines": {"percent": 0}}, 422),
+    ({"release": "r-v020", "machines": {"percent": 10, "owner": "a"}}, 422),
+    ({"release": "r-v020", "machines": {"percent": 10}, "max_failure_rate": 2}, 422),
+    ({"release": "r-v020"}, 400),
+])
+async def test_a_rollout_that_cannot_be_is_refused_and_nothing_kept(cloud, http, signed, body,
+                                                                   status):
+    await upload(http, cloud, signed)
+    st, out = await call(http, "PUT", "/v1/admin/rollouts/ro-bad", cloud.admin_token, body)
+    assert st == status, out
+    assert (await call(http, "GET", "/v1/admin/rollouts", cloud.admin_token))[1] == {
+        "rollouts": []}
