@@ -250,3 +250,46 @@ async def test_a_rollout_that_cannot_be_is_refused_and_nothing_kept(cloud, http,
     assert st == status, out
     assert (await call(http, "GET", "/v1/admin/rollouts", cloud.admin_token))[1] == {
         "rollouts": []}
+
+
+async def test_the_consoles_rollouts_page_shows_each_rollouts_progress(cloud, http, signed):
+    """The operator's *Rollouts* page: state, stage, done and failed, each failed machine with
+    its fault code; an owner is refused it and has no link to it."""
+    import re
+
+    async def page(token: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession(cloud.url, headers={"Origin": cloud.url},
+                                         cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            async with s.post("/console/signin", data={"token": token}) as r:
+                assert r.status == 200
+                home = await r.text()
+            async with s.get("/console/rollouts?live=0") as r:
+                return r.status, home + await r.text()
+
+    st, text = await page(cloud.admin_token)
+    assert st == 200 and "No rollout yet" in text and 'href="/console/rollouts"' in text
+    await upload(http, cloud, signed)
+    await call(http, "PUT", "/v1/admin/rollouts/ro-page", cloud.admin_token, {
+        "release": "r-v020", "machines": {"devices": FLEET[:4]}, "stages": [0.5, 1.0],
+        "max_failure_rate": 0.4})
+    out = (await call(http, "GET", "/v1/admin/rollouts/ro-page", cloud.admin_token))[1]
+    first = [m["id"] for m in out["devices"]][:2]
+    report(cloud, first[0], "r-v020", "done")
+    report(cloud, first[1], "r-v020", "failed", "update_bad_hash")
+    st, text = await page(cloud.admin_token)
+    card = text[text.index('id="rollout-ro-page"'):]
+    assert st == 200 and "release r-v020" in card and ">halted</span>" in card
+    assert re.search(r"<strong>1</strong> done, <strong>1</strong> failed", card)
+    assert f'href="/console/machines/{first[1]}"' in card and "update_bad_hash" in card
+    assert "failure rate 50.0 %" in card and "halts over 40.0 %" in card
+    # the machine's page says its update state
+    async with aiohttp.ClientSession(cloud.url, headers={"Origin": cloud.url},
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.post("/console/signin", data={"token": cloud.admin_token}) as r:
+            assert r.status == 200
+        async with s.get(f"/console/machines/{first[1]}?live=0") as r:
+            text = re.sub(r"\s+", " ", await r.text())
+    assert "(update r-v020 to 0.2.0: failed, update_bad_hash)" in text
+    st, out = await call(http, "POST", "/v1/admin/owners", cloud.admin_token, {"name": "al"})
+    st, text = await page(out["token"])
+    assert st == 403 and 'href="/console/rollouts"' not in text

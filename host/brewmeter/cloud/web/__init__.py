@@ -209,6 +209,12 @@ async def owners_page(request: web.Request) -> web.Response:
                  notice=NOTICES["revoked"].format(name=name) if done else None)
 
 
+async def rollouts_page(request: web.Request) -> web.Response:
+    _operator(request, _signed_in(request))
+    data = await request.app[CALL](views.rollouts, request.app[LEDGER])
+    return _page(request, "rollouts.html", refresh=_live(request), rollouts=data)
+
+
 async def invoice_page(request: web.Request) -> web.Response:
     s = _signed_in(request)
     dev = _machine_id(request, s)
@@ -316,6 +322,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/console/machines/{id}", machine_page)
     r.add_get("/console/machines/{id}/invoice", invoice_page)
     r.add_get("/console/owners", owners_page)
+    r.add_get("/console/rollouts", rollouts_page)
     r.add_post("/console/owners/{name}/revoke", revoke)
     r.add_post("/console/machines/{id}/orders/{order}/{decision:approve|decline}", decide)
     r.add_post("/console/machines/{id}/pause", pause)

@@ -9,6 +9,7 @@ from typing import Any
 from brewmeter.cloud import billing
 from brewmeter.cloud.ledger import Ledger
 from brewmeter.cloud.owners import OPERATOR
+from brewmeter.cloud.rollouts import STATES
 from brewmeter.cloud.shared import ITEMS
 from brewmeter.cloud.web import charts
 
@@ -110,7 +111,7 @@ def machine(ledger: Ledger, who: str, dev: str, now: float) -> dict[str, Any] | 
                    "rejected": d["config"]["rejected"],
                    "in_effect": desired["version"] == (d["config"]["applied"] or 0)},
         "rules": rules, "consumables": ITEMS,
-        "audit": ledger.audit_log(dev, 50),
+        "audit": ledger.audit_log(dev, 50), "updating": ledger.releasing.update_of(dev)["update"],
         "months": months_back(today, 3), "operator": who == OPERATOR}
 
 
@@ -149,3 +150,17 @@ def invoice(ledger: Ledger, dev: str, month: str) -> dict[str, Any] | None:
     except billing.BadPlan as e:
         return {"id": dev, "month": month, "error": str(e)}
     return None if inv is None else {**inv, "month": month}
+
+
+def rollouts(ledger: Ledger) -> list[dict[str, Any]]:
+    """Each rollout's progress, newest first: its machines counted by update state (in
+    rollouts.STATES' order), done as a share of them, and the failed ones with why."""
+    out = []
+    for brief in ledger.releasing.rollouts():
+        r = ledger.releasing.rollout(brief["id"])
+        states = [m["state"] for m in r["devices"]]
+        r["counts"] = {s: states.count(s) for s in STATES if s in states}
+        r["done_pct"] = round(100 * r["done"] / r["targets"]) if r["targets"] else 0
+        r["failures"] = [m for m in r.pop("devices") if m["state"] == "failed"]
+        out.append(r)
+    return out
