@@ -8,7 +8,7 @@ package("app", files=(
     "__init__.py", "alerts.py", "console.py", "counters.py", "days.py",
     "device.py", "forecast.py", "http.py", "hw.py", "journal.py", "link.py", "meter.py",
     "orders.py", "outbox.py", "profile.py", "protocol.py", "readout.py", "reads.py",
-    "replwatch.py", "run.py", "sensors.py", "service.py", "signing.py", "startup.py",
+    "release.py", "replwatch.py", "run.py", "sensors.py", "service.py", "signing.py", "startup.py",
     "supervisor.py", "supplies.py", "sync.py", "synctask.py", "tls.py", "wallclock.py",
     "waterfilter.py",
 ), opt=3)
