@@ -184,7 +184,8 @@ def chunked(req: bytes, reply: bytes) -> bytes | None:
     pytest.param(strict, "refusals", marks=pytest.mark.slow),
     pytest.param(cdn_header, "reply_shape", marks=pytest.mark.slow),
     pytest.param(chunked, "reply_shape", marks=pytest.mark.slow),
-    (Downgrade, "config"), (Snapshot, "counters"), (NoRefill, "refill")])
+    (Downgrade, "config"), pytest.param(Snapshot, "counters", marks=pytest.mark.slow),
+    (NoRefill, "refill")])
 async def test_a_broken_backend_fails_naming_the_rule(broken, rule):
     if isinstance(broken, type):
         ledger = Ledger(":memory:", merge=broken)
