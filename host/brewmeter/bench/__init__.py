@@ -34,8 +34,10 @@ TARGETS: dict[str, tuple[float, str]] = {
     "sync_heap_bytes": (20480, "max"),
     "console_roundtrip_ms": (100, "max"),
     "console_heap_bytes": (4096, "max"),
-    "app_peak_heap_bytes": (65536, "max"),  # the app in ROMFS; the goal beyond: 32768
-    "app_peak_heap_fs_bytes": (98304, "max"),
+    # The app in ROMFS; at the measured 32/64-bit ratio about 48 KiB on an ESP32, under the
+    # esp32 port's initial heap. The goal beyond: about 54 KiB here (32 KiB on the chip).
+    "app_peak_heap_bytes": (81920, "max"),
+    "app_peak_heap_fs_bytes": (114688, "max"),
     "poll_alloc_bytes": (0, "max"),
     "poll_gap_max_ms": (100, "max"),  # on the emulated board
 }
