@@ -288,9 +288,12 @@ def test_ctrl_c_from_the_reset_on_never_opens_the_repl_bad_profile_included(tmp_
         Flasher(board.serial_port).flash(prof, prov)
         port = board.serial_port
         seen = _storm(board, 16, secrets)
-        assert seen.count(b"brewmeter ready") >= 10  # the app came up after most resets
+        came_up = seen.count(b"brewmeter ready")
+        assert came_up >= 10  # the app came up after most resets
         boots = fieldtech.ask(port, "counters")["boots"]
-        assert boots >= 17
+        # Every boot that came up was counted (a reset may land before the app counts its
+        # boot: on a loaded machine, one of those 0.05 s apart), and the flash's restart.
+        assert boots >= 1 + came_up
         # A bad profile (written through the opened port) on the locked machine.
         assert "open for" in fieldtech.unlock(port, PIN)
         bad = tmp_path / "bad.json"
