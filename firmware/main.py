@@ -16,6 +16,17 @@ while True:
         break
     except KeyboardInterrupt:
         pass
+try:  # an update in hand (/slot.json): romslot.py finishes it before the app is imported
+    os.stat("/slot.json")
+except OSError:
+    pass
+else:
+    try:
+        import romslot
+
+        romslot.boot()
+    except Exception as e:  # noqa: BLE001 - the app starts whatever this did
+        print("brewmeter: update:", e)
 try:
     import app.run
 except Exception as e:  # noqa: BLE001 - no app: a locked machine restarts, never stops at the REPL

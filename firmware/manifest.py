@@ -1,7 +1,9 @@
 # MicroPython manifest: freezes the brewmeter app into the firmware, so its bytecode runs
 # from flash like a ROMFS deployment but without a romfs partition. Built by MicroPython's
 # esp32 port with boards/BREWMETER_ESP32 and BOARD_VARIANT=FROZEN (docs/flashing.md). boot.py,
-# main.py and the JSON files stay on the filesystem, where flash.sh writes them.
+# main.py and the JSON files stay on the filesystem, where flash.sh writes them. That build
+# has no ROM partition, so no update over the air: romslot (frozen too, as flash.sh deploys
+# it) finds no slot there and the app takes no offer.
 include("$(PORT_DIR)/boards/manifest.py")
 
 package("app", files=(
@@ -12,3 +14,4 @@ package("app", files=(
     "supervisor.py", "supplies.py", "sync.py", "synctask.py", "tls.py", "wallclock.py",
     "waterfilter.py",
 ), opt=3)
+module("romslot.py", opt=3)

@@ -78,6 +78,9 @@ class Board(Serial, Supervisor, Bus, Control):
             raise ValueError(f"a ROM partition is whole {ROM_BLOCK}-byte blocks, not {rom}")
         self.rom = rom
         self.rom_image = self.image.with_name(self.image.name + ".rom")
+        # The update's slots, each the ROM's size (esp32.Partition "romfs_new", "romfs_old").
+        self.slot_images = {label: self.image.with_name(f"{self.image.name}.{label}")
+                            for label in ("romfs_new", "romfs_old")}
         self.unique_id = unique_id or (
             b"\x24\x0a\xc4" + hashlib.sha256(str(self.image).encode()).digest()[:3])
         self.interpreter = interpreter(micropython)  # $BREWMETER_MICROPYTHON or the wheel's
@@ -170,9 +173,9 @@ class Board(Serial, Supervisor, Bus, Control):
         self.heapsize = self.heap + heap_reserve(self._mp, self.rom)["reserve"]
         if self.firmware_dir is not None:
             install(self.image, self.firmware_dir, self._profile_text)
-        if self.rom and (not self.rom_image.exists()
-                         or self.rom_image.stat().st_size != self.rom):
-            self.rom_image.write_bytes(b"\xff" * self.rom)  # a new partition table: erased
+        for part in (self.rom_image, *self.slot_images.values()) if self.rom else ():
+            if not part.exists() or part.stat().st_size != self.rom:
+                part.write_bytes(b"\xff" * self.rom)  # a new partition table: erased
         master, slave = os.openpty()
         tty.setraw(slave)  # no "\n" -> "\r\r\n" for programs that do not set raw mode
         link = self.image.with_name(self.image.name + ".tty")

@@ -19,6 +19,7 @@ class Control:
     """Board's control side (a mixin: the state is Board's, set in Board.__init__)."""
 
     _dns_hang_ms = 0  # how long the board's DNS lookups block (`dns`); 0: they answer
+    _boot_cut: bytes | None = None  # a power cut armed for the next boot ("C n tear")
     _gap_asked: asyncio.Future[tuple[int, int]] | None = None  # a `poll_gap` awaiting "G"
 
     async def _control_client(self, reader: asyncio.StreamReader,
@@ -101,13 +102,17 @@ class Control:
 
     async def _cmd_power_cut(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """cut the power now and wait for the boot; {"after_ops": N, "tear": BOOL}: at the
-        N-th flash operation from now instead"""
+        N-th flash operation from now instead (the ROM partitions' included); with
+        "next_boot": true, at the N-th from the next boot's start"""
         after = cmd.get("after_ops")
         if after is not None:
             # Arm the flash: the after_ops-th program/erase from now fails, torn if asked.
             if isinstance(after, bool) or not isinstance(after, int) or after < 1:
                 raise ValueError("after_ops counts flash operations from 1")
             tear = b"1" if cmd.get("tear") else b"0"
+            if cmd.get("next_boot"):
+                self._boot_cut = b"C %d %s\n" % (after, tear)
+                return {"armed": after}
             if not self._bus_send(b"C %d %s\n" % (after, tear)):
                 raise BoardError("the board is not running")
             return {"armed": after}
@@ -225,10 +230,11 @@ class BoardControl:
     def pins(self) -> dict[str, Any]:
         return self.call("pins")
 
-    def power_cut(self, after_ops: int | None = None, tear: bool = False) -> dict[str, Any]:
+    def power_cut(self, after_ops: int | None = None, tear: bool = False,
+                  next_boot: bool = False) -> dict[str, Any]:
         if after_ops is None:
             return self.call("power_cut")
-        return self.call("power_cut", after_ops=after_ops, tear=tear)
+        return self.call("power_cut", after_ops=after_ops, tear=tear, next_boot=next_boot)
 
     def reset(self) -> dict[str, Any]:
         return self.call("reset")

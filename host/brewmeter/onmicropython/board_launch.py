@@ -66,7 +66,7 @@ def _mount(bdev):
     os.chdir("/")
 
 
-def _rom(path, size, norflash):
+def _rom(path, size):
     # The ROM partition (extmod/vfs.c, mp_vfs_mount_romfs_protected): `vfs.rom_ioctl` through
     # esp32/romvfs.py, mounted at /rom when it holds a ROMFS image; the sys.path
     # entries it adds. Its buffer is allocated first, in one piece, before anything else.
@@ -74,13 +74,14 @@ def _rom(path, size, norflash):
     # Returns the heap it took (counted apart from the harness) and the sys.path entries.
     gc.collect()
     before = gc.mem_alloc()
+    import esp32
     import rawsys
     import romvfs
 
     sys.modules["sys"] = rawsys  # sys.stdout.buffer raw, as on the ESP32
     sys.modules["vfs"] = romvfs
-    if size:
-        romvfs._attach(norflash.NorFlash(4096, size // 4096, path=path, in_ram=True))
+    if size:  # romfs, and the update's romfs_new and romfs_old (esp32.Partition)
+        romvfs._attach(esp32._attach(path, size))
     gc.collect()
     took = gc.mem_alloc() - before
     try:
@@ -143,7 +144,7 @@ def _boot(g):
     import norflash
 
     machine_bus._boot(int(port), int(boot_no), int(cause), bytes.fromhex(uid), int(rtc))
-    rom_heap, rom_path = _rom(image + ".rom", rom_size, norflash)
+    rom_heap, rom_path = _rom(image, rom_size)
 
     class NoCount:
         def __getitem__(self, i):
@@ -239,6 +240,11 @@ def _boot(g):
     try:
         bdev = Flash(path=image)
         machine_bus._flash = bdev
+        if machine_bus._cut:  # a cut armed before the flash was there (a boot's)
+            bdev.cut_after, bdev.tear = machine_bus._cut
+        import esp32
+
+        esp32._parts["vfs"] = (bdev, esp32._VFS)
         g["bdev"] = bdev
         _mount(bdev)
     except Exception as e:

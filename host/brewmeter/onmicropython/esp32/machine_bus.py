@@ -32,6 +32,7 @@ _cause = PWRON_RESET
 _uid = b"\x24\x0a\xc4\x00\x00\x01"
 _rtc_offset = 0
 _flash = None  # the launcher's NorFlash, for armed power cuts
+_cut = None  # (n, tear): the last cut armed, for a flash not yet made (in the hello's reply)
 _levels = {}  # gpio -> level the supervisor drives (missing: the pull decides)
 _pulls = {}  # gpio -> pull of the last Pin made on it
 _outs = {}  # gpio -> level firmware drives
@@ -105,7 +106,7 @@ def _close():
 
 
 def _apply(line):
-    global _acked, _intr_due
+    global _acked, _intr_due, _cut
     f = line.split()
     if not f:
         return
@@ -127,9 +128,10 @@ def _apply(line):
         socket._hang_ms = int(f[1])
     elif k == b"I" or k == b"U":
         _intr_due = k == b"I"
-    elif k == b"C" and _flash is not None:
-        _flash.cut_after = int(f[1])
-        _flash.tear = f[2] == b"1"
+    elif k == b"C":
+        _cut = (int(f[1]), f[2] == b"1")
+        if _flash is not None:
+            _flash.cut_after, _flash.tear = _cut
 
 
 def _heap_locked():
