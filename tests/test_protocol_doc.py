@@ -80,8 +80,8 @@ def test_the_documents_limits_are_the_protocols():
 def test_the_documents_settings_are_the_protocols():
     props = SCHEMAS["Settings"]["properties"]
     assert SCHEMAS["Settings"]["additionalProperties"] is False
-    assert set(props) == set(P.SCHEMA) | set(P.PER_KIND)
-    for k, (lo, hi, default) in P.SCHEMA.items():
+    assert set(props) == set(P.schema()) | set(P.PER_KIND)
+    for k, (lo, hi, default) in P.schema().items():
         assert (props[k]["minimum"], props[k]["maximum"], props[k]["default"]) == \
             (lo, hi, default), k
     for k, (lo, hi) in P.PER_KIND.items():

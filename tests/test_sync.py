@@ -169,6 +169,9 @@ def test_reply_acks_only_what_was_sent_and_applies_config(device):
 @pytest.mark.parametrize("settings, words", [
     ({"sync_interval_s": 5}, "300..86400"),
     ({"colour": 1}, "unknown setting"),
+    # keys that are one of the numbers, or a piece of a name, in protocol.SETTINGS' string
+    ({"300": 1}, "unknown setting"), ({"5": 1}, "unknown setting"),
+    ({"auto": 1}, "unknown setting"), ({"sync_interval_s 300": 1}, "unknown setting"),
     ("all", "object"),
 ])
 def test_invalid_desired_config_is_rejected_and_the_last_good_kept(device, settings, words):

@@ -32,7 +32,7 @@ MAX_INT = 9007199254740991  # 2**53 - 1: what every JSON parser reads exactly
 CLOCK_MIN = const(946684800)  # 2000-01-01: an earlier clock was never set
 DAY_AHEAD = const(1)  # a bucket dated further ahead of the cloud's day is not billed
 # A reply: body, status or header line, header count. The cloud keeps every reply within
-# them (desired settings are checked against SCHEMA, so they stay far below MAX_REPLY).
+# them (desired settings are checked against SETTINGS, so they stay far below MAX_REPLY).
 MAX_REPLY = const(4096)
 MAX_LINE = const(512)
 MAX_HEADERS = const(32)
@@ -140,38 +140,66 @@ def cut(text):
 
 
 # The settings the owner and the maker may change (remote configuration from the cloud, or
-# `config set` on the service console): name: (minimum, maximum, default), all integers.
-SCHEMA = {
+# `config set` on the service console): " name minimum maximum default", all integers, in one
+# string (one object on the device's heap; a dict of tuples was an object a setting).
+# limits() reads one, schema() gives them all as a dict.
+SETTINGS = (
     # Billing is by day and orders raise their own report, so usage can wait: two hours of
     # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
-    "sync_interval_s": (300, 86400, 86400),  # report at least this often, even with no usage
-    "report_delay_s": (5, 14400, 7200),  # after usage, wait this long to batch more into one
-    "backoff_max_s": (60, 86400, 14400),  # the longest wait between failed attempts
+    " sync_interval_s 300 86400 86400"  # report at least this often, even with no usage
+    " report_delay_s 5 14400 7200"  # after usage, wait this long to batch more into one
+    " backoff_max_s 60 86400 14400"  # the longest wait between failed attempts
     # Consumables (app/supplies.py). Coffee comes in packs of coffee_pack units (pods, or
     # grams of beans); a brew of each kind uses coffee_use.KIND units.
-    "coffee_pack": (1, 100000, 100),
-    "water_hardness_dh": (1, 40, 10),  # German degrees; the filter and descaling follow it
-    "descale_ldh": (100, 100000, 1500),  # litres x degrees between descales (150 L at 10)
-    "tablets_pack": (1, 1000, 10),  # cleaning tablets per pack ...
-    "clean_brews": (10, 10000, 200),  # ... one every this many brews
+    " coffee_pack 1 100000 100"
+    " water_hardness_dh 1 40 10"  # German degrees; the filter and descaling follow it
+    " descale_ldh 100 100000 1500"  # litres x degrees between descales (150 L at 10)
+    " tablets_pack 1 1000 10"  # cleaning tablets per pack ...
+    " clean_brews 10 10000 200"  # ... one every this many brews
     # Orders (app/orders.py): the owner's rules, kept by the device even offline (and by
     # the cloud, from the desired config).
-    "lead_days": (1, 60, 5),  # order when the forecast says it runs out sooner than this
-    "auto_coffee": (0, 1, 1),  # auto-order, per consumable
-    "auto_filter": (0, 1, 1),
-    "auto_descaler": (0, 1, 1),
-    "auto_tablets": (0, 1, 1),
-    "ask_first": (0, 1, 0),  # 1: every order waits for the owner's approval in the cloud
-    "orders_month": (0, 100, 6),  # at most this many orders per calendar month (UTC)
-    "long_brew_pct": (120, 1000, 200),  # a brew this % of its kind's usual time is a fault
-}
+    " lead_days 1 60 5"  # order when the forecast says it runs out sooner than this
+    " auto_coffee 0 1 1"  # auto-order, per consumable
+    " auto_filter 0 1 1"
+    " auto_descaler 0 1 1"
+    " auto_tablets 0 1 1"
+    " ask_first 0 1 0"  # 1: every order waits for the owner's approval in the cloud
+    " orders_month 0 100 6"  # at most this many orders per calendar month (UTC)
+    " long_brew_pct 120 1000 200 "  # a brew this % of its kind's usual time is a fault
+)
 # Settings that hold a number per brew kind, as {"kind": n}: (minimum, maximum).
 PER_KIND = {"coffee_use": (0, 1000)}
 
 
+def limits(name):
+    """(minimum, maximum, default) of setting `name`, or None: no such setting."""
+    s = SETTINGS
+    # (a name starts with a letter: never one of the numbers)
+    i = s.find(" %s " % name) if is_name(name) and name[0].isalpha() else -1
+    if i < 0:
+        return None
+    i += len(name) + 2
+    out = []
+    for _ in range(3):
+        j = s.find(" ", i)
+        out.append(int(s[i:j]))
+        i = j + 1
+    return tuple(out)
+
+
+def schema():
+    """The settings as {name: (minimum, maximum, default)}."""
+    return {k: limits(k) for k in SETTINGS.split()[::4]}
+
+
 def setting(settings, name):
     v = settings.get(name)
-    return SCHEMA[name][2] if v is None else v
+    if v is None:
+        lim = limits(name)
+        if lim is None:
+            raise KeyError(name)
+        v = lim[2]
+    return v
 
 
 def _int_in(v, lo, hi):
@@ -202,9 +230,10 @@ def check_settings(settings, kinds=None):
                     return "%s.%s must be an integer in %d..%d, got %s" % (
                         k, kind, lo, hi, _short(n))
             continue
-        if k not in SCHEMA:
+        lim = limits(k)
+        if lim is None:
             return "unknown setting %s" % _short(k)
-        lo, hi, _ = SCHEMA[k]
+        lo, hi, _ = lim
         if not _int_in(v, lo, hi):
             return "%s must be an integer in %d..%d, got %s" % (k, lo, hi, _short(v))
     return None

@@ -150,7 +150,7 @@ def act(device, words, wall, now):
     if what == "config set":
         if len(words) != 4 or not words[3].lstrip("-").isdigit():
             raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(
-                sorted(protocol.SCHEMA) + [k + ".KIND" for k in protocol.PER_KIND]))
+                sorted(protocol.schema()) + [k + ".KIND" for k in protocol.PER_KIND]))
         new = dict(device.config)
         key, _, kind = words[2].partition(".")
         if kind:  # a per-kind setting: coffee_use.espresso 7
