@@ -11,7 +11,7 @@ package("app", files=(
     "device.py", "forecast.py", "http.py", "hw.py", "journal.py", "link.py", "meter.py",
     "orders.py", "outbox.py", "profile.py", "protocol.py", "readout.py", "reads.py",
     "release.py", "replwatch.py", "run.py", "sensors.py", "service.py", "signing.py", "startup.py",
-    "supervisor.py", "supplies.py", "sync.py", "synctask.py", "tls.py", "wallclock.py",
-    "waterfilter.py",
+    "supervisor.py", "supplies.py", "sync.py", "synctask.py", "tls.py", "update.py",
+    "wallclock.py", "waterfilter.py",
 ), opt=3)
 module("romslot.py", opt=3)

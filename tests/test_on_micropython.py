@@ -35,6 +35,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_sync.py::test_device_id_rule",
     "test_release_pure.py",
     "test_romslot_pure.py::test_boot_redoes_an_interrupted_copy_and_goes_back_after_the_trial_boots",
+    "test_update_pure.py",
 ]
 
 

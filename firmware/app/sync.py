@@ -95,11 +95,12 @@ def changed(now, acked):
     return out
 
 
-def report(snap, seq, wall, uptime_ms, days, counters, rejected=None, supplies=None):
+def report(snap, seq, wall, uptime_ms, days, counters, rejected=None, supplies=None,
+           update=None):
     """The report body (bytes) from `snap`, the device as the report saw it (boot, applied
     configuration version, outbox events, open orders: app.synctask.snapshot), `counters`
-    (cumulative; changed() of synctask.usage()), `days` (Days.buckets()), the config state
-    and the consumables that changed."""
+    (cumulative; changed() of synctask.usage()), `days` (Days.buckets()), the config state,
+    the consumables that changed and the status of an update in hand (app/update.py)."""
     boot, applied, events, orders = snap
     cfg = {"applied": applied}
     if rejected:
@@ -114,6 +115,8 @@ def report(snap, seq, wall, uptime_ms, days, counters, rejected=None, supplies=N
         body["supplies"] = supplies
     if orders:
         body["orders"] = orders
+    if update:
+        body["update"] = update
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -153,8 +156,10 @@ def actions(body, sent_ids, applied, kinds, cycle, rejected=None, opened=()):
     `opened` ({order id: status}) are open: (actions, rejected). Actions, in the order to
     apply them: ("ack", event ids; those in `sent_ids` alone), ("orders", {order id:
     status}), ("fault", code, detail) where an open order has a status the protocol does
-    not know (kept, ending the cycle's ordering: orders.apply_status), ("refill", name)
-    where the owner refilled the cycle that runs, ("config", version, settings) checked.
+    not know (kept, ending the cycle's ordering: orders.apply_status) or an update offer is
+    malformed (ignored), ("update", offer) of one well-shaped (app/update.py checks the rest),
+    ("refill", name) where the owner refilled the cycle that runs, ("config", version,
+    settings) checked.
     `rejected`: None, or (version, reason) of a
     configuration refused, to report next time; the one reported so far (the argument) while
     the reply has no configuration (the cloud took the rejection; a report without it would
@@ -182,6 +187,9 @@ def actions(body, sent_ids, applied, kinds, cycle, rejected=None, opened=()):
     for oid, st in orders.items():
         if oid in opened and st and st != protocol.UNKNOWN and st not in protocol.STATUSES:
             todo.append(("fault", "order_status", "%s %s" % (oid, st[:protocol.MAX_NAME])))
+    up = d.get("update")
+    if up is not None:  # (a bad one is a fault, never a BadReply: that would lose the ack)
+        todo.append(("update", up) if _offer(up) else ("fault", "update_bad_offer", ""))
     for name, n in refill.items():  # the owner refilled it, said in the cloud
         if name in ITEMS and cycle(name) == n:
             todo.append(("refill", name))
@@ -210,3 +218,14 @@ def _names_to(d, key, typ):
         if not isinstance(x, typ) or isinstance(x, bool):
             raise BadReply("%s holds a bad value" % key)
     return v
+
+
+def _offer(up):
+    # An UpdateOffer's shape: its release a name, a path of ours to download from (no space
+    # or control character: it goes into a request line), the signed parts as strings.
+    if not isinstance(up, dict):
+        return False
+    u = up.get("url")
+    return (protocol.is_name(up.get("release")) and isinstance(u, str) and 0 < len(u) <= 200
+            and u[0] == "/" and min(u) > " " and isinstance(up.get("manifest"), str)
+            and isinstance(up.get("signature"), str) and type(up.get("size")) is int)

@@ -47,6 +47,16 @@ class Syncer:
         self._ntp_tried = None
         self._date = [b""]  # the last reply's Date header, filled by http.post
         self.jitter = sync.seed(self.id)
+        self.upd = None  # the record of an update in hand (app/update.py: loaded only then)
+        self.no = None  # the release last refused or done: not taken again
+        rec = device.state.read("upd")
+        if rec:
+            self._update("boot", rec)
+
+    def _update(self, fn, *args):
+        from app import update
+
+        return getattr(update, fn)(self, *args)
 
     def usage(self, now):
         """The device counted something: report it soon."""
@@ -86,9 +96,11 @@ class Syncer:
                                          device.per_day(wall))
             full = wall // 86400 != self.full_day
             snap = snapshot(device)
+            upd = self.upd and self._update("report")
             body = sync.report(snap, seq, wall, self.uptime_ms(), days,
                                sync.changed(now_usage, None if full else self.acked),
-                               self.rejected, sync.changed(sup, None if full else self.acked_sup))
+                               self.rejected, sync.changed(sup, None if full else self.acked_sup),
+                               upd)
             sent = [e["id"] for e in snap[2]]
             snap = None
             self.schedule.sent()
@@ -112,8 +124,11 @@ class Syncer:
                 elif date and old:  # (0: the clock not set)
                     device.days.confirm(date // 86400)  # our clock agrees with the cloud's
                 device.days_acked(days, False)  # (saved with the outbox's ack, or below)
-                self.rejected = apply_reply(device, reply, sent, self.rejected)
+                offers = []
+                self.rejected = apply_reply(device, reply, sent, self.rejected, offers)
                 device.save_days()
+                if upd or offers:
+                    self._update("synced", upd, offers, seq)
                 self.acked, self.acked_sup = now_usage, sup
                 if full:
                     self.full_day = wall // 86400
@@ -176,10 +191,10 @@ def usage(device):
     return readout.usage(device.meter.c, device.profile.kinds)
 
 
-def apply_reply(device, body, sent_ids, rejected=None):
+def apply_reply(device, body, sent_ids, rejected=None, offers=None):
     """Apply a 200 reply (sync.actions) to the device: acknowledged events leave the outbox,
-    order statuses and the owner's refills are taken, faults raised, a new desired
-    configuration applied
+    order statuses and the owner's refills are taken, faults raised, an update's offer put
+    in `offers` (a list: the sync task takes it), a new desired configuration applied
     (persisted) or rejected. Returns the rejected configuration to report next time, as
     sync.actions; raises BadReply, changing nothing, if the reply is not one of ours."""
     todo, rejected = sync.actions(body, sent_ids, device.config_version, device.profile.kinds,
@@ -193,6 +208,9 @@ def apply_reply(device, body, sent_ids, rejected=None):
             device.fault(a[1], a[2])
         elif a[0] == "refill":
             device.refill(a[1], "cloud")
+        elif a[0] == "update":
+            if offers is not None:
+                offers.append(a[1])
         elif not device.apply_config(a[1], a[2]):
             rejected = (a[1], "could not save")
     return rejected
