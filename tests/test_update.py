@@ -119,6 +119,9 @@ def _release(keys: dict[str, Path], board: str, image: bytes, signer: str = "mak
 def slots(monkeypatch: pytest.MonkeyPatch) -> Slots:
     s = Slots()
     monkeypatch.setitem(sys.modules, "romslot", s)
+    from app import unload
+
+    unload("update")  # (it imports romslot when it loads)
     from app import hw
 
     monkeypatch.setattr(hw, "reset", lambda: s.calls.append("reset"))

@@ -7,8 +7,6 @@
 # is in hand, or to read its record at boot; dropped from sys.modules after.
 import asyncio
 import json
-import sys
-from binascii import a2b_base64
 from hashlib import sha256
 from time import ticks_add, ticks_ms
 
@@ -22,9 +20,11 @@ _RANGE = const(32768)  # asked at once, a multiple of _BLOCK: fewer headers on t
 _RANGE_MS = const(30000)  # one range within this, or it is asked again
 _RETRY_MS = const(2000)  # the first wait after a failed range, doubled up to _BACKOFF_MS
 _BACKOFF_MS = const(600000)
-REC = "upd"  # the record's name in the device's state directory (app/journal.py's copies)
-_PROVISION = "/provision.json"  # the release key is read from it when an offer comes
 _task = None  # the download's task, while it runs
+try:
+    import romslot  # pyright: ignore[reportMissingImports] - the ROM slots' bootstrap module
+except ImportError:  # none: an offer fails as update_flash_failed
+    romslot = None
 
 
 def check(offer, key, board, slot_bytes, facts=None):
@@ -33,6 +33,9 @@ def check(offer, key, board, slot_bytes, facts=None):
     (MicroPython's version, its bytecode version), this interpreter's by default."""
     if not slot_bytes:  # nowhere to write it (CPython, a build without ROM slots)
         return "update_flash_failed"
+    import sys
+    from binascii import a2b_base64
+
     from app import release
 
     im = sys.implementation
@@ -69,28 +72,15 @@ def status(rec, slot=None):
     return d
 
 
-def _romslot():
-    try:
-        import romslot  # pyright: ignore[reportMissingImports] - a bootstrap module, not app's
-
-        return romslot
-    except ImportError:
-        return None
-
-
-def _staging():
-    r = _romslot()
-    return r and r.staging()
-
-
 def _save(s, rec):
-    s.device.state.write(REC, json.dumps(rec).encode())
+    # (the journal's A/B copies with CRC in the state directory: a cut leaves the last good)
+    s.device.state.write("upd", json.dumps(rec).encode())
 
 
 def _key(fs):
     # The release key (512 hex digits) from the provisioning: not held while the app runs.
     try:
-        with fs.open(_PROVISION, "rb") as f:
+        with fs.open("/provision.json", "rb") as f:
             return bytes.fromhex(json.load(f)["release_key"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -105,8 +95,7 @@ def boot(s, data):
     except (ValueError, KeyError, TypeError):
         return _set(s, None)
     if rec["st"] == "switched":
-        r = _romslot()
-        if r is None or r.status() is None:  # reported, or the switch was never made
+        if romslot is None or romslot.status() is None:  # reported, or the switch was never made
             rec["st"] = "gone" if rec["v"] == VERSION else "verifying"
     _set(s, rec)
 
@@ -114,7 +103,7 @@ def boot(s, data):
 def report(s):
     """The status the next report carries."""
     rec = s.upd
-    return status(rec, rec["st"] == "switched" and _romslot().status())
+    return status(rec, rec["st"] == "switched" and romslot.status())
 
 
 def synced(s, sent, offers, seq):
@@ -124,10 +113,10 @@ def synced(s, sent, offers, seq):
     if sent and rec:
         st = sent["state"]
         if st == "trial":
-            _romslot().passed()
+            romslot.passed()
         elif st == "done" or st == "failed":
             if rec["st"] == "switched":
-                _romslot().reported()
+                romslot.reported()
             rec = {"r": rec["r"], "st": "gone"}
             _save(s, rec)
     if offers and (rec is None or rec["st"] == "gone"):
@@ -138,7 +127,7 @@ def synced(s, sent, offers, seq):
 
 
 def _take(s, o, seq):
-    part = _staging()
+    part = romslot and romslot.staging()
     m = check(o, _key(s.device.state.fs), s.device.profile.board,
               part and part.ioctl(4, 0) * part.ioctl(5, 0))
     rec = {"r": o["release"], "u": o["url"], "q": seq, "at": 0, "st": "offered"}
@@ -167,12 +156,14 @@ async def _run(s, rec):
     global _task
     wait = _RETRY_MS
     try:
-        part = _staging()
+        part = romslot and romslot.staging()
         buf = bytearray(_BLOCK)
         while s.upd is rec and rec["st"] in ("offered", "downloading"):
             try:
                 why = None if part else "update_flash_failed"
-                why = why or await _range(s, rec, part, buf)
+                if not why:
+                    why = _range(s, rec, part, buf)  # (CPython's streams need a wait_for)
+                    why = await (why if http._MP else asyncio.wait_for(why, _RANGE_MS / 1000))
             except (http.HttpError, OSError, ValueError, asyncio.TimeoutError):
                 why = 0  # no answer, cut off, or not our reply: asked again
             if isinstance(why, str):
@@ -184,12 +175,24 @@ async def _run(s, rec):
             else:
                 wait = _RETRY_MS
         if s.upd is rec and rec["st"] == "verifying":
-            ok = await _verify(rec, part, buf)
-            rec["st"] = "ready" if ok else "failed"
-            if not ok:
-                rec["why"] = "update_bad_hash"  # the slot is left as it is: nothing runs it
+            # The image's SHA-256 over the slot read back a block at a time, yielding between
+            # blocks: the slot is left as it is if it is not the manifest's (nothing runs it).
+            h = sha256()
+            mv = memoryview(buf)
+            left = rec["n"]
+            n = 0
+            while left > 0:
+                part.readblocks(n, buf)
+                h.update(mv[:min(left, _BLOCK)])
+                left -= _BLOCK
+                n += 1
+                await asyncio.sleep_ms(0)
+            if h.digest() == bytes.fromhex(rec["h"]):
+                rec["st"] = "ready"
+            else:
+                rec["st"], rec["why"] = "failed", "update_bad_hash"
             _save(s, rec)
-        buf = None
+        buf = mv = h = None
         # The switch at an idle moment: no brew running, no report in flight (the counts and
         # the outbox are on flash; the counters saved once more below).
         while s.upd is rec and rec["st"] == "ready":
@@ -198,8 +201,8 @@ async def _run(s, rec):
                 rec["st"] = "switched"
                 _save(s, rec)
                 d.save(ticks_ms())
-                _romslot().switch({"release": rec["r"], "version": rec["v"], "size": rec["n"],
-                                   "sha256": rec["h"], "trial_s": rec["t"]})
+                romslot.switch({"release": rec["r"], "version": rec["v"], "size": rec["n"],
+                                "sha256": rec["h"], "trial_s": rec["t"]})
                 from app import hw
 
                 hw.reset()
@@ -208,24 +211,9 @@ async def _run(s, rec):
         _task = None
 
 
-async def _verify(rec, part, buf):
-    # The image's SHA-256 over the slot read back a block at a time, yielding between blocks.
-    h = sha256()
-    mv = memoryview(buf)
-    left = rec["n"]
-    n = 0
-    while left > 0:
-        part.readblocks(n, buf)
-        h.update(mv[:min(left, _BLOCK)])
-        left -= _BLOCK
-        n += 1
-        await asyncio.sleep_ms(0)
-    return h.digest() == bytes.fromhex(rec["h"])
-
-
 async def _range(s, rec, part, buf):
-    """Ask the next range and write it to `part`, a block at a time. Returns None (written),
-    a refusal (a fault code), or the seconds to wait before asking again."""
+    """Ask the next range and write it to `part`, a block at a time as it arrives. Returns
+    None (written), a refusal (a fault code), or the seconds to wait before asking again."""
     at, end = plan(rec["at"], rec["n"])
     rng = "bytes=%d-%d" % (at, end)
     scheme, host, port, path = http.parse_url(s.url)
@@ -237,29 +225,23 @@ async def _range(s, rec, part, buf):
     if s.key_id:
         head += "%s: %s\r\n" % (protocol.KEY_HEADER, s.key_id)
     head = (head + "Connection: close\r\n\r\n").encode()
+    rng = path = None
     while http._busy:  # one request at a time (the sync's report first)
         await asyncio.sleep_ms(20)
     http._busy = http._MP
+    deadline = ticks_add(ticks_ms(), _RANGE_MS)
+    c = None
     try:
-        ex = _get(host, port, s.ssl if scheme == "https" else None, head, s, rec, part, buf,
-                  ticks_add(ticks_ms(), _RANGE_MS))
-        return await (ex if http._MP else asyncio.wait_for(ex, _RANGE_MS / 1000))
-    finally:
-        http._busy = False
-
-
-async def _get(host, port, ssl, head, s, rec, part, buf, deadline):
-    at, end = plan(rec["at"], rec["n"])
-    c = await http._connect(host, port, ssl, deadline)
-    try:
+        c = await http._connect(host, port, s.ssl if scheme == "https" else None, deadline)
         await http._send(c, head, deadline)
+        head = None
         mv = memoryview(buf)
         ln = c, deadline, buf, mv, [0, 0]  # the headers pass through the block's buffer
-        parts = (await http._line(*ln)).split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        head = (await http._line(*ln)).split(None, 2)
+        if len(head) < 2 or not head[0].startswith(b"HTTP/1.") or not head[1].isdigit():
             raise http.HttpError("not an HTTP reply")
-        status = int(parts[1])
-        cr = length = None
+        status = int(head[1])
+        cr = length = head = None
         retry = 0
         for _ in range(protocol.MAX_HEADERS):
             line = await http._line(*ln)
@@ -275,6 +257,7 @@ async def _get(host, port, ssl, head, s, rec, part, buf, deadline):
                 retry = min(int(value.strip()), 86400)
         else:
             raise http.HttpError("too many headers")
+        line = name = value = None
         if status == 404:
             return "update_withdrawn"  # not (or no longer) offered to this device
         if status == 416:
@@ -306,4 +289,6 @@ async def _get(host, port, ssl, head, s, rec, part, buf, deadline):
             await asyncio.sleep_ms(0)
         return None
     finally:
-        await http._close(c)
+        http._busy = False
+        if c:
+            await http._close(c)

@@ -40,6 +40,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "app_peak_heap_fs_bytes": (114688, "max"),
     "poll_alloc_bytes": (0, "max"),
     "poll_gap_max_ms": (100, "max"),  # on the emulated board
+    "update_heap_bytes": (8192, "max"),  # issue 27
+    "update_wire_overhead": (1.05, "max"),
+    "update_poll_gap_ms": (100, "max"),
 }
 
 
@@ -205,6 +208,12 @@ def poll_alloc_bytes() -> dict[str, float]:
     return {"poll_alloc_bytes": int(m[1])}
 
 
+def _update() -> dict[str, float]:
+    from brewmeter.bench.update import update_figures
+
+    return update_figures()
+
+
 def _release() -> dict[str, float]:
     from brewmeter.releasecheck import verify_figures
 
@@ -237,6 +246,9 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (poll_alloc_bytes, ("poll_alloc_bytes",)),
     (_release, ("release_signature_ms", "release_hash_128k_ms", "release_verify_ms",
                 "release_verify_heap_bytes")),
+    (_update, ("update_heap_bytes", "update_code_heap_bytes", "update_wire_overhead",
+               "update_image_bytes",
+               "update_poll_gap_ms")),
     (_poll_gap, ("poll_gap_pin_ms", "poll_gap_dns_ms", "poll_gap_tls_ms",
                           "poll_gap_max_ms")),
 ]
