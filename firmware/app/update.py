@@ -22,7 +22,7 @@ _RETRY_MS = const(2000)  # the first wait after a failed range, doubled up to _B
 _BACKOFF_MS = const(600000)
 _task = None  # the download's task, while it runs
 try:
-    import romslot  # pyright: ignore[reportMissingImports] - the ROM slots' bootstrap module
+    import romslot  # the ROM slots' bootstrap module, on the filesystem
 except ImportError:  # none: an offer fails as update_flash_failed
     romslot = None
 
@@ -129,7 +129,7 @@ def synced(s, sent, offers, seq):
 def _take(s, o, seq):
     part = romslot and romslot.staging()
     m = check(o, _key(s.device.state.fs), s.device.profile.board,
-              part and part.ioctl(4, 0) * part.ioctl(5, 0))
+              part and part.ioctl(4, 0) * _BLOCK)  # type: ignore  (its blocks: 4 KiB)
     rec = {"r": o["release"], "u": o["url"], "q": seq, "at": 0, "st": "offered"}
     if isinstance(m, str):
         rec["st"], rec["why"] = "failed", m
