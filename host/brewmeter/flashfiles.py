@@ -138,13 +138,14 @@ def emulator_provision(cloud_url: str = "http://127.0.0.1:8080") -> dict:
             "ntp": "127.0.0.1", "service_pin": "246810", "lock": False}
 
 
-def build(out: Path, board: str, provision: dict | None) -> dict[str, Path]:
+def build(out: Path, board: str, provision: dict | None,
+          firmware: Path = FIRMWARE) -> dict[str, Path]:
     """The device's files: firmware compiled to .mpy (boot.py and main.py stay source: the
     port runs those two by name; romslot.mpy beside them, never in the ROM it rewrites),
     the board profile and the provisioning. Returns {device path: local file}."""
     files: dict[str, Path] = {}
-    for src in sorted(FIRMWARE.rglob("*.py")):
-        rel = src.relative_to(FIRMWARE)
+    for src in sorted(firmware.rglob("*.py")):
+        rel = src.relative_to(firmware)
         if rel == Path(MANIFEST):
             continue  # for building firmware with the app frozen in, never on the device
         if rel.name in ("boot.py", "main.py"):

@@ -39,10 +39,10 @@ class ReleaseError(Exception):
     pass
 
 
-def firmware_version() -> str:
+def firmware_version(firmware: Path = FIRMWARE) -> str:
     """The firmware's VERSION (firmware/app/__init__.py), which the device reports as `fw`."""
     m = re.search(r'^VERSION = "([0-9]+(?:\.[0-9]+)*)"$',
-                  (FIRMWARE / "app" / "__init__.py").read_text(), re.M)
+                  (firmware / "app" / "__init__.py").read_text(), re.M)
     if not m:
         raise ReleaseError("firmware/app/__init__.py: no VERSION = \"N.N.N\" in it")
     return m[1]
@@ -62,9 +62,11 @@ def manifest(image: bytes, boards: list[str], trial_s: int = TRIAL_S,
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def build(out: Path, boards: list[str] | None = None, trial_s: int = TRIAL_S) -> tuple[Path, Path]:
-    """Write OUT/app.romfs and OUT/manifest.json; returns their paths. Refuses a folder that
-    already holds a release (its signature would no longer match)."""
+def build(out: Path, boards: list[str] | None = None, trial_s: int = TRIAL_S,
+          firmware: Path = FIRMWARE) -> tuple[Path, Path]:
+    """Write OUT/app.romfs and OUT/manifest.json of the app in `firmware`; returns their
+    paths. Refuses a folder that already holds a release (its signature would no longer
+    match)."""
     from app.release import MAX_MANIFEST
 
     known = board_names()
@@ -78,14 +80,15 @@ def build(out: Path, boards: list[str] | None = None, trial_s: int = TRIAL_S) ->
     if there:
         raise ReleaseError(f"{there[0]} exists: a release is built into a new folder")
     with tempfile.TemporaryDirectory() as d:
-        files = flashfiles.build(Path(d), "emulator", None)  # the app's files are any board's
+        # (the app's files are any board's)
+        files = flashfiles.build(Path(d), "emulator", None, firmware)
         image = flashfiles.build_rom(Path(d), files).read_bytes()
     for b in boards:
         rom = load_profile(b).rom_bytes
         if rom and len(image) > rom:
             raise ReleaseError(f"the {len(image)}-byte image does not fit board {b}'s "
                                f"{rom}-byte ROM partition")
-    text = manifest(image, boards, trial_s)
+    text = manifest(image, boards, trial_s, firmware_version(firmware))
     if len(text) > MAX_MANIFEST:
         raise ReleaseError(f"the manifest would be {len(text)} bytes, over the {MAX_MANIFEST} "
                            "a device reads: name fewer --board")

@@ -43,6 +43,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "update_heap_bytes": (8192, "max"),  # issue 27
     "update_wire_overhead": (1.05, "max"),
     "update_poll_gap_ms": (100, "max"),
+    "rollback_boots": (3, "max"),  # issue 27: a crashing release back to the old app
 }
 
 
@@ -214,6 +215,14 @@ def _update() -> dict[str, float]:
     return update_figures()
 
 
+def _rollback() -> dict[str, float]:
+    """Boots from a release whose app raises at import back to the old app (its first
+    boot and the old app's counted), on the emulated board (runs/slots.py)."""
+    from brewmeter.runs.slots import rollback_boots
+
+    return rollback_boots()
+
+
 def _release() -> dict[str, float]:
     from brewmeter.releasecheck import verify_figures
 
@@ -249,6 +258,7 @@ MEASURES: list[tuple[Callable[[], dict[str, float]], tuple[str, ...]]] = [
     (_update, ("update_heap_bytes", "update_code_heap_bytes", "update_wire_overhead",
                "update_image_bytes",
                "update_poll_gap_ms")),
+    (_rollback, ("rollback_boots", "rollback_s")),
     (_poll_gap, ("poll_gap_pin_ms", "poll_gap_dns_ms", "poll_gap_tls_ms",
                           "poll_gap_max_ms")),
 ]
