@@ -1,6 +1,6 @@
 """The pure parts of an update on the device's side (firmware app/update.py, app/sync.py):
-the offer's shape in a reply, the status in a report, the ranges asked, the refusals made
-before anything is downloaded. Also run under MicroPython (tests/test_on_micropython.py); the
+the offer's shape in a reply, the status in a report, the refusals made before anything is
+downloaded. Also run under MicroPython (tests/test_on_micropython.py); the
 download itself is in test_update.py."""
 
 import json
@@ -35,13 +35,6 @@ def test_a_report_carries_the_status_of_the_update_in_hand_and_nothing_without_o
     st = {"release": "r-1", "state": "downloading", "at": 40960}
     assert json.loads(sync.report(snap, 5, 0, 0, [], {}, update=st))["update"] == st
     assert "update" not in json.loads(sync.report(snap, 5, 0, 0, [], {}))
-
-
-def test_ranges_are_32_kib_from_the_first_byte_not_written_to_the_images_end():
-    assert update.plan(0, 100000) == (0, 32767)
-    assert update.plan(32768, 100000) == (32768, 65535)
-    assert update.plan(98304, 100000) == (98304, 99999)
-    assert update.plan(8192, 8193) == (8192, 8192)
 
 
 def test_the_status_in_each_state():

@@ -7,6 +7,7 @@
 # is in hand, or to read its record at boot; dropped from sys.modules after.
 import asyncio
 import json
+import sys
 from hashlib import sha256
 from time import ticks_add, ticks_ms
 
@@ -21,10 +22,6 @@ _RANGE_MS = const(30000)  # one range within this, or it is asked again
 _RETRY_MS = const(2000)  # the first wait after a failed range, doubled up to _BACKOFF_MS
 _BACKOFF_MS = const(600000)
 _task = None  # the download's task, while it runs
-try:
-    import romslot  # the ROM slots' bootstrap module, on the filesystem
-except ImportError:  # none: an offer fails as update_flash_failed
-    romslot = None
 
 
 def check(offer, key, board, slot_bytes, facts=None):
@@ -33,7 +30,6 @@ def check(offer, key, board, slot_bytes, facts=None):
     (MicroPython's version, its bytecode version), this interpreter's by default."""
     if not slot_bytes:  # nowhere to write it (CPython, a build without ROM slots)
         return "update_flash_failed"
-    import sys
     from binascii import a2b_base64
 
     from app import release
@@ -52,12 +48,6 @@ def check(offer, key, board, slot_bytes, facts=None):
     return m
 
 
-def plan(at, size):
-    """The range to ask next, (start, end) inclusive: from `at`, the first byte not written
-    (a block's start: progress is saved per block), up to _RANGE bytes."""
-    return at, min(at + _RANGE, size) - 1
-
-
 def status(rec, slot=None):
     """The UpdateStatus a report carries for the record `rec`; `slot`: romslot.status()
     once switched (trial, done or failed: the ROM slots know)."""
@@ -72,18 +62,25 @@ def status(rec, slot=None):
     return d
 
 
+def _slots(fn, *args):
+    # romslot.fn(*args): the ROM slots' bootstrap module (None without it), let go of after
+    # if it was loaded for this: on the filesystem, its bytecode would sit in the heap beside
+    # the download (main.py's, loaded at a boot after a switch, holds the trial: kept).
+    had = "romslot" in sys.modules
+    try:
+        import romslot
+    except ImportError:
+        return None
+    try:
+        return getattr(romslot, fn)(*args)
+    finally:
+        if not had:
+            sys.modules.pop("romslot", None)
+
+
 def _save(s, rec):
     # (the journal's A/B copies with CRC in the state directory: a cut leaves the last good)
     s.device.state.write("upd", json.dumps(rec).encode())
-
-
-def _key(fs):
-    # The release key (512 hex digits) from the provisioning: not held while the app runs.
-    try:
-        with fs.open("/provision.json", "rb") as f:
-            return bytes.fromhex(json.load(f)["release_key"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def boot(s, data):
@@ -95,7 +92,7 @@ def boot(s, data):
     except (ValueError, KeyError, TypeError):
         return _set(s, None)
     if rec["st"] == "switched":
-        if romslot is None or romslot.status() is None:  # reported, or the switch was never made
+        if _slots("status") is None:  # reported, or the switch was never made
             rec["st"] = "gone" if rec["v"] == VERSION else "verifying"
     _set(s, rec)
 
@@ -103,7 +100,7 @@ def boot(s, data):
 def report(s):
     """The status the next report carries."""
     rec = s.upd
-    return status(rec, rec["st"] == "switched" and romslot.status())
+    return status(rec, rec["st"] == "switched" and _slots("status"))
 
 
 def synced(s, sent, offers, seq):
@@ -113,10 +110,10 @@ def synced(s, sent, offers, seq):
     if sent and rec:
         st = sent["state"]
         if st == "trial":
-            romslot.passed()
+            _slots("passed")
         elif st == "done" or st == "failed":
             if rec["st"] == "switched":
-                romslot.reported()
+                _slots("reported")
             rec = {"r": rec["r"], "st": "gone"}
             _save(s, rec)
     if offers and (rec is None or rec["st"] == "gone"):
@@ -127,8 +124,13 @@ def synced(s, sent, offers, seq):
 
 
 def _take(s, o, seq):
-    part = romslot and romslot.staging()
-    m = check(o, _key(s.device.state.fs), s.device.profile.board,
+    part = _slots("staging")
+    try:  # the release key (512 hex digits): not held while the app runs
+        with s.device.state.fs.open("/provision.json", "rb") as f:
+            key = bytes.fromhex(json.load(f)["release_key"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        key = None
+    m = check(o, key, s.device.profile.board,
               part and part.ioctl(4, 0) * _BLOCK)  # type: ignore  (its blocks: 4 KiB)
     rec = {"r": o["release"], "u": o["url"], "q": seq, "at": 0, "st": "offered"}
     if isinstance(m, str):
@@ -156,7 +158,7 @@ async def _run(s, rec):
     global _task
     wait = _RETRY_MS
     try:
-        part = romslot and romslot.staging()
+        part = _slots("staging")
         buf = bytearray(_BLOCK)
         while s.upd is rec and rec["st"] in ("offered", "downloading"):
             try:
@@ -201,8 +203,8 @@ async def _run(s, rec):
                 rec["st"] = "switched"
                 _save(s, rec)
                 d.save(ticks_ms())
-                romslot.switch({"release": rec["r"], "version": rec["v"], "size": rec["n"],
-                                "sha256": rec["h"], "trial_s": rec["t"]})
+                _slots("switch", {"release": rec["r"], "version": rec["v"], "size": rec["n"],
+                                  "sha256": rec["h"], "trial_s": rec["t"]})
                 from app import hw
 
                 hw.reset()
@@ -211,40 +213,46 @@ async def _run(s, rec):
         _task = None
 
 
-async def _range(s, rec, part, buf):
-    """Ask the next range and write it to `part`, a block at a time as it arrives. Returns
-    None (written), a refusal (a fault code), or the seconds to wait before asking again."""
-    at, end = plan(rec["at"], rec["n"])
+def _request(s, rec, at, end):
+    # (host, port, ssl, the request's bytes) for the range at..end: signed like a report,
+    # X-Brewmeter-Seq the report whose reply made the offer, the Range in the body's place.
     rng = "bytes=%d-%d" % (at, end)
     scheme, host, port, path = http.parse_url(s.url)
     path += rec["u"]  # (after the cloud URL's own path, as the report's)
-    seq = rec["q"]  # the report whose reply made the offer
+    seq = rec["q"]
     head = "GET %s HTTP/1.1\r\nHost: %s\r\nRange: %s\r\n%s: %d\r\n%s: %s\r\n" % (
         path, host, rng, protocol.SEQ_HEADER, seq, protocol.SIG_HEADER,
         signature(s.key, "GET", path, seq, rng.encode()))
     if s.key_id:
         head += "%s: %s\r\n" % (protocol.KEY_HEADER, s.key_id)
-    head = (head + "Connection: close\r\n\r\n").encode()
-    rng = path = None
+    return host, port, s.ssl if scheme == "https" else None, (
+        head + "Connection: close\r\n\r\n").encode()
+
+
+async def _range(s, rec, part, buf):
+    """Ask the next range and write it to `part`, a block at a time as it arrives. Returns
+    None (written), a refusal (a fault code), or the seconds to wait before asking again."""
+    at = rec["at"]  # the first byte not written (a block's start: saved per block)
+    end = min(at + _RANGE, rec["n"]) - 1
+    host, port, ssl, head = _request(s, rec, at, end)
+    c = None
     while http._busy:  # one request at a time (the sync's report first)
         await asyncio.sleep_ms(20)
     http._busy = http._MP
     deadline = ticks_add(ticks_ms(), _RANGE_MS)
-    c = None
     try:
-        c = await http._connect(host, port, s.ssl if scheme == "https" else None, deadline)
+        c = await http._connect(host, port, ssl, deadline)
         await http._send(c, head, deadline)
-        head = None
         mv = memoryview(buf)
-        ln = c, deadline, buf, mv, [0, 0]  # the headers pass through the block's buffer
-        head = (await http._line(*ln)).split(None, 2)
+        cur = [0, 0]  # the headers pass through the block's buffer
+        head = (await http._line(c, deadline, buf, mv, cur)).split(None, 2)
         if len(head) < 2 or not head[0].startswith(b"HTTP/1.") or not head[1].isdigit():
             raise http.HttpError("not an HTTP reply")
         status = int(head[1])
         cr = length = head = None
         retry = 0
         for _ in range(protocol.MAX_HEADERS):
-            line = await http._line(*ln)
+            line = await http._line(c, deadline, buf, mv, cur)
             if not line:
                 break
             name, _, value = line.partition(b":")
@@ -267,7 +275,7 @@ async def _range(s, rec, part, buf):
         n = end - at + 1
         if cr != b"bytes %d-%d/%d" % (at, end, rec["n"]) or length not in (None, b"%d" % n):
             raise http.HttpError("not the range asked")
-        a, b = ln[4]
+        a, b = cur
         got = b - a  # body bytes read with the headers
         if got > n:
             raise http.HttpError("more bytes than asked")

@@ -104,12 +104,14 @@ def serving(image: bytes) -> Iterator[RangeServer]:
 
 
 def fetch(srv: RangeServer, image: bytes, state: Path, at: int = 0, firmware: Path = FIRMWARE,
-          digest: str | None = None) -> dict:
+          digest: str | None = None, romslot: Path | None = None) -> dict:
     """Run the device's download (from `at`) and verify of `image` from `srv` under the
-    MicroPython unix port: the JSON line updatefetch.py prints."""
+    MicroPython unix port: the JSON line updatefetch.py prints. `romslot`: a folder with
+    the firmware's romslot compiled (else a stand-in of its staging slot alone)."""
     out = unixport.run([str(unixport.ONMICROPYTHON / "updatefetch.py"), str(firmware),
                         str(state), srv.url, PATH, KEY, str(SEQ), str(len(image)),
-                        digest or hashlib.sha256(image).hexdigest(), str(at)], timeout=120)
+                        digest or hashlib.sha256(image).hexdigest(), str(at)]
+                       + ([str(romslot)] if romslot else []), timeout=120)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -132,8 +134,11 @@ def update_figures() -> dict[str, float]:
     and the verify."""
     with tempfile.TemporaryDirectory() as d:
         image, manifest = _release_image(Path(d))
+        rs = Path(d) / "romslot"  # on the filesystem beside main.py, compiled, as flash.sh does
+        rs.mkdir()
+        unixport.cross_compile(FIRMWARE / "romslot.py", rs / "romslot.mpy")
         with serving(image) as srv:  # the running app: the release's own ROMFS image
-            got = fetch(srv, image, Path(d), firmware=Path(d) / "rel" / "app.romfs")
+            got = fetch(srv, image, Path(d), firmware=Path(d) / "rel" / "app.romfs", romslot=rs)
         if got["rec"]["st"] != "ready" or got["slot_sha256"] != hashlib.sha256(
                 image).hexdigest():
             raise RuntimeError(f"the download did not end verified: {got}")

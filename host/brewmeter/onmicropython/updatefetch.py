@@ -3,7 +3,8 @@
 # written into a staging slot in RAM (esp32.Partition's block protocol), beside a loop that
 # polls every 10 ms as the counting does. For tests and bench figures (brewmeter/bench/
 # update.py); the switch itself is the CPython tests' (no brew ends here: it never comes).
-#   micropython updatefetch.py FIRMWARE STATE_DIR URL PATH KEY_HEX SEQ SIZE SHA256 [AT]
+#   micropython updatefetch.py FIRMWARE STATE_DIR URL PATH KEY_HEX SEQ SIZE SHA256 [AT [ROMSLOT]]
+# ROMSLOT: a folder with the firmware's romslot.mpy (its partitions the slot in RAM here).
 # FIRMWARE: a tree of .py or .mpy files, or the app's ROMFS image (a release's app.romfs),
 # mounted at /rom and imported from there, as on the device (its code runs in place).
 # prints one JSON line: the record at the end, the slot's SHA-256 over SIZE bytes, the
@@ -25,7 +26,11 @@ if fw.endswith(".romfs"):
     vfs.mount(vfs.VfsRom(memoryview(rom)), "/rom")
     fw = "/rom"
 sys.path.insert(0, fw)
-from app import http  # noqa: E402  (loaded by the sync, before any update)
+# What the sync loaded before any offer came: the HTTP client, its sockets, the signing.
+import select  # noqa: E402, F401
+import socket  # noqa: E402, F401
+
+from app import http  # noqa: E402
 from app.journal import DeviceFS, Store  # noqa: E402
 from app.signing import signature  # noqa: E402, F401
 
@@ -57,6 +62,11 @@ class Slots:
 
     def status(self):
         return None
+
+
+class Esp32:
+    def __init__(self, part):
+        self.Partition = lambda label: part
 
 
 class Meter:
@@ -96,7 +106,11 @@ async def poll():
 async def main():
     global base
     slots = Slots()
-    sys.modules["romslot"] = slots
+    if len(sys.argv) > 10:  # the real romslot, compiled, from this folder, loaded as the
+        sys.path.insert(0, sys.argv[10])  # update asks it (esp32.Partition: the slot in RAM)
+        sys.modules["esp32"] = Esp32(slots.part)
+    else:
+        sys.modules["romslot"] = slots
     s = Syncer()
     rec = {"r": "r-1", "u": path, "q": int(seq), "at": at, "st": "downloading" if at else
            "offered", "v": "9.0.0", "n": int(size), "h": digest, "t": 600}
