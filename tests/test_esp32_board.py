@@ -8,7 +8,7 @@ import csv
 import re
 
 import pytest
-from brewmeter import flashfiles
+from brewmeter import flashfiles, unixport
 from brewmeter.emulator.common import DEFAULT_ROM, read_profile
 from brewmeter.onmicropython.norflash import NorFlash
 from brewmeter.profiles import BOARDS, ProfileError, load_profile
@@ -40,9 +40,20 @@ def test_partitions_fit_the_flash_without_overlap():
     assert len(names) == len(parts)  # no name twice
     # What the firmware looks for: vfs.rom_ioctl finds "romfs", flashbdev.py "vfs".
     assert names["romfs"]["type"] == "data" and names["factory"]["type"] == "app"
-    # The same as the emulated board: its ROM partition and its 2 MiB littlefs image.
-    assert names["romfs"]["size"] == read_profile("emulator")[0]["rom_bytes"] == DEFAULT_ROM
-    assert names["vfs"]["size"] == NorFlash(in_ram=True).size
+    # The same as the emulated board: its ROM partition, and the update's two slots of its
+    # size (esp32.Partition, found by label: firmware/romslot.py) where the emulated board
+    # places them; its littlefs image is 2 MiB, the chip's vfs what the slots leave of it.
+    rom = read_profile("emulator")[0]["rom_bytes"]
+    emulated = (unixport.ONMICROPYTHON / "esp32" / "esp32.py").read_text()  # (board-side code)
+    rom_at = int(re.search(r"^_ROM_AT = (0x[0-9A-F]+)$", emulated, re.M)[1], 16)
+    vfs_at = int(re.search(r"^_VFS = \(1, 0x81, (0x[0-9A-F]+)\)$", emulated, re.M)[1], 16)
+    assert names["romfs"]["size"] == rom == DEFAULT_ROM
+    for i, slot in enumerate(("romfs", "romfs_new", "romfs_old")):
+        p = names[slot]
+        assert (p["type"], p["subtype"], p["size"]) == ("data", "0x8f", rom), p
+        assert p["offset"] == rom_at + i * rom
+    assert names["vfs"]["offset"] == vfs_at
+    assert names["vfs"]["size"] == NorFlash(in_ram=True).size - 2 * rom
     # Room for the port's firmware: MicroPython's own 4 MiB ROMFS table gives it 0x1D0000.
     assert names["factory"]["size"] >= 0x1D0000
 
@@ -55,7 +66,7 @@ def test_flash_encryption_covers_the_provisioning_the_counts_and_the_app():
     flagged (NVS has an encryption of its own; neither holds anything of ours)."""
     flags = {p["name"]: p["flags"] for p in partitions()}
     assert flags["vfs"] == "encrypted"
-    assert flags["romfs"] == "encrypted"
+    assert flags["romfs"] == flags["romfs_new"] == flags["romfs_old"] == "encrypted"
     assert flags["nvs"] == flags["phy_init"] == ""
     assert all(f in ("", "encrypted") for f in flags.values())  # ESP-IDF's flags: no typo
 

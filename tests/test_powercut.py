@@ -253,3 +253,24 @@ def test_powercut_prints_each_flash_operation_kind_and_a_pass_line():
                        capture_output=True, text=True, timeout=600)
     assert "flash operation cut" in p.stdout and "boots recovered" in p.stdout
     assert p.stdout.splitlines()[-1].startswith("PASS: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["install", "rollback"])
+def test_a_cut_at_any_flash_operation_of_the_switch_ends_on_a_verified_app(tmp_path, mode):
+    """The update's switch (firmware/romslot.py) on the emulated board's ROM partitions and
+    MicroPython's littlefs, the power cut at each program/erase of the boot that installs a
+    release (romfs -> romfs_old, romfs_new -> romfs, the journal's writes) or rolls one back
+    (romfs_old -> romfs), torn and not: the next boot finishes it, romfs holds the old or
+    the new image whole and /rom serves it, and the counters are those saved before."""
+    results = sweep.slot_sweep(tmp_path, mode)
+    want = ("new", 3) if mode == "install" else ("old", 6)  # romslot.TRIAL, romslot.FAILED
+    for r in results:
+        assert r["cut_happened"] and "error" not in r, r
+        assert (r["rom"], r["s"]) == want and r["serves"] == want[0], r
+        assert r["counts_kept"] and r["why"] is None, r
+    hit = {r["cut_in"] for r in results}
+    copies = {"romfs program", "romfs erase"} | (
+        {"romfs_old program", "romfs_old erase"} if mode == "install" else set())
+    assert copies | {"littlefs"} <= hit, hit
+    assert len(results) >= 2 * (28 if mode == "install" else 12)

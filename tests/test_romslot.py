@@ -74,3 +74,29 @@ def test_a_release_that_never_reports_goes_back_when_its_trial_runs_out(board, t
     assert running(board) == (OLD, {"release": "r-1", "state": "failed",
                                     "reason": "update_trial_failed"})
     assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
+
+
+def test_a_power_cut_in_the_install_on_the_board_ends_on_the_new_app(board, tmp_path):
+    """The board's power cut (control address: after_ops, armed for the next boot) reaches
+    the ROM partitions: cut inside the copy to romfs_old, at about the journal's write
+    between the copies, and inside the copy to romfs (torn), the boot after finishes the
+    install: the new app runs, whole, with the counts. (Every cut point, under MicroPython:
+    tests/test_powercut.py.) Releases of this tree, A as flash.sh deployed it and B, are
+    installed in turn."""
+    a, ma = build(tmp_path, OLD)
+    b, mb = build(tmp_path, "9.0.0")
+    assert board.rom_image.read_bytes()[:ma["size"]] == a.read_bytes()
+    for k, tear, (image, m) in ((7, False, (b, mb)), (66, False, (a, ma)), (80, True, (b, mb))):
+        stage(board, image, m)
+        mark = board.transcript_end()
+        ctl = board.control()
+        ctl.power_cut(after_ops=k, tear=tear, next_boot=True)
+        boots = board.boots
+        ctl.reset()
+        board.wait_output(b"brewmeter ready fw=" + m["version"].encode(), timeout=90,
+                          start=mark)
+        assert board.boots == boots + 2, k  # the cut, then the boot that finished it
+        assert board.command({"cmd": "status"})["reset_cause"] == "PWRON_RESET"
+        assert running(board) == (m["version"], {"release": "r-1", "state": "trial"})
+        assert board.rom_image.read_bytes()[:m["size"]] == image.read_bytes()
+        assert read_counters(board.serial_port, KINDS)["brews_total"] == 1

@@ -22,11 +22,10 @@ class Bus:
             if len(hello) != 2 or hello[0] != b"H" or int(hello[1]) != self._boot_no:
                 return  # a process that is already gone
             self._bus = writer
-            self._boot_cut = None  # (armed for this boot alone)
+            cut, self._boot_cut = self._boot_cut or b"", None  # (armed for this boot alone)
             writer.write(b"".join(b"L %d %d\n" % kv for kv in self._levels.items())
                          + (b"N %d\n" % self._dns_hang_ms if self._dns_hang_ms else b"")
-                         + (self._boot_cut or b"")
-                         + b"K\n")
+                         + cut + b"K\n")
             self._hello()
             while True:
                 line = await reader.readline()

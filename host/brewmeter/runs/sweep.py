@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -309,3 +310,38 @@ def _merge(into: Summary, s: Summary) -> None:
         mine = into.by_op.setdefault(op, dict.fromkeys(k, 0))
         for x, n in k.items():
             mine[x] += n
+
+
+# -- the update's switch (firmware/romslot.py): its copies between the ROM partitions
+
+SLOT_ROM = 16384  # ROM partitions of 4 blocks: the same copies, a faster sweep
+
+
+def slot_images(d: Path) -> tuple[Path, Path]:
+    """Two ROMFS images (mpremote romfs build) serving /rom/v.txt "old" and "new"; the new
+    one spans three blocks, so a copy is cut between blocks as well as inside one."""
+    rng = random.Random(0)
+    out = []
+    for name, pad in (("old", 3000), ("new", 9000)):
+        tree = d / name
+        tree.mkdir()
+        (tree / "v.txt").write_text(name + "\n")
+        (tree / "pad.bin").write_bytes(rng.randbytes(pad))
+        image = d / f"{name}.romfs"
+        subprocess.run([unixport.tool("mpremote"), "romfs", "-o", str(image), "--no-mpy",
+                        "build", str(tree)], check=True, capture_output=True, timeout=60)
+        out.append(image)
+    return out[0], out[1]
+
+
+def slot_sweep(d: Path, mode: str, timeout: float = 600) -> list[dict]:
+    """Run onmicropython/slotcut.py in MODE "install" or "rollback" under the unix port,
+    with the power cut at every program/erase of the boot that switches, torn and not: one
+    dict per cut (see slotcut.py)."""
+    old, new = slot_images(d)
+    base = [str(unixport.ONMICROPYTHON / "slotcut.py"), str(FIRMWARE),
+            str(unixport.ONMICROPYTHON), str(old), str(new), mode, str(SLOT_ROM)]
+    ops = json.loads(unixport.run(base, heap="8M", timeout=timeout))["ops"]
+    cuts = [f"{k}{tear}" for k in range(1, ops + 1) for tear in ("", ":tear")]
+    out = unixport.run(base + cuts, heap="8M", timeout=timeout)
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -30,7 +30,10 @@ class _Rom(_nor.NorFlash):
         _bus._poll()  # an armed cut applies from the next operation on
         self.ops += 1
         f = _bus._flash
-        return f is not None and f._start(kind)
+        if f is not None and f._start(kind):
+            self.cut_op = kind
+            return True
+        return False
 
     def readblocks(self, n, buf, off=0):
         a = n * _B + off
