@@ -14,9 +14,13 @@ import requests
 import schemathesis
 
 DEVICE = os.environ.get("BREWMETER_ST_DEVICE", "bm-st0001")
+# The device that downloads: another, whose key no provisioning case replaces, in a rollout
+# of its own that no rollout case stops.
+DOWNLOADER = os.environ.get("BREWMETER_ST_DOWNLOADER", "bm-st0002")
 KEY = os.environ.get("BREWMETER_ST_KEY", "11" * 32)
 TOKEN = os.environ.get("BREWMETER_ST_TOKEN", "tok")
 REPORT = "/v1/devices/{id}/report"
+IMAGE = "/v1/devices/{id}/releases/{release}/image"  # signed over its Range, as a report
 SIGN_ME = "sign-me"  # what the auth provider sets; the request is signed when it is sent
 
 
@@ -34,6 +38,8 @@ class Signer(requests.auth.AuthBase):
             return r
         body = r.body or b""
         body = body.encode() if isinstance(body, str) else body
+        if r.method == "GET":  # a download's range: the Range header in the body's place
+            body = r.headers.get("Range", "").encode()
         # The header is the body's seq, as a device sends it (the protocol says they are
         # equal, which a schema cannot): so positive cases reach the ledger.
         try:
@@ -55,7 +61,7 @@ class Credentials:
 
     def set(self, case: Any, data: str, ctx: Any) -> None:
         case.headers = case.headers or {}
-        if ctx.operation.path == REPORT:
+        if ctx.operation.path in (REPORT, IMAGE):
             case.headers["X-Brewmeter-Signature"] = SIGN_ME
         else:
             case.headers["Authorization"] = f"Bearer {data}"
@@ -63,13 +69,17 @@ class Credentials:
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    if case.operation.path == REPORT:
+    if case.operation.path in (REPORT, IMAGE):
         kwargs["auth"] = Signer()
+    # No case pauses or stops the downloader's rollout (a link may name it from a list).
+    if case.path_parameters and case.path_parameters.get("rollout") == DOWNLOADS:
+        case.path_parameters["rollout"] = ROLLOUT
 
 
 # The orders test_schemathesis.py leaves waiting for the owner: one for each decision.
 WAITING = {"approve": "coffee-3", "decline": "tablets-2"}
 RELEASE, ROLLOUT = "r-st", "ro-st"  # the release and the rollout test_schemathesis.py made
+DOWNLOADS = "ro-dl"  # ... and the downloader's rollout
 
 
 @schemathesis.hook
@@ -81,11 +91,15 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[s
     from brewmeter.cloud.shared import protocol as P
 
     if path_parameters and P.is_device_id(path_parameters.get("id")):
-        path_parameters["id"] = DEVICE
+        path_parameters["id"] = DOWNLOADER if context.operation.path == IMAGE else DEVICE
     if path_parameters and P.parse_order(path_parameters.get("order")) is not None:
         path_parameters["order"] = WAITING[context.operation.path.rsplit("/", 1)[1]]
     # The rollout test_schemathesis.py made, for every operation on one but the one that
     # makes one (a new id there).
+    # The download asks for the release test_schemathesis.py rolled out to the downloader.
+    if (path_parameters and context.operation.path == IMAGE
+            and P.is_name(path_parameters.get("release"))):
+        path_parameters["release"] = RELEASE
     if (path_parameters and P.is_name(path_parameters.get("rollout"))
             and context.operation.method.upper() != "PUT"):
         path_parameters["rollout"] = ROLLOUT

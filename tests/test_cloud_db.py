@@ -41,11 +41,12 @@ def test_a_ledger_from_before_versions_is_migrated_in_place(tmp_path):
     db = tmp_path / "ledger.db"
     before = _unversioned(db)
     ledger = Ledger(db, now=lambda: OLD_T)
-    assert version(ledger.db) == len(MIGRATIONS) == 2
+    assert version(ledger.db) == len(MIGRATIONS) == 3
     # Every table and row as it was; only schema_version and the later migrations' tables
-    # (2: releases and rollouts) are new.
-    new = ("schema_version", "releases", "rollouts", "rollout_machines", "update_status")
-    table = re.compile(r'(?:CREATE TABLE|INSERT INTO) "?(\w+)')
+    # (2: releases and rollouts; 3: an index of a rollout's machines) are new.
+    new = ("schema_version", "releases", "rollouts", "rollout_machines", "update_status",
+           "rollout_machines_device")
+    table = re.compile(r'(?:CREATE TABLE|CREATE INDEX|INSERT INTO) "?(\w+)')
     assert [x for x in _dump(db) if not ((m := table.match(x)) and m[1] in new)] == before
     assert ledger.device(OLD_DEV)["counters"]["brews_total"] == 7
     assert ledger.invoice(OLD_DEV, date(2026, 3, 1), date(2026, 3, 31))["total_cents"] == 7 * 35
@@ -60,9 +61,9 @@ def test_a_ledger_from_before_versions_is_migrated_in_place(tmp_path):
     assert ledger.events(OLD_DEV) and len(ledger.events(OLD_DEV) or []) == 1
     ledger.close()
     again = Ledger(db)  # migrated once: opening it again applies nothing
-    assert version(again.db) == 2
+    assert version(again.db) == 3
     (n,) = again.db.execute("SELECT count(*) FROM schema_version").fetchone()
-    assert n == 2 and again.device(OLD_DEV)["counters"]["brews_total"] == 8
+    assert n == 3 and again.device(OLD_DEV)["counters"]["brews_total"] == 8
     again.close()
 
 
@@ -71,7 +72,7 @@ def test_a_ledger_from_a_newer_cloud_is_refused_unchanged(ledger_at):
     ledger.db.execute("INSERT INTO schema_version (version, applied) VALUES (99, 0)")
     before = ledger.dump()
     ledger.close()
-    with pytest.raises(SchemaTooNew, match="version 99, this cloud knows up to 2"):
+    with pytest.raises(SchemaTooNew, match="version 99, this cloud knows up to 3"):
         Ledger(ledger_at)
     # Read without migrating: the raw database.
     raw = PostgresDatabase(str(ledger_at)) if is_url(ledger_at) else SqliteDatabase(ledger_at)

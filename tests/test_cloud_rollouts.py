@@ -293,3 +293,203 @@ async def test_the_consoles_rollouts_page_shows_each_rollouts_progress(cloud, ht
     st, out = await call(http, "POST", "/v1/admin/owners", cloud.admin_token, {"name": "al"})
     st, text = await page(out["token"])
     assert st == 403 and 'href="/console/rollouts"' not in text
+
+
+# -- the device's side of the wire: the status in a report, the offer, the download ----------
+
+SEQ0 = 1 << 20  # a device's first seq of its first boot
+
+
+async def send(http, dev: str, seq: int, update: Any = None, key: str = KEY,
+               **more: Any) -> tuple[int, Any]:
+    """A signed report from `dev`, carrying `update` when given."""
+    from brewmeter.cloud import auth
+
+    rep = {"seq": seq, "boot": 1, "uptime_ms": 1000 + seq - SEQ0, "clock": 0,
+           "counters": {"brews_total": seq - SEQ0}, **more}
+    if update is not None:
+        rep["update"] = update
+    path, body, headers = auth.signed_report(dev, key, rep)
+    async with http.post(path, data=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def fetch(http, dev: str, release_id: str, start: int, end: int, key: str = KEY,
+                seq: int = SEQ0, path: str | None = None,
+                **headers: str) -> tuple[int, bytes, Any]:
+    """A signed range of the release's image: (status, body, the reply's headers)."""
+    from brewmeter.cloud import auth
+    from brewmeter.cloud.releases import IMAGE_PATH
+
+    path = path or IMAGE_PATH % (dev, release_id)
+    h = auth.signed_range(key, path, seq, start, end) | headers
+    async with http.get(path, headers=h) as r:
+        return r.status, await r.read(), r.headers
+
+
+async def roll(http, cloud, signed, devices: list[str], stages: list[float] | None = None,
+               rid: str = "ro-dl") -> list[str]:
+    """The release rolled out to `devices`: the machines offered it now."""
+    await upload(http, cloud, signed)
+    st, out = await call(http, "PUT", f"/v1/admin/rollouts/{rid}", cloud.admin_token, {
+        "release": "r-v020", "machines": {"devices": devices},
+        "stages": stages or [1.0]})
+    assert st == 201, out
+    return [m["id"] for m in out["devices"] if m["offered"]]
+
+
+def states(cloud, rid: str = "ro-dl") -> dict[str, str]:
+    return {m["id"]: m["state"] for m in cloud.ledger.releasing.rollout(rid)["devices"]}
+
+
+async def test_a_reports_update_status_is_recorded_and_a_malformed_one_costs_nothing(
+        cloud, http, signed):
+    dev = FLEET[0]
+    await roll(http, cloud, signed, [dev])
+    st, out = await send(http, dev, SEQ0 + 1, {"release": "r-v020", "state": "downloading",
+                                               "at": 65536})
+    assert st == 200 and "update" not in out  # one in hand: no offer
+    assert states(cloud)[dev] == "downloading"
+    assert cloud.ledger.releasing.update_of(dev)["update"]["at"] == 65536
+    # malformed: the report's counts merge all the same, the status is not recorded, the
+    # device is flagged, and (it said it has one in hand) no offer is made
+    for n, bad in enumerate(({"release": "r-v020", "state": "installing"},
+                             {"release": "r/../x", "state": "done"},
+                             {"release": "r-v020", "state": "failed", "reason": "x" * 300},
+                             {"release": "r-v020", "state": "downloading", "at": -1},
+                             "done", [1]), 2):
+        st, out = await send(http, dev, SEQ0 + n, bad)
+        assert st == 200 and "update" not in out, (bad, out)
+        assert cloud.ledger.device(dev)["counters"]["brews_total"] == n
+    assert states(cloud)[dev] == "downloading"
+    flag = {f["kind"]: f for f in cloud.ledger.device(dev)["flags"]}["bad_update_status"]
+    assert flag["count"] == 6 and "update" in flag["reported"]
+    # an older report arriving late does not take the state back
+    st, _ = await send(http, dev, SEQ0 + 20, {"release": "r-v020", "state": "trial"})
+    st, _ = await send(http, dev, SEQ0 + 10, {"release": "r-v020", "state": "verifying"})
+    assert st == 200 and states(cloud)[dev] == "trial"
+    st, _ = await send(http, dev, SEQ0 + 21, {"release": "r-v020", "state": "done"})
+    assert cloud.ledger.releasing.rollout("ro-dl")["state"] == "complete"
+
+
+async def test_the_sync_reply_offers_the_release_while_none_is_in_hand(cloud, http, signed):
+    offered = await roll(http, cloud, signed, FLEET[:4], [0.5, 1.0])
+    later = [d for d in FLEET[:4] if d not in offered]
+    dev = offered[0]
+    st, out = await send(http, dev, SEQ0 + 1)
+    m = json.loads(signed["manifest"])
+    assert st == 200 and out["update"] == {
+        "release": "r-v020", "version": "0.2.0", "size": len(IMAGE), "sha256": m["sha256"],
+        "manifest": signed["manifest"], "signature": signed["signature"],
+        "url": f"/v1/devices/{dev}/releases/r-v020/image"}
+    assert "update" not in (await send(http, later[0], SEQ0 + 1))[1]  # stage 2: not yet
+    assert "update" not in (await send(http, FLEET[9], SEQ0 + 1))[1]  # in no rollout
+    # taken: its reports carry the status, no offer comes with their replies
+    for n, state in enumerate(("offered", "downloading"), 2):
+        assert "update" not in (await send(http, dev, SEQ0 + n, {"release": "r-v020",
+                                                                 "state": state}))[1]
+    # reflashed (its record lost): no update in its report, so it is offered again
+    assert (await send(http, dev, SEQ0 + 5))[1]["update"]["release"] == "r-v020"
+    # a retry of the same report hears the same
+    assert (await send(http, dev, SEQ0 + 5))[1]["update"]["release"] == "r-v020"
+    # paused: nothing offered; resumed: offered again
+    await call(http, "POST", "/v1/admin/rollouts/ro-dl/pause", cloud.admin_token)
+    assert "update" not in (await send(http, dev, SEQ0 + 6))[1]
+    await call(http, "POST", "/v1/admin/rollouts/ro-dl/resume", cloud.admin_token)
+    assert "update" in (await send(http, dev, SEQ0 + 7))[1]
+    # failed (refused, say): never offered that release again
+    await send(http, dev, SEQ0 + 8, {"release": "r-v020", "state": "failed",
+                                     "reason": "update_wrong_board"})
+    assert "update" not in (await send(http, dev, SEQ0 + 9))[1]
+
+
+def test_an_offer_goes_into_the_reply_only_where_it_fits():
+    """ack, seq and config first; the offer (up to about 1,900 bytes) when it fits the
+    device's 4,096 bytes with them, else in a later reply."""
+    from brewmeter.cloud.ledger import CONFIG_MAX, Reply
+    from brewmeter.cloud.shared import protocol as P
+
+    offer = {"release": "r", "manifest": "m" * 1024, "signature": "s" * 344, "url": "/u" * 64}
+    small = Reply(ack=[1], seq=1, config=None, update=offer, orders={"coffee-1": "placed"})
+    assert small.json()["update"] == offer and small.json()["orders"]
+    full = Reply(ack=[P.MAX_INT] * P.MAX_EVENTS, seq=P.MAX_INT,
+                 config={"version": 1, "settings": {"x": "y" * (CONFIG_MAX - 60)}},
+                 update=offer)
+    assert "update" not in full.json() and len(full.encode()) <= P.MAX_REPLY
+
+
+async def test_a_download_in_ranges_is_the_image_and_only_its_devices_get_it(
+        cloud, http, signed):
+    from brewmeter.cloud.releases import MAX_RANGE
+
+    dev, other = (await roll(http, cloud, signed, FLEET[:2], [0.5, 1.0]))[0], FLEET[5]
+    got, start = b"", 0
+    while start < len(IMAGE):
+        st, body, h = await fetch(http, dev, "r-v020", start, start + MAX_RANGE - 1)
+        end = min(start + MAX_RANGE, len(IMAGE)) - 1  # the last range clipped to the end
+        assert st == 206 and h["Content-Range"] == f"bytes {start}-{end}/{len(IMAGE)}"
+        assert len(body) == end - start + 1 and int(h["Content-Length"]) == len(body)
+        assert "Server" not in h  # (lean: no header a device does not read)
+        got, start = got + body, end + 1
+    assert got == IMAGE
+    st, body, _ = await fetch(http, dev, "r-v020", 4096, 8191)  # any range, resumed anywhere
+    assert (st, body) == (206, IMAGE[4096:8192])
+    st, body, h = await fetch(http, dev, "r-v020", len(IMAGE) - 1, len(IMAGE) + 5)
+    assert (st, body, h["Content-Range"]) == (206, IMAGE[-1:], f"bytes {len(IMAGE) - 1}-"
+                                              f"{len(IMAGE) - 1}/{len(IMAGE)}")
+    st, _, h = await fetch(http, dev, "r-v020", len(IMAGE), len(IMAGE) + 10)
+    assert st == 416 and h["Content-Range"] == f"bytes */{len(IMAGE)}"
+    for a, b in ((0, MAX_RANGE), (10, 9)):  # over 65,536 bytes; backwards
+        assert (await fetch(http, dev, "r-v020", a, b))[0] == 400
+    from brewmeter.cloud import auth
+    from brewmeter.cloud.releases import IMAGE_PATH
+
+    path = IMAGE_PATH % (dev, "r-v020")
+    for rng in ("bytes=0-", "bytes=-100", "bytes=0-9,20-29", "items=0-9", ""):
+        h = {"Range": rng, auth.SEQ_HEADER: "1",
+             auth.SIG_HEADER: auth.sign(bytes.fromhex(KEY), "GET", path, 1, rng.encode())}
+        async with http.get(path, headers=h) as r:
+            assert r.status == 400, rng
+    # refused: a wrong signature, another key, the range changed after signing, the path
+    # changed after signing, a device not offered it, a release not offered
+    h = auth.signed_range(KEY, path, SEQ0, 0, 99) | {"Range": "bytes=0-100"}
+    async with http.get(path, headers=h) as r:
+        assert r.status == 401
+    assert (await fetch(http, dev, "r-v020", 0, 99, key="55" * 32))[0] == 401
+    async with http.get(IMAGE_PATH % (other, "r-v020"),
+                        headers=auth.signed_range(KEY, path, SEQ0, 0, 99)) as r:
+        assert r.status == 401  # (signed over another path)
+    assert (await fetch(http, other, "r-v020", 0, 99))[0] == 404  # not in the rollout
+    nxt = [d for d in FLEET[:2] if d != dev][0]
+    assert (await fetch(http, nxt, "r-v020", 0, 99))[0] == 404  # stage 2: not yet
+    assert (await fetch(http, dev, "r-none", 0, 99))[0] == 404
+    # paused: a device with it in hand is served on; stopped: no one
+    await send(http, dev, SEQ0 + 1, {"release": "r-v020", "state": "downloading", "at": 0})
+    await call(http, "POST", "/v1/admin/rollouts/ro-dl/pause", cloud.admin_token)
+    assert (await fetch(http, dev, "r-v020", 0, 99))[0] == 206
+    await call(http, "POST", "/v1/admin/rollouts/ro-dl/stop", cloud.admin_token)
+    assert (await fetch(http, dev, "r-v020", 0, 99))[0] == 404
+
+
+async def test_a_paused_rollout_serves_only_the_devices_with_it_in_hand(cloud, http, signed):
+    a, b = await roll(http, cloud, signed, FLEET[:2])
+    await send(http, a, SEQ0 + 1, {"release": "r-v020", "state": "downloading", "at": 0})
+    await call(http, "POST", "/v1/admin/rollouts/ro-dl/pause", cloud.admin_token)
+    assert (await fetch(http, a, "r-v020", 0, 9))[0] == 206
+    assert (await fetch(http, b, "r-v020", 0, 9))[0] == 404  # never took it
+    await send(http, a, SEQ0 + 2, {"release": "r-v020", "state": "failed",
+                                   "reason": "update_bad_hash"})
+    assert (await fetch(http, a, "r-v020", 0, 9))[0] == 404  # its attempt is over
+
+
+async def test_a_rotated_key_signs_a_download_by_its_id(cloud, http, signed):
+    dev = FLEET[0]
+    await roll(http, cloud, signed, [dev])
+    cloud.ledger.add_device(dev, "66" * 32, "k2", 3600)
+    from brewmeter.cloud import auth
+    from brewmeter.cloud.releases import IMAGE_PATH
+
+    path = IMAGE_PATH % (dev, "r-v020")
+    for key, key_id, want in (("66" * 32, "k2", 206), (KEY, None, 206), ("66" * 32, None, 401)):
+        async with http.get(path, headers=auth.signed_range(key, path, 7, 0, 9, key_id)) as r:
+            assert r.status == want, (key_id, want)

@@ -22,6 +22,7 @@ pytest.importorskip("schemathesis")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV, KEY, TOKEN = "bm-st0001", "5a" * 32, "st-admin-token"
+DOWNLOADER = "bm-st0002"  # the download's device (tests/schemathesis_hooks.py)
 
 
 def admin_get(url: str, path: str) -> dict:
@@ -50,8 +51,9 @@ def orders_waiting(url: str) -> None:
 
 def release_and_rollout(url: str) -> None:
     """A release and a rollout of it to the device, so the rollouts' operations meet one
-    (tests/schemathesis_hooks.py names them). The signature is 256 random bytes: the cloud
-    checks its length alone (devices check the rest)."""
+    (tests/schemathesis_hooks.py names them), and another to the downloader, so the download
+    meets an offered release. The signature is 256 random bytes: the cloud checks its length
+    alone (devices check the rest)."""
     from brewmeter import release
 
     image = os.urandom(3000)
@@ -60,7 +62,9 @@ def release_and_rollout(url: str) -> None:
             "image": base64.b64encode(image).decode()}
     for path, doc in (("/v1/admin/releases/r-st", body),
                       ("/v1/admin/rollouts/ro-st", {"release": "r-st",
-                                                    "machines": {"devices": [DEV]}})):
+                                                    "machines": {"devices": [DEV]}}),
+                      ("/v1/admin/rollouts/ro-dl", {"release": "r-st",
+                                                    "machines": {"devices": [DOWNLOADER]}})):
         req = urllib.request.Request(url + path, data=json.dumps(doc).encode(), method="PUT",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -71,11 +75,13 @@ def release_and_rollout(url: str) -> None:
 def test_the_document_and_the_server_agree(tmp_path, ledger_at):
     from brewmeter.flashfiles import emulator_provision
 
-    (tmp_path / "dev.json").write_text(json.dumps(emulator_provision() | {"device_id": DEV,
-                                                                          "key": KEY}))
+    for name, dev in (("dev.json", DEV), ("downloader.json", DOWNLOADER)):
+        (tmp_path / name).write_text(json.dumps(emulator_provision() | {"device_id": dev,
+                                                                        "key": KEY}))
     cloud = subprocess.Popen(
         [sys.executable, "-m", "brewmeter.cloud", "--port", "0", "--db", str(ledger_at),
-         "--device-file", str(tmp_path / "dev.json")],
+         "--device-file", str(tmp_path / "dev.json"),
+         "--device-file", str(tmp_path / "downloader.json")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "BREWMETER_ADMIN_TOKEN": TOKEN})
     try:
@@ -86,7 +92,8 @@ def test_the_document_and_the_server_agree(tmp_path, ledger_at):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                    [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
                "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "BREWMETER_ST_DEVICE": DEV,
-               "BREWMETER_ST_KEY": KEY, "BREWMETER_ST_TOKEN": TOKEN}
+               "BREWMETER_ST_KEY": KEY, "BREWMETER_ST_TOKEN": TOKEN,
+               "BREWMETER_ST_DOWNLOADER": DOWNLOADER}
         run = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli",
              "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
@@ -99,7 +106,8 @@ def test_the_document_and_the_server_agree(tmp_path, ledger_at):
         out = run.stdout + run.stderr
         print(out[out.rfind("SUMMARY"):])  # cases, failures, time: pytest -rP shows it
         assert run.returncode == 0, out[-6000:]
-        assert "Tested: 29" in out and "29/29" in out  # every operation
+        assert "Tested: 30" in out and "30/30" in out  # every operation
+        assert "returned only 401/403" not in out  # the signed ones signed, the download too
         # Signed reports reached the ledger (signed as the device, accepted), and approve
         # and decline each reached their order.
         device = admin_get(url, f"/v1/devices/{DEV}")

@@ -84,6 +84,16 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "protocol": 1})
 
 
+def signed(request: web.Request, dev: str, body: bytes) -> bool:
+    """Whether the request is signed by device `dev` over `body` (a report's body, a
+    download's Range), with a key it may sign with now (protocol.yaml: "Signing")."""
+    keys = request.app[LEDGER].signing_keys(dev, request.headers.get(P.KEY_HEADER))
+    seq, sig = request.headers.get(auth.SEQ_HEADER), request.headers.get(auth.SIG_HEADER)
+    return seq is not None and sig is not None and any(
+        auth.verify(k, request.method, request.rel_url.raw_path, seq, body, sig)
+        for k in keys)
+
+
 async def report(request: web.Request) -> web.StreamResponse:
     app, dev = request.app, request.match_info["id"]
     worker, faults = app[WORKER], app.get(FAULTS)
@@ -103,14 +113,10 @@ async def report(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body over {MAX_BODY} bytes")
-    keys = app[LEDGER].signing_keys(dev, request.headers.get(P.KEY_HEADER))
-    seq, sig = request.headers.get(auth.SEQ_HEADER), request.headers.get(auth.SIG_HEADER)
-    if (seq is None or sig is None or not any(
-            auth.verify(k, request.method, request.rel_url.raw_path, seq, body, sig)
-            for k in keys)):
+    if not signed(request, dev, body):
         return _error(401, "unknown device, or missing or bad signature")
     try:
-        rep = parse_report(body, seq)
+        rep = parse_report(body, request.headers.get(auth.SEQ_HEADER))
     except BadReport as e:
         return _error(400, str(e))
     levels = app[LEVELS]

@@ -74,6 +74,18 @@ def encode_report(report: dict[str, Any]) -> bytes:
     return json.dumps(report, separators=(",", ":")).encode()
 
 
+def signed_range(key: bytes | str, path: str, seq: int, start: int, end: int,
+                 key_id: str | None = None) -> dict[str, str]:
+    """The headers of a download's range request (GET `path`, Range: bytes=START-END) signed
+    as the device signs it: the Range header's value in the body's place."""
+    if isinstance(key, str):
+        key = parse_key(key)
+    rng = f"bytes={start}-{end}"
+    return {"Range": rng, SEQ_HEADER: str(seq), SIG_HEADER: sign(key, "GET", path, seq,
+                                                                 rng.encode()),
+            **({P.KEY_HEADER: key_id} if key_id else {})}
+
+
 def signed_report(device_id: str, key: bytes | str, report: dict[str, Any] | bytes,
                   seq: int | None = None) -> tuple[str, bytes, dict[str, str]]:
     """(path, body, headers) for POSTing `report` as `device_id`. `seq` defaults to

@@ -23,6 +23,7 @@ from brewmeter.cloud.errors import SeqConflict, UnknownDevice
 from brewmeter.cloud.invoicing import close_months
 from brewmeter.cloud.merchant import Merchant
 from brewmeter.cloud.records import Reply, _brews, _without
+from brewmeter.cloud.releases import ROLLING, Releases
 from brewmeter.cloud.report import Report, parse_report
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.cloud.tables import (
@@ -45,6 +46,7 @@ class Merge:
     def __init__(self, db: Database, now: Callable[[], float] = time.time,
                  merchant: Merchant | None = None) -> None:
         self.db, self.now, self.merchant = db, now, merchant or Merchant()
+        self.releasing = Releases(db, now)  # update statuses, offers
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -80,16 +82,17 @@ class Merge:
     def _apply(self, db: Conn, dev: str, r: Report, now: float) -> Reply:
         row = db.execute("SELECT last_seq, max_boot, desired_version, desired_settings, "
                          "applied_version, rejected_version, conflict_seq, closed_through, "
-                         "created, (SELECT digest FROM reports WHERE device=id AND seq=?) "
-                         "FROM devices WHERE id=?", (r.seq, dev)).fetchone()
+                         "created, (SELECT digest FROM reports WHERE device=id AND seq=?), "
+                         f"{ROLLING} FROM devices WHERE id=?", (r.seq, dev)).fetchone()
         if row is None:
             raise UnknownDevice(dev)
-        last_seq, max_boot, dv, ds, applied, rejected, conflict_seq, through, created, prev = row
+        (last_seq, max_boot, dv, ds, applied, rejected, conflict_seq, through, created, prev,
+         rolling) = row
         if prev is not None:
             if prev != r.digest:
                 raise SeqConflict(r.seq, last_seq)
             return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected,
-                               duplicate=True)
+                               duplicate=True, rolling=rolling)
         if last_seq is not None and r.seq <= last_seq - SEQ_KEEP:
             raise SeqConflict(r.seq, last_seq, pruned=True)
         if conflict_seq is not None and r.seq <= conflict_seq:
@@ -112,6 +115,11 @@ class Merge:
         self._supplies(db, dev, r)
         if newest or r.days:
             self._reconcile(db, dev, int(now // 86400), lifetime)
+        if r.bad_update is not None:  # not recorded; the counts merge all the same
+            self._flag(db, dev, "bad_update_status", "update", r.seq, now,
+                       {"reported": P.cut(r.bad_update)})
+        elif newest and r.update is not None:  # (a late report's is older news)
+            self.releasing.record_status(db, dev, r.update)
         if newest and dv and r.applied is not None and r.applied > dv:
             # The device runs a later version than ours: our data went back (restored from
             # a backup). Versions only move forward: ours goes on above the device's.
@@ -128,7 +136,8 @@ class Merge:
         else:
             db.execute("UPDATE devices SET last_seen=?, reports=reports+1, max_boot=? "
                        "WHERE id=?", (now, max(max_boot, r.boot), dev))
-        return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected)
+        return self._reply(db, dev, r, now, last_seq, dv, ds, applied, rejected,
+                           rolling=rolling)
 
     def _counters(self, db: Conn, dev: str, r: Report, newest: bool,
                   now: float) -> int:
@@ -327,7 +336,7 @@ class Merge:
 
     def _reply(self, db: Conn, dev: str, r: Report, now: float, last_seq: int,
                dv: int, ds: str, applied: int | None, rejected: int | None,
-               duplicate: bool = False) -> Reply:
+               duplicate: bool = False, rolling: bool = False) -> Reply:
         # Send the desired config while the device has not applied it, unless it has already
         # refused that very version (sending it again would only be refused again).
         config = None
@@ -345,5 +354,8 @@ class Merge:
             orders = {o: ours.get(o, "unknown") for o, st in theirs.items()
                       if ours.get(o, "unknown") != st}
         refill = dict(db.execute("SELECT item, cycle FROM refills WHERE device=?", (dev,)))
+        # An update is offered while the device is in a rollout that runs and has none in
+        # hand (a device with one reports its status in every report: no offer each time).
+        update = self.releasing.update_offer(db, dev) if rolling and not r.in_hand else None
         return Reply(ack=r.event_ids, seq=last_seq, config=config, orders=orders,
-                     refill=refill, duplicate=duplicate)
+                     refill=refill, duplicate=duplicate, update=update)

@@ -59,7 +59,12 @@ def _v2(db: Database, c: Conn) -> None:
     _run(db, c, releases.SCHEMA)
 
 
-MIGRATIONS: tuple[Callable[[Database, Conn], None], ...] = (_v1, _v2)
+def _v3(db: Database, c: Conn) -> None:
+    """A device's rollouts by its id: each report asks (releases.ROLLING)."""
+    _run(db, c, releases.INDEX)
+
+
+MIGRATIONS: tuple[Callable[[Database, Conn], None], ...] = (_v1, _v2, _v3)
 
 
 class SchemaTooNew(RuntimeError):

@@ -33,12 +33,15 @@ class Reply:
     orders: dict[str, str] = field(default_factory=dict)  # order id -> the cloud's status
     refill: dict[str, int] = field(default_factory=dict)  # item -> cycle the owner refilled
     duplicate: bool = False  # an idempotent retry: nothing was applied
+    update: dict[str, Any] | None = None  # an UpdateOffer (docs/updates.md)
 
     def json(self, limit: int = P.MAX_REPLY) -> dict[str, Any]:
         """The reply's JSON, encoded (compact) in at most `limit` bytes: `ack`, `seq` and
-        `config` always (bounded by the protocol's limits and by set_config); then as many
-        orders and refills as fit. The rest follow in later replies: the device names its
-        open orders again, and a refill is sent until the device shows a later cycle."""
+        `config` always (bounded by the protocol's limits and by set_config); then the
+        update offered if it fits, then as many orders and refills as fit. The rest follow
+        in later replies: an offer is made while the device has no update in hand, the
+        device names its open orders again, and a refill is sent until the device shows a
+        later cycle."""
         return self._fitted(limit)[0]
 
     def encode(self, limit: int = P.MAX_REPLY) -> bytes:
@@ -47,6 +50,8 @@ class Reply:
     def _fitted(self, limit: int) -> tuple[dict[str, Any], bytes]:
         """json() and its encoding (encoded once when it all fits: every reply but a few)."""
         out: dict[str, Any] = {"ack": self.ack, "seq": self.seq, "config": self.config}
+        if self.update:
+            out["update"] = self.update
         if self.orders:
             out["orders"] = self.orders
         if self.refill:
@@ -55,6 +60,8 @@ class Reply:
         if len(data) <= limit:
             return out, data
         out = {"ack": self.ack, "seq": self.seq, "config": self.config}
+        if self.update and len(_compact({**out, "update": self.update})) <= limit:
+            out["update"] = self.update
         for key, entries in (("orders", self.orders), ("refill", self.refill)):
             part: dict[str, Any] = {}
             for k, v in sorted(entries.items()):

@@ -31,6 +31,7 @@ from brewmeter.cloud.errors import (
     UnknownOwner,
 )
 from brewmeter.cloud.records import _iso
+from brewmeter.cloud.report import FAULT
 from brewmeter.cloud.shared import protocol as P
 
 SCHEMA = """
@@ -55,6 +56,18 @@ CREATE TABLE IF NOT EXISTS update_status (
     reason TEXT, seen REAL NOT NULL,
     PRIMARY KEY (device, release)) WITHOUT ROWID;
 """
+# Migration 3: a device's rollouts found by its id (each report asks whether it is in one).
+INDEX = "CREATE INDEX IF NOT EXISTS rollout_machines_device ON rollout_machines (device)"
+
+# The download (docs/updates.md): the image's path (% device, release), the most bytes one
+# range may ask (the device streams it through its 4 KiB buffer into flash).
+IMAGE_PATH = "/v1/devices/%s/releases/%s/image"
+MAX_RANGE = 65536
+IN_HAND = frozenset({"offered", "downloading", "verifying", "trial"})
+# Whether a device is in a rollout that runs: one indexed look-up, a subquery of the report's
+# first statement (no round trip of its own), so a report costs nothing more while none runs.
+ROLLING = ("EXISTS (SELECT 1 FROM rollout_machines m JOIN rollouts r ON r.id=m.rollout "
+           "WHERE m.device=devices.id AND r.control='running' AND r.halted=0)")
 
 MAX_MANIFEST = 1024
 MAX_IMAGE = 1 << 20  # over any board's ROM slot; the device refuses one over its own
@@ -62,7 +75,6 @@ SIGNATURE_BYTES = 256  # RSA-2048
 MAX_TRIAL_S = 7 * 86400
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-FAULT = re.compile(r"update_[a-z_]{1,40}")
 TARGETS = ("percent", "devices", "owner")
 MAX_LISTED = 10_000  # machines a rollout may list by id
 DEFAULT_STAGES = [0.01, 0.1, 1.0]
@@ -75,6 +87,15 @@ class UnknownRelease(Unknown):
 
 class UnknownRollout(Unknown):
     what = "rollout"
+
+
+class NotOffered(Refused):
+    """The release is not (or no longer) offered to this device (HTTP 404)."""
+
+    status = 404
+
+    def __init__(self, device_id: str, release_id: str) -> None:
+        super().__init__(None, f"release {release_id} is not offered to {device_id}")
 
 
 class BadRelease(Refused):
@@ -366,22 +387,69 @@ class Releases:
     def offer_for(self, device_id: str) -> dict[str, Any] | None:
         """The release the device is offered now (its rollout running, the device in its
         current stage and not finished), with its manifest and signature: what a sync
-        reply's UpdateOffer will carry. None: nothing."""
+        reply's UpdateOffer carries. None: nothing."""
         with self.db.read() as c:
-            for (rid,) in c.execute(
-                    "SELECT r.id FROM rollouts r JOIN rollout_machines m ON m.rollout=r.id "
-                    "WHERE m.device=? AND r.halted=0 AND r.control='running' ORDER BY r.id",
-                    (device_id,)).fetchall():
-                r, states = self._load(c, rid)
-                if device_id in R.decide(r, states).offer:
-                    (release,) = c.execute("SELECT release FROM rollouts WHERE id=?",
-                                           (rid,)).fetchone()
-                    out = self._release(c, release)
-                    out["manifest"], out["signature"] = c.execute(
-                        "SELECT manifest, signature FROM releases WHERE id=?",
-                        (release,)).fetchone()
-                    return {"rollout": rid, **out}
+            return self.offer(c, device_id)
+
+    def offer(self, c: Conn, device_id: str) -> dict[str, Any] | None:
+        """offer_for(), within the transaction `c`."""
+        for rid, release in c.execute(
+                "SELECT r.id, r.release FROM rollouts r JOIN rollout_machines m "
+                "ON m.rollout=r.id WHERE m.device=? AND r.halted=0 AND r.control='running' "
+                "ORDER BY r.id", (device_id,)).fetchall():
+            r, states = self._load(c, rid)
+            if device_id in R.decide(r, states).offer:
+                out = self._release(c, release)
+                out["manifest"], out["signature"] = c.execute(
+                    "SELECT manifest, signature FROM releases WHERE id=?",
+                    (release,)).fetchone()
+                return {"rollout": rid, **out}
         return None
+
+    def update_offer(self, c: Conn, device_id: str) -> dict[str, Any] | None:
+        """The sync reply's UpdateOffer for the device, within the report's transaction `c`;
+        None: nothing offered."""
+        o = self.offer(c, device_id)
+        if o is None:
+            return None
+        return {"release": o["id"], "version": o["version"], "size": o["size"],
+                "sha256": o["sha256"], "manifest": o["manifest"],
+                "signature": o["signature"], "url": IMAGE_PATH % (device_id, o["id"])}
+
+    def _serves(self, c: Conn, device_id: str, release_id: str) -> bool:
+        """Whether the device may download the release: offered it now, or with it in hand
+        (a status reported for it, not finished) in a rollout that is paused."""
+        o = self.offer(c, device_id)
+        if o is not None:
+            return o["id"] == release_id
+        row = c.execute("SELECT state FROM update_status WHERE device=? AND release=?",
+                        (device_id, release_id)).fetchone()
+        if row is None or row[0] not in IN_HAND:
+            return False
+        for (rid,) in c.execute(
+                "SELECT r.id FROM rollouts r JOIN rollout_machines m ON m.rollout=r.id "
+                "WHERE m.device=? AND r.release=? AND r.halted=0 AND r.control='paused'",
+                (device_id, release_id)).fetchall():
+            if R.decide(*self._load(c, rid)).state == "paused":
+                return True
+        return False
+
+    def image_range(self, device_id: str, release_id: str, start: int,
+                    end: int) -> tuple[bytes, int]:
+        """(the image's bytes start..end, clipped to its end; its size) of a release the
+        device may download (_serves), else NotOffered. Nothing when `start` is at or past
+        the size (the caller answers 416)."""
+        with self.db.read() as c:
+            if not P.is_name(release_id) or not self._serves(c, device_id, release_id):
+                raise NotOffered(device_id, release_id)
+            (size,) = c.execute("SELECT size FROM releases WHERE id=?",
+                                (release_id,)).fetchone()
+            if start >= size:
+                return b"", size
+            (data,) = c.execute("SELECT substr(image, ?, ?) FROM releases WHERE id=?",
+                                (start + 1, min(end, size - 1) - start + 1,
+                                 release_id)).fetchone()
+            return bytes(data), size
 
     def update_of(self, device_id: str) -> dict[str, Any]:
         """What the machine runs and its newest update state: what its owner may read.

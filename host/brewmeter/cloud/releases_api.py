@@ -4,19 +4,24 @@ reads what their machines run and their update state. Every change is in the aud
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import re
 from typing import Any
 
 from aiohttp import web
 
-from brewmeter.cloud import roles
+from brewmeter.cloud import auth, roles
+from brewmeter.cloud.api import FAULTS, WORKER, _drop, _error, signed
 from brewmeter.cloud.errors import Refused
 from brewmeter.cloud.releases import (
     DEFAULT_MAX_FAILURE_RATE,
     DEFAULT_STAGES,
+    IMAGE_PATH,
     MAX_IMAGE,
     MAX_MANIFEST,
+    MAX_RANGE,
     BadRelease,
 )
 from brewmeter.cloud.report import loads
@@ -115,6 +120,53 @@ async def get_update(request: web.Request) -> web.Response:
                                                      dev))
 
 
+RANGE = re.compile(r"bytes=([0-9]{1,10})-([0-9]{1,10})")  # one range, both ends given
+
+
+async def get_image(request: web.Request) -> web.StreamResponse:
+    """GET /v1/devices/{id}/releases/{release}/image with Range: bytes=START-END, signed by
+    the device as a report is, over the Range header's value in the body's place: 206 and
+    those bytes (END clipped to the image's end), 416 from START at or past its size, 400
+    for another Range or one over MAX_RANGE bytes, 401 unsigned, 404 not offered to it. The
+    injected faults (faults.py) apply as to a report; `garbage` flips the first byte."""
+    app, dev = request.app, request.match_info["id"]
+    faults = app.get(FAULTS)
+    fault = faults.draw(dev, request.headers.get(auth.SEQ_HEADER)) if faults else None
+    if fault in ("drop_before", "drop_after"):
+        _drop(request)
+    if fault and fault.startswith("error_"):
+        assert faults is not None
+        return _error(int(fault[-3:]), "injected fault",
+                      headers={"Retry-After": str(faults.retry_after_s)})
+    if fault == "restart":
+        await app[WORKER].restart()
+    elif fault == "delay":
+        assert faults is not None
+        await asyncio.sleep(faults.delay_s)
+    rng = request.headers.get("Range", "")
+    if not signed(request, dev, rng.encode("utf-8", "surrogateescape")):
+        return _error(401, "unknown device, or missing or bad signature")
+    m = RANGE.fullmatch(rng)
+    if m is None or not 0 <= int(m[2]) - int(m[1]) < MAX_RANGE:
+        return _error(400, f"Range: expected bytes=START-END, at most {MAX_RANGE} bytes")
+    start = int(m[1])
+    data, size = await app[WORKER].call(app[LEDGER].releasing.image_range, dev,
+                                        request.match_info["release"], start, int(m[2]))
+    if not data:
+        return _error(416, f"the image has {size} bytes", headers={
+            "Content-Range": f"bytes */{size}"})
+    if fault == "garbage":
+        data = bytes([data[0] ^ 0xFF]) + data[1:]
+    headers = {"Content-Range": f"bytes {start}-{start + len(data) - 1}/{size}"}
+    if fault == "truncate":
+        resp = web.StreamResponse(status=206, headers=headers)
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[:len(data) // 2])
+        _drop(request)
+    return web.Response(status=206, body=data, headers=headers)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_put("/v1/admin/releases/{release}", put_release)
@@ -125,3 +177,4 @@ def add_routes(app: web.Application) -> None:
     for action in ("pause", "resume", "stop"):
         r.add_post(f"/v1/admin/rollouts/{{rollout}}/{action}", control_rollout)
     r.add_get("/v1/devices/{id}/update", get_update)
+    r.add_get(IMAGE_PATH % ("{id}", "{release}"), get_image)

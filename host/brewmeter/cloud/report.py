@@ -24,6 +24,9 @@ MAX_DAY = 200_000  # year 2517: a day number no parser trips on (the ledger bill
 # protocol.DAY_AHEAD days past its own clock: see Ledger._days)
 
 NAME = re.compile(f"[{re.escape(P.NAME_CHARS)}]{{1,{P.MAX_NAME}}}")
+# A report's UpdateStatus (docs/updates.md): its states, and a fault code as its reason.
+UPDATE_STATES = ("offered", "downloading", "verifying", "trial", "done", "failed")
+FAULT = re.compile(r"update_[a-z_]{1,40}")
 SUPPLY_FIELDS = {"cycle": MAX_INT, "pct": 100, "days": MAX_INT}  # field -> maximum
 
 
@@ -60,6 +63,15 @@ class Report:
     orders: dict[str, str] = field(default_factory=dict)  # open order id -> device's status
     # item -> the fields it carries ({"cycle", "pct", "days"}; days None: no forecast)
     supplies: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    # The update the device has in hand (an UpdateStatus, checked), None: none; bad_update:
+    # why the one it sent is not one (it is not recorded, and the counts merge all the same).
+    update: dict[str, Any] | None = None
+    bad_update: str | None = None
+
+    @property
+    def in_hand(self) -> bool:
+        """Whether the device said it has an update in hand (even in a malformed status)."""
+        return self.update is not None or self.bad_update is not None
 
     @property
     def event_ids(self) -> list[int]:
@@ -208,6 +220,29 @@ def _config(c: Any) -> tuple[int | None, tuple[int, str] | None]:
     return applied, (_int(rej.get("version"), "config.rejected.version", 1), reason)
 
 
+def update_status(u: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the UpdateStatus `u` as kept, None), or (None, why it is not one). Never raises: a
+    status the cloud cannot read must not cost the report its counts."""
+    if not isinstance(u, dict):
+        return None, "update: expected an object"
+    release, state = u.get("release"), u.get("state")
+    if not isinstance(release, str) or not NAME.fullmatch(release):
+        return None, "update.release: expected a release id"
+    if state not in UPDATE_STATES:
+        return None, f"update.state: expected one of {', '.join(UPDATE_STATES)}"
+    out: dict[str, Any] = {"release": release, "state": state}
+    at, reason = u.get("at"), u.get("reason")
+    if at is not None:
+        if type(at) is not int or not 0 <= at <= MAX_INT:
+            return None, f"update.at: expected an integer in [0, {MAX_INT}]"
+        out["at"] = at
+    if reason is not None:
+        if not isinstance(reason, str) or not FAULT.fullmatch(reason):
+            return None, "update.reason: expected a fault code (update_...)"
+        out["reason"] = reason
+    return out, None
+
+
 def _number(text: str) -> int | float:
     x = float(text)
     return int(x) if x.is_integer() else x  # 5.0 is the JSON integer 5
@@ -266,10 +301,12 @@ def parse_report(body: bytes, seq_header: str | None = None) -> Report:
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
         raise BadReport(f"events: expected a list of at most {MAX_EVENTS} events")
     applied, rejected = _config(d.get("config"))
+    update, bad_update = (None, None) if d.get("update") is None else update_status(
+        d["update"])
     return Report(
         seq=seq, digest=hashlib.sha256(body).digest(), fw=fw, boot=boot, uptime_ms=uptime_ms,
         clock=clock, counters=flatten(d.get("counters"), "counters"),
         days=[_bucket(b, i) for i, b in enumerate(days)],
         events=[_event(e, i) for i, e in enumerate(events)],
         applied=applied, rejected=rejected, orders=_orders(d.get("orders", {})),
-        supplies=_supplies(d.get("supplies", {})))
+        supplies=_supplies(d.get("supplies", {})), update=update, bad_update=bad_update)

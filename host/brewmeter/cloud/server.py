@@ -97,6 +97,9 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
         if shown[0] != (second := int(ledger.now() // 1)):
             shown[:] = second, formatdate(second, usegmt=True)
         resp.headers["Date"] = shown[1]
+        # aiohttp's "Server: Python/3.x aiohttp/3.x": no client reads it, and every reply
+        # byte is a device's (a download's range replies add up): not sent.
+        resp.headers.popall("Server", None)
 
     app.on_response_prepare.append(date_header)
     r = app.router
