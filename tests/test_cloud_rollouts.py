@@ -319,7 +319,7 @@ async def fetch(http, dev: str, release_id: str, start: int, end: int, key: str 
                 **headers: str) -> tuple[int, bytes, Any]:
     """A signed range of the release's image: (status, body, the reply's headers)."""
     from brewmeter.cloud import auth
-    from brewmeter.cloud.releases import IMAGE_PATH
+    from brewmeter.cloud.offers import IMAGE_PATH
 
     path = path or IMAGE_PATH % (dev, release_id)
     h = auth.signed_range(key, path, seq, start, end) | headers
@@ -420,7 +420,7 @@ def test_an_offer_goes_into_the_reply_only_where_it_fits():
 
 async def test_a_download_in_ranges_is_the_image_and_only_its_devices_get_it(
         cloud, http, signed):
-    from brewmeter.cloud.releases import MAX_RANGE
+    from brewmeter.cloud.offers import MAX_RANGE
 
     dev, other = (await roll(http, cloud, signed, FLEET[:2], [0.5, 1.0]))[0], FLEET[5]
     got, start = b"", 0
@@ -442,7 +442,7 @@ async def test_a_download_in_ranges_is_the_image_and_only_its_devices_get_it(
     for a, b in ((0, MAX_RANGE), (10, 9)):  # over 65,536 bytes; backwards
         assert (await fetch(http, dev, "r-v020", a, b))[0] == 400
     from brewmeter.cloud import auth
-    from brewmeter.cloud.releases import IMAGE_PATH
+    from brewmeter.cloud.offers import IMAGE_PATH
 
     path = IMAGE_PATH % (dev, "r-v020")
     for rng in ("bytes=0-", "bytes=-100", "bytes=0-9,20-29", "items=0-9", ""):
@@ -487,7 +487,7 @@ async def test_a_rotated_key_signs_a_download_by_its_id(cloud, http, signed):
     await roll(http, cloud, signed, [dev])
     cloud.ledger.add_device(dev, "66" * 32, "k2", 3600)
     from brewmeter.cloud import auth
-    from brewmeter.cloud.releases import IMAGE_PATH
+    from brewmeter.cloud.offers import IMAGE_PATH
 
     path = IMAGE_PATH % (dev, "r-v020")
     for key, key_id, want in (("66" * 32, "k2", 206), (KEY, None, 206), ("66" * 32, None, 401)):

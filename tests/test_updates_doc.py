@@ -1,7 +1,7 @@
-"""The planned update protocol (docs/protocol.yaml's UpdateOffer, ReleaseManifest and
-UpdateStatus, docs/updates.md) against what is built: the manifests `./brewmeter release`
-makes, the firmware's refusal codes and bounds; and it stays out of what backends are checked
-against until it is served."""
+"""The update protocol (docs/protocol.yaml's UpdateOffer, ReleaseManifest and UpdateStatus,
+the download; docs/updates.md) against what is built: the manifests `./brewmeter release`
+makes, the firmware's refusal codes and bounds, the cloud's range limit; and it is among
+what backends are checked against."""
 
 from __future__ import annotations
 
@@ -58,10 +58,14 @@ def test_every_refusal_the_firmware_gives_is_a_documented_reason():
         _validator("UpdateStatus").validate(ex)
 
 
-def test_the_planned_download_is_not_among_the_served_paths():
-    planned = DOC["x-planned"]["paths"]
-    assert set(planned).isdisjoint(DOC["paths"])
-    text = planned["/v1/devices/{id}/releases/{release}/image"]["get"]["description"]
-    assert "At most 4096 bytes per range" in text
-    assert "update" not in SCHEMAS["ReportReply"]["properties"]  # no reply offers one yet
-    assert "update" not in SCHEMAS["Report"]["properties"]
+def test_the_download_is_served_as_documented():
+    from brewmeter.cloud.offers import IMAGE_PATH, MAX_RANGE
+
+    assert "x-planned" not in DOC
+    get = DOC["paths"][IMAGE_PATH % ("{id}", "{release}")]["get"]
+    assert f"at most {MAX_RANGE} bytes" in get["description"]
+    assert set(get["responses"]) == {"206", "400", "401", "404", "416", "429", "503"}
+    assert SCHEMAS["ReportReply"]["properties"]["update"]["$ref"].endswith("/UpdateOffer")
+    assert "UpdateStatus" in SCHEMAS["Report"]["properties"]["update"]["description"]
+    table = (ROOT / "docs" / "updates.md").read_text()
+    assert f"| one range | at most {MAX_RANGE:,} bytes" in table

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import date
+from email.utils import formatdate
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -273,6 +274,23 @@ async def get_invoice(request: web.Request) -> web.Response:
 
 
 BUSY_RETRY_S = 2
+
+
+def reply_headers(now: Callable[[], float]) -> Callable[[web.Request, web.StreamResponse],
+                                                      Awaitable[None]]:
+    """The hook that finishes each reply's headers as it is prepared: the Date devices
+    cross-check their clock against, from `now` (the ledger's clock: the harness runs it
+    virtual), formatted once a second, not per reply; and no Server (aiohttp's "Python/3.x
+    aiohttp/3.x": no client reads it, and a device pays every byte of a reply)."""
+    shown: list[Any] = [None, ""]  # (second, its Date)
+
+    async def hook(_: web.Request, resp: web.StreamResponse) -> None:
+        if shown[0] != (second := int(now() // 1)):
+            shown[:] = second, formatdate(second, usegmt=True)
+        resp.headers["Date"] = shown[1]
+        resp.headers.popall("Server", None)
+
+    return hook
 
 
 @web.middleware

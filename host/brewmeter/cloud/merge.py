@@ -22,8 +22,9 @@ from brewmeter.cloud.db import Conn, Database
 from brewmeter.cloud.errors import SeqConflict, UnknownDevice
 from brewmeter.cloud.invoicing import close_months
 from brewmeter.cloud.merchant import Merchant
+from brewmeter.cloud.offers import ROLLING
 from brewmeter.cloud.records import Reply, _brews, _without
-from brewmeter.cloud.releases import ROLLING, Releases
+from brewmeter.cloud.releases import Releases
 from brewmeter.cloud.report import Report, parse_report
 from brewmeter.cloud.shared import protocol as P
 from brewmeter.cloud.tables import (

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from brewmeter.cloud import owners, releases, tables
+from brewmeter.cloud import offers, owners, releases, tables
 from brewmeter.cloud.db import Conn, Database, PostgresDatabase, SqliteDatabase, is_url
 
 LOCK_KEY = 0x62726577  # pg_advisory_xact_lock's key for migrating ("brew")
@@ -60,8 +60,8 @@ def _v2(db: Database, c: Conn) -> None:
 
 
 def _v3(db: Database, c: Conn) -> None:
-    """A device's rollouts by its id: each report asks (releases.ROLLING)."""
-    _run(db, c, releases.INDEX)
+    """A device's rollouts by its id: each report asks (offers.ROLLING)."""
+    _run(db, c, offers.INDEX)
 
 
 MIGRATIONS: tuple[Callable[[Database, Conn], None], ...] = (_v1, _v2, _v3)

@@ -15,13 +15,12 @@ from aiohttp import web
 from brewmeter.cloud import auth, roles
 from brewmeter.cloud.api import FAULTS, WORKER, _drop, _error, signed
 from brewmeter.cloud.errors import Refused
+from brewmeter.cloud.offers import IMAGE_PATH, MAX_RANGE
 from brewmeter.cloud.releases import (
     DEFAULT_MAX_FAILURE_RATE,
     DEFAULT_STAGES,
-    IMAGE_PATH,
     MAX_IMAGE,
     MAX_MANIFEST,
-    MAX_RANGE,
     BadRelease,
 )
 from brewmeter.cloud.report import loads

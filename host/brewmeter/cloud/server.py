@@ -16,7 +16,6 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -54,6 +53,7 @@ from brewmeter.cloud.api import (  # noqa: F401 - re-exported
     provision,
     put_config,
     put_plan,
+    reply_headers,
     report,
 )
 from brewmeter.cloud.db import is_url, shown
@@ -89,19 +89,7 @@ def make_app(ledger: Ledger, admin_token: str, faults: Faults | None = None,
 
     app.on_cleanup.append(close_worker)
 
-    shown: list[Any] = [None, ""]  # (second, its Date): formatted once a second, not per reply
-
-    async def date_header(_: web.Request, resp: web.StreamResponse) -> None:
-        # The Date devices cross-check their clock against: the ledger's clock (the
-        # harness runs it virtual), not the host's.
-        if shown[0] != (second := int(ledger.now() // 1)):
-            shown[:] = second, formatdate(second, usegmt=True)
-        resp.headers["Date"] = shown[1]
-        # aiohttp's "Server: Python/3.x aiohttp/3.x": no client reads it, and every reply
-        # byte is a device's (a download's range replies add up): not sent.
-        resp.headers.popall("Server", None)
-
-    app.on_response_prepare.append(date_header)
+    app.on_response_prepare.append(reply_headers(ledger.now))
     r = app.router
     r.add_get(P.HEALTH_PATH, health)
     r.add_post(P.REPORT_PATH % "{id}", report)
