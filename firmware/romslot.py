@@ -134,6 +134,15 @@ def boot():
             if _hash(rom, whole, buf) != j["o"]:
                 j["why"] = "update_flash_failed"
         _save(j)
+    if j["s"] == TRIAL:  # counted first: whatever fails below, this boot was a try
+        j["n"] = j.get("n", 0) + 1
+        _save(j)
+        import machine
+
+        # No acknowledged report in trial_s: reset, and the boot count decides.
+        _timer = machine.Timer(_TIMER)
+        _timer.init(mode=machine.Timer.ONE_SHOT, period=j["trial_s"] * 1000,
+                    callback=lambda t: machine.reset())
     if rom is not None:
         import vfs
 
@@ -146,15 +155,6 @@ def boot():
             from app import replwatch
 
             replwatch.arm()
-    if j["s"] == TRIAL:
-        j["n"] = j.get("n", 0) + 1
-        _save(j)
-        import machine
-
-        # No acknowledged report in trial_s: reset, and the boot count decides.
-        _timer = machine.Timer(_TIMER)
-        _timer.init(mode=machine.Timer.ONE_SHOT, period=j["trial_s"] * 1000,
-                    callback=lambda t: machine.reset())
     return True
 
 

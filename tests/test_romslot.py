@@ -13,7 +13,7 @@ import pytest
 from brewmeter.emulator.board import Board
 from brewmeter.fieldtech import READY
 from brewmeter.runs.demo import read_counters
-from brewmeter.runs.slots import OLD, boots_back, build, flashed, running, stage
+from brewmeter.runs.slots import OLD, boots_back, build, flashed, mpremote, running, stage
 
 pytestmark = [pytest.mark.board, pytest.mark.slow]
 
@@ -100,3 +100,22 @@ def test_a_power_cut_in_the_install_on_the_board_ends_on_the_new_app(board, tmp_
         assert running(board) == (m["version"], {"release": "r-1", "state": "trial"})
         assert board.rom_image.read_bytes()[:m["size"]] == image.read_bytes()
         assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
+
+
+def test_a_locked_machine_whose_new_app_package_fails_to_import_goes_back(board, tmp_path):
+    """The device's own path: a locked machine resets at once when the app fails to import,
+    here the app package itself (boot.py cannot arm the REPL watch either, nor can romslot
+    again after the copy): each such boot is counted before anything of the new ROM is
+    imported, and the third runs the old app."""
+    image, m = build(tmp_path, "9.0.3", init_head="raise ImportError('no app here')\n")
+    stage(board, image, m)
+    mpremote(board, "exec", "import json\nwith open('/provision.json') as f:\n"
+             "    d = json.load(f)\nd['lock'] = True\nwith open('/provision.json', 'w') as f:\n"
+             "    json.dump(d, f)")
+    first, mark = board.boots + 1, board.transcript_end()
+    board.control().reset()
+    board.wait_output(b"brewmeter ready fw=" + OLD.encode(), timeout=60, start=mark)
+    assert board.boots - first + 1 == 3
+    said = board.transcript(mark)
+    assert said.count(b"no app here") >= 2 and b"brewmeter ready fw=9.0.3" not in said
+    assert board.rom_image.read_bytes() == board.slot_images["romfs_old"].read_bytes()

@@ -42,14 +42,16 @@ print('SWITCHED', b)
 """
 
 
-def build(tmp: Path, version: str, trial_s: int = 600, run_head: str = "") -> tuple[Path, dict]:
-    """A release of this tree with VERSION `version` and `run_head` put first in app/run.py,
-    built by the host's release code in `tmp`: (its image, its manifest)."""
+def build(tmp: Path, version: str, trial_s: int = 600, run_head: str = "",
+          init_head: str = "") -> tuple[Path, dict]:
+    """A release of this tree with VERSION `version`, `run_head` put first in app/run.py and
+    `init_head` in app/__init__.py, built by the host's release code in `tmp`: (its image,
+    its manifest)."""
     tree = tmp / f"fw-{version}"
     shutil.copytree(FIRMWARE, tree)
     init = tree / "app" / "__init__.py"
-    init.write_text(re.sub(r'^VERSION = ".*"$', f'VERSION = "{version}"', init.read_text(),
-                           flags=re.M))
+    init.write_text(init_head + re.sub(r'^VERSION = ".*"$', f'VERSION = "{version}"',
+                                       init.read_text(), flags=re.M))
     run = tree / "app" / "run.py"
     run.write_text(run_head + run.read_text())
     image, man = release.build(tmp / f"rel-{version}", ["emulator"], trial_s, tree)
