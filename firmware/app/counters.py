@@ -18,8 +18,13 @@ FORMAT = const(3)  # bumped when a layout changes; older formats are migrated on
 # Per-cause reset counts are 16-bit and saturate (see Meter.boot). Format 3 added the day
 # buckets at the end; format 2 lacked them; format 1 (the first firmware's) had 32-bit stuck
 # and reset counts and 64-bit pump times in ms.
-_V2 = "<%dIIHIIII%dHBHIIIII" % (MAX_INPUTS, len(RESET_CAUSES))
-_LAYOUTS = {3: _V2 + "HHHHHH", 2: _V2, 1: "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))}
+# (Made when packed or unpacked: a table of them would be objects held on the heap for good.)
+def _layout(fmt):
+    if fmt == 1:
+        return "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
+    if fmt != 2 and fmt != 3:
+        raise KeyError(fmt)
+    return "<%dIIHIIII%dHBHIIIII%s" % (MAX_INPUTS, len(RESET_CAUSES), "HHHHHH" * (fmt - 2))
 
 
 class Counters:
@@ -53,7 +58,7 @@ class Counters:
 
 def pack_counters(c):
     return struct.pack(
-        _LAYOUTS[FORMAT], *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml,
+        _layout(FORMAT), *c.brews, c.rinses, c.stuck_runs, c.water_ml, c.idle_ml,
         c.pump_ms // 10, c.boots, *c.resets, c.last_reset, c.filters, c.filter_ml,
         c.filter_pump_ms // 10, c.filter_brews, c.filter_fit_wall, c.filter_powered_s,
         c.day, min(c.day_brews, 0xFFFF), c.prev_day, min(c.prev_brews, 0xFFFF),
@@ -62,7 +67,7 @@ def pack_counters(c):
 
 def unpack_counters(data, fmt=FORMAT):
     """Counters from a payload of format `fmt` (older formats migrate on the way in)."""
-    v = struct.unpack(_LAYOUTS[fmt], data)
+    v = struct.unpack(_layout(fmt), data)
     c = Counters()
     n = MAX_INPUTS
     c.brews = list(v[:n])
