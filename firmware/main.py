@@ -25,6 +25,7 @@ else:
         import romslot
 
         romslot.boot()
+        del romslot  # held by sys.modules alone, until romslot.reported() lets it go
     except Exception as e:  # noqa: BLE001 - the app starts whatever this did
         print("brewmeter: update:", e)
 try:

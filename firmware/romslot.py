@@ -189,3 +189,4 @@ def reported():
     if _j and _j["s"] in (DONE, FAILED):
         os.remove(PATH)
         _j = None
+        sys.modules.pop("romslot", None)  # freed with its last holder (app/update.py)

@@ -52,6 +52,17 @@ def test_a_release_written_to_romfs_new_is_installed_at_the_next_boot(board, tmp
     assert rom[:m["size"]] == image.read_bytes()
     old = board.slot_images["romfs_old"].read_bytes()
     assert old != rom and old[:4] == rom[:4]  # both ROMFS images
+    # The trial passed (the app's first acknowledged report), done reported: the update is
+    # over, and the next boot runs the new app with no journal.
+    out = mpremote(board, "exec", "import os, romslot\nromslot.status()\nromslot.passed()\n"
+                   "print('S1', romslot.status())\nromslot.reported()\n"
+                   "print('S2', romslot.status(), 'slot.json' in os.listdir('/'))")
+    assert "S1 {'release': 'r-1', 'state': 'done'}" in out.replace('"', "'"), out
+    assert "S2 None False" in out, out
+    mark = board.transcript_end()
+    board.control().reset()
+    board.wait_output(b"brewmeter ready fw=9.0.0", timeout=60, start=mark)
+    assert running(board) == ("9.0.0", None)
 
 
 def test_a_release_whose_app_crashes_at_boot_goes_back_within_3_boots(board, tmp_path):

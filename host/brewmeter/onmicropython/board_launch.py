@@ -2,7 +2,8 @@
 # host/brewmeter/emulator/process.py as
 #   micropython -X heapsize=N -i board_launch.py IMAGE BUS_PORT BOOT_NO CAUSE RAW UID RTC ROM
 # It does what ports/esp32/main.c and modules/_boot.py do: mount the ROM partition (ROM bytes,
-# kept in IMAGE.rom; 0: none) at /rom when it holds a ROMFS image (py/runtime.c), mount the
+# kept in IMAGE.rom, beside the update's slots IMAGE.romfs_new and IMAGE.romfs_old, all three
+# esp32.Partition's; 0: none) at /rom when it holds a ROMFS image (py/runtime.c), mount the
 # littlefs "vfs" partition at / (modules/inisetup.py formats it only when blank), run boot.py,
 # then main.py unless the REPL was in raw mode, then leave to the REPL (`-i`: the unix
 # port's own pyexec REPL, raw
