@@ -54,6 +54,8 @@ class Cloud:
                       "manifest": manifest.decode(), "signature": base64.b64encode(sig).decode(),
                       "url": f"/v1/devices/{DEV}/releases/{REL}/image"}
         self.offering = True
+        self.config: dict | None = None  # a desired configuration sent in every reply
+        self.reports = 0
         self.statuses: list[dict] = []  # each report's update status
         self.ranges: list[tuple[int, int]] = []
         self.offer_seq: int | None = None
@@ -63,6 +65,9 @@ class Cloud:
         body = await req.read()
         d = json.loads(body)
         reply: dict = {"ack": [e["id"] for e in d["events"]]}
+        self.reports += 1
+        if self.config:
+            reply["config"] = self.config
         if "update" in d:
             self.statuses.append(d["update"])
         elif self.offering:

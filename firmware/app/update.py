@@ -100,6 +100,8 @@ def boot(s, data):
 def report(s):
     """The status the next report carries."""
     rec = s.upd
+    if _task is None:  # (loaded for this alone)
+        unload("update")
     return status(rec, rec["st"] == "switched" and _slots("status"))
 
 
@@ -142,13 +144,16 @@ def _take(s, o, seq):
 
 
 def _set(s, rec):
+    # Held (s.upd, the module loaded) while the download's task runs; the record alone while
+    # the update waits for its status to be acknowledged (failed, or on trial after the
+    # switch: romslot is then loaded too), the module imported again for each report.
     global _task
     if rec and rec["st"] == "gone":
         s.no, rec = rec["r"], None
     s.upd = rec
-    if rec is None:
+    if rec is None or rec["st"] in ("failed", "switched"):
         unload("update")
-    elif _task is None and rec["st"] not in ("failed", "switched"):
+    elif _task is None:
         _task = asyncio.create_task(_run(s, rec))
 
 
@@ -201,7 +206,7 @@ async def _run(s, rec):
             d = s.device
             if not (d.meter.pumping() or http._busy):
                 rec["st"] = "switched"
-                _save(s, rec)
+                _save(s, {"r": rec["r"], "st": "switched", "v": rec["v"]})  # all a trial needs
                 d.save(ticks_ms())
                 _slots("switch", {"release": rec["r"], "version": rec["v"], "size": rec["n"],
                                   "sha256": rec["h"], "trial_s": rec["t"]})
@@ -211,6 +216,8 @@ async def _run(s, rec):
             await asyncio.sleep_ms(1000)
     finally:
         _task = None
+        if rec["st"] == "failed":
+            unload("update")  # (the record alone until its report is acknowledged)
 
 
 def _request(s, rec, at, end):
