@@ -9,7 +9,7 @@ import os
 import random
 
 import pytest
-from app.console import MAX_LINE, Console, LineReader
+from app.console import MAX_LINE, Console
 from app.device import Device
 from app.meter import BREW
 from brewmeter.flashfiles import pin_hash
@@ -29,18 +29,18 @@ def console(profile, tmp_path):
 
 
 def test_line_ends_and_backspace():
-    r = LineReader()
-    assert r.feed(b"cou\x7fun") == []
-    assert r.feed(b"ters\r\nfilter\rfaults\nx\x08\x08status\r") == [
+    r = Console(None)
+    assert r.split(b"cou\x7fun") == []
+    assert r.split(b"ters\r\nfilter\rfaults\nx\x08\x08status\r") == [
         "counters", "filter", "faults", "status"]
 
 
 def test_an_over_long_line_is_dropped_whole():
-    r = LineReader()
-    out = r.feed(b"a" * (10 * 1024) + b"\ncounters\n")
+    r = Console(None)
+    out = r.split(b"a" * (10 * 1024) + b"\ncounters\n")
     assert out == [None, "counters"] and len(r.buf) == 0
-    c = LineReader()
-    assert c.feed(b"x" * (MAX_LINE + 1) + b"\r\n") == [None]
+    c = Console(None)
+    assert c.split(b"x" * (MAX_LINE + 1) + b"\r\n") == [None]
 
 
 def test_counters_as_table_and_as_one_line_of_json(console):
@@ -100,11 +100,11 @@ def test_line_discipline_survives_random_bytes_under_micropython():
     from brewmeter import unixport
 
     code = (f"import sys, os; sys.path.insert(0, {str(FIRMWARE)!r})\n"
-            "from app.console import LineReader\n"
-            "r = LineReader(); n = 0\n"
+            "from app.console import Console\n"
+            "r = Console(None); n = 0\n"
             "for i in range(3000):\n"
-            "    n += len(r.feed(os.urandom(40)))\n"
-            "print('LINES', n, len(r.buf) <= 120, r.feed(b'\\ncounters\\r\\n')[-1:])\n")
+            "    n += len(r.split(os.urandom(40)))\n"
+            "print('LINES', n, len(r.buf) <= 120, r.split(b'\\ncounters\\r\\n')[-1:])\n")
     out = unixport.run(["-c", code])
     assert "LINES" in out and "True ['counters']" in out
 

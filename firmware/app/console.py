@@ -19,17 +19,24 @@ MAX_LINE = const(120)  # longer lines are not commands: discarded, never buffere
 PROMPT = b"brewmeter> "
 
 
-class LineReader:
-    """Assemble lines from arbitrary bytes without ever holding more than MAX_LINE.
-    `echo` collects what a terminal should show of the typing (as the REPL echoes)."""
-
-    def __init__(self):
+class Console:
+    def __init__(self, device, status=None, pin=None):
+        """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...); `pin`
+        is the provisioned service PIN (None: service actions off)."""
+        self.device = device
+        self.status = status or dict
+        # The line being typed (split() assembles lines from arbitrary bytes, never holding
+        # more than MAX_LINE), and the echo of the typing a terminal should show (as the
+        # REPL echoes), taken by serve().
         self.buf = bytearray()
         self.overflow = False
         self._cr = False
         self.echo = bytearray()
+        self.pin = pin
+        self.guard = None  # service.PinGuard, made on the first service action
+        self.pending = None  # ("sync",) or ("reboot",): for the shell to carry out
 
-    def feed(self, data):
+    def split(self, data):
         """Complete lines (str) in `data`; None for a line that was too long."""
         out = []
         echo = self.echo
@@ -58,27 +65,10 @@ class LineReader:
             self.echo = echo[-256:]
         return out
 
-    def take_echo(self):
-        e = bytes(self.echo)
-        self.echo = bytearray()
-        return e
-
-
-class Console:
-    def __init__(self, device, status=None, pin=None):
-        """`status()` gives the shell's facts (uptime, Wi-Fi, last sync, heap, ...); `pin`
-        is the provisioned service PIN (None: service actions off)."""
-        self.device = device
-        self.status = status or dict
-        self.lines = LineReader()
-        self.pin = pin
-        self.guard = None  # service.PinGuard, made on the first service action
-        self.pending = None  # ("sync",) or ("reboot",): for the shell to carry out
-
     async def feed(self, data, wall=0, now=None):
         """Bytes in; the text to write back (str): answers, each followed by a prompt."""
         out = []
-        for line in self.lines.feed(data):
+        for line in self.split(data):
             if line is None:
                 out.append("error: line too long (max %d)" % MAX_LINE)
             elif line.strip():
@@ -93,7 +83,8 @@ class Console:
         """What the serial port gets back for `data`: the echo of the typing, then any
         answers, each followed by a fresh prompt."""
         answers = await self.feed(data, wall, now)
-        echo = self.lines.take_echo()
+        echo = bytes(self.echo)
+        self.echo = bytearray()
         if not answers:
             return echo
         return echo + answers.replace("\n", "\r\n").encode() + PROMPT

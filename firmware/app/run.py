@@ -133,7 +133,7 @@ async def serve_console(device, prov, syncer):
                 # The console's heap goes back for the sync (the worst moment: the report,
                 # the TLS connection and the reply): loaded again on the next byte. Its PIN
                 # was right, so its guard holds nothing a new one would not read from flash.
-                line = con.lines.buf, con.lines.overflow, con.lines._cr
+                line = con.buf, con.overflow, con._cr
                 con = None
                 unload("console")
                 unload("service")
@@ -156,7 +156,7 @@ def _console(device, prov, syncer, line):
     con = Console(device, status=lambda: status(device, prov, syncer),
                   pin=prov.get("service_pin_hash") if prov else None)
     if line is not None:
-        con.lines.buf, con.lines.overflow, con.lines._cr = line
+        con.buf, con.overflow, con._cr = line
     return con
 
 
