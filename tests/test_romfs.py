@@ -74,6 +74,11 @@ def test_a_board_without_a_rom_partition(tmp_path):
         out = mpremote(b, "romfs", "deploy", str(src), ok=False)
         assert "ROMFS0 partition not found" in out
         assert not b.rom_image.exists()
+        # Nor the update's slots: esp32.Partition finds the littlefs partition alone.
+        out = mpremote(b, "exec", "from esp32 import Partition as P\n"
+                       "print([p.info()[4] for p in P.find(P.TYPE_DATA)])")
+        assert out.strip() == "['vfs']"
+        assert not any(p.exists() for p in b.slot_images.values())
 
 
 def test_an_image_too_big_for_the_partition_is_refused(tmp_path):

@@ -130,3 +130,12 @@ def test_a_locked_machine_whose_new_app_package_fails_to_import_goes_back(board,
     said = board.transcript(mark)
     assert said.count(b"no app here") >= 2 and b"brewmeter ready fw=9.0.3" not in said
     assert board.rom_image.read_bytes() == board.slot_images["romfs_old"].read_bytes()
+
+
+def test_a_release_whose_app_hangs_at_boot_goes_back_when_its_trial_runs_out(board, tmp_path):
+    """Before the app starts the watchdog nothing else would reset it: the trial's timer
+    (machine.Timer, a scheduled callback) does."""
+    image, m = build(tmp_path, "9.0.4", trial_s=2, run_head="while True:\n    pass\n")
+    assert boots_back(board, image, m) == 3
+    assert running(board) == (OLD, {"release": "r-1", "state": "failed",
+                                    "reason": "update_trial_failed"})
