@@ -212,3 +212,78 @@ async def test_a_gateway_that_strips_the_base_path_fails_the_signature():
             v = await _conform(url + "/brew", cloud.admin_token, rate=BROKEN_RATE)
     assert not v["ok"] and "refusals" in v["broken"]
     assert any("401" in x["detail"] for x in v["violations"] if x["rule"] == "refusals")
+
+
+# -- the update endpoints (runs/conformupdates.py) -----------------------------------------
+
+async def _updates(url: str, token: str) -> list[tuple[str, str]]:
+    """The update check alone against the backend at `url`: its (rule, detail) notes."""
+    import aiohttp
+    from brewmeter.runs.conformproxy import Admin
+    from brewmeter.runs.conformupdates import UpdateCheck
+
+    notes: list[tuple[str, str]] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        await UpdateCheck(s, url, None, Admin(s, url, token, None), "t",
+                          lambda rule, detail, life: notes.append((rule, detail))).run()
+    return notes
+
+
+async def test_the_reference_clouds_update_endpoints_conform(memory_at):
+    async with CloudServer(memory_at) as cloud:
+        assert await _updates(cloud.url, cloud.admin_token) == []
+
+
+class NoOffer(Merge):
+    """Records statuses, never offers."""
+
+    def _reply(self, *args, **kw):  # noqa: ANN002, ANN003
+        return replace(super()._reply(*args, **kw), update=None)
+
+
+class OffersAlways(Merge):
+    """Offers on every reply, an update in hand or not."""
+
+    def _reply(self, db, dev, r, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+        out = super()._reply(db, dev, r, *args, **kw)
+        return replace(out, update=self.releasing.update_offer(db, dev) or out.update)
+
+
+class NoStatus(Merge):
+    """Takes a report's update status and keeps nothing of it."""
+
+    def __init__(self, *args, **kw) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kw)
+        self.releasing.record_status = lambda *_: None  # type: ignore[method-assign]
+
+
+def flipped(req: bytes, reply: bytes) -> bytes | None:
+    # A cache in front of the download that corrupts a byte of each range.
+    if req.startswith(b"GET ") and b"/image " in req.split(b"\r\n", 1)[0]:
+        return reply[:-1] + bytes([reply[-1] ^ 1])
+    return None
+
+
+def whole(req: bytes, reply: bytes) -> bytes | None:
+    # A download that ignores Range: 200 and the whole image.
+    if req.startswith(b"GET ") and b"/image " in req.split(b"\r\n", 1)[0] and \
+            reply.startswith(b"HTTP/1.1 206"):
+        return b"HTTP/1.1 200 OK" + reply[len(b"HTTP/1.1 206 Partial Content"):]
+    return None
+
+
+@pytest.mark.parametrize(("broken", "rule"), [
+    (NoOffer, "update_offer"), (OffersAlways, "update_offer"), (NoStatus, "update_status"),
+    (flipped, "update_download"), (whole, "update_download")])
+async def test_a_backend_broken_in_its_update_endpoints_fails_naming_the_rule(broken, rule):
+    if isinstance(broken, type):
+        ledger = Ledger(":memory:", merge=broken)
+        async with CloudServer(ledger) as cloud:
+            notes = await _updates(cloud.url, cloud.admin_token)
+        ledger.close()
+    else:
+        async with CloudServer(":memory:") as cloud:
+            server, url = await _front(cloud.url, broken)
+            async with server:
+                notes = await _updates(url, cloud.admin_token)
+    assert rule in {r for r, _ in notes}, notes

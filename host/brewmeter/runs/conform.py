@@ -12,7 +12,8 @@ not read is a broken rule, not a fault. Then it may spoil the exchange: drop the
 the reply, hold the reply past the device's timeout, cut it short, answer garbage, send the
 request twice at once, replay it later, or hold it back until after the next one. Each
 device life runs in the past (its clock is set days before the backend's): the proxy moves
-the reply's Date by the same offset, as the network stands in for time there."""
+the reply's Date by the same offset, as the network stands in for time there. Then the
+update endpoints: conformupdates.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,31 +32,20 @@ import aiohttp
 
 from brewmeter import standins
 from brewmeter.runs import lives
-from brewmeter.runs.conformproxy import DEVICE_TIMEOUT_MS, RULES, Admin, Proxy
+from brewmeter.runs.conformproxy import (
+    DEVICE_TIMEOUT_MS,
+    RULES,
+    Admin,
+    Proxy,
+    Verdict,
+    Violation,
+)
+from brewmeter.runs.conformupdates import UpdateCheck
 
 HOUR_MS = 3_600_000
 DAY_S = 86_400
 PRICE = 0.35  # the plan conform sets: per brew
 REFUSAL_RUN = 3  # this many refusals in a row is a run: a device locked out
-
-@dataclass
-class Violation:
-    rule: str
-    life: str
-    detail: str
-
-
-@dataclass
-class Verdict:
-    ok: bool
-    seed: int
-    url: str
-    lives: list[dict[str, Any]]  # name, device id, brews, syncs tried, orders it holds
-    reports: int
-    faults: dict[str, int]
-    broken: list[str]  # the rules broken, each once
-    violations: list[dict[str, str]] = field(default_factory=list)
-
 
 class Life(lives.Life):
     """One device: the firmware's Device and Syncer on a virtual clock (lives.Life's
@@ -384,6 +374,8 @@ class Conform:
                     names.append({"name": life.name, "id": life.id,
                                   "brews": sum(life.truth.values()),
                                   "syncs": len(life.results), "orders": life.orders})
+                await UpdateCheck(session, self.url, self.ssl, self.admin, self.tag,
+                                  self.note).run()  # its device, release and rollout
         finally:
             standins.set_clock(old_clock)
             wallclock.synced = False

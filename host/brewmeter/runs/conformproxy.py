@@ -1,6 +1,6 @@
 """`brewmeter conform`'s network side (conform.py runs the lives): the seeded fault proxy
 between the device and the backend under test, the Report schema it checks every report
-against, the backend's admin and query API, and the rules a verdict names."""
+against, the backend's admin and query API, and the rules a verdict names and the verdict."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,34 @@ RULES = {
                       "(Desired settings)",
     "refill": "a refill the owner says in the backend reaches the device (reply's refill)",
     "admin": "the admin and query API answer as documented",
+    "update_offer": "a report's reply offers the release rolled out to the device (its "
+                    "manifest and signature as uploaded, the image's url), and not while the "
+                    "report carries an update status (docs/updates.md: The offer)",
+    "update_download": "a range of the image is its bytes: 206 with Content-Range, END past "
+                       "the end clipped, 416 from its size, 400 over 65536 bytes, 404 for a "
+                       "release not offered, a bad signature refused (The ranged download)",
+    "update_status": "a report's update status is accepted and the rollout's progress shows "
+                     "it (The status in a report)",
 }
+
+
+@dataclass
+class Violation:
+    rule: str
+    life: str
+    detail: str
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    seed: int
+    url: str
+    lives: list[dict[str, Any]]  # name, device id, brews, syncs tried, orders it holds
+    reports: int
+    faults: dict[str, int]
+    broken: list[str]  # the rules broken, each once
+    violations: list[dict[str, str]] = field(default_factory=list)
 
 
 def report_validator() -> Any:
