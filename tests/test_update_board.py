@@ -26,7 +26,7 @@ from brewmeter.flasher import READY, Flasher
 from brewmeter.flashfiles import emulator_provision
 from brewmeter.profiles import BOARDS
 from brewmeter.runs.demo import read_counters
-from brewmeter.runs.slots import build, running
+from brewmeter.runs.slots import OLD, build, running
 from test_update import DEV, KEY, REL, Cloud, _sign
 
 pytestmark = [pytest.mark.board, pytest.mark.slow]
@@ -145,3 +145,41 @@ def test_a_power_cut_during_the_download_resumes_it_and_ends_on_the_verified_app
         assert running(board) == ("9.0.0", {"release": REL, "state": "done"})
         assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
         assert board.rom_image.read_bytes()[:m["size"]] == image.read_bytes()
+
+
+@pytest.mark.parametrize("case, reason", [("tampered", "update_bad_hash"),
+                                          ("other_key", "update_bad_signature")])
+def test_a_tampered_image_or_a_wrong_signature_is_refused_and_reported(tmp_path, case, reason):
+    image, m = build(tmp_path, "9.0.0")
+    manifest = (image.parent / release.MANIFEST).read_bytes()
+    key, other = tmp_path / "maker.key", tmp_path / "other.key"
+    release.keygen(key)
+    release.keygen(other)
+    data = image.read_bytes()
+    served = data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]
+    cloud = Cloud(data, manifest, _sign(other if case == "other_key" else key, manifest),
+                  served if case == "tampered" else None)
+    cloud.offering = False
+    prof = json.loads((BOARDS / "emulator.json").read_text())
+    (tmp_path / "board.json").write_text(json.dumps(prof))
+    with serving(cloud) as url, Board(tmp_path / "flash.img",
+                                      board_profile=str(tmp_path / "board.json")) as board:
+        prov = emulator_provision(url) | {
+            "device_id": DEV, "key": KEY, "lock": False,
+            "release_key": release.public_hex(Path(f"{key}.pub"))}
+        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
+        _until(lambda: cloud.reports, 60, "the boot's report")
+        cloud.offering = True
+        rom = board.rom_image.read_bytes()
+        fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
+        if case == "tampered":
+            _until(lambda: cloud.ranges and cloud.ranges[-1][1] == m["size"] - 1, 60,
+                   "the whole image asked")
+        time.sleep(2)  # (verified, and refused)
+        fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
+        assert cloud.statuses == [{"release": REL, "state": "failed", "reason": reason}]
+        fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
+        assert len(cloud.statuses) == 1  # reported once; offered again, not taken again
+        assert (cloud.ranges == []) == (case == "other_key")  # refused before any download
+        assert board.rom_image.read_bytes() == rom  # the running app untouched
+        assert running(board) == (OLD, None)
