@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from brewmeter.clock import ticks_diff
 from brewmeter.onmicropython import replay
 from brewmeter.runs.household import Link
 from brewmeter.runs.usage import DAY_MS, _day
@@ -94,6 +95,4 @@ class Machine:
 
     def due_ms(self, clock_ms: int) -> int:
         """Script time its next report is due."""
-        from brewmeter.clock import ticks_diff
-
         return clock_ms + ticks_diff(self.syncer.schedule.due, replay.ticks(clock_ms))

@@ -7,6 +7,7 @@ from here."""
 from __future__ import annotations
 
 import calendar
+import itertools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,14 +42,15 @@ class Result:
 def _day(script: Script, rng: random.Random, weekday: int, scale: float = 1.0) -> None:
     """A day of an office's use; `scale` multiplies the brews (0: nobody there)."""
     kinds = [k for k in script.profile.kinds if k in DRINKS] or list(script.profile.kinds)
-    weights = [DRINKS.get(k, (1,))[0] for k in kinds]
+    # (cumulative once a day, not per brew: rng.choices draws the same with either)
+    cum = list(itertools.accumulate(DRINKS.get(k, (1,))[0] for k in kinds))
     brews = max(0, round(scale * (rng.gauss(14, 4) if weekday < 5 else rng.gauss(5, 2))))
     day0 = script.t
     script.wait(7 * 3_600_000 + rng.randrange(3_600_000))  # first use from 07:00
     if brews:
         script.rinse(rng.uniform(2, 5), ml=rng.uniform(20, 60))  # morning rinse
     for _ in range(brews):
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(kinds, cum_weights=cum)[0]
         _, ml, seconds = DRINKS.get(kind, (1, 100, 20))
         if rng.random() < 0.1:
             script.bounce(kind, rng.randrange(5, script.profile.debounce_ms))
