@@ -340,3 +340,20 @@ def test_every_reason_the_device_reports_is_one_the_protocol_names():
     assert codes == {"update_flash_failed", "update_bad_manifest", "update_withdrawn",
                      "update_truncated", "update_bad_hash"}
     assert codes <= reasons
+
+
+async def test_a_cut_between_the_switch_and_its_record_is_read_right_at_boot(
+        profile, tmp_path, keys, slots):
+    from app import VERSION
+
+    d = _device(profile, tmp_path, keys)
+    d.state.read("upd")
+    d.state.write("upd", json.dumps({  # verified, switched, reset before the record said so
+        "r": REL, "u": "/x", "q": 1, "at": 4096, "st": "ready", "v": VERSION, "n": 4096,
+        "h": "00" * 32, "t": 600}).encode())
+    slots.state = {"release": REL, "state": "trial"}  # the new app (VERSION) on trial
+    s = _syncer(_device(profile, tmp_path, keys), "http://127.0.0.1:9")
+    assert s.upd == {"r": REL, "st": "switched", "v": VERSION} and "switch" not in slots.calls
+    slots.state = None  # its end reported, the record not yet saved so
+    s = _syncer(_device(profile, tmp_path, keys), "http://127.0.0.1:9")
+    assert s.upd is None and s.no == REL

@@ -91,9 +91,10 @@ def boot(s, data):
         rec["st"]
     except (ValueError, KeyError, TypeError):
         return _set(s, None)
-    if rec["st"] == "switched":
-        if _slots("status") is None:  # reported, or the switch was never made
-            rec["st"] = "gone" if rec["v"] == VERSION else "verifying"
+    if rec.get("v") == VERSION:  # the new app runs (a cut before the record said so)
+        rec = {"r": rec["r"], "st": "switched", "v": VERSION}
+    if rec["st"] == "switched" and _slots("status") is None:
+        rec["st"] = "gone"  # its end reported (a cut before the record said so)
     _set(s, rec)
 
 
@@ -205,11 +206,11 @@ async def _run(s, rec):
         while s.upd is rec and rec["st"] == "ready":
             d = s.device
             if not (d.meter.pumping() or http._busy):
-                rec["st"] = "switched"
-                _save(s, {"r": rec["r"], "st": "switched", "v": rec["v"]})  # all a trial needs
                 d.save(ticks_ms())
                 _slots("switch", {"release": rec["r"], "version": rec["v"], "size": rec["n"],
                                   "sha256": rec["h"], "trial_s": rec["t"]})
+                rec["st"] = "switched"  # (a cut before this is read at boot: see boot())
+                _save(s, {"r": rec["r"], "st": "switched", "v": rec["v"]})  # all a trial needs
                 from app import hw
 
                 hw.reset()
