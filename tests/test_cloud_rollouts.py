@@ -493,3 +493,24 @@ async def test_a_rotated_key_signs_a_download_by_its_id(cloud, http, signed):
     for key, key_id, want in (("66" * 32, "k2", 206), (KEY, None, 206), ("66" * 32, None, 401)):
         async with http.get(path, headers=auth.signed_range(key, path, 7, 0, 9, key_id)) as r:
             assert r.status == want, (key_id, want)
+
+
+async def test_the_injected_faults_reach_the_download(ledger_at, signed):
+    """The chaos faults of a report (faults.py) on a range too, for the device's tests: an
+    error with Retry-After, a reply cut short, a flipped byte."""
+    from brewmeter.cloud import Faults
+
+    ledger = Ledger(ledger_at, now=lambda: T0)
+    ledger.add_device(FLEET[0], KEY)
+    faults = Faults()
+    async with CloudServer(ledger, faults=faults) as c, aiohttp.ClientSession(c.url) as s:
+        await roll(s, c, signed, [FLEET[0]])
+        faults.script("error_503", "truncate", "garbage", None)
+        st, _, h = await fetch(s, FLEET[0], "r-v020", 0, 4095)
+        assert (st, h["Retry-After"]) == (503, "1")
+        with pytest.raises(aiohttp.ClientPayloadError):  # cut short
+            await fetch(s, FLEET[0], "r-v020", 0, 4095)
+        st, body, _ = await fetch(s, FLEET[0], "r-v020", 0, 4095)
+        assert st == 206 and body[0] == IMAGE[0] ^ 0xFF and body[1:] == IMAGE[1:4096]
+        assert (await fetch(s, FLEET[0], "r-v020", 0, 4095))[1] == IMAGE[:4096]
+    ledger.close()
