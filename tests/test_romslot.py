@@ -12,6 +12,8 @@ import time
 import pytest
 from brewmeter.emulator.board import Board
 from brewmeter.fieldtech import READY
+from brewmeter.flasher import Flasher
+from brewmeter.flashfiles import emulator_provision
 from brewmeter.runs.demo import read_counters
 from brewmeter.runs.slots import OLD, boots_back, build, flashed, mpremote, running, stage
 
@@ -139,3 +141,20 @@ def test_a_release_whose_app_hangs_at_boot_goes_back_when_its_trial_runs_out(boa
     assert boots_back(board, image, m) == 3
     assert running(board) == (OLD, {"release": "r-1", "state": "failed",
                                     "reason": "update_trial_failed"})
+
+
+def test_a_flash_ends_the_update_in_hand(tmp_path):
+    """flash.sh over a machine with a switch journaled: the flashed app runs on, no journal
+    copies another over it, and the staged download is no longer the release's."""
+    prov = emulator_provision("http://127.0.0.1:9")
+    with flashed(tmp_path, prov) as board:
+        image, m = build(tmp_path, "9.0.5")
+        stage(board, image, m)
+        assert board.slot_images["romfs_new"].read_bytes()[:m["size"]] == image.read_bytes()
+        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
+        for _ in range(3):
+            mark = board.transcript_end()
+            board.control().reset()
+            board.wait_output(b"brewmeter ready fw=" + OLD.encode(), timeout=60, start=mark)
+        assert running(board) == (OLD, None)
+        assert board.slot_images["romfs_new"].read_bytes()[:4096] == b"\xff" * 4096

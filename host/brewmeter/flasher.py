@@ -217,6 +217,8 @@ class Flasher:
             args += ["+", "fs", "cp", str(local), ":" + dev]
         keep = sorted(k for k in fs if k.startswith("app/"))
         args += ["+", "exec", _PRUNE % json.dumps(keep)]
+        if image is not None:
+            args += ["+", "exec", _UNSTAGE]
         self.mpremote(*args)
         self.verify(files, image)
 
@@ -303,7 +305,10 @@ for d in %s:
 """
 
 # Firmware files the build no longer has would shadow or outlive the new ones: remove them.
-# With the app in ROM, the filesystem keeps none of it (the directory goes too).
+# With the app in ROM, the filesystem keeps none of it (the directory goes too). A flash
+# also ends an update in hand (firmware/romslot.py): its journal would copy another app
+# over this one at the next boot, and the download staged in romfs_new would be switched to
+# again; its first block erased, the app's update task finds it no longer the release's.
 _PRUNE = """import os
 keep = set(%s)
 try:
@@ -313,5 +318,17 @@ try:
     if not keep:
         os.rmdir('app')
 except OSError:
+    pass
+for n in ('slot.json', 'slot.json.tmp'):
+    try:
+        os.remove(n)
+    except OSError:
+        pass
+"""
+# (with a ROM partition: stock firmware has no update slots either)
+_UNSTAGE = """try:
+    import esp32
+    esp32.Partition('romfs_new').ioctl(6, 0)
+except (ImportError, OSError):
     pass
 """

@@ -67,15 +67,16 @@ def mpremote(board: Board, *args: str) -> str:
 
 
 @contextlib.contextmanager
-def flashed(d: Path) -> Iterator[Board]:
+def flashed(d: Path, prov: dict | None = None) -> Iterator[Board]:
     """A board flashed with this tree, unlocked (the REPL stages updates) and its REPL
     watch at 5 s (a new app that fails to import leaves the REPL, which resets it back into
-    the app: a locked machine resets at once); its cloud a port nothing answers on."""
+    the app: a locked machine resets at once); its cloud a port nothing answers on, unless
+    the provisioning `prov` (flash.sh's input) says another."""
     prof = json.loads((BOARDS / "emulator.json").read_text()) | {"repl_idle_s": 5}
     (d / "board.json").write_text(json.dumps(prof))
     with Board(d / "flash.img", board_profile=str(d / "board.json")) as board:
         Flasher(board.serial_port).flash(str(d / "board.json"),
-                                            emulator_provision("http://127.0.0.1:9"))
+                                            prov or emulator_provision("http://127.0.0.1:9"))
         yield board
 
 
