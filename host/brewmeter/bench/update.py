@@ -29,8 +29,8 @@ _MAX_HEAD = 4096
 class RangeServer(socketserver.ThreadingTCPServer):
     """Serves `image` at PATH in ranges (206 + Content-Range, 416 past the end, 404 to a
     request not signed with KEY and SEQ, or while `withdrawn`), each reply with the headers
-    an aiohttp server sends; counts the bytes read and written (`wire`) and the ranges
-    asked."""
+    the emulated cloud's has (aiohttp's, without Server); counts the bytes read and written
+    (`wire`) and the ranges asked."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -85,8 +85,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
     @staticmethod
     def _reply(status: str, headers: dict[str, str], body: bytes) -> bytes:
-        h = headers | {"Content-Length": str(len(body)), "Date": formatdate(usegmt=True),
-                       "Server": "Python/3.11 aiohttp/3.11"}
+        h = headers | {"Content-Length": str(len(body)), "Date": formatdate(usegmt=True)}
         return (f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
                 + "\r\n").encode() + body
 
