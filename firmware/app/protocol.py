@@ -125,7 +125,8 @@ def parse_order(s):
 
 
 def is_name(s):
-    return isinstance(s, str) and 0 < len(s) <= MAX_NAME and all(ch in NAME_CHARS for ch in s)
+    # (strip: no generator per call; settings' defaults are looked up many times a brew)
+    return isinstance(s, str) and 0 < len(s) <= MAX_NAME and not s.strip(NAME_CHARS)
 
 
 def is_device_id(s):
