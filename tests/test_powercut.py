@@ -5,6 +5,9 @@ littlefs for a sample of cuts. Each with the clock known and never known."""
 
 from __future__ import annotations
 
+import hashlib
+import random
+
 import pytest
 from app.device import FLUSH_S
 from brewmeter.onmicropython import replay
@@ -274,3 +277,34 @@ def test_a_cut_at_any_flash_operation_of_the_switch_ends_on_a_verified_app(tmp_p
         {"romfs_old program", "romfs_old erase"} if mode == "install" else set())
     assert copies | {"littlefs"} <= hit, hit
     assert len(results) >= 2 * (28 if mode == "install" else 12)
+
+
+@pytest.mark.slow
+def test_a_cut_at_any_flash_operation_of_the_download_ends_on_a_verified_app(tmp_path):
+    """The update's download (firmware app/update.py) of a four-block image from a range
+    server on 127.0.0.1 into the emulated board's romfs_new under MicroPython, its record on
+    MicroPython's littlefs, the verify and the switch request (romslot.switch's journal):
+    the power cut at each program/erase, torn and not, then a new process on the same flash
+    resumes it: it asks the server only from the first block the record says is not
+    written, the slot holds the manifest's image, the switch is journaled for it, and the
+    counters are those saved before the download. (The switch's own boot: the sweep above.)"""
+    results = sweep.download_sweep(tmp_path)
+    digest = hashlib.sha256(random.Random(0).randbytes(sweep.DOWNLOAD_BYTES)).hexdigest()
+    ops = results[0]["ops_uncut"]
+    assert len(results) == 2 * ops  # every operation of the uncut run, torn and not
+    for r in results:
+        assert r["cut_happened"] and r["cut_ops"] == r["cut"], r
+        assert r["reset"] or r["found"]["st"] == "switched", r  # the switch asked for
+        assert r["rec"] == {"r": "r-1", "st": "switched", "v": "9.0.0"}, r
+        assert r["slot_sha256"] == digest, r  # no torn block taken for verified
+        j = r["journal"]
+        assert (j["s"], j["sha256"], j["size"]) == (1, digest, sweep.DOWNLOAD_BYTES), r
+        assert r["counts"] == r["saved"], r  # 0 counts lost
+        at = r["found"]["at"]
+        if r["found"]["st"] in ("offered", "downloading"):
+            assert at % 4096 == 0 and r["ranges"] == [(at, sweep.DOWNLOAD_BYTES - 1)], r
+        else:
+            assert r["ranges"] == [], r
+    hit = {r["cut_in"] for r in results}
+    assert {"romfs_new program", "romfs_new erase", "littlefs"} <= hit, hit
+    assert ops >= 2 * 4 + 4  # each block's erase and program, and littlefs's writes

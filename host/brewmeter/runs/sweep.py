@@ -345,3 +345,49 @@ def slot_sweep(d: Path, mode: str, timeout: float = 600) -> list[dict]:
     cuts = [f"{k}{tear}" for k in range(1, ops + 1) for tear in ("", ":tear")]
     out = unixport.run(base + cuts, heap="8M", timeout=timeout)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# -- the update's download (firmware app/update.py): its blocks, its record, the switch asked
+
+DOWNLOAD_BYTES = 14_000  # four 4 KiB blocks of the staging slot, the last one partial
+
+
+def download_sweep(d: Path, timeout: float = 60) -> list[dict]:
+    """Run onmicropython/dlcut.py under the unix port: a download of a small image from a
+    range server on 127.0.0.1 into the emulated board's romfs_new, its verify and its switch
+    request, with the power cut at every program/erase (ROM partitions' and littlefs's) in
+    turn, torn and not; after each cut a new process on the same flash files resumes it to
+    machine.reset(). One dict per cut: the resume's (see dlcut.py), the cut's ("cut", "tear",
+    "cut_happened", "cut_ops": the operations it started, "cut_in", "saved": the counts
+    saved before the download), "ops_uncut", and "ranges": what the server was asked
+    after the cut."""
+    import hashlib
+
+    from brewmeter.bench.update import KEY, PATH, SEQ, serving
+    from brewmeter.profiles import board_path
+
+    image = random.Random(0).randbytes(DOWNLOAD_BYTES)
+    out = []
+    with serving(image) as srv:
+        def once(run: Path, mode: str, *cut: str) -> dict:
+            args = [str(unixport.ONMICROPYTHON / "dlcut.py"), str(FIRMWARE),
+                    str(unixport.ONMICROPYTHON), str(board_path("emulator")), str(run),
+                    srv.url, PATH, KEY, str(SEQ), str(len(image)),
+                    hashlib.sha256(image).hexdigest(), mode, *cut]
+            return json.loads(unixport.run(args, heap="4M", timeout=timeout).splitlines()[-1])
+
+        (d / "uncut").mkdir()
+        ops = once(d / "uncut", "fresh")["ops"]
+        for k in range(1, ops + 1):
+            for tear in (False, True):
+                run = d / f"{k}{'t' if tear else ''}"
+                run.mkdir()
+                cut = once(run, "fresh", f"{k}{':tear' if tear else ''}")
+                with srv.lock:
+                    srv.ranges.clear()
+                r = once(run, "resume")
+                r.update(cut=k, tear=tear, ops_uncut=ops, ranges=list(srv.ranges),
+                         cut_happened=cut["cut_happened"], cut_ops=cut["ops"],
+                         cut_in=cut["cut_in"], saved=cut["saved"])
+                out.append(r)
+    return out
