@@ -183,6 +183,10 @@ def verify(pub: rsa.RSAPublicKey, text: bytes, sig: bytes) -> bool:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    if args.action not in ("build", "sign", "keygen"):  # the cloud's side: rollout.py
+        from brewmeter import rollout
+
+        return rollout.run(args)
     try:
         if args.action == "build":
             out = Path(args.out or f"release-{firmware_version()}")
@@ -224,3 +228,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     p = sub.add_parser("keygen", help="make a release key pair (RSA-2048)", allow_abbrev=False)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="the private key's file (mode 0600); the public key goes to FILE.pub")
+    from brewmeter import rollout
+
+    rollout.add_arguments(sub)
