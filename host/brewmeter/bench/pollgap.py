@@ -1,8 +1,10 @@
 """poll_gap_*: how long the event loop leaves the sensor loop unpolled on the emulated board
-while it works elsewhere (a PIN check, a DNS that never answers, TLS)."""
+while it works elsewhere (a PIN check, a DNS that never answers, TLS, an update's download
+and verify)."""
 
 from __future__ import annotations
 
+import base64
 import statistics
 import tempfile
 import time
@@ -38,8 +40,8 @@ def poll_gap(runs: int = 3) -> dict[str, float]:
     of the longest in each run: a tech's `service unlock --pin` (the PIN's hash checked);
     a sync while the DNS never answers (each lookup of the cloud's host name blocks 10 s,
     as lwIP's can: the sync that a brew makes due, then its retries); a sync over TLS that
-    a brew made due (a handshake, the report and the reply). poll_gap_max_ms is the worst
-    of the three."""
+    a brew made due (a handshake, the report and the reply); an update (poll_gap_update()).
+    poll_gap_max_ms is the worst of the four."""
     from brewmeter import fieldtech
 
     out: dict[str, float] = {}
@@ -96,17 +98,84 @@ def poll_gap(runs: int = 3) -> dict[str, float]:
                     prov["cloud_url"] = prov["cloud_url"].replace("127.0.0.1", "localhost")
                 with Board(_image(Path(d), prov), board_profile="emulator") as board:
                     board.wait_output(READY, timeout=30)
-                    end = time.monotonic() + 30
-                    while not cloud.ledger.device(prov["device_id"])["reports"]:
-                        if time.monotonic() > end:
-                            raise RuntimeError("the boot's report never came")
-                        time.sleep(0.1)
+                    _reported(cloud, prov["device_id"])
                     if secure:
                         tls(board, prov, cloud)
                     else:
                         dns(board, prov)
+    out |= poll_gap_update(runs)
     out["poll_gap_max_ms"] = max(out.values())
     return out
+
+
+def poll_gap_update(runs: int = 3) -> dict[str, float]:
+    """poll_gap_update_ms: the longest gap between two sensor polls on the emulated board
+    while its app takes an update from the emulated cloud, the median over `runs` boards:
+    a release of this tree with another VERSION (runs/slots.py), signed with a release key
+    the board's provisioning holds, rolled out to it; the report a brew made due takes the
+    offer (the signature checked), then the app's update task downloads the image in ranges
+    into the staging slot and hashes it back, during a second brew that holds off the
+    switch; the gap is read from the first brew's end until the slot holds the image and
+    the verify is over, then the brew ends and the board must boot the new app."""
+    from brewmeter import release
+    from brewmeter.runs.slots import build
+
+    gaps = []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory() as d:
+            image, _ = build(Path(d), "9.0.0")
+            manifest = image.parent / release.MANIFEST
+            key = Path(d) / "maker.key"
+            release.keygen(key)
+            sig = release.sign(key, manifest).read_bytes()
+            prov = emulator_provision() | {
+                "release_key": release.public_hex(Path(f"{key}.pub"))}
+            with cloud_for(prov, report_delay_s=5) as cloud, Board(
+                    _image(Path(d), prov), board_profile="emulator") as board:
+                board.wait_output(READY, timeout=30)
+                _reported(cloud, prov["device_id"])  # (the boot's report: no offer)
+                cloud.ledger.releasing.add_release(
+                    "r-bench", manifest.read_text(), base64.b64encode(sig).decode(),
+                    image.read_bytes(), "bench")
+                cloud.ledger.releasing.add_rollout(
+                    f"bench-{i}", "r-bench", {"devices": [prov["device_id"]]}, [1], 0.5,
+                    "bench")
+                gaps.append(_during_update(board, image.read_bytes()))
+    return {"poll_gap_update_ms": statistics.median(gaps)}
+
+
+def _during_update(board: Board, image: bytes) -> int:
+    """The longest poll gap from a brew's end (its report takes the offer) until the staging
+    slot holds `image` and the verify is over (a second brew holds off the switch)."""
+    slot = board.slot_images["romfs_new"]
+    if slot.read_bytes()[:len(image)] == image:
+        raise RuntimeError("the update was downloaded before its brew")
+    with board.control() as ctl:
+        _brew(ctl)
+        ctl.press("espresso")  # no switch during a brew: the gap ends before it
+        ctl.poll_gap()  # (the gap so far dropped)
+        gap = 0
+        end = time.monotonic() + 120
+        while slot.read_bytes()[:len(image)] != image:
+            if time.monotonic() > end:
+                raise RuntimeError("the update was not downloaded")
+            time.sleep(0.2)
+            gap = max(gap, ctl.poll_gap())
+        for _ in range(15):  # the verify: the slot hashed back a block at a time (3 s)
+            time.sleep(0.2)
+            gap = max(gap, ctl.poll_gap())
+        mark = board.transcript_end()
+        ctl.release("espresso")
+        board.wait_output(READY + b" fw=9.0.0", timeout=60, start=mark)  # verified, switched
+    return gap
+
+
+def _reported(cloud: CloudServer, device_id: str) -> None:
+    end = time.monotonic() + 30
+    while not cloud.ledger.device(device_id)["reports"]:
+        if time.monotonic() > end:
+            raise RuntimeError("the boot's report never came")
+        time.sleep(0.1)
 
 
 def _brew(ctl: BoardControl) -> None:
