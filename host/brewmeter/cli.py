@@ -321,12 +321,13 @@ def parser() -> argparse.ArgumentParser:
     provision.add_arguments(p)
     p.set_defaults(func=_provision)
 
-    from brewmeter import release
+    from brewmeter import release, rollout
 
     p = sub.add_parser("release", help="a release for updates over the air: build the app's "
                        "image and manifest, sign it, make the release key")
-    release.add_arguments(p)
-    p.set_defaults(func=release.run)
+    rollout.add_arguments(release.add_arguments(p))
+    p.set_defaults(func=lambda a: (release.run if a.action in ("build", "sign", "keygen")
+                                   else rollout.run)(a))
 
     from brewmeter.emulator import handdrive
 

@@ -13,6 +13,7 @@ import json
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -183,10 +184,6 @@ def verify(pub: rsa.RSAPublicKey, text: bytes, sig: bytes) -> bool:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    if args.action not in ("build", "sign", "keygen"):  # the cloud's side: rollout.py
-        from brewmeter import rollout
-
-        return rollout.run(args)
     try:
         if args.action == "build":
             out = Path(args.out or f"release-{firmware_version()}")
@@ -207,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
+def add_arguments(ap: argparse.ArgumentParser) -> Any:  # noqa: ANN401 - the subparsers
+    """The device's side (build, sign, keygen); the subcommands, for the cloud's side
+    (rollout.py, added by cli.py: rollout imports this module)."""
     sub = ap.add_subparsers(dest="action", required=True)
     p = sub.add_parser("build", help="the app's ROMFS image and its manifest",
                        allow_abbrev=False)
@@ -228,6 +227,4 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     p = sub.add_parser("keygen", help="make a release key pair (RSA-2048)", allow_abbrev=False)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="the private key's file (mode 0600); the public key goes to FILE.pub")
-    from brewmeter import rollout
-
-    rollout.add_arguments(sub)
+    return sub
