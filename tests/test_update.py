@@ -60,12 +60,20 @@ class Cloud:
         self.ranges: list[tuple[int, int]] = []
         self.offer_seq: int | None = None
         self.withdrawn = False
+        self.counters: dict[str, int] = {}  # the highest of each, as the cloud keeps them
+        self.regressions: list[tuple[str, int, int]] = []  # (field, stored, reported)
 
     async def report(self, req: web.Request) -> web.Response:
         body = await req.read()
         d = json.loads(body)
         reply: dict = {"ack": [e["id"] for e in d["events"]]}
         self.reports += 1
+        for k, v in d["counters"].items():  # (brews by kind: one level down)
+            for f, n in (v.items() if isinstance(v, dict) else [("", v)]):
+                f = f"{k}.{f}" if f else k
+                if n < self.counters.get(f, n):
+                    self.regressions.append((f, self.counters[f], n))
+                self.counters[f] = max(n, self.counters.get(f, n))
         if self.config:
             reply["config"] = self.config
         if "update" in d:

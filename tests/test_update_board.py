@@ -104,6 +104,44 @@ def test_an_offer_is_downloaded_during_a_brew_switched_after_it_and_reported_don
                               {"release": REL, "state": "done"}]
 
 
+def test_no_counter_goes_back_across_the_switch(tmp_path):
+    """A brew reported (the tech's sync, whose reply makes the offer), then the download and
+    the switch: every counter the new app reports is at least what the cloud had before it,
+    pump times included (the record keeps them in 10 ms units)."""
+    image, m = build(tmp_path, "9.0.0")
+    manifest = (image.parent / release.MANIFEST).read_bytes()
+    key = tmp_path / "maker.key"
+    release.keygen(key)
+    cloud = Cloud(image.read_bytes(), manifest, _sign(key, manifest))
+    cloud.offering = False
+    prof = json.loads((BOARDS / "emulator.json").read_text())
+    (tmp_path / "board.json").write_text(json.dumps(prof))
+    with serving(cloud) as url, Board(tmp_path / "flash.img",
+                                      board_profile=str(tmp_path / "board.json")) as board:
+        prov = emulator_provision(url) | {
+            "device_id": DEV, "key": KEY, "lock": False,
+            "release_key": release.public_hex(Path(f"{key}.pub"))}
+        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
+        _until(lambda: cloud.reports, 60, "the boot's report")
+        ctl = board.control()
+        for _ in range(2):  # (two runs: a pump time off the 10 ms units all but surely)
+            ctl.press("espresso")
+            ctl.pulses(100)
+            time.sleep(prof["min_brew_s"] + 0.5)
+            ctl.release("espresso")
+            time.sleep(0.5)
+        cloud.offering = True
+        mark = board.transcript_end()
+        fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
+        before = dict(cloud.counters)
+        assert before["brews_total"] == 2 and before["pump_ms"] > 0
+        board.wait_output(READY + b" fw=9.0.0", timeout=90, start=mark)
+        _until(lambda: [s["state"] for s in cloud.statuses][-1:] == ["trial"], 60,
+               "the trial's report")
+    assert cloud.regressions == []
+    assert cloud.counters["boots"] == before["boots"] + 1  # (the trial's report: all of them)
+
+
 @pytest.mark.parametrize("after_ops, tear", [(40, False), (90, True)])
 def test_a_power_cut_during_the_download_resumes_it_and_ends_on_the_verified_app(
         tmp_path, after_ops, tear):

@@ -21,8 +21,12 @@ BOOKKEEPING = ("filter_fit_wall", "filter_powered_s", "last_reset", "resets", "d
 
 
 def usage(c, kinds):
-    """counters() less the bookkeeping: what the cloud gets and the console shows."""
+    """counters() less the bookkeeping: what the cloud gets and the console shows. Pump
+    times as the record keeps them (10 ms units, app/counters.py): what a reboot drops was
+    never shown, so none goes back after it (the cloud's counter_regression)."""
     d = counters(c, kinds)
     for k in BOOKKEEPING:
         d.pop(k, None)
+    for k in ("pump_ms", "filter_pump_ms"):
+        d[k] -= d[k] % 10
     return d
