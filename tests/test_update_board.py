@@ -56,14 +56,20 @@ def _until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.2)
 
 
-def test_an_offer_is_downloaded_during_a_brew_switched_after_it_and_reported_done(tmp_path):
+def _release(tmp_path: Path) -> tuple[Path, dict, bytes, Path]:
+    """This tree's app as release 9.0.0: (its image, its manifest, the manifest's bytes, the
+    maker's key)."""
     image, m = build(tmp_path, "9.0.0")
-    manifest = (image.parent / release.MANIFEST).read_bytes()
     key = tmp_path / "maker.key"
     release.keygen(key)
-    cloud = Cloud(image.read_bytes(), manifest, _sign(key, manifest))
+    return image, m, (image.parent / release.MANIFEST).read_bytes(), key
+
+
+@contextmanager
+def flashed(tmp_path: Path, cloud: Cloud, key: Path) -> Iterator[tuple[Board, dict, dict]]:
+    """An emulated board flashed for `cloud` (not offering yet) with `key`'s public half in
+    its provisioning, its boot's report in: (the board, its provisioning, its profile)."""
     cloud.offering = False
-    cloud.config = {"version": 1, "settings": {"report_delay_s": 5}}
     prof = json.loads((BOARDS / "emulator.json").read_text())
     (tmp_path / "board.json").write_text(json.dumps(prof))
     with serving(cloud) as url, Board(tmp_path / "flash.img",
@@ -73,6 +79,14 @@ def test_an_offer_is_downloaded_during_a_brew_switched_after_it_and_reported_don
             "release_key": release.public_hex(Path(f"{key}.pub"))}
         Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
         _until(lambda: cloud.reports, 60, "the boot's report")
+        yield board, prov, prof
+
+
+def test_an_offer_is_downloaded_during_a_brew_switched_after_it_and_reported_done(tmp_path):
+    image, m, manifest, key = _release(tmp_path)
+    cloud = Cloud(image.read_bytes(), manifest, _sign(key, manifest))
+    cloud.config = {"version": 1, "settings": {"report_delay_s": 5}}
+    with flashed(tmp_path, cloud, key) as (board, prov, prof):
         ctl = board.control()
         ctl.press("espresso")  # a brew runs while the update downloads
         poured = time.monotonic()
@@ -108,21 +122,9 @@ def test_no_counter_goes_back_across_the_switch(tmp_path):
     """A brew reported (the tech's sync, whose reply makes the offer), then the download and
     the switch: every counter the new app reports is at least what the cloud had before it,
     pump times included (the record keeps them in 10 ms units)."""
-    image, m = build(tmp_path, "9.0.0")
-    manifest = (image.parent / release.MANIFEST).read_bytes()
-    key = tmp_path / "maker.key"
-    release.keygen(key)
+    image, m, manifest, key = _release(tmp_path)
     cloud = Cloud(image.read_bytes(), manifest, _sign(key, manifest))
-    cloud.offering = False
-    prof = json.loads((BOARDS / "emulator.json").read_text())
-    (tmp_path / "board.json").write_text(json.dumps(prof))
-    with serving(cloud) as url, Board(tmp_path / "flash.img",
-                                      board_profile=str(tmp_path / "board.json")) as board:
-        prov = emulator_provision(url) | {
-            "device_id": DEV, "key": KEY, "lock": False,
-            "release_key": release.public_hex(Path(f"{key}.pub"))}
-        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
-        _until(lambda: cloud.reports, 60, "the boot's report")
+    with flashed(tmp_path, cloud, key) as (board, prov, prof):
         ctl = board.control()
         for _ in range(2):  # (two runs: a pump time off the 10 ms units all but surely)
             ctl.press("espresso")
@@ -145,21 +147,9 @@ def test_no_counter_goes_back_across_the_switch(tmp_path):
 @pytest.mark.parametrize("after_ops, tear", [(40, False), (90, True)])
 def test_a_power_cut_during_the_download_resumes_it_and_ends_on_the_verified_app(
         tmp_path, after_ops, tear):
-    image, m = build(tmp_path, "9.0.0")
-    manifest = (image.parent / release.MANIFEST).read_bytes()
-    key = tmp_path / "maker.key"
-    release.keygen(key)
+    image, m, manifest, key = _release(tmp_path)
     cloud = Cloud(image.read_bytes(), manifest, _sign(key, manifest))
-    cloud.offering = False
-    prof = json.loads((BOARDS / "emulator.json").read_text())
-    (tmp_path / "board.json").write_text(json.dumps(prof))
-    with serving(cloud) as url, Board(tmp_path / "flash.img",
-                                      board_profile=str(tmp_path / "board.json")) as board:
-        prov = emulator_provision(url) | {
-            "device_id": DEV, "key": KEY, "lock": False,
-            "release_key": release.public_hex(Path(f"{key}.pub"))}
-        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
-        _until(lambda: cloud.reports, 60, "the boot's report")
+    with flashed(tmp_path, cloud, key) as (board, prov, prof):
         ctl = board.control()
         ctl.press("espresso")
         ctl.pulses(100)
@@ -183,30 +173,20 @@ def test_a_power_cut_during_the_download_resumes_it_and_ends_on_the_verified_app
         assert running(board) == ("9.0.0", {"release": REL, "state": "done"})
         assert read_counters(board.serial_port, KINDS)["brews_total"] == 1
         assert board.rom_image.read_bytes()[:m["size"]] == image.read_bytes()
+    assert cloud.regressions == []  # nothing the cloud had before the cut went back
 
 
 @pytest.mark.parametrize("case, reason", [("tampered", "update_bad_hash"),
                                           ("other_key", "update_bad_signature")])
 def test_a_tampered_image_or_a_wrong_signature_is_refused_and_reported(tmp_path, case, reason):
-    image, m = build(tmp_path, "9.0.0")
-    manifest = (image.parent / release.MANIFEST).read_bytes()
-    key, other = tmp_path / "maker.key", tmp_path / "other.key"
-    release.keygen(key)
+    image, m, manifest, key = _release(tmp_path)
+    other = tmp_path / "other.key"
     release.keygen(other)
     data = image.read_bytes()
     served = data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]
     cloud = Cloud(data, manifest, _sign(other if case == "other_key" else key, manifest),
                   served if case == "tampered" else None)
-    cloud.offering = False
-    prof = json.loads((BOARDS / "emulator.json").read_text())
-    (tmp_path / "board.json").write_text(json.dumps(prof))
-    with serving(cloud) as url, Board(tmp_path / "flash.img",
-                                      board_profile=str(tmp_path / "board.json")) as board:
-        prov = emulator_provision(url) | {
-            "device_id": DEV, "key": KEY, "lock": False,
-            "release_key": release.public_hex(Path(f"{key}.pub"))}
-        Flasher(board.serial_port).flash(str(tmp_path / "board.json"), prov)
-        _until(lambda: cloud.reports, 60, "the boot's report")
+    with flashed(tmp_path, cloud, key) as (board, prov, prof):
         cloud.offering = True
         rom = board.rom_image.read_bytes()
         fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
