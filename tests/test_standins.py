@@ -96,3 +96,29 @@ def test_the_boards_reset_cause_names_are_machines():
 
     stubs = stub_constants()
     assert {stubs[name]: name for name in CAUSES.values()} == CAUSES
+
+
+TIMER_DUMP = """
+import time
+fired = []
+machine.Timer(1).init(mode=machine.Timer.ONE_SHOT, period=50, callback=lambda t: fired.append(1))
+machine.Timer(1).deinit()  # another object, the same hardware timer: it stops
+machine.Timer(-1).init(mode=machine.Timer.ONE_SHOT, period=50, callback=lambda t: fired.append(-1))
+machine.Timer(-1).deinit()  # a virtual timer is its own: this one stops no other
+time.sleep_ms(300)
+print(fired)
+"""
+
+
+def test_a_new_timer_of_the_same_id_stops_the_one_armed_before():
+    # As the ESP32 port's Timer(id): the object it keeps per hardware timer (romslot.passed()
+    # stops the trial's timer this way, holding no timer object).
+    code = (f"import sys; sys.path.insert(0, {str(unixport.ONMICROPYTHON / 'esp32')!r})\n"
+            "import machine\n" + TIMER_DUMP)
+    assert unixport.run(["-c", code]).strip() == "[-1]"  # the emulated board's
+    harness_machine.Timer(1, mode=harness_machine.Timer.ONE_SHOT, callback=print)
+    virtual = harness_machine.Timer(-1, mode=harness_machine.Timer.ONE_SHOT, callback=print)
+    harness_machine.Timer(1).deinit()
+    harness_machine.Timer(-1).deinit()
+    assert harness_machine.timers() == [virtual]  # the harness's
+    virtual.deinit()

@@ -114,15 +114,18 @@ class WDT:
 
 
 class Timer(_c.Timer):
-    """A timer whose callback the test calls (`fire()`): the harness runs on its own clock."""
+    """A timer whose callback the test calls (`fire()`): the harness runs on its own clock.
+    A hardware timer (id >= 0) is one whichever object drives it, as the ESP32's."""
 
     def __init__(self, id: int = -1, **kwargs: Any) -> None:
+        self.id = id
         self.callback: Callable[[Timer], None] | None = None
         if kwargs:
             self.init(**kwargs)
 
     def init(self, mode: int = _c.Timer.PERIODIC, period: int = -1,
              callback: Callable[[Timer], None] | None = None) -> None:
+        self.deinit()
         self.callback = callback
         if callback is not None and self not in _timers:
             _timers.append(self)
@@ -132,9 +135,10 @@ class Timer(_c.Timer):
             self.callback(self)
 
     def deinit(self) -> None:
+        for t in [t for t in _timers if t is self or 0 <= self.id == t.id]:
+            t.callback = None
+            _timers.remove(t)
         self.callback = None
-        if self in _timers:
-            _timers.remove(self)
 
 
 _timers: list[Timer] = []

@@ -30,22 +30,26 @@ class Timer(_c.Timer):
     # scheduled and runs whenever the VM checks for pending work, including while the REPL
     # waits for input (the unix port's REPL releases the GIL while it reads). A soft reset
     # ends the process, and with it every timer, as the ESP32's soft reset deinits them.
+    # A hardware timer (id >= 0) is one state whichever object drives it: the ESP32 port's
+    # Timer(id) returns the object it keeps per id, so Timer(1).deinit() stops the timer
+    # another Timer(1) armed. A virtual timer (id -1) is its own.
+    _hw = {}  # id -> [generation]
 
     def __init__(self, id=-1, *args, **kwargs):
-        self._gen = 0
+        self._gen = Timer._hw.setdefault(id, [0]) if id >= 0 else [0]
         if args or kwargs:
             self.init(*args, **kwargs)
 
     def init(self, mode=_c.Timer.PERIODIC, period=-1, callback=None, freq=-1):
         if freq > 0:
             period = 1000 // freq
-        self._gen += 1
-        _thread.start_new_thread(self._run, (self._gen, mode, max(1, period), callback))
+        self._gen[0] += 1
+        _thread.start_new_thread(self._run, (self._gen[0], mode, max(1, period), callback))
 
     def _run(self, gen, mode, period, callback):
         while True:
             time.sleep_ms(period)
-            if gen != self._gen:
+            if gen != self._gen[0]:
                 return
             _bus._poll()
             if callback is not None:
@@ -54,7 +58,7 @@ class Timer(_c.Timer):
                 return
 
     def deinit(self):
-        self._gen += 1
+        self._gen[0] += 1
 
 
 class RTC:
