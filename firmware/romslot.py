@@ -26,7 +26,6 @@ BACK = const(5)  # copy romfs_old -> romfs
 FAILED = const(6)
 
 _j = None  # the journal (None: no update in hand)
-_timer = None
 
 
 def step(s, n):
@@ -92,10 +91,13 @@ def switch(rec):
     _save(_j)
 
 
-def boot():
-    """Finish an install or a rollback, count a trial boot, arm the trial's timer. Runs
-    before the app is imported. False when no update is in hand."""
-    global _j, _timer
+def boot(reset):
+    """Finish an install or a rollback, count a trial boot, arm the trial's timer with the
+    callback `reset` (main.py's: a function of this module would hold its globals on the
+    heap for the whole trial). Runs before the app is imported; leaves sys.modules (the
+    functions below read /slot.json from a fresh import). False when no update is in hand."""
+    global _j
+    sys.modules.pop("romslot", None)
     j = _j = _load()
     if not j:
         return False
@@ -140,9 +142,8 @@ def boot():
         import machine
 
         # No acknowledged report in trial_s: reset, and the boot count decides.
-        _timer = machine.Timer(_TIMER)
-        _timer.init(mode=machine.Timer.ONE_SHOT, period=j["trial_s"] * 1000,
-                    callback=lambda t: machine.reset())
+        machine.Timer(_TIMER).init(mode=machine.Timer.ONE_SHOT, period=j["trial_s"] * 1000,
+                                   callback=reset)
     if rom is not None:
         import vfs
 
@@ -172,21 +173,24 @@ def status():
 
 
 def passed():
-    """The new app had a report acknowledged on trial: it stays."""
-    global _timer
-    if _timer:
-        _timer.deinit()
-        _timer = None
-    j = _j
+    """The new app had a report acknowledged on trial: it stays. Returns status()."""
+    global _j
+    j = _j = _j or _load()
     if j and j["s"] == TRIAL:
+        import machine
+
+        # The ESP32's Timer(id) is the one object the port keeps per hardware timer (as
+        # the emulated board's): this stops the timer boot() armed, holding nothing.
+        machine.Timer(_TIMER).deinit()
         j["s"] = DONE
         _save(j)
+    return status()
 
 
 def reported():
     """A report carrying done or failed was acknowledged: the update is over."""
     global _j
-    if _j and _j["s"] in (DONE, FAILED):
+    j = _j or _load()
+    if j and j["s"] in (DONE, FAILED):
         os.remove(PATH)
         _j = None
-        sys.modules.pop("romslot", None)  # freed with its last holder (app/update.py)

@@ -32,10 +32,13 @@ def test_the_journal_from_switch_to_reported(tmp_path, monkeypatch):
     romslot.switch(rec)
     monkeypatch.setattr(romslot, "_j", None)  # as after the reset: read from the file
     assert romslot.status() == {"release": "r-1", "state": "trial"}
-    romslot._j["s"] = TRIAL
+    romslot._save(dict(romslot._j, s=TRIAL, n=1))
+    # Each call as from a fresh import (the app's, boot() having left sys.modules): from the file
+    monkeypatch.setattr(romslot, "_j", None)
     romslot.passed()
     monkeypatch.setattr(romslot, "_j", None)
     assert romslot.status() == {"release": "r-1", "state": "done"}
+    monkeypatch.setattr(romslot, "_j", None)
     romslot.reported()
     assert not (tmp_path / "slot.json").exists() and romslot.status() is None
     romslot.switch(rec)

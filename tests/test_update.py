@@ -191,7 +191,6 @@ async def test_an_offer_is_downloaded_verified_and_switched_to(profile, tmp_path
         assert _state(s) == "switched"
         assert await s.sync_once() == "ok"
         assert slots.calls[-1] == "passed"
-        slots.state = {"release": REL, "state": "done"}
         assert await s.sync_once() == "ok"
         assert slots.calls[-1] == "reported" and s.upd is None and s.no == REL
         assert "app.update" not in sys.modules  # dropped once nothing is in hand

@@ -65,7 +65,7 @@ def status(rec, slot=None):
 def _slots(fn, *args):
     # romslot.fn(*args): the ROM slots' bootstrap module (None without it), let go of after
     # if it was loaded for this: on the filesystem, its bytecode would sit in the heap beside
-    # the download (main.py's, loaded at a boot after a switch, holds the trial: kept).
+    # the download, or beside the app on trial.
     had = "romslot" in sys.modules
     try:
         import romslot
@@ -93,8 +93,11 @@ def boot(s, data):
         return _set(s, None)
     if rec.get("v") == VERSION:  # the new app runs (a cut before the record said so)
         rec = {"r": rec["r"], "st": "switched", "v": VERSION}
-    if rec["st"] == "switched" and _slots("status") is None:
-        rec["st"] = "gone"  # its end reported (a cut before the record said so)
+    if rec["st"] == "switched":
+        # romslot's status, read once: held with the record (a report imports no romslot)
+        rec["ss"] = _slots("status")
+        if rec["ss"] is None:
+            rec["st"] = "gone"  # its end reported (a cut before the record said so)
     _set(s, rec)
 
 
@@ -103,7 +106,7 @@ def report(s):
     rec = s.upd
     if _task is None:  # (loaded for this alone)
         unload("update")
-    return status(rec, rec["st"] == "switched" and _slots("status"))
+    return status(rec, rec["st"] == "switched" and rec.get("ss"))
 
 
 def synced(s, sent, offers, seq):
@@ -113,7 +116,7 @@ def synced(s, sent, offers, seq):
     if sent and rec:
         st = sent["state"]
         if st == "trial":
-            _slots("passed")
+            rec["ss"] = _slots("passed")
         elif st == "done" or st == "failed":
             if rec["st"] == "switched":
                 _slots("reported")
@@ -147,7 +150,8 @@ def _take(s, o, seq):
 def _set(s, rec):
     # Held (s.upd, the module loaded) while the download's task runs; the record alone while
     # the update waits for its status to be acknowledged (failed, or on trial after the
-    # switch: romslot is then loaded too), the module imported again for each report.
+    # switch: with romslot's status, romslot not loaded), the module imported again for
+    # each report.
     global _task
     if rec and rec["st"] == "gone":
         s.no, rec = rec["r"], None

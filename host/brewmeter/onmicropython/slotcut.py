@@ -114,8 +114,8 @@ def _setup(mode, old, new, size):
 
 
 def _boot():
-    romslot._j = romslot._timer = None
-    romslot.boot()
+    romslot._j = None
+    romslot.boot(None)
 
 
 def main(argv):

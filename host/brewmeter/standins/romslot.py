@@ -49,8 +49,11 @@ class Slots:
     def status(self) -> dict | None:
         return self.state
 
-    def passed(self) -> None:
+    def passed(self) -> dict | None:
         self.calls.append("passed")
+        if self.state and self.state["state"] == "trial":
+            self.state = dict(self.state, state="done")
+        return self.state
 
     def reported(self) -> None:
         self.calls.append("reported")
