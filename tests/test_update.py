@@ -360,7 +360,8 @@ async def test_a_cut_between_the_switch_and_its_record_is_read_right_at_boot(
         "h": "00" * 32, "t": 600}).encode())
     slots.state = {"release": REL, "state": "trial"}  # the new app (VERSION) on trial
     s = _syncer(_device(profile, tmp_path, keys), "http://127.0.0.1:9")
-    assert s.upd == {"r": REL, "st": "switched", "v": VERSION} and "switch" not in slots.calls
+    assert s.upd == {"r": REL, "st": "switched", "v": VERSION, "ss": slots.state}
+    assert "switch" not in slots.calls
     slots.state = None  # its end reported, the record not yet saved so
     s = _syncer(_device(profile, tmp_path, keys), "http://127.0.0.1:9")
     assert s.upd is None and s.no == REL
