@@ -142,8 +142,11 @@ def test_no_counter_goes_back_across_the_switch(tmp_path):
     assert cloud.counters["boots"] == before["boots"] + 1  # (the trial's report: all of them)
 
 
-def _heap_free(board: Board) -> int:
-    """What the console's status says of the heap (the console loaded)."""
+def _heap_free(board: Board, pin: str) -> int:
+    """What the console's status says of the heap, the console loaded afresh (after a
+    collect) by a tech's service action."""
+    said = fieldtech.act(board.serial_port, "service unlock", pin, (b"unlock: ",), timeout=30)
+    assert "not locked" in said  # the PIN taken, the console loaded
     s = fieldtech.ask(board.serial_port, "status", timeout=10)
     assert isinstance(s, dict)
     return s["heap_free"]
@@ -163,10 +166,7 @@ def test_a_tech_at_the_service_console_during_a_trial_does_not_fail_it(tmp_path)
         fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ",), timeout=30)
         board.wait_output(READY + b" fw=9.0.0", timeout=120, start=mark)
         _until(lambda: cloud.statuses, 60, "the trial's report")
-        said = fieldtech.act(board.serial_port, "service unlock", prov["service_pin"],
-                             (b"unlock: ",), timeout=30)
-        assert "not locked" in said  # the PIN taken, the console loaded
-        trial = _heap_free(board)
+        trial = _heap_free(board, prov["service_pin"])  # the console stays loaded
         ctl = board.control()
         ctl.press("espresso")
         ctl.pulses(100)
@@ -176,12 +176,18 @@ def test_a_tech_at_the_service_console_during_a_trial_does_not_fail_it(tmp_path)
                "the done report")
         _until(lambda: cloud.counters.get("brews_total") == 1, 30, "the brew in a report")
         time.sleep(1)  # (the reply applied: the update over)
-        after = _heap_free(board)
+        # (a tech's sync drops the console, and its report is acknowledged too)
+        fieldtech.act(board.serial_port, "sync", prov["service_pin"], (b"sync: ok",),
+                      timeout=30)
+        after = _heap_free(board, prov["service_pin"])
         print(f"heap_free with the console loaded: on trial {trial}, after it {after}")
         # What the trial held beside the app (romslot: its module, its globals) is back
         assert trial > after - 2048, (trial, after)
-    assert cloud.statuses == [{"release": REL, "state": "trial"},
-                              {"release": REL, "state": "done"}]
+    # (done may be reported more than once: the console beside the app, romslot imported to
+    # end the update can run short of heap until the console is dropped)
+    assert {s["release"] for s in cloud.statuses} == {REL}
+    states = [s["state"] for s in cloud.statuses]
+    assert states[0] == "trial" and set(states[1:]) == {"done"}, states
 
 
 @pytest.mark.parametrize("after_ops, tear", [(40, False), (90, True)])
