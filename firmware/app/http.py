@@ -136,6 +136,31 @@ async def _line(c, deadline, buf, mv, at):
         at[1] = end + n
 
 
+async def head_of(r, name):
+    """The reply's status line and headers, read through `r` (_line's arguments): (status,
+    Content-Length's value as bytes or None, Retry-After in seconds (0: none), the value of
+    header `name` (lowercase bytes) or None)."""
+    parts = (await _line(*r)).split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise HttpError("not an HTTP reply")
+    length = other = None
+    retry_after = 0
+    for _ in range(MAX_HEADERS):
+        line = await _line(*r)
+        if not line:
+            return int(parts[1]), length, retry_after, other
+        k, _, value = line.partition(b":")
+        k = k.strip().lower()
+        value = value.strip()
+        if k == b"content-length":
+            length = value
+        elif k == b"retry-after" and value.isdigit() and len(value) < 9:
+            retry_after = int(value)
+        elif k == name:
+            other = value
+    raise HttpError("too many headers")
+
+
 async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline):
     c = await _connect(host, port, ssl, deadline)
     try:
@@ -145,29 +170,13 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline)
         await _send(c, body, deadline)
         body = None  # sent: its heap goes back before the reply's buffer is made
         head = c, deadline, line, memoryview(line), [0, 0]  # the reply's lines pass through `line`
-        parts = (await _line(*head)).split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise HttpError("not an HTTP reply")
-        status = int(parts[1])
-        length = None
-        retry_after = 0
-        for _ in range(MAX_HEADERS):
-            line = await _line(*head)
-            if not line:
-                break
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == b"content-length":
-                if not value.isdigit() or len(value) > 9:
-                    raise HttpError("bad Content-Length")
-                length = int(value)
-            elif name == b"retry-after" and value.isdigit() and len(value) < 9:
-                retry_after = int(value)
-            elif name == b"date" and date:
-                date[0] = value
-        else:
-            raise HttpError("too many headers")
+        status, length, retry_after, d = await head_of(head, b"date")
+        if d and date:
+            date[0] = d
+        if length is not None:
+            if not length.isdigit() or len(length) > 9:
+                raise HttpError("bad Content-Length")
+            length = int(length)
         if length is None:
             raise HttpError("reply without Content-Length")
         if length > max_body:

@@ -255,29 +255,12 @@ async def _range(s, rec, part, buf):
     try:
         c = await http._connect(host, port, ssl, deadline)
         await http._send(c, head, deadline)
+        head = None  # sent: not held while the range is read
         mv = memoryview(buf)
         cur = [0, 0]  # the headers pass through the block's buffer
-        head = (await http._line(c, deadline, buf, mv, cur)).split(None, 2)
-        if len(head) < 2 or not head[0].startswith(b"HTTP/1.") or not head[1].isdigit():
-            raise http.HttpError("not an HTTP reply")
-        status = int(head[1])
-        cr = length = head = None
-        retry = 0
-        for _ in range(protocol.MAX_HEADERS):
-            line = await http._line(c, deadline, buf, mv, cur)
-            if not line:
-                break
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-range":
-                cr = value.strip()
-            elif name == b"content-length":
-                length = value.strip()
-            elif name == b"retry-after" and value.strip().isdigit():
-                retry = min(int(value.strip()), 86400)
-        else:
-            raise http.HttpError("too many headers")
-        line = name = value = None
+        status, length, retry, cr = await http.head_of((c, deadline, buf, mv, cur),
+                                                       b"content-range")
+        retry = min(retry, 86400)
         if status == 404:
             return "update_withdrawn"  # not (or no longer) offered to this device
         if status == 416:
