@@ -180,12 +180,8 @@ def limits(name):
     if i < 0:
         return None
     i += len(name) + 2
-    out = []
-    for _ in range(3):
-        j = s.find(" ", i)
-        out.append(int(s[i:j]))
-        i = j + 1
-    return tuple(out)
+    lo, hi, d, _ = s[i:i + 24].split(" ", 3)  # (three numbers fit in 23 characters)
+    return int(lo), int(hi), int(d)
 
 
 def schema():
