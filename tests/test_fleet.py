@@ -181,6 +181,43 @@ async def test_the_pool_keeps_the_firmwares_bounds_and_the_replies_order():
         await pool.post(url, "/r", {}, b"four")  # refused
 
 
+async def test_the_pool_opens_at_most_its_connections_for_a_batch_larger_than_them():
+    """A batch of 3 x CONCURRENCY reports at once (as at the start, when every machine is
+    due): CONCURRENCY connections, the rest of the requests queued on them, each answered."""
+    from brewmeter.clock import VirtualClock
+    from brewmeter.runs import fleetnet
+    from brewmeter.runs.fleetcheck import Outcome
+
+    opened = 0
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await r.readexactly(n)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (n, body))
+        except asyncio.IncompleteReadError:
+            w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = fleetnet.Pool(Outcome(1, 1), VirtualClock())
+    n = 3 * fleetnet.CONCURRENCY
+    try:
+        pool.release(1)
+        fleetnet.BATCH.set(1)
+        got = await asyncio.gather(*(pool.post(url, "/r", {}, b"%d" % i) for i in range(n)))
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+    assert got == [(200, 0, b"%d" % i) for i in range(n)]
+    assert opened == fleetnet.CONCURRENCY
+
+
 @pytest.mark.slow
 def test_a_fleet_on_postgresql_with_two_workers_loses_and_doubles_nothing(postgres):
     o = fleet.run(fleet.Plan(devices=12, days=4, outage=(1, 4), restore_at=3, workers=2,

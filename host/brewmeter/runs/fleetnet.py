@@ -199,11 +199,11 @@ def _head(head: bytes) -> tuple[int, int, int, bytes, bool]:
 
 class Pool:
     """The fleet's HTTP in place of app.http.post: up to CONCURRENCY keep-alive connections
-    (a request goes on an idle one, else a new one, else after another's on the least busy),
-    each request counted by the virtual hour and each 200 timed from its sending to its
-    reply read. A reply reaches its sender only once its batch (BATCH, the fleet's step) is
-    released: the fleet applies a step's replies at one point of its clock whatever the
-    cloud's speed, so the same seed gives the same run."""
+    (a request goes on an idle one, else a new one, else, once none is being opened, after
+    another's on the least busy), each request counted by the virtual hour and each 200
+    timed from its sending to its reply read. A reply reaches its sender only once its
+    batch (BATCH, the fleet's step) is released: the fleet applies a step's replies at one
+    point of its clock whatever the cloud's speed, so the same seed gives the same run."""
 
     def __init__(self, out: Outcome, clock: VirtualClock) -> None:
         self.out, self.clock = out, clock
@@ -212,6 +212,7 @@ class Pool:
         self.released = 0  # replies of batches up to this reach their senders when read
         self.held: list[_Req] = []  # read, batch not released yet
         self.posted: Counter[int] = Counter()  # requests made, by batch
+        self.change: asyncio.Future[None] | None = None  # a connection opened or failed
 
     def arrived(self, req: _Req, result: tuple[int, int, bytes, bytes] | BaseException
                 ) -> None:
@@ -236,19 +237,32 @@ class Pool:
                 self.held.append(req)
 
     async def _conn(self, host: str, port: int) -> _Conn:
-        for c in self.conns:
-            if not c.waiting:
-                return c
-        if len(self.conns) + self.connecting < CONCURRENCY or not self.conns:
-            self.connecting += 1
-            try:
-                _, conn = await asyncio.get_running_loop().create_connection(
-                    lambda: _Conn(self), host, port)
-            finally:
-                self.connecting -= 1
-            self.conns.append(conn)
-            return conn
-        return min(self.conns, key=lambda c: len(c.waiting))
+        while True:
+            for c in self.conns:
+                if not c.waiting:
+                    return c
+            if len(self.conns) + self.connecting < CONCURRENCY:
+                self.connecting += 1
+                try:
+                    _, conn = await asyncio.get_running_loop().create_connection(
+                        lambda: _Conn(self), host, port)
+                finally:
+                    self.connecting -= 1
+                    self._changed()
+                self.conns.append(conn)
+                return conn
+            if not self.connecting:
+                return min(self.conns, key=lambda c: len(c.waiting))
+            # The others are being opened (a batch larger than CONCURRENCY at the start, or
+            # after an outage): wait for them, rather than open more or queue on the first.
+            if self.change is None:
+                self.change = asyncio.get_running_loop().create_future()
+            await self.change
+
+    def _changed(self) -> None:
+        if self.change is not None:
+            self.change.set_result(None)
+            self.change = None
 
     async def post(self, url: str, path: str, headers: dict[str, Any], body: bytes | str,
                    timeout_ms: int = 10000, ssl: Any = None, max_body: int = 4096,
