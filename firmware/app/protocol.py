@@ -190,12 +190,15 @@ def schema():
 
 
 def setting(settings, name):
+    """The value of setting `name` (a name in the firmware's code): `settings`' own, else
+    its default. (Looked up after every brew: the default read straight from SETTINGS.)"""
     v = settings.get(name)
     if v is None:
-        lim = limits(name)
-        if lim is None:
+        i = SETTINGS.find(" %s " % name)
+        if i < 0:
             raise KeyError(name)
-        v = lim[2]
+        i += len(name) + 2
+        v = int(SETTINGS[i:i + 24].split(" ", 3)[2])
     return v
 
 
