@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from brewmeter import unixport
+from brewmeter.standins import FIRMWARE
 
 HOST = Path(unixport.HOST)
 
@@ -139,3 +140,13 @@ def test_what_runs_inside_micropython_is_micropython(tmp_path):
                                                "flashrun.py"}
     for p in onmicropython:
         unixport.cross_compile(p, tmp_path / (p.stem + ".mpy"))  # raises with mpy-cross's error
+
+
+def test_the_app_has_no_comprehensions():
+    """A comprehension or generator expression is code of its own, held on the heap with its
+    module (about 96 bytes here; with the app on the filesystem its bytecode too): the app's
+    modules use loops (or map()). Lambdas are left to the few places that need a closure."""
+    found = [f"{p.name}:{n.lineno}" for p in sorted((FIRMWARE / "app").glob("*.py"))
+             for n in ast.walk(ast.parse(p.read_text()))
+             if isinstance(n, (ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp))]
+    assert found == []

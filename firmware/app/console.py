@@ -77,7 +77,7 @@ class Console:
                 except Exception as e:  # a bug in one command must not end the console
                     out.append("error: internal: %s failed (%s)" % (
                         line.split()[0][:20], e.__class__.__name__))
-        return "".join(x + "\n" for x in out)
+        return "\n".join(out) + "\n" if out else ""  # (no generator: code held on the heap)
 
     async def serve(self, data, wall=0, now=None):
         """What the serial port gets back for `data`: the echo of the typing, then any
@@ -92,7 +92,8 @@ class Console:
     async def command(self, line, wall=0, now=None):
         words = line.split()
         as_json = "--json" in words
-        words = [w for w in words if w != "--json"]
+        while "--json" in words:
+            words.remove("--json")
         if not words:
             return "error: --json goes after a command; try help"
         name = words[0].lower()

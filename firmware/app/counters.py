@@ -85,5 +85,6 @@ def unpack_counters(data, fmt=FORMAT):
         c.filter_pump_ms *= 10
     else:  # v1 kept 32-bit counts where v2 keeps 16 bits: saturate, as Meter.boot does
         c.stuck_runs = min(c.stuck_runs, 0xFFFF)
-        c.resets = [min(n, 0xFFFF) for n in c.resets]
+        for i in range(len(c.resets)):  # (not a comprehension: code held on the heap)
+            c.resets[i] = min(c.resets[i], 0xFFFF)
     return c

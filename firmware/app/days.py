@@ -130,8 +130,11 @@ class Days:
         """The report's `days`: at most protocol.MAX_DAYS, the oldest first (`more` says
         whether some were left for the next report)."""
         c = self.c
-        out = [_bucket(h) for h in self.history[:MAX_DAYS]]
-        self.sent = [h[0] for h in self.history[:MAX_DAYS]]
+        out = []  # (loops, not comprehensions: each of those is code held on the heap)
+        self.sent = []
+        for h in self.history[:MAX_DAYS]:
+            out.append(_bucket(h))
+            self.sent.append(h[0])
         for key, n in ((c.prev_day, c.prev_brews), (c.day, c.day_brews),
                        (-c.undated_boot, c.undated_brews)):
             if key and n:
@@ -141,12 +144,18 @@ class Days:
 
     def acked(self, sent):
         """The cloud stored `sent` (what buckets() gave): finished buckets can go."""
-        done = [_key(b) for b in sent]
+        done = []
+        for b in sent:
+            done.append(_key(b))
         c = self.c
         if [c.prev_day, c.prev_brews] in done:
             c.prev_day = c.prev_brews = 0  # saved with the next counters write
         n = len(self.history)
-        self.history = [h for h in self.history if h not in done]
+        keep = []
+        for h in self.history:
+            if h not in done:
+                keep.append(h)
+        self.history = keep
         self.unsaved = self.unsaved or len(self.history) != n
 
 

@@ -120,9 +120,14 @@ class Device:
         boot dated by it moves with it (redated), saved at once."""
         c, fc, sup = self.meter.c, self.forecast, self.supplies
         boot = self._dated
-        evs = [e for e in self.outbox.events if e.get("wall")]  # order and refill times
-        v = redated(old, new, list(zip(self._dates(), boot, _UNITS)) + [
-            (e["wall"], e["id"] < boot[4] and e["wall"], 1) for e in evs])
+        # (Loops, not comprehensions: each of those is code of its own, held on the heap.)
+        v = list(zip(self._dates(), boot, _UNITS))
+        evs = []
+        for e in self.outbox.events:
+            if e.get("wall"):  # order and refill times
+                evs.append(e)
+                v.append((e["wall"], e["id"] < boot[4] and e["wall"], 1))
+        v = redated(old, new, v)
         c.filter_fit_wall, fc.day, fc.used, sup.month[0] = v[:4]
         for e, w in zip(evs, v[4:]):
             e["wall"] = w
@@ -349,7 +354,10 @@ class Device:
         wall = self.wall()
         for name in lost:  # the cloud never got the request (dropped from a full outbox)
             oid = orders.order_id(name, self.supplies.items[name][0])
-            if not [e for e in self.outbox.events if e.get("order") == oid]:
+            for e in self.outbox.events:
+                if e.get("order") == oid:
+                    break
+            else:
                 self.outbox.add(orders.request(self.supplies, name, self.config,
                                                self.profile, wall, self.per_day(wall)))
                 what |= STATE
@@ -365,7 +373,10 @@ def redated(old, new, dated):
     (value, its value at boot, its unit in seconds) each, 0 for never dated. A value that
     changed since boot was dated by this boot's clock: it moves by the same step, in whole
     units (a day by a step of more than half a day); the others stay."""
-    return [v + (new - old + u // 2) // u if v and v != b else v for v, b, u in dated]
+    out = []
+    for v, b, u in dated:
+        out.append(v + (new - old + u // 2) // u if v and v != b else v)
+    return out
 
 
 def _no_clock() -> int:  # (annotated: pyright types self.wall from it)

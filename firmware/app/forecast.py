@@ -30,8 +30,10 @@ class Forecast:
                 pass  # unreadable: learn again
 
     def state(self):
-        return [self.day, self.days, self.used, self.at,
-                [round(r, 3) for r in self.rates]]
+        rates = []  # (loops, not comprehensions: each of those is code held on the heap)
+        for r in self.rates:
+            rates.append(round(r, 3))
+        return [self.day, self.days, self.used, self.at, rates]
 
     def roll(self, day, totals):
         """The day is now `day` and the drivers' totals are `totals` (a list): fold the use
@@ -42,7 +44,9 @@ class Forecast:
         gap = day - self.day
         if gap <= 0:
             return False
-        use = [t - a for t, a in zip(totals, self.at)]
+        use = []
+        for t, a in zip(totals, self.at):
+            use.append(t - a)
         if min(use) < 0:  # counters went back (flash restored from older): start over here
             self.day, self.at = day, list(totals)
             return True

@@ -58,7 +58,9 @@ class Meter:
     def __init__(self, profile, counters=None):
         self.profile = profile
         self.c = counters if counters is not None else Counters()
-        self.inputs = [Input(profile.debounce_ms) for _ in profile.kinds]
+        self.inputs = []  # (a loop, not a comprehension: that is code held on the heap)
+        for _ in profile.kinds:
+            self.inputs.append(Input(profile.debounce_ms))
         self._min_ms = int(profile.min_brew_s * 1000)
         self._max_ms = int(profile.max_run_s * 1000)
         self._ppl = profile.pulses_per_litre

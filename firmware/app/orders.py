@@ -59,7 +59,11 @@ def request(sup, name, cfg, profile, wall, per_day):
 
 def open_orders(sup):
     """The report's `orders`: {order id: status} of this cycle's orders still open."""
-    return {order_id(n, it[0]): it[2] for n, it in sup.items.items() if it[2] in OPEN}
+    out = {}  # (a loop, not a comprehension: that is code held on the heap)
+    for n, it in sup.items.items():
+        if it[2] in OPEN:
+            out[order_id(n, it[0])] = it[2]
+    return out
 
 
 def apply_status(sup, statuses):

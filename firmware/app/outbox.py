@@ -39,7 +39,9 @@ class Outbox:
         self.next_id += 1
         self.events.append(event)
         if len(self.events) > MAX_EVENTS:
-            lowest = min(_prio(e) for e in self.events)
+            lowest = 99  # (loops, not comprehensions: each of those is code held on the heap)
+            for e in self.events:
+                lowest = min(lowest, _prio(e))
             for e in self.events:
                 if _prio(e) == lowest:
                     self.events.remove(e)
@@ -50,5 +52,9 @@ class Outbox:
     def ack(self, ids):
         """The cloud has these ids: forget them. True if anything changed."""
         n = len(self.events)
-        self.events = [e for e in self.events if e["id"] not in ids]
-        return len(self.events) != n
+        keep = []
+        for e in self.events:
+            if e["id"] not in ids:
+                keep.append(e)
+        self.events = keep
+        return len(keep) != n

@@ -152,8 +152,11 @@ def validate(data, source):
     p.active_low = out.get("active_low", True)
     p.wdt_s = out.get("wdt_s") or 30
     p.unlock_s = out.get("unlock_s") or 900
-    p.kinds = tuple(k for k, _ in out["inputs"])
-    p.input_pins = tuple(g for _, g in out["inputs"])
+    kinds, pins = [], []  # (a loop, not generators: each of those is code on the heap)
+    for k, g in out["inputs"]:
+        kinds.append(k)
+        pins.append(g)
+    p.kinds, p.input_pins = tuple(kinds), tuple(pins)
     return p
 
 

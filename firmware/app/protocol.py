@@ -119,7 +119,7 @@ def parse_order(s):
         return None
     item, _, n = s.partition("-")
     if not (0 < len(item) <= MAX_NAME and 0 < len(n) <= 15 and n.isdigit()
-            and all("a" <= ch <= "z" for ch in item)):
+            and not item.strip(NAME_CHARS[:26])):  # a-z (no generator: code held on the heap)
         return None
     return item, int(n)
 
@@ -186,7 +186,10 @@ def limits(name):
 
 def schema():
     """The settings as {name: (minimum, maximum, default)}."""
-    return {k: limits(k) for k in SETTINGS.split()[::4]}
+    out = {}  # (a loop, not a comprehension: that is code held on the heap)
+    for k in SETTINGS.split()[::4]:
+        out[k] = limits(k)
+    return out
 
 
 def setting(settings, name):

@@ -9,9 +9,14 @@ def counters(c, kinds):
     for k, v in c.__dict__.items():
         if k not in ("brews", "resets"):
             d[k] = v
-    d["brews"] = {kinds[i]: c.brews[i] for i in range(len(kinds))}
+    d["brews"] = b = {}  # (loops, not comprehensions: each of those is code held on the heap)
+    for i in range(len(kinds)):
+        b[kinds[i]] = c.brews[i]
     d["brews_total"] = c.total_brews()
-    d["resets"] = {RESET_CAUSES[i]: n for i, n in enumerate(c.resets) if n}
+    d["resets"] = r = {}
+    for i, n in enumerate(c.resets):
+        if n:
+            r[RESET_CAUSES[i]] = n
     return d
 
 

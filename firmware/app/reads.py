@@ -1,6 +1,7 @@
 # The service console's read commands (app/console.py): what each reads of the device, and
 # its words for a person. Loaded for a command and unloaded after it: while a tech types,
-# the console holds only its line discipline and dispatch.
+# the console holds only its line discipline and dispatch. (Loops, not comprehensions: each
+# of those is code of its own on the heap.)
 from app import readout, waterfilter
 from app.protocol import setting
 from app.supplies import ITEMS, UNITS
@@ -9,7 +10,10 @@ from app.supplies import ITEMS, UNITS
 def human(name, data):
     """A read command's words for a person, from its JSON (`brewmeter` prints the same)."""
     if name == "consumables":
-        data = {k: _supply(v) for k, v in data.items()}
+        out = {}
+        for k, v in data.items():
+            out[k] = _supply(v)
+        data = out
     elif name == "filter" and "due_at_litres" in data:
         data = dict(data)
         data["limits"] = "due at %g L or %d months" % (data.pop("due_at_litres"),
@@ -23,21 +27,27 @@ def human(name, data):
         a = data.pop("last_sync_age_s", None)
         if a is not None:
             data["last_sync"] = "%s (%d s ago)" % (data["last_sync"], a)
-    if isinstance(data, dict):
-        return _table([(k, _fmt(v)) for k, v in sorted(data.items())])
+    out = []
+    if isinstance(data, dict):  # a table: the names in a column as wide as the longest
+        w = 0
+        for k in data:
+            w = max(w, len(k))
+        for k in sorted(data):
+            out.append("%s  %s" % (k + " " * (w - len(k)), _fmt(data[k])))
+        return "\n".join(out)
     if not data:
         return "(none)"
-    return "\n".join([_fmt(x) for x in list(data)])
-
-
-def _table(rows):
-    w = max(len(k) for k, _ in rows) if rows else 0
-    return "\n".join("%s  %s" % (k + " " * (w - len(k)), v) for k, v in rows)
+    for x in data:
+        out.append(_fmt(x))
+    return "\n".join(out)
 
 
 def _fmt(v):
     if isinstance(v, dict):
-        return ", ".join("%s %s" % (k, v[k]) for k in sorted(v))
+        out = []
+        for k in sorted(v):
+            out.append("%s %s" % (k, v[k]))
+        return ", ".join(out)
     return str(v)
 
 
@@ -60,7 +70,10 @@ def read(con, name, args, wall):
     d = con.device
     if name == "help":
         h = _HELP.split("|")
-        return {h[i]: h[i + 1] for i in range(0, len(h), 2)}
+        out = {}
+        for i in range(0, len(h), 2):
+            out[h[i]] = h[i + 1]
+        return out
     if name == "counters":
         return readout.usage(d.meter.c, d.profile.kinds)
     if name == "filter":
@@ -92,7 +105,10 @@ def read(con, name, args, wall):
             n = int(args[0])
         return d.outbox.events[-n:] if n else []
     if name == "faults":
-        return ["%s %s" % f for f in d.faults]
+        out = []
+        for f in d.faults:
+            out.append("%s %s" % f)
+        return out
     if name == "config":
         # Only the settings in force: secrets (device key, Wi-Fi password, PIN) never appear.
         return {"version": d.config_version, "settings": d.config}

@@ -34,7 +34,7 @@ def offer(manifest, sig, key, board, micropython, mpy, running, rom_bytes):
         return "update_bad_signature"
     try:
         m = json.loads(manifest)
-        new = [int(x) for x in m["version"].split(".")]
+        new = list(map(int, m["version"].split(".")))  # (no comprehension: code on the heap)
         size, boards, trial = m["size"], m["boards"], m["trial_s"]
         if not (m["format"] == 1 and type(size) is int and size > 0 and type(trial) is int
                 and trial > 0 and len(bytes.fromhex(m["sha256"])) == 32
@@ -47,7 +47,7 @@ def offer(manifest, sig, key, board, micropython, mpy, running, rom_bytes):
         return "update_wrong_board"
     if not fw:
         return "update_wrong_firmware"
-    if new <= [int(x) for x in running.split(".")]:
+    if new <= list(map(int, running.split("."))):
         return "update_not_newer"
     if size > rom_bytes:
         return "update_too_big"

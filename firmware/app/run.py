@@ -70,8 +70,8 @@ async def main(profile, prov):
     unload("startup")
     sync = sync or "off (not provisioned)"
     print("brewmeter ready fw=%s board=%s sync=%s" % (VERSION, profile.board, sync))
-    asyncio.create_task(keep("console", lambda: serve_console(device, prov, syncer)))
-    asyncio.create_task(keep("day", lambda: _days(device)))
+    asyncio.create_task(keep("console", serve_console, device, prov, syncer))
+    asyncio.create_task(keep("day", _days, device))
     asyncio.create_task(keep("button", sensors.run_button))
     if sup.hook == "stall":  # tests only: the event loop stalls (a task stuck in a call)
         asyncio.create_task(_stall())

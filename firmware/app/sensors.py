@@ -21,7 +21,9 @@ class Sensors:
     def __init__(self, profile, device: Device):
         self.device = device
         self.meter = device.meter
-        self.pins = [hw.input_pin(g, profile.active_low) for g in profile.input_pins]
+        self.pins = []  # (a loop, not a comprehension: that is code held on the heap)
+        for g in profile.input_pins:
+            self.pins.append(hw.input_pin(g, profile.active_low))
         self.invert = 1 if profile.active_low else 0
         self.flow = hw.PulseCounter(profile.flow_pin)
         gpio = getattr(profile, "button_pin", None)

@@ -149,8 +149,10 @@ def act(device, words, wall, now):
         return "%s refilled: cycle %d closed" % (words[1], ev["cycle"])
     if what == "config set":
         if len(words) != 4 or not words[3].lstrip("-").isdigit():
-            raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(
-                sorted(protocol.schema()) + [k + ".KIND" for k in protocol.PER_KIND]))
+            keys = sorted(protocol.schema())  # (a loop, not a comprehension: code on the heap)
+            for k in protocol.PER_KIND:
+                keys.append(k + ".KIND")
+            raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(keys))
         new = dict(device.config)
         key, _, kind = words[2].partition(".")
         if kind:  # a per-kind setting: coffee_use.espresso 7

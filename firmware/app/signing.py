@@ -12,8 +12,12 @@ def pads(key):
     """The HMAC's inner and outer padded keys for `key`."""
     if len(key) > _BLOCK:
         key = sha256(key).digest()
-    key = key + bytes(_BLOCK - len(key))
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+    i = bytearray(key + bytes(_BLOCK - len(key)))
+    o = bytearray(i)
+    for n in range(_BLOCK):  # (a loop, not a generator: that is code held on the heap)
+        i[n] ^= 0x36
+        o[n] ^= 0x5C
+    return bytes(i), bytes(o)
 
 
 def hmac_sha256(key, msg, more=b""):

@@ -43,8 +43,9 @@ class Supervisor:
         d = self.device
         return (d.wall() or d.up_s) // 86400
 
-    async def keep(self, name, start):
-        """Run `start()` (a coroutine function) for ever, restarting it after a failure."""
+    async def keep(self, name, start, *args):
+        """Run `start(*args)` (a coroutine function) for ever, restarting it after a
+        failure. (Its arguments passed, not a lambda: that would be code held on the heap.)"""
         n = 0
         while True:
             began = ticks_ms()
@@ -53,7 +54,7 @@ class Supervisor:
                     self.hook = None
                     await asyncio.sleep_ms(500)
                     raise RuntimeError("test hook: %s made to fail" % name)
-                await start()
+                await start(*args)
                 return
             except asyncio.CancelledError:
                 raise

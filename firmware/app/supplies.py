@@ -96,7 +96,10 @@ class Supplies:
         """Coffee units per brew of each kind: coffee_use, else 1 (0 for a kind named for
         water: hot water uses no coffee)."""
         u = cfg.get("coffee_use") or {}
-        return [u.get(k, 0 if "water" in k else 1) for k in self.kinds]
+        out = []  # (loops, not comprehensions: each of those is code held on the heap)
+        for k in self.kinds:
+            out.append(u.get(k, 0 if "water" in k else 1))
+        return out
 
     def level(self, name, cfg, profile, wall, per_day):
         """(used, capacity, days until it runs out or None) of `name` in its UNITS.
@@ -108,9 +111,12 @@ class Supplies:
         n = len(self.kinds)
         if name == "coffee":
             use = self.use(cfg)
-            used = sum((c.brews[i] - mark[i]) * use[i] for i in range(n))
+            used = rate = 0
+            for i in range(n):
+                used += (c.brews[i] - mark[i]) * use[i]
+                if per_day:
+                    rate += per_day[i] * use[i]
             cap = setting(cfg, "coffee_pack")
-            rate = sum(per_day[i] * use[i] for i in range(n)) if per_day else 0
         elif name == "filter":
             used = c.filter_ml
             cap = filter_capacity_ml(profile, dh)
@@ -173,7 +179,9 @@ def pack_supplies(sup, fc, bt):
     day, days, used, at, rates = fc.state()
     n = len(rates) - 1
     vals += [day, min(days, 0xFFFF), used] + (at or [0] * (n + 1)) + rates
-    vals += bt.usual + [min(x, 255) for x in bt.count]
+    vals += bt.usual
+    for x in bt.count:
+        vals.append(min(x, 255))
     vals.append(it["coffee"][0] >> ERA_BITS)
     return struct.pack(_fmt(n), *vals)
 

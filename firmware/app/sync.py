@@ -87,7 +87,10 @@ def changed(now, acked):
     for k, v in now.items():
         if isinstance(v, dict):
             was = acked.get(k) or {}
-            d = {n: x for n, x in v.items() if was.get(n) != x}
+            d = {}  # (a loop, not a comprehension: that is code held on the heap)
+            for n, x in v.items():
+                if was.get(n) != x:
+                    d[n] = x
             if d:
                 out[k] = d
         elif acked.get(k) != v:

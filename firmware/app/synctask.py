@@ -101,7 +101,9 @@ class Syncer:
                                sync.changed(now_usage, None if full else self.acked),
                                self.rejected, sync.changed(sup, None if full else self.acked_sup),
                                upd)
-            sent = [e["id"] for e in snap[2]]
+            sent = []  # (a loop, not a comprehension: that is code held on the heap)
+            for e in snap[2]:
+                sent.append(e["id"])
             snap = None
             self.schedule.sent()
             head = {protocol.SEQ_HEADER: seq,

@@ -6,7 +6,10 @@ from binascii import a2b_base64
 
 def pem_to_der(pem):
     lines = pem.strip().splitlines()
-    body = [x for x in lines if x and not x.startswith("-----")]
+    body = []  # (a loop, not a comprehension: that is code on the heap)
+    for x in lines:
+        if x and not x.startswith("-----"):
+            body.append(x)
     if not lines or "BEGIN CERTIFICATE" not in lines[0] or not body:
         raise ValueError("not a PEM certificate")
     return a2b_base64("".join(body))
