@@ -1,6 +1,6 @@
 # TLS to the cloud: verify the server against the CA certificate provisioned with the
 # device, never CERT_NONE. MicroPython's load_verify_locations wants DER, so PEM is decoded.
-import ssl
+import sys
 from binascii import a2b_base64
 
 
@@ -16,7 +16,19 @@ def pem_to_der(pem):
 
 
 def context(ca_pem):
+    der = pem_to_der(ca_pem)
+    if sys.implementation.name == "micropython":
+        # The native module's context: `ssl` there is a Python module over it, whose module
+        # and wrapper the context would hold for as long as it lives.
+        import tls
+
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore  (not in its stub)
+        ctx.load_verify_locations(der)  # (cadata, by position)
+        return ctx
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=pem_to_der(ca_pem))
+    ctx.load_verify_locations(cadata=der)
     return ctx
