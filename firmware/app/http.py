@@ -1,9 +1,10 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
 # timeout, the reply read through buffers made for it, not held between requests (the status
-# line and headers one line at a time, the body in one of its checked length: never more than
-# a bound), the socket always closed. TLS when the URL is https:
+# line and headers one line at a time, the body in chunks of MAX_LINE up to its checked
+# length: never more than a bound), the socket always closed. TLS when the URL is https:
 # the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
 import asyncio
+import io
 import sys
 from time import ticks_add, ticks_diff, ticks_ms
 
@@ -36,10 +37,33 @@ def parse_url(url):
 
 # One request at a time on the device (the sync task, the console's sync): a flag, not an
 # asyncio.Lock (its module costs heap). Its buffers are not held between reports: the status
-# line and the headers pass through one of MAX_LINE bytes, one line at a time; the body gets
-# one of its Content-Length, once that is checked against the bound, for as long as the
-# caller reads it.
+# line and the headers pass through one of MAX_LINE bytes, one line at a time; the body,
+# once its Content-Length is checked against the bound, goes into that buffer and chunks of
+# MAX_LINE, for as long as the caller reads it.
 _busy = False
+
+
+class Body(io.IOBase):
+    """A 200 reply's body on MicroPython: the stream `json.load` parses (a byte per call,
+    through a buffer on the C stack: nothing allocated per byte), served from the chunks it
+    was read into, each let go of once read. A body needs no free run of its length in a
+    heap that the objects of the moment have fragmented."""
+
+    def __init__(self, chunks):
+        self.c = chunks
+        self.i = 0
+
+    def readinto(self, b):
+        c = self.c
+        while c:
+            i = self.i
+            if i < len(c[0]):
+                b[0] = c[0][i]
+                self.i = i + 1
+                return 1
+            c.pop(0)
+            self.i = 0
+        return 0
 
 
 async def _wait(deadline):
@@ -181,20 +205,32 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline)
             raise HttpError("reply without Content-Length")
         if length > max_body:
             raise HttpError("reply of %d bytes is over %d" % (length, max_body))
-        got = head[3][head[4][0]:head[4][1]]  # what was read past the headers
-        n = len(got)
-        if n > length:
+        mv, (start, i) = head[3], head[4]
+        i -= start  # what was read past the headers: the body's first bytes
+        if i > length:
             raise HttpError("reply longer than its Content-Length")
-        buf = bytearray(length)  # within the bound, checked above
-        body = memoryview(buf)
-        body[:n] = got
-        while n < length:
-            k = await _into(c, body[n:], deadline)
-            if not k:
-                raise HttpError("bad reply: closed after %d of %d bytes" % (n, length))
-            n += k
-        # (CPython's json takes no memoryview: the harness gets bytes.)
-        return status, retry_after, body if _MP else bytes(buf)
+        # The body in chunks of MAX_LINE (within the bound, checked above), the first in
+        # `line` itself: what was read past the headers moved to its front.
+        mv[:i] = mv[start:start + i]
+        buf = mv[:min(length, MAX_LINE)]
+        parts: list = []
+        n = 0
+        while True:
+            while i < len(buf):
+                k = await _into(c, memoryview(buf)[i:], deadline)
+                if not k:
+                    raise HttpError("bad reply: closed after %d of %d bytes" % (n + i, length))
+                i += k
+            parts.append(buf)
+            n += i
+            if n == length:
+                break
+            buf, i = bytearray(min(length - n, MAX_LINE)), 0
+        if _MP and status == 200:
+            return status, retry_after, Body(parts)
+        # (CPython's json takes no stream: the harness gets bytes; so does a refusal, whose
+        # text the device may report)
+        return status, retry_after, b"".join(bytes(x) for x in parts)
     finally:
         await _close(c)
 

@@ -167,8 +167,8 @@ def actions(body, sent_ids, applied, kinds, cycle, rejected=None, opened=()):
     configuration refused, to report next time; the one reported so far (the argument) while
     the reply has no configuration (the cloud took the rejection; a report without it would
     take it back). Raises BadReply, asking nothing, if the reply is not one of ours."""
-    try:
-        d = json.loads(body)
+    try:  # (on the device a stream, app.http.Body: no run of the reply's length needed)
+        d = json.load(body) if hasattr(body, "readinto") else json.loads(body)
     except ValueError:
         raise BadReply("reply is not JSON")
     if not isinstance(d, dict) or not isinstance(d.get("ack"), list):
