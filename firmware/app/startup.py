@@ -55,16 +55,20 @@ def load_provision(path=PROVISION_PATH):
 
 
 def load_sync(prov):
-    """The sync stack (its modules, the HTTP client's line buffer, the TLS context), loaded
-    before recovery while the heap is whole: after it the heap may hold no free run of 3-4
-    KiB for them. Returns the TLS context (None for a plain-http emulator cloud)."""
-    from app import synctask, tls  # noqa: F401
+    """The sync stack (the TLS context, then its modules), loaded before recovery while the
+    heap is whole: after it the heap may hold no free run of 3 KiB for the context (one
+    block), nor after the sync's modules. Returns the TLS context (None for a plain-http
+    emulator cloud)."""
+    from app import tls
 
     url = prov["cloud_url"]
     try:
-        return tls.context(prov.pop("ca_cert")) if url.startswith("https://") else None
+        ctx = tls.context(prov.pop("ca_cert")) if url.startswith("https://") else None
     finally:
         unload("tls")  # needed once, for the context, as is the CA certificate
+    from app import synctask  # noqa: F401
+
+    return ctx
 
 
 def start_sync(device, prov, ssl):
