@@ -130,16 +130,23 @@ def _serve(listener: socket.socket | _TlsListener) -> None:
                 conn.sendall(reply)
 
 
-def test_replies_are_read_within_their_bound(tmp_path):
+def _run(tmp_path, template: str, *args: str, tls: ssl.SSLContext | None = None) -> str:
+    """The client `template` % (firmware, *args, the server's URL) on the unix port, against
+    _serve on a listener of its own (TLS with `tls`)."""
     listener = socket.create_server(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    threading.Thread(target=_serve, args=(listener,), daemon=True).start()
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{listener.getsockname()[1]}"
+    serving = _TlsListener(listener, tls) if tls else listener
+    threading.Thread(target=_serve, args=(serving,), daemon=True).start()
     try:
         script = tmp_path / "client.py"
-        script.write_text(CLIENT % (str(FIRMWARE), url))
-        out = unixport.run([str(script)], heap="64K").splitlines()
+        script.write_text(template % (str(FIRMWARE), *args, url))
+        return unixport.run([str(script)], heap="64K")
     finally:
         listener.close()
+
+
+def test_replies_are_read_within_their_bound(tmp_path):
+    out = _run(tmp_path, CLIENT).splitlines()
     assert out[0] == "OK /big 200 4096 {}"
     assert out[1] == 'OK /small 200 11 {"ack": []}'  # the new reply only
     assert out[2] == "OK /drip 200 8 [1, 2, 3]"
@@ -149,15 +156,7 @@ def test_replies_are_read_within_their_bound(tmp_path):
 
 
 def test_the_largest_reply_needs_no_run_of_its_length(tmp_path):
-    listener = socket.create_server(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    threading.Thread(target=_serve, args=(listener,), daemon=True).start()
-    try:
-        script = tmp_path / "client.py"
-        script.write_text(FRAGMENTED % (str(FIRMWARE), url))
-        out = unixport.run([str(script)], heap="64K")
-    finally:
-        listener.close()
+    out = _run(tmp_path, FRAGMENTED)
     assert out == "OK 200 {}\n"  # (and no run of 1 KiB was free for it)
 
 
@@ -169,14 +168,5 @@ def test_tls_verifies_the_server_against_the_provisioned_ca(tmp_path):
     ca.issue_cert("127.0.0.1").configure_cert(server)
     (tmp_path / "right.pem").write_bytes(ca.cert_pem.bytes())
     (tmp_path / "other.pem").write_bytes(other.cert_pem.bytes())
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    threading.Thread(target=_serve, args=(_TlsListener(listener, server),), daemon=True).start()
-    try:
-        script = tmp_path / "client.py"
-        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
-        script.write_text(TLS_CLIENT % (str(FIRMWARE), f"{tmp_path}/", url))
-        out = unixport.run([str(script)], heap="64K").splitlines()
-    finally:
-        listener.close()
+    out = _run(tmp_path, TLS_CLIENT, f"{tmp_path}/", tls=server).splitlines()
     assert out == ["right OK 200", "other refused"]
