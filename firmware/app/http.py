@@ -1,8 +1,8 @@
 # A small async HTTP/1.1 client for the ESP32: one POST per connection, every step under a
 # timeout, the reply read through buffers made for it, not held between requests (the status
-# line and headers one line at a time, the body in chunks of MAX_LINE up to its checked
-# length: never more than a bound), the socket always closed. TLS when the URL is https:
-# the caller passes an ssl.SSLContext that verifies the server against the provisioned CA.
+# line and headers one line at a time, the body in chunks of at most MAX_LINE up to its
+# checked length: never more than a bound), the socket always closed. TLS when the URL is
+# https: the caller passes an SSL context that verifies the server against the provisioned CA.
 import asyncio
 import io
 import sys
@@ -39,7 +39,7 @@ def parse_url(url):
 # asyncio.Lock (its module costs heap). Its buffers are not held between reports: the status
 # line and the headers pass through one of MAX_LINE bytes, one line at a time; the body,
 # once its Content-Length is checked against the bound, goes into that buffer and chunks of
-# MAX_LINE, for as long as the caller reads it.
+# at most MAX_LINE, for as long as the caller reads it.
 _busy = False
 
 
@@ -210,7 +210,7 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline)
         i -= start  # what was read past the headers: the body's first bytes
         if i > length:
             raise HttpError("reply longer than its Content-Length")
-        # The body in chunks of MAX_LINE (within the bound, checked above), the first in
+        # The body in chunks of at most MAX_LINE (within the bound, checked above), the first in
         # `line` itself: what was read past the headers moved to its front.
         mv[:i] = mv[start:start + i]
         buf = mv[:min(length, MAX_LINE)]
