@@ -245,7 +245,7 @@ async def _exchange(host, port, ssl, head, body, line, max_body, date, deadline)
             return status, retry_after, Body(parts)
         # (CPython's json takes no stream: the harness gets bytes; so does a refusal, whose
         # text the device may report)
-        return status, retry_after, b"".join(bytes(x) for x in parts)
+        return status, retry_after, b"".join(map(bytes, parts))
     finally:
         if _MP:  # closed without a coroutine to allocate: the heap is at its fullest here
             c.close()  # type: ignore  (a socket on MicroPython)
