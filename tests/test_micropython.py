@@ -59,3 +59,20 @@ def test_the_sensor_loop_allocates_nothing_per_poll(tmp_path):
     out = unixport.run([str(host / "pollheap.py"), str(FIRMWARE), str(host / "esp32"),
                   str(board_path("emulator")), str(tmp_path)])
     assert "POLLS 10000 GROWTH 0" in out, out
+
+
+@pytest.mark.parametrize("env, line", [(None, 1), ("1", 4)])
+def test_bytecode_keeps_line_numbers_only_when_asked(env, line, tmp_path, monkeypatch):
+    """Firmware bytecode has no line numbers (with the app on the filesystem they are heap
+    while it runs): a traceback names the file and the function, at "line 1";
+    BREWMETER_SOURCE_LINES=1 keeps them for a developer reading one."""
+    if env is None:
+        monkeypatch.delenv("BREWMETER_SOURCE_LINES", raising=False)
+    else:
+        monkeypatch.setenv("BREWMETER_SOURCE_LINES", env)
+    (tmp_path / "src.py").write_text("def fail():\n    x = 1\n\n    return x // 0\n")
+    unixport.cross_compile(tmp_path / "src.py", tmp_path / "lined.mpy", "app/lined.py")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import lined\n"
+            "try:\n    lined.fail()\nexcept ZeroDivisionError as e:\n    sys.print_exception(e)")
+    out = unixport.run(["-c", code])
+    assert f'File "app/lined.py", line {line}, in fail' in out, out

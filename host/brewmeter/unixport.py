@@ -123,12 +123,20 @@ def min_heap(args: list[str], lo: int = 2048, hi: int = 512 * 1024, step: int = 
     return hi
 
 
+def source_lines() -> bool:
+    """Whether bytecode keeps its source line numbers: only with $BREWMETER_SOURCE_LINES=1
+    (a developer reading tracebacks). Without them a traceback names the file and function
+    but says "line 1"; with the app on the filesystem its line tables are heap while it runs."""
+    return os.environ.get("BREWMETER_SOURCE_LINES") == "1"
+
+
 def cross_compile(src: Path, out: Path, name: str | None = None) -> None:
     """`name`: the source file's name the bytecode keeps (tracebacks show it), such as
     "app/run.py": not the build machine's path, whose length would change the heap's figures
     with the directory a checkout is in."""
-    p = subprocess.run([tool("mpy-cross"), "-s", name or src.name, "-o", str(out), str(src)],
-                       capture_output=True, text=True, timeout=60)
+    lines = [] if source_lines() else ["-X", "no-source-lines"]
+    p = subprocess.run([tool("mpy-cross"), *lines, "-s", name or src.name, "-o", str(out),
+                        str(src)], capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         raise RuntimeError(f"mpy-cross {src}: {p.stderr or p.stdout}")
 
