@@ -88,11 +88,12 @@ def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[s
     unknown), and every valid order id the order waiting for that decision (the first
     decides it, the rest meet a decided one); an invalid one (a negative case) stays as
     generated."""
+    from brewmeter.cloud.shared import is_device_id, parse_order
     from brewmeter.cloud.shared import protocol as P
 
-    if path_parameters and P.is_device_id(path_parameters.get("id")):
+    if path_parameters and is_device_id(path_parameters.get("id")):
         path_parameters["id"] = DOWNLOADER if context.operation.path == IMAGE else DEVICE
-    if path_parameters and P.parse_order(path_parameters.get("order")) is not None:
+    if path_parameters and parse_order(path_parameters.get("order")) is not None:
         path_parameters["order"] = WAITING[context.operation.path.rsplit("/", 1)[1]]
     # The rollout test_schemathesis.py made, for every operation on one but the one that
     # makes one (a new id there).

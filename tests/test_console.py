@@ -127,6 +127,9 @@ def test_service_actions_need_the_pin_and_are_recorded(profile, tmp_path):
     assert con.device.config["sync_interval_s"] == 900
     assert "300..86400" in feed(con, b"config set sync_interval_s 5 --pin 246810\n")
     assert "unknown setting" in feed(con, b"config set key 5 --pin 246810\n")
+    usage = feed(con, b"config set sync_interval_s --pin 246810\n")  # the keys, in order
+    assert "; keys: ask_first, auto_coffee, auto_descaler, auto_filter," in usage
+    assert ", water_hardness_dh, coffee_use.KIND" in usage
     assert "sync: started" in feed(con, b"sync --pin 246810\n") and con.pending == ("sync",)
     kinds = [e["kind"] for e in con.device.outbox.events]
     assert kinds == ["filter_changed", "descaled", "service", "service"]
@@ -296,7 +299,7 @@ def test_a_power_cut_at_any_flash_op_of_a_pin_check_never_takes_the_try_back(pro
         return d
 
     d = boot(flash)
-    d.set_service_lock(0, [fails, 0])
+    service.PinGuard(d, None).lock(0, [fails, 0])
     image = flash.snapshot()
     rec = pin_hash("246810", iterations=50)
     hashed_alive = []

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from brewmeter.cloud import auth, billing
 from brewmeter.cloud.report import NAME, parse_report
+from brewmeter.cloud.shared import is_device_id, parse_order
 from brewmeter.cloud.shared import protocol as P
 
 yaml = pytest.importorskip("yaml")
@@ -18,6 +19,8 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 DOC: dict[str, Any] = yaml.safe_load((ROOT / "docs" / "protocol.yaml").read_text())
 SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
+# The settings as {name: (minimum, maximum, default)}, from the firmware's one string.
+SCHEMA = {k: P.limits(k) for k in P.SETTINGS.split()[::4]}
 TEXT: str = DOC["info"]["description"]
 
 
@@ -30,12 +33,12 @@ def test_the_documents_report_examples_parse():
         assert r.event_ids == sorted(e["id"] for e in ex.get("events", []))
         for e in r.order_events:  # an order of its item and cycle, as the cloud decides it
             assert e["order"] == P.order_id(e["item"], e["cycle"])
-            assert P.parse_order(e["order"]) == (e["item"], e["cycle"])
+            assert parse_order(e["order"]) == (e["item"], e["cycle"])
 
 
 def test_the_documents_field_examples_parse():
     for oid in SCHEMAS["OrderId"]["examples"]:
-        assert P.parse_order(oid) is not None
+        assert parse_order(oid) is not None
     for kind in SCHEMAS["Event"]["properties"]["kind"]["examples"]:
         assert NAME.fullmatch(kind)
     per_brew = {k: v["examples"][0] for k, v in
@@ -80,8 +83,8 @@ def test_the_documents_limits_are_the_protocols():
 def test_the_documents_settings_are_the_protocols():
     props = SCHEMAS["Settings"]["properties"]
     assert SCHEMAS["Settings"]["additionalProperties"] is False
-    assert set(props) == set(P.schema()) | set(P.PER_KIND)
-    for k, (lo, hi, default) in P.schema().items():
+    assert set(props) == set(SCHEMA) | set(P.PER_KIND)
+    for k, (lo, hi, default) in SCHEMA.items():
         assert (props[k]["minimum"], props[k]["maximum"], props[k]["default"]) == \
             (lo, hi, default), k
     for k, (lo, hi) in P.PER_KIND.items():
@@ -129,14 +132,26 @@ def test_the_documents_contract_rules_are_the_protocols():
     assert not (P.refused(200) or P.refused(409) or P.refused(429) or P.refused(503))
 
 
+# Device ids (is_device_id, the host's: flash.sh, the cloud and the field tools take these alike)
+GOOD_IDS = ("bm-240ac4000001", "bm-emu-1a2b3c", "cafe-001", "bm-x", "a_b", "X9-", "a" * 32)
+BAD_IDS = ("ab", "a" * 33, "../x", "..", ".bm", "bm.x", "a/b", "-bm", "_bm", "bm x", "bm%2f",
+           "bm-\u00e91", "", None, 123)
+
+
+def test_device_id_rule():
+    for i in GOOD_IDS:
+        assert is_device_id(i), i
+    for i in BAD_IDS:
+        assert not is_device_id(i), i
+
+
 def test_one_device_id_rule_in_the_document_flash_sh_the_cloud_and_the_field_tools():
     from brewmeter.flashfiles import FlashError, check_provision, emulator_provision
-    from test_sync import BAD_IDS, GOOD_IDS
 
     pattern = DOC["components"]["parameters"]["DeviceId"]["schema"]["pattern"]
     assert f"`{pattern.strip('^$')}`" in TEXT  # the prose states the same rule
     for i in GOOD_IDS + BAD_IDS:
-        ok = P.is_device_id(i)
+        ok = is_device_id(i)
         assert ok == (i in GOOD_IDS), i
         assert (isinstance(i, str) and re.fullmatch(pattern, i) is not None) == ok, i
         try:

@@ -99,6 +99,7 @@ def message(method, path, s, body):
 # twice (its cycles only grow; after its consumables' state was lost they go on from the seq
 # era x 2**16, app/supplies.py, and a fault "supplies_reset" says so). Statuses: "requested"
 # until the cloud answers, then the cloud's word; "unknown": the cloud never received it.
+# (The id's rule is checked by the cloud only: brewmeter.cloud.shared.parse_order.)
 # (The order of STATUSES is stored on the device: append only.)
 OPEN = ("requested", "placed", "needs_approval", "shipped")
 STATUSES = OPEN + ("declined", "delivered")
@@ -113,26 +114,9 @@ def order_id(item, cycle):
     return "%s-%d" % (item, cycle)
 
 
-def parse_order(s):
-    """(item, cycle) of order id `s` ("[a-z]{1,32}-[0-9]{1,15}"), or None."""
-    if not isinstance(s, str):
-        return None
-    item, _, n = s.partition("-")
-    if not (0 < len(item) <= MAX_NAME and 0 < len(n) <= 15 and n.isdigit()
-            and not item.strip(NAME_CHARS[:26])):  # a-z (no generator: code held on the heap)
-        return None
-    return item, int(n)
-
-
 def is_name(s):
     # (strip: no generator per call; settings' defaults are looked up many times a brew)
     return isinstance(s, str) and 0 < len(s) <= MAX_NAME and not s.strip(NAME_CHARS)
-
-
-def is_device_id(s):
-    # 3..MAX_NAME of NAME_CHARS, a letter or digit first: it goes into URL paths, the
-    # signed message and file names (a visit report's), so never "/", "." or a leading "-".
-    return is_name(s) and len(s) > 2 and s[0] not in "-_"
 
 
 def cut(text):
@@ -143,7 +127,7 @@ def cut(text):
 # The settings the owner and the maker may change (remote configuration from the cloud, or
 # `config set` on the service console): " name minimum maximum default", all integers, in one
 # string (one object on the device's heap; a dict of tuples was an object a setting).
-# limits() reads one, schema() gives them all as a dict.
+# limits() reads one; SETTINGS.split()[::4] names them all.
 SETTINGS = (
     # Billing is by day and orders raise their own report, so usage can wait: two hours of
     # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
@@ -182,14 +166,6 @@ def limits(name):
     i += len(name) + 2
     lo, hi, d, _ = s[i:i + 24].split(" ", 3)  # (three numbers fit in 23 characters)
     return int(lo), int(hi), int(d)
-
-
-def schema():
-    """The settings as {name: (minimum, maximum, default)}."""
-    out = {}  # (a loop, not a comprehension: that is code held on the heap)
-    for k in SETTINGS.split()[::4]:
-        out[k] = limits(k)
-    return out
 
 
 def setting(settings, name):

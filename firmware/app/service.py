@@ -12,6 +12,7 @@ from time import ticks_diff
 from micropython import const
 
 from app import protocol
+from app.journal import STATE
 
 _TRIES = const(5)
 LOCK_S = const(300)
@@ -86,6 +87,16 @@ class PinGuard:
         self.bad_pin = pin_hash is not None and self.pin is None
         self.locked_at = None  # ticks when a saved or new lock started counting this boot
 
+    def lock(self, seconds, fails=None):
+        """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts;
+        saved so a reboot does not lift or reset them. (Here, not in Device: the device
+        holds its code only while a service action runs.)"""
+        dev = self.device
+        dev.service_lock = seconds
+        if fails is not None:
+            dev.pin_fails = fails
+        dev._commit(STATE)
+
     def _lock_left_s(self, now):
         left = self.device.service_lock
         if not left:
@@ -94,7 +105,7 @@ class PinGuard:
             self.locked_at = now  # a lock saved before a reboot counts again from boot
         left -= ticks_diff(now, self.locked_at) // 1000
         if left <= 0:
-            self.device.set_service_lock(0)
+            self.lock(0)
             self.locked_at = None
             return 0
         return left
@@ -120,9 +131,9 @@ class PinGuard:
         if fails >= _TRIES:
             s = min(LOCK_S << min(locks, 12), LOCK_MAX_S)
             fails, locks = 0, locks + 1
-        dev.set_service_lock(s, [fails, locks])
+        self.lock(s, [fails, locks])
         if await pin_matches(given, self.pin):
-            dev.set_service_lock(0, [0, 0])
+            self.lock(0, [0, 0])
             return
         if s:
             self.locked_at = now
@@ -149,10 +160,9 @@ def act(device, words, wall, now):
         return "%s refilled: cycle %d closed" % (words[1], ev["cycle"])
     if what == "config set":
         if len(words) != 4 or not words[3].lstrip("-").isdigit():
-            keys = sorted(protocol.schema())  # (a loop, not a comprehension: code on the heap)
-            for k in protocol.PER_KIND:
-                keys.append(k + ".KIND")
-            raise ValueError("config set KEY VALUE (an integer); keys: %s" % ", ".join(keys))
+            raise ValueError("config set KEY VALUE (an integer); keys: %s, %s.KIND" % (
+                ", ".join(sorted(protocol.SETTINGS.split()[::4])),  # every 4th word: a name
+                ".KIND, ".join(protocol.PER_KIND)))
         new = dict(device.config)
         key, _, kind = words[2].partition(".")
         if kind:  # a per-kind setting: coffee_use.espresso 7

@@ -15,7 +15,7 @@ import serial
 
 from brewmeter import ports
 from brewmeter.cloud.auth import DEVICE_ID_RULE
-from brewmeter.cloud.shared import protocol as P
+from brewmeter.cloud.shared import is_device_id
 
 
 class NoBrewmeter(ports.PortError):
@@ -170,7 +170,7 @@ def report(port: str, out: Path | None = None, force: bool = False) -> Path:
         doc[what] = ask(port, what)
     if out is None:
         dev = doc["status"].get("device_id") if isinstance(doc["status"], dict) else None
-        if dev is not None and not P.is_device_id(dev):  # "../x" would write elsewhere
+        if dev is not None and not is_device_id(dev):  # "../x" would write elsewhere
             raise ReportError(f"the device reports the id {str(dev)[:40]!r}, which is no device "
                               f"id ({DEVICE_ID_RULE}): nothing written; give --out FILE to "
                               f"keep its report")

@@ -63,6 +63,7 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     """The provisioning file's fields, checked for `board`; raises FlashError naming the
     field."""
     from brewmeter.cloud.auth import DEVICE_ID_RULE
+    from brewmeter.cloud.shared import is_device_id
     from brewmeter.cloud.shared import protocol as P
 
     def bad(field: str, why: str) -> FlashError:
@@ -75,7 +76,7 @@ def check_provision(p: object, source: str, board: str = "emulator") -> dict:
     for k in p:
         if k not in known:
             raise bad(k, f"unknown field (known: {', '.join(sorted(known))})")
-    if not P.is_device_id(p.get("device_id")):
+    if not is_device_id(p.get("device_id")):
         raise bad("device_id", DEVICE_ID_RULE)
     if not re.fullmatch(r"[0-9a-fA-F]{64}", str(p.get("key", ""))):
         raise bad("key", "32 random bytes as 64 hex digits (either case)")

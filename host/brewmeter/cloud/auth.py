@@ -11,12 +11,13 @@ import re
 import secrets
 from typing import Any
 
+from brewmeter.cloud.shared import is_device_id
 from brewmeter.cloud.shared import protocol as P
 
 SEQ_HEADER = P.SEQ_HEADER
 SIG_HEADER = P.SIG_HEADER
 KEY_BYTES = 32
-# protocol.is_device_id in words
+# is_device_id in words
 DEVICE_ID_RULE = f"3-{P.MAX_NAME} of A-Z a-z 0-9 _ -, a letter or digit first"
 SEQ = re.compile(r"0|[1-9][0-9]{0,15}")  # the seq header's text: decimal, no leading zeros
 
@@ -36,8 +37,8 @@ def parse_key(key_hex: str) -> bytes:
 
 
 def check_device_id(device_id: str) -> str:
-    """`device_id` if it is one (protocol.is_device_id), else ValueError."""
-    if not P.is_device_id(device_id):
+    """`device_id` if it is one (is_device_id), else ValueError."""
+    if not is_device_id(device_id):
         raise ValueError(f"bad device id {device_id!r} ({DEVICE_ID_RULE})")
     return device_id
 

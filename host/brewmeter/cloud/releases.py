@@ -30,6 +30,7 @@ from brewmeter.cloud.errors import (
 )
 from brewmeter.cloud.offers import Offers, _summary
 from brewmeter.cloud.records import _iso
+from brewmeter.cloud.shared import is_device_id
 from brewmeter.cloud.shared import protocol as P
 
 SCHEMA = """
@@ -213,7 +214,7 @@ class Releases(Offers):
             return R.percent_of(rollout_id, fleet, value)
         if kind == "devices":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_LISTED or not all(
-                    P.is_device_id(d) for d in value):
+                    is_device_id(d) for d in value):
                 raise BadRelease(f"devices: 1 to {MAX_LISTED} device ids")
             known = {d for (d,) in c.execute("SELECT id FROM devices")}
             missing = sorted(set(value) - known)

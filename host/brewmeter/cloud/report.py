@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from brewmeter.cloud.auth import SEQ
+from brewmeter.cloud.shared import parse_order
 from brewmeter.cloud.shared import protocol as P
 
 MAX_BODY = P.MAX_BODY
@@ -173,7 +174,7 @@ def _event(e: Any, i: int) -> dict[str, Any]:
 
 
 def _order_id(o: Any, what: str) -> str:
-    if P.parse_order(o) is None:
+    if parse_order(o) is None:
         raise BadReport(f"{what}: expected an order id like coffee-3, got {o!r}")
     return o
 
