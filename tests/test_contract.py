@@ -10,7 +10,8 @@ import json
 import pytest
 from app import protocol, synctask
 from app.device import Device
-from app.supplies import pack_supplies, unpack_supplies
+from app.startup import unpack_supplies
+from app.supplies import pack_supplies
 from app.synctask import wire
 from brewmeter import standins
 from brewmeter.clock import VirtualClock

@@ -13,6 +13,7 @@ from app.device import Device
 from app.journal import FORMAT, NewerFormat, Store
 from app.meter import BREW
 from app.outbox import MAX_EVENTS, Outbox
+from app.startup import load_counters
 from app.synctask import usage
 from brewmeter.onmicropython.replay import tick
 from brewmeter.scenario import Script, play
@@ -37,7 +38,7 @@ def test_counters_round_trip_in_one_inline_sized_file(fs):
     s = Store(fs, "/counts")
     c = _counters(7)
     s.save_counters(c)
-    assert Store(fs, "/counts").load_counters().__dict__ == c.__dict__
+    assert load_counters(Store(fs, "/counts")).__dict__ == c.__dict__
     size = (fs.root / "counts" / "counters.0").stat().st_size
     assert size <= 128  # stays inline in littlefs metadata: no block erase per rewrite
 
@@ -46,17 +47,17 @@ def test_writes_alternate_and_the_newest_good_copy_wins(fs):
     s = Store(fs, "/counts")
     for i in range(5):
         s.save_counters(_counters(i))
-    assert Store(fs, "/counts").load_counters().brews[0] == 4
+    assert load_counters(Store(fs, "/counts")).brews[0] == 4
     # Damage the newest copy: the load falls back to the one before and says so.
     newest = fs.root / "counts" / f"counters.{s._seq['counters'][1]}"
     data = bytearray(newest.read_bytes())
     data[10] ^= 0x04
     newest.write_bytes(bytes(data))
     s2 = Store(fs, "/counts")
-    assert s2.load_counters().brews[0] == 3
+    assert load_counters(s2).brews[0] == 3
     assert s2.recovered == ["counters"]
     s2.save_counters(_counters(9))  # the next write replaces the damaged copy
-    assert Store(fs, "/counts").load_counters().brews[0] == 9
+    assert load_counters(Store(fs, "/counts")).brews[0] == 9
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage", "huge"])
@@ -124,7 +125,7 @@ def test_newer_format_is_refused_and_left_untouched(profile, fs):
     future = body + struct.pack("<I", store_mod.crc32(body))
     path.write_bytes(future)
     with pytest.raises(NewerFormat):
-        Store(fs, "/counts").load_counters()
+        load_counters(Store(fs, "/counts"))
     d2 = Device(profile, fs)
     d2.boot(1, 0)
     assert d2.faults[0][0] == "storage_newer" and d2.store.read_only
@@ -321,4 +322,4 @@ def test_sequence_numbers_wrap_at_16_bits(fs):
     s._seq["counters"] = (0xFFFE, 1)
     for i in range(4):  # seqs 0xFFFF, 0, 1, 2 across the wrap
         s.save_counters(_counters(i))
-        assert Store(fs, "/counts").load_counters().brews[0] == i
+        assert load_counters(Store(fs, "/counts")).brews[0] == i

@@ -405,7 +405,8 @@ def test_the_supplies_record_round_trips_and_stays_inline(machine):
     """Cycles, marks, orders, the forecast and brew times in one record of at most 128
     bytes with its header (inline in littlefs metadata: a rewrite is no block erase)."""
     from app.alerts import BrewTimes
-    from app.supplies import Supplies, pack_supplies, unpack_supplies
+    from app.startup import unpack_supplies
+    from app.supplies import Supplies, pack_supplies
 
     m = machine
     m.days(6, 12)
@@ -486,7 +487,8 @@ def test_another_number_of_brew_kinds_starts_a_new_era(machine, profile):
 
 
 def test_a_supplies_record_from_before_the_era_reads_as_era_0(machine):
-    from app.supplies import pack_supplies, unpack_supplies
+    from app.startup import unpack_supplies
+    from app.supplies import pack_supplies
 
     m = machine
     m.days(6, 12)

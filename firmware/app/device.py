@@ -12,7 +12,7 @@ from app.forecast import Forecast
 from app.journal import COUNTS, STATE, SUP, Store
 from app.meter import BREW, RINSE, STUCK, Meter
 from app.outbox import Outbox
-from app.protocol import MAX_NAMED_SEQ, cut, era_after, setting
+from app.protocol import cut, setting
 from app.supplies import ERA_BITS, MONTH_S, Supplies
 
 # While a pump runs, water and pump time are saved at least this often: the most of them a
@@ -25,7 +25,6 @@ _RATES_SAVE_DAYS = const(7)
 # hourly saves would cost more flash than the brews. A cut loses at most that day of it.
 _POWERED_SAVE_S = const(86400)
 _ENOSPC = const(28)
-_WDT_RESET = const(3)  # machine.WDT_RESET
 _UNITS = (1, 86400, 86400, MONTH_S)  # of Device._dates(), in seconds
 _ORDERED = const(8)  # with the journal's bits in a `what`: an order was placed
 
@@ -44,11 +43,12 @@ class Device:
         self._dirty_since = None  # ticks when unsaved water/pump time first appeared
         self._second = 0  # ticks of the last whole powered second counted
         self.up_s = 0  # whole seconds since boot: ticks alone wrap (ESP32: every 12.4 days)
-        self.meter = None
-        self.outbox = None
+        # (Annotated: app/startup.py sets these at boot. No code on the chip.)
+        self.meter: Meter | None = None
+        self.outbox: Outbox | None = None
         self.on_usage = None  # called with `now` when there is news for the cloud (app.synctask)
         self.wall = _no_clock  # unix seconds now, 0 while unknown (app.wallclock.now)
-        self.days = None
+        self.days: Days | None = None
         self._history = None  # offline day buckets read at boot, until Days takes them
         self._confirmed = 0  # likewise the last day the cloud's clock agreed with ours
         self.config_version = 0  # the version of the settings applied (0: built-in defaults)
@@ -57,55 +57,23 @@ class Device:
         self.pin_fails = [0, 0]  # wrong PINs since the last lock, locks since a right PIN
         self.seq_era = 0  # added to the boot count in seqs (app/protocol.py); raised by a 409
         # Loaded after the counts and saved together in /state/sup (app/supplies.py):
-        self.supplies = None  # consumables' cycles and orders (app/supplies.py)
-        self.forecast = None  # recent use per day (app/forecast.py)
-        self.brew_times = None  # the usual time of each brew kind (app/alerts.py)
+        self.supplies: Supplies | None = None  # consumables' cycles and orders (app/supplies.py)
+        self.forecast: Forecast | None = None  # recent use per day (app/forecast.py)
+        self.brew_times: BrewTimes | None = None  # the usual time of each brew kind (app/alerts.py)
+        self._dated: tuple = ()  # _dates() as at boot
 
     def recover(self):
         """Read the counters, the outbox and the applied configuration back from flash: all
-        that boot reads."""
-        c, saved, newer = journal.load(self)
-        self.outbox = Outbox(saved.get("ob"))
-        self._history = saved.get("days")
-        self._confirmed = saved.get("cd", 0)
-        self.service_lock = saved.get("lock", 0)
-        self.pin_fails = saved.get("pin") or [0, 0]
-        self.seq_era = saved.get("sq", 0)
-        if self.seq_era > era_after(MAX_NAMED_SEQ):
-            self.seq_era = 0  # a floor no backend may name (saved by earlier firmware)
-        cfg = saved.get("cfg") or {}
-        self.config_version, self.config = cfg.get("v", 0), cfg.get("s", {})
-        self.meter = Meter(self.profile, c) if self.profile else None  # (None: run.py's wait)
-        if newer:
-            self.fault("storage_newer", newer)
-        recovered = self.store.recovered + self.state.recovered
-        if recovered:
-            self.fault("storage_recovered", ",".join(recovered))
+        that boot reads (app/startup.py: code run once, unloaded after boot)."""
+        from app import startup
+
+        startup.recover(self)
 
     def boot(self, cause, now):
-        """Recover, then count this boot and save it."""
-        self.recover()
-        self.meter.boot(cause)
-        self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._confirmed)
-        self._second = now
-        # The history with the counters (the journal writes it first): Days took an earlier
-        # boot's undated brews out of the counters, and a cut between must not lose them.
-        self._commit(COUNTS | (STATE if self.days.unsaved else 0))
-        self.load_supplies()
-        if self.supplies.fresh:  # the cycles start now: the first boot, or the state lost
-            self._new_era()  # (or never kept)
-        if cause == _WDT_RESET:  # the event loop stalled, or the counting died
-            self.fault("watchdog_reset", "")
+        """Recover, then count this boot and save it (app/startup.py)."""
+        from app import startup
 
-    def load_supplies(self):
-        """The consumables' state, after the counts (counting does not wait for it)."""
-        n = len(self.profile.kinds)
-        sup, fc, bt = journal.load_supplies(self, n) or (None, None, None)
-        self.supplies = Supplies(self.meter.c, self.profile.kinds, sup, self.seq_era)
-        self.forecast = Forecast(n + 1, fc)
-        self.brew_times = BrewTimes(n, bt)
-        self._rates_saved = self.forecast.day
-        self._dated = self._dates()  # as at boot: dated by earlier boots' clocks, or never
+        startup.boot(self, cause, now)
 
     def _dates(self):
         # What the wall clock dates (in _UNITS): the filter's fit, the forecast's day and
@@ -191,14 +159,6 @@ class Device:
         if self.supplies.cycle("coffee"):
             self.fault("supplies_reset", "cycles from %d" % self.supplies.cycle("coffee"))
         self.supplies.fresh = not self._commit(SUP)
-
-    def set_service_lock(self, seconds, fails=None):
-        """Lock (or unlock, 0) service actions, and with `fails` set the wrong-PIN counts
-        (service.PinGuard); saved so a reboot does not lift or reset them."""
-        self.service_lock = seconds
-        if fails is not None:
-            self.pin_fails = fails
-        self._commit(STATE)
 
     def ack(self, ids):
         """The cloud has stored these events."""

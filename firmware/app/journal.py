@@ -11,8 +11,8 @@ from binascii import crc32
 
 from micropython import const
 
-from app.counters import FORMAT, Counters, pack_counters, unpack_counters
-from app.supplies import pack_supplies, unpack_supplies
+from app.counters import FORMAT, pack_counters
+from app.supplies import pack_supplies
 
 # What a commit changed, a bit per file, in the order the journal writes them: the supplies
 # before the event that tells of them (an order: a cut between leaves one the device asks
@@ -164,17 +164,6 @@ class Store:
             f.write(crc)
         self._seq[name] = (seq, i)
 
-    def load_counters(self):
-        """The saved counters, or fresh ones if there are none."""
-        data = self.read("counters")
-        if data is None:
-            return Counters()
-        try:
-            return unpack_counters(data, self.formats["counters"])
-        except (KeyError, ValueError, struct.error):  # CRC-good but no layout of ours fits
-            self.recovered.append("counters")
-            return Counters()
-
     def save_counters(self, c):
         self.write("counters", pack_counters(c))
 
@@ -183,35 +172,6 @@ class Store:
 # directories: littlefs scans a directory's whole metadata log on every lookup, and the
 # counters' log grows with every save; the bigger, rarely written state gets a short log of
 # its own. Plain functions, not a class: a class costs the chip's heap more.
-
-
-def load(dev):
-    """(counters, the state file's dict, why the flash is left alone or None): all that
-    boot reads of Device `dev`'s files."""
-    try:
-        c, data = dev.store.load_counters(), dev.state.read("state")
-    except NewerFormat as e:
-        # Written by newer firmware: count on in RAM and leave the flash untouched.
-        dev.store.read_only = dev.state.read_only = True
-        return Counters(), {}, str(e)
-    if data:  # (one file: the outbox, configuration and history in one lookup at boot)
-        try:
-            d = json.loads(data)
-            if isinstance(d, dict):
-                return c, d, None
-        except ValueError:
-            pass
-    return c, {}, None  # none, or CRC-good but unreadable: start empty
-
-
-def load_supplies(dev, n):
-    """The consumables' state for `n` brew kinds (unpack_supplies), or None."""
-    if dev.state.read_only:  # (newer firmware's flash: start afresh in RAM)
-        return None
-    try:
-        return unpack_supplies(dev.state.read("sup"), n)
-    except NewerFormat:
-        dev.store.read_only = dev.state.read_only = True
 
 
 def commit(dev, what):

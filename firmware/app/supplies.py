@@ -14,7 +14,7 @@ import struct
 from micropython import const
 
 from app import waterfilter
-from app.protocol import OTHER, STATUSES, setting
+from app.protocol import STATUSES, setting
 
 ITEMS = ("coffee", "filter", "descaler", "tablets")
 # A cycle is era << ERA_BITS plus the refills since the era began. The era is 0 from the
@@ -36,7 +36,7 @@ def filter_capacity_ml(profile, dh):
 class Supplies:
     def __init__(self, c, kinds, saved=None, floor=0):
         """`c`: the Counters; `kinds`: the brew kinds (profile order); `saved`: what
-        unpack_supplies() read back ({"it": items, "mo": month}; None: every cycle
+        startup.unpack_supplies() read back ({"it": items, "mo": month}; None: every cycle
         starts now, in era c.boots + `floor`, the seq floor)."""
         self.c = c
         self.kinds = kinds
@@ -184,32 +184,3 @@ def pack_supplies(sup, fc, bt):
         vals.append(min(x, 255))
     vals.append(it["coffee"][0] >> ERA_BITS)
     return struct.pack(_fmt(n), *vals)
-
-
-def unpack_supplies(data, n):
-    """(supplies state, forecast state, brew times state) from `data` for `n` brew kinds,
-    or None if it is not such a record (another board's, or damaged past its CRC)."""
-    fmt = _fmt(n)
-    size = struct.calcsize(fmt)
-    if data and len(data) == size - 4:  # written before the era
-        data += bytes(4)
-    if not data or len(data) != size:
-        return None
-    v = list(struct.unpack(fmt, data))
-    era = v.pop() << ERA_BITS
-    k = 3 * len(ITEMS)
-    marks = v[k:k + n + 2]
-    rest = v[k + n + 2:]
-    items = {}
-    for i, name in enumerate(ITEMS):
-        cycle, st, alerted = v[3 * i:3 * i + 3]
-        mark = {"coffee": marks[:n], "descaler": marks[n], "tablets": marks[n + 1]}.get(name, 0)
-        status = STATUSES[st - 1] if 0 < st <= len(STATUSES) else OTHER if st == 255 else ""
-        items[name] = [cycle if name == "filter" else era | cycle, mark, status, alerted]
-    month = rest[:2]
-    day, days, used = rest[2:5]
-    at = rest[5:6 + n]
-    rates = rest[6 + n:7 + 2 * n]
-    bt = rest[7 + 2 * n:]
-    fc = [day, days, used, at if day else None, rates]
-    return {"it": items, "mo": month}, fc, [bt[:n], bt[n:]]

@@ -60,6 +60,7 @@ sys.modules["machine"] = _Machine
 import romslot  # noqa: E402
 from app.counters import Counters  # noqa: E402
 from app.journal import DeviceFS, Store, pack_counters  # noqa: E402
+from app.startup import load_counters  # noqa: E402
 
 B = 4096
 
@@ -156,7 +157,7 @@ def main(argv):
                 out["serves"] = f.read().strip()
         except OSError:
             out["serves"] = None
-        got = Store(DeviceFS(), "/flash/counts").load_counters()
+        got = load_counters(Store(DeviceFS(), "/flash/counts"))
         out["counts_kept"] = pack_counters(got) == saved
         print(json.dumps(out))
 

@@ -29,9 +29,10 @@ if TYPE_CHECKING:  # the cloud: imported where used (see profiles.py)
 # Reads the counters with the firmware's own storage code (the service console will replace
 # this): mpremote interrupts the app, which has saved every completed brew already.
 _READ = """from app.journal import DeviceFS, Store
+from app.startup import load_counters
 from app import readout
 import json
-c = Store(DeviceFS(), '/counts').load_counters()
+c = load_counters(Store(DeviceFS(), '/counts'))
 print('COUNTERS', json.dumps(readout.counters(c, %s)))
 """
 
