@@ -39,6 +39,9 @@ def test_the_documents_report_examples_parse():
 def test_the_documents_field_examples_parse():
     for oid in SCHEMAS["OrderId"]["examples"]:
         assert parse_order(oid) is not None
+    # ASCII digits only ("[0-9]"): str.isdigit takes these, and int() reads the first as 3
+    for oid in ("coffee-\u0663", "coffee-\u00b2", "coffee-", "-3", "Coffee-3", "coffee-3-1"):
+        assert parse_order(oid) is None, oid
     for kind in SCHEMAS["Event"]["properties"]["kind"]["examples"]:
         assert NAME.fullmatch(kind)
     per_brew = {k: v["examples"][0] for k, v in
