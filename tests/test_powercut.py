@@ -148,22 +148,22 @@ def test_the_sweep_sees_a_brew_in_no_day_bucket_as_lost(profile_module, noclock_
     # Boot saving the counters before the history (as 742a6e5 did): a cut between the two
     # writes leaves an earlier boot's undated brews counted but in no day bucket. The
     # clock-unknown day's afternoon boot moves the morning's brews: the sweep must see it.
+    from app import startup
     from app.days import Days
-    from app.device import Device
     from app.journal import SUP
 
     def old_boot(self, cause, now):
-        self.recover()
+        startup.recover(self)
         self.meter.boot(cause)
         self.days = Days(self.meter.c, self.meter.c.boots, self._history, self._confirmed)
         self._second = now
         self.save(now)
         self.save_days()
-        self.load_supplies()
+        startup.load_supplies(self)
         if self.supplies.fresh:
             self.supplies.fresh = not self._commit(SUP)
 
-    monkeypatch.setattr(Device, "boot", old_boot)
+    monkeypatch.setattr(startup, "boot", old_boot)
     k = next(i for i, e in enumerate(noclock_events) if e[1] == replay.REBOOT)
     before, _ = sweep.count_ops(profile_module, noclock_events[:k], clock=False)
     s = sweep.sweep_cpython(profile_module, noclock_events, WINDOW_MS,  # the boot's writes

@@ -159,7 +159,15 @@ def boot(dev, cause, now):
     # The history with the counters (the journal writes it first): Days took an earlier
     # boot's undated brews out of the counters, and a cut between must not lose them.
     dev._commit(COUNTS | (STATE if dev.days.unsaved else 0))
-    # The consumables' state, after the counts (counting does not wait for it).
+    load_supplies(dev)
+    if dev.supplies.fresh:  # the cycles start now: the first boot, or the state lost
+        dev._new_era()  # (or never kept)
+    if cause == _WDT_RESET:  # the event loop stalled, or the counting died
+        dev.fault("watchdog_reset", "")
+
+
+def load_supplies(dev):
+    """Device `dev`'s consumables' state, after the counts (counting does not wait for it)."""
     n = len(dev.profile.kinds)
     sup = fc = bt = None
     if not dev.state.read_only:  # (newer firmware's flash: start afresh in RAM)
@@ -172,10 +180,6 @@ def boot(dev, cause, now):
     dev.brew_times = BrewTimes(n, bt)
     dev._rates_saved = dev.forecast.day
     dev._dated = dev._dates()  # as at boot: dated by earlier boots' clocks, or never
-    if dev.supplies.fresh:  # the cycles start now: the first boot, or the state lost
-        dev._new_era()  # (or never kept)
-    if cause == _WDT_RESET:  # the event loop stalled, or the counting died
-        dev.fault("watchdog_reset", "")
 
 
 def unpack_supplies(data, n):

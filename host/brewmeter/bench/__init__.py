@@ -122,9 +122,9 @@ def flash_wear() -> dict[str, float]:
     own littlefs over the emulated 2 MiB partition: four weeks of an office's use after the
     first boot and its day (which make the directories and first copies: counted apart, as
     flash_first_day_erases); and, on the same workload and the same save points, the two
-    usual ways of doing it. recovery_read_bytes: the most Device.recover read after any save
-    of a month of saves and daily power cycles with a full outbox; mount_read_bytes: the
-    most littlefs's own mount read before it."""
+    usual ways of doing it. recovery_read_bytes: the most the recovery (startup.recover)
+    read after any save of a month of saves and daily power cycles with a full outbox;
+    mount_read_bytes: the most littlefs's own mount read before it."""
     import random
 
     from brewmeter.runs.sweep import flashrun

@@ -47,10 +47,11 @@ def _recovery_read(profile, flash, t):
     littlefs scans a directory's whole metadata log on each lookup, and each log grows with
     every save until littlefs compacts it. So: a month of days of 16 saves and a power
     cycle, with what a boot would read after each save; the most the recovery
-    (Device.recover: counters and outbox) read, the most littlefs's mount read before it,
-    and the most the consumables' state read after it (Device.load_supplies: counting does
+    (startup.recover: counters and outbox) read, the most littlefs's mount read before it,
+    and the most the consumables' state read after it (startup.load_supplies: counting does
     not wait for that)."""
     import powercut
+    from app import startup
     from app.device import Device
     from app.outbox import MAX_EVENTS
 
@@ -71,7 +72,7 @@ def _recovery_read(profile, flash, t):
             d.recover()
             worst_boot = max(worst_boot, flash.bytes_read)
             flash.reset_stats()
-            d.load_supplies()
+            startup.load_supplies(d)
             worst_supplies = max(worst_supplies, flash.bytes_read)
         device = powercut.boot(profile, fs, "/flash", t + day, {})
     return worst_boot, worst_mount, worst_supplies
