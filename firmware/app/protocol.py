@@ -115,7 +115,7 @@ def order_id(item, cycle):
 
 
 def is_name(s):
-    # (strip: no generator per call; settings' defaults are looked up many times a brew)
+    # (strip: no generator per call, no code object of its own on the heap)
     return isinstance(s, str) and 0 < len(s) <= MAX_NAME and not s.strip(NAME_CHARS)
 
 
@@ -127,7 +127,8 @@ def cut(text):
 # The settings the owner and the maker may change (remote configuration from the cloud, or
 # `config set` on the service console): " name minimum maximum default", all integers, in one
 # string (one object on the device's heap; a dict of tuples was an object a setting).
-# limits() reads one; SETTINGS.split()[::4] names them all.
+# limits() reads one (checking the name), setting() a default (a name from the code, not
+# checked: it runs after every brew); SETTINGS.split()[::4] names them all.
 SETTINGS = (
     # Billing is by day and orders raise their own report, so usage can wait: two hours of
     # coalescing keeps a typical day to a few small reports (wire_bytes_per_day).
