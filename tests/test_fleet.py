@@ -225,3 +225,45 @@ def test_a_fleet_on_postgresql_with_two_workers_loses_and_doubles_nothing(postgr
     d = o.json()
     assert d["ok"] and d["lost_brews"] == d["doubled_brews"] == d["counters_mismatched"] == 0
     assert d["failures"] > 0 and d["reports"] > 12 * 4
+
+
+async def test_the_pool_writes_nothing_more_to_a_connection_it_saw_fail(caplog, monkeypatch):
+    """The cloud stops while a connection is kept alive (an outage): the requests that
+    follow at once fail as refused, each with the firmware's HttpError, and none is written
+    to the dead connection after a write to it failed (asyncio warns of each such write)."""
+    import time
+
+    from app import http
+    from brewmeter.clock import VirtualClock
+    from brewmeter.runs import fleetnet
+    from brewmeter.runs.fleetcheck import Outcome
+
+    open_: list[asyncio.StreamWriter] = []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        open_.append(w)
+        head = await r.readuntil(b"\r\n\r\n")
+        await r.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r")[0]))
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    monkeypatch.setattr(fleetnet, "CONCURRENCY", 1)  # every request on the one connection
+    pool = fleetnet.Pool(Outcome(1, 1), VirtualClock())
+    try:
+        pool.release(1)
+        fleetnet.BATCH.set(1)
+        assert await pool.post(url, "/r", {}, b"one") == (200, 0, b"ok")
+        server.close()  # the cloud stops: its listener, then its connection
+        await server.wait_closed()
+        for w in open_:
+            w.transport.abort()
+        time.sleep(0.05)  # its close reaches our socket before the loop looks again
+        with caplog.at_level("WARNING", logger="asyncio"):
+            got = await asyncio.gather(*(pool.post(url, "/r", {}, b"%d" % i)
+                                         for i in range(20)), return_exceptions=True)
+    finally:
+        pool.close()
+    assert all(isinstance(g, http.HttpError) for g in got), got
+    assert not [r for r in caplog.records if "socket.send" in r.getMessage()]

@@ -238,8 +238,12 @@ class Pool:
 
     async def _conn(self, host: str, port: int) -> _Conn:
         while True:
-            for c in self.conns:
-                if not c.waiting:
+            for c in list(self.conns):
+                # A write to it failed (the cloud went away): the loop has not told it yet,
+                # but nothing more may go on it (asyncio drops such writes, warning).
+                if c.transport is not None and c.transport.is_closing():
+                    c._fail("connection lost")
+                elif not c.waiting:
                     return c
             if len(self.conns) + self.connecting < CONCURRENCY:
                 self.connecting += 1
