@@ -199,7 +199,7 @@ class Fleet:
                     await self.settle(f)
                 inflight = []
             if down is not None and clock.ms >= down:
-                self.cloud.stop()
+                self.stop_cloud()
                 down = None
             if up is not None and clock.ms >= up and not self.cloud.running:
                 self.cloud.start()
@@ -227,7 +227,7 @@ class Fleet:
             await self.settle(f)
         self.out.seconds = time.perf_counter() - t0
         self.out.fleet_cpu_s = time.process_time() - cpu0
-        self.cloud.stop()  # (its time is counted once it has ended; it starts again to heal)
+        self.stop_cloud()  # (its time is counted once it has ended; it starts again to heal)
         self.out.cloud_cpu_s = _children_cpu() - cloud0
 
     async def send(self, dues: list[tuple[int, int]], busy: set[int]) -> list[Flight]:
@@ -278,6 +278,13 @@ class Fleet:
         finally:
             self.clock.ms = now
 
+    def stop_cloud(self) -> None:
+        """The cloud's processes stopped, and the pool's connections to them dropped with
+        them (none is in flight then): a report after it connects anew, as the firmware's
+        client does for each, rather than fail on a socket the fleet knows is dead."""
+        self.cloud.stop()
+        self.pool.close()
+
     def backup(self) -> None:
         """The ledger backed up while the cloud serves (SQLite's online backup)."""
         from brewmeter.cloud import backup
@@ -288,7 +295,7 @@ class Fleet:
         """The cloud stopped, its ledger replaced with the backup, started again."""
         from brewmeter.cloud import backup
 
-        self.cloud.stop()
+        self.stop_cloud()
         backup.restore(self._backup_file(), self.cloud.db)
         self.cloud.start()
 
