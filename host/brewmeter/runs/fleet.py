@@ -22,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -48,6 +49,7 @@ HEAL_ROUNDS = 40  # at the end: syncs a minute apart until every machine is caug
 SEND_TURNS = 100  # loop turns a batch's syncs may take to send their requests
 NOT_QUEUED = 1 << 62  # a machine with no entry in the dues
 HEAL_BATCH = 1 << 62  # the end's syncs: their replies reach the machines as they come
+PREPARE_TURN = 4  # days of use made ahead in each loop turn while the cloud answers
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Fleet:
         self.up_at: int | None = None  # when the cloud came back
         self.batch = 0  # the last batch of reports sent
         self.queued: list[int] = []  # each machine's soonest entry in the dues (or NOT_QUEUED)
+        self.unprepared: deque[int] = deque()  # machines whose next day is not made yet
 
     def wall(self) -> int:
         return START_WALL + self.clock.ms // 1000
@@ -170,6 +173,7 @@ class Fleet:
         for i in range(plan.devices):
             self.machines.append(Machine(i, plan.seed, self.profile, self.cloud.url, self.link,
                                          self.wall))
+        self.unprepared.extend(range(plan.devices))
         events = [(m.next_event(), i) for i, m in enumerate(self.machines)]
         heapq.heapify(events)
         dues = [(0, i) for i in range(plan.devices)]  # (due, machine): checked when popped
@@ -190,7 +194,10 @@ class Fleet:
             while events and events[0][0] < step_end:
                 _, i = heapq.heappop(events)
                 m = self.machines[i]
+                day = m.day
                 m.play(step_end)
+                if m.day != day:  # its day made ahead is used: the next one is to make
+                    self.unprepared.append(i)
                 heapq.heappush(events, (m.next_event(), i))
                 touched.append(i)
             clock.advance(step_end - clock.ms)
@@ -274,6 +281,13 @@ class Fleet:
         self.pool.release(f.batch)
         now, self.clock.ms = self.clock.ms, f.at
         try:
+            # While the cloud answers, the machines' next days are made (what would be
+            # made anyway, from their own generators, and that reads no clock).
+            while not f.task.done() and self.unprepared:
+                for _ in range(PREPARE_TURN):
+                    if self.unprepared:
+                        self.machines[self.unprepared.popleft()].prepare()
+                await asyncio.sleep(0)
             await f.task
         finally:
             self.clock.ms = now

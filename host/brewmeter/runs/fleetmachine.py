@@ -47,6 +47,7 @@ class Machine:
         self.day = -1  # its local days, from the one the run starts in
         self.events: list[tuple[int, int, int, int]] = []
         self.k = 0
+        self.ahead: list[tuple[int, int, int, int]] | None = None  # its next day, made early
         self.tw = 0  # the ticks of the event being played
         self.device: Device = Device(profile, MemFS())
         self.device.boot(1, replay.ticks(0))
@@ -56,14 +57,26 @@ class Machine:
 
     def _more_days(self) -> None:
         self.day += 1
+        self.events = self._script(self.day) if self.ahead is None else self.ahead
+        self.ahead = None
+        self.k = 0
+
+    def _script(self, day: int) -> list[tuple[int, int, int, int]]:
         # The flow meter's pulses in one event at the end of each run (or stretch of water
         # with no pump) rather than one every PULSE_CHUNK_MS: the same water, the pump still
         # on (its release is debounced), and no chunks to make, sort and merge.
-        script = Script(self.profile, start_ms=self.offset + (self.day - 1) * DAY_MS,
+        script = Script(self.profile, start_ms=self.offset + (day - 1) * DAY_MS,
                         pulse_chunk_ms=DAY_MS)
-        _day(script, self.rng, (self.day - 1) % 7)
-        self.events = sorted(e for e in script.events if e[0] >= 0)
-        self.k = 0
+        _day(script, self.rng, (day - 1) % 7)
+        return sorted(e for e in script.events if e[0] >= 0)
+
+    def prepare(self) -> bool:
+        """Its next day of use made now (the fleet has time while the cloud answers), from
+        its own generator as it would be when that day comes: False if it already was."""
+        if self.ahead is not None:
+            return False
+        self.ahead = self._script(self.day + 1)
+        return True
 
     def next_event(self) -> int:
         return self.events[self.k][0] if self.k < len(self.events) else \
