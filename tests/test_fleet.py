@@ -267,3 +267,23 @@ async def test_the_pool_writes_nothing_more_to_a_connection_it_saw_fail(caplog, 
         pool.close()
     assert all(isinstance(g, http.HttpError) for g in got), got
     assert not [r for r in caplog.records if "socket.send" in r.getMessage()]
+
+
+def test_a_machines_days_made_ahead_are_the_days_it_would_have_had():
+    """The fleet makes a machine's next day while it waits for the cloud: the same day of
+    use, from the machine's own generator, as when it is made on the day."""
+    from brewmeter.profiles import load_profile
+    from brewmeter.runs.fleetmachine import Machine
+    from brewmeter.runs.household import Link
+    from brewmeter.runs.usage import DAY_MS
+
+    profile = load_profile("emulator")
+    made = [Machine(7, 3, profile, "http://127.0.0.1:9", Link(), lambda: 0) for _ in range(2)]
+    days: list[list[list[tuple[int, int, int, int]]]] = [[], []]
+    for d in range(1, 6):
+        assert made[0].prepare() and not made[0].prepare()  # (made once)
+        for m, seen in zip(made, days, strict=True):
+            m.play(m.offset + d * DAY_MS)
+            seen.append(list(m.events))
+    assert days[0] == days[1]
+    assert all(len(d) > 10 for d in days[0]) and days[0][0] != days[0][1]
