@@ -428,6 +428,40 @@ def test_one_failing_report_does_not_sink_its_batch(clock):
     ledger.close()
 
 
+
+@pytest.mark.parametrize("synchronous, on_the_loop", [("FULL", False), ("NORMAL", True)])
+async def test_reports_raced_merge_once_whichever_thread_applies_them(clock, tmp_path,
+                                                                     synchronous, on_the_loop):
+    """A ledger that syncs at each commit (FULL) is written from the worker's thread; one
+    that does not (NORMAL: the fleet's) from the event loop itself. Either way the same
+    report sent four times at once, and one the duplicate fault applies twice, merge once."""
+    import threading
+
+    ledger = Ledger(tmp_path / "ledger.db", synchronous=synchronous, now=clock)
+    ledger.add_device(DEV, KEY)
+    threads = set()
+    apply_batch = ledger.apply_batch
+
+    def recorded(items):
+        threads.add(threading.get_ident())
+        return apply_batch(items)
+
+    ledger.apply_batch = recorded
+    report = rep(1, 7, days=[{"day": DAY0, "brews": {"espresso": 7}}],
+                 events=[{"id": 1, "kind": "filter_changed"}])
+    async with CloudServer(ledger, faults=Faults(seed=1)) as c, \
+            aiohttp.ClientSession(c.url) as http:
+        got = await asyncio.gather(*(post(http, report) for _ in range(4)))
+        assert got == [(200, {"ack": [1], "seq": 1, "config": None})] * 4
+        c.faults.script("duplicate")
+        assert (await post(http, rep(2, 9)))[0] == 200
+    assert threads == ({threading.get_ident()} if on_the_loop else
+                       threads - {threading.get_ident()}) and threads
+    st = ledger.stats()
+    assert (st["reports"], st["events"], st["flags"]) == (2, 1, 0)
+    assert ledger.device(DEV)["counters"]["brews"]["espresso"] == 9
+    ledger.close()
+
 # -- faults ------------------------------------------------------------------------------------
 
 # kind -> (what the device sees, whether the report was stored)

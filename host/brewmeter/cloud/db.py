@@ -96,6 +96,9 @@ class Database:
     dialect: Dialect
     shared: bool
     where: str  # the file or URL, as it may be printed
+    # Whether a write transaction waits for nothing but the CPU (no flush of the disk, no
+    # server's round trip): the event loop may run it itself (see worker.Worker).
+    quick = False
 
     @contextmanager
     def tx(self) -> Iterator[Conn]:
@@ -151,6 +154,9 @@ class SqliteDatabase(Database):
         self.path = str(path)
         self.where = self.path
         self.synchronous = synchronous.upper()
+        # NORMAL in WAL mode: a commit appends to the WAL, its fsync waits for a checkpoint
+        # (and no other process waits for the write lock: a SQLite ledger is one process's).
+        self.quick = self.synchronous == "NORMAL"
         self.busy_timeout_s = busy_timeout_s
         self.lock = threading.RLock()
         self.conn = self._connect()

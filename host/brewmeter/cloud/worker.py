@@ -19,7 +19,13 @@ T = TypeVar("T")
 class Worker:
     """The ledger's own thread. Every ledger call runs there, one at a time, off the event
     loop; reports that arrive while a batch is committing go together into the next batch
-    (group commit: one fsync for many reports, each still durable before its reply)."""
+    (group commit: one fsync for many reports, each still durable before its reply).
+
+    Except the reports' batches on a database whose commit waits for nothing (`quick`:
+    SQLite that does not sync at each commit): the loop applies those itself. A batch is
+    then only CPU, and from another thread it costs more: sqlite3 lets go of the GIL at
+    every statement, and each time the loop takes it, so the two threads trade it (and a
+    context switch) a dozen times per report."""
 
     def __init__(self, ledger: Ledger, max_batch: int = 256) -> None:
         self.ledger = ledger
@@ -28,6 +34,7 @@ class Worker:
         self._pending: list[tuple[tuple[str, Report], asyncio.Future[Reply]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0
+        self.inline = ledger.db.quick  # the loop applies the batches (see above)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -44,9 +51,10 @@ class Worker:
             while self._pending:
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
+                items = [item for item, _ in batch]
                 try:
-                    results: list[Any] = await self.call(self.ledger.apply_batch,
-                                                         [item for item, _ in batch])
+                    results: list[Any] = (self.ledger.apply_batch(items) if self.inline else
+                                          await self.call(self.ledger.apply_batch, items))
                 except Exception as e:  # the commit failed: none of the batch is stored
                     results = [e] * len(batch)
                 self.batches += 1
