@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 from app import VERSION, http, protocol, sync, synctask
@@ -164,6 +165,33 @@ def test_reply_acks_only_what_was_sent_and_applies_config(device):
     assert synctask.apply_reply(device, json.dumps(reply).encode(), sent_ids=[1]) is None
     assert [e["id"] for e in device.outbox.events] == [2]
     assert device.config_version == 4 and device.config == {"sync_interval_s": 900}
+
+
+def test_setting_reads_each_default_by_its_bare_name():
+    names = protocol.SETTINGS.split()[::4]
+    for n in names:
+        # setting() finds the bare name: it must occur once, in no other name
+        assert protocol.SETTINGS.count(n) == 1, n
+        assert protocol.setting({}, n) == protocol.limits(n)[2]
+        assert protocol.setting({n: 7}, n) == 7
+    with pytest.raises(KeyError):
+        protocol.setting({}, "colour")
+
+
+def test_the_code_reads_settings_by_whole_names():
+    from pathlib import Path
+
+    from app.supplies import ITEMS
+
+    root = Path(__file__).parent.parent
+    said = set()
+    for pattern in ("firmware/app/*.py", "host/brewmeter/**/*.py"):
+        for path in root.glob(pattern):
+            said.update(re.findall(r'setting\([^,()]+, "(\w+)"\)', path.read_text()))
+    assert "water_hardness_dh" in said and "lead_days" in said
+    for i in ITEMS:
+        said.add("auto_" + i)
+    assert said <= set(protocol.SETTINGS.split()[::4])
 
 
 @pytest.mark.parametrize("settings, words", [

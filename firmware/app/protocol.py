@@ -174,11 +174,13 @@ def setting(settings, name):
     its default. (Looked up after every brew: the default read straight from SETTINGS.)"""
     v = settings.get(name)
     if v is None:
-        i = SETTINGS.find(" %s " % name)
+        # The bare name, no " name " made per call: no setting's name is part of another's,
+        # and the code reads whole names (tests/test_sync.py checks both).
+        i = SETTINGS.find(name)
         if i < 0:
             raise KeyError(name)
-        i += len(name) + 2
-        v = int(SETTINGS[i:i + 24].split(" ", 3)[2])
+        i += len(name)
+        v = int(SETTINGS[i:i + 24].split(" ", 4)[3])  # " minimum maximum default"
     return v
 
 
