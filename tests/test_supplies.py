@@ -117,7 +117,8 @@ def test_levels_follow_the_counters_and_the_settings(profile, tmp_path):
         600 * 20, 1500 * 1000)
     assert sup.level("tablets", dev.config, profile, m.wall, None)[:2] == (3, 10 * 200)
     # hot water uses no coffee by default; settings can say otherwise
-    assert sup.use({}) == [1, 0, 1] and tuple(profile.kinds) == ("espresso", "hot_water", "lungo")
+    assert tuple(profile.kinds) == ("espresso", "hot_water", "lungo")
+    assert sup.level("coffee", {}, profile, m.wall, None) == (2, 100, None)
 
 
 def test_an_order_when_the_forecast_falls_below_the_lead_time_and_only_one(machine):

@@ -92,36 +92,33 @@ class Supplies:
         self._sync_filter()
         return self.items[name][0]
 
-    def use(self, cfg):
-        """Coffee units per brew of each kind: coffee_use, else 1 (0 for a kind named for
-        water: hot water uses no coffee)."""
-        u = cfg.get("coffee_use") or {}
-        out = []  # (loops, not comprehensions: each of those is code held on the heap)
-        for k in self.kinds:
-            out.append(u.get(k, 0 if "water" in k else 1))
-        return out
-
     def level(self, name, cfg, profile, wall, per_day):
         """(used, capacity, days until it runs out or None) of `name` in its UNITS.
-        `per_day` is Forecast.per_day(): the drivers' recent use per day, or None."""
+        `per_day` is Forecast.per_day(): the drivers' recent use per day, or None. (Read
+        after every brew: each setting read only where it counts.)"""
         self._sync_filter()
         c = self.c
         mark = self.items[name][1]
-        dh = setting(cfg, "water_hardness_dh")
-        n = len(self.kinds)
+        kinds = self.kinds
+        n = len(kinds)
         if name == "coffee":
-            use = self.use(cfg)
+            # Coffee units per brew of each kind: coffee_use, else 1 (0 for a kind named for
+            # water: hot water uses no coffee).
+            u = cfg.get("coffee_use") or {}
             used = rate = 0
             for i in range(n):
-                used += (c.brews[i] - mark[i]) * use[i]
+                k = kinds[i]
+                x = u.get(k, 0 if "water" in k else 1)
+                used += (c.brews[i] - mark[i]) * x
                 if per_day:
-                    rate += per_day[i] * use[i]
+                    rate += per_day[i] * x
             cap = setting(cfg, "coffee_pack")
         elif name == "filter":
             used = c.filter_ml
-            cap = filter_capacity_ml(profile, dh)
+            cap = filter_capacity_ml(profile, setting(cfg, "water_hardness_dh"))
             rate = per_day[n] if per_day else 0
         elif name == "descaler":
+            dh = setting(cfg, "water_hardness_dh")
             used = (c.water_ml - mark) * dh
             cap = setting(cfg, "descale_ldh") * 1000
             rate = per_day[n] * dh if per_day else 0
