@@ -18,10 +18,10 @@ def overdue(sup, cfg, profile, wall):
     shows on the console; the alert is for what is left undone well past that.)"""
     out = []
     c = sup.c
+    dh = setting(cfg, "water_hardness_dh")  # (read once: checked after every brew)
     it = sup.items["filter"]
     why = None
-    if c.filter_ml * 100 >= filter_capacity_ml(
-            profile, setting(cfg, "water_hardness_dh")) * _OVER_PCT:
+    if c.filter_ml * 100 >= filter_capacity_ml(profile, dh) * _OVER_PCT:
         why = "litres"
     elif waterfilter.age_s(c, wall) >= profile.filter_months * MONTH_S + _GRACE_S:
         why = "age"
@@ -29,11 +29,10 @@ def overdue(sup, cfg, profile, wall):
         it[3] = 1
         out.append(("filter_overdue", why))
     it = sup.items["descaler"]
-    used, cap, _ = sup.level("descaler", cfg, profile, wall, None)
-    if used * 100 >= cap * _OVER_PCT and not it[3]:
+    ml = c.water_ml - it[1]  # Supplies.level's descaler use: ml x dH against descale_ldh
+    if ml * dh * 100 >= setting(cfg, "descale_ldh") * 1000 * _OVER_PCT and not it[3]:
         it[3] = 1
-        out.append(("descale_overdue", "%d L since the last descale" % (
-            (sup.c.water_ml - it[1]) // 1000)))
+        out.append(("descale_overdue", "%d L since the last descale" % (ml // 1000)))
     return out
 
 
