@@ -32,11 +32,12 @@ def decide(sup, cfg, profile, wall, per_day):
     out = []
     for name in ITEMS:
         it = sup.items[name]
-        if it[2] or not setting(cfg, "auto_" + name):
-            continue  # this cycle has its order, or the owner orders this one by hand
+        if it[2]:
+            continue  # this cycle has its order
         used, cap, days = sup.level(name, cfg, profile, wall, per_day)
-        if days is None or days >= lead:
-            continue
+        # (The owner's auto_ rule read last: the rest runs after every brew.)
+        if days is None or days >= lead or not setting(cfg, "auto_" + name):
+            continue  # not running out, or the owner orders this one by hand
         if sup.month[1] >= setting(cfg, "orders_month"):
             continue  # the monthly cap: it waits for next month (or a refill by hand)
         sup.month[1] += 1
