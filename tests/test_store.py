@@ -277,6 +277,16 @@ def test_full_littlefs_keeps_counting_and_deletes_nothing(profile):
         "filter_changed", "order_requested", "order_requested"]
 
 
+def test_the_counters_layouts_are_written_for_the_inputs_and_reset_causes():
+    from app.counters import MAX_INPUTS, RESET_CAUSES, _layout
+
+    for fmt in (2, 3):  # written out in _layout: the counts must still be these
+        want = f"<{MAX_INPUTS}IIHIIII{len(RESET_CAUSES)}HBHIIIII" + "H" * 6 * (fmt - 2)
+        assert struct.calcsize(_layout(fmt)) == struct.calcsize(want)
+        n = len(struct.unpack(want, bytes(struct.calcsize(want))))
+        assert struct.unpack(_layout(fmt), struct.pack(want, *range(n))) == tuple(range(n))
+
+
 def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, profile):
     from app.counters import MAX_INPUTS, RESET_CAUSES
 

@@ -24,7 +24,8 @@ def _layout(fmt):
         return "<%dIIIIIQI%dIBHIQIII" % (MAX_INPUTS, len(RESET_CAUSES))
     if fmt != 2 and fmt != 3:
         raise KeyError(fmt)
-    return "<%dIIHIIII%dHBHIIIII%s" % (MAX_INPUTS, len(RESET_CAUSES), "HHHHHH" * (fmt - 2))
+    # (4: MAX_INPUTS, 6: len(RESET_CAUSES), written out: pack_counters runs at every save)
+    return "<4IIHIIII6HBHIIIII" + "6H" * (fmt - 2)
 
 
 class Counters:
