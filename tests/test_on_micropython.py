@@ -33,6 +33,7 @@ PURE = [  # FILE::TEST (each parametrize case runs), or a whole FILE
     "test_sync.py::test_an_open_orders_status_the_protocol_does_not_know_becomes_a_fault",
     "test_sync.py::test_parse_url",
     "test_sync.py::test_setting_reads_each_default_by_its_bare_name",
+    "test_sync.py::test_hmac_sha256_matches_rfc_4231",
     "test_release_pure.py",
     "test_romslot_pure.py::test_boot_redoes_an_interrupted_copy_and_goes_back_after_the_trial_boots",
     "test_update_pure.py",

@@ -31,6 +31,22 @@ def test_signature_is_hmac_sha256_over_method_path_seq_body():
     assert signature(key, "POST", "/v1/devices/bm-1/report", 5, body) == want.hexdigest()
 
 
+def test_hmac_sha256_matches_rfc_4231():
+    from binascii import hexlify
+
+    from app.signing import hmac_sha256
+
+    # Test cases 1, 2 and 6: a short key, a key shorter than a word, one past the block size
+    for key, msg, want in (
+        (b"\x0b" * 20, b"Hi There",
+         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+        (b"Jefe", b"what do ya want for nothing?",
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+        (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
+         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")):
+        assert hexlify(hmac_sha256(key, msg[:5], msg[5:])).decode() == want
+
+
 def test_schedule_coalesces_usage_reports_daily_and_backs_off():
     cfg = {"report_delay_s": 60, "sync_interval_s": 3600, "backoff_max_s": 600}
     s = sync.Schedule(0)
