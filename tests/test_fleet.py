@@ -20,8 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> fleet.Outcome:
+    import gc
+
     db = tmp_path_factory.mktemp("fleet") / "ledger.db"
-    return fleet.run(fleet.Plan(devices=20, days=5, outage=(2, 6), seed=3, db=db))
+    before = gc.get_threshold()
+    o = fleet.run(fleet.Plan(devices=20, days=5, outage=(2, 6), seed=3, db=db))
+    assert gc.get_threshold() == before  # (the fleet's own, for its run only)
+    return o
 
 
 @pytest.mark.slow
