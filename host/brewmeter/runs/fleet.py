@@ -51,9 +51,8 @@ SEND_TURNS = 100  # loop turns a batch's syncs may take to send their requests
 NOT_QUEUED = 1 << 62  # a machine with no entry in the dues
 HEAL_BATCH = 1 << 62  # the end's syncs: their replies reach the machines as they come
 PREPARE_TURN = 4  # days of use made ahead in each loop turn while the cloud answers
-# The collector's thresholds while a fleet runs: it makes and drops many small containers
-# for each event and report (tuples, dicts, futures), few in cycles, and the default (a
-# young collection every 700 allocations) spends more time scanning them than it frees.
+# The collector's thresholds while a fleet runs: it drops many small containers, few in
+# cycles, and the default (a young collection every 700) scans them more than it frees.
 GC_THRESHOLD = (20_000, 20, 20)
 
 
@@ -123,7 +122,7 @@ class Fleet:
         self.up_at: int | None = None  # when the cloud came back
         self.batch = 0  # the last batch of reports sent
         self.queued: list[int] = []  # each machine's soonest entry in the dues (or NOT_QUEUED)
-        self.unprepared: deque[int] = deque()  # machines whose next day is not made yet
+        self.unprepared = deque(range(plan.devices))  # machines whose next day is not made
 
     def wall(self) -> int:
         return START_WALL + self.clock.ms // 1000
@@ -178,7 +177,6 @@ class Fleet:
         for i in range(plan.devices):
             self.machines.append(Machine(i, plan.seed, self.profile, self.cloud.url, self.link,
                                          self.wall))
-        self.unprepared.extend(range(plan.devices))
         events = [(m.next_event(), i) for i, m in enumerate(self.machines)]
         heapq.heapify(events)
         dues = [(0, i) for i in range(plan.devices)]  # (due, machine): checked when popped
@@ -199,9 +197,7 @@ class Fleet:
             while events and events[0][0] < step_end:
                 _, i = heapq.heappop(events)
                 m = self.machines[i]
-                day = m.day
-                m.play(step_end)
-                if m.day != day:  # its day made ahead is used: the next one is to make
+                if m.play(step_end):  # its day made ahead is used: the next one is to make
                     self.unprepared.append(i)
                 heapq.heappush(events, (m.next_event(), i))
                 touched.append(i)
@@ -282,25 +278,22 @@ class Fleet:
 
     async def settle(self, f: Flight) -> None:
         """A batch's replies reach its machines, whenever the cloud sent them, at the time
-        the batch went out (the cloud answers within a step): the same in every run."""
+        the batch went out (the cloud answers within a step): the same in every run. Until
+        they have, the machines' next days are made (from their own generators: no clock)."""
         self.pool.release(f.batch)
         now, self.clock.ms = self.clock.ms, f.at
         try:
-            # While the cloud answers, the machines' next days are made (what would be
-            # made anyway, from their own generators, and that reads no clock).
             while not f.task.done() and self.unprepared:
-                for _ in range(PREPARE_TURN):
-                    if self.unprepared:
-                        self.machines[self.unprepared.popleft()].prepare()
+                for _ in range(min(PREPARE_TURN, len(self.unprepared))):
+                    self.machines[self.unprepared.popleft()].prepare()
                 await asyncio.sleep(0)
             await f.task
         finally:
             self.clock.ms = now
 
     def stop_cloud(self) -> None:
-        """The cloud's processes stopped, and the pool's connections to them dropped with
-        them (none is in flight then): a report after it connects anew, as the firmware's
-        client does for each, rather than fail on a socket the fleet knows is dead."""
+        """The cloud's processes stopped, the pool's connections to them dropped (none in
+        flight then): a report after it connects anew, as the firmware's client does."""
         self.cloud.stop()
         self.pool.close()
 

@@ -82,20 +82,21 @@ class Machine:
         return self.events[self.k][0] if self.k < len(self.events) else \
             self.offset + self.day * DAY_MS
 
-    def play(self, until: int) -> None:
-        """Its usage up to script time `until` (not included)."""
+    def play(self, until: int) -> bool:
+        """Its usage up to script time `until` (not included): True if it began a day."""
         dev, events, step, tick, ticks = self.device, self.events, replay.step, replay.tick, \
             replay.ticks
+        day = self.day
         while True:
             if self.k >= len(events):
                 if self.offset + self.day * DAY_MS >= until:
-                    return
+                    return self.day != day
                 self._more_days()
                 events = self.events
                 continue
             t, op, a, b = events[self.k]
             if t >= until:
-                return
+                return self.day != day
             self.k += 1
             self.tw = tw = ticks(t)
             if op == replay.POWERED:  # replay.tick counts powered time from the ticks
