@@ -62,8 +62,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def cloud(clock: Clock, ledger_at):
-    ledger = Ledger(ledger_at, now=clock)
+def synchronous() -> str:
+    """SQLite's synchronous mode for the `cloud` fixture (NORMAL: the loop writes the ledger)."""
+    return "FULL"
+
+
+@pytest.fixture
+async def cloud(clock: Clock, ledger_at, synchronous):
+    ledger = Ledger(ledger_at, now=clock, synchronous=synchronous)
     ledger.add_device(DEV, KEY)
     async with CloudServer(ledger, faults=Faults(seed=1)) as c:
         yield c
@@ -477,6 +483,7 @@ def test_every_fault_kind_is_covered():
     assert set(EXPECTED) == set(FAULT_KINDS)
 
 
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 async def test_fault(cloud, http, kind):
     seen, stored = EXPECTED[kind]
