@@ -25,7 +25,9 @@ class Worker:
     SQLite that does not sync at each commit): the loop applies those itself. A batch is
     then only CPU, and from another thread it costs more: sqlite3 lets go of the GIL at
     every statement, and each time the loop takes it, so the two threads trade it (and a
-    context switch) a dozen times per report."""
+    context switch) a dozen times per report. The other calls stay on the thread (the
+    database's lock keeps them one at a time with the batches): a batch arriving while one
+    runs waits for it on the loop."""
 
     def __init__(self, ledger: Ledger, max_batch: int = 256) -> None:
         self.ledger = ledger
