@@ -434,7 +434,6 @@ def test_one_failing_report_does_not_sink_its_batch(clock):
     ledger.close()
 
 
-
 @pytest.mark.parametrize("synchronous, on_the_loop", [("FULL", False), ("NORMAL", True)])
 async def test_reports_raced_merge_once_whichever_thread_applies_them(clock, tmp_path,
                                                                      synchronous, on_the_loop):
@@ -467,6 +466,7 @@ async def test_reports_raced_merge_once_whichever_thread_applies_them(clock, tmp
     assert (st["reports"], st["events"], st["flags"]) == (2, 1, 0)
     assert ledger.device(DEV)["counters"]["brews"]["espresso"] == 9
     ledger.close()
+
 
 # -- faults ------------------------------------------------------------------------------------
 
