@@ -48,6 +48,15 @@ def test_a_small_fleet_through_an_outage_loses_and_doubles_nothing(small):
 
 
 @pytest.mark.slow
+def test_a_fleet_with_no_outage_has_no_report_fail():
+    """The cloud stopped to count its CPU and started again for the end's syncs: those
+    connect anew, none fails on a socket to the stopped process."""
+    o = fleet.run(fleet.Plan(devices=10, days=2, seed=1))
+    assert o.failures == 0 and o.reports == o.requests > 10 * 2
+    assert o.json()["ok"]
+
+
+@pytest.mark.slow
 def test_the_checks_catch_a_brew_lost_doubled_or_a_counter_off(small):
     assert small.period is not None and small.db is not None
     dev = fleet.device_id(0)
