@@ -79,8 +79,8 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
         victim.unlink()
     elif damage == "huge":  # its header intact, grown past any copy we write: never read
         victim.write_bytes(victim.read_bytes() + bytes(1 << 20))
-    else:
-        victim.write_bytes(os.urandom(103))
+    else:  # random bytes under a header that reads as the newest copy's (see the next test)
+        victim.write_bytes(struct.pack("<BH", FORMAT, (seq + 1) & 0xFFFF) + os.urandom(100))
     d2 = Device(profile, fs)
     d2.boot(1, 0)
     assert d2.meter.c.brews[0] == 2  # the last good copy: one brew back, not zero
@@ -285,6 +285,29 @@ def test_the_counters_layouts_are_written_for_the_inputs_and_reset_causes():
         assert struct.calcsize(_layout(fmt)) == struct.calcsize(want)
         n = len(struct.unpack(want, bytes(struct.calcsize(want))))
         assert struct.unpack(_layout(fmt), struct.pack(want, *range(n))) == tuple(range(n))
+
+
+def test_remains_that_read_as_an_older_copy_count_on_from_the_good_one(profile, fs):
+    """The newest copy overwritten with bytes whose header reads as an older copy's (a
+    format below ours): the other copy is taken as the newest, one save back, and with no
+    fault, as the remains cannot be told from an old copy without reading them whole. The
+    next save replaces them."""
+    d = Device(profile, fs)
+    d.boot(1, 0)
+    for n in range(3):
+        d.meter.c.brews[0] += 1
+        d.event(BREW, 0, 1000 * n)
+    _, idx = d.store._seq["counters"]
+    victim = fs.root / "counts" / f"counters.{idx}"
+    victim.write_bytes(bytes([1]) + os.urandom(102))
+    d2 = Device(profile, fs)
+    d2.boot(1, 0)
+    assert d2.meter.c.brews[0] == 2 and d2.faults == []
+    d2.meter.c.brews[0] += 1
+    d2.event(BREW, 0, 5000)
+    d3 = Device(profile, fs)
+    d3.boot(1, 0)
+    assert d3.meter.c.brews[0] == 3 and d3.faults == []
 
 
 def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, profile):
