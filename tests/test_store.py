@@ -60,15 +60,30 @@ def test_writes_alternate_and_the_newest_good_copy_wins(fs):
     assert load_counters(Store(fs, "/counts")).brews[0] == 9
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage", "huge"])
-def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage):
+def _three_brews_saved(profile, fs):
+    """A device's three brews saved: (the counters' seq, the copy of them written last)."""
     d = Device(profile, fs)
     d.boot(1, 0)
     for n in range(3):
         d.meter.c.brews[0] += 1
         d.event(BREW, 0, 1000 * n)
     seq, idx = d.store._seq["counters"]
-    victim = fs.root / "counts" / f"counters.{idx}"
+    return seq, fs.root / "counts" / f"counters.{idx}"
+
+
+def _next_brew_saved_whole(profile, fs, d2):
+    """A brew on the recovered device `d2` replaces the damaged copy: the next boot has it
+    all, with no fault."""
+    d2.meter.c.brews[0] += 1
+    d2.event(BREW, 0, 5000)
+    d3 = Device(profile, fs)
+    d3.boot(1, 0)
+    assert d3.meter.c.brews[0] == 3 and d3.faults == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage", "huge"])
+def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage):
+    seq, victim = _three_brews_saved(profile, fs)
     if damage == "flip":
         b = bytearray(victim.read_bytes())
         b[20] ^= 0x80
@@ -86,11 +101,7 @@ def test_damaged_state_file_at_boot_counts_on_from_last_good(profile, fs, damage
     assert d2.meter.c.brews[0] == 2  # the last good copy: one brew back, not zero
     assert ("storage_recovered", "counters") in d2.faults
     assert any(e.get("code") == "storage_recovered" for e in d2.outbox.events)
-    d2.meter.c.brews[0] += 1
-    d2.event(BREW, 0, 5000)
-    d3 = Device(profile, fs)
-    d3.boot(1, 0)
-    assert d3.meter.c.brews[0] == 3 and d3.faults == []
+    _next_brew_saved_whole(profile, fs, d2)
 
 
 def test_full_flash_keeps_counting_in_ram_and_raises_a_fault(profile, fs):
@@ -292,22 +303,12 @@ def test_remains_that_read_as_an_older_copy_count_on_from_the_good_one(profile, 
     format below ours): the other copy is taken as the newest, one save back, and with no
     fault, as the remains cannot be told from an old copy without reading them whole. The
     next save replaces them."""
-    d = Device(profile, fs)
-    d.boot(1, 0)
-    for n in range(3):
-        d.meter.c.brews[0] += 1
-        d.event(BREW, 0, 1000 * n)
-    _, idx = d.store._seq["counters"]
-    victim = fs.root / "counts" / f"counters.{idx}"
+    _, victim = _three_brews_saved(profile, fs)
     victim.write_bytes(bytes([1]) + os.urandom(102))
     d2 = Device(profile, fs)
     d2.boot(1, 0)
     assert d2.meter.c.brews[0] == 2 and d2.faults == []
-    d2.meter.c.brews[0] += 1
-    d2.event(BREW, 0, 5000)
-    d3 = Device(profile, fs)
-    d3.boot(1, 0)
-    assert d3.meter.c.brews[0] == 3 and d3.faults == []
+    _next_brew_saved_whole(profile, fs, d2)
 
 
 def test_format_1_counters_migrate_and_are_rewritten_in_the_current_format(fs, profile):
